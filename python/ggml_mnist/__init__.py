@@ -1,0 +1,1 @@
+"""ggml-mnist: train and run IDX image classifiers on ggml."""

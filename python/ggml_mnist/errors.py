@@ -1,0 +1,51 @@
+"""Exceptions raised by ggml_mnist.
+
+Every exception derives from :class:`GgmlMnistError` and from the built-in
+exception a caller would naturally catch (``ValueError``, ``OSError``, ...).
+"""
+
+from __future__ import annotations
+
+
+class GgmlMnistError(Exception):
+    """Base class of every error raised by ggml_mnist."""
+
+
+class DataError(GgmlMnistError, ValueError):
+    """Dataset content is unusable: shape or count mismatch, labels out of range."""
+
+
+class IdxFormatError(DataError):
+    """An IDX file is corrupt: wrong magic, unsupported type, truncated or oversized payload."""
+
+
+class DataFileNotFoundError(GgmlMnistError, FileNotFoundError):
+    """A dataset file or directory does not exist."""
+
+
+class DownloadError(GgmlMnistError, OSError):
+    """A dataset could not be downloaded from any mirror."""
+
+
+class ChecksumError(DownloadError):
+    """Downloaded or existing bytes do not match the expected SHA-256."""
+
+
+class ConfigError(GgmlMnistError, ValueError):
+    """A hyperparameter or option is impossible (non-positive batch size, bad split, ...)."""
+
+
+class DeviceError(GgmlMnistError, ValueError):
+    """The requested ggml device does not exist or cannot be initialised."""
+
+
+class ModelFormatError(GgmlMnistError, ValueError):
+    """A model file is not a valid ggml-mnist / mnist GGUF file."""
+
+
+class TrainingDivergedError(GgmlMnistError, ArithmeticError):
+    """The training loss became NaN or infinite."""
+
+
+class NativeError(GgmlMnistError, RuntimeError):
+    """The native ggml shim reported a failure that matches no more specific class."""
