@@ -1,0 +1,220 @@
+"""Download the MNIST and Fashion-MNIST IDX files from public mirrors and verify them by SHA-256."""
+
+from __future__ import annotations
+
+import http.client
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from .data import PathLike, atomic_path, uncompressed_sha256
+from .errors import ChecksumError, ConfigError, DownloadError
+
+
+class FileSpec(NamedTuple):
+    """SHA-256 (hex) and size in bytes of a dataset file's uncompressed content."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """The ``.gz`` files of a dataset and the mirror base URLs they are fetched from, in order."""
+
+    files: Mapping[str, FileSpec]
+    mirrors: tuple[str, ...]
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        files={
+            "train-images-idx3-ubyte.gz": FileSpec(
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47_040_016
+            ),
+            "train-labels-idx1-ubyte.gz": FileSpec(
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60_008
+            ),
+            "t10k-images-idx3-ubyte.gz": FileSpec(
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7_840_016
+            ),
+            "t10k-labels-idx1-ubyte.gz": FileSpec(
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10_008
+            ),
+        },
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+    ),
+    "fashion-mnist": DatasetSpec(
+        files={
+            "train-images-idx3-ubyte.gz": FileSpec(
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 47_040_016
+            ),
+            "train-labels-idx1-ubyte.gz": FileSpec(
+                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 60_008
+            ),
+            "t10k-images-idx3-ubyte.gz": FileSpec(
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 7_840_016
+            ),
+            "t10k-labels-idx1-ubyte.gz": FileSpec(
+                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 10_008
+            ),
+        },
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    ),
+}
+
+_CHUNK = 1 << 16
+
+
+class _Failure(NamedTuple):
+    url: str
+    reason: str
+    kind: str  # "offline" (no connection), "checksum", or "other"
+
+
+def _dataset(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        choices = ", ".join(DATASETS)
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {choices}") from None
+
+
+def _matches(path: Path, spec: FileSpec) -> bool:
+    return path.is_file() and uncompressed_sha256(path, limit=spec.size) == spec.sha256
+
+
+def _present(directory: Path, filename: str, spec: FileSpec) -> bool:
+    """True if directory holds filename (.gz) or its uncompressed form with the expected content."""
+    return any(_matches(directory / n, spec) for n in (filename, filename.removesuffix(".gz")))
+
+
+def verify_dataset(name: str, directory: PathLike) -> dict[str, bool]:
+    """Check the files of dataset name in ``directory/name`` (each as .gz or uncompressed).
+
+    Returns {file name: True if present with the expected SHA-256}. Raises ConfigError for an
+    unknown dataset.
+    """
+    target = Path(directory) / name
+    return {f: _present(target, f, spec) for f, spec in _dataset(name).files.items()}
+
+
+def download_dataset(
+    name: str = "mnist",
+    directory: PathLike = "data",
+    *,
+    mirrors: Iterable[str] | None = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+) -> Path:
+    """Download the files of dataset name into ``directory/name`` and verify them.
+
+    Files already there (``.gz`` or uncompressed) with the right SHA-256 are kept; others are
+    fetched from the mirrors in turn (``mirrors`` replaces the built-in list) and only move to
+    their final name once verified. Progress goes to stderr when progress is True.
+    Returns ``directory/name``. Raises ConfigError for an unknown dataset or an empty mirror
+    list, ChecksumError when every mirror served wrong bytes and DownloadError when every
+    mirror failed.
+    """
+    spec = _dataset(name)
+    mirrors = spec.mirrors if mirrors is None else tuple(mirrors)
+    if not mirrors:
+        raise ConfigError("no mirrors to download from; pass at least one base URL")
+    target = Path(directory) / name
+    target.mkdir(parents=True, exist_ok=True)
+    for filename, file_spec in spec.files.items():
+        if _present(target, filename, file_spec):
+            _say(progress, f"{filename}: already present, verified\n")
+            continue
+        _download_file(target, filename, file_spec, mirrors, timeout, progress)
+    return target
+
+
+def _download_file(
+    target: Path,
+    filename: str,
+    spec: FileSpec,
+    mirrors: tuple[str, ...],
+    timeout: float,
+    progress: bool,
+) -> None:
+    failures = []
+    for base in mirrors:
+        url = base.rstrip("/") + "/" + filename
+        try:
+            with atomic_path(target / filename) as tmp:
+                _fetch(url, tmp, spec, timeout, progress)
+                if not _matches(tmp, spec):
+                    raise ChecksumError(f"uncompressed SHA-256 is not {spec.sha256}")
+        except urllib.error.HTTPError as e:
+            failures.append(_Failure(url, f"HTTP {e.code} {e.reason}", "other"))
+        except urllib.error.URLError as e:
+            failures.append(_Failure(url, f"cannot connect ({e.reason})", "offline"))
+        except ChecksumError as e:
+            failures.append(_Failure(url, str(e), "checksum"))
+        except (OSError, http.client.HTTPException) as e:
+            failures.append(_Failure(url, f"transfer failed ({type(e).__name__}: {e})", "other"))
+        else:
+            (target / filename.removesuffix(".gz")).unlink(missing_ok=True)  # failed verification
+            return
+        _say(progress, f"{filename}: {failures[-1].url}: {failures[-1].reason}\n")
+    raise _failure_error(target, filename, failures)
+
+
+def _failure_error(target: Path, filename: str, failures: list[_Failure]) -> DownloadError:
+    tried = "\n".join(f"  {f.url}: {f.reason}" for f in failures)
+    kinds = {f.kind for f in failures}
+    if kinds == {"checksum"}:
+        return ChecksumError(
+            f"every mirror served a {filename} whose content does not match the expected "
+            f"SHA-256:\n{tried}\nthe mirrors may be corrupt; try other mirrors with mirrors=[...]"
+        )
+    message = f"could not download {filename} from any mirror:\n{tried}"
+    if kinds == {"offline"}:
+        message += (
+            f"\nthis machine seems to be offline. Fetch the .gz files from a mirror above on a "
+            f"machine with internet access and copy them (or their uncompressed forms) into "
+            f"'{target}'; running the download again verifies them without contacting any mirror"
+        )
+    return DownloadError(message)
+
+
+def _fetch(url: str, dest: Path, spec: FileSpec, timeout: float, progress: bool) -> None:
+    """Stream url into the new file dest; raise OSError if the transfer breaks off."""
+    limit = spec.size + spec.size // 100 + (1 << 16)  # gzip never grows data by more
+    name = url.rsplit("/", 1)[-1]
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "xb") as out:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length is not None and length.isdigit() else None
+        done = 0
+        try:
+            while chunk := response.read(_CHUNK):
+                done += len(chunk)
+                if done > limit:
+                    raise DownloadError(f"server sent more than the {limit} bytes expected")
+                out.write(chunk)
+                _say(progress, _progress_line(name, done, total))
+        finally:
+            _say(progress and done > 0, "\n")
+        if total is not None and done < total:
+            raise ConnectionError(f"connection closed after {done} of {total} bytes")
+
+
+def _progress_line(name: str, done: int, total: int | None) -> str:
+    if total:
+        return f"\r{name}: {100 * done // total:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB"
+    return f"\r{name}: {done / 1e6:.1f} MB"
+
+
+def _say(enabled: bool, text: str) -> None:
+    if enabled:
+        sys.stderr.write(text)
+        sys.stderr.flush()

@@ -1,0 +1,159 @@
+/*
+ * ggml_mnist.h - the public C API of the ggml-mnist shim.
+ *
+ * Every exported name starts with gmn_. Fallible calls return an int status
+ * (GMN_OK or a negative enum gmn_status) and deliver results through
+ * out-parameters; gmn_last_error() then describes the failure and its fix.
+ * The shim never prints, exits or aborts on bad input: it validates shapes,
+ * sizes, hyperparameters, device names and GGUF contents before ggml sees them.
+ *
+ * Ownership: callers allocate every output buffer. Input arrays are copied
+ * during the call; no pointer to caller memory is kept after a call returns.
+ * Threads: distinct handles may be used from distinct threads at the same
+ * time; one handle must not be used by two threads at once.
+ *
+ * The region between the CDEF markers is the cffi cdef, cut out by the build.
+ */
+#ifndef GGML_MNIST_H
+#define GGML_MNIST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* GMN_CDEF_BEGIN */
+
+enum gmn_status {
+    GMN_OK            =  0,
+    GMN_E_INVALID     = -1, /* an argument or hyperparameter is out of range */
+    GMN_E_IO          = -2, /* a file could not be opened, read or written */
+    GMN_E_FORMAT      = -3, /* a model file is not a valid mnist GGUF */
+    GMN_E_NOMEM       = -4, /* an allocation failed */
+    GMN_E_DEVICE      = -5, /* unknown device or backend initialisation failed */
+    GMN_E_STATE       = -6, /* the call is not valid in the handle's state */
+    GMN_E_DIVERGED    = -7  /* the loss became NaN or infinite */
+};
+
+enum gmn_arch      { GMN_ARCH_FC = 0, GMN_ARCH_CNN = 1 };
+enum gmn_optimizer { GMN_OPT_ADAMW = 0, GMN_OPT_SGD = 1 };
+enum gmn_schedule  { GMN_SCHEDULE_CONSTANT = 0, GMN_SCHEDULE_COSINE = 1, GMN_SCHEDULE_LINEAR = 2 };
+enum gmn_log_level { GMN_LOG_DEBUG = 1, GMN_LOG_INFO = 2, GMN_LOG_WARN = 3, GMN_LOG_ERROR = 4 };
+enum gmn_phase     { GMN_PHASE_TRAIN = 0, GMN_PHASE_VALIDATION = 1 };
+
+typedef struct gmn_model   gmn_model;
+typedef struct gmn_dataset gmn_dataset;
+
+/* One ggml backend device. type: 0 cpu, 1 gpu, 2 integrated gpu, 3 accelerator. Memory in bytes. */
+struct gmn_device_info {
+    char     name[128];
+    char     description[256];
+    int      type;
+    uint64_t memory_free;
+    uint64_t memory_total;
+};
+
+/* Network shape. Images are image_h x image_w single-channel; n_classes in [2, 1000]. */
+struct gmn_model_config {
+    int arch;           /* enum gmn_arch */
+    int n_classes;
+    int image_h;
+    int image_w;
+    int hidden;         /* fc: hidden width (default 500) */
+    int conv1_channels; /* cnn: first conv output channels (default 8) */
+    int conv2_channels; /* cnn: second conv output channels (default 16) */
+};
+
+/* Optimiser and schedule. lr is the peak rate; the schedule decays it to lr*lr_min_ratio
+ * over total_steps optimizer steps after warmup_steps of linear warm-up. */
+struct gmn_train_config {
+    int      optimizer;      /* enum gmn_optimizer */
+    float    lr;             /* > 0 */
+    float    lr_min_ratio;   /* [0, 1] */
+    int      schedule;       /* enum gmn_schedule */
+    int64_t  warmup_steps;   /* >= 0 */
+    int64_t  total_steps;    /* > 0: optimizer steps of the whole run */
+    float    beta1;          /* adamw, [0, 1) */
+    float    beta2;          /* adamw, [0, 1) */
+    float    eps;            /* adamw, >= 0 */
+    float    weight_decay;   /* [0, 1]: decoupled, multiplied by the current lr */
+    int64_t  batch_size;     /* images per optimizer step */
+    int64_t  physical_batch_size; /* images per graph evaluation; divides batch_size */
+    uint64_t seed;           /* shuffle order */
+};
+
+/* Metrics of one epoch; *_unc are standard errors of the means. n_val is 0 without validation. */
+struct gmn_epoch_result {
+    int64_t n_train;
+    double  train_loss, train_loss_unc, train_acc, train_acc_unc;
+    int64_t n_val;
+    double  val_loss, val_loss_unc, val_acc, val_acc_unc;
+    int     stopped;         /* 1 when the progress callback asked to stop early */
+};
+
+/* Called after every batch; return non-zero to stop after this batch. */
+typedef int  (*gmn_progress_fn)(void * userdata, int phase, int64_t ibatch, int64_t nbatch, double loss, double acc);
+/* Receives ggml's and the shim's log lines (text ends in a newline). */
+typedef void (*gmn_log_fn)(void * userdata, int level, const char * text);
+
+/* Thread-local description of the last failure in this thread ("" if none). */
+const char * gmn_last_error(void);
+/* Version strings: the shim's and the ggml library's it runs on. */
+const char * gmn_version(void);
+const char * gmn_ggml_version(void);
+/* Route log lines at or above min_level to fn (NULL: drop them). Process-wide, not thread-safe against itself. */
+void gmn_log_set(gmn_log_fn fn, void * userdata, int min_level);
+
+/* Number of ggml devices and the description of device index into *out. */
+int gmn_device_count(void);
+int gmn_device_get(int index, struct gmn_device_info * out);
+
+/* Copy n images (n * n_pixels uint8, row-major) and n labels in [0, n_classes) into a new dataset. */
+int  gmn_dataset_init(const uint8_t * images, const int32_t * labels, int64_t n, int64_t n_pixels, int n_classes, gmn_dataset ** out);
+void gmn_dataset_free(gmn_dataset * ds);
+
+/* New model with weights drawn from seed, on device ("auto", "cpu" or a ggml device name), n_threads CPU threads (0: all cores). */
+int  gmn_model_init(const struct gmn_model_config * config, const char * device, int n_threads, uint64_t seed, gmn_model ** out);
+/* Load a GGUF file written by us or by ggml's mnist example. */
+int  gmn_model_load(const char * path, const char * device, int n_threads, gmn_model ** out);
+void gmn_model_free(gmn_model * model);
+int  gmn_model_get_config(const gmn_model * model, struct gmn_model_config * out);
+/* Name of the device the model runs on, copied into name (capacity n). */
+int  gmn_model_device(const gmn_model * model, char * name, size_t n);
+
+/* Parameter tensors: count, name and shape (ggml order, ne[0] fastest) of tensor i. */
+int  gmn_model_n_tensors(const gmn_model * model);
+int  gmn_model_tensor_info(const gmn_model * model, int i, char * name, size_t name_cap, int64_t * ne4);
+/* Copy a parameter tensor out of / into the model; n is its element count. */
+int  gmn_model_get_tensor(const gmn_model * model, const char * name, float * data, int64_t n);
+int  gmn_model_set_tensor(gmn_model * model, const char * name, const float * data, int64_t n);
+
+/* String metadata: the ggml_mnist.* keys read from a loaded file (key without the prefix). */
+int  gmn_model_meta_count(const gmn_model * model);
+int  gmn_model_meta_get(const gmn_model * model, int i, const char ** key, const char ** value);
+/* Write the model atomically as GGUF, with extra ggml_mnist.<key> string entries. */
+int  gmn_model_save(const gmn_model * model, const char * path, int n_meta, const char ** keys, const char ** values);
+
+/* Class probabilities for n images: x is n*image_h*image_w uint8 (x_is_float 0) or float in [0,1] (1);
+ * probs receives n*n_classes floats. */
+int  gmn_model_predict(gmn_model * model, const void * x, int x_is_float, int64_t n, float * probs);
+
+/* Prepare training (optimizer state, graphs); resets any previous optimizer state. */
+int  gmn_model_train_init(gmn_model * model, const struct gmn_train_config * config);
+/* One epoch over the train_idx rows of ds (shuffled), then validation on val_idx rows (may be n_val 0).
+ * Returns GMN_E_DIVERGED when the loss is not finite; the model then refuses to save. */
+int  gmn_model_train_epoch(gmn_model * model, const gmn_dataset * ds,
+                           const int64_t * train_idx, int64_t n_train,
+                           const int64_t * val_idx, int64_t n_val,
+                           gmn_progress_fn progress, void * userdata,
+                           struct gmn_epoch_result * out);
+
+/* GMN_CDEF_END */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GGML_MNIST_H */

@@ -1,0 +1,365 @@
+/* gmn_gguf.c - saving and loading models as GGUF (the mnist-fc / mnist-cnn contract). */
+#include "gmn_internal.h"
+#include "gguf.h"
+
+#include <errno.h>
+#include <math.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define GMN_MAX_META 256
+
+static int gmn_meta_u32(const struct gguf_context * g, const char * path, const char * key, int lo, int hi, int * inout) {
+    const int64_t id = gguf_find_key(g, key);
+    if (id < 0) {
+        return GMN_OK;
+    }
+    const enum gguf_type t = gguf_get_kv_type(g, id);
+    int64_t v;
+    if (t == GGUF_TYPE_UINT32) {
+        v = gguf_get_val_u32(g, id);
+    } else if (t == GGUF_TYPE_INT32) {
+        v = gguf_get_val_i32(g, id);
+    } else {
+        return gmn_fail(GMN_E_FORMAT, "model_load: '%s': key %s has type %s, expected uint32", path, key, gguf_type_name(t));
+    }
+    if (v < lo || v > hi) {
+        return gmn_fail(GMN_E_FORMAT, "model_load: '%s': key %s = %lld is out of range [%d, %d]", path, key, (long long) v, lo, hi);
+    }
+    *inout = (int) v;
+    return GMN_OK;
+}
+
+static int gmn_read_config(const struct gguf_context * g, const char * path, struct gmn_model_config * cfg) {
+    const int64_t id = gguf_find_key(g, "general.architecture");
+    if (id < 0) {
+        return gmn_fail(GMN_E_FORMAT, "model_load: '%s': missing key general.architecture (is this an mnist GGUF?)", path);
+    }
+    if (gguf_get_kv_type(g, id) != GGUF_TYPE_STRING) {
+        return gmn_fail(GMN_E_FORMAT, "model_load: '%s': general.architecture is not a string", path);
+    }
+    const char * arch = gguf_get_val_str(g, id);
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->n_classes = 10; cfg->image_h = 28; cfg->image_w = 28;
+    cfg->hidden = 500; cfg->conv1_channels = 8; cfg->conv2_channels = 16;
+    if (strcmp(arch, "mnist-fc") == 0 || strcmp(arch, "ggml-mnist-fc") == 0) {
+        cfg->arch = GMN_ARCH_FC;
+    } else if (strcmp(arch, "mnist-cnn") == 0 || strcmp(arch, "ggml-mnist-cnn") == 0) {
+        cfg->arch = GMN_ARCH_CNN;
+    } else {
+        return gmn_fail(GMN_E_FORMAT, "model_load: '%s': unsupported architecture '%.64s' (expected mnist-fc or mnist-cnn)", path, arch);
+    }
+    int st = GMN_OK;
+    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "n_classes", 2, 1000, &cfg->n_classes);
+    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "image_height", 4, 4096, &cfg->image_h);
+    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "image_width", 4, 4096, &cfg->image_w);
+    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "hidden", 1, 65536, &cfg->hidden);
+    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "conv1_channels", 1, 1024, &cfg->conv1_channels);
+    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "conv2_channels", 1, 1024, &cfg->conv2_channels);
+    return st;
+}
+
+static char * gmn_strdup(const char * s) {
+    const size_t n = strlen(s) + 1;
+    char * d = malloc(n);
+    if (d != NULL) {
+        memcpy(d, s, n);
+    }
+    return d;
+}
+
+static int gmn_read_meta(gmn_model * m, const struct gguf_context * g) {
+    const int64_t n_kv = gguf_get_n_kv(g);
+    const size_t plen = strlen(GMN_META_PREFIX);
+    m->meta_keys   = calloc(GMN_MAX_META, sizeof(char *));
+    m->meta_values = calloc(GMN_MAX_META, sizeof(char *));
+    if (m->meta_keys == NULL || m->meta_values == NULL) {
+        return gmn_fail(GMN_E_NOMEM, "model_load: out of memory");
+    }
+    for (int64_t i = 0; i < n_kv && m->n_meta < GMN_MAX_META; i++) {
+        const char * key = gguf_get_key(g, i);
+        if (strncmp(key, GMN_META_PREFIX, plen) != 0 || gguf_get_kv_type(g, i) != GGUF_TYPE_STRING) {
+            continue;
+        }
+        char * k = gmn_strdup(key + plen);
+        char * v = gmn_strdup(gguf_get_val_str(g, i));
+        if (k == NULL || v == NULL) {
+            free(k);
+            free(v);
+            return gmn_fail(GMN_E_NOMEM, "model_load: out of memory");
+        }
+        m->meta_keys[m->n_meta]   = k;
+        m->meta_values[m->n_meta] = v;
+        m->n_meta++;
+    }
+    return GMN_OK;
+}
+
+static int gmn_read_tensors(gmn_model * m, const struct gguf_context * g, struct ggml_context * meta,
+                            const char * path, FILE * f, long long file_size) {
+    const size_t data_off = gguf_get_data_offset(g);
+    for (int i = 0; i < m->n_w; i++) {
+        struct ggml_tensor * want = m->w[i];
+        const char * name = ggml_get_name(want);
+        const int64_t tid = gguf_find_tensor(g, name);
+        struct ggml_tensor * have = tid >= 0 ? ggml_get_tensor(meta, name) : NULL;
+        if (have == NULL) {
+            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': missing tensor %s for architecture %s", path, name, gmn_arch_name(&m->cfg));
+        }
+        if (have->type != GGML_TYPE_F32) {
+            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s has type %s; only f32 is supported", path, name, ggml_type_name(have->type));
+        }
+        if (!ggml_are_same_shape(have, want)) {
+            return gmn_fail(GMN_E_FORMAT,
+                "model_load: '%s': tensor %s has shape [%lld,%lld,%lld,%lld] but [%lld,%lld,%lld,%lld] is expected",
+                path, name, (long long) have->ne[0], (long long) have->ne[1], (long long) have->ne[2], (long long) have->ne[3],
+                (long long) want->ne[0], (long long) want->ne[1], (long long) want->ne[2], (long long) want->ne[3]);
+        }
+        const size_t nbytes = ggml_nbytes(want);
+        const size_t off = data_off + gguf_get_tensor_offset(g, tid);
+        if (off < data_off || (long long) off > file_size || (long long) nbytes > file_size - (long long) off) {
+            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s lies beyond the end of the file (truncated?)", path, name);
+        }
+        float * buf = malloc(nbytes);
+        if (buf == NULL) {
+            return gmn_fail(GMN_E_NOMEM, "model_load: out of memory");
+        }
+        if (fseeko(f, (off_t) off, SEEK_SET) != 0 || fread(buf, 1, nbytes, f) != nbytes) {
+            free(buf);
+            return gmn_fail(GMN_E_IO, "model_load: '%s': could not read tensor %s", path, name);
+        }
+        const int64_t ne = ggml_nelements(want);
+        for (int64_t j = 0; j < ne; j++) {
+            if (!isfinite(buf[j])) {
+                free(buf);
+                return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s holds NaN or infinite values", path, name);
+            }
+        }
+        ggml_backend_tensor_set(want, buf, 0, nbytes);
+        free(buf);
+    }
+    return GMN_OK;
+}
+
+int gmn_model_load(const char * path, const char * device, int n_threads, gmn_model ** out) {
+    gmn_ensure_init();
+    gmn_clear_error();
+    if (path == NULL || out == NULL) {
+        return gmn_fail(GMN_E_INVALID, "model_load: NULL argument");
+    }
+    *out = NULL;
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        return gmn_fail(GMN_E_IO, "model_load: '%s': %s", path, strerror(errno));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        return gmn_fail(GMN_E_IO, "model_load: '%s' is not a regular file", path);
+    }
+    struct ggml_context * meta = NULL;
+    struct gguf_init_params gp = { true, &meta };
+    struct gguf_context * g = gguf_init_from_file(path, gp);
+    if (g == NULL) {
+        return gmn_fail(GMN_E_FORMAT, "model_load: '%s' is not a valid GGUF file (corrupt or truncated); re-save or re-download it", path);
+    }
+    struct gmn_model_config cfg;
+    gmn_model * m = NULL;
+    FILE * f = NULL;
+    int st = gmn_read_config(g, path, &cfg);
+    if (st == GMN_OK) {
+        st = gmn_model_create(&cfg, device, n_threads, &m);
+    }
+    if (st == GMN_OK) {
+        f = fopen(path, "rb");
+        if (f == NULL) {
+            st = gmn_fail(GMN_E_IO, "model_load: '%s': %s", path, strerror(errno));
+        }
+    }
+    if (st == GMN_OK) {
+        st = gmn_read_tensors(m, g, meta, path, f, (long long) sb.st_size);
+    }
+    if (st == GMN_OK) {
+        st = gmn_read_meta(m, g);
+    }
+    if (f != NULL) {
+        fclose(f);
+    }
+    gguf_free(g);
+    ggml_free(meta);
+    if (st != GMN_OK) {
+        gmn_model_free(m);
+        return st;
+    }
+    *out = m;
+    return GMN_OK;
+}
+
+static int gmn_valid_meta_key(const char * k) {
+    if (k == NULL || k[0] == '\0' || strlen(k) > 200) {
+        return 0;
+    }
+    for (const char * p = k; *p; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '.')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Builds the gguf context: metadata plus host copies of the weights held in ctx_host. */
+static int gmn_build_gguf(const gmn_model * m, int n_meta, const char ** keys, const char ** values,
+                          struct gguf_context ** g_out, struct ggml_context ** host_out) {
+    size_t total = 0;
+    for (int i = 0; i < m->n_w; i++) {
+        total += ggml_nbytes(m->w[i]) + 64;
+    }
+    struct ggml_init_params ip = { total + GMN_MAX_TENSORS * ggml_tensor_overhead(), NULL, false };
+    struct ggml_context * host = ggml_init(ip);
+    struct gguf_context * g = gguf_init_empty();
+    if (host == NULL || g == NULL) {
+        ggml_free(host);
+        if (g) gguf_free(g);
+        return gmn_fail(GMN_E_NOMEM, "model_save: out of memory");
+    }
+    const struct gmn_model_config * c = &m->cfg;
+    gguf_set_val_str(g, "general.architecture", gmn_arch_name(c));
+    gguf_set_val_u32(g, GMN_META_PREFIX "n_classes", (uint32_t) c->n_classes);
+    gguf_set_val_u32(g, GMN_META_PREFIX "image_height", (uint32_t) c->image_h);
+    gguf_set_val_u32(g, GMN_META_PREFIX "image_width", (uint32_t) c->image_w);
+    if (c->arch == GMN_ARCH_FC) {
+        gguf_set_val_u32(g, GMN_META_PREFIX "hidden", (uint32_t) c->hidden);
+    } else {
+        gguf_set_val_u32(g, GMN_META_PREFIX "conv1_channels", (uint32_t) c->conv1_channels);
+        gguf_set_val_u32(g, GMN_META_PREFIX "conv2_channels", (uint32_t) c->conv2_channels);
+    }
+    for (int i = 0; i < n_meta; i++) {
+        char key[256];
+        snprintf(key, sizeof(key), GMN_META_PREFIX "%s", keys[i]);
+        gguf_set_val_str(g, key, values[i]);
+    }
+    for (int i = 0; i < m->n_w; i++) {
+        struct ggml_tensor * t = ggml_dup_tensor(host, m->w[i]);
+        ggml_set_name(t, ggml_get_name(m->w[i]));
+        ggml_backend_tensor_get(m->w[i], t->data, 0, ggml_nbytes(t));
+        gguf_add_tensor(g, t);
+    }
+    *g_out = g;
+    *host_out = host;
+    return GMN_OK;
+}
+
+/* Give the new file the mode an ordinary open() would: the old file's, else 0666 minus the umask. */
+static void gmn_set_mode(const char * tmp, const char * path) {
+    struct stat sb;
+    if (stat(path, &sb) == 0) {
+        chmod(tmp, sb.st_mode & 07777);
+        return;
+    }
+    mode_t mask = 022;
+    FILE * f = fopen("/proc/self/status", "r");
+    if (f != NULL) {
+        char line[256];
+        while (fgets(line, sizeof(line), f)) {
+            unsigned int v;
+            if (sscanf(line, "Umask: %o", &v) == 1) {
+                mask = (mode_t) v;
+                break;
+            }
+        }
+        fclose(f);
+    }
+    chmod(tmp, 0666 & ~mask);
+}
+
+static int gmn_write_atomic(const struct gguf_context * g, const char * path) {
+    char * dup_dir = gmn_strdup(path);
+    char * dup_base = gmn_strdup(path);
+    char * tmp = malloc(strlen(path) + 32);
+    if (dup_dir == NULL || dup_base == NULL || tmp == NULL) {
+        free(dup_dir); free(dup_base); free(tmp);
+        return gmn_fail(GMN_E_NOMEM, "model_save: out of memory");
+    }
+    const char * dir = dirname(dup_dir);
+    snprintf(tmp, strlen(path) + 32, "%s/.%s.tmp-XXXXXX", dir, basename(dup_base));
+    int st = GMN_OK;
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        st = gmn_fail(GMN_E_IO, "model_save: directory '%s' does not exist; create it first", dir);
+    } else if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        st = gmn_fail(GMN_E_IO, "model_save: '%s' is a directory; give a file name such as model.gguf", path);
+    }
+    int fd = -1;
+    if (st == GMN_OK) {
+        fd = mkstemp(tmp);
+        if (fd < 0) {
+            st = gmn_fail(GMN_E_IO, "model_save: cannot create a file in '%s': %s", dir, strerror(errno));
+        }
+    }
+    if (st == GMN_OK) {
+        FILE * f = fdopen(fd, "wb");
+        if (f == NULL) {
+            close(fd);
+            st = gmn_fail(GMN_E_IO, "model_save: %s", strerror(errno));
+        } else {
+            int ok = gguf_write_to_file_ptr(g, f, false);
+            ok = ok && fflush(f) == 0;
+            ok = ok && fsync(fileno(f)) == 0;
+            const int err = errno;
+            ok = (fclose(f) == 0) && ok;
+            if (!ok) {
+                st = gmn_fail(GMN_E_IO, "model_save: writing '%s' failed: %s (disk full?)", path, strerror(err));
+            }
+        }
+        if (st == GMN_OK) {
+            gmn_set_mode(tmp, path);
+            if (rename(tmp, path) != 0) {
+                st = gmn_fail(GMN_E_IO, "model_save: cannot replace '%s': %s", path, strerror(errno));
+            }
+        }
+        if (st != GMN_OK) {
+            unlink(tmp);
+        } else {
+            int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+            if (dfd >= 0) {
+                fsync(dfd);
+                close(dfd);
+            }
+        }
+    }
+    free(dup_dir); free(dup_base); free(tmp);
+    return st;
+}
+
+int gmn_model_save(const gmn_model * m, const char * path, int n_meta, const char ** keys, const char ** values) {
+    gmn_clear_error();
+    if (m == NULL || path == NULL || path[0] == '\0') {
+        return gmn_fail(GMN_E_INVALID, "model_save: NULL or empty argument");
+    }
+    if (m->diverged) {
+        return gmn_fail(GMN_E_STATE, "model_save: refusing to save '%s': training diverged and the weights hold NaN/inf; "
+                        "retrain with a lower learning rate", path);
+    }
+    if (n_meta < 0 || n_meta > GMN_MAX_META || (n_meta > 0 && (keys == NULL || values == NULL))) {
+        return gmn_fail(GMN_E_INVALID, "model_save: bad metadata count %d (max %d)", n_meta, GMN_MAX_META);
+    }
+    for (int i = 0; i < n_meta; i++) {
+        if (!gmn_valid_meta_key(keys[i]) || values[i] == NULL) {
+            return gmn_fail(GMN_E_INVALID, "model_save: metadata key '%s' must be 1-200 chars of [a-z0-9_.] with a value",
+                            keys[i] ? keys[i] : "(null)");
+        }
+    }
+    struct gguf_context * g = NULL;
+    struct ggml_context * host = NULL;
+    int st = gmn_build_gguf(m, n_meta, keys, values, &g, &host);
+    if (st != GMN_OK) {
+        return st;
+    }
+    st = gmn_write_atomic(g, path);
+    gguf_free(g);
+    ggml_free(host);
+    return st;
+}

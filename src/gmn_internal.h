@@ -1,0 +1,84 @@
+/* gmn_internal.h - structures and helpers shared by the shim's source files (not part of the API). */
+#ifndef GMN_INTERNAL_H
+#define GMN_INTERNAL_H
+
+#include "ggml_mnist.h"
+
+#include "ggml.h"
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml-opt.h"
+
+#define GMN_MAX_TENSORS   6
+#define GMN_EVAL_BATCH    1000
+#define GMN_META_PREFIX   "ggml_mnist."
+
+struct gmn_dataset {
+    int64_t   n;
+    int64_t   n_pixels;
+    int       n_classes;
+    uint8_t * images;  /* n * n_pixels */
+    int32_t * labels;  /* n */
+};
+
+struct gmn_train_state;
+
+struct gmn_model {
+    struct gmn_model_config cfg;
+
+    ggml_backend_dev_t   dev;
+    ggml_backend_t       backend;     /* the chosen device */
+    ggml_backend_t       backend_cpu; /* NULL when backend is the CPU */
+    int                  n_threads;
+
+    struct ggml_context * ctx_w;      /* parameter tensors, allocated in buf_w */
+    ggml_backend_buffer_t buf_w;
+    struct ggml_tensor  * w[GMN_MAX_TENSORS];
+    int                   n_w;
+
+    /* forward graph for prediction, rebuilt when the batch size changes */
+    ggml_backend_sched_t  sched_eval;
+    struct ggml_context * ctx_eval;
+    struct ggml_cgraph  * gf_eval;
+    struct ggml_tensor  * eval_in;
+    struct ggml_tensor  * eval_out;
+    int64_t               eval_batch;
+    float               * eval_buf;   /* eval_batch * n_pixels staging floats */
+
+    struct gmn_train_state * train;
+    int                      diverged;
+
+    int    n_meta;
+    char ** meta_keys;
+    char ** meta_values;
+};
+
+/* Record a formatted error for gmn_last_error() and return status. */
+int  gmn_fail(int status, const char * fmt, ...);
+/* Clear the thread's last error. */
+void gmn_clear_error(void);
+/* Send a formatted line to the log sink. */
+void gmn_log(int level, const char * fmt, ...);
+/* Install the shim's log sink into ggml once per process. */
+void gmn_ensure_init(void);
+
+/* Deterministic PRNG (splitmix64 seeding, xoshiro256**). */
+struct gmn_rng { uint64_t s[4]; };
+void     gmn_rng_seed(struct gmn_rng * rng, uint64_t seed);
+uint64_t gmn_rng_next(struct gmn_rng * rng);
+double   gmn_rng_uniform(struct gmn_rng * rng); /* [0, 1) */
+
+/* Resolve a device name ("auto", "cpu", ggml device name, case-insensitive). */
+int  gmn_find_device(const char * name, ggml_backend_dev_t * out);
+
+/* Model internals shared by the model, gguf and training files. */
+int  gmn_model_create(const struct gmn_model_config * cfg, const char * device, int n_threads, gmn_model ** out);
+int  gmn_check_config(const struct gmn_model_config * cfg);
+struct ggml_tensor * gmn_model_tensor(const gmn_model * model, const char * name);
+struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x);
+int  gmn_predict_rows(gmn_model * model, const gmn_dataset * ds, const int64_t * idx, int64_t n, float * probs);
+void gmn_train_state_free(struct gmn_train_state * st);
+const char * gmn_arch_name(const struct gmn_model_config * cfg);
+int64_t gmn_image_pixels(const struct gmn_model_config * cfg);
+
+#endif

@@ -1,0 +1,488 @@
+/* gmn_model.c - model handles: devices, parameter tensors, forward graph and prediction. */
+#include "gmn_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sched.h>
+#include <unistd.h>
+
+const char * gmn_arch_name(const struct gmn_model_config * cfg) {
+    const int standard = cfg->n_classes == 10 && cfg->image_h == 28 && cfg->image_w == 28 &&
+        (cfg->arch == GMN_ARCH_FC ? cfg->hidden == 500 : (cfg->conv1_channels == 8 && cfg->conv2_channels == 16));
+    if (cfg->arch == GMN_ARCH_FC) {
+        return standard ? "mnist-fc" : "ggml-mnist-fc";
+    }
+    return standard ? "mnist-cnn" : "ggml-mnist-cnn";
+}
+
+int64_t gmn_image_pixels(const struct gmn_model_config * cfg) {
+    return (int64_t) cfg->image_h * cfg->image_w;
+}
+
+int gmn_check_config(const struct gmn_model_config * cfg) {
+    if (cfg == NULL) {
+        return gmn_fail(GMN_E_INVALID, "model config is NULL");
+    }
+    if (cfg->arch != GMN_ARCH_FC && cfg->arch != GMN_ARCH_CNN) {
+        return gmn_fail(GMN_E_INVALID, "model: unknown architecture code %d (use fc or cnn)", cfg->arch);
+    }
+    if (cfg->n_classes < 2 || cfg->n_classes > 1000) {
+        return gmn_fail(GMN_E_INVALID, "model: n_classes is %d; it must be in [2, 1000]", cfg->n_classes);
+    }
+    if (cfg->image_h < 4 || cfg->image_w < 4 || cfg->image_h > 4096 || cfg->image_w > 4096) {
+        return gmn_fail(GMN_E_INVALID, "model: image size %dx%d is out of range [4, 4096]", cfg->image_h, cfg->image_w);
+    }
+    if (cfg->arch == GMN_ARCH_FC && (cfg->hidden < 1 || cfg->hidden > 65536)) {
+        return gmn_fail(GMN_E_INVALID, "model: hidden width %d is out of range [1, 65536]", cfg->hidden);
+    }
+    if (cfg->arch == GMN_ARCH_CNN &&
+        (cfg->conv1_channels < 1 || cfg->conv1_channels > 1024 || cfg->conv2_channels < 1 || cfg->conv2_channels > 1024)) {
+        return gmn_fail(GMN_E_INVALID, "model: conv channels %d, %d out of range [1, 1024]",
+                        cfg->conv1_channels, cfg->conv2_channels);
+    }
+    return GMN_OK;
+}
+
+static int gmn_default_threads(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) {
+            return n;
+        }
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int) n : 1;
+}
+
+static void gmn_set_threads(ggml_backend_t backend, int n_threads) {
+    ggml_backend_dev_t dev = ggml_backend_get_device(backend);
+    ggml_backend_reg_t reg = dev ? ggml_backend_dev_backend_reg(dev) : NULL;
+    if (reg == NULL) {
+        return;
+    }
+    ggml_backend_set_n_threads_t fn = (ggml_backend_set_n_threads_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads");
+    if (fn != NULL) {
+        fn(backend, n_threads);
+    }
+}
+
+/* Adds a parameter tensor to the model's weight context. */
+static struct ggml_tensor * gmn_add_param(gmn_model * m, const char * name, int n_dims, int64_t a, int64_t b, int64_t c, int64_t d) {
+    const int64_t ne[4] = { a, b, c, d };
+    struct ggml_tensor * t = ggml_new_tensor(m->ctx_w, GGML_TYPE_F32, n_dims, ne);
+    ggml_set_name(t, name);
+    m->w[m->n_w++] = t;
+    return t;
+}
+
+static void gmn_define_params(gmn_model * m) {
+    const struct gmn_model_config * c = &m->cfg;
+    const int64_t npix = gmn_image_pixels(c);
+    if (c->arch == GMN_ARCH_FC) {
+        gmn_add_param(m, "fc1.weight", 2, npix, c->hidden, 1, 1);
+        gmn_add_param(m, "fc1.bias",   1, c->hidden, 1, 1, 1);
+        gmn_add_param(m, "fc2.weight", 2, c->hidden, c->n_classes, 1, 1);
+        gmn_add_param(m, "fc2.bias",   1, c->n_classes, 1, 1, 1);
+    } else {
+        const int64_t dense_in = (int64_t) (c->image_w / 4) * (c->image_h / 4) * c->conv2_channels;
+        gmn_add_param(m, "conv1.kernel", 4, 3, 3, 1, c->conv1_channels);
+        gmn_add_param(m, "conv1.bias",   3, 1, 1, c->conv1_channels, 1);
+        gmn_add_param(m, "conv2.kernel", 4, 3, 3, c->conv1_channels, c->conv2_channels);
+        gmn_add_param(m, "conv2.bias",   3, 1, 1, c->conv2_channels, 1);
+        gmn_add_param(m, "dense.weight", 2, dense_in, c->n_classes, 1, 1);
+        gmn_add_param(m, "dense.bias",   1, c->n_classes, 1, 1, 1);
+    }
+}
+
+int gmn_model_create(const struct gmn_model_config * cfg, const char * device, int n_threads, gmn_model ** out) {
+    gmn_ensure_init();
+    int st = gmn_check_config(cfg);
+    if (st != GMN_OK) {
+        return st;
+    }
+    if (n_threads < 0 || n_threads > 1024) {
+        return gmn_fail(GMN_E_INVALID, "model: n_threads is %d; use 0 (all cores) or 1..1024", n_threads);
+    }
+    ggml_backend_dev_t dev = NULL;
+    st = gmn_find_device(device, &dev);
+    if (st != GMN_OK) {
+        return st;
+    }
+    gmn_model * m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        return gmn_fail(GMN_E_NOMEM, "model: out of memory");
+    }
+    m->cfg       = *cfg;
+    m->dev       = dev;
+    m->n_threads = n_threads > 0 ? n_threads : gmn_default_threads();
+
+    m->backend = ggml_backend_dev_init(dev, NULL);
+    if (m->backend == NULL) {
+        gmn_model_free(m);
+        return gmn_fail(GMN_E_DEVICE, "model: could not initialise device '%s'", ggml_backend_dev_name(dev));
+    }
+    if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) {
+        gmn_set_threads(m->backend, m->n_threads);
+    } else {
+        ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+        m->backend_cpu = cpu ? ggml_backend_dev_init(cpu, NULL) : NULL;
+        if (m->backend_cpu == NULL) {
+            gmn_model_free(m);
+            return gmn_fail(GMN_E_DEVICE, "model: could not initialise the CPU backend");
+        }
+        gmn_set_threads(m->backend_cpu, m->n_threads);
+    }
+
+    struct ggml_init_params ip = { GMN_MAX_TENSORS * ggml_tensor_overhead(), NULL, true };
+    m->ctx_w = ggml_init(ip);
+    if (m->ctx_w == NULL) {
+        gmn_model_free(m);
+        return gmn_fail(GMN_E_NOMEM, "model: out of memory");
+    }
+    gmn_define_params(m);
+    m->buf_w = ggml_backend_alloc_ctx_tensors(m->ctx_w, m->backend);
+    if (m->buf_w == NULL) {
+        gmn_model_free(m);
+        return gmn_fail(GMN_E_NOMEM, "model: could not allocate the weights on '%s'", ggml_backend_dev_name(dev));
+    }
+    ggml_backend_buffer_set_usage(m->buf_w, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+
+    ggml_backend_t backends[2] = { m->backend, m->backend_cpu };
+    m->sched_eval = ggml_backend_sched_new(backends, NULL, m->backend_cpu ? 2 : 1, GGML_DEFAULT_GRAPH_SIZE, false, false);
+    if (m->sched_eval == NULL) {
+        gmn_model_free(m);
+        return gmn_fail(GMN_E_NOMEM, "model: could not create the scheduler");
+    }
+    *out = m;
+    return GMN_OK;
+}
+
+/* Fan-in of a parameter tensor: the elements one output unit reads. */
+static int64_t gmn_fan_in(const gmn_model * m, int i) {
+    const struct gmn_model_config * c = &m->cfg;
+    if (c->arch == GMN_ARCH_FC) {
+        return i < 2 ? gmn_image_pixels(c) : c->hidden;
+    }
+    switch (i) {
+        case 0: case 1: return 9;
+        case 2: case 3: return 9 * (int64_t) c->conv1_channels;
+        default:        return m->w[4]->ne[0];
+    }
+}
+
+int gmn_model_init(const struct gmn_model_config * config, const char * device, int n_threads, uint64_t seed, gmn_model ** out) {
+    gmn_clear_error();
+    if (out == NULL) {
+        return gmn_fail(GMN_E_INVALID, "model_init: out is NULL");
+    }
+    *out = NULL;
+    gmn_model * m = NULL;
+    int st = gmn_model_create(config, device, n_threads, &m);
+    if (st != GMN_OK) {
+        return st;
+    }
+    /* PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases. */
+    struct gmn_rng rng;
+    gmn_rng_seed(&rng, seed);
+    for (int i = 0; i < m->n_w; i++) {
+        struct ggml_tensor * t = m->w[i];
+        const int64_t ne = ggml_nelements(t);
+        float * buf = malloc((size_t) ne * sizeof(float));
+        if (buf == NULL) {
+            gmn_model_free(m);
+            return gmn_fail(GMN_E_NOMEM, "model_init: out of memory");
+        }
+        const double bound = 1.0 / sqrt((double) gmn_fan_in(m, i));
+        for (int64_t j = 0; j < ne; j++) {
+            buf[j] = (float) ((2.0 * gmn_rng_uniform(&rng) - 1.0) * bound);
+        }
+        ggml_backend_tensor_set(t, buf, 0, ggml_nbytes(t));
+        free(buf);
+    }
+    *out = m;
+    return GMN_OK;
+}
+
+static void gmn_eval_free(gmn_model * m) {
+    ggml_free(m->ctx_eval);
+    m->ctx_eval   = NULL;
+    m->gf_eval    = NULL;
+    m->eval_in    = NULL;
+    m->eval_out   = NULL;
+    m->eval_batch = 0;
+    free(m->eval_buf);
+    m->eval_buf = NULL;
+}
+
+void gmn_model_free(gmn_model * m) {
+    if (m == NULL) {
+        return;
+    }
+    gmn_train_state_free(m->train);
+    gmn_eval_free(m);
+    if (m->sched_eval) {
+        ggml_backend_sched_free(m->sched_eval);
+    }
+    if (m->buf_w) {
+        ggml_backend_buffer_free(m->buf_w);
+    }
+    ggml_free(m->ctx_w);
+    if (m->backend_cpu) {
+        ggml_backend_free(m->backend_cpu);
+    }
+    if (m->backend) {
+        ggml_backend_free(m->backend);
+    }
+    for (int i = 0; i < m->n_meta; i++) {
+        free(m->meta_keys[i]);
+        free(m->meta_values[i]);
+    }
+    free(m->meta_keys);
+    free(m->meta_values);
+    free(m);
+}
+
+int gmn_model_get_config(const gmn_model * m, struct gmn_model_config * out) {
+    gmn_clear_error();
+    if (m == NULL || out == NULL) {
+        return gmn_fail(GMN_E_INVALID, "model_get_config: NULL argument");
+    }
+    *out = m->cfg;
+    return GMN_OK;
+}
+
+int gmn_model_device(const gmn_model * m, char * name, size_t n) {
+    gmn_clear_error();
+    if (m == NULL || name == NULL || n == 0) {
+        return gmn_fail(GMN_E_INVALID, "model_device: NULL argument");
+    }
+    snprintf(name, n, "%s", ggml_backend_dev_name(m->dev));
+    return GMN_OK;
+}
+
+int gmn_model_n_tensors(const gmn_model * m) {
+    return m ? m->n_w : 0;
+}
+
+int gmn_model_tensor_info(const gmn_model * m, int i, char * name, size_t name_cap, int64_t * ne4) {
+    gmn_clear_error();
+    if (m == NULL || name == NULL || ne4 == NULL || name_cap == 0) {
+        return gmn_fail(GMN_E_INVALID, "model_tensor_info: NULL argument");
+    }
+    if (i < 0 || i >= m->n_w) {
+        return gmn_fail(GMN_E_INVALID, "model_tensor_info: index %d out of range [0, %d)", i, m->n_w);
+    }
+    snprintf(name, name_cap, "%s", ggml_get_name(m->w[i]));
+    for (int d = 0; d < 4; d++) {
+        ne4[d] = m->w[i]->ne[d];
+    }
+    return GMN_OK;
+}
+
+struct ggml_tensor * gmn_model_tensor(const gmn_model * m, const char * name) {
+    for (int i = 0; i < m->n_w; i++) {
+        if (strcmp(ggml_get_name(m->w[i]), name) == 0) {
+            return m->w[i];
+        }
+    }
+    return NULL;
+}
+
+static int gmn_lookup_tensor(const gmn_model * m, const char * name, int64_t n, struct ggml_tensor ** out) {
+    if (m == NULL || name == NULL) {
+        return gmn_fail(GMN_E_INVALID, "tensor access: NULL argument");
+    }
+    struct ggml_tensor * t = gmn_model_tensor(m, name);
+    if (t == NULL) {
+        return gmn_fail(GMN_E_INVALID, "tensor access: the %s model has no tensor '%s'", gmn_arch_name(&m->cfg), name);
+    }
+    if (n != ggml_nelements(t)) {
+        return gmn_fail(GMN_E_INVALID, "tensor access: '%s' has %lld elements, got %lld",
+                        name, (long long) ggml_nelements(t), (long long) n);
+    }
+    *out = t;
+    return GMN_OK;
+}
+
+int gmn_model_get_tensor(const gmn_model * m, const char * name, float * data, int64_t n) {
+    gmn_clear_error();
+    struct ggml_tensor * t = NULL;
+    int st = gmn_lookup_tensor(m, name, n, &t);
+    if (st != GMN_OK) {
+        return st;
+    }
+    if (data == NULL) {
+        return gmn_fail(GMN_E_INVALID, "get_tensor: data is NULL");
+    }
+    ggml_backend_tensor_get(t, data, 0, ggml_nbytes(t));
+    return GMN_OK;
+}
+
+int gmn_model_set_tensor(gmn_model * m, const char * name, const float * data, int64_t n) {
+    gmn_clear_error();
+    struct ggml_tensor * t = NULL;
+    int st = gmn_lookup_tensor(m, name, n, &t);
+    if (st != GMN_OK) {
+        return st;
+    }
+    if (data == NULL) {
+        return gmn_fail(GMN_E_INVALID, "set_tensor: data is NULL");
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(data[i])) {
+            return gmn_fail(GMN_E_INVALID, "set_tensor: '%s' element %lld is not finite", name, (long long) i);
+        }
+    }
+    ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));
+    m->diverged = 0;
+    return GMN_OK;
+}
+
+int gmn_model_meta_count(const gmn_model * m) {
+    return m ? m->n_meta : 0;
+}
+
+int gmn_model_meta_get(const gmn_model * m, int i, const char ** key, const char ** value) {
+    gmn_clear_error();
+    if (m == NULL || key == NULL || value == NULL) {
+        return gmn_fail(GMN_E_INVALID, "model_meta_get: NULL argument");
+    }
+    if (i < 0 || i >= m->n_meta) {
+        return gmn_fail(GMN_E_INVALID, "model_meta_get: index %d out of range [0, %d)", i, m->n_meta);
+    }
+    *key   = m->meta_keys[i];
+    *value = m->meta_values[i];
+    return GMN_OK;
+}
+
+struct ggml_tensor * gmn_forward(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x) {
+    const struct gmn_model_config * c = &m->cfg;
+    const int64_t B = x->ne[1];
+    if (c->arch == GMN_ARCH_FC) {
+        struct ggml_tensor * h = ggml_mul_mat(ctx, m->w[0], x);
+        h = ggml_relu(ctx, ggml_add(ctx, h, m->w[1]));
+        struct ggml_tensor * y = ggml_mul_mat(ctx, m->w[2], h);
+        return ggml_add(ctx, y, m->w[3]);
+    }
+    struct ggml_tensor * img = ggml_reshape_4d(ctx, x, c->image_w, c->image_h, 1, B);
+    struct ggml_tensor * h = ggml_conv_2d(ctx, m->w[0], img, 1, 1, 1, 1, 1, 1);
+    h = ggml_relu(ctx, ggml_add(ctx, h, m->w[1]));
+    h = ggml_pool_2d(ctx, h, GGML_OP_POOL_MAX, 2, 2, 2, 2, 0, 0);
+    h = ggml_conv_2d(ctx, m->w[2], h, 1, 1, 1, 1, 1, 1);
+    h = ggml_relu(ctx, ggml_add(ctx, h, m->w[3]));
+    h = ggml_pool_2d(ctx, h, GGML_OP_POOL_MAX, 2, 2, 2, 2, 0, 0);
+    /* flatten height-width-channel with channels fastest, as ggml's mnist example does */
+    h = ggml_cont(ctx, ggml_permute(ctx, h, 1, 2, 0, 3));
+    h = ggml_reshape_2d(ctx, h, h->ne[0] * h->ne[1] * h->ne[2], B);
+    return ggml_add(ctx, ggml_mul_mat(ctx, m->w[4], h), m->w[5]);
+}
+
+static int gmn_eval_prepare(gmn_model * m, int64_t batch) {
+    if (m->ctx_eval != NULL && m->eval_batch == batch) {
+        return GMN_OK;
+    }
+    gmn_eval_free(m);
+    const int64_t npix = gmn_image_pixels(&m->cfg);
+    struct ggml_init_params ip = { GGML_DEFAULT_GRAPH_SIZE * ggml_tensor_overhead() + ggml_graph_overhead(), NULL, true };
+    m->ctx_eval = ggml_init(ip);
+    m->eval_buf = malloc((size_t) (batch * npix) * sizeof(float));
+    if (m->ctx_eval == NULL || m->eval_buf == NULL) {
+        gmn_eval_free(m);
+        return gmn_fail(GMN_E_NOMEM, "predict: out of memory for a batch of %lld images", (long long) batch);
+    }
+    m->eval_in = ggml_new_tensor_2d(m->ctx_eval, GGML_TYPE_F32, npix, batch);
+    ggml_set_name(m->eval_in, "images");
+    ggml_set_input(m->eval_in);
+    m->eval_out = ggml_soft_max(m->ctx_eval, gmn_forward(m, m->ctx_eval, m->eval_in));
+    ggml_set_name(m->eval_out, "probs");
+    ggml_set_output(m->eval_out);
+    m->gf_eval = ggml_new_graph(m->ctx_eval);
+    ggml_build_forward_expand(m->gf_eval, m->eval_out);
+    ggml_backend_sched_reset(m->sched_eval);
+    if (!ggml_backend_sched_alloc_graph(m->sched_eval, m->gf_eval)) {
+        gmn_eval_free(m);
+        return gmn_fail(GMN_E_NOMEM, "predict: could not allocate the compute graph for %lld images", (long long) batch);
+    }
+    m->eval_batch = batch;
+    return GMN_OK;
+}
+
+static int gmn_eval_run(gmn_model * m, int64_t rows, float * probs) {
+    const int64_t npix = gmn_image_pixels(&m->cfg);
+    if (rows < m->eval_batch) {
+        memset(m->eval_buf + rows * npix, 0, (size_t) ((m->eval_batch - rows) * npix) * sizeof(float));
+    }
+    ggml_backend_tensor_set(m->eval_in, m->eval_buf, 0, ggml_nbytes(m->eval_in));
+    if (ggml_backend_sched_graph_compute(m->sched_eval, m->gf_eval) != GGML_STATUS_SUCCESS) {
+        return gmn_fail(GMN_E_DEVICE, "predict: the backend failed to compute the graph");
+    }
+    ggml_backend_tensor_get(m->eval_out, probs, 0, (size_t) (rows * m->cfg.n_classes) * sizeof(float));
+    return GMN_OK;
+}
+
+static int64_t gmn_eval_batch_for(int64_t n) {
+    return n < GMN_EVAL_BATCH ? n : GMN_EVAL_BATCH;
+}
+
+int gmn_model_predict(gmn_model * m, const void * x, int x_is_float, int64_t n, float * probs) {
+    gmn_clear_error();
+    if (m == NULL || x == NULL || probs == NULL) {
+        return gmn_fail(GMN_E_INVALID, "predict: NULL argument");
+    }
+    if (n <= 0) {
+        return gmn_fail(GMN_E_INVALID, "predict: need at least one image, got %lld", (long long) n);
+    }
+    const int64_t npix = gmn_image_pixels(&m->cfg);
+    int st = gmn_eval_prepare(m, gmn_eval_batch_for(n));
+    if (st != GMN_OK) {
+        return st;
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += m->eval_batch) {
+        const int64_t rows = (n - i0) < m->eval_batch ? (n - i0) : m->eval_batch;
+        if (x_is_float) {
+            const float * src = (const float *) x + i0 * npix;
+            for (int64_t j = 0; j < rows * npix; j++) {
+                if (!isfinite(src[j])) {
+                    return gmn_fail(GMN_E_INVALID, "predict: image %lld has a non-finite pixel", (long long) (i0 + j / npix));
+                }
+            }
+            memcpy(m->eval_buf, src, (size_t) (rows * npix) * sizeof(float));
+        } else {
+            const uint8_t * src = (const uint8_t *) x + i0 * npix;
+            for (int64_t j = 0; j < rows * npix; j++) {
+                m->eval_buf[j] = src[j] * (1.0f / 255.0f);
+            }
+        }
+        st = gmn_eval_run(m, rows, probs + i0 * m->cfg.n_classes);
+        if (st != GMN_OK) {
+            return st;
+        }
+    }
+    return GMN_OK;
+}
+
+int gmn_predict_rows(gmn_model * m, const gmn_dataset * ds, const int64_t * idx, int64_t n, float * probs) {
+    const int64_t npix = gmn_image_pixels(&m->cfg);
+    int st = gmn_eval_prepare(m, gmn_eval_batch_for(n));
+    if (st != GMN_OK) {
+        return st;
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += m->eval_batch) {
+        const int64_t rows = (n - i0) < m->eval_batch ? (n - i0) : m->eval_batch;
+        for (int64_t r = 0; r < rows; r++) {
+            const uint8_t * src = ds->images + idx[i0 + r] * npix;
+            float * dst = m->eval_buf + r * npix;
+            for (int64_t j = 0; j < npix; j++) {
+                dst[j] = src[j] * (1.0f / 255.0f);
+            }
+        }
+        st = gmn_eval_run(m, rows, probs + i0 * m->cfg.n_classes);
+        if (st != GMN_OK) {
+            return st;
+        }
+    }
+    return GMN_OK;
+}

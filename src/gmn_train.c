@@ -1,0 +1,396 @@
+/* gmn_train.c - datasets and training with ggml-opt (static graphs, own shuffling and epoch loop). */
+#include "gmn_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct gmn_train_state {
+    struct gmn_train_config cfg;
+    ggml_backend_sched_t    sched;
+    struct ggml_context   * ctx_in;      /* the statically allocated input tensor */
+    ggml_backend_buffer_t   buf_in;
+    struct ggml_tensor    * inputs;
+    struct ggml_context   * ctx_compute;
+    ggml_opt_context_t      opt;
+    ggml_opt_result_t       result;
+    struct gmn_rng          rng;
+    int64_t                 step;        /* optimizer steps taken */
+    float                 * xbuf;        /* physical batch of images as floats */
+    float                 * ybuf;        /* physical batch of one-hot labels */
+    int64_t               * perm;
+    int64_t                 perm_cap;
+    float                 * probs;       /* validation scratch */
+    int64_t                 probs_cap;
+};
+
+int gmn_dataset_init(const uint8_t * images, const int32_t * labels, int64_t n, int64_t n_pixels, int n_classes, gmn_dataset ** out) {
+    gmn_ensure_init();
+    gmn_clear_error();
+    if (out == NULL || images == NULL || labels == NULL) {
+        return gmn_fail(GMN_E_INVALID, "dataset_init: NULL argument");
+    }
+    *out = NULL;
+    if (n <= 0 || n_pixels <= 0 || n_pixels > 4096LL * 4096LL) {
+        return gmn_fail(GMN_E_INVALID, "dataset_init: need n > 0 images of 1..16M pixels, got n=%lld, pixels=%lld",
+                        (long long) n, (long long) n_pixels);
+    }
+    if (n > (int64_t) (SIZE_MAX / 2) / n_pixels) {
+        return gmn_fail(GMN_E_INVALID, "dataset_init: %lld images of %lld pixels do not fit in memory", (long long) n, (long long) n_pixels);
+    }
+    if (n_classes < 2 || n_classes > 1000) {
+        return gmn_fail(GMN_E_INVALID, "dataset_init: n_classes is %d; it must be in [2, 1000]", n_classes);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (labels[i] < 0 || labels[i] >= n_classes) {
+            return gmn_fail(GMN_E_INVALID, "dataset_init: label %d at index %lld is outside [0, %d)", labels[i], (long long) i, n_classes);
+        }
+    }
+    gmn_dataset * ds = calloc(1, sizeof(*ds));
+    if (ds == NULL) {
+        return gmn_fail(GMN_E_NOMEM, "dataset_init: out of memory");
+    }
+    ds->images = malloc((size_t) (n * n_pixels));
+    ds->labels = malloc((size_t) n * sizeof(int32_t));
+    if (ds->images == NULL || ds->labels == NULL) {
+        gmn_dataset_free(ds);
+        return gmn_fail(GMN_E_NOMEM, "dataset_init: out of memory for %lld images", (long long) n);
+    }
+    memcpy(ds->images, images, (size_t) (n * n_pixels));
+    memcpy(ds->labels, labels, (size_t) n * sizeof(int32_t));
+    ds->n = n;
+    ds->n_pixels = n_pixels;
+    ds->n_classes = n_classes;
+    *out = ds;
+    return GMN_OK;
+}
+
+void gmn_dataset_free(gmn_dataset * ds) {
+    if (ds == NULL) {
+        return;
+    }
+    free(ds->images);
+    free(ds->labels);
+    free(ds);
+}
+
+void gmn_train_state_free(struct gmn_train_state * st) {
+    if (st == NULL) {
+        return;
+    }
+    ggml_opt_result_free(st->result);
+    ggml_opt_free(st->opt);
+    ggml_free(st->ctx_compute);
+    if (st->buf_in) {
+        ggml_backend_buffer_free(st->buf_in);
+    }
+    ggml_free(st->ctx_in);
+    if (st->sched) {
+        ggml_backend_sched_free(st->sched);
+    }
+    free(st->xbuf);
+    free(st->ybuf);
+    free(st->perm);
+    free(st->probs);
+    free(st);
+}
+
+static int gmn_check_train_config(const struct gmn_train_config * c) {
+    if (c->optimizer != GMN_OPT_ADAMW && c->optimizer != GMN_OPT_SGD) {
+        return gmn_fail(GMN_E_INVALID, "train: unknown optimizer code %d (use adamw or sgd)", c->optimizer);
+    }
+    if (!(c->lr > 0.0f) || !isfinite(c->lr) || c->lr > 100.0f) {
+        return gmn_fail(GMN_E_INVALID, "train: learning rate %g must be in (0, 100]", (double) c->lr);
+    }
+    if (!(c->lr_min_ratio >= 0.0f && c->lr_min_ratio <= 1.0f)) {
+        return gmn_fail(GMN_E_INVALID, "train: lr_min_ratio %g must be in [0, 1]", (double) c->lr_min_ratio);
+    }
+    if (c->schedule < GMN_SCHEDULE_CONSTANT || c->schedule > GMN_SCHEDULE_LINEAR) {
+        return gmn_fail(GMN_E_INVALID, "train: unknown schedule code %d (use constant, cosine or linear)", c->schedule);
+    }
+    if (c->warmup_steps < 0 || c->total_steps <= 0) {
+        return gmn_fail(GMN_E_INVALID, "train: warmup_steps %lld must be >= 0 and total_steps %lld > 0",
+                        (long long) c->warmup_steps, (long long) c->total_steps);
+    }
+    if (!(c->beta1 >= 0.0f && c->beta1 < 1.0f) || !(c->beta2 >= 0.0f && c->beta2 < 1.0f)) {
+        return gmn_fail(GMN_E_INVALID, "train: betas (%g, %g) must be in [0, 1)", (double) c->beta1, (double) c->beta2);
+    }
+    if (!(c->eps >= 0.0f) || !isfinite(c->eps)) {
+        return gmn_fail(GMN_E_INVALID, "train: eps %g must be >= 0", (double) c->eps);
+    }
+    if (!(c->weight_decay >= 0.0f && c->weight_decay <= 1.0f)) {
+        return gmn_fail(GMN_E_INVALID, "train: weight decay %g must be in [0, 1]", (double) c->weight_decay);
+    }
+    if (c->weight_decay * c->lr > 1.0f) {
+        return gmn_fail(GMN_E_INVALID, "train: weight_decay * lr = %g exceeds 1; lower one of them", (double) (c->weight_decay * c->lr));
+    }
+    if (c->batch_size <= 0 || c->physical_batch_size <= 0 || c->batch_size > 1000000) {
+        return gmn_fail(GMN_E_INVALID, "train: batch sizes must be in [1, 1000000] (batch %lld, physical %lld)",
+                        (long long) c->batch_size, (long long) c->physical_batch_size);
+    }
+    if (c->batch_size % c->physical_batch_size != 0) {
+        return gmn_fail(GMN_E_INVALID, "train: batch size %lld is not a multiple of the physical batch size %lld",
+                        (long long) c->batch_size, (long long) c->physical_batch_size);
+    }
+    return GMN_OK;
+}
+
+static float gmn_schedule_lr(const struct gmn_train_config * c, int64_t step) {
+    if (step < c->warmup_steps) {
+        return c->lr * (float) (step + 1) / (float) c->warmup_steps;
+    }
+    const int64_t span = c->total_steps - c->warmup_steps;
+    double p = span > 0 ? (double) (step - c->warmup_steps) / (double) span : 1.0;
+    p = p < 0.0 ? 0.0 : (p > 1.0 ? 1.0 : p);
+    const double r = c->lr_min_ratio;
+    double f = 1.0;
+    if (c->schedule == GMN_SCHEDULE_COSINE) {
+        f = r + (1.0 - r) * 0.5 * (1.0 + cos(M_PI * p));
+    } else if (c->schedule == GMN_SCHEDULE_LINEAR) {
+        f = 1.0 - (1.0 - r) * p;
+    }
+    const float lr = (float) (c->lr * f);
+    return lr > 1e-12f ? lr : 1e-12f; /* ggml-opt requires a positive rate */
+}
+
+static struct ggml_opt_optimizer_params gmn_opt_params(void * ud) {
+    struct gmn_train_state * st = ud;
+    const struct gmn_train_config * c = &st->cfg;
+    struct ggml_opt_optimizer_params p;
+    memset(&p, 0, sizeof(p));
+    const float lr = gmn_schedule_lr(c, st->step);
+    p.adamw.alpha = lr;
+    p.adamw.beta1 = c->beta1;
+    p.adamw.beta2 = c->beta2;
+    p.adamw.eps   = c->eps;
+    p.adamw.wd    = c->weight_decay;
+    p.sgd.alpha   = lr;
+    p.sgd.wd      = c->weight_decay;
+    st->step++;
+    return p;
+}
+
+int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) {
+    gmn_clear_error();
+    if (m == NULL || config == NULL) {
+        return gmn_fail(GMN_E_INVALID, "train_init: NULL argument");
+    }
+    int rc = gmn_check_train_config(config);
+    if (rc != GMN_OK) {
+        return rc;
+    }
+    gmn_train_state_free(m->train);
+    m->train = NULL;
+
+    struct gmn_train_state * st = calloc(1, sizeof(*st));
+    if (st == NULL) {
+        return gmn_fail(GMN_E_NOMEM, "train_init: out of memory");
+    }
+    st->cfg = *config;
+    gmn_rng_seed(&st->rng, config->seed);
+    const int64_t B = config->physical_batch_size;
+    const int64_t npix = gmn_image_pixels(&m->cfg);
+    st->xbuf = malloc((size_t) (B * npix) * sizeof(float));
+    st->ybuf = malloc((size_t) (B * m->cfg.n_classes) * sizeof(float));
+
+    ggml_backend_t backends[2] = { m->backend, m->backend_cpu };
+    st->sched = ggml_backend_sched_new(backends, NULL, m->backend_cpu ? 2 : 1, GGML_DEFAULT_GRAPH_SIZE, false, false);
+
+    struct ggml_init_params ip_in = { ggml_tensor_overhead(), NULL, true };
+    st->ctx_in = ggml_init(ip_in);
+    struct ggml_init_params ip_c = { GGML_DEFAULT_GRAPH_SIZE * ggml_tensor_overhead() + 3 * ggml_graph_overhead_custom(GGML_DEFAULT_GRAPH_SIZE, true), NULL, true };
+    st->ctx_compute = ggml_init(ip_c);
+    if (st->xbuf == NULL || st->ybuf == NULL || st->sched == NULL || st->ctx_in == NULL || st->ctx_compute == NULL) {
+        gmn_train_state_free(st);
+        return gmn_fail(GMN_E_NOMEM, "train_init: out of memory");
+    }
+    st->inputs = ggml_new_tensor_2d(st->ctx_in, GGML_TYPE_F32, npix, B);
+    ggml_set_name(st->inputs, "images");
+    ggml_set_input(st->inputs);
+    st->buf_in = ggml_backend_alloc_ctx_tensors(st->ctx_in, m->backend);
+    if (st->buf_in == NULL) {
+        gmn_train_state_free(st);
+        return gmn_fail(GMN_E_NOMEM, "train_init: could not allocate a batch of %lld images on the device", (long long) B);
+    }
+    for (int i = 0; i < m->n_w; i++) {
+        ggml_set_param(m->w[i]);
+    }
+    struct ggml_tensor * logits = gmn_forward(m, st->ctx_compute, st->inputs);
+
+    struct ggml_opt_params op = ggml_opt_default_params(st->sched, GGML_OPT_LOSS_TYPE_CROSS_ENTROPY);
+    op.ctx_compute     = st->ctx_compute;
+    op.inputs          = st->inputs;
+    op.outputs         = logits;
+    op.opt_period      = (int32_t) (config->batch_size / B);
+    op.get_opt_pars    = gmn_opt_params;
+    op.get_opt_pars_ud = st;
+    op.optimizer       = config->optimizer == GMN_OPT_SGD ? GGML_OPT_OPTIMIZER_TYPE_SGD : GGML_OPT_OPTIMIZER_TYPE_ADAMW;
+    st->opt    = ggml_opt_init(op);
+    st->result = ggml_opt_result_init();
+    if (st->opt == NULL || st->result == NULL) {
+        gmn_train_state_free(st);
+        return gmn_fail(GMN_E_NOMEM, "train_init: could not create the optimizer");
+    }
+    m->train = st;
+    return GMN_OK;
+}
+
+static int gmn_check_indices(const gmn_dataset * ds, const int64_t * idx, int64_t n, const char * what) {
+    if (n < 0 || (n > 0 && idx == NULL)) {
+        return gmn_fail(GMN_E_INVALID, "train_epoch: bad %s index array (n=%lld)", what, (long long) n);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (idx[i] < 0 || idx[i] >= ds->n) {
+            return gmn_fail(GMN_E_INVALID, "train_epoch: %s index %lld at position %lld is outside [0, %lld)",
+                            what, (long long) idx[i], (long long) i, (long long) ds->n);
+        }
+    }
+    return GMN_OK;
+}
+
+static void gmn_gather_batch(struct gmn_train_state * st, const gmn_dataset * ds, const int64_t * rows, int64_t B, int n_classes) {
+    const int64_t npix = ds->n_pixels;
+    memset(st->ybuf, 0, (size_t) (B * n_classes) * sizeof(float));
+    for (int64_t r = 0; r < B; r++) {
+        const int64_t i = rows[r];
+        const uint8_t * src = ds->images + i * npix;
+        float * dst = st->xbuf + r * npix;
+        for (int64_t j = 0; j < npix; j++) {
+            dst[j] = src[j] * (1.0f / 255.0f);
+        }
+        st->ybuf[r * n_classes + ds->labels[i]] = 1.0f;
+    }
+}
+
+static int gmn_validate(gmn_model * m, const gmn_dataset * ds, const int64_t * idx, int64_t n, struct gmn_epoch_result * out,
+                        gmn_progress_fn progress, void * ud) {
+    struct gmn_train_state * st = m->train;
+    const int C = m->cfg.n_classes;
+    if (st->probs_cap < n * C) {
+        free(st->probs);
+        st->probs = malloc((size_t) (n * C) * sizeof(float));
+        st->probs_cap = st->probs ? n * C : 0;
+        if (st->probs == NULL) {
+            return gmn_fail(GMN_E_NOMEM, "validation: out of memory");
+        }
+    }
+    int rc = gmn_predict_rows(m, ds, idx, n, st->probs);
+    if (rc != GMN_OK) {
+        return rc;
+    }
+    double sum = 0.0, sum2 = 0.0;
+    int64_t correct = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float * p = st->probs + i * C;
+        const int y = ds->labels[idx[i]];
+        int best = 0;
+        for (int k = 1; k < C; k++) {
+            if (p[k] > p[best]) {
+                best = k;
+            }
+        }
+        correct += best == y;
+        const double l = -log(p[y] > 1e-30f ? (double) p[y] : 1e-30);
+        sum += l;
+        sum2 += l * l;
+    }
+    const double mean = sum / (double) n;
+    const double acc = (double) correct / (double) n;
+    out->n_val = n;
+    out->val_loss = mean;
+    out->val_acc = acc;
+    out->val_loss_unc = n > 1 ? sqrt(fmax(sum2 / (double) n - mean * mean, 0.0) / (double) (n - 1)) : NAN;
+    out->val_acc_unc = n > 1 ? sqrt(acc * (1.0 - acc) / (double) (n - 1)) : NAN;
+    if (progress != NULL) {
+        progress(ud, GMN_PHASE_VALIDATION, 1, 1, mean, acc);
+    }
+    return GMN_OK;
+}
+
+int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
+                          const int64_t * train_idx, int64_t n_train,
+                          const int64_t * val_idx, int64_t n_val,
+                          gmn_progress_fn progress, void * ud,
+                          struct gmn_epoch_result * out) {
+    gmn_clear_error();
+    if (m == NULL || ds == NULL || out == NULL) {
+        return gmn_fail(GMN_E_INVALID, "train_epoch: NULL argument");
+    }
+    struct gmn_train_state * st = m->train;
+    if (st == NULL) {
+        return gmn_fail(GMN_E_STATE, "train_epoch: call train_init first");
+    }
+    if (ds->n_pixels != gmn_image_pixels(&m->cfg)) {
+        return gmn_fail(GMN_E_INVALID, "train_epoch: dataset images have %lld pixels but the model takes %dx%d",
+                        (long long) ds->n_pixels, m->cfg.image_h, m->cfg.image_w);
+    }
+    if (ds->n_classes > m->cfg.n_classes) {
+        return gmn_fail(GMN_E_INVALID, "train_epoch: dataset has %d classes but the model only %d", ds->n_classes, m->cfg.n_classes);
+    }
+    int rc = gmn_check_indices(ds, train_idx, n_train, "train");
+    if (rc == GMN_OK) {
+        rc = gmn_check_indices(ds, val_idx, n_val, "validation");
+    }
+    if (rc != GMN_OK) {
+        return rc;
+    }
+    const int64_t B = st->cfg.physical_batch_size;
+    const int64_t nb_logical = n_train / st->cfg.batch_size;
+    if (nb_logical < 1) {
+        return gmn_fail(GMN_E_INVALID, "train_epoch: %lld training images are fewer than one batch of %lld; lower the batch size",
+                        (long long) n_train, (long long) st->cfg.batch_size);
+    }
+    const int64_t nbatch = nb_logical * (st->cfg.batch_size / B);
+    if (st->perm_cap < n_train) {
+        free(st->perm);
+        st->perm = malloc((size_t) n_train * sizeof(int64_t));
+        st->perm_cap = st->perm ? n_train : 0;
+        if (st->perm == NULL) {
+            return gmn_fail(GMN_E_NOMEM, "train_epoch: out of memory");
+        }
+    }
+    memcpy(st->perm, train_idx, (size_t) n_train * sizeof(int64_t));
+    for (int64_t i = n_train - 1; i > 0; i--) {
+        const int64_t j = (int64_t) (gmn_rng_next(&st->rng) % (uint64_t) (i + 1));
+        const int64_t t = st->perm[i];
+        st->perm[i] = st->perm[j];
+        st->perm[j] = t;
+    }
+
+    memset(out, 0, sizeof(*out));
+    ggml_opt_result_reset(st->result);
+    struct ggml_tensor * labels = ggml_opt_labels(st->opt);
+    const int C = m->cfg.n_classes;
+    for (int64_t ib = 0; ib < nbatch; ib++) {
+        gmn_gather_batch(st, ds, st->perm + ib * B, B, C);
+        ggml_opt_alloc(st->opt, true);
+        ggml_backend_tensor_set(st->inputs, st->xbuf, 0, ggml_nbytes(st->inputs));
+        ggml_backend_tensor_set(labels, st->ybuf, 0, ggml_nbytes(labels));
+        ggml_opt_eval(st->opt, st->result);
+
+        double loss = 0.0, acc = 0.0;
+        ggml_opt_result_loss(st->result, &loss, NULL);
+        ggml_opt_result_accuracy(st->result, &acc, NULL);
+        if (!isfinite(loss)) {
+            m->diverged = 1;
+            return gmn_fail(GMN_E_DIVERGED, "train: the loss became %s at batch %lld; the learning rate %g is too high "
+                            "(try 10x lower) or the data is not scaled", isnan(loss) ? "NaN" : "infinite",
+                            (long long) ib, (double) st->cfg.lr);
+        }
+        if (progress != NULL && progress(ud, GMN_PHASE_TRAIN, ib + 1, nbatch, loss, acc) != 0) {
+            out->stopped = 1;
+            break;
+        }
+    }
+    int64_t nd = 0;
+    ggml_opt_result_ndata(st->result, &nd);
+    out->n_train = nd;
+    if (nd > 0) {
+        ggml_opt_result_loss(st->result, &out->train_loss, &out->train_loss_unc);
+        ggml_opt_result_accuracy(st->result, &out->train_acc, &out->train_acc_unc);
+    }
+    if (n_val > 0 && !out->stopped) {
+        rc = gmn_validate(m, ds, val_idx, n_val, out, progress, ud);
+    }
+    return rc;
+}
