@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from synthetic import make_synthetic
 
 

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-
 from ggml_mnist.data import write_idx
 
 SPLIT_FILES = {

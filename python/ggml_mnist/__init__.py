@@ -1,1 +1,64 @@
-"""ggml-mnist: train and run IDX image classifiers on ggml."""
+"""ggml-mnist: train and run IDX image classifiers (MNIST, Fashion-MNIST, EMNIST, ...) on ggml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._ffi import ffi as _ffi_ffi, lib as _lib, set_verbose
+from .api import EpochStats, EvalResult, evaluate, export_gguf, load, train
+from .config import TrainConfig
+from .data import load_idx_pair, load_mnist, read_idx, write_idx
+from .download import download_dataset, verify_dataset
+from .errors import (
+    ChecksumError,
+    ConfigError,
+    DataError,
+    DataFileNotFoundError,
+    DeviceError,
+    DownloadError,
+    GgmlMnistError,
+    IdxFormatError,
+    ModelFormatError,
+    ModelIOError,
+    NativeError,
+    OutOfMemoryError,
+    TrainingDivergedError,
+)
+from .model import Model
+
+__version__ = _ffi_ffi.string(_lib.gmn_version()).decode()
+ggml_version = _ffi_ffi.string(_lib.gmn_ggml_version()).decode()
+
+_DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+
+
+@dataclass(frozen=True)
+class Device:
+    """A ggml device: ``name`` is what ``device=`` accepts; memory in bytes."""
+
+    name: str
+    description: str
+    type: str
+    memory_free: int
+    memory_total: int
+
+
+def devices() -> list[Device]:
+    """Return the ggml devices this installation can use (CPU always; GPUs when ggml was built with them)."""
+    info = _ffi_ffi.new("struct gmn_device_info *")
+    out = []
+    for i in range(_lib.gmn_device_count()):
+        if _lib.gmn_device_get(i, info) == 0:
+            out.append(Device(_ffi_ffi.string(info.name).decode(), _ffi_ffi.string(info.description).decode(),
+                              _DEVICE_TYPES.get(info.type, "accel"), int(info.memory_free), int(info.memory_total)))
+    return out
+
+
+__all__ = [
+    "__version__", "ggml_version", "Device", "devices", "set_verbose",
+    "train", "evaluate", "load", "export_gguf", "Model", "TrainConfig", "EpochStats", "EvalResult",
+    "read_idx", "write_idx", "load_mnist", "load_idx_pair", "download_dataset", "verify_dataset",
+    "GgmlMnistError", "ConfigError", "DataError", "IdxFormatError", "DataFileNotFoundError", "DownloadError",
+    "ChecksumError", "DeviceError", "ModelFormatError", "ModelIOError", "OutOfMemoryError", "NativeError",
+    "TrainingDivergedError",
+]

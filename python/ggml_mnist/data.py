@@ -106,7 +106,7 @@ def read_idx(path: PathLike) -> np.ndarray:
     """
     path = Path(path)
     with _open_uncompressed(path) as f:
-        file_size = os.stat(path).st_size
+        file_size = os.fstat(f.fileno()).st_size
         try:
             dtype, shape, header_size = _read_header(path, f)
             declared = math.prod(shape) * dtype.itemsize
@@ -235,8 +235,7 @@ def validate_images(
     if size is not None and images.shape[1:] != tuple(size):
         height, width = images.shape[1:]
         raise DataError(
-            f"{name} are {height}x{width}; this model needs {size[0]}x{size[1]} "
-            "— resize them first"
+            f"{name} are {height}x{width}; this model needs {size[0]}x{size[1]} — resize them first"
         )
     return images
 

@@ -111,21 +111,24 @@ def download_dataset(
     name: str = "mnist",
     directory: PathLike = "data",
     *,
-    mirrors: Iterable[str] | None = None,
+    mirrors: Iterable[str] | str | None = None,
     progress: bool = True,
     timeout: float = 30.0,
 ) -> Path:
     """Download the files of dataset name into ``directory/name`` and verify them.
 
     Files already there (``.gz`` or uncompressed) with the right SHA-256 are kept; others are
-    fetched from the mirrors in turn (``mirrors`` replaces the built-in list) and only move to
-    their final name once verified. Progress goes to stderr when progress is True.
+    fetched from the mirrors in turn and only move to their final name once verified.
+    ``mirrors`` (base URLs, or one as a string) replaces the built-in list. Progress goes to
+    stderr when progress is True.
     Returns ``directory/name``. Raises ConfigError for an unknown dataset or an empty mirror
     list, ChecksumError when every mirror served wrong bytes and DownloadError when every
     mirror failed.
     """
     spec = _dataset(name)
-    mirrors = spec.mirrors if mirrors is None else tuple(mirrors)
+    if mirrors is None:
+        mirrors = spec.mirrors
+    mirrors = (mirrors,) if isinstance(mirrors, str) else tuple(mirrors)
     if not mirrors:
         raise ConfigError("no mirrors to download from; pass at least one base URL")
     target = Path(directory) / name
@@ -146,7 +149,7 @@ def _download_file(
     timeout: float,
     progress: bool,
 ) -> None:
-    failures = []
+    failures: list[_Failure] = []
     for base in mirrors:
         url = base.rstrip("/") + "/" + filename
         try:

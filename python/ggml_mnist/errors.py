@@ -20,7 +20,11 @@ class IdxFormatError(DataError):
 
 
 class DataFileNotFoundError(GgmlMnistError, FileNotFoundError):
-    """A dataset file or directory does not exist."""
+    """A dataset or model file, or a directory, does not exist."""
+
+
+class ModelIOError(GgmlMnistError, OSError):
+    """A model file could not be read or written (permissions, missing directory, disk full)."""
 
 
 class DownloadError(GgmlMnistError, OSError):
@@ -45,6 +49,10 @@ class ModelFormatError(GgmlMnistError, ValueError):
 
 class TrainingDivergedError(GgmlMnistError, ArithmeticError):
     """The training loss became NaN or infinite."""
+
+
+class OutOfMemoryError(GgmlMnistError, MemoryError):
+    """ggml could not allocate the memory a model, batch or dataset needs."""
 
 
 class NativeError(GgmlMnistError, RuntimeError):

@@ -1,0 +1,120 @@
+"""The only importer of the native module: status checks, exceptions, array pointers, logging."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from ._native import ffi, lib
+from .errors import (
+    ConfigError,
+    DeviceError,
+    GgmlMnistError,
+    ModelFormatError,
+    ModelIOError,
+    NativeError,
+    OutOfMemoryError,
+    TrainingDivergedError,
+)
+
+__all__ = ["ffi", "lib", "check", "ptr", "cstr", "last_error", "set_verbose", "ProgressHook"]
+
+_STATUS_ERRORS: dict[int, type[GgmlMnistError]] = {
+    lib.GMN_E_INVALID: ConfigError,
+    lib.GMN_E_IO: ModelIOError,
+    lib.GMN_E_FORMAT: ModelFormatError,
+    lib.GMN_E_NOMEM: OutOfMemoryError,
+    lib.GMN_E_DEVICE: DeviceError,
+    lib.GMN_E_STATE: NativeError,
+    lib.GMN_E_DIVERGED: TrainingDivergedError,
+}
+
+
+def last_error() -> str:
+    """Return the calling thread's last error message from the shim."""
+    return ffi.string(lib.gmn_last_error()).decode("utf-8", "replace")
+
+
+def check(status: int, invalid: type[GgmlMnistError] = ConfigError) -> None:
+    """Raise the exception matching a shim status code; ``invalid`` is used for GMN_E_INVALID."""
+    if status == lib.GMN_OK:
+        return
+    cls = invalid if status == lib.GMN_E_INVALID else _STATUS_ERRORS.get(status, NativeError)
+    raise cls(last_error() or f"ggml-mnist shim failed with status {status}")
+
+
+def ptr(array: np.ndarray, ctype: str) -> Any:
+    """Return a cffi pointer of type ``ctype`` to a C-contiguous array's data (no copy)."""
+    if not array.flags.c_contiguous:
+        raise ValueError("internal: array must be C-contiguous")
+    return ffi.cast(ctype, ffi.from_buffer(array))
+
+
+def cstr(text: str) -> bytes:
+    """Encode a str for the shim, refusing embedded NUL bytes."""
+    data = text.encode("utf-8")
+    if b"\0" in data:
+        raise ConfigError(f"string {text!r} contains a NUL byte")
+    return data
+
+
+_LOGGER = logging.getLogger("ggml_mnist.ggml")
+_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+
+
+@ffi.callback("void(void *, int, const char *)")
+def _log_sink(_userdata: Any, level: int, text: Any) -> None:
+    message = ffi.string(text).decode("utf-8", "replace").rstrip("\n")
+    if message:
+        _LOGGER.log(_LEVELS.get(level, logging.INFO), "%s", message)
+
+
+_handler: logging.Handler | None = None
+
+
+def set_verbose(enabled: bool = True, level: int = logging.INFO) -> None:
+    """Show ggml's log on stderr (``enabled``) or silence it (the default)."""
+    global _handler
+    if enabled:
+        if _handler is None:
+            _handler = logging.StreamHandler(sys.stderr)
+            _handler.setFormatter(logging.Formatter("ggml: %(message)s"))
+            _LOGGER.addHandler(_handler)
+        _LOGGER.setLevel(level)
+        native_level = max(1, min(4, {logging.DEBUG: 1, logging.INFO: 2, logging.WARNING: 3}.get(level, 4)))
+        lib.gmn_log_set(_log_sink, ffi.NULL, native_level)
+    else:
+        lib.gmn_log_set(ffi.NULL, ffi.NULL, 4)
+        if _handler is not None:
+            _LOGGER.removeHandler(_handler)
+            _handler = None
+
+
+class ProgressHook:
+    """A shim progress callback around ``fn(phase, ibatch, nbatch, loss, acc) -> stop``.
+
+    An exception raised by ``fn`` stops training; :meth:`reraise` raises it in the caller.
+    """
+
+    def __init__(self, fn: Callable[[int, int, int, float, float], bool]) -> None:
+        self.error: BaseException | None = None
+
+        def trampoline(_userdata: Any, phase: int, ibatch: int, nbatch: int, loss: float, acc: float) -> int:
+            return 1 if fn(phase, ibatch, nbatch, loss, acc) else 0
+
+        def on_error(exc_type: Any, exc: Any, _tb: Any) -> int:
+            self.error = exc if exc is not None else exc_type()
+            return 1
+
+        self.callback = ffi.callback("int(void *, int, int64_t, int64_t, double, double)", trampoline, onerror=on_error)
+
+    def reraise(self) -> None:
+        """Raise the exception the callback swallowed, if any."""
+        if self.error is not None:
+            raise self.error
+
+
+set_verbose(False)

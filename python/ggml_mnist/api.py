@@ -1,0 +1,318 @@
+"""The high-level API: ``train``, ``evaluate``, ``load`` and ``export_gguf``."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
+
+import numpy as np
+
+from . import _ffi
+from ._ffi import ffi, lib
+from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, normalize_arch
+from .data import load_mnist, read_idx, validate_dataset
+from .errors import ConfigError, DataError
+from .model import Model, PathLike
+from .progress import ProgressBar
+
+ArrayOrPath = Union[np.ndarray, PathLike]
+_SCHEDULE_CODES = {"constant": 0, "cosine": 1, "linear": 2}
+
+
+@dataclass
+class EpochStats:
+    """Metrics of one training epoch; ``*_unc`` are standard errors, val_* are None without validation."""
+
+    epoch: int
+    train_loss: float
+    train_loss_unc: float
+    train_acc: float
+    train_acc_unc: float
+    val_loss: Optional[float]
+    val_loss_unc: Optional[float]
+    val_acc: Optional[float]
+    val_acc_unc: Optional[float]
+    seconds: float
+    n_train: int
+    n_val: int
+    interrupted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the stats as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def summary(self, epochs: int) -> str:
+        """One human-readable line, as printed after each epoch."""
+        line = (f"epoch {self.epoch}/{epochs}: train loss {self.train_loss:.4f} acc {100 * self.train_acc:.2f}%")
+        if self.val_loss is not None:
+            line += (f" | val loss {self.val_loss:.4f}±{self.val_loss_unc:.4f} "
+                     f"acc {100 * self.val_acc:.2f}±{100 * self.val_acc_unc:.2f}%")
+        line += f" | {self.seconds:.2f}s"
+        return line + (" (interrupted)" if self.interrupted else "")
+
+
+@dataclass
+class EvalResult:
+    """Evaluation of a model on a labelled dataset."""
+
+    n: int
+    loss: float
+    loss_unc: float
+    accuracy: float
+    accuracy_unc: float
+    seconds: float
+    images_per_second: float
+    predictions: np.ndarray
+    probabilities: Optional[np.ndarray]
+    labels: np.ndarray
+    n_classes: int
+
+    def confusion_matrix(self) -> np.ndarray:
+        """Return the [n_classes, n_classes] int64 matrix; rows are true labels, columns predictions."""
+        m = np.zeros((self.n_classes, self.n_classes), dtype=np.int64)
+        np.add.at(m, (self.labels, self.predictions), 1)
+        return m
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the scalar figures as a JSON-ready dict."""
+        return {k: getattr(self, k) for k in ("n", "loss", "loss_unc", "accuracy", "accuracy_unc", "seconds", "images_per_second")}
+
+
+def load(path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0) -> Model:
+    """Load a GGUF model (ours or ggml's mnist example's). See :meth:`Model.load`."""
+    return Model.load(path, device=device, threads=threads)
+
+
+def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath], split: str,
+                    data_dir: Optional[PathLike] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Turn arrays, IDX file paths or an MNIST directory into (images, labels) arrays.
+
+    ``images`` may be an array, an IDX file (then ``labels`` is an array or IDX file too) or a
+    directory holding the standard MNIST file names; with neither, ``data_dir`` is used.
+    """
+    if images is None:
+        if data_dir is None:
+            raise ConfigError("no data given: pass images and labels (arrays or IDX paths) or a data directory")
+        return load_mnist(data_dir, split)
+    if isinstance(images, (str, os.PathLike)):
+        if Path(images).is_dir():
+            if labels is not None:
+                raise ConfigError("labels must be omitted when images is a directory")
+            return load_mnist(images, split)
+        images = read_idx(images)
+    if labels is None:
+        raise ConfigError("labels are required when images is an array or an IDX file")
+    if isinstance(labels, (str, os.PathLike)):
+        labels = read_idx(labels)
+    return np.asarray(images), np.asarray(labels)
+
+
+def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
+          config: Optional[TrainConfig] = None, n_classes: Optional[int] = None, data_dir: Optional[PathLike] = None,
+          progress: bool = True, on_epoch: Optional[Callable[[EpochStats], None]] = None,
+          **options: Any) -> tuple[Model, list[EpochStats]]:
+    """Train a classifier with ggml-opt and return ``(model, history)``.
+
+    ``images``/``labels``: uint8 arrays [N, H, W] and [N], IDX file paths, or a directory with the
+    MNIST file names. ``options`` override fields of ``config`` (default
+    ``TrainConfig.defaults(options.get("arch", "cnn"))``): epochs, batch_size, lr, seed, device, ...
+    ``progress`` draws a bar on stderr; ``on_epoch`` is called with each epoch's EpochStats.
+    Ctrl-C stops after the current batch and returns the model trained so far.
+    Raises ConfigError, DataError, DeviceError or TrainingDivergedError (loss became NaN/inf).
+    """
+    base = config if config is not None else TrainConfig.defaults(options.get("arch") or "cnn")
+    cfg = base.replace(**options).validate()
+    source = os.fspath(images) if isinstance(images, (str, os.PathLike)) else (
+        os.fspath(data_dir) if images is None and data_dir is not None else "array")
+    images, labels = resolve_dataset(images, labels, "train", data_dir)
+    images, labels, n_classes = validate_dataset(images, labels, n_classes, image_size=None)
+    n, h, w = images.shape
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(n)
+    n_val = int(round(n * cfg.val_split))
+    val_idx = np.sort(order[:n_val]).astype(np.int64)
+    train_idx = np.sort(order[n_val:]).astype(np.int64)
+    steps_per_epoch = len(train_idx) // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(f"{len(train_idx)} training images are fewer than one batch of {cfg.batch_size}; "
+                          "lower batch_size or val_split")
+
+    model = Model.create(cfg.arch, n_classes=n_classes, image_size=(h, w), hidden=cfg.hidden,
+                         conv_channels=(cfg.conv1_channels, cfg.conv2_channels), device=cfg.device,
+                         threads=cfg.threads, seed=cfg.seed)
+    dataset = _native_dataset(images.reshape(n, h * w), labels, n_classes)
+    _ffi.check(lib.gmn_model_train_init(model.handle, ffi.new("struct gmn_train_config *", dict(
+        optimizer=0 if cfg.optimizer == "adamw" else 1, lr=cfg.lr, lr_min_ratio=cfg.lr_min_ratio,
+        schedule=_SCHEDULE_CODES[cfg.lr_schedule], warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
+        total_steps=cfg.epochs * steps_per_epoch, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
+        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, physical_batch_size=cfg.physical,
+        seed=cfg.seed))))
+
+    history: list[EpochStats] = []
+    bar = ProgressBar(cfg.epochs) if progress else None
+    result = ffi.new("struct gmn_epoch_result *")
+    with _graceful_interrupt() as interrupt:
+        def on_batch(phase: int, ibatch: int, nbatch: int, loss: float, acc: float) -> bool:
+            if bar is not None and phase == lib.GMN_PHASE_TRAIN:
+                bar.update(ibatch, nbatch, loss, acc)
+            return interrupt.requested
+
+        hook = _ffi.ProgressHook(on_batch)
+        for epoch in range(1, cfg.epochs + 1):
+            if bar is not None:
+                bar.start_epoch(epoch)
+            t0 = time.perf_counter()
+            status = lib.gmn_model_train_epoch(model.handle, dataset, _ffi.ptr(train_idx, "int64_t *"), len(train_idx),
+                                               _ffi.ptr(val_idx, "int64_t *") if n_val else ffi.NULL, n_val,
+                                               hook.callback, ffi.NULL, result)
+            hook.reraise()
+            _ffi.check(status)
+            stats = _epoch_stats(epoch, result, time.perf_counter() - t0)
+            history.append(stats)
+            if bar is not None:
+                bar.end_epoch(stats.summary(cfg.epochs))
+            if on_epoch is not None:
+                on_epoch(stats)
+            if stats.interrupted:
+                break
+    model.metadata = {
+        "config": cfg.as_dict(),
+        "history": [s.as_dict() for s in history],
+        "seed": cfg.seed,
+        "dataset": {"n": int(n), "n_train": int(len(train_idx)), "n_val": n_val, "image_size": [int(h), int(w)],
+                    "n_classes": n_classes, "source": source},
+        "ggml_version": ffi.string(lib.gmn_ggml_version()).decode(),
+        "version": ffi.string(lib.gmn_version()).decode(),
+    }
+    return model, history
+
+
+def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
+             data_dir: Optional[PathLike] = None, batch_size: int = EVAL_CHUNK, keep_probabilities: bool = True,
+             device: str = DEFAULT_DEVICE, threads: int = 0) -> EvalResult:
+    """Evaluate ``model`` (a Model or a GGUF path) on labelled images; returns an EvalResult.
+
+    Data arguments work as in :func:`train` (the test split when a directory is given). Images
+    are streamed ``batch_size`` at a time, so memory stays bounded for any N; with
+    ``keep_probabilities=False`` only predictions are kept.
+    """
+    if not isinstance(model, Model):
+        model = Model.load(model, device=device, threads=threads)
+    images, labels = resolve_dataset(images, labels, "test", data_dir)
+    images, labels, _ = validate_dataset(images, labels, model.n_classes, image_size=model.image_size)
+    n = len(labels)
+    predictions = np.empty(n, dtype=np.int64)
+    probabilities = np.empty((n, model.n_classes), dtype=np.float32) if keep_probabilities else None
+    losses = np.empty(n, dtype=np.float64)
+    seconds = 0.0
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        t0 = time.perf_counter()
+        probs = model.predict_proba(images[start:stop], batch_size=batch_size)
+        seconds += time.perf_counter() - t0
+        predictions[start:stop] = probs.argmax(axis=1)
+        picked = probs[np.arange(stop - start), labels[start:stop]].astype(np.float64)
+        losses[start:stop] = -np.log(np.maximum(picked, 1e-30))
+        if probabilities is not None:
+            probabilities[start:stop] = probs
+    correct = predictions == labels
+    accuracy = float(correct.mean())
+    return EvalResult(
+        n=n, loss=float(losses.mean()),
+        loss_unc=float(losses.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+        accuracy=accuracy, accuracy_unc=float(np.sqrt(accuracy * (1 - accuracy) / (n - 1))) if n > 1 else float("nan"),
+        seconds=seconds, images_per_second=n / seconds if seconds > 0 else float("inf"),
+        predictions=predictions, probabilities=probabilities, labels=labels.astype(np.int64), n_classes=model.n_classes)
+
+
+def export_gguf(path: PathLike, arch: str, weights: Mapping[str, Any], *, layout: str = "ggml",
+                metadata: Optional[Mapping[str, Any]] = None) -> Model:
+    """Write weights trained elsewhere as a GGUF model that we and ggml's mnist-eval can load.
+
+    ``weights`` maps the GGUF tensor names (fc1.weight, ... or conv1.kernel, ...) to arrays in
+    numpy order, which is PyTorch's order: Linear weights [out, in], Conv2d kernels
+    [out, in, 3, 3], biases [out]. With ``layout="torch"`` the cnn ``dense.weight`` is converted
+    from PyTorch's channel-first flatten (C, H, W) to ggml's channels-fastest (H, W, C).
+    Shapes (classes, hidden width, channels) are inferred from the arrays. Returns the Model.
+    """
+    name = normalize_arch(arch)
+    if layout not in ("ggml", "torch"):
+        raise ConfigError(f"layout must be 'ggml' or 'torch', got {layout!r}")
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+    required = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias") if name == "fc" else (
+        "conv1.kernel", "conv1.bias", "conv2.kernel", "conv2.bias", "dense.weight", "dense.bias")
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise ConfigError(f"export_gguf: missing tensor(s) {', '.join(missing)} for architecture {name}")
+    if name == "fc":
+        hidden, n_pixels = arrays["fc1.weight"].shape
+        side = int(round(np.sqrt(n_pixels)))
+        if side * side != n_pixels:
+            raise ConfigError(f"export_gguf: fc1.weight has {n_pixels} inputs, which is not a square image")
+        model = Model.create("fc", n_classes=arrays["fc2.weight"].shape[0], image_size=(side, side), hidden=int(hidden))
+    else:
+        c1, c2 = arrays["conv1.kernel"].shape[0], arrays["conv2.kernel"].shape[0]
+        n_classes, dense_in = arrays["dense.weight"].shape
+        side = int(round(np.sqrt(dense_in / c2))) * 4
+        model = Model.create("cnn", n_classes=int(n_classes), image_size=(side, side), conv_channels=(int(c1), int(c2)))
+        if layout == "torch":
+            q = side // 4
+            if dense_in != c2 * q * q:
+                raise DataError(f"export_gguf: dense.weight has {dense_in} inputs; expected {c2}x{q}x{q}")
+            arrays["dense.weight"] = (arrays["dense.weight"].reshape(n_classes, c2, q, q)
+                                      .transpose(0, 2, 3, 1).reshape(n_classes, dense_in))
+    model.set_weights(arrays)
+    model.save(path, metadata=dict(metadata or {}, source="export_gguf"))
+    return model
+
+
+def _native_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int) -> Any:
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    labels32 = np.ascontiguousarray(labels, dtype=np.int32)
+    out = ffi.new("gmn_dataset **")
+    _ffi.check(lib.gmn_dataset_init(_ffi.ptr(images, "uint8_t *"), _ffi.ptr(labels32, "int32_t *"), images.shape[0],
+                                    images.shape[1], n_classes, out), invalid=DataError)
+    return ffi.gc(out[0], lib.gmn_dataset_free)
+
+
+def _epoch_stats(epoch: int, r: Any, seconds: float) -> EpochStats:
+    has_val = r.n_val > 0
+    return EpochStats(
+        epoch=epoch, train_loss=r.train_loss, train_loss_unc=r.train_loss_unc, train_acc=r.train_acc,
+        train_acc_unc=r.train_acc_unc, val_loss=r.val_loss if has_val else None,
+        val_loss_unc=r.val_loss_unc if has_val else None, val_acc=r.val_acc if has_val else None,
+        val_acc_unc=r.val_acc_unc if has_val else None, seconds=seconds, n_train=int(r.n_train), n_val=int(r.n_val),
+        interrupted=bool(r.stopped))
+
+
+class _Interrupt:
+    requested = False
+
+
+@contextlib.contextmanager
+def _graceful_interrupt() -> Iterator[_Interrupt]:
+    """While active, the first Ctrl-C asks training to stop after the current batch; a second one aborts."""
+    state = _Interrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        state.requested = True
+        sys.stderr.write("\nstopping after the current batch (Ctrl-C again to abort)\n")
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,239 @@
+"""Console scripts ``mnist-train``, ``mnist-eval`` and ``mnist-data`` (argparse only; the work happens in api)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from . import api, download
+from .config import ARCH_DEFAULTS, DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
+from .errors import ConfigError, GgmlMnistError
+
+_BASE = TrainConfig()
+
+
+def _default(field: str) -> str:
+    """Describe a field's default, per architecture where the two differ."""
+    fc, cnn = TrainConfig.defaults("fc"), TrainConfig.defaults("cnn")
+    a, b = getattr(fc, field), getattr(cnn, field)
+    return f"default: {a}" if a == b else f"default: fc {a}, cnn {b}"
+
+
+def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
+    args = parser.parse_args(argv)
+    if getattr(args, "verbose", False):
+        from ._ffi import set_verbose
+        set_verbose(True)
+    try:
+        return main(args)
+    except (GgmlMnistError, OSError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: aborted", file=sys.stderr)
+        return 130
+
+
+def _data_args(rest: list[str], prog: str) -> tuple[Optional[str], Optional[str], Optional[str]]:
+    """Split optional positionals [IMAGES LABELS] [DEVICE] the way ggml's examples take them."""
+    if len(rest) == 0:
+        return None, None, None
+    if len(rest) == 1:
+        return None, None, rest[0]
+    if len(rest) in (2, 3):
+        return rest[0], rest[1], rest[2] if len(rest) == 3 else None
+    raise ConfigError(f"{prog}: expected [IMAGES LABELS] [DEVICE], got {len(rest)} extra arguments")
+
+
+def _has_split(directory: Path, split: str) -> bool:
+    stem = "train" if split == "train" else "t10k"
+    return any((directory / f"{stem}-images{sep}idx3-ubyte{ext}").is_file() for sep in "-." for ext in ("", ".gz"))
+
+
+def _dataset_dir(data_dir: str, dataset: str, split: str) -> Path:
+    """Return the directory holding the split: DATA_DIR itself, or DATA_DIR/DATASET, downloaded there if missing."""
+    root = Path(data_dir)
+    if _has_split(root, split):
+        return root
+    if not _has_split(root / dataset, split):
+        print(f"{dataset} not found in {root}; downloading it to {root / dataset}", file=sys.stderr)
+        return download.download_dataset(dataset, root)
+    return root / dataset
+
+
+# ---- mnist-train ------------------------------------------------------------------------------
+def train_parser() -> argparse.ArgumentParser:
+    """The argument parser of mnist-train."""
+    p = argparse.ArgumentParser(
+        prog="mnist-train",
+        description="Train an fc or cnn classifier on MNIST-style IDX data with ggml and save it as GGUF. "
+                    "Positional order follows ggml's example: ARCH OUT.gguf [TRAIN_IMAGES TRAIN_LABELS] [DEVICE].")
+    p.add_argument("arch", metavar="ARCH", help="fc, cnn, mnist-fc or mnist-cnn")
+    p.add_argument("output", metavar="OUT.gguf", help="where to write the trained model (atomically)")
+    p.add_argument("rest", nargs="*", metavar="[IMAGES LABELS] [DEVICE]",
+                   help="training IDX files (raw or .gz) and/or a device; without files --data-dir is used")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                   help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
+    p.add_argument("--dataset", default="mnist", choices=sorted(download.DATASETS), help="dataset for --data-dir (default: mnist)")
+    p.add_argument("--epochs", type=int, help=_default("epochs"))
+    p.add_argument("--batch-size", type=int, help="images per optimizer step; " + _default("batch_size"))
+    p.add_argument("--physical-batch-size", type=int,
+                   help="images per graph evaluation, divides --batch-size (gradient accumulation); default: the batch size")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=_default("optimizer"))
+    p.add_argument("--lr", type=float, help="peak learning rate; " + _default("lr"))
+    p.add_argument("--lr-schedule", choices=SCHEDULES, help=_default("lr_schedule"))
+    p.add_argument("--lr-min-ratio", type=float, help="final lr as a fraction of --lr; " + _default("lr_min_ratio"))
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up length in epochs; " + _default("warmup_epochs"))
+    p.add_argument("--beta1", type=float, help="AdamW beta1; " + _default("beta1"))
+    p.add_argument("--beta2", type=float, help="AdamW beta2; " + _default("beta2"))
+    p.add_argument("--eps", type=float, help="AdamW epsilon; " + _default("eps"))
+    p.add_argument("--weight-decay", type=float, help="decoupled weight decay; " + _default("weight_decay"))
+    p.add_argument("--val-split", type=float, help="fraction held out for validation; " + _default("val_split"))
+    p.add_argument("--seed", type=int, help="weight init and shuffle seed (bit-identical reruns); " + _default("seed"))
+    p.add_argument("--device", help=f"auto, cpu or a ggml device name such as CUDA0 (default: {DEFAULT_DEVICE})")
+    p.add_argument("--threads", type=int, help="CPU threads, 0 = all available cores; " + _default("threads"))
+    p.add_argument("--hidden", type=int, help="fc hidden width; " + _default("hidden"))
+    p.add_argument("--conv-channels", type=int, nargs=2, metavar=("C1", "C2"),
+                   help=f"cnn channels of the two conv layers (default: {_BASE.conv1_channels} {_BASE.conv2_channels})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
+    p.add_argument("--json", action="store_true", help="print one JSON object per epoch and a final one on stdout")
+    p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    images, labels, device = _data_args(args.rest, "mnist-train")
+    if args.device and device and args.device != device:
+        raise ConfigError(f"device given twice: {device!r} and --device {args.device!r}")
+    data_dir = None
+    if images is None:
+        data_dir = _dataset_dir(args.data_dir, args.dataset, "train")
+    conv = args.conv_channels or (None, None)
+    options: dict[str, Any] = dict(
+        arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, physical_batch_size=args.physical_batch_size,
+        optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,
+        warmup_epochs=args.warmup_epochs, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
+        weight_decay=args.weight_decay, val_split=args.val_split, seed=args.seed, device=device or args.device,
+        threads=args.threads, hidden=args.hidden, conv1_channels=conv[0], conv2_channels=conv[1])
+
+    def on_epoch(stats: api.EpochStats) -> None:
+        if args.json:
+            print(json.dumps({"event": "epoch", **stats.as_dict()}), flush=True)
+
+    model, history = api.train(images, labels, data_dir=data_dir, progress=not args.quiet and not args.json,
+                               on_epoch=on_epoch, **options)
+    model.save(args.output)
+    seconds = sum(s.seconds for s in history)
+    if args.json:
+        print(json.dumps({"event": "done", "model": args.output, "epochs": len(history), "seconds": seconds,
+                          "device": model.device, "architecture": model.architecture}), flush=True)
+    elif not args.quiet:
+        print(f"mnist-train: trained {model.architecture} on {model.device} for {len(history)} epochs in {seconds:.1f}s; "
+              f"saved {args.output}", file=sys.stderr)
+    return 0
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of mnist-train."""
+    return _run(_train, train_parser(), argv)
+
+
+# ---- mnist-eval -------------------------------------------------------------------------------
+def eval_parser() -> argparse.ArgumentParser:
+    """The argument parser of mnist-eval."""
+    p = argparse.ArgumentParser(
+        prog="mnist-eval",
+        description="Evaluate a GGUF model (ours or ggml's mnist example's) on labelled IDX images: "
+                    "MODEL.gguf [IMAGES LABELS] [DEVICE].")
+    p.add_argument("model", metavar="MODEL.gguf")
+    p.add_argument("rest", nargs="*", metavar="[IMAGES LABELS] [DEVICE]",
+                   help="test IDX files (raw or .gz) and/or a device; without files the test split in --data-dir")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                   help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
+    p.add_argument("--dataset", default="mnist", choices=sorted(download.DATASETS), help="dataset for --data-dir (default: mnist)")
+    p.add_argument("--device", help=f"auto, cpu or a ggml device name such as CUDA0 (default: {DEFAULT_DEVICE})")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all available cores (default: 0)")
+    p.add_argument("--batch-size", type=int, default=EVAL_CHUNK, help=f"images per native call (default: {EVAL_CHUNK})")
+    p.add_argument("--info", action="store_true", help="print the model's architecture, shapes and training metadata, then exit")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
+    p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
+    return p
+
+
+def _info(model: Any, as_json: bool) -> int:
+    info = {"architecture": model.architecture, "n_classes": model.n_classes, "image_size": list(model.image_size),
+            "device": model.device, "tensors": {k: list(v) for k, v in model.tensor_shapes().items()},
+            "metadata": model.metadata}
+    if as_json:
+        print(json.dumps(info))
+        return 0
+    print(f"architecture: {info['architecture']}  classes: {model.n_classes}  image: {model.image_size[0]}x{model.image_size[1]}")
+    for name, shape in info["tensors"].items():
+        print(f"  {name:14s} {shape}")
+    for key, value in model.metadata.items():
+        if key == "history" and isinstance(value, list):
+            for s in value:
+                print(f"  history: epoch {s.get('epoch')}: train loss {s.get('train_loss'):.4f} "
+                      f"acc {100 * s.get('train_acc', 0):.2f}% ({s.get('seconds', 0):.2f}s)")
+        else:
+            print(f"  {key}: {json.dumps(value)}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    images, labels, device = _data_args(args.rest, "mnist-eval")
+    model = api.load(args.model, device=device or args.device or DEFAULT_DEVICE, threads=args.threads)
+    if args.info:
+        return _info(model, args.json)
+    data_dir = None
+    if images is None:
+        data_dir = _dataset_dir(args.data_dir, args.dataset, "test")
+    r = api.evaluate(model, images, labels, data_dir=data_dir, batch_size=args.batch_size, keep_probabilities=False)
+    if args.json:
+        print(json.dumps({"model": args.model, "architecture": model.architecture, "device": model.device, **r.as_dict(),
+                          "us_per_image": 1e6 * r.seconds / r.n}))
+        return 0
+    print(f"mnist-eval: {model.architecture} on {model.device}: evaluation on {r.n} images took "
+          f"{1e3 * r.seconds:.2f} ms, {1e6 * r.seconds / r.n:.2f} us/image")
+    print(f"mnist-eval: loss={r.loss:.6f}+-{r.loss_unc:.6f}")
+    print(f"mnist-eval: accuracy={100 * r.accuracy:.2f}+-{100 * r.accuracy_unc:.2f}%")
+    return 0
+
+
+def eval_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of mnist-eval."""
+    return _run(_eval, eval_parser(), argv)
+
+
+# ---- mnist-data -------------------------------------------------------------------------------
+def data_parser() -> argparse.ArgumentParser:
+    """The argument parser of mnist-data."""
+    p = argparse.ArgumentParser(prog="mnist-data", description="Download and verify IDX datasets.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (("download", "download (or complete) a dataset, verifying SHA-256 sums"),
+                       ("verify", "check the SHA-256 sums of a downloaded dataset")):
+        s = sub.add_parser(name, help=text, description=text)
+        s.add_argument("--dataset", default="mnist", choices=sorted(download.DATASETS), help="which dataset (default: mnist)")
+        s.add_argument("--dir", default=DEFAULT_DATA_DIR, help=f"parent directory; files go to DIR/DATASET (default: {DEFAULT_DATA_DIR})")
+        s.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def _data(args: argparse.Namespace) -> int:
+    if args.command == "download":
+        where = download.download_dataset(args.dataset, args.dir, progress=not args.quiet)
+        if not args.quiet:
+            print(f"mnist-data: {args.dataset} is ready in {where}", file=sys.stderr)
+        return 0
+    status = download.verify_dataset(args.dataset, args.dir)
+    for name, ok in status.items():
+        print(f"{'ok     ' if ok else 'MISSING'} {name}")
+    return 0 if all(status.values()) else 1
+
+
+def data_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of mnist-data."""
+    return _run(_data, data_parser(), argv)

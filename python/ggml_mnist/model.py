@@ -1,0 +1,246 @@
+"""``Model``: a network held by the native shim (weights on a ggml device), with predict, save and load."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _ffi
+from ._ffi import ffi, lib
+from .config import DEFAULT_DEVICE, EVAL_CHUNK, normalize_arch
+from .errors import ConfigError, DataError, DataFileNotFoundError, ModelIOError
+
+PathLike = Union[str, "os.PathLike[str]"]
+_ARCH_CODES = {"fc": 0, "cnn": 1}
+
+
+class Model:
+    """A classifier (``fc`` or ``cnn``) whose weights live on a ggml device.
+
+    Create one with :meth:`create` or :meth:`load` (or get it from :func:`ggml_mnist.train`).
+    A Model is not safe to use from two threads at once; distinct models are.
+    """
+
+    def __init__(self, handle: Any, metadata: Optional[dict[str, Any]] = None) -> None:
+        """Wrap a native handle (internal: use create() or load())."""
+        self._handle = ffi.gc(handle, lib.gmn_model_free)
+        cfg = ffi.new("struct gmn_model_config *")
+        _ffi.check(lib.gmn_model_get_config(self._handle, cfg))
+        self.arch: str = "fc" if cfg.arch == 0 else "cnn"
+        self.n_classes: int = cfg.n_classes
+        self.image_size: tuple[int, int] = (cfg.image_h, cfg.image_w)
+        self.hidden: int = cfg.hidden
+        self.conv_channels: tuple[int, int] = (cfg.conv1_channels, cfg.conv2_channels)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def create(cls, arch: str = "cnn", *, n_classes: int = 10, image_size: Sequence[int] = (28, 28), hidden: int = 500,
+               conv_channels: Sequence[int] = (8, 16), device: str = DEFAULT_DEVICE, threads: int = 0, seed: int = 42) -> "Model":
+        """Return a freshly initialised model (PyTorch-style uniform init drawn from ``seed``).
+
+        Raises ConfigError for impossible shapes and DeviceError for an unknown device.
+        """
+        name = normalize_arch(arch)
+        if not (isinstance(seed, int) and 0 <= seed < 2**64):
+            raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        cfg = ffi.new("struct gmn_model_config *", dict(
+            arch=_ARCH_CODES[name], n_classes=_int(n_classes, "n_classes"), image_h=_int(image_size[0], "image height"),
+            image_w=_int(image_size[1], "image width"), hidden=_int(hidden, "hidden"),
+            conv1_channels=_int(conv_channels[0], "conv1 channels"), conv2_channels=_int(conv_channels[1], "conv2 channels")))
+        out = ffi.new("gmn_model **")
+        _ffi.check(lib.gmn_model_init(cfg, _ffi.cstr(device), _int(threads, "threads"), seed, out))
+        return cls(out[0])
+
+    @classmethod
+    def load(cls, path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0) -> "Model":
+        """Load a GGUF model written by ggml-mnist or by ggml's mnist example.
+
+        Raises DataFileNotFoundError if the file is missing, ModelFormatError if it is not a valid model.
+        """
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise DataFileNotFoundError(f"model file {path!r} does not exist")
+        out = ffi.new("gmn_model **")
+        _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device), _int(threads, "threads"), out))
+        model = cls(out[0])
+        model.metadata = _decode_metadata(model._native_metadata())
+        return model
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def handle(self) -> Any:
+        """The native handle; raises ValueError once the model is closed."""
+        if self._handle is None:
+            raise ValueError("this Model has been closed")
+        return self._handle
+
+    @property
+    def device(self) -> str:
+        """Name of the ggml device the model runs on (e.g. "CPU", "CUDA0")."""
+        buf = ffi.new("char[128]")
+        _ffi.check(lib.gmn_model_device(self.handle, buf, 128))
+        return ffi.string(buf).decode()
+
+    @property
+    def architecture(self) -> str:
+        """The GGUF ``general.architecture`` this model is saved under."""
+        standard = self.n_classes == 10 and self.image_size == (28, 28) and (
+            self.hidden == 500 if self.arch == "fc" else self.conv_channels == (8, 16))
+        return ("mnist-" if standard else "ggml-mnist-") + self.arch
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Map each parameter name to its numpy shape (ggml's ne reversed, trailing 1s dropped)."""
+        shapes = {}
+        name = ffi.new("char[64]")
+        ne = ffi.new("int64_t[4]")
+        for i in range(lib.gmn_model_n_tensors(self.handle)):
+            _ffi.check(lib.gmn_model_tensor_info(self.handle, i, name, 64, ne))
+            dims = [int(ne[d]) for d in range(4)]
+            while len(dims) > 1 and dims[-1] == 1:
+                dims.pop()
+            shapes[ffi.string(name).decode()] = tuple(reversed(dims))
+        return shapes
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Return copies of all parameters as float32 arrays in numpy (row-major) order."""
+        out = {}
+        for name, shape in self.tensor_shapes().items():
+            arr = np.empty(shape, dtype=np.float32)
+            _ffi.check(lib.gmn_model_get_tensor(self.handle, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
+            out[name] = arr
+        return out
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        """Overwrite parameters from arrays with exactly the shapes of :meth:`tensor_shapes`.
+
+        Raises ConfigError for an unknown name, a wrong shape or non-finite values.
+        """
+        shapes = self.tensor_shapes()
+        for name, value in weights.items():
+            if name not in shapes:
+                raise ConfigError(f"unknown tensor {name!r}; this {self.arch} model has {', '.join(shapes)}")
+            arr = np.ascontiguousarray(value, dtype=np.float32)
+            if arr.shape != shapes[name] and arr.size == int(np.prod(shapes[name])) and arr.squeeze().shape == tuple(
+                    d for d in shapes[name] if d != 1):
+                arr = arr.reshape(shapes[name])
+            if arr.shape != shapes[name]:
+                raise ConfigError(f"tensor {name!r} must have shape {shapes[name]}, got {arr.shape}")
+            _ffi.check(lib.gmn_model_set_tensor(self.handle, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
+
+    # -- inference --------------------------------------------------------------------------------
+    def predict_proba(self, images: Any, *, batch_size: int = EVAL_CHUNK) -> np.ndarray:
+        """Return class probabilities, shape [N, n_classes] float32, for uint8 images or floats in [0, 1].
+
+        ``images`` is [N, H, W], [N, H*W] or a single [H, W] image. Memory stays bounded:
+        images are converted and predicted ``batch_size`` at a time.
+        """
+        flat, is_float = self._flatten(images)
+        probs = np.empty((flat.shape[0], self.n_classes), dtype=np.float32)
+        for start, chunk in _chunks(flat, batch_size):
+            chunk = np.ascontiguousarray(chunk)
+            out = probs[start:start + chunk.shape[0]]
+            _ffi.check(lib.gmn_model_predict(self.handle, _ffi.ptr(chunk, "void *"), int(is_float), chunk.shape[0],
+                                             _ffi.ptr(out, "float *")), invalid=DataError)
+        return probs
+
+    def predict(self, images: Any, *, batch_size: int = EVAL_CHUNK) -> np.ndarray:
+        """Return the predicted class of each image as an int64 array of shape [N]."""
+        return self.predict_proba(images, batch_size=batch_size).argmax(axis=1)
+
+    def _flatten(self, images: Any) -> tuple[np.ndarray, bool]:
+        arr = np.asarray(images)
+        h, w = self.image_size
+        if arr.ndim == 2 and arr.shape == (h, w):
+            arr = arr[None]
+        if arr.ndim == 3 and arr.shape[1:] == (h, w):
+            arr = arr.reshape(arr.shape[0], h * w)
+        if arr.ndim != 2 or arr.shape[1] != h * w:
+            raise DataError(f"images must have shape [N, {h}, {w}] or [N, {h * w}] for this model, got {list(arr.shape)}")
+        if arr.shape[0] == 0:
+            raise DataError("no images to predict (got an empty array)")
+        if arr.dtype == np.uint8:
+            return arr, False
+        if np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(np.float32, copy=False)
+            if not np.isfinite(arr).all():
+                raise DataError("images contain NaN or infinite values")
+            return arr, True
+        if np.issubdtype(arr.dtype, np.integer):
+            if arr.min() < 0 or arr.max() > 255:
+                raise DataError("integer images must hold values in [0, 255]; scale floats to [0, 1]")
+            return arr.astype(np.uint8), False
+        raise DataError(f"images must be uint8 or float arrays, got dtype {arr.dtype}")
+
+    # -- files ------------------------------------------------------------------------------------
+    def save(self, path: PathLike, metadata: Optional[Mapping[str, Any]] = None) -> None:
+        """Write the model as GGUF atomically: a failed save leaves any existing file untouched.
+
+        ``metadata`` (merged over :attr:`metadata`) is stored under ``ggml_mnist.<key>`` keys as
+        strings (JSON for non-strings). Raises ModelIOError if the file cannot be written.
+        """
+        merged = {**self.metadata, **(metadata or {})}
+        keys, values = [], []
+        for key, value in merged.items():
+            keys.append(ffi.new("char[]", _ffi.cstr(str(key))))
+            text = json.dumps(value, sort_keys=True)
+            values.append(ffi.new("char[]", _ffi.cstr(text)))
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise ModelIOError(f"{path!r} is a directory; give a file name such as model.gguf")
+        _ffi.check(lib.gmn_model_save(self.handle, _ffi.cstr(path), len(keys), ffi.new("char *[]", keys) if keys else ffi.NULL,
+                                      ffi.new("char *[]", values) if values else ffi.NULL))
+        self.metadata = merged
+
+    def _native_metadata(self) -> Iterator[tuple[str, str]]:
+        key = ffi.new("const char **")
+        value = ffi.new("const char **")
+        for i in range(lib.gmn_model_meta_count(self.handle)):
+            _ffi.check(lib.gmn_model_meta_get(self.handle, i, key, value))
+            yield ffi.string(key[0]).decode("utf-8", "replace"), ffi.string(value[0]).decode("utf-8", "replace")
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the native model now (it is also freed when garbage-collected)."""
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            ffi.release(handle)
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._handle is None:
+            return f"<Model {self.arch} (closed)>"
+        return f"<Model {self.architecture} classes={self.n_classes} image={self.image_size[0]}x{self.image_size[1]} device={self.device}>"
+
+
+def _decode_metadata(items: Iterator[tuple[str, str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, text in items:
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
+def _chunks(arr: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
+    if not (isinstance(size, int) and size >= 1):
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {size!r}")
+    for start in range(0, arr.shape[0], size):
+        yield start, arr[start:start + size]
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{what} must be an integer, got {value!r}")
+    if not -2**31 < int(value) < 2**31:
+        raise ConfigError(f"{what} is out of range: {value!r}")
+    return int(value)
