@@ -146,6 +146,105 @@ static int gmn_read_tensors(gmn_model * m, const struct gguf_context * g, struct
     return GMN_OK;
 }
 
+static int gmn_read_le(FILE * f, void * dst, size_t n) {
+    return fread(dst, 1, n, f) == n; /* GGUF is little-endian, like every host ggml supports */
+}
+
+static int gmn_skip(FILE * f, uint64_t n) {
+    return n <= (uint64_t) INT64_MAX && fseeko(f, (off_t) n, SEEK_CUR) == 0;
+}
+
+/* Size of one GGUF value of a fixed-size type; 0 for strings, arrays and unknown types. */
+static uint64_t gmn_gguf_value_size(int32_t type) {
+    switch (type) {
+        case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_BOOL:       return 1;
+        case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16:                          return 2;
+        case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_FLOAT32:  return 4;
+        case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64: case GGUF_TYPE_FLOAT64:  return 8;
+        default:                                                              return 0;
+    }
+}
+
+/* Skips n values of a non-array type; 0 when the type is unknown or the file ends. */
+static int gmn_gguf_skip_values(FILE * f, int32_t type, uint64_t n) {
+    if (type == GGUF_TYPE_STRING) {
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t len;
+            if (!gmn_read_le(f, &len, 8) || !gmn_skip(f, len)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    const uint64_t size = gmn_gguf_value_size(type);
+    return size > 0 && n <= (uint64_t) INT64_MAX / size && gmn_skip(f, n * size);
+}
+
+/* ggml's GGUF reader aborts the process on three malformed inputs instead of failing: an empty
+ * key, a general.alignment that is not a uint32, and a tensor dimension of 0 (a division by
+ * zero). Walk the header as it does and refuse those; whatever else is malformed is left to
+ * gguf_init_from_file, which rejects it cleanly, so this stops early without error there. */
+static int gmn_gguf_precheck(FILE * f, const char * path) {
+    char magic[4];
+    uint32_t version;
+    int64_t n_tensors, n_kv;
+    if (!gmn_read_le(f, magic, 4) || memcmp(magic, GGUF_MAGIC, 4) != 0 || !gmn_read_le(f, &version, 4) ||
+        !gmn_read_le(f, &n_tensors, 8) || !gmn_read_le(f, &n_kv, 8)) {
+        return GMN_OK;
+    }
+    const size_t align_len = strlen(GGUF_KEY_GENERAL_ALIGNMENT);
+    for (int64_t i = 0; i < n_kv; i++) {
+        uint64_t len;
+        char key[32];
+        int32_t type;
+        if (!gmn_read_le(f, &len, 8)) {
+            return GMN_OK;
+        }
+        if (len == 0) {
+            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': metadata key %lld has an empty name (corrupt file)", path, (long long) i);
+        }
+        const int is_alignment = len == align_len;
+        if (is_alignment ? !gmn_read_le(f, key, len) : !gmn_skip(f, len)) {
+            return GMN_OK;
+        }
+        if (!gmn_read_le(f, &type, 4)) {
+            return GMN_OK;
+        }
+        if (is_alignment && memcmp(key, GGUF_KEY_GENERAL_ALIGNMENT, align_len) == 0 && type != GGUF_TYPE_UINT32) {
+            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': key " GGUF_KEY_GENERAL_ALIGNMENT " must be a uint32", path);
+        }
+        uint64_t n = 1;
+        if (type == GGUF_TYPE_ARRAY && (!gmn_read_le(f, &type, 4) || !gmn_read_le(f, &n, 8))) {
+            return GMN_OK;
+        }
+        if (!gmn_gguf_skip_values(f, type, n)) {
+            return GMN_OK;
+        }
+    }
+    for (int64_t i = 0; i < n_tensors; i++) {
+        uint64_t len;
+        char name[GGML_MAX_NAME] = "";
+        uint32_t n_dims;
+        if (!gmn_read_le(f, &len, 8) || len >= GGML_MAX_NAME || !gmn_read_le(f, name, len) ||
+            !gmn_read_le(f, &n_dims, 4) || n_dims > GGML_MAX_DIMS) {
+            return GMN_OK;
+        }
+        for (uint32_t d = 0; d < n_dims; d++) {
+            int64_t ne;
+            if (!gmn_read_le(f, &ne, 8) || ne < 0) {
+                return GMN_OK;
+            }
+            if (ne == 0) {
+                return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor '%s' has a dimension of size 0", path, name);
+            }
+        }
+        if (!gmn_skip(f, 4 + 8)) { /* type, offset */
+            return GMN_OK;
+        }
+    }
+    return GMN_OK;
+}
+
 int gmn_model_load(const char * path, const char * device, int n_threads, gmn_model ** out) {
     gmn_ensure_init();
     gmn_clear_error();
@@ -160,24 +259,27 @@ int gmn_model_load(const char * path, const char * device, int n_threads, gmn_mo
     if (!S_ISREG(sb.st_mode)) {
         return gmn_fail(GMN_E_IO, "model_load: '%s' is not a regular file", path);
     }
+    FILE * f = fopen(path, "rb");
+    if (f == NULL) {
+        return gmn_fail(GMN_E_IO, "model_load: '%s': %s", path, strerror(errno));
+    }
+    int st = gmn_gguf_precheck(f, path);
+    if (st != GMN_OK) {
+        fclose(f);
+        return st;
+    }
     struct ggml_context * meta = NULL;
     struct gguf_init_params gp = { true, &meta };
     struct gguf_context * g = gguf_init_from_file(path, gp);
     if (g == NULL) {
+        fclose(f);
         return gmn_fail(GMN_E_FORMAT, "model_load: '%s' is not a valid GGUF file (corrupt or truncated); re-save or re-download it", path);
     }
     struct gmn_model_config cfg;
     gmn_model * m = NULL;
-    FILE * f = NULL;
-    int st = gmn_read_config(g, path, &cfg);
+    st = gmn_read_config(g, path, &cfg);
     if (st == GMN_OK) {
         st = gmn_model_create(&cfg, device, n_threads, &m);
-    }
-    if (st == GMN_OK) {
-        f = fopen(path, "rb");
-        if (f == NULL) {
-            st = gmn_fail(GMN_E_IO, "model_load: '%s': %s", path, strerror(errno));
-        }
     }
     if (st == GMN_OK) {
         st = gmn_read_tensors(m, g, meta, path, f, (long long) sb.st_size);
@@ -185,9 +287,7 @@ int gmn_model_load(const char * path, const char * device, int n_threads, gmn_mo
     if (st == GMN_OK) {
         st = gmn_read_meta(m, g);
     }
-    if (f != NULL) {
-        fclose(f);
-    }
+    fclose(f);
     gguf_free(g);
     ggml_free(meta);
     if (st != GMN_OK) {

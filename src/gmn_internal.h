@@ -10,6 +10,7 @@
 #include "ggml-opt.h"
 
 #define GMN_MAX_TENSORS   6
+#define GMN_MAX_ACCEL     4
 #define GMN_EVAL_BATCH    1000
 #define GMN_META_PREFIX   "ggml_mnist."
 
@@ -29,6 +30,8 @@ struct gmn_model {
     ggml_backend_dev_t   dev;
     ggml_backend_t       backend;     /* the chosen device */
     ggml_backend_t       backend_cpu; /* NULL when backend is the CPU */
+    ggml_backend_t       backend_accel[GMN_MAX_ACCEL]; /* e.g. BLAS, used alongside the CPU */
+    int                  n_accel;
     int                  n_threads;
 
     struct ggml_context * ctx_w;      /* parameter tensors, allocated in buf_w */
@@ -73,6 +76,8 @@ int  gmn_find_device(const char * name, ggml_backend_dev_t * out);
 
 /* Model internals shared by the model, gguf and training files. */
 int  gmn_model_create(const struct gmn_model_config * cfg, const char * device, int n_threads, gmn_model ** out);
+/* A new scheduler over the model's backends (device, accelerators, CPU), or NULL. */
+ggml_backend_sched_t gmn_model_new_sched(const gmn_model * model);
 int  gmn_check_config(const struct gmn_model_config * cfg);
 struct ggml_tensor * gmn_model_tensor(const gmn_model * model, const char * name);
 struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x);

@@ -126,6 +126,17 @@ int gmn_model_create(const struct gmn_model_config * cfg, const char * device, i
     }
     if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) {
         gmn_set_threads(m->backend, m->n_threads);
+        /* accelerator devices such as ggml's BLAS backend take the ops they support (mul_mat, out_prod) */
+        for (size_t i = 0; i < ggml_backend_dev_count() && m->n_accel < GMN_MAX_ACCEL; i++) {
+            ggml_backend_dev_t d = ggml_backend_dev_get(i);
+            if (ggml_backend_dev_type(d) == GGML_BACKEND_DEVICE_TYPE_ACCEL) {
+                ggml_backend_t b = ggml_backend_dev_init(d, NULL);
+                if (b != NULL) {
+                    gmn_set_threads(b, m->n_threads);
+                    m->backend_accel[m->n_accel++] = b;
+                }
+            }
+        }
     } else {
         ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
         m->backend_cpu = cpu ? ggml_backend_dev_init(cpu, NULL) : NULL;
@@ -150,14 +161,27 @@ int gmn_model_create(const struct gmn_model_config * cfg, const char * device, i
     }
     ggml_backend_buffer_set_usage(m->buf_w, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
 
-    ggml_backend_t backends[2] = { m->backend, m->backend_cpu };
-    m->sched_eval = ggml_backend_sched_new(backends, NULL, m->backend_cpu ? 2 : 1, GGML_DEFAULT_GRAPH_SIZE, false, false);
+    m->sched_eval = gmn_model_new_sched(m);
     if (m->sched_eval == NULL) {
         gmn_model_free(m);
         return gmn_fail(GMN_E_NOMEM, "model: could not create the scheduler");
     }
     *out = m;
     return GMN_OK;
+}
+
+ggml_backend_sched_t gmn_model_new_sched(const gmn_model * m) {
+    /* priority order: the chosen device, then accelerators, then the CPU (always last) */
+    ggml_backend_t backends[GMN_MAX_ACCEL + 2];
+    int n = 0;
+    if (m->backend_cpu != NULL) {
+        backends[n++] = m->backend;
+    }
+    for (int i = 0; i < m->n_accel; i++) {
+        backends[n++] = m->backend_accel[i];
+    }
+    backends[n++] = m->backend_cpu != NULL ? m->backend_cpu : m->backend;
+    return ggml_backend_sched_new(backends, NULL, n, GGML_DEFAULT_GRAPH_SIZE, false, false);
 }
 
 /* Fan-in of a parameter tensor: the elements one output unit reads. */
@@ -230,6 +254,9 @@ void gmn_model_free(gmn_model * m) {
         ggml_backend_buffer_free(m->buf_w);
     }
     ggml_free(m->ctx_w);
+    for (int i = 0; i < m->n_accel; i++) {
+        ggml_backend_free(m->backend_accel[i]);
+    }
     if (m->backend_cpu) {
         ggml_backend_free(m->backend_cpu);
     }

@@ -193,8 +193,7 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     st->xbuf = malloc((size_t) (B * npix) * sizeof(float));
     st->ybuf = malloc((size_t) (B * m->cfg.n_classes) * sizeof(float));
 
-    ggml_backend_t backends[2] = { m->backend, m->backend_cpu };
-    st->sched = ggml_backend_sched_new(backends, NULL, m->backend_cpu ? 2 : 1, GGML_DEFAULT_GRAPH_SIZE, false, false);
+    st->sched = gmn_model_new_sched(m);
 
     struct ggml_init_params ip_in = { ggml_tensor_overhead(), NULL, true };
     st->ctx_in = ggml_init(ip_in);
@@ -373,6 +372,11 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
         ggml_opt_result_accuracy(st->result, &acc, NULL);
         if (!isfinite(loss)) {
             m->diverged = 1;
+            if (st->cfg.optimizer == GMN_OPT_ADAMW && st->cfg.eps == 0.0f) {
+                return gmn_fail(GMN_E_DIVERGED, "train: the loss became %s at batch %lld; AdamW with eps 0 divides 0 by 0 "
+                                "for weights whose gradient is 0 (such as always-black pixels); use eps > 0 (default 1e-8)",
+                                isnan(loss) ? "NaN" : "infinite", (long long) ib);
+            }
             return gmn_fail(GMN_E_DIVERGED, "train: the loss became %s at batch %lld; the learning rate %g is too high "
                             "(try 10x lower) or the data is not scaled", isnan(loss) ? "NaN" : "infinite",
                             (long long) ib, (double) st->cfg.lr);

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _ffi
 from ._ffi import ffi, lib
-from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, normalize_arch
+from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size, normalize_arch
 from .data import load_mnist, read_idx, validate_dataset
 from .errors import ConfigError, DataError
 from .model import Model, PathLike
@@ -117,14 +117,14 @@ def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath]
 
 def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
           config: Optional[TrainConfig] = None, n_classes: Optional[int] = None, data_dir: Optional[PathLike] = None,
-          progress: bool = True, on_epoch: Optional[Callable[[EpochStats], None]] = None,
+          progress: bool = True, on_epoch: Optional[Callable[[EpochStats, Model], None]] = None,
           **options: Any) -> tuple[Model, list[EpochStats]]:
     """Train a classifier with ggml-opt and return ``(model, history)``.
 
     ``images``/``labels``: uint8 arrays [N, H, W] and [N], IDX file paths, or a directory with the
     MNIST file names. ``options`` override fields of ``config`` (default
     ``TrainConfig.defaults(options.get("arch", "cnn"))``): epochs, batch_size, lr, seed, device, ...
-    ``progress`` draws a bar on stderr; ``on_epoch`` is called with each epoch's EpochStats.
+    ``progress`` draws a bar on stderr; ``on_epoch(stats, model)`` is called after each epoch.
     Ctrl-C stops after the current batch and returns the model trained so far.
     Raises ConfigError, DataError, DeviceError or TrainingDivergedError (loss became NaN/inf).
     """
@@ -180,7 +180,7 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
             if bar is not None:
                 bar.end_epoch(stats.summary(cfg.epochs))
             if on_epoch is not None:
-                on_epoch(stats)
+                on_epoch(stats, model)
             if stats.interrupted:
                 break
     model.metadata = {
@@ -204,6 +204,7 @@ def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None
     are streamed ``batch_size`` at a time, so memory stays bounded for any N; with
     ``keep_probabilities=False`` only predictions are kept.
     """
+    check_batch_size(batch_size)
     if not isinstance(model, Model):
         model = Model.load(model, device=device, threads=threads)
     images, labels = resolve_dataset(images, labels, "test", data_dir)

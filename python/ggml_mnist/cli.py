@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import api, download
 from .config import ARCH_DEFAULTS, DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
-from .errors import ConfigError, GgmlMnistError
+from .errors import ConfigError, GgmlMnistError, ModelIOError
 
 _BASE = TrainConfig()
 
@@ -104,13 +104,19 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_output(path: str) -> None:
+    """Raise ModelIOError now, before training, if the model could not be saved at path."""
+    target = Path(path)
+    if target.is_dir():
+        raise ModelIOError(f"{path!r} is a directory; give a file name such as model.gguf")
+    if not target.parent.is_dir():
+        raise ModelIOError(f"cannot save to {path!r}: directory '{target.parent}' does not exist; create it first")
+
+
 def _train(args: argparse.Namespace) -> int:
     images, labels, device = _data_args(args.rest, "mnist-train")
     if args.device and device and args.device != device:
         raise ConfigError(f"device given twice: {device!r} and --device {args.device!r}")
-    data_dir = None
-    if images is None:
-        data_dir = _dataset_dir(args.data_dir, args.dataset, "train")
     conv = args.conv_channels or (None, None)
     options: dict[str, Any] = dict(
         arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, physical_batch_size=args.physical_batch_size,
@@ -118,13 +124,18 @@ def _train(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
         weight_decay=args.weight_decay, val_split=args.val_split, seed=args.seed, device=device or args.device,
         threads=args.threads, hidden=args.hidden, conv1_channels=conv[0], conv2_channels=conv[1])
+    config = TrainConfig.defaults(args.arch).replace(**options).validate()  # before any download
+    _check_output(args.output)
+    data_dir = None
+    if images is None:
+        data_dir = _dataset_dir(args.data_dir, args.dataset, "train")
 
-    def on_epoch(stats: api.EpochStats) -> None:
+    def on_epoch(stats: api.EpochStats, _model: Any) -> None:
         if args.json:
             print(json.dumps({"event": "epoch", **stats.as_dict()}), flush=True)
 
-    model, history = api.train(images, labels, data_dir=data_dir, progress=not args.quiet and not args.json,
-                               on_epoch=on_epoch, **options)
+    model, history = api.train(images, labels, config=config, data_dir=data_dir, progress=not args.quiet and not args.json,
+                               on_epoch=on_epoch)
     model.save(args.output)
     seconds = sum(s.seconds for s in history)
     if args.json:

@@ -112,6 +112,13 @@ def normalize_arch(arch: str) -> str:
     return name
 
 
+def check_batch_size(size: Any) -> int:
+    """Return ``size`` if it is a whole number >= 1; raise ConfigError otherwise."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {size!r}")
+    return size
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 

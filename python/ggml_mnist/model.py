@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _ffi
 from ._ffi import ffi, lib
-from .config import DEFAULT_DEVICE, EVAL_CHUNK, normalize_arch
+from .config import DEFAULT_DEVICE, EVAL_CHUNK, check_batch_size, normalize_arch
 from .errors import ConfigError, DataError, DataFileNotFoundError, ModelIOError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -232,9 +232,7 @@ def _decode_metadata(items: Iterator[tuple[str, str]]) -> dict[str, Any]:
 
 
 def _chunks(arr: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
-    if not (isinstance(size, int) and size >= 1):
-        raise ConfigError(f"batch_size must be a whole number >= 1, got {size!r}")
-    for start in range(0, arr.shape[0], size):
+    for start in range(0, arr.shape[0], check_batch_size(size)):
         yield start, arr[start:start + size]
 
 

@@ -1,0 +1,149 @@
+"""Helpers shared by the model, training, GGUF and CLI tests.
+
+A numpy reference of the two networks, small fast training options and GGUF writing with the
+``gguf`` package (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import pytest
+
+# One ggml thread: the test machines have two shared cores, and ggml's worker threads spin
+# while they wait, which makes two threads on a busy machine many times slower than one.
+THREADS = 1
+SMALL = {"fc": {"hidden": 32}, "cnn": {"conv1_channels": 2, "conv2_channels": 4}}
+
+
+def small_options(arch: str, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of train() for a fast run of ``arch`` on a few hundred images."""
+    options = dict(arch=arch, epochs=2, batch_size=20, threads=THREADS, progress=False, **SMALL.get(arch, {}))
+    options.update(overrides)
+    return options
+
+
+def tmp_leftovers(directory: Path) -> list[str]:
+    """Names of temporary files an atomic save may leave behind in directory."""
+    return sorted(p.name for p in Path(directory).iterdir() if p.name.startswith(".") and ".tmp-" in p.name)
+
+
+# ---- numpy reference network -------------------------------------------------------------------
+def _pixels(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    x = images.astype(np.float64)
+    return x / 255.0 if images.dtype == np.uint8 else x
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def conv3x3(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Cross-correlation, stride 1, zero padding 1: x [N, C, H, W], kernel [O, C, 3, 3] -> [N, O, H, W]."""
+    n, c, h, w = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((n, kernel.shape[0], h, w))
+    for i in range(3):
+        for j in range(3):
+            out += np.einsum("oc,nchw->nohw", kernel[:, :, i, j], padded[:, :, i:i + h, j:j + w])
+    return out + bias.reshape(1, -1, 1, 1)
+
+
+def maxpool2(x: np.ndarray) -> np.ndarray:
+    """2x2 max pooling with stride 2, dropping an odd last row/column: [N, C, H, W] -> [N, C, H//2, W//2]."""
+    n, c, h, w = x.shape
+    x = x[:, :, :h // 2 * 2, :w // 2 * 2]
+    return x.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+def reference_proba(arch: str, weights: Mapping[str, np.ndarray], images: np.ndarray, flatten: str = "hwc") -> np.ndarray:
+    """Class probabilities [N, classes] in float64 for images [N, H, W] (uint8 0..255 or floats in [0, 1]).
+
+    fc: softmax(W2 relu(W1 x + b1) + b2). cnn: (conv3x3 + bias, relu, maxpool2) twice, then the
+    features flattened height-width-channel with channels fastest (``flatten="hwc"``, ggml's
+    layout) or channel-first (``"chw"``, PyTorch's), a dense layer and softmax.
+    """
+    w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    x = _pixels(images)
+    n = x.shape[0]
+    if arch == "fc":
+        hidden = np.maximum(x.reshape(n, -1) @ w["fc1.weight"].T + w["fc1.bias"].reshape(-1), 0.0)
+        return softmax(hidden @ w["fc2.weight"].T + w["fc2.bias"].reshape(-1))
+    h = maxpool2(np.maximum(conv3x3(x[:, None], w["conv1.kernel"], w["conv1.bias"]), 0.0))
+    h = maxpool2(np.maximum(conv3x3(h, w["conv2.kernel"], w["conv2.bias"]), 0.0))
+    features = h.transpose(0, 2, 3, 1).reshape(n, -1) if flatten == "hwc" else h.reshape(n, -1)
+    return softmax(features @ w["dense.weight"].T + w["dense.bias"].reshape(-1))
+
+
+def spread_weights(model: Any, scale: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """Give model normal random weights, ``scale`` times its init bound, so its outputs are far from uniform."""
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, value in model.get_weights().items():
+        bound = float(np.abs(value).max())
+        weights[name] = (rng.standard_normal(value.shape) * bound * scale).astype(np.float32)
+    model.set_weights(weights)
+    return weights
+
+
+# ---- GGUF files written from numpy ---------------------------------------------------------------
+def gguf_module() -> Any:
+    """The ``gguf`` package (test extra); skips the calling test when it is missing."""
+    return pytest.importorskip("gguf")
+
+
+def write_gguf(path: os.PathLike | str, arch: Optional[Any], tensors: Mapping[str, np.ndarray],
+               strings: Optional[Mapping[str, str]] = None, uint32s: Optional[Mapping[str, int]] = None) -> Path:
+    """Write a GGUF file with the gguf package: general.architecture = arch (a str; an int is
+    written as uint32; None leaves the key out), extra string/uint32 keys, and tensors whose
+    numpy shapes are ggml's ne reversed, in their own dtypes (float32 -> F32, float16 -> F16)."""
+    gguf = gguf_module()
+    writer = gguf.GGUFWriter(os.fspath(path), "placeholder")
+    del writer.kv_data[0]["general.architecture"]
+    if isinstance(arch, str):
+        writer.add_string("general.architecture", arch)
+    elif arch is not None:
+        writer.add_uint32("general.architecture", int(arch))
+    for key, value in (strings or {}).items():
+        writer.add_string(key, value)
+    for key, value in (uint32s or {}).items():
+        writer.add_uint32(key, value)
+    for name, array in tensors.items():
+        writer.add_tensor(name, np.ascontiguousarray(array))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)
+
+
+def read_gguf(path: os.PathLike | str) -> tuple[dict[str, Any], dict[str, tuple[list[int], str, np.ndarray]]]:
+    """Return (key -> value, tensor name -> (ne, type name, data)) of a GGUF file, via the gguf package."""
+    gguf = gguf_module()
+    reader = gguf.GGUFReader(os.fspath(path))
+    fields = {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    tensors = {t.name: ([int(d) for d in t.shape], t.tensor_type.name, np.array(t.data)) for t in reader.tensors}
+    return fields, tensors
+
+
+def contract_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 weights with the shapes of ggml's mnist example, keyed by tensor name.
+
+    Biases of the convolutions have ggml's ne [1, 1, C, 1], i.e. numpy shape (1, C, 1, 1).
+    """
+    rng = np.random.default_rng(seed)
+
+    def normal(*shape: int, scale: float) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    if arch == "fc":
+        return {"fc1.weight": normal(500, 784, scale=0.1), "fc1.bias": normal(500, scale=0.1),
+                "fc2.weight": normal(10, 500, scale=0.2), "fc2.bias": normal(10, scale=0.1)}
+    return {"conv1.kernel": normal(8, 1, 3, 3, scale=0.5), "conv1.bias": normal(1, 8, 1, 1, scale=0.1),
+            "conv2.kernel": normal(16, 8, 3, 3, scale=0.3), "conv2.bias": normal(1, 16, 1, 1, scale=0.1),
+            "dense.weight": normal(10, 784, scale=0.2), "dense.bias": normal(10, scale=0.1)}
