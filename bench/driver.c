@@ -80,7 +80,7 @@ int main(int argc, char ** argv) {
     }
     const int64_t steps = n / batch;
     struct gmn_train_config tc = { GMN_OPT_ADAMW, 1e-3f, 0.0f, GMN_SCHEDULE_COSINE, 0, epochs * steps,
-                                   0.9f, 0.999f, 1e-8f, 0.0f, batch, batch, 42 };
+                                   0.9f, 0.999f, 1e-8f, 0.0f, batch, batch, 42, 100.0f };
     if (gmn_model_train_init(m, &tc) != GMN_OK) {
         return die("train_init");
     }

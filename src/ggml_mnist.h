@@ -82,6 +82,7 @@ struct gmn_train_config {
     int64_t  batch_size;     /* images per optimizer step */
     int64_t  physical_batch_size; /* images per graph evaluation; divides batch_size */
     uint64_t seed;           /* shuffle order */
+    float    max_loss;       /* > 0: a batch loss above this counts as divergence; 0: only NaN/inf do */
 };
 
 /* Metrics of one epoch; *_unc are standard errors of the means. n_val is 0 without validation. */

@@ -440,7 +440,7 @@ int gmn_model_save(const gmn_model * m, const char * path, int n_meta, const cha
         return gmn_fail(GMN_E_INVALID, "model_save: NULL or empty argument");
     }
     if (m->diverged) {
-        return gmn_fail(GMN_E_STATE, "model_save: refusing to save '%s': training diverged and the weights hold NaN/inf; "
+        return gmn_fail(GMN_E_DIVERGED, "model_save: refusing to save '%s': training diverged and the weights hold NaN/inf; "
                         "retrain with a lower learning rate", path);
     }
     if (n_meta < 0 || n_meta > GMN_MAX_META || (n_meta > 0 && (keys == NULL || values == NULL))) {

@@ -2,6 +2,7 @@
 #include "gmn_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,8 +100,11 @@ static int gmn_check_train_config(const struct gmn_train_config * c) {
     if (c->optimizer != GMN_OPT_ADAMW && c->optimizer != GMN_OPT_SGD) {
         return gmn_fail(GMN_E_INVALID, "train: unknown optimizer code %d (use adamw or sgd)", c->optimizer);
     }
-    if (!(c->lr > 0.0f) || !isfinite(c->lr) || c->lr > 100.0f) {
-        return gmn_fail(GMN_E_INVALID, "train: learning rate %g must be in (0, 100]", (double) c->lr);
+    if (!(c->lr > 0.0f) || !isfinite(c->lr)) {
+        return gmn_fail(GMN_E_INVALID, "train: learning rate %g must be a finite number > 0", (double) c->lr);
+    }
+    if (!(c->max_loss >= 0.0f) || !isfinite(c->max_loss)) {
+        return gmn_fail(GMN_E_INVALID, "train: max_loss %g must be >= 0 (0 disables the check)", (double) c->max_loss);
     }
     if (!(c->lr_min_ratio >= 0.0f && c->lr_min_ratio <= 1.0f)) {
         return gmn_fail(GMN_E_INVALID, "train: lr_min_ratio %g must be in [0, 1]", (double) c->lr_min_ratio);
@@ -360,6 +364,7 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
     ggml_opt_result_reset(st->result);
     struct ggml_tensor * labels = ggml_opt_labels(st->opt);
     const int C = m->cfg.n_classes;
+    double prev_sum = 0.0;
     for (int64_t ib = 0; ib < nbatch; ib++) {
         gmn_gather_batch(st, ds, st->perm + ib * B, B, C);
         ggml_opt_alloc(st->opt, true);
@@ -370,16 +375,25 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
         double loss = 0.0, acc = 0.0;
         ggml_opt_result_loss(st->result, &loss, NULL);
         ggml_opt_result_accuracy(st->result, &acc, NULL);
-        if (!isfinite(loss)) {
+        /* the result holds the running mean; recover this batch's own loss from it */
+        const double batch_loss = loss * (double) (ib + 1) - prev_sum;
+        prev_sum = loss * (double) (ib + 1);
+        if (!isfinite(batch_loss) || (st->cfg.max_loss > 0.0f && batch_loss > st->cfg.max_loss)) {
             m->diverged = 1;
-            if (st->cfg.optimizer == GMN_OPT_ADAMW && st->cfg.eps == 0.0f) {
+            if (st->cfg.optimizer == GMN_OPT_ADAMW && st->cfg.eps == 0.0f && !isfinite(batch_loss)) {
                 return gmn_fail(GMN_E_DIVERGED, "train: the loss became %s at batch %lld; AdamW with eps 0 divides 0 by 0 "
                                 "for weights whose gradient is 0 (such as always-black pixels); use eps > 0 (default 1e-8)",
-                                isnan(loss) ? "NaN" : "infinite", (long long) ib);
+                                isnan(batch_loss) ? "NaN" : "infinite", (long long) ib);
             }
-            return gmn_fail(GMN_E_DIVERGED, "train: the loss became %s at batch %lld; the learning rate %g is too high "
-                            "(try 10x lower) or the data is not scaled", isnan(loss) ? "NaN" : "infinite",
-                            (long long) ib, (double) st->cfg.lr);
+            char what[64];
+            if (isfinite(batch_loss)) {
+                snprintf(what, sizeof(what), "%.3g (above max_loss %g)", batch_loss, (double) st->cfg.max_loss);
+            } else {
+                snprintf(what, sizeof(what), "%s", isnan(batch_loss) ? "NaN" : "infinite");
+            }
+            return gmn_fail(GMN_E_DIVERGED, "train: training diverged: the loss became %s at batch %lld; "
+                            "the learning rate %g is too high, try 10x lower (the weights are unusable and will not be saved)",
+                            what, (long long) ib, (double) st->cfg.lr);
         }
         if (progress != NULL && progress(ud, GMN_PHASE_TRAIN, ib + 1, nbatch, loss, acc) != 0) {
             out->stopped = 1;

@@ -63,12 +63,11 @@ TRAIN_CASES: dict[str, tuple[Any, Any, dict, type, type, str]] = {
                                     r"physical_batch_size 7 must divide batch_size 20 \(e.g. 20 or 10\)"),
     "physical batch too big": (IMAGES, LABELS, {"physical_batch_size": 40}, ConfigError, ValueError,
                                r"physical_batch_size 40 must divide batch_size 20"),
-    "lr 0": (IMAGES, LABELS, {"lr": 0.0}, ConfigError, ValueError, r"lr must be in \(0, 100\], got 0.0"),
-    "lr negative": (IMAGES, LABELS, {"lr": -1e-3}, ConfigError, ValueError, r"lr must be in \(0, 100\], got -0.001"),
-    "lr nan": (IMAGES, LABELS, {"lr": math.nan}, ConfigError, ValueError, r"lr must be in \(0, 100\], got nan"),
-    "lr inf": (IMAGES, LABELS, {"lr": math.inf}, ConfigError, ValueError, r"lr must be in \(0, 100\], got inf"),
-    "lr huge": (IMAGES, LABELS, {"lr": 1e3}, ConfigError, ValueError, r"lr must be in \(0, 100\], got 1000.0"),
-    "lr string": (IMAGES, LABELS, {"lr": "0.1"}, ConfigError, ValueError, r"lr must be in \(0, 100\], got '0.1'"),
+    "lr 0": (IMAGES, LABELS, {"lr": 0.0}, ConfigError, ValueError, r"lr must be a finite number > 0, got 0.0"),
+    "lr negative": (IMAGES, LABELS, {"lr": -1e-3}, ConfigError, ValueError, r"lr must be a finite number > 0, got -0.001"),
+    "lr nan": (IMAGES, LABELS, {"lr": math.nan}, ConfigError, ValueError, r"lr must be a finite number > 0, got nan"),
+    "lr inf": (IMAGES, LABELS, {"lr": math.inf}, ConfigError, ValueError, r"lr must be a finite number > 0, got inf"),
+    "lr string": (IMAGES, LABELS, {"lr": "0.1"}, ConfigError, ValueError, r"lr must be a finite number > 0, got '0.1'"),
     "val_split 1": (IMAGES, LABELS, {"val_split": 1.0}, ConfigError, ValueError, r"val_split must be in \[0, 1\), got 1.0"),
     "val_split negative": (IMAGES, LABELS, {"val_split": -0.1}, ConfigError, ValueError, r"val_split must be in \[0, 1\)"),
     "epochs 0": (IMAGES, LABELS, {"epochs": 0}, ConfigError, ValueError, r"epochs must be a whole number >= 1, got 0"),
@@ -126,7 +125,7 @@ def test_train_rejects_missing_files(tmp_path: Path) -> None:
 
 
 def test_train_config_validation_does_not_depend_on_the_data() -> None:
-    with pytest.raises(ConfigError, match="lr must be in"):
+    with pytest.raises(ConfigError, match="lr must be a finite number > 0"):
         TrainConfig.defaults("cnn").replace(lr=-1).validate()
     with pytest.raises(ConfigError, match=r"unknown training option\(s\): colour, size"):
         TrainConfig().replace(size=1, colour=2)

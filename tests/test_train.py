@@ -263,3 +263,11 @@ def test_divergence_raises_with_advice(data: tuple) -> None:
     assert signal.getsignal(signal.SIGINT) is handler
     model, _ = train(x, y, **small_options("fc", epochs=1))  # the process carries on
     assert np.isfinite(model.get_weights()["fc1.weight"]).all()
+
+
+def test_an_exploding_learning_rate_is_detected_as_divergence(data: tuple) -> None:
+    images, labels = data[0], data[1]
+    with pytest.raises(TrainingDivergedError, match=r"training diverged: the loss became .* \(above max_loss 100\) at batch \d+; "
+                                                    r"the learning rate 1000 is too high, try 10x lower") as info:
+        train(images, labels, arch="fc", epochs=2, lr=1e3, hidden=16, threads=1, progress=False)
+    assert isinstance(info.value, ArithmeticError)

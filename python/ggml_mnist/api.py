@@ -154,7 +154,7 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
         schedule=_SCHEDULE_CODES[cfg.lr_schedule], warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
         total_steps=cfg.epochs * steps_per_epoch, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
         weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, physical_batch_size=cfg.physical,
-        seed=cfg.seed))))
+        seed=cfg.seed, max_loss=cfg.max_loss))))
 
     history: list[EpochStats] = []
     bar = ProgressBar(cfg.epochs) if progress else None

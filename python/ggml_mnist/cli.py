@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import api, download
-from .config import ARCH_DEFAULTS, DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
+from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
 from .errors import ConfigError, GgmlMnistError, ModelIOError
 
 _BASE = TrainConfig()

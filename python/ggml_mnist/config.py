@@ -42,6 +42,7 @@ class TrainConfig:
     hidden: int = 500
     conv1_channels: int = 8
     conv2_channels: int = 16
+    max_loss: float = 100.0  # a batch loss above this (nats per image) stops training as diverged; 0: only NaN/inf
 
     @classmethod
     def defaults(cls, arch: str = "cnn") -> "TrainConfig":
@@ -78,7 +79,8 @@ class TrainConfig:
                  f"physical_batch_size {self.physical!r} must divide batch_size {self.batch_size} (e.g. {self.batch_size} or {max(1, self.batch_size // 2)})")
         _require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _require(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
-        _require(_finite(self.lr) and 0 < self.lr <= 100, f"lr must be in (0, 100], got {self.lr!r}")
+        _require(_finite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr!r}")
+        _require(_finite(self.max_loss) and self.max_loss >= 0, f"max_loss must be >= 0 (0 disables it), got {self.max_loss!r}")
         _require(_finite(self.lr_min_ratio) and 0 <= self.lr_min_ratio <= 1, f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio!r}")
         _require(_finite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
                  f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
