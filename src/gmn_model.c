@@ -401,10 +401,17 @@ struct ggml_tensor * gmn_forward(const gmn_model * m, struct ggml_context * ctx,
     h = ggml_conv_2d(ctx, m->w[2], h, 1, 1, 1, 1, 1, 1);
     h = ggml_relu(ctx, ggml_add(ctx, h, m->w[3]));
     h = ggml_pool_2d(ctx, h, GGML_OP_POOL_MAX, 2, 2, 2, 2, 0, 0);
-    /* flatten height-width-channel with channels fastest, as ggml's mnist example does */
-    h = ggml_cont(ctx, ggml_permute(ctx, h, 1, 2, 0, 3));
-    h = ggml_reshape_2d(ctx, h, h->ne[0] * h->ne[1] * h->ne[2], B);
-    return ggml_add(ctx, ggml_mul_mat(ctx, m->w[4], h), m->w[5]);
+    /* dense.weight expects the features flattened height-width-channel with channels fastest (the
+     * GGUF contract). Rather than permuting the activations we permute the weight's columns to the
+     * natural [W, H, C] order of h: it is cheaper, and the gradient that reaches ggml's pool_2d_back
+     * stays contiguous; that op reads its incoming gradient as contiguous planes, so a permuted
+     * (non-contiguous) gradient there silently yields wrong conv gradients. */
+    const int64_t w4 = h->ne[0], h4 = h->ne[1], c2 = h->ne[2];
+    struct ggml_tensor * wd = ggml_reshape_4d(ctx, m->w[4], c2, w4, h4, c->n_classes);
+    wd = ggml_cont(ctx, ggml_permute(ctx, wd, 2, 0, 1, 3));
+    wd = ggml_reshape_2d(ctx, wd, w4 * h4 * c2, c->n_classes);
+    h = ggml_reshape_2d(ctx, h, w4 * h4 * c2, B);
+    return ggml_add(ctx, ggml_mul_mat(ctx, wd, h), m->w[5]);
 }
 
 static int gmn_eval_prepare(gmn_model * m, int64_t batch) {
