@@ -2,6 +2,7 @@
 #include "gmn_internal.h"
 #include "gguf.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <fcntl.h>
@@ -9,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define GMN_MAX_META 256
@@ -100,36 +103,51 @@ static int gmn_read_meta(gmn_model * m, const struct gguf_context * g) {
     return GMN_OK;
 }
 
-static int gmn_read_tensors(gmn_model * m, const struct gguf_context * g, struct ggml_context * meta,
-                            const char * path, FILE * f, long long file_size) {
+/* Checks that the file holds every parameter tensor of cfg as f32 with the right shape and its data
+ * inside the file, before any memory is allocated for the weights; stores each tensor's file offset. */
+static int gmn_check_tensors(const struct gguf_context * g, struct ggml_context * meta, const char * path,
+                             long long file_size, const struct gmn_model_config * cfg, size_t * offsets) {
+    const char * names[GMN_MAX_TENSORS];
+    int64_t ne[GMN_MAX_TENSORS][4];
+    const int n = gmn_param_shapes(cfg, names, ne);
     const size_t data_off = gguf_get_data_offset(g);
-    for (int i = 0; i < m->n_w; i++) {
-        struct ggml_tensor * want = m->w[i];
-        const char * name = ggml_get_name(want);
+    for (int i = 0; i < n; i++) {
+        const char * name = names[i];
         const int64_t tid = gguf_find_tensor(g, name);
         struct ggml_tensor * have = tid >= 0 ? ggml_get_tensor(meta, name) : NULL;
         if (have == NULL) {
-            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': missing tensor %s for architecture %s", path, name, gmn_arch_name(&m->cfg));
+            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': missing tensor %s for architecture %s", path, name, gmn_arch_name(cfg));
         }
         if (have->type != GGML_TYPE_F32) {
             return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s has type %s; only f32 is supported", path, name, ggml_type_name(have->type));
         }
-        if (!ggml_are_same_shape(have, want)) {
+        if (have->ne[0] != ne[i][0] || have->ne[1] != ne[i][1] || have->ne[2] != ne[i][2] || have->ne[3] != ne[i][3]) {
             return gmn_fail(GMN_E_FORMAT,
                 "model_load: '%s': tensor %s has shape [%lld,%lld,%lld,%lld] but [%lld,%lld,%lld,%lld] is expected",
                 path, name, (long long) have->ne[0], (long long) have->ne[1], (long long) have->ne[2], (long long) have->ne[3],
-                (long long) want->ne[0], (long long) want->ne[1], (long long) want->ne[2], (long long) want->ne[3]);
+                (long long) ne[i][0], (long long) ne[i][1], (long long) ne[i][2], (long long) ne[i][3]);
         }
-        const size_t nbytes = ggml_nbytes(want);
+        const size_t nbytes = ggml_nbytes(have);
         const size_t off = data_off + gguf_get_tensor_offset(g, tid);
         if (off < data_off || (long long) off > file_size || (long long) nbytes > file_size - (long long) off) {
             return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s lies beyond the end of the file (truncated?)", path, name);
         }
+        offsets[i] = off;
+    }
+    return GMN_OK;
+}
+
+/* Reads the weights checked by gmn_check_tensors from their file offsets into the model. */
+static int gmn_read_tensors(gmn_model * m, const char * path, FILE * f, const size_t * offsets) {
+    for (int i = 0; i < m->n_w; i++) {
+        struct ggml_tensor * want = m->w[i];
+        const char * name = ggml_get_name(want);
+        const size_t nbytes = ggml_nbytes(want);
         float * buf = malloc(nbytes);
         if (buf == NULL) {
             return gmn_fail(GMN_E_NOMEM, "model_load: out of memory");
         }
-        if (fseeko(f, (off_t) off, SEEK_SET) != 0 || fread(buf, 1, nbytes, f) != nbytes) {
+        if (fseeko(f, (off_t) offsets[i], SEEK_SET) != 0 || fread(buf, 1, nbytes, f) != nbytes) {
             free(buf);
             return gmn_fail(GMN_E_IO, "model_load: '%s': could not read tensor %s", path, name);
         }
@@ -263,7 +281,7 @@ int gmn_model_load(const char * path, const char * device, int n_threads, gmn_mo
     if (f == NULL) {
         return gmn_fail(GMN_E_IO, "model_load: '%s': %s", path, strerror(errno));
     }
-    int st = getenv("GMN_NO_PRECHECK") ? GMN_OK : gmn_gguf_precheck(f, path);
+    int st = gmn_gguf_precheck(f, path);
     if (st != GMN_OK) {
         fclose(f);
         return st;
@@ -276,13 +294,17 @@ int gmn_model_load(const char * path, const char * device, int n_threads, gmn_mo
         return gmn_fail(GMN_E_FORMAT, "model_load: '%s' is not a valid GGUF file (corrupt or truncated); re-save or re-download it", path);
     }
     struct gmn_model_config cfg;
+    size_t offsets[GMN_MAX_TENSORS];
     gmn_model * m = NULL;
     st = gmn_read_config(g, path, &cfg);
+    if (st == GMN_OK) {
+        st = gmn_check_tensors(g, meta, path, (long long) sb.st_size, &cfg, offsets);
+    }
     if (st == GMN_OK) {
         st = gmn_model_create(&cfg, device, n_threads, &m);
     }
     if (st == GMN_OK) {
-        st = gmn_read_tensors(m, g, meta, path, f, (long long) sb.st_size);
+        st = gmn_read_tensors(m, path, f, offsets);
     }
     if (st == GMN_OK) {
         st = gmn_read_meta(m, g);
@@ -375,16 +397,55 @@ static void gmn_set_mode(const char * tmp, const char * path) {
     chmod(tmp, 0666 & ~mask);
 }
 
+#define GMN_TMP_SUFFIX        ".tmp-XXXXXX"
+#define GMN_STALE_TMP_SECONDS 60
+
+/* Removes the temporary files (.NAME.tmp-XXXXXX) of saves to NAME that were killed before their
+ * rename: those unchanged for a minute that no writer holds locked. Failures are ignored. */
+static void gmn_remove_stale_temps(const char * dir, const char * base) {
+    const size_t plen = strlen(base) + 6; /* ".NAME.tmp-" */
+    char * prefix = malloc(plen + 1);
+    DIR * d = prefix != NULL ? opendir(dir) : NULL;
+    if (d == NULL) {
+        free(prefix);
+        return;
+    }
+    snprintf(prefix, plen + 1, ".%s.tmp-", base);
+    const time_t now = time(NULL);
+    struct dirent * e;
+    while ((e = readdir(d)) != NULL) {
+        if (strlen(e->d_name) != plen + 6 || strncmp(e->d_name, prefix, plen) != 0) {
+            continue;
+        }
+        const int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) {
+            continue;
+        }
+        struct stat sb;
+        if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && now - sb.st_mtime > GMN_STALE_TMP_SECONDS &&
+            flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            unlinkat(dirfd(d), e->d_name, 0);
+        }
+        close(fd);
+    }
+    closedir(d);
+    free(prefix);
+}
+
+/* Writes g to a locked temporary file next to path, syncs it and renames it onto path; then removes
+ * temporary files that killed saves left behind. */
 static int gmn_write_atomic(const struct gguf_context * g, const char * path) {
     char * dup_dir = gmn_strdup(path);
     char * dup_base = gmn_strdup(path);
-    char * tmp = malloc(strlen(path) + 32);
+    const size_t tmp_cap = strlen(path) + sizeof(GMN_TMP_SUFFIX) + 2;
+    char * tmp = malloc(tmp_cap);
     if (dup_dir == NULL || dup_base == NULL || tmp == NULL) {
         free(dup_dir); free(dup_base); free(tmp);
         return gmn_fail(GMN_E_NOMEM, "model_save: out of memory");
     }
     const char * dir = dirname(dup_dir);
-    snprintf(tmp, strlen(path) + 32, "%s/.%s.tmp-XXXXXX", dir, basename(dup_base));
+    const char * base = basename(dup_base);
+    snprintf(tmp, tmp_cap, "%s/.%s" GMN_TMP_SUFFIX, dir, base);
     int st = GMN_OK;
     struct stat sb;
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
@@ -400,25 +461,24 @@ static int gmn_write_atomic(const struct gguf_context * g, const char * path) {
         }
     }
     if (st == GMN_OK) {
+        flock(fd, LOCK_EX | LOCK_NB); /* held until the rename: marks the file as in use for gmn_remove_stale_temps */
         FILE * f = fdopen(fd, "wb");
         if (f == NULL) {
-            close(fd);
             st = gmn_fail(GMN_E_IO, "model_save: %s", strerror(errno));
+            close(fd);
         } else {
             int ok = gguf_write_to_file_ptr(g, f, false);
             ok = ok && fflush(f) == 0;
-            ok = ok && fsync(fileno(f)) == 0;
-            const int err = errno;
-            ok = (fclose(f) == 0) && ok;
+            ok = ok && fsync(fd) == 0;
             if (!ok) {
-                st = gmn_fail(GMN_E_IO, "model_save: writing '%s' failed: %s (disk full?)", path, strerror(err));
+                st = gmn_fail(GMN_E_IO, "model_save: writing '%s' failed: %s (disk full?)", path, strerror(errno));
+            } else {
+                gmn_set_mode(tmp, path);
+                if (rename(tmp, path) != 0) {
+                    st = gmn_fail(GMN_E_IO, "model_save: cannot replace '%s': %s", path, strerror(errno));
+                }
             }
-        }
-        if (st == GMN_OK) {
-            gmn_set_mode(tmp, path);
-            if (rename(tmp, path) != 0) {
-                st = gmn_fail(GMN_E_IO, "model_save: cannot replace '%s': %s", path, strerror(errno));
-            }
+            fclose(f); /* after a successful fsync the data is on disk; closing cannot lose it */
         }
         if (st != GMN_OK) {
             unlink(tmp);
@@ -428,6 +488,7 @@ static int gmn_write_atomic(const struct gguf_context * g, const char * path) {
                 fsync(dfd);
                 close(dfd);
             }
+            gmn_remove_stale_temps(dir, base);
         }
     }
     free(dup_dir); free(dup_base); free(tmp);

@@ -79,6 +79,8 @@ int  gmn_model_create(const struct gmn_model_config * cfg, const char * device, 
 /* A new scheduler over the model's backends (device, accelerators, CPU), or NULL. */
 ggml_backend_sched_t gmn_model_new_sched(const gmn_model * model);
 int  gmn_check_config(const struct gmn_model_config * cfg);
+/* Names and ggml shapes (ne) of cfg's parameter tensors in model order; returns their count (<= GMN_MAX_TENSORS). */
+int  gmn_param_shapes(const struct gmn_model_config * cfg, const char ** names, int64_t (*ne)[4]);
 struct ggml_tensor * gmn_model_tensor(const gmn_model * model, const char * name);
 struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x);
 int  gmn_predict_rows(gmn_model * model, const gmn_dataset * ds, const int64_t * idx, int64_t n, float * probs);

@@ -69,31 +69,41 @@ static void gmn_set_threads(ggml_backend_t backend, int n_threads) {
     }
 }
 
-/* Adds a parameter tensor to the model's weight context. */
-static struct ggml_tensor * gmn_add_param(gmn_model * m, const char * name, int n_dims, int64_t a, int64_t b, int64_t c, int64_t d) {
-    const int64_t ne[4] = { a, b, c, d };
-    struct ggml_tensor * t = ggml_new_tensor(m->ctx_w, GGML_TYPE_F32, n_dims, ne);
-    ggml_set_name(t, name);
-    m->w[m->n_w++] = t;
-    return t;
+static void gmn_shape(const char ** names, int64_t (*ne)[4], int * n, const char * name, int64_t a, int64_t b, int64_t c, int64_t d) {
+    names[*n] = name;
+    ne[*n][0] = a; ne[*n][1] = b; ne[*n][2] = c; ne[*n][3] = d;
+    (*n)++;
 }
 
-static void gmn_define_params(gmn_model * m) {
-    const struct gmn_model_config * c = &m->cfg;
+int gmn_param_shapes(const struct gmn_model_config * c, const char ** names, int64_t (*ne)[4]) {
     const int64_t npix = gmn_image_pixels(c);
+    int n = 0;
     if (c->arch == GMN_ARCH_FC) {
-        gmn_add_param(m, "fc1.weight", 2, npix, c->hidden, 1, 1);
-        gmn_add_param(m, "fc1.bias",   1, c->hidden, 1, 1, 1);
-        gmn_add_param(m, "fc2.weight", 2, c->hidden, c->n_classes, 1, 1);
-        gmn_add_param(m, "fc2.bias",   1, c->n_classes, 1, 1, 1);
+        gmn_shape(names, ne, &n, "fc1.weight", npix, c->hidden, 1, 1);
+        gmn_shape(names, ne, &n, "fc1.bias",   c->hidden, 1, 1, 1);
+        gmn_shape(names, ne, &n, "fc2.weight", c->hidden, c->n_classes, 1, 1);
+        gmn_shape(names, ne, &n, "fc2.bias",   c->n_classes, 1, 1, 1);
     } else {
         const int64_t dense_in = (int64_t) (c->image_w / 4) * (c->image_h / 4) * c->conv2_channels;
-        gmn_add_param(m, "conv1.kernel", 4, 3, 3, 1, c->conv1_channels);
-        gmn_add_param(m, "conv1.bias",   3, 1, 1, c->conv1_channels, 1);
-        gmn_add_param(m, "conv2.kernel", 4, 3, 3, c->conv1_channels, c->conv2_channels);
-        gmn_add_param(m, "conv2.bias",   3, 1, 1, c->conv2_channels, 1);
-        gmn_add_param(m, "dense.weight", 2, dense_in, c->n_classes, 1, 1);
-        gmn_add_param(m, "dense.bias",   1, c->n_classes, 1, 1, 1);
+        gmn_shape(names, ne, &n, "conv1.kernel", 3, 3, 1, c->conv1_channels);
+        gmn_shape(names, ne, &n, "conv1.bias",   1, 1, c->conv1_channels, 1);
+        gmn_shape(names, ne, &n, "conv2.kernel", 3, 3, c->conv1_channels, c->conv2_channels);
+        gmn_shape(names, ne, &n, "conv2.bias",   1, 1, c->conv2_channels, 1);
+        gmn_shape(names, ne, &n, "dense.weight", dense_in, c->n_classes, 1, 1);
+        gmn_shape(names, ne, &n, "dense.bias",   c->n_classes, 1, 1, 1);
+    }
+    return n;
+}
+
+/* Adds the parameter tensors to the model's weight context. */
+static void gmn_define_params(gmn_model * m) {
+    const char * names[GMN_MAX_TENSORS];
+    int64_t ne[GMN_MAX_TENSORS][4];
+    const int n = gmn_param_shapes(&m->cfg, names, ne);
+    for (int i = 0; i < n; i++) {
+        struct ggml_tensor * t = ggml_new_tensor(m->ctx_w, GGML_TYPE_F32, 4, ne[i]);
+        ggml_set_name(t, names[i]);
+        m->w[m->n_w++] = t;
     }
 }
 
