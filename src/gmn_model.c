@@ -328,8 +328,10 @@ struct ggml_tensor * gmn_model_tensor(const gmn_model * m, const char * name) {
     return NULL;
 }
 
-static int gmn_lookup_tensor(const gmn_model * m, const char * name, int64_t n, struct ggml_tensor ** out) {
-    if (m == NULL || name == NULL) {
+/* Finds parameter `name` for a copy of n floats to or from data. */
+static int gmn_lookup_tensor(const gmn_model * m, const char * name, int64_t n, const void * data, struct ggml_tensor ** out) {
+    gmn_clear_error();
+    if (m == NULL || name == NULL || data == NULL) {
         return gmn_fail(GMN_E_INVALID, "tensor access: NULL argument");
     }
     struct ggml_tensor * t = gmn_model_tensor(m, name);
@@ -345,28 +347,20 @@ static int gmn_lookup_tensor(const gmn_model * m, const char * name, int64_t n, 
 }
 
 int gmn_model_get_tensor(const gmn_model * m, const char * name, float * data, int64_t n) {
-    gmn_clear_error();
     struct ggml_tensor * t = NULL;
-    int st = gmn_lookup_tensor(m, name, n, &t);
+    int st = gmn_lookup_tensor(m, name, n, data, &t);
     if (st != GMN_OK) {
         return st;
-    }
-    if (data == NULL) {
-        return gmn_fail(GMN_E_INVALID, "get_tensor: data is NULL");
     }
     ggml_backend_tensor_get(t, data, 0, ggml_nbytes(t));
     return GMN_OK;
 }
 
 int gmn_model_set_tensor(gmn_model * m, const char * name, const float * data, int64_t n) {
-    gmn_clear_error();
     struct ggml_tensor * t = NULL;
-    int st = gmn_lookup_tensor(m, name, n, &t);
+    int st = gmn_lookup_tensor(m, name, n, data, &t);
     if (st != GMN_OK) {
         return st;
-    }
-    if (data == NULL) {
-        return gmn_fail(GMN_E_INVALID, "set_tensor: data is NULL");
     }
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(data[i])) {
