@@ -87,7 +87,7 @@ def test_train_help_shows_the_config_defaults(capsys: pytest.CaptureFixture[str]
         cli.train_main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     fc, cnn = TrainConfig.defaults("fc"), TrainConfig.defaults("cnn")
-    assert f"--epochs EPOCHS default: {fc.epochs}" in text
+    assert f"--epochs EPOCHS default: fc {fc.epochs}, cnn {cnn.epochs}" in text
     assert f"peak learning rate; default: fc {fc.lr}, cnn {cnn.lr}" in text
     assert f"default: {fc.batch_size}" in text and f"fc hidden width; default: {fc.hidden}" in text
     assert f"(default: {cnn.conv1_channels} {cnn.conv2_channels})" in text
