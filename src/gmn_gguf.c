@@ -437,14 +437,19 @@ static void gmn_remove_stale_temps(const char * dir, const char * base) {
 static int gmn_write_atomic(const struct gguf_context * g, const char * path) {
     char * dup_dir = gmn_strdup(path);
     char * dup_base = gmn_strdup(path);
-    const size_t tmp_cap = strlen(path) + sizeof(GMN_TMP_SUFFIX) + 2;
-    char * tmp = malloc(tmp_cap);
-    if (dup_dir == NULL || dup_base == NULL || tmp == NULL) {
-        free(dup_dir); free(dup_base); free(tmp);
+    if (dup_dir == NULL || dup_base == NULL) {
+        free(dup_dir); free(dup_base);
         return gmn_fail(GMN_E_NOMEM, "model_save: out of memory");
     }
     const char * dir = dirname(dup_dir);
     const char * base = basename(dup_base);
+    /* "DIR/.BASE.tmp-XXXXXX": dirname() may return "." for a bare file name, longer than path's own prefix */
+    const size_t tmp_cap = strlen(dir) + strlen(base) + sizeof(GMN_TMP_SUFFIX) + 2;
+    char * tmp = malloc(tmp_cap);
+    if (tmp == NULL) {
+        free(dup_dir); free(dup_base);
+        return gmn_fail(GMN_E_NOMEM, "model_save: out of memory");
+    }
     snprintf(tmp, tmp_cap, "%s/.%s" GMN_TMP_SUFFIX, dir, base);
     int st = GMN_OK;
     struct stat sb;

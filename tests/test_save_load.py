@@ -198,3 +198,12 @@ def test_load_missing_file_and_directory(tmp_path: Path) -> None:
     with pytest.raises(ModelIOError, match=r"model_load: '.*' is not a regular file") as info:
         Model.load(tmp_path, threads=THREADS)
     assert isinstance(info.value, OSError)
+
+
+def test_save_and_load_with_a_bare_file_name_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = Model.create("fc", hidden=8, threads=1, seed=3)
+    for name in ("m.gguf", "x", "a-much-longer-model-file-name.gguf"):
+        model.save(name)
+        assert np.array_equal(Model.load(name, threads=1).get_weights()["fc1.weight"], model.get_weights()["fc1.weight"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-much-longer-model-file-name.gguf", "m.gguf", "x"]
