@@ -134,7 +134,8 @@ int  gmn_model_set_tensor(gmn_model * model, const char * name, const float * da
 /* String metadata: the ggml_mnist.* keys read from a loaded file (key without the prefix). */
 int  gmn_model_meta_count(const gmn_model * model);
 int  gmn_model_meta_get(const gmn_model * model, int i, const char ** key, const char ** value);
-/* Write the model atomically as GGUF, with extra ggml_mnist.<key> string entries. */
+/* Write the model atomically as GGUF, with extra ggml_mnist.<key> string entries. A killed save can leave
+ * .NAME.tmp-XXXXXX next to path; later saves to path remove those unchanged for a minute and unlocked. */
 int  gmn_model_save(const gmn_model * model, const char * path, int n_meta, const char ** keys, const char ** values);
 
 /* Class probabilities for n images: x is n*image_h*image_w uint8 (x_is_float 0) or float in [0,1] (1);

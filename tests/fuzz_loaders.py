@@ -174,7 +174,7 @@ def check_idx(ws: Workspace, recipe: Recipe) -> tuple[str, str]:
     Outcomes: "ok", "IdxFormatError" or "DataError" (from load_idx_pair); any other exception propagates.
     """
     path = ws.dir / "case.idx"
-    path.unlink(missing_ok=True)  # a new file: arrays still mapped from the last case keep their pages
+    path.unlink(missing_ok=True)  # a new file: arrays still mapped from the last case keep their pages; and fast
     path.write_bytes(build_idx(ws, recipe))
     try:
         array = read_idx(path)
@@ -220,7 +220,10 @@ def _u64(v: int) -> bytes:
 
 
 def _text(value: Any) -> bytes:
-    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
+    """A str as UTF-8, or a list of [str, times] pieces repeated and joined (long texts in short recipes)."""
+    if isinstance(value, list):
+        return b"".join(_text(piece) * times for piece, times in value)
+    return value.encode("utf-8", "surrogatepass")
 
 
 def encode_value(gtype: int, value: Any) -> bytes:
@@ -305,8 +308,8 @@ def _index(items: list[Any], selector: Any, key: Callable[[Any], bytes]) -> Opti
     return matches[0] if matches else None
 
 
-GGUF_OPS = ("version", "n_tensors", "n_kv", "align", "arch", "kv_add", "kv_drop", "kv_dup", "kv_rename", "kv_retype", "kv_set",
-            "kv_count", "t_drop", "t_dup", "t_rename", "t_dims", "t_type", "t_offset", "t_fill", "t_swap")
+GGUF_OPS = ("version", "n_tensors", "n_kv", "align", "arch", "meta", "kv_add", "kv_drop", "kv_dup", "kv_rename", "kv_retype",
+            "kv_set", "kv_count", "t_drop", "t_dup", "t_rename", "t_dims", "t_type", "t_offset", "t_fill", "t_swap")
 
 
 def apply_gguf_ops(g: dict[str, Any], ops: list[list[Any]]) -> dict[str, Any]:
@@ -330,8 +333,16 @@ def apply_gguf_ops(g: dict[str, Any], ops: list[list[Any]]) -> dict[str, Any]:
                 kv.insert(0, entry)
             else:
                 kv[k] = entry
+        elif op == "meta":  # a ggml_mnist.* string, as Model.save writes metadata
+            k = _index(kv, "ggml_mnist." + args[0], lambda e: e[0])
+            entry = [_text("ggml_mnist." + args[0]), STRING, encode_value(STRING, args[1])]
+            if k is None:
+                kv.append(entry)
+            else:
+                kv[k] = entry
         elif op == "kv_add":
-            kv.insert(args[3] % (len(kv) + 1) if len(args) > 3 else len(kv), [_text(args[0]), args[1], encode_value(args[1], args[2])])
+            at = args[3] % (len(kv) + 1) if len(args) > 3 else len(kv)
+            kv.insert(at, [_text(args[0]), args[1], encode_value(args[1], args[2])])
         elif k is None and op.startswith("kv_"):
             continue
         elif op == "kv_drop":
@@ -415,6 +426,7 @@ def check_gguf(ws: Workspace, recipe: Recipe) -> tuple[str, str]:
     huge model). Any other exception propagates; a crash kills the process.
     """
     path = ws.dir / "case.gguf"
+    path.unlink(missing_ok=True)  # a new file is much faster than truncating one on ext4
     path.write_bytes(build_gguf(ws, recipe))
     try:
         model = Model.load(path, threads=THREADS)
@@ -429,7 +441,12 @@ def check_gguf(ws: Workspace, recipe: Recipe) -> tuple[str, str]:
     return "ok", ""
 
 
-CHECKS = {"idx": check_idx, "gguf": check_gguf}
+def check_abort(ws: Workspace, recipe: Recipe) -> tuple[str, str]:
+    """Self-test of the crash detection: dies the way a failed GGML_ASSERT does."""
+    os.abort()
+
+
+CHECKS = {"idx": check_idx, "gguf": check_gguf, "abort": check_abort}
 
 
 # ---- hypothesis strategies -------------------------------------------------------------------------------
@@ -478,7 +495,7 @@ _TENSOR_NAMES = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "conv1.kern
 _ARCHES = ["mnist-fc", "mnist-cnn", "ggml-mnist-fc", "ggml-mnist-cnn", "", "llama", "mnist-fc ", "MNIST-FC", "mnist-fc\0x",
            "mnist-rnn"]
 _STRINGS = ["", "x", "32", "10", "null", "{}", '{"__class__": "os.system", "__reduce__": ["os.system", ["echo pwned"]]}',
-            "\u00e9\u4e2d", "a" * 1000]
+            "\u00e9\u4e2d", "a" * 1000, [["[", 100_000], ["]", 100_000]], [["9", 5000]], "1e999", "NaN"]
 gguf_types = st.one_of(st.integers(0, 12), st.sampled_from([13, 255, 2**31, 2**32 - 1]))
 ggml_types = st.one_of(st.sampled_from([0, 0, 1, 2, 4, 5, 8, 24, 26, 28, 30, 39, 40, 2**31 - 1]), st.integers(0, 2**32 - 1))
 tensor_dims = st.lists(st.one_of(st.sampled_from([0, 1, 2, 3, 8, 9, 10, 16, 28, 784, 2**31, 2**62, 2**63 - 1, 2**63, 2**64 - 1]),
@@ -510,6 +527,8 @@ def gguf_ops(draw: st.DrawFn) -> list[Any]:
         return [kind, draw(st.sampled_from([1, 8, 16, 64, 3]))]
     if kind == "arch":
         return [kind, draw(st.sampled_from(_ARCHES))]
+    if kind == "meta":
+        return [kind, draw(st.sampled_from(["note", "history", "config", "class_names"])), draw(st.sampled_from(_STRINGS))]
     if kind in ("kv_add", "kv_set"):
         gtype = draw(gguf_types)
         name = draw(st.sampled_from(_KEYS)) if kind == "kv_add" else draw(selector)
@@ -592,8 +611,8 @@ def worker(args: argparse.Namespace) -> int:
     """Run recipes from --replay (from --start on) or generate --cases with hypothesis; journal each case."""
     journal = Journal(Path(args.journal))
     ws = Workspace(Path(args.workdir))
-    kinds = [args.kind] if args.kind != "both" else list(CHECKS)
-    for kind in kinds:  # warm up (bases, native library) before the address space is limited
+    # warm up (bases, native library) before the address space is limited
+    for kind in ["idx", "gguf"] if args.kind == "both" else [args.kind]:
         for name in (IDX_BASES if kind == "idx" else GGUF_BASES):
             CHECKS[kind](ws, {"kind": kind, "base": name})
     _limit_address_space(args.max_extra_mb)

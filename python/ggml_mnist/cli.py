@@ -138,12 +138,16 @@ def _train(args: argparse.Namespace) -> int:
                                on_epoch=on_epoch)
     model.save(args.output)
     seconds = sum(s.seconds for s in history)
+    interrupted = bool(history) and history[-1].interrupted
     if args.json:
         print(json.dumps({"event": "done", "model": args.output, "epochs": len(history), "seconds": seconds,
-                          "device": model.device, "architecture": model.architecture}), flush=True)
+                          "device": model.device, "architecture": model.architecture, "interrupted": interrupted}), flush=True)
     elif not args.quiet:
         print(f"mnist-train: trained {model.architecture} on {model.device} for {len(history)} epochs in {seconds:.1f}s; "
               f"saved {args.output}", file=sys.stderr)
+    if interrupted and not args.json:
+        print(f"mnist-train: interrupted in epoch {len(history)}; {args.output} holds the model trained so far",
+              file=sys.stderr)
     return 0
 
 
@@ -186,12 +190,20 @@ def _info(model: Any, as_json: bool) -> int:
         print(f"  {name:14s} {shape}")
     for key, value in model.metadata.items():
         if key == "history" and isinstance(value, list):
-            for s in value:
-                print(f"  history: epoch {s.get('epoch')}: train loss {s.get('train_loss'):.4f} "
-                      f"acc {100 * s.get('train_acc', 0):.2f}% ({s.get('seconds', 0):.2f}s)")
+            for entry in value:
+                print(f"  history: {_history_line(entry)}")
         else:
             print(f"  {key}: {json.dumps(value)}")
     return 0
+
+
+def _history_line(entry: Any) -> str:
+    """Describe one stored history entry; anything but a dict of numbers (a foreign or damaged file) prints as JSON."""
+    if isinstance(entry, dict):
+        loss, acc, seconds = entry.get("train_loss"), entry.get("train_acc", 0), entry.get("seconds", 0)
+        if all(isinstance(v, (int, float)) for v in (loss, acc, seconds)):
+            return f"epoch {entry.get('epoch')}: train loss {loss:.4f} acc {100 * acc:.2f}% ({seconds:.2f}s)"
+    return json.dumps(entry)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -85,7 +85,12 @@ def _read_header(path: Path, f: BinaryIO) -> tuple[np.dtype, tuple[int, ...], in
         raise _format_error(
             path, f"data ends inside the header ({ndim} dimensions need {4 + 4 * ndim} bytes)"
         )
-    return _IDX_DTYPES[code], struct.unpack(f">{ndim}I", dims), 4 + 4 * ndim
+    shape = struct.unpack(f">{ndim}I", dims)
+    dtype = _IDX_DTYPES[code]
+    # 0 bytes of data, but numpy refuses shapes whose other dimensions multiply past its index range
+    if 0 in shape and math.prod(d for d in shape if d) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise _format_error(path, f"header declares dimensions {list(shape)}, too large for any array")
+    return dtype, shape, 4 + 4 * ndim
 
 
 def _check_payload(path: Path, declared: int, actual: int) -> None:

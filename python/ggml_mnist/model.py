@@ -179,6 +179,10 @@ class Model:
     def save(self, path: PathLike, metadata: Optional[Mapping[str, Any]] = None) -> None:
         """Write the model as GGUF atomically: a failed save leaves any existing file untouched.
 
+        The data goes to a hidden ``.NAME.tmp-XXXXXX`` next to ``path`` that is renamed over it when
+        complete. A process killed mid-save can leave that file behind; the next save to ``path``
+        removes such files once they are a minute old and no running save holds them.
+
         ``metadata`` (merged over :attr:`metadata`) is stored under ``ggml_mnist.<key>`` keys as
         strings (JSON for non-strings). Raises ModelIOError if the file cannot be written.
         """
@@ -222,11 +226,12 @@ class Model:
 
 
 def _decode_metadata(items: Iterator[tuple[str, str]]) -> dict[str, Any]:
+    """Decode each value as JSON (data only: no object hooks), keeping text that is not JSON as a str."""
     out: dict[str, Any] = {}
     for key, text in items:
         try:
             out[key] = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to decode
             out[key] = text
     return out
 
