@@ -12,6 +12,7 @@
 #define GMN_MAX_TENSORS   6
 #define GMN_MAX_ACCEL     4
 #define GMN_EVAL_BATCH    1000
+#define GMN_SMALL_BATCH   64   /* prediction batches below this run on one CPU thread */
 #define GMN_META_PREFIX   "ggml_mnist."
 
 struct gmn_dataset {
@@ -76,6 +77,8 @@ int  gmn_find_device(const char * name, ggml_backend_dev_t * out);
 
 /* Model internals shared by the model, gguf and training files. */
 int  gmn_model_create(const struct gmn_model_config * cfg, const char * device, int n_threads, gmn_model ** out);
+/* Set the CPU (and accelerator) thread count used by the model's next graph computations. */
+void gmn_model_use_threads(gmn_model * model, int n_threads);
 /* A new scheduler over the model's backends (device, accelerators, CPU), or NULL. */
 ggml_backend_sched_t gmn_model_new_sched(const gmn_model * model);
 int  gmn_check_config(const struct gmn_model_config * cfg);

@@ -57,7 +57,7 @@ static int gmn_default_threads(void) {
     return n > 0 ? (int) n : 1;
 }
 
-static void gmn_set_threads(ggml_backend_t backend, int n_threads) {
+static void gmn_set_backend_threads(ggml_backend_t backend, int n_threads) {
     ggml_backend_dev_t dev = ggml_backend_get_device(backend);
     ggml_backend_reg_t reg = dev ? ggml_backend_dev_backend_reg(dev) : NULL;
     if (reg == NULL) {
@@ -135,14 +135,12 @@ int gmn_model_create(const struct gmn_model_config * cfg, const char * device, i
         return gmn_fail(GMN_E_DEVICE, "model: could not initialise device '%s'", ggml_backend_dev_name(dev));
     }
     if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) {
-        gmn_set_threads(m->backend, m->n_threads);
         /* accelerator devices such as ggml's BLAS backend take the ops they support (mul_mat, out_prod) */
         for (size_t i = 0; i < ggml_backend_dev_count() && m->n_accel < GMN_MAX_ACCEL; i++) {
             ggml_backend_dev_t d = ggml_backend_dev_get(i);
             if (ggml_backend_dev_type(d) == GGML_BACKEND_DEVICE_TYPE_ACCEL) {
                 ggml_backend_t b = ggml_backend_dev_init(d, NULL);
                 if (b != NULL) {
-                    gmn_set_threads(b, m->n_threads);
                     m->backend_accel[m->n_accel++] = b;
                 }
             }
@@ -154,8 +152,8 @@ int gmn_model_create(const struct gmn_model_config * cfg, const char * device, i
             gmn_model_free(m);
             return gmn_fail(GMN_E_DEVICE, "model: could not initialise the CPU backend");
         }
-        gmn_set_threads(m->backend_cpu, m->n_threads);
     }
+    gmn_model_use_threads(m, m->n_threads);
 
     struct ggml_init_params ip = { GMN_MAX_TENSORS * ggml_tensor_overhead(), NULL, true };
     m->ctx_w = ggml_init(ip);
@@ -178,6 +176,13 @@ int gmn_model_create(const struct gmn_model_config * cfg, const char * device, i
     }
     *out = m;
     return GMN_OK;
+}
+
+void gmn_model_use_threads(gmn_model * m, int n_threads) {
+    gmn_set_backend_threads(m->backend_cpu != NULL ? m->backend_cpu : m->backend, n_threads);
+    for (int i = 0; i < m->n_accel; i++) {
+        gmn_set_backend_threads(m->backend_accel[i], n_threads);
+    }
 }
 
 ggml_backend_sched_t gmn_model_new_sched(const gmn_model * m) {
@@ -454,6 +459,8 @@ static int gmn_eval_run(gmn_model * m, int64_t rows, float * probs) {
         memset(m->eval_buf + rows * npix, 0, (size_t) ((m->eval_batch - rows) * npix) * sizeof(float));
     }
     ggml_backend_tensor_set(m->eval_in, m->eval_buf, 0, ggml_nbytes(m->eval_in));
+    /* a few images are too little work to share: waking a second thread costs more than it saves */
+    gmn_model_use_threads(m, m->eval_batch < GMN_SMALL_BATCH ? 1 : m->n_threads);
     if (ggml_backend_sched_graph_compute(m->sched_eval, m->gf_eval) != GGML_STATUS_SUCCESS) {
         return gmn_fail(GMN_E_DEVICE, "predict: the backend failed to compute the graph");
     }

@@ -361,6 +361,7 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
     }
 
     memset(out, 0, sizeof(*out));
+    gmn_model_use_threads(m, m->n_threads);
     ggml_opt_result_reset(st->result);
     struct ggml_tensor * labels = ggml_opt_labels(st->opt);
     const int C = m->cfg.n_classes;
