@@ -86,6 +86,8 @@ int  gmn_check_config(const struct gmn_model_config * cfg);
 int  gmn_param_shapes(const struct gmn_model_config * cfg, const char ** names, int64_t (*ne)[4]);
 struct ggml_tensor * gmn_model_tensor(const gmn_model * model, const char * name);
 struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x);
+/* Pixels / 255 as floats. */
+void gmn_u8_to_f32(float * dst, const uint8_t * src, int64_t n);
 int  gmn_predict_rows(gmn_model * model, const gmn_dataset * ds, const int64_t * idx, int64_t n, float * probs);
 void gmn_train_state_free(struct gmn_train_state * st);
 const char * gmn_arch_name(const struct gmn_model_config * cfg);

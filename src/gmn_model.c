@@ -468,8 +468,58 @@ static int gmn_eval_run(gmn_model * m, int64_t rows, float * probs) {
     return GMN_OK;
 }
 
-static int64_t gmn_eval_batch_for(int64_t n) {
-    return n < GMN_EVAL_BATCH ? n : GMN_EVAL_BATCH;
+void gmn_u8_to_f32(float * dst, const uint8_t * src, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        dst[j] = src[j] * (1.0f / 255.0f);
+    }
+}
+
+/* Fills eval_buf with images [i0, i0 + rows) of some source; returns a status. */
+typedef int (*gmn_fill_fn)(gmn_model * m, const void * src, int64_t i0, int64_t rows);
+
+/* Predicts n images chunk by chunk through the eval graph, fill() supplying each chunk's pixels. */
+static int gmn_predict_chunks(gmn_model * m, int64_t n, gmn_fill_fn fill, const void * src, float * probs) {
+    int st = gmn_eval_prepare(m, n < GMN_EVAL_BATCH ? n : GMN_EVAL_BATCH);
+    for (int64_t i0 = 0; st == GMN_OK && i0 < n; i0 += m->eval_batch) {
+        const int64_t rows = (n - i0) < m->eval_batch ? (n - i0) : m->eval_batch;
+        st = fill(m, src, i0, rows);
+        if (st == GMN_OK) {
+            st = gmn_eval_run(m, rows, probs + i0 * m->cfg.n_classes);
+        }
+    }
+    return st;
+}
+
+static int gmn_fill_u8(gmn_model * m, const void * src, int64_t i0, int64_t rows) {
+    const int64_t npix = gmn_image_pixels(&m->cfg);
+    gmn_u8_to_f32(m->eval_buf, (const uint8_t *) src + i0 * npix, rows * npix);
+    return GMN_OK;
+}
+
+static int gmn_fill_f32(gmn_model * m, const void * src, int64_t i0, int64_t rows) {
+    const int64_t npix = gmn_image_pixels(&m->cfg);
+    const float * x = (const float *) src + i0 * npix;
+    for (int64_t j = 0; j < rows * npix; j++) {
+        if (!isfinite(x[j])) {
+            return gmn_fail(GMN_E_INVALID, "predict: image %lld has a non-finite pixel", (long long) (i0 + j / npix));
+        }
+    }
+    memcpy(m->eval_buf, x, (size_t) (rows * npix) * sizeof(float));
+    return GMN_OK;
+}
+
+struct gmn_rows_src {
+    const gmn_dataset * ds;
+    const int64_t     * idx;
+};
+
+static int gmn_fill_rows(gmn_model * m, const void * src, int64_t i0, int64_t rows) {
+    const struct gmn_rows_src * r = src;
+    const int64_t npix = r->ds->n_pixels;
+    for (int64_t i = 0; i < rows; i++) {
+        gmn_u8_to_f32(m->eval_buf + i * npix, r->ds->images + r->idx[i0 + i] * npix, npix);
+    }
+    return GMN_OK;
 }
 
 int gmn_model_predict(gmn_model * m, const void * x, int x_is_float, int64_t n, float * probs) {
@@ -480,54 +530,10 @@ int gmn_model_predict(gmn_model * m, const void * x, int x_is_float, int64_t n, 
     if (n <= 0) {
         return gmn_fail(GMN_E_INVALID, "predict: need at least one image, got %lld", (long long) n);
     }
-    const int64_t npix = gmn_image_pixels(&m->cfg);
-    int st = gmn_eval_prepare(m, gmn_eval_batch_for(n));
-    if (st != GMN_OK) {
-        return st;
-    }
-    for (int64_t i0 = 0; i0 < n; i0 += m->eval_batch) {
-        const int64_t rows = (n - i0) < m->eval_batch ? (n - i0) : m->eval_batch;
-        if (x_is_float) {
-            const float * src = (const float *) x + i0 * npix;
-            for (int64_t j = 0; j < rows * npix; j++) {
-                if (!isfinite(src[j])) {
-                    return gmn_fail(GMN_E_INVALID, "predict: image %lld has a non-finite pixel", (long long) (i0 + j / npix));
-                }
-            }
-            memcpy(m->eval_buf, src, (size_t) (rows * npix) * sizeof(float));
-        } else {
-            const uint8_t * src = (const uint8_t *) x + i0 * npix;
-            for (int64_t j = 0; j < rows * npix; j++) {
-                m->eval_buf[j] = src[j] * (1.0f / 255.0f);
-            }
-        }
-        st = gmn_eval_run(m, rows, probs + i0 * m->cfg.n_classes);
-        if (st != GMN_OK) {
-            return st;
-        }
-    }
-    return GMN_OK;
+    return gmn_predict_chunks(m, n, x_is_float ? gmn_fill_f32 : gmn_fill_u8, x, probs);
 }
 
 int gmn_predict_rows(gmn_model * m, const gmn_dataset * ds, const int64_t * idx, int64_t n, float * probs) {
-    const int64_t npix = gmn_image_pixels(&m->cfg);
-    int st = gmn_eval_prepare(m, gmn_eval_batch_for(n));
-    if (st != GMN_OK) {
-        return st;
-    }
-    for (int64_t i0 = 0; i0 < n; i0 += m->eval_batch) {
-        const int64_t rows = (n - i0) < m->eval_batch ? (n - i0) : m->eval_batch;
-        for (int64_t r = 0; r < rows; r++) {
-            const uint8_t * src = ds->images + idx[i0 + r] * npix;
-            float * dst = m->eval_buf + r * npix;
-            for (int64_t j = 0; j < npix; j++) {
-                dst[j] = src[j] * (1.0f / 255.0f);
-            }
-        }
-        st = gmn_eval_run(m, rows, probs + i0 * m->cfg.n_classes);
-        if (st != GMN_OK) {
-            return st;
-        }
-    }
-    return GMN_OK;
+    const struct gmn_rows_src src = { ds, idx };
+    return gmn_predict_chunks(m, n, gmn_fill_rows, &src, probs);
 }

@@ -256,11 +256,7 @@ static void gmn_gather_batch(struct gmn_train_state * st, const gmn_dataset * ds
     memset(st->ybuf, 0, (size_t) (B * n_classes) * sizeof(float));
     for (int64_t r = 0; r < B; r++) {
         const int64_t i = rows[r];
-        const uint8_t * src = ds->images + i * npix;
-        float * dst = st->xbuf + r * npix;
-        for (int64_t j = 0; j < npix; j++) {
-            dst[j] = src[j] * (1.0f / 255.0f);
-        }
+        gmn_u8_to_f32(st->xbuf + r * npix, ds->images + i * npix, npix);
         st->ybuf[r * n_classes + ds->labels[i]] = 1.0f;
     }
 }
