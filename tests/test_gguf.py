@@ -54,6 +54,7 @@ def test_our_files_follow_the_contract(arch: str, tmp_path: Path) -> None:
     model.save(tmp_path / "ours.gguf")
     fields, tensors = read_gguf(tmp_path / "ours.gguf")
     assert fields["general.architecture"] == f"mnist-{arch}"
+    assert Model.load(tmp_path / "ours.gguf", threads=THREADS).architecture == f"mnist-{arch}"
     assert {name: strip_ones(t[0]) for name, t in tensors.items()} == {
         name: strip_ones(ne) for name, ne in CONTRACT_NE[arch].items()}
     assert {t[1] for t in tensors.values()} == {"F32"}

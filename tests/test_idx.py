@@ -217,34 +217,28 @@ def test_malformed_files(tmp_path, data, message, gz):
     assert str(info.value).startswith(f"IDX file '{path}': ")
 
 
-def test_huge_dims_in_tiny_raw_file_do_not_allocate(tmp_path):
-    path = write_bytes(tmp_path / "huge", idx_header(0x0E, (0xFFFFFFFF,) * 3) + bytes(10))
+def peak_of_rejected_read(path, message):
+    """Read path expecting IdxFormatError matching message; return the peak bytes Python allocated."""
     tracemalloc.start()
     try:
-        with pytest.raises(
-            IdxFormatError, match=rf"header says {0xFFFFFFFF**3 * 8} bytes of data, file has 10"
-        ):
+        with pytest.raises(IdxFormatError, match=message):
             read_idx(path)
-        peak = tracemalloc.get_traced_memory()[1]
+        return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 1 << 20
+
+
+def test_huge_dims_in_tiny_raw_file_do_not_allocate(tmp_path):
+    path = write_bytes(tmp_path / "huge", idx_header(0x0E, (0xFFFFFFFF,) * 3) + bytes(10))
+    message = rf"header says {0xFFFFFFFF**3 * 8} bytes of data, file has 10"
+    assert peak_of_rejected_read(path, message) < 1 << 20
 
 
 def test_huge_dims_in_tiny_gzip_file_do_not_allocate(tmp_path):
     path = write_bytes(tmp_path / "huge.gz", idx_header(0x08, (100_000, 1000)) + bytes(10), gz=True)
     size = path.stat().st_size
-    tracemalloc.start()
-    try:
-        message = (
-            rf"header says 100000000 bytes of data, more than a {size}-byte gzip file can hold"
-        )
-        with pytest.raises(IdxFormatError, match=message):
-            read_idx(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 1 << 20
+    message = rf"header says 100000000 bytes of data, more than a {size}-byte gzip file can hold"
+    assert peak_of_rejected_read(path, message) < 1 << 20
 
 
 def test_gzip_bomb_is_not_decompressed_past_the_declared_size(tmp_path):
@@ -255,16 +249,8 @@ def test_gzip_bomb_is_not_decompressed_past_the_declared_size(tmp_path):
         for _ in range(128):  # 128 MiB of zeros after the declared 16 bytes
             f.write(zeros)
     assert path.stat().st_size < 1 << 20
-    tracemalloc.start()
-    try:
-        with pytest.raises(
-            IdxFormatError, match="trailing bytes after the 16 bytes of data declared"
-        ):
-            read_idx(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 4 << 20
+    message = "trailing bytes after the 16 bytes of data declared"
+    assert peak_of_rejected_read(path, message) < 4 << 20
 
 
 @pytest.mark.parametrize(

@@ -99,16 +99,6 @@ def test_non_default_shapes_reload(arch: str, kwargs: dict, shapes: dict, tmp_pa
     assert (fields["ggml_mnist.image_height"], fields["ggml_mnist.image_width"]) == model.image_size
 
 
-@pytest.mark.parametrize("arch", ["fc", "cnn"])
-def test_default_shapes_use_ggmls_architecture_names(arch: str, tmp_path: Path) -> None:
-    model = Model.create(arch, threads=THREADS)
-    model.save(tmp_path / "m.gguf")
-    fields, tensors = read_gguf(tmp_path / "m.gguf")
-    assert fields["general.architecture"] == f"mnist-{arch}"
-    assert Model.load(tmp_path / "m.gguf", threads=THREADS).architecture == f"mnist-{arch}"
-    assert all(t[1] == "F32" for t in tensors.values())
-
-
 # ---- metadata arguments ------------------------------------------------------------------------------
 def test_save_rejects_bad_metadata_and_writes_nothing(tmp_path: Path) -> None:
     model = Model.create("fc", hidden=4, threads=THREADS)
