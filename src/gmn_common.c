@@ -6,6 +6,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #define GMN_VERSION_STRING "0.1.0"
 
@@ -211,4 +213,69 @@ uint64_t gmn_rng_next(struct gmn_rng * rng) {
 
 double gmn_rng_uniform(struct gmn_rng * rng) {
     return (double) (gmn_rng_next(rng) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* MemAvailable from /proc/meminfo, else free pages; further capped by RLIMIT_AS headroom. */
+static uint64_t gmn_host_memory_available(void) {
+    uint64_t avail = 0;
+    FILE * f = fopen("/proc/meminfo", "r");
+    if (f != NULL) {
+        char line[256];
+        unsigned long long kb;
+        while (fgets(line, sizeof(line), f)) {
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+                avail = (uint64_t) kb * 1024;
+                break;
+            }
+        }
+        fclose(f);
+    }
+    if (avail == 0) {
+        avail = (uint64_t) sysconf(_SC_AVPHYS_PAGES) * (uint64_t) sysconf(_SC_PAGESIZE);
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        unsigned long long pages = 0;
+        FILE * st = fopen("/proc/self/statm", "r");
+        if (st != NULL) {
+            if (fscanf(st, "%llu", &pages) != 1) {
+                pages = 0;
+            }
+            fclose(st);
+        }
+        const uint64_t used = (uint64_t) pages * (uint64_t) sysconf(_SC_PAGESIZE);
+        const uint64_t room = (uint64_t) rl.rlim_cur > used ? (uint64_t) rl.rlim_cur - used : 0;
+        avail = room < avail ? room : avail;
+    }
+    return avail;
+}
+
+int gmn_check_graph_memory(ggml_backend_dev_t dev, struct ggml_tensor * out, double factor, const char * what, int64_t batch) {
+    struct ggml_init_params ip = { ggml_graph_overhead(), NULL, true };
+    struct ggml_context * ctx = ggml_init(ip);
+    if (ctx == NULL) {
+        return gmn_fail(GMN_E_NOMEM, "%s: out of memory", what);
+    }
+    struct ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, out);
+    double need = 0.0;
+    for (int i = 0; i < ggml_graph_n_nodes(gf); i++) {
+        need += (double) ggml_nbytes(ggml_graph_node(gf, i));
+    }
+    ggml_free(ctx);
+    need *= factor;
+    uint64_t avail;
+    if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) {
+        avail = gmn_host_memory_available();
+    } else {
+        size_t free_b = 0, total_b = 0;
+        ggml_backend_dev_memory(dev, &free_b, &total_b);
+        avail = (uint64_t) free_b;
+    }
+    if (avail > 0 && need > 0.9 * (double) avail) {
+        return gmn_fail(GMN_E_NOMEM, "%s: a batch of %lld images needs about %.1f GB but %s has %.1f GB available; "
+                        "lower the (physical) batch size", what, (long long) batch, need / 1e9,
+                        ggml_backend_dev_name(dev), (double) avail / 1e9);
+    }
+    return GMN_OK;
 }

@@ -444,6 +444,11 @@ static int gmn_eval_prepare(gmn_model * m, int64_t batch) {
     ggml_set_output(m->eval_out);
     m->gf_eval = ggml_new_graph(m->ctx_eval);
     ggml_build_forward_expand(m->gf_eval, m->eval_out);
+    const int mem = gmn_check_graph_memory(m->dev, m->eval_out, 1.0, "predict", batch);
+    if (mem != GMN_OK) {
+        gmn_eval_free(m);
+        return mem;
+    }
     ggml_backend_sched_reset(m->sched_eval);
     if (!ggml_backend_sched_alloc_graph(m->sched_eval, m->gf_eval)) {
         gmn_eval_free(m);

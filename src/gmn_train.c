@@ -219,6 +219,12 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
         ggml_set_param(m->w[i]);
     }
     struct ggml_tensor * logits = gmn_forward(m, st->ctx_compute, st->inputs);
+    /* forward activations, their gradients and the backward temporaries: at most about 3x the forward */
+    rc = gmn_check_graph_memory(m->dev, logits, 3.0, "train_init", B);
+    if (rc != GMN_OK) {
+        gmn_train_state_free(st);
+        return rc;
+    }
 
     struct ggml_opt_params op = ggml_opt_default_params(st->sched, GGML_OPT_LOSS_TYPE_CROSS_ENTROPY);
     op.ctx_compute     = st->ctx_compute;

@@ -6,6 +6,9 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import fuzz_loaders as fz
@@ -148,3 +151,24 @@ def test_eval_info_prints_any_stored_history(tmp_path: Path, capsys: pytest.Capt
     assert lines == ['history: 1', 'history: "two"', 'history: {"epoch": 3}', 'history: {"epoch": 4, "train_loss": "x"}',
                      "history: epoch 5: train loss 0.2500 acc 50.00% (1.50s)"]
     assert '"__class__": "os.system"' in out
+
+
+def test_a_batch_too_big_for_memory_is_refused_not_crashed() -> None:
+    # ggml-opt does not report a compute buffer it could not allocate; the shim must refuse first
+    code = textwrap.dedent("""
+        import resource, numpy as np, ggml_mnist as gm
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        x = np.zeros((20000, 28, 28), np.uint8); y = np.arange(20000) % 10
+        for kwargs in (dict(arch="fc", hidden=65536), dict(arch="cnn", conv1_channels=1024, conv2_channels=1024)):
+            try:
+                gm.train(x, y, epochs=1, batch_size=20000, threads=1, progress=False, **kwargs)
+                print("trained")
+            except gm.OutOfMemoryError as e:
+                assert isinstance(e, MemoryError)
+                print("refused:", e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("refused: train_init: a batch of 20000 images needs about") for line in lines)
+    assert all("lower the (physical) batch size" in line for line in lines)
