@@ -186,6 +186,7 @@ def _info(model: Any, as_json: bool) -> int:
         print(json.dumps(info))
         return 0
     print(f"architecture: {info['architecture']}  classes: {model.n_classes}  image: {model.image_size[0]}x{model.image_size[1]}")
+    print("tensors (numpy shapes, i.e. ggml's ne reversed):")
     for name, shape in info["tensors"].items():
         print(f"  {name:14s} {shape}")
     for key, value in model.metadata.items():
