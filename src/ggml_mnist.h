@@ -123,6 +123,8 @@ void gmn_model_free(gmn_model * model);
 int  gmn_model_get_config(const gmn_model * model, struct gmn_model_config * out);
 /* Name of the device the model runs on, copied into name (capacity n). */
 int  gmn_model_device(const gmn_model * model, char * name, size_t n);
+/* The GGUF general.architecture the model is saved under (static string; NULL model gives ""). */
+const char * gmn_model_architecture(const gmn_model * model);
 
 /* Parameter tensors: count, name and shape (ggml order, ne[0] fastest) of tensor i. */
 int  gmn_model_n_tensors(const gmn_model * model);

@@ -305,6 +305,10 @@ int gmn_model_device(const gmn_model * m, char * name, size_t n) {
     return GMN_OK;
 }
 
+const char * gmn_model_architecture(const gmn_model * m) {
+    return m ? gmn_arch_name(&m->cfg) : "";
+}
+
 int gmn_model_n_tensors(const gmn_model * m) {
     return m ? m->n_w : 0;
 }

@@ -88,9 +88,7 @@ class Model:
     @property
     def architecture(self) -> str:
         """The GGUF ``general.architecture`` this model is saved under."""
-        standard = self.n_classes == 10 and self.image_size == (28, 28) and (
-            self.hidden == 500 if self.arch == "fc" else self.conv_channels == (8, 16))
-        return ("mnist-" if standard else "ggml-mnist-") + self.arch
+        return ffi.string(lib.gmn_model_architecture(self.handle)).decode()
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Map each parameter name to its numpy shape (ggml's ne reversed, trailing 1s dropped)."""
