@@ -45,7 +45,7 @@ WORKLOAD = textwrap.dedent("""
     path = os.path.join(directory, "m.gguf")
     cycles = int(sys.argv[1])
     for cycle in range(cycles):
-        for arch, shape in (("fc", dict(hidden=8)), ("cnn", dict(conv1_channels=2, conv2_channels=2))):
+        for arch, shape in (("fc", dict(hidden=8)), ("cnn", dict(conv_channels=(2, 2)))):
             model, history = gm.train(x, y, arch=arch, epochs=1, batch_size=20, val_split=0.2, threads=1,
                                       progress=False, seed=cycle, **shape)
             result = gm.evaluate(model, x, y)

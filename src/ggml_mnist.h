@@ -37,7 +37,6 @@ enum gmn_status {
     GMN_E_DIVERGED    = -7  /* the loss became NaN or infinite */
 };
 
-enum gmn_arch      { GMN_ARCH_FC = 0, GMN_ARCH_CNN = 1 };
 enum gmn_optimizer { GMN_OPT_ADAMW = 0, GMN_OPT_SGD = 1 };
 enum gmn_schedule  { GMN_SCHEDULE_CONSTANT = 0, GMN_SCHEDULE_COSINE = 1, GMN_SCHEDULE_LINEAR = 2 };
 enum gmn_log_level { GMN_LOG_DEBUG = 1, GMN_LOG_INFO = 2, GMN_LOG_WARN = 3, GMN_LOG_ERROR = 4 };
@@ -55,15 +54,49 @@ struct gmn_device_info {
     uint64_t memory_total;
 };
 
-/* Network shape. Images are image_h x image_w single-channel; n_classes in [2, 1000]. */
-struct gmn_model_config {
-    int arch;           /* enum gmn_arch */
-    int n_classes;
+/* Layer kinds of a network (a sequential list of layers). */
+enum gmn_layer_kind {
+    GMN_LAYER_CONV2D    = 1, /* n_out channels, k x k kernel, stride, zero padding pad; weights name.kernel, name.bias */
+    GMN_LAYER_MAXPOOL2D = 2, /* k x k window, stride, padding pad (padded cells never win) */
+    GMN_LAYER_AVGPOOL2D = 3, /* k x k window, stride, zero padding pad (counted in the mean) */
+    GMN_LAYER_DENSE     = 4, /* n_out units; flattens a spatial input (height, width, channel; channels fastest) */
+    GMN_LAYER_RELU      = 5,
+    GMN_LAYER_SILU      = 6,
+    GMN_LAYER_GELU      = 7, /* tanh approximation 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))) */
+    GMN_LAYER_TANH      = 8,
+    GMN_LAYER_DROPOUT   = 9  /* drops with probability p while training (seeded masks); identity when predicting */
+};
+
+/* Limits of networks and data, checked before ggml sees anything. */
+enum gmn_limit {
+    GMN_MAX_LAYERS     = 64,
+    GMN_NAME_CAP       = 32,        /* bytes of a layer name, NUL included */
+    GMN_MIN_CLASSES    = 2,
+    GMN_MAX_CLASSES    = 1000,
+    GMN_MIN_IMAGE_SIDE = 4,
+    GMN_MAX_IMAGE_SIDE = 4096,
+    GMN_MAX_UNITS      = 65536,     /* dense units */
+    GMN_MAX_CHANNELS   = 4096,      /* conv2d output channels */
+    GMN_MAX_WINDOW     = 32,        /* conv2d kernel and pooling window side, and strides */
+    GMN_MAX_PARAMS     = 100000000  /* parameters of a whole network (400 MB of f32 weights) */
+};
+
+/* One layer. Fields a kind does not use are ignored (set them to 0). */
+struct gmn_layer {
+    int   kind;               /* enum gmn_layer_kind */
+    char  name[GMN_NAME_CAP]; /* conv2d/dense: tensor prefix of [A-Za-z0-9_], unique; "" picks convN / fcN */
+    int   n_out;              /* conv2d: output channels; dense: units */
+    int   k, stride, pad;     /* conv2d, pools: square window side, stride (>= 1), padding per side */
+    float p;                  /* dropout: drop probability in [0, 1) */
+};
+
+/* A network for image_h x image_w single-channel images. The last layer is a dense layer whose
+ * n_out is the number of classes. layers is read during the call only. */
+struct gmn_net {
     int image_h;
     int image_w;
-    int hidden;         /* fc: hidden width (default 500) */
-    int conv1_channels; /* cnn: first conv output channels (default 8) */
-    int conv2_channels; /* cnn: second conv output channels (default 16) */
+    int n_layers;
+    const struct gmn_layer * layers;
 };
 
 /* Optimiser and schedule. lr is the peak rate; the schedule decays it to lr*lr_min_ratio
@@ -115,12 +148,29 @@ int gmn_device_get(int index, struct gmn_device_info * out);
 int  gmn_dataset_init(const uint8_t * images, const int32_t * labels, int64_t n, int64_t n_pixels, int n_classes, gmn_dataset ** out);
 void gmn_dataset_free(gmn_dataset * ds);
 
-/* New model with weights drawn from seed, on device ("auto", "cpu" or a ggml device name), n_threads CPU threads (0: all cores). */
-int  gmn_model_init(const struct gmn_model_config * config, const char * device, int n_threads, uint64_t seed, gmn_model ** out);
+/* Name of a layer kind as stored in GGUF and JSON ("conv2d", "relu", ...); "" for an unknown kind. */
+const char * gmn_layer_kind_name(int kind);
+/* Validate net; on success write its layers with empty names filled in (n_layers), per layer its output
+ * height, width, channels and parameter count (4 * n_layers int64; flat outputs have height = width = 1)
+ * and the total parameter count. Any output may be NULL. The error names the first bad layer and the fix. */
+int  gmn_net_check(const struct gmn_net * net, struct gmn_layer * layers, int64_t * layer_info, int64_t * n_params);
+/* Built-in networks: count, name of preset i (NULL when out of range), and the layer list of a preset
+ * for n_classes classes copied into layers (capacity cap); *n_layers receives its length. */
+int  gmn_preset_count(void);
+const char * gmn_preset_name(int i);
+int  gmn_preset_layers(const char * name, int n_classes, struct gmn_layer * layers, int cap, int * n_layers);
+
+/* New model of net (copied; empty names filled in) with weights drawn from seed, on device ("auto", "cpu"
+ * or a ggml device name), n_threads CPU threads (0: all cores). */
+int  gmn_model_init(const struct gmn_net * net, const char * device, int n_threads, uint64_t seed, gmn_model ** out);
 /* Load a GGUF file written by us or by ggml's mnist example. */
 int  gmn_model_load(const char * path, const char * device, int n_threads, gmn_model ** out);
 void gmn_model_free(gmn_model * model);
-int  gmn_model_get_config(const gmn_model * model, struct gmn_model_config * out);
+/* The model's network: image size and layer count into *out, up to cap layers copied into layers
+ * (out->layers is set to layers). */
+int  gmn_model_get_net(const gmn_model * model, struct gmn_net * out, struct gmn_layer * layers, int cap);
+/* Number of classes (the last layer's units); 0 for NULL. */
+int  gmn_model_n_classes(const gmn_model * model);
 /* Name of the device the model runs on, copied into name (capacity n). */
 int  gmn_model_device(const gmn_model * model, char * name, size_t n);
 /* The GGUF general.architecture the model is saved under (static string; NULL model gives ""). */
@@ -143,6 +193,10 @@ int  gmn_model_save(const gmn_model * model, const char * path, int n_meta, cons
 /* Class probabilities for n images: x is n*image_h*image_w uint8 (x_is_float 0) or float in [0,1] (1);
  * probs receives n*n_classes floats. */
 int  gmn_model_predict(gmn_model * model, const void * x, int x_is_float, int64_t n, float * probs);
+
+/* The dropout mask (0 or 1/(1-p) per element, n floats) that dropout layer `layer` used in the last
+ * training batch, for inspection and tests; GMN_E_STATE before the first batch. */
+int  gmn_model_dropout_mask(const gmn_model * model, int layer, float * mask, int64_t n);
 
 /* Prepare training (optimizer state, graphs); resets any previous optimizer state. */
 int  gmn_model_train_init(gmn_model * model, const struct gmn_train_config * config);

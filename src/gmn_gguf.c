@@ -38,7 +38,79 @@ static int gmn_meta_u32(const struct gguf_context * g, const char * path, const 
     return GMN_OK;
 }
 
-static int gmn_read_config(const struct gguf_context * g, const char * path, struct gmn_model_config * cfg) {
+#define GMN_KEY_LAYERS GMN_META_PREFIX "layers."
+
+/* Finds array key `field` of the layer list with n elements of type want; returns its id or -1 with an error set. */
+static int64_t gmn_layer_array(const struct gguf_context * g, const char * path, const char * field, enum gguf_type want, int64_t n) {
+    char key[96];
+    snprintf(key, sizeof(key), GMN_KEY_LAYERS "%s", field);
+    const int64_t id = gguf_find_key(g, key);
+    if (id < 0) {
+        gmn_fail(GMN_E_FORMAT, "model_load: '%s': missing key %s (the layer list is incomplete)", path, key);
+        return -1;
+    }
+    if (gguf_get_kv_type(g, id) != GGUF_TYPE_ARRAY || gguf_get_arr_type(g, id) != want) {
+        gmn_fail(GMN_E_FORMAT, "model_load: '%s': key %s must be an array of %s", path, key, gguf_type_name(want));
+        return -1;
+    }
+    if (n >= 0 && (int64_t) gguf_get_arr_n(g, id) != n) {
+        gmn_fail(GMN_E_FORMAT, "model_load: '%s': key %s has %lld entries but the network has %lld layers",
+                 path, key, (long long) gguf_get_arr_n(g, id), (long long) n);
+        return -1;
+    }
+    return id;
+}
+
+/* Reads the layer list of one of our own files (ggml_mnist.layers.*) into layers. */
+static int gmn_read_layers(const struct gguf_context * g, const char * path, struct gmn_layer * layers, int * n_layers) {
+    const int64_t kid = gmn_layer_array(g, path, "kind", GGUF_TYPE_STRING, -1);
+    if (kid < 0) {
+        return GMN_E_FORMAT;
+    }
+    const int64_t n = (int64_t) gguf_get_arr_n(g, kid);
+    if (n < 1 || n > GMN_MAX_LAYERS) {
+        return gmn_fail(GMN_E_FORMAT, "model_load: '%s': the network has %lld layers; 1 to %d are supported", path, (long long) n, GMN_MAX_LAYERS);
+    }
+    const int64_t nid = gmn_layer_array(g, path, "name", GGUF_TYPE_STRING, n);
+    const int64_t uid = nid < 0 ? -1 : gmn_layer_array(g, path, "units", GGUF_TYPE_INT32, n);
+    const int64_t kerid = uid < 0 ? -1 : gmn_layer_array(g, path, "kernel", GGUF_TYPE_INT32, n);
+    const int64_t sid = kerid < 0 ? -1 : gmn_layer_array(g, path, "stride", GGUF_TYPE_INT32, n);
+    const int64_t pid = sid < 0 ? -1 : gmn_layer_array(g, path, "padding", GGUF_TYPE_INT32, n);
+    const int64_t did = pid < 0 ? -1 : gmn_layer_array(g, path, "dropout", GGUF_TYPE_FLOAT32, n);
+    if (did < 0) {
+        return GMN_E_FORMAT;
+    }
+    const int32_t * units = gguf_get_arr_data(g, uid);
+    const int32_t * kernel = gguf_get_arr_data(g, kerid);
+    const int32_t * stride = gguf_get_arr_data(g, sid);
+    const int32_t * pad = gguf_get_arr_data(g, pid);
+    const float * drop = gguf_get_arr_data(g, did);
+    for (int64_t i = 0; i < n; i++) {
+        struct gmn_layer * l = &layers[i];
+        memset(l, 0, sizeof(*l));
+        const char * kind = gguf_get_arr_str(g, kid, (size_t) i);
+        l->kind = gmn_layer_kind_from_name(kind);
+        if (l->kind == 0) {
+            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': layer %lld has unknown kind '%.32s' (made by a newer ggml-mnist?)",
+                            path, (long long) i, kind);
+        }
+        const char * name = gguf_get_arr_str(g, nid, (size_t) i);
+        if (strlen(name) >= GMN_NAME_CAP) {
+            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': layer %lld has a name longer than %d characters", path, (long long) i, GMN_NAME_CAP - 1);
+        }
+        snprintf(l->name, sizeof(l->name), "%s", name);
+        l->n_out = units[i];
+        l->k = kernel[i];
+        l->stride = stride[i];
+        l->pad = pad[i];
+        l->p = drop[i];
+    }
+    *n_layers = (int) n;
+    return GMN_OK;
+}
+
+/* Reads the network: ggml's two architectures (with our older size keys) or our layer list. */
+static int gmn_read_net(const struct gguf_context * g, const char * path, struct gmn_net * net, struct gmn_layer * layers) {
     const int64_t id = gguf_find_key(g, "general.architecture");
     if (id < 0) {
         return gmn_fail(GMN_E_FORMAT, "model_load: '%s': missing key general.architecture (is this an mnist GGUF?)", path);
@@ -47,23 +119,34 @@ static int gmn_read_config(const struct gguf_context * g, const char * path, str
         return gmn_fail(GMN_E_FORMAT, "model_load: '%s': general.architecture is not a string", path);
     }
     const char * arch = gguf_get_val_str(g, id);
-    memset(cfg, 0, sizeof(*cfg));
-    cfg->n_classes = 10; cfg->image_h = 28; cfg->image_w = 28;
-    cfg->hidden = 500; cfg->conv1_channels = 8; cfg->conv2_channels = 16;
-    if (strcmp(arch, "mnist-fc") == 0 || strcmp(arch, "ggml-mnist-fc") == 0) {
-        cfg->arch = GMN_ARCH_FC;
-    } else if (strcmp(arch, "mnist-cnn") == 0 || strcmp(arch, "ggml-mnist-cnn") == 0) {
-        cfg->arch = GMN_ARCH_CNN;
-    } else {
-        return gmn_fail(GMN_E_FORMAT, "model_load: '%s': unsupported architecture '%.64s' (expected mnist-fc or mnist-cnn)", path, arch);
+    memset(net, 0, sizeof(*net));
+    net->image_h = 28;
+    net->image_w = 28;
+    net->layers = layers;
+    int n_classes = 10;
+    int st = gmn_meta_u32(g, path, GMN_META_PREFIX "n_classes", GMN_MIN_CLASSES, GMN_MAX_CLASSES, &n_classes);
+    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "image_height", GMN_MIN_IMAGE_SIDE, GMN_MAX_IMAGE_SIDE, &net->image_h);
+    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "image_width", GMN_MIN_IMAGE_SIDE, GMN_MAX_IMAGE_SIDE, &net->image_w);
+    if (st != GMN_OK) {
+        return st;
     }
-    int st = GMN_OK;
-    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "n_classes", 2, 1000, &cfg->n_classes);
-    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "image_height", 4, 4096, &cfg->image_h);
-    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "image_width", 4, 4096, &cfg->image_w);
-    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "hidden", 1, 65536, &cfg->hidden);
-    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "conv1_channels", 1, 1024, &cfg->conv1_channels);
-    if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "conv2_channels", 1, 1024, &cfg->conv2_channels);
+    const int is_fc = strcmp(arch, GMN_ARCH_MNIST_FC) == 0 || strcmp(arch, "ggml-mnist-fc") == 0;
+    const int is_cnn = strcmp(arch, GMN_ARCH_MNIST_CNN) == 0 || strcmp(arch, "ggml-mnist-cnn") == 0;
+    if (strcmp(arch, GMN_ARCH_OWN) == 0) {
+        return gmn_read_layers(g, path, layers, &net->n_layers);
+    }
+    if (!is_fc && !is_cnn) {
+        return gmn_fail(GMN_E_FORMAT, "model_load: '%s': unsupported architecture '%.64s' (expected %s, %s or %s)",
+                        path, arch, GMN_ARCH_MNIST_FC, GMN_ARCH_MNIST_CNN, GMN_ARCH_OWN);
+    }
+    /* ggml's networks; files of ggml-mnist 0.1 stored other widths in these keys */
+    gmn_preset_layers(is_fc ? "fc" : "cnn", n_classes, layers, GMN_MAX_LAYERS, &net->n_layers);
+    if (is_fc) {
+        st = gmn_meta_u32(g, path, GMN_META_PREFIX "hidden", 1, GMN_MAX_UNITS, &layers[0].n_out);
+    } else {
+        st = gmn_meta_u32(g, path, GMN_META_PREFIX "conv1_channels", 1, GMN_MAX_CHANNELS, &layers[0].n_out);
+        if (st == GMN_OK) st = gmn_meta_u32(g, path, GMN_META_PREFIX "conv2_channels", 1, GMN_MAX_CHANNELS, &layers[3].n_out);
+    }
     return st;
 }
 
@@ -103,29 +186,29 @@ static int gmn_read_meta(gmn_model * m, const struct gguf_context * g) {
     return GMN_OK;
 }
 
-/* Checks that the file holds every parameter tensor of cfg as f32 with the right shape and its data
+/* Checks that the file holds every parameter tensor of net as f32 with the right shape and its data
  * inside the file, before any memory is allocated for the weights; stores each tensor's file offset. */
 static int gmn_check_tensors(const struct gguf_context * g, struct ggml_context * meta, const char * path,
-                             long long file_size, const struct gmn_model_config * cfg, size_t * offsets) {
-    const char * names[GMN_MAX_TENSORS];
-    int64_t ne[GMN_MAX_TENSORS][4];
-    const int n = gmn_param_shapes(cfg, names, ne);
+                             long long file_size, const struct gmn_net * net, size_t * offsets) {
+    struct gmn_param_spec specs[GMN_MAX_TENSORS];
+    const int n = gmn_net_params(net, specs);
     const size_t data_off = gguf_get_data_offset(g);
     for (int i = 0; i < n; i++) {
-        const char * name = names[i];
+        const char * name = specs[i].name;
+        const int64_t * ne = specs[i].ne;
         const int64_t tid = gguf_find_tensor(g, name);
         struct ggml_tensor * have = tid >= 0 ? ggml_get_tensor(meta, name) : NULL;
         if (have == NULL) {
-            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': missing tensor %s for architecture %s", path, name, gmn_arch_name(cfg));
+            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': missing tensor %s for architecture %s", path, name, gmn_net_arch_name(net));
         }
         if (have->type != GGML_TYPE_F32) {
             return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s has type %s; only f32 is supported", path, name, ggml_type_name(have->type));
         }
-        if (have->ne[0] != ne[i][0] || have->ne[1] != ne[i][1] || have->ne[2] != ne[i][2] || have->ne[3] != ne[i][3]) {
+        if (have->ne[0] != ne[0] || have->ne[1] != ne[1] || have->ne[2] != ne[2] || have->ne[3] != ne[3]) {
             return gmn_fail(GMN_E_FORMAT,
                 "model_load: '%s': tensor %s has shape [%lld,%lld,%lld,%lld] but [%lld,%lld,%lld,%lld] is expected",
                 path, name, (long long) have->ne[0], (long long) have->ne[1], (long long) have->ne[2], (long long) have->ne[3],
-                (long long) ne[i][0], (long long) ne[i][1], (long long) ne[i][2], (long long) ne[i][3]);
+                (long long) ne[0], (long long) ne[1], (long long) ne[2], (long long) ne[3]);
         }
         const size_t nbytes = ggml_nbytes(have);
         const size_t off = data_off + gguf_get_tensor_offset(g, tid);
@@ -293,15 +376,28 @@ int gmn_model_load(const char * path, const char * device, int n_threads, gmn_mo
         fclose(f);
         return gmn_fail(GMN_E_FORMAT, "model_load: '%s' is not a valid GGUF file (corrupt or truncated); re-save or re-download it", path);
     }
-    struct gmn_model_config cfg;
+    struct gmn_net net;
+    struct gmn_layer layers[GMN_MAX_LAYERS];
     size_t offsets[GMN_MAX_TENSORS];
     gmn_model * m = NULL;
-    st = gmn_read_config(g, path, &cfg);
+    st = gmn_read_net(g, path, &net, layers);
     if (st == GMN_OK) {
-        st = gmn_check_tensors(g, meta, path, (long long) sb.st_size, &cfg, offsets);
+        struct gmn_layer raw[GMN_MAX_LAYERS];
+        memcpy(raw, layers, sizeof(raw));
+        net.layers = raw;
+        st = gmn_net_prepare(&net, layers, NULL, NULL);
+        net.layers = layers;
+        if (st != GMN_OK) {
+            char why[768];
+            snprintf(why, sizeof(why), "%s", gmn_last_error());
+            st = gmn_fail(GMN_E_FORMAT, "model_load: '%s': %s", path, why);
+        }
     }
     if (st == GMN_OK) {
-        st = gmn_model_create(&cfg, device, n_threads, &m);
+        st = gmn_check_tensors(g, meta, path, (long long) sb.st_size, &net, offsets);
+    }
+    if (st == GMN_OK) {
+        st = gmn_model_create(&net, device, n_threads, &m);
     }
     if (st == GMN_OK) {
         st = gmn_read_tensors(m, path, f, offsets);
@@ -332,6 +428,32 @@ static int gmn_valid_meta_key(const char * k) {
     return 1;
 }
 
+/* Stores the layer list as typed arrays ggml_mnist.layers.{kind,name,units,kernel,stride,padding,dropout}. */
+static void gmn_write_layers(struct gguf_context * g, const struct gmn_net * net) {
+    const int n = net->n_layers;
+    const char * kinds[GMN_MAX_LAYERS];
+    const char * names[GMN_MAX_LAYERS];
+    int32_t units[GMN_MAX_LAYERS], kernel[GMN_MAX_LAYERS], stride[GMN_MAX_LAYERS], pad[GMN_MAX_LAYERS];
+    float drop[GMN_MAX_LAYERS];
+    for (int i = 0; i < n; i++) {
+        const struct gmn_layer * l = &net->layers[i];
+        kinds[i] = gmn_layer_kind_name(l->kind);
+        names[i] = l->name;
+        units[i] = l->n_out;
+        kernel[i] = l->k;
+        stride[i] = l->stride;
+        pad[i] = l->pad;
+        drop[i] = l->p;
+    }
+    gguf_set_arr_str(g, GMN_KEY_LAYERS "kind", kinds, (size_t) n);
+    gguf_set_arr_str(g, GMN_KEY_LAYERS "name", names, (size_t) n);
+    gguf_set_arr_data(g, GMN_KEY_LAYERS "units", GGUF_TYPE_INT32, units, (size_t) n);
+    gguf_set_arr_data(g, GMN_KEY_LAYERS "kernel", GGUF_TYPE_INT32, kernel, (size_t) n);
+    gguf_set_arr_data(g, GMN_KEY_LAYERS "stride", GGUF_TYPE_INT32, stride, (size_t) n);
+    gguf_set_arr_data(g, GMN_KEY_LAYERS "padding", GGUF_TYPE_INT32, pad, (size_t) n);
+    gguf_set_arr_data(g, GMN_KEY_LAYERS "dropout", GGUF_TYPE_FLOAT32, drop, (size_t) n);
+}
+
 /* Builds the gguf context: metadata plus host copies of the weights held in ctx_host. */
 static int gmn_build_gguf(const gmn_model * m, int n_meta, const char ** keys, const char ** values,
                           struct gguf_context ** g_out, struct ggml_context ** host_out) {
@@ -347,17 +469,12 @@ static int gmn_build_gguf(const gmn_model * m, int n_meta, const char ** keys, c
         if (g) gguf_free(g);
         return gmn_fail(GMN_E_NOMEM, "model_save: out of memory");
     }
-    const struct gmn_model_config * c = &m->cfg;
-    gguf_set_val_str(g, "general.architecture", gmn_arch_name(c));
-    gguf_set_val_u32(g, GMN_META_PREFIX "n_classes", (uint32_t) c->n_classes);
-    gguf_set_val_u32(g, GMN_META_PREFIX "image_height", (uint32_t) c->image_h);
-    gguf_set_val_u32(g, GMN_META_PREFIX "image_width", (uint32_t) c->image_w);
-    if (c->arch == GMN_ARCH_FC) {
-        gguf_set_val_u32(g, GMN_META_PREFIX "hidden", (uint32_t) c->hidden);
-    } else {
-        gguf_set_val_u32(g, GMN_META_PREFIX "conv1_channels", (uint32_t) c->conv1_channels);
-        gguf_set_val_u32(g, GMN_META_PREFIX "conv2_channels", (uint32_t) c->conv2_channels);
-    }
+    const struct gmn_net * net = &m->net;
+    gguf_set_val_str(g, "general.architecture", gmn_net_arch_name(net));
+    gguf_set_val_u32(g, GMN_META_PREFIX "n_classes", (uint32_t) m->n_classes);
+    gguf_set_val_u32(g, GMN_META_PREFIX "image_height", (uint32_t) net->image_h);
+    gguf_set_val_u32(g, GMN_META_PREFIX "image_width", (uint32_t) net->image_w);
+    gmn_write_layers(g, net);
     for (int i = 0; i < n_meta; i++) {
         char key[256];
         snprintf(key, sizeof(key), GMN_META_PREFIX "%s", keys[i]);

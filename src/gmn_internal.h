@@ -9,11 +9,30 @@
 #include "ggml-backend.h"
 #include "ggml-opt.h"
 
-#define GMN_MAX_TENSORS   6
+#define GMN_MAX_TENSORS   (2 * GMN_MAX_LAYERS)
 #define GMN_MAX_ACCEL     4
 #define GMN_EVAL_BATCH    1000
 #define GMN_SMALL_BATCH   64   /* prediction batches below this run on one CPU thread */
 #define GMN_META_PREFIX   "ggml_mnist."
+#define GMN_ARCH_MNIST_FC  "mnist-fc"   /* ggml's example networks, byte-compatible with its mnist-eval */
+#define GMN_ARCH_MNIST_CNN "mnist-cnn"
+#define GMN_ARCH_OWN       "ggml-mnist" /* every other network: the layer list is stored in the file */
+
+/* Output of a layer: width, height, channels (units when flat), flat after a dense layer, parameters. */
+struct gmn_shape {
+    int64_t w, h, c;
+    int     flat;
+    int64_t params;
+};
+
+/* One parameter tensor of a network: its layer, 0 weight / 1 bias, GGUF name, ggml shape and fan-in. */
+struct gmn_param_spec {
+    int     layer;
+    int     which;
+    char    name[GGML_MAX_NAME];
+    int64_t ne[4];
+    int64_t fan_in;
+};
 
 struct gmn_dataset {
     int64_t   n;
@@ -26,7 +45,9 @@ struct gmn_dataset {
 struct gmn_train_state;
 
 struct gmn_model {
-    struct gmn_model_config cfg;
+    struct gmn_net   net;                     /* net.layers points at layers */
+    struct gmn_layer layers[GMN_MAX_LAYERS];
+    int              n_classes;
 
     ggml_backend_dev_t   dev;
     ggml_backend_t       backend;     /* the chosen device */
@@ -37,8 +58,9 @@ struct gmn_model {
 
     struct ggml_context * ctx_w;      /* parameter tensors, allocated in buf_w */
     ggml_backend_buffer_t buf_w;
-    struct ggml_tensor  * w[GMN_MAX_TENSORS];
+    struct ggml_tensor  * w[GMN_MAX_TENSORS]; /* every parameter, in layer order */
     int                   n_w;
+    struct ggml_tensor  * lw[GMN_MAX_LAYERS][2]; /* per layer: weight (or kernel) and bias; NULL without */
 
     /* forward graph for prediction, rebuilt when the batch size changes */
     ggml_backend_sched_t  sched_eval;
@@ -79,22 +101,36 @@ int  gmn_check_graph_memory(ggml_backend_dev_t dev, struct ggml_tensor * out, do
 /* Resolve a device name ("auto", "cpu", ggml device name, case-insensitive). */
 int  gmn_find_device(const char * name, ggml_backend_dev_t * out);
 
+/* Networks (gmn_net.c). */
+int  gmn_layer_kind_from_name(const char * name); /* 0 when unknown */
+int  gmn_layer_has_params(int kind);
+/* Validate net, copy its layers into out with empty names filled in, and infer each layer's output shape
+ * (shapes and n_params may be NULL). */
+int  gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct gmn_shape * shapes, int64_t * n_params);
+int  gmn_net_classes(const struct gmn_net * net);
+/* 1 when the prepared net equals preset `name` for n_classes classes. */
+int  gmn_net_is_preset(const struct gmn_net * net, const char * name, int n_classes);
+/* general.architecture for a prepared net: ggml's names for exactly its two networks at 28x28, else ours. */
+const char * gmn_net_arch_name(const struct gmn_net * net);
+/* Parameter tensors of a prepared net in layer order; returns their count (<= GMN_MAX_TENSORS). */
+int  gmn_net_params(const struct gmn_net * net, struct gmn_param_spec * specs);
+/* ggml shape (ne) of the activation entering layer `layer` for a batch; returns its dimensions (2 or 4). */
+int  gmn_net_activation_ne(const struct gmn_net * net, int layer, int64_t batch, int64_t * ne);
+/* Logits [n_classes, N] of images x [pixels, N]; masks[i] multiplies the input of dropout layer i (NULL: predict). */
+struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x,
+                                 struct ggml_tensor * const * masks);
+
 /* Model internals shared by the model, gguf and training files. */
-int  gmn_model_create(const struct gmn_model_config * cfg, const char * device, int n_threads, gmn_model ** out);
+int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, gmn_model ** out);
 /* Set the CPU (and accelerator) thread count used by the model's next graph computations. */
 void gmn_model_use_threads(gmn_model * model, int n_threads);
 /* A new scheduler over the model's backends (device, accelerators, CPU), or NULL. */
 ggml_backend_sched_t gmn_model_new_sched(const gmn_model * model);
-int  gmn_check_config(const struct gmn_model_config * cfg);
-/* Names and ggml shapes (ne) of cfg's parameter tensors in model order; returns their count (<= GMN_MAX_TENSORS). */
-int  gmn_param_shapes(const struct gmn_model_config * cfg, const char ** names, int64_t (*ne)[4]);
 struct ggml_tensor * gmn_model_tensor(const gmn_model * model, const char * name);
-struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x);
 /* Pixels / 255 as floats. */
 void gmn_u8_to_f32(float * dst, const uint8_t * src, int64_t n);
 int  gmn_predict_rows(gmn_model * model, const gmn_dataset * ds, const int64_t * idx, int64_t n, float * probs);
 void gmn_train_state_free(struct gmn_train_state * st);
-const char * gmn_arch_name(const struct gmn_model_config * cfg);
-int64_t gmn_image_pixels(const struct gmn_model_config * cfg);
+int64_t gmn_image_pixels(const gmn_model * model);
 
 #endif

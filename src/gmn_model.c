@@ -8,41 +8,8 @@
 #include <sched.h>
 #include <unistd.h>
 
-const char * gmn_arch_name(const struct gmn_model_config * cfg) {
-    const int standard = cfg->n_classes == 10 && cfg->image_h == 28 && cfg->image_w == 28 &&
-        (cfg->arch == GMN_ARCH_FC ? cfg->hidden == 500 : (cfg->conv1_channels == 8 && cfg->conv2_channels == 16));
-    if (cfg->arch == GMN_ARCH_FC) {
-        return standard ? "mnist-fc" : "ggml-mnist-fc";
-    }
-    return standard ? "mnist-cnn" : "ggml-mnist-cnn";
-}
-
-int64_t gmn_image_pixels(const struct gmn_model_config * cfg) {
-    return (int64_t) cfg->image_h * cfg->image_w;
-}
-
-int gmn_check_config(const struct gmn_model_config * cfg) {
-    if (cfg == NULL) {
-        return gmn_fail(GMN_E_INVALID, "model config is NULL");
-    }
-    if (cfg->arch != GMN_ARCH_FC && cfg->arch != GMN_ARCH_CNN) {
-        return gmn_fail(GMN_E_INVALID, "model: unknown architecture code %d (use fc or cnn)", cfg->arch);
-    }
-    if (cfg->n_classes < 2 || cfg->n_classes > 1000) {
-        return gmn_fail(GMN_E_INVALID, "model: n_classes is %d; it must be in [2, 1000]", cfg->n_classes);
-    }
-    if (cfg->image_h < 4 || cfg->image_w < 4 || cfg->image_h > 4096 || cfg->image_w > 4096) {
-        return gmn_fail(GMN_E_INVALID, "model: image size %dx%d is out of range [4, 4096]", cfg->image_h, cfg->image_w);
-    }
-    if (cfg->arch == GMN_ARCH_FC && (cfg->hidden < 1 || cfg->hidden > 65536)) {
-        return gmn_fail(GMN_E_INVALID, "model: hidden width %d is out of range [1, 65536]", cfg->hidden);
-    }
-    if (cfg->arch == GMN_ARCH_CNN &&
-        (cfg->conv1_channels < 1 || cfg->conv1_channels > 1024 || cfg->conv2_channels < 1 || cfg->conv2_channels > 1024)) {
-        return gmn_fail(GMN_E_INVALID, "model: conv channels %d, %d out of range [1, 1024]",
-                        cfg->conv1_channels, cfg->conv2_channels);
-    }
-    return GMN_OK;
+int64_t gmn_image_pixels(const gmn_model * m) {
+    return (int64_t) m->net.image_h * m->net.image_w;
 }
 
 static int gmn_default_threads(void) {
@@ -69,47 +36,22 @@ static void gmn_set_backend_threads(ggml_backend_t backend, int n_threads) {
     }
 }
 
-static void gmn_shape(const char ** names, int64_t (*ne)[4], int * n, const char * name, int64_t a, int64_t b, int64_t c, int64_t d) {
-    names[*n] = name;
-    ne[*n][0] = a; ne[*n][1] = b; ne[*n][2] = c; ne[*n][3] = d;
-    (*n)++;
-}
-
-int gmn_param_shapes(const struct gmn_model_config * c, const char ** names, int64_t (*ne)[4]) {
-    const int64_t npix = gmn_image_pixels(c);
-    int n = 0;
-    if (c->arch == GMN_ARCH_FC) {
-        gmn_shape(names, ne, &n, "fc1.weight", npix, c->hidden, 1, 1);
-        gmn_shape(names, ne, &n, "fc1.bias",   c->hidden, 1, 1, 1);
-        gmn_shape(names, ne, &n, "fc2.weight", c->hidden, c->n_classes, 1, 1);
-        gmn_shape(names, ne, &n, "fc2.bias",   c->n_classes, 1, 1, 1);
-    } else {
-        const int64_t dense_in = (int64_t) (c->image_w / 4) * (c->image_h / 4) * c->conv2_channels;
-        gmn_shape(names, ne, &n, "conv1.kernel", 3, 3, 1, c->conv1_channels);
-        gmn_shape(names, ne, &n, "conv1.bias",   1, 1, c->conv1_channels, 1);
-        gmn_shape(names, ne, &n, "conv2.kernel", 3, 3, c->conv1_channels, c->conv2_channels);
-        gmn_shape(names, ne, &n, "conv2.bias",   1, 1, c->conv2_channels, 1);
-        gmn_shape(names, ne, &n, "dense.weight", dense_in, c->n_classes, 1, 1);
-        gmn_shape(names, ne, &n, "dense.bias",   c->n_classes, 1, 1, 1);
-    }
-    return n;
-}
-
 /* Adds the parameter tensors to the model's weight context. */
 static void gmn_define_params(gmn_model * m) {
-    const char * names[GMN_MAX_TENSORS];
-    int64_t ne[GMN_MAX_TENSORS][4];
-    const int n = gmn_param_shapes(&m->cfg, names, ne);
+    struct gmn_param_spec specs[GMN_MAX_TENSORS];
+    const int n = gmn_net_params(&m->net, specs);
     for (int i = 0; i < n; i++) {
-        struct ggml_tensor * t = ggml_new_tensor(m->ctx_w, GGML_TYPE_F32, 4, ne[i]);
-        ggml_set_name(t, names[i]);
+        struct ggml_tensor * t = ggml_new_tensor(m->ctx_w, GGML_TYPE_F32, 4, specs[i].ne);
+        ggml_set_name(t, specs[i].name);
         m->w[m->n_w++] = t;
+        m->lw[specs[i].layer][specs[i].which] = t;
     }
 }
 
-int gmn_model_create(const struct gmn_model_config * cfg, const char * device, int n_threads, gmn_model ** out) {
+int gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, gmn_model ** out) {
     gmn_ensure_init();
-    int st = gmn_check_config(cfg);
+    struct gmn_layer layers[GMN_MAX_LAYERS];
+    int st = gmn_net_prepare(net, layers, NULL, NULL);
     if (st != GMN_OK) {
         return st;
     }
@@ -125,7 +67,10 @@ int gmn_model_create(const struct gmn_model_config * cfg, const char * device, i
     if (m == NULL) {
         return gmn_fail(GMN_E_NOMEM, "model: out of memory");
     }
-    m->cfg       = *cfg;
+    memcpy(m->layers, layers, sizeof(layers));
+    m->net        = *net;
+    m->net.layers = m->layers;
+    m->n_classes  = gmn_net_classes(&m->net);
     m->dev       = dev;
     m->n_threads = n_threads > 0 ? n_threads : gmn_default_threads();
 
@@ -199,30 +144,19 @@ ggml_backend_sched_t gmn_model_new_sched(const gmn_model * m) {
     return ggml_backend_sched_new(backends, NULL, n, GGML_DEFAULT_GRAPH_SIZE, false, false);
 }
 
-/* Fan-in of a parameter tensor: the elements one output unit reads. */
-static int64_t gmn_fan_in(const gmn_model * m, int i) {
-    const struct gmn_model_config * c = &m->cfg;
-    if (c->arch == GMN_ARCH_FC) {
-        return i < 2 ? gmn_image_pixels(c) : c->hidden;
-    }
-    switch (i) {
-        case 0: case 1: return 9;
-        case 2: case 3: return 9 * (int64_t) c->conv1_channels;
-        default:        return m->w[4]->ne[0];
-    }
-}
-
-int gmn_model_init(const struct gmn_model_config * config, const char * device, int n_threads, uint64_t seed, gmn_model ** out) {
+int gmn_model_init(const struct gmn_net * net, const char * device, int n_threads, uint64_t seed, gmn_model ** out) {
     gmn_clear_error();
     if (out == NULL) {
         return gmn_fail(GMN_E_INVALID, "model_init: out is NULL");
     }
     *out = NULL;
     gmn_model * m = NULL;
-    int st = gmn_model_create(config, device, n_threads, &m);
+    int st = gmn_model_create(net, device, n_threads, &m);
     if (st != GMN_OK) {
         return st;
     }
+    struct gmn_param_spec specs[GMN_MAX_TENSORS];
+    gmn_net_params(&m->net, specs);
     /* PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases. */
     struct gmn_rng rng;
     gmn_rng_seed(&rng, seed);
@@ -234,7 +168,7 @@ int gmn_model_init(const struct gmn_model_config * config, const char * device, 
             gmn_model_free(m);
             return gmn_fail(GMN_E_NOMEM, "model_init: out of memory");
         }
-        const double bound = 1.0 / sqrt((double) gmn_fan_in(m, i));
+        const double bound = 1.0 / sqrt((double) specs[i].fan_in);
         for (int64_t j = 0; j < ne; j++) {
             buf[j] = (float) ((2.0 * gmn_rng_uniform(&rng) - 1.0) * bound);
         }
@@ -287,13 +221,22 @@ void gmn_model_free(gmn_model * m) {
     free(m);
 }
 
-int gmn_model_get_config(const gmn_model * m, struct gmn_model_config * out) {
+int gmn_model_get_net(const gmn_model * m, struct gmn_net * out, struct gmn_layer * layers, int cap) {
     gmn_clear_error();
-    if (m == NULL || out == NULL) {
-        return gmn_fail(GMN_E_INVALID, "model_get_config: NULL argument");
+    if (m == NULL || out == NULL || (cap > 0 && layers == NULL)) {
+        return gmn_fail(GMN_E_INVALID, "model_get_net: NULL argument");
     }
-    *out = m->cfg;
+    *out = m->net;
+    const int n = cap < m->net.n_layers ? (cap > 0 ? cap : 0) : m->net.n_layers;
+    if (n > 0) {
+        memcpy(layers, m->layers, (size_t) n * sizeof(struct gmn_layer));
+    }
+    out->layers = layers;
     return GMN_OK;
+}
+
+int gmn_model_n_classes(const gmn_model * m) {
+    return m ? m->n_classes : 0;
 }
 
 int gmn_model_device(const gmn_model * m, char * name, size_t n) {
@@ -306,7 +249,7 @@ int gmn_model_device(const gmn_model * m, char * name, size_t n) {
 }
 
 const char * gmn_model_architecture(const gmn_model * m) {
-    return m ? gmn_arch_name(&m->cfg) : "";
+    return m ? gmn_net_arch_name(&m->net) : "";
 }
 
 int gmn_model_n_tensors(const gmn_model * m) {
@@ -345,7 +288,7 @@ static int gmn_lookup_tensor(const gmn_model * m, const char * name, int64_t n, 
     }
     struct ggml_tensor * t = gmn_model_tensor(m, name);
     if (t == NULL) {
-        return gmn_fail(GMN_E_INVALID, "tensor access: the %s model has no tensor '%s'", gmn_arch_name(&m->cfg), name);
+        return gmn_fail(GMN_E_INVALID, "tensor access: the %s model has no tensor '%s'", gmn_net_arch_name(&m->net), name);
     }
     if (n != ggml_nelements(t)) {
         return gmn_fail(GMN_E_INVALID, "tensor access: '%s' has %lld elements, got %lld",
@@ -398,41 +341,12 @@ int gmn_model_meta_get(const gmn_model * m, int i, const char ** key, const char
     return GMN_OK;
 }
 
-struct ggml_tensor * gmn_forward(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x) {
-    const struct gmn_model_config * c = &m->cfg;
-    const int64_t B = x->ne[1];
-    if (c->arch == GMN_ARCH_FC) {
-        struct ggml_tensor * h = ggml_mul_mat(ctx, m->w[0], x);
-        h = ggml_relu(ctx, ggml_add(ctx, h, m->w[1]));
-        struct ggml_tensor * y = ggml_mul_mat(ctx, m->w[2], h);
-        return ggml_add(ctx, y, m->w[3]);
-    }
-    struct ggml_tensor * img = ggml_reshape_4d(ctx, x, c->image_w, c->image_h, 1, B);
-    struct ggml_tensor * h = ggml_conv_2d(ctx, m->w[0], img, 1, 1, 1, 1, 1, 1);
-    h = ggml_relu(ctx, ggml_add(ctx, h, m->w[1]));
-    h = ggml_pool_2d(ctx, h, GGML_OP_POOL_MAX, 2, 2, 2, 2, 0, 0);
-    h = ggml_conv_2d(ctx, m->w[2], h, 1, 1, 1, 1, 1, 1);
-    h = ggml_relu(ctx, ggml_add(ctx, h, m->w[3]));
-    h = ggml_pool_2d(ctx, h, GGML_OP_POOL_MAX, 2, 2, 2, 2, 0, 0);
-    /* dense.weight expects the features flattened height-width-channel with channels fastest (the
-     * GGUF contract). Rather than permuting the activations we permute the weight's columns to the
-     * natural [W, H, C] order of h: it is cheaper, and the gradient that reaches ggml's pool_2d_back
-     * stays contiguous; that op reads its incoming gradient as contiguous planes, so a permuted
-     * (non-contiguous) gradient there silently yields wrong conv gradients. */
-    const int64_t w4 = h->ne[0], h4 = h->ne[1], c2 = h->ne[2];
-    struct ggml_tensor * wd = ggml_reshape_4d(ctx, m->w[4], c2, w4, h4, c->n_classes);
-    wd = ggml_cont(ctx, ggml_permute(ctx, wd, 2, 0, 1, 3));
-    wd = ggml_reshape_2d(ctx, wd, w4 * h4 * c2, c->n_classes);
-    h = ggml_reshape_2d(ctx, h, w4 * h4 * c2, B);
-    return ggml_add(ctx, ggml_mul_mat(ctx, wd, h), m->w[5]);
-}
-
 static int gmn_eval_prepare(gmn_model * m, int64_t batch) {
     if (m->ctx_eval != NULL && m->eval_batch == batch) {
         return GMN_OK;
     }
     gmn_eval_free(m);
-    const int64_t npix = gmn_image_pixels(&m->cfg);
+    const int64_t npix = gmn_image_pixels(m);
     struct ggml_init_params ip = { GGML_DEFAULT_GRAPH_SIZE * ggml_tensor_overhead() + ggml_graph_overhead(), NULL, true };
     m->ctx_eval = ggml_init(ip);
     m->eval_buf = malloc((size_t) (batch * npix) * sizeof(float));
@@ -443,7 +357,7 @@ static int gmn_eval_prepare(gmn_model * m, int64_t batch) {
     m->eval_in = ggml_new_tensor_2d(m->ctx_eval, GGML_TYPE_F32, npix, batch);
     ggml_set_name(m->eval_in, "images");
     ggml_set_input(m->eval_in);
-    m->eval_out = ggml_soft_max(m->ctx_eval, gmn_forward(m, m->ctx_eval, m->eval_in));
+    m->eval_out = ggml_soft_max(m->ctx_eval, gmn_forward(m, m->ctx_eval, m->eval_in, NULL));
     ggml_set_name(m->eval_out, "probs");
     ggml_set_output(m->eval_out);
     m->gf_eval = ggml_new_graph(m->ctx_eval);
@@ -463,7 +377,7 @@ static int gmn_eval_prepare(gmn_model * m, int64_t batch) {
 }
 
 static int gmn_eval_run(gmn_model * m, int64_t rows, float * probs) {
-    const int64_t npix = gmn_image_pixels(&m->cfg);
+    const int64_t npix = gmn_image_pixels(m);
     if (rows < m->eval_batch) {
         memset(m->eval_buf + rows * npix, 0, (size_t) ((m->eval_batch - rows) * npix) * sizeof(float));
     }
@@ -473,7 +387,7 @@ static int gmn_eval_run(gmn_model * m, int64_t rows, float * probs) {
     if (ggml_backend_sched_graph_compute(m->sched_eval, m->gf_eval) != GGML_STATUS_SUCCESS) {
         return gmn_fail(GMN_E_DEVICE, "predict: the backend failed to compute the graph");
     }
-    ggml_backend_tensor_get(m->eval_out, probs, 0, (size_t) (rows * m->cfg.n_classes) * sizeof(float));
+    ggml_backend_tensor_get(m->eval_out, probs, 0, (size_t) (rows * m->n_classes) * sizeof(float));
     return GMN_OK;
 }
 
@@ -493,20 +407,20 @@ static int gmn_predict_chunks(gmn_model * m, int64_t n, gmn_fill_fn fill, const 
         const int64_t rows = (n - i0) < m->eval_batch ? (n - i0) : m->eval_batch;
         st = fill(m, src, i0, rows);
         if (st == GMN_OK) {
-            st = gmn_eval_run(m, rows, probs + i0 * m->cfg.n_classes);
+            st = gmn_eval_run(m, rows, probs + i0 * m->n_classes);
         }
     }
     return st;
 }
 
 static int gmn_fill_u8(gmn_model * m, const void * src, int64_t i0, int64_t rows) {
-    const int64_t npix = gmn_image_pixels(&m->cfg);
+    const int64_t npix = gmn_image_pixels(m);
     gmn_u8_to_f32(m->eval_buf, (const uint8_t *) src + i0 * npix, rows * npix);
     return GMN_OK;
 }
 
 static int gmn_fill_f32(gmn_model * m, const void * src, int64_t i0, int64_t rows) {
-    const int64_t npix = gmn_image_pixels(&m->cfg);
+    const int64_t npix = gmn_image_pixels(m);
     const float * x = (const float *) src + i0 * npix;
     for (int64_t j = 0; j < rows * npix; j++) {
         if (!isfinite(x[j])) {

@@ -12,6 +12,10 @@ struct gmn_train_state {
     struct ggml_context   * ctx_in;      /* the statically allocated input tensor */
     ggml_backend_buffer_t   buf_in;
     struct ggml_tensor    * inputs;
+    struct ggml_tensor    * masks[GMN_MAX_LAYERS]; /* dropout masks, per dropout layer (else NULL) */
+    float                 * mask_buf;   /* staging for the largest mask */
+    struct gmn_rng          mask_rng;   /* own stream, so dropout does not change the shuffle order */
+    int                     batches;    /* batches trained since train_init */
     struct ggml_context   * ctx_compute;
     ggml_opt_context_t      opt;
     ggml_opt_result_t       result;
@@ -93,6 +97,7 @@ void gmn_train_state_free(struct gmn_train_state * st) {
     free(st->ybuf);
     free(st->perm);
     free(st->probs);
+    free(st->mask_buf);
     free(st);
 }
 
@@ -192,14 +197,15 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     }
     st->cfg = *config;
     gmn_rng_seed(&st->rng, config->seed);
+    gmn_rng_seed(&st->mask_rng, config->seed ^ 0x6d61736b64726f70ULL);
     const int64_t B = config->physical_batch_size;
-    const int64_t npix = gmn_image_pixels(&m->cfg);
+    const int64_t npix = gmn_image_pixels(m);
     st->xbuf = malloc((size_t) (B * npix) * sizeof(float));
-    st->ybuf = malloc((size_t) (B * m->cfg.n_classes) * sizeof(float));
+    st->ybuf = malloc((size_t) (B * m->n_classes) * sizeof(float));
 
     st->sched = gmn_model_new_sched(m);
 
-    struct ggml_init_params ip_in = { ggml_tensor_overhead(), NULL, true };
+    struct ggml_init_params ip_in = { (1 + GMN_MAX_LAYERS) * ggml_tensor_overhead(), NULL, true };
     st->ctx_in = ggml_init(ip_in);
     struct ggml_init_params ip_c = { GGML_DEFAULT_GRAPH_SIZE * ggml_tensor_overhead() + 3 * ggml_graph_overhead_custom(GGML_DEFAULT_GRAPH_SIZE, true), NULL, true };
     st->ctx_compute = ggml_init(ip_c);
@@ -210,6 +216,21 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     st->inputs = ggml_new_tensor_2d(st->ctx_in, GGML_TYPE_F32, npix, B);
     ggml_set_name(st->inputs, "images");
     ggml_set_input(st->inputs);
+    int64_t mask_max = 0;
+    for (int i = 0; i < m->net.n_layers; i++) {
+        if (m->layers[i].kind == GMN_LAYER_DROPOUT) {
+            int64_t ne[4];
+            const int nd = gmn_net_activation_ne(&m->net, i, B, ne);
+            st->masks[i] = ggml_new_tensor(st->ctx_in, GGML_TYPE_F32, nd, ne);
+            ggml_set_input(st->masks[i]);
+            mask_max = ggml_nelements(st->masks[i]) > mask_max ? ggml_nelements(st->masks[i]) : mask_max;
+        }
+    }
+    st->mask_buf = mask_max > 0 ? malloc((size_t) mask_max * sizeof(float)) : NULL;
+    if (mask_max > 0 && st->mask_buf == NULL) {
+        gmn_train_state_free(st);
+        return gmn_fail(GMN_E_NOMEM, "train_init: out of memory for the dropout masks");
+    }
     st->buf_in = ggml_backend_alloc_ctx_tensors(st->ctx_in, m->backend);
     if (st->buf_in == NULL) {
         gmn_train_state_free(st);
@@ -218,7 +239,7 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     for (int i = 0; i < m->n_w; i++) {
         ggml_set_param(m->w[i]);
     }
-    struct ggml_tensor * logits = gmn_forward(m, st->ctx_compute, st->inputs);
+    struct ggml_tensor * logits = gmn_forward(m, st->ctx_compute, st->inputs, st->masks);
     /* forward activations, their gradients and the backward temporaries: at most about 3x the forward */
     rc = gmn_check_graph_memory(m->dev, logits, 3.0, "train_init", B);
     if (rc != GMN_OK) {
@@ -267,10 +288,46 @@ static void gmn_gather_batch(struct gmn_train_state * st, const gmn_dataset * ds
     }
 }
 
+/* Draws every dropout mask for the next batch: 0 with probability p, else 1/(1-p). */
+static void gmn_fill_masks(gmn_model * m, struct gmn_train_state * st) {
+    for (int i = 0; i < m->net.n_layers; i++) {
+        if (st->masks[i] == NULL) {
+            continue;
+        }
+        const double p = m->layers[i].p;
+        const float keep = (float) (1.0 / (1.0 - p));
+        const int64_t n = ggml_nelements(st->masks[i]);
+        for (int64_t j = 0; j < n; j++) {
+            st->mask_buf[j] = gmn_rng_uniform(&st->mask_rng) < p ? 0.0f : keep;
+        }
+        ggml_backend_tensor_set(st->masks[i], st->mask_buf, 0, ggml_nbytes(st->masks[i]));
+    }
+}
+
+int gmn_model_dropout_mask(const gmn_model * m, int layer, float * mask, int64_t n) {
+    gmn_clear_error();
+    if (m == NULL || mask == NULL) {
+        return gmn_fail(GMN_E_INVALID, "dropout_mask: NULL argument");
+    }
+    if (layer < 0 || layer >= m->net.n_layers || m->layers[layer].kind != GMN_LAYER_DROPOUT) {
+        return gmn_fail(GMN_E_INVALID, "dropout_mask: layer %d is not a dropout layer", layer);
+    }
+    if (m->train == NULL || m->train->batches == 0) {
+        return gmn_fail(GMN_E_STATE, "dropout_mask: no training batch has run yet");
+    }
+    const struct ggml_tensor * t = m->train->masks[layer];
+    if (n != ggml_nelements(t)) {
+        return gmn_fail(GMN_E_INVALID, "dropout_mask: the mask has %lld elements, got room for %lld",
+                        (long long) ggml_nelements(t), (long long) n);
+    }
+    ggml_backend_tensor_get(t, mask, 0, ggml_nbytes(t));
+    return GMN_OK;
+}
+
 static int gmn_validate(gmn_model * m, const gmn_dataset * ds, const int64_t * idx, int64_t n, struct gmn_epoch_result * out,
                         gmn_progress_fn progress, void * ud) {
     struct gmn_train_state * st = m->train;
-    const int C = m->cfg.n_classes;
+    const int C = m->n_classes;
     if (st->probs_cap < n * C) {
         free(st->probs);
         st->probs = malloc((size_t) (n * C) * sizeof(float));
@@ -325,12 +382,12 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
     if (st == NULL) {
         return gmn_fail(GMN_E_STATE, "train_epoch: call train_init first");
     }
-    if (ds->n_pixels != gmn_image_pixels(&m->cfg)) {
+    if (ds->n_pixels != gmn_image_pixels(m)) {
         return gmn_fail(GMN_E_INVALID, "train_epoch: dataset images have %lld pixels but the model takes %dx%d",
-                        (long long) ds->n_pixels, m->cfg.image_h, m->cfg.image_w);
+                        (long long) ds->n_pixels, m->net.image_h, m->net.image_w);
     }
-    if (ds->n_classes > m->cfg.n_classes) {
-        return gmn_fail(GMN_E_INVALID, "train_epoch: dataset has %d classes but the model only %d", ds->n_classes, m->cfg.n_classes);
+    if (ds->n_classes > m->n_classes) {
+        return gmn_fail(GMN_E_INVALID, "train_epoch: dataset has %d classes but the model only %d", ds->n_classes, m->n_classes);
     }
     int rc = gmn_check_indices(ds, train_idx, n_train, "train");
     if (rc == GMN_OK) {
@@ -366,11 +423,13 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
     gmn_model_use_threads(m, m->n_threads);
     ggml_opt_result_reset(st->result);
     struct ggml_tensor * labels = ggml_opt_labels(st->opt);
-    const int C = m->cfg.n_classes;
+    const int C = m->n_classes;
     double prev_sum = 0.0;
     for (int64_t ib = 0; ib < nbatch; ib++) {
         gmn_gather_batch(st, ds, st->perm + ib * B, B, C);
         ggml_opt_alloc(st->opt, true);
+        gmn_fill_masks(m, st);
+        st->batches++;
         ggml_backend_tensor_set(st->inputs, st->xbuf, 0, ggml_nbytes(st->inputs));
         ggml_backend_tensor_set(labels, st->ybuf, 0, ggml_nbytes(labels));
         ggml_opt_eval(st->opt, st->result);

@@ -489,10 +489,12 @@ def idx_recipes(draw: st.DrawFn) -> Recipe:
 
 _KEYS = ["", "general.architecture", "general.alignment", "general.name", "ggml_mnist.n_classes", "ggml_mnist.image_height",
          "ggml_mnist.image_width", "ggml_mnist.hidden", "ggml_mnist.conv1_channels", "ggml_mnist.conv2_channels",
+         "ggml_mnist.layers.kind", "ggml_mnist.layers.name", "ggml_mnist.layers.units", "ggml_mnist.layers.kernel",
+         "ggml_mnist.layers.stride", "ggml_mnist.layers.padding", "ggml_mnist.layers.dropout",
          "ggml_mnist.note", "ggml_mnist.history", "ggml_mnist.config", "ggml_mnist.", "k" * 300]
 _TENSOR_NAMES = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "conv1.kernel", "conv1.bias", "conv2.kernel",
                  "conv2.bias", "dense.weight", "dense.bias", "", "x" * 63, "x" * 64, "fc1.weight\0junk"]
-_ARCHES = ["mnist-fc", "mnist-cnn", "ggml-mnist-fc", "ggml-mnist-cnn", "", "llama", "mnist-fc ", "MNIST-FC", "mnist-fc\0x",
+_ARCHES = ["mnist-fc", "mnist-cnn", "ggml-mnist-fc", "ggml-mnist-cnn", "ggml-mnist", "", "llama", "mnist-fc ", "MNIST-FC", "mnist-fc\0x",
            "mnist-rnn"]
 _STRINGS = ["", "x", "32", "10", "null", "{}", '{"__class__": "os.system", "__reduce__": ["os.system", ["echo pwned"]]}',
             "\u00e9\u4e2d", "a" * 1000, [["[", 100_000], ["]", 100_000]], [["9", 5000]], "1e999", "NaN"]

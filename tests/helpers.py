@@ -16,7 +16,7 @@ import pytest
 # One ggml thread: the test machines have two shared cores, and ggml's worker threads spin
 # while they wait, which makes two threads on a busy machine many times slower than one.
 THREADS = 1
-SMALL = {"fc": {"hidden": 32}, "cnn": {"conv1_channels": 2, "conv2_channels": 4}}
+SMALL = {"fc": {"hidden": 32}, "cnn": {"conv_channels": (2, 4)}}
 
 
 def small_options(arch: str, **overrides: Any) -> dict[str, Any]:
@@ -147,3 +147,15 @@ def contract_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
     return {"conv1.kernel": normal(8, 1, 3, 3, scale=0.5), "conv1.bias": normal(1, 8, 1, 1, scale=0.1),
             "conv2.kernel": normal(16, 8, 3, 3, scale=0.3), "conv2.bias": normal(1, 16, 1, 1, scale=0.1),
             "dense.weight": normal(10, 784, scale=0.2), "dense.bias": normal(10, scale=0.1)}
+
+
+def hidden_of(model: Any) -> int:
+    """Units of the model's first hidden dense layer."""
+    from ggml_mnist.layers import Dense
+    return [x.units for x in model.layers[:-1] if isinstance(x, Dense)][0]
+
+
+def conv_channels_of(model: Any) -> tuple[int, ...]:
+    """Output channels of the model's convolutions, in order."""
+    from ggml_mnist.layers import Conv2d
+    return tuple(x.out_channels for x in model.layers if isinstance(x, Conv2d))

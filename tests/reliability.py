@@ -56,7 +56,7 @@ _CYCLES = """
     x = rng.integers(0, 256, size=(100, 28, 28), dtype=np.uint8)
     y = np.arange(100) % 10
     path = os.path.join(tempfile.mkdtemp(), "m.gguf")
-    archs = (("fc", dict(hidden=8)), ("cnn", dict(conv1_channels=2, conv2_channels=2)))
+    archs = (("fc", dict(hidden=8)), ("cnn", dict(conv_channels=(2, 2))))
     after = []
     for i in range(cycles):
         for arch, shape in archs:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ggml_mnist import Model, TrainConfig, cli, evaluate, load, load_mnist
+from helpers import conv_channels_of, hidden_of
 from synthetic import SPLIT_FILES, make_synthetic
 
 FAST = ["--epochs", "1", "--hidden", "16", "--batch-size", "20", "--threads", "1"]
@@ -87,11 +88,13 @@ def test_train_help_shows_the_config_defaults(capsys: pytest.CaptureFixture[str]
         cli.train_main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     fc, cnn = TrainConfig.defaults("fc"), TrainConfig.defaults("cnn")
-    assert f"--epochs EPOCHS default: fc {fc.epochs}, cnn {cnn.epochs}" in text
-    assert f"peak learning rate; default: fc {fc.lr}, cnn {cnn.lr}" in text
-    assert f"default: {fc.batch_size}" in text and f"fc hidden width; default: {fc.hidden}" in text
-    assert f"(default: {cnn.conv1_channels} {cnn.conv2_channels})" in text
+    assert re.search(rf"--epochs EPOCHS default: .*{fc.epochs} \(fc[ )].*{cnn.epochs} \((\S+ )*cnn[ )]", text)
+    assert re.search(rf"peak learning rate; default: .*{fc.lr} \(fc[ )].*{cnn.lr} \((\S+ )*cnn[ )]", text)
+    assert f"default: {fc.batch_size}" in text and "first hidden dense layer (default: the preset's)" in text
+    assert "convolutions, in order (default: the preset's)" in text
     assert f"default: {fc.seed}" in text and f"AdamW epsilon; default: {fc.eps}" in text
+    for name in ("fc", "cnn", "mlp800", "minerva-mlp", "minerva-cnn", "lenet5", "letters-cnn", "best"):
+        assert name in text
 
 
 def test_console_scripts_are_installed() -> None:
@@ -107,9 +110,9 @@ def test_train_positional_form_with_device(files: dict, tmp_path: Path, capsys: 
     stdout, err = capsys.readouterr()
     assert stdout == ""
     assert err.splitlines()[0].startswith("epoch 1/1: train loss ")
-    assert err.splitlines()[-1] == f"mnist-train: trained ggml-mnist-fc on CPU for 1 epochs in {_seconds(err)}s; saved {out}"
+    assert err.splitlines()[-1] == f"mnist-train: trained ggml-mnist on CPU for 1 epochs in {_seconds(err)}s; saved {out}"
     model = load(out, threads=1)
-    assert (model.arch, model.hidden, model.device) == ("fc", 16, "CPU")
+    assert (model.arch, hidden_of(model), model.device) == ("custom", 16, "CPU")
     assert model.metadata["config"]["device"] == "cpu" and model.metadata["config"]["batch_size"] == 20
     assert model.metadata["dataset"]["source"] == files["train_images"]
 
@@ -120,11 +123,11 @@ def _seconds(err: str) -> str:
 
 def test_train_from_a_data_directory(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cnn.gguf"
-    args = ["cnn", str(out), "--data-dir", str(data_dir), "--conv-channels", "2", "3", "--quiet", *FAST]
+    args = ["cnn", str(out), "--data-dir", str(data_dir), "--conv-channels", "2", "3", "--quiet", *FAST[:2], *FAST[4:]]
     assert cli.train_main(args) == 0
     assert capsys.readouterr() == ("", "")
     model = load(out, threads=1)
-    assert model.conv_channels == (2, 3) and model.architecture == "ggml-mnist-cnn"
+    assert conv_channels_of(model) == (2, 3) and model.architecture == "ggml-mnist"
     assert model.metadata["dataset"]["n"] == 200
 
 
@@ -141,7 +144,7 @@ def test_train_json_lines(files: dict, tmp_path: Path, capsys: pytest.CaptureFix
     assert events[0]["n_train"] == 180 and events[0]["n_val"] == 20 and 0 <= events[1]["val_acc"] <= 1
     done = events[-1]
     assert done["model"] == str(out) and done["epochs"] == 2 and done["device"] == "CPU"
-    assert done["architecture"] == "ggml-mnist-fc"
+    assert done["architecture"] == "ggml-mnist"
     assert done["seconds"] == pytest.approx(events[0]["seconds"] + events[1]["seconds"])
     assert load(out, threads=1).metadata["history"][1]["epoch"] == 2
 
@@ -174,7 +177,7 @@ def test_train_file_and_argument_errors(files: dict, tmp_path: Path, capsys: pyt
     out = str(tmp_path / "m.gguf")
     cases = [
         (["fc", out, str(tmp_path / "missing-images"), files["train_labels"]], "missing-images' does not exist"),
-        (["resnet", out, files["train_images"], files["train_labels"]], "unknown architecture 'resnet'"),
+        (["resnet", out, files["train_images"], files["train_labels"]], "unknown network 'resnet'"),
         (["fc", out, files["train_labels"], files["train_labels"]], "images must have shape [N, H, W]"),
         (["fc", out, files["train_images"], files["train_labels"], "cpu", "--device", "CUDA0"],
          "device given twice: 'cpu' and --device 'CUDA0'"),
@@ -193,7 +196,7 @@ def test_train_file_and_argument_errors(files: dict, tmp_path: Path, capsys: pyt
 def test_bad_arch_fails_before_any_download(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No data files and an empty --data-dir would mean a download; a bad option must stop it first."""
     assert cli.train_main(["resnet", str(tmp_path / "m.gguf"), "--data-dir", str(tmp_path)]) == 1
-    assert "unknown architecture 'resnet'" in one_error_line(capsys.readouterr().err, "mnist-train")
+    assert "unknown network 'resnet'" in one_error_line(capsys.readouterr().err, "mnist-train")
     assert cli.train_main(["fc", str(tmp_path / "m.gguf"), "--data-dir", str(tmp_path), "--lr", "0"]) == 1
     assert "lr must be a finite number > 0" in one_error_line(capsys.readouterr().err, "mnist-train")
 
@@ -214,7 +217,7 @@ def test_eval_positional_form(trained_model: str, files: dict, capsys: pytest.Ca
     assert err == ""
     lines = stdout.splitlines()
     assert len(lines) == 3
-    assert lines[0].startswith("mnist-eval: ggml-mnist-fc on CPU: evaluation on 50 images took ")
+    assert lines[0].startswith("mnist-eval: ggml-mnist on CPU: evaluation on 50 images took ")
     images, labels = load_mnist(Path(files["test_images"]).parent, "test")
     expected = evaluate(load(trained_model, threads=1), images, labels)
     assert expected.accuracy >= 0.9
@@ -226,21 +229,21 @@ def test_eval_with_device_and_data_dir(trained_model: str, data_dir: Path, capsy
     assert cli.eval_main([trained_model, "cpu", "--data-dir", str(data_dir), "--threads", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 50 and result["device"] == "CPU" and result["model"] == trained_model
-    assert result["architecture"] == "ggml-mnist-fc" and 0.9 <= result["accuracy"] <= 1
+    assert result["architecture"] == "ggml-mnist" and 0.9 <= result["accuracy"] <= 1
     assert set(result) >= {"loss", "loss_unc", "accuracy_unc", "seconds", "images_per_second", "us_per_image"}
 
 
 def test_eval_info(trained_model: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.eval_main([trained_model, "--info", "--threads", "1"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("architecture: ggml-mnist-fc  classes: 10  image: 28x28\n")
+    assert text.startswith("architecture: ggml-mnist (custom)  classes: 10  image: 28x28\n")
     assert "  fc1.weight     [16, 784]\n" in text and "  fc2.bias       [10]\n" in text
     assert "  history: epoch 3: train loss " in text and "  seed: 42\n" in text
     assert '"hidden": 16' in text and '"lr": 0.003' in text
 
     assert cli.eval_main([trained_model, "--info", "--json", "--threads", "1"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["architecture"] == "ggml-mnist-fc" and info["tensors"]["fc1.weight"] == [16, 784]
+    assert info["architecture"] == "ggml-mnist" and info["tensors"]["fc1.weight"] == [16, 784]
     assert info["metadata"]["config"]["hidden"] == 16 and len(info["metadata"]["history"]) == 3
 
 
@@ -248,7 +251,8 @@ def test_eval_info_on_a_foreign_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     Model.create("cnn", threads=1).save(tmp_path / "plain.gguf")
     assert cli.eval_main([str(tmp_path / "plain.gguf"), "--info"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("architecture: mnist-cnn  classes: 10  image: 28x28\n")
+    assert text.startswith("architecture: mnist-cnn (cnn)  classes: 10  image: 28x28\n")
+    assert re.search(r"conv1 \(conv2d 3x3 pad 1\)\s+\(28, 28, 8\)\s+80\n", text) and "Total params: 9,098" in text
     assert "  dense.weight   [10, 784]\n" in text
 
 
@@ -290,4 +294,5 @@ def test_console_scripts_end_to_end(files: dict, tmp_path: Path) -> None:
     bad = subprocess.run([console_script("mnist-train"), "resnet", str(tmp_path / "x.gguf"), files["train_images"],
                           files["train_labels"]], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stdout == ""
-    assert bad.stderr == "mnist-train: error: unknown architecture 'resnet'; use one of fc, cnn, mnist-fc, mnist-cnn\n"
+    assert bad.stderr == ("mnist-train: error: unknown network 'resnet'; use a preset (fc, cnn, mlp800, minerva-mlp, minerva-cnn, lenet5, "
+                          "letters-cnn, best, or ggml's mnist-fc and mnist-cnn) or a list of layers\n")

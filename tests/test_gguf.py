@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 from ggml_mnist import ConfigError, DataError, GgmlMnistError, Model, ModelFormatError, export_gguf, load
-from helpers import THREADS, contract_weights, gguf_module, read_gguf, reference_proba, tmp_leftovers, write_gguf
+from helpers import SMALL, THREADS, conv_channels_of, hidden_of, contract_weights, gguf_module, read_gguf, reference_proba, tmp_leftovers, write_gguf
 
 CONTRACT_NE = {
     "fc": {"fc1.weight": [784, 500], "fc1.bias": [500], "fc2.weight": [500, 10], "fc2.bias": [10]},
@@ -97,7 +97,7 @@ BROKEN: dict[str, tuple[Callable[[Path], Any], str]] = {
                              r"missing key general.architecture \(is this an mnist GGUF\?\)"),
     "architecture not a string": (lambda p: write_gguf(p, 7, contract_weights("fc")), r"general.architecture is not a string"),
     "unknown architecture": (lambda p: write_gguf(p, "llama", contract_weights("fc")),
-                             r"unsupported architecture 'llama' \(expected mnist-fc or mnist-cnn\)"),
+                             r"unsupported architecture 'llama' \(expected mnist-fc, mnist-cnn or ggml-mnist\)"),
     "missing tensor": (lambda p: write_gguf(p, "mnist-fc", without("fc", "fc2.bias")),
                        r"missing tensor fc2.bias for architecture mnist-fc"),
     "tensors of the other architecture": (lambda p: write_gguf(p, "mnist-cnn", contract_weights("fc")),
@@ -112,7 +112,7 @@ BROKEN: dict[str, tuple[Callable[[Path], Any], str]] = {
                     r"tensor fc1.weight holds NaN or infinite values"),
     "infinite weights": (lambda p: write_gguf(p, "mnist-cnn", with_value("cnn", "conv2.bias", (0, 5, 0, 0), -np.inf)),
                          r"tensor conv2.bias holds NaN or infinite values"),
-    "shape key of the wrong type": (lambda p: write_gguf(p, "ggml-mnist-fc", contract_weights("fc"),
+    "shape key of the wrong type": (lambda p: write_gguf(p, "ggml-mnist", contract_weights("fc"),
                                                          strings={"ggml_mnist.n_classes": "10"}),
                                     r"key ggml_mnist.n_classes has type str, expected uint32"),
     "shape key out of range": (lambda p: write_gguf(p, "ggml-mnist-fc", contract_weights("fc"),
@@ -154,7 +154,7 @@ def test_non_gguf_files_are_refused(content: bytes, tmp_path: Path) -> None:
 @pytest.mark.parametrize("arch", ["fc", "cnn"])
 def test_truncated_files_are_refused(arch: str, tmp_path: Path) -> None:
     full = tmp_path / "full.gguf"
-    Model.create(arch, hidden=8, conv_channels=(2, 4), threads=THREADS).save(full, metadata={"note": "x" * 100})
+    Model.create(arch, **SMALL[arch], threads=THREADS).save(full, metadata={"note": "x" * 100})
     data = full.read_bytes()
     gguf = gguf_module()
     last = max(gguf.GGUFReader(full).tensors, key=lambda t: t.data_offset)
@@ -201,7 +201,7 @@ def test_export_fc_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "export.gguf"
     returned = export_gguf(path, "fc", weights, metadata={"origin": "numpy"})
     model = load(path, threads=THREADS)
-    assert model.architecture == "ggml-mnist-fc" and (model.hidden, model.n_classes) == (40, 7)
+    assert model.architecture == "ggml-mnist" and (hidden_of(model), model.n_classes) == (40, 7)
     assert model.metadata == {"origin": "numpy", "source": "export_gguf"}
     assert all(np.array_equal(model.get_weights()[k], v) for k, v in weights.items())
     x = images()
@@ -229,8 +229,8 @@ def test_export_cnn_from_torch_layout(c1: int, c2: int, n_classes: int, tmp_path
     torch_reference = reference_proba("cnn", weights, x, flatten="chw")
     export_gguf(tmp_path / "torch.gguf", "cnn", weights, layout="torch")
     model = load(tmp_path / "torch.gguf", threads=THREADS)
-    assert model.conv_channels == (c1, c2) and model.n_classes == n_classes
-    assert model.architecture == ("mnist-cnn" if (c1, c2, n_classes) == (8, 16, 10) else "ggml-mnist-cnn")
+    assert conv_channels_of(model) == (c1, c2) and model.n_classes == n_classes
+    assert model.architecture == ("mnist-cnn" if (c1, c2, n_classes) == (8, 16, 10) else "ggml-mnist")
     np.testing.assert_allclose(model.predict_proba(x), torch_reference, atol=1e-5)
     # the same arrays taken as ggml's layout are a different network
     export_gguf(tmp_path / "ggml.gguf", "cnn", weights, layout="ggml")
@@ -267,7 +267,7 @@ def test_export_from_a_real_torch_module(tmp_path: Path) -> None:
     ("cnn", torch_order_cnn(2, 4, 10, 28), "keras", ConfigError, r"layout must be 'ggml' or 'torch', got 'keras'"),
     ("cnn", {**torch_order_cnn(2, 4, 10, 28), "dense.weight": np.zeros((10, 190))}, "torch", DataError,
      r"dense.weight has 190 inputs; expected 4x7x7"),
-    ("vgg", {}, "ggml", ConfigError, r"unknown architecture 'vgg'"),
+    ("vgg", {}, "ggml", ConfigError, r"unknown network 'vgg'"),
 ])
 def test_export_rejects_bad_weights(arch: str, weights: dict, layout: str, cls: type, match: str, tmp_path: Path) -> None:
     with pytest.raises(cls, match=match) as info:

@@ -29,7 +29,7 @@ def test_one_sgd_step_follows_the_true_gradient(arch: str) -> None:
     options = dict(arch=arch, epochs=1, batch_size=N, optimizer="sgd", lr=LR, lr_schedule="constant", weight_decay=0.0,
                    seed=5, threads=THREADS, progress=False, **SMALL[arch])
     before = Model.create(arch, seed=5, threads=THREADS, **({"hidden": SMALL[arch]["hidden"]} if arch == "fc" else
-                          {"conv_channels": (SMALL[arch]["conv1_channels"], SMALL[arch]["conv2_channels"])})).get_weights()
+                          {"conv_channels": SMALL[arch]["conv_channels"]})).get_weights()
     after = train(images, labels, **options)[0].get_weights()
     checked = 0
     for name, w in before.items():

@@ -9,7 +9,7 @@ import ggml_mnist
 import numpy as np
 import pytest
 from ggml_mnist import ConfigError, DataError, DeviceError, Model
-from helpers import THREADS, reference_proba, spread_weights
+from helpers import THREADS, conv_channels_of, hidden_of, reference_proba, spread_weights
 
 FC_DEFAULT_SHAPES = {"fc1.weight": (500, 784), "fc1.bias": (500,), "fc2.weight": (10, 500), "fc2.bias": (10,)}
 CNN_DEFAULT_SHAPES = {"conv1.kernel": (8, 1, 3, 3), "conv1.bias": (8, 1, 1), "conv2.kernel": (16, 8, 3, 3),
@@ -62,8 +62,8 @@ def test_default_tensor_shapes_follow_ggmls_example() -> None:
     assert {k: v.shape for k, v in fc.get_weights().items()} == FC_DEFAULT_SHAPES
     assert all(v.dtype == np.float32 for v in cnn.get_weights().values())
     assert (fc.architecture, cnn.architecture) == ("mnist-fc", "mnist-cnn")
-    assert (fc.arch, fc.n_classes, fc.image_size, fc.hidden) == ("fc", 10, (28, 28), 500)
-    assert (cnn.arch, cnn.conv_channels) == ("cnn", (8, 16))
+    assert (fc.arch, fc.n_classes, fc.image_size, hidden_of(fc)) == ("fc", 10, (28, 28), 500)
+    assert (cnn.arch, conv_channels_of(cnn)) == ("cnn", (8, 16))
 
 
 @pytest.mark.parametrize("arch, kwargs, shapes", [
@@ -78,13 +78,15 @@ def test_non_default_shapes_use_our_architecture_name(arch: str, kwargs: dict, s
     actual = model.tensor_shapes()
     for name, shape in shapes.items():
         assert actual[name] == shape
-    assert model.architecture == f"ggml-mnist-{arch}"
+    assert model.architecture == "ggml-mnist"
 
 
 @pytest.mark.parametrize("arch", ["fc", "mnist-fc", "cnn", "MNIST-CNN"])
 def test_architecture_aliases(arch: str) -> None:
-    model = Model.create(arch, hidden=4, conv_channels=(2, 2), threads=THREADS)
+    model = Model.create(arch, threads=THREADS)
     assert model.arch == arch.lower().replace("mnist-", "")
+    edited = Model.create(arch, **({"hidden": 4} if "fc" in arch.lower() else {"conv_channels": (2, 2)}), threads=THREADS)
+    assert edited.arch == "custom" and edited.architecture == "ggml-mnist"
 
 
 def test_init_is_seeded_and_pytorch_uniform() -> None:
@@ -173,7 +175,7 @@ def test_set_weights_round_trip_and_torch_bias_shapes() -> None:
 def test_set_weights_rejects_bad_tensors_and_keeps_the_old_ones() -> None:
     model = Model.create("fc", hidden=8, threads=THREADS)
     before = model.get_weights()
-    with pytest.raises(ConfigError, match=r"unknown tensor 'conv1.kernel'; this fc model has fc1.weight, fc1.bias"):
+    with pytest.raises(ConfigError, match=r"unknown tensor 'conv1.kernel'; this model has fc1.weight, fc1.bias"):
         model.set_weights({"conv1.kernel": np.zeros((8, 1, 3, 3))})
     with pytest.raises(ConfigError, match=r"tensor 'fc1.weight' must have shape \(8, 784\), got \(784, 8\)"):
         model.set_weights({"fc1.weight": np.zeros((784, 8))})
@@ -217,14 +219,16 @@ def test_predict_rejects_bad_batch_sizes(batch_size: object) -> None:
 
 
 @pytest.mark.parametrize("arch, kwargs, match", [
-    ("resnet", {}, r"unknown architecture 'resnet'; use one of fc, cnn, mnist-fc, mnist-cnn"),
+    ("resnet", {}, r"unknown network 'resnet'; use a preset \(fc, cnn, mlp800, .*\) or a list of layers"),
     ("fc", dict(n_classes=1), r"n_classes is 1; it must be in \[2, 1000\]"),
     ("fc", dict(n_classes=1001), r"n_classes is 1001"),
-    ("fc", dict(hidden=0), r"hidden width 0 is out of range \[1, 65536\]"),
-    ("fc", dict(hidden=2.5), "hidden must be an integer, got 2.5"),
-    ("fc", dict(hidden=True), "hidden must be an integer"),
+    ("fc", dict(hidden=0), r"network: layer 0 \(dense fc1\): 0 units; use 1 to 65536"),
+    ("fc", dict(hidden=2.5), "Dense units must be a whole number, got 2.5"),
+    ("fc", dict(hidden=True), "Dense units must be a whole number"),
+    ("cnn", dict(hidden=8), "this network has no hidden dense layer"),
+    ("fc", dict(conv_channels=(2,)), "conv_channels gives 1 values but the network has 0 convolutions"),
     ("fc", dict(image_size=(3, 28)), r"image size 3x28 is out of range \[4, 4096\]"),
-    ("cnn", dict(conv_channels=(0, 4)), r"conv channels 0, 4 out of range \[1, 1024\]"),
+    ("cnn", dict(conv_channels=(0, 4)), r"network: layer 0 \(conv2d conv1\): 0 output channels; use 1 to 4096"),
     ("fc", dict(threads=-1), r"n_threads is -1; use 0 \(all cores\) or 1..1024"),
     ("fc", dict(seed=-1), r"seed must be an integer in \[0, 2\*\*64\)"),
     ("fc", dict(seed=2**64), "seed must be an integer"),
@@ -242,7 +246,7 @@ def test_close_and_context_manager() -> None:
     with Model.create("fc", hidden=4, threads=THREADS) as model:
         assert "classes=10" in repr(model)
         model.predict(np.zeros((1, 28, 28), np.uint8))
-    assert repr(model) == "<Model fc (closed)>"
+    assert repr(model) == "<Model custom (closed)>"
     with pytest.raises(ValueError, match="this Model has been closed"):
         model.predict(np.zeros((1, 28, 28), np.uint8))
     with pytest.raises(ValueError, match="closed"):

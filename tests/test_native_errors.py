@@ -61,13 +61,17 @@ def test_free_accepts_null() -> None:
 
 
 def test_null_and_out_of_range_arguments() -> None:
-    cfg = ffi.new("struct gmn_model_config *", dict(arch=0, n_classes=10, image_h=28, image_w=28, hidden=4,
-                                                     conv1_channels=8, conv2_channels=16))
+    layers = ffi.new("struct gmn_layer[]", [dict(kind=lib.GMN_LAYER_DENSE, n_out=4), dict(kind=lib.GMN_LAYER_RELU),
+                                            dict(kind=lib.GMN_LAYER_DENSE, n_out=10)])
+    cfg = ffi.new("struct gmn_net *", dict(image_h=28, image_w=28, n_layers=3, layers=layers))
     cases = [
         (lambda: lib.gmn_model_init(cfg, b"cpu", 1, 0, ffi.NULL), "model_init: out is NULL"),
-        (lambda: lib.gmn_model_init(ffi.NULL, b"cpu", 1, 0, ffi.new("gmn_model **")), "model config is NULL"),
+        (lambda: lib.gmn_model_init(ffi.NULL, b"cpu", 1, 0, ffi.new("gmn_model **")), "network: NULL network"),
         (lambda: lib.gmn_model_load(ffi.NULL, b"cpu", 1, ffi.new("gmn_model **")), "model_load: NULL argument"),
-        (lambda: lib.gmn_model_get_config(ffi.NULL, ffi.new("struct gmn_model_config *")), "NULL argument"),
+        (lambda: lib.gmn_model_get_net(ffi.NULL, ffi.new("struct gmn_net *"), ffi.NULL, 0), "NULL argument"),
+        (lambda: lib.gmn_net_check(ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL), "network: NULL network"),
+        (lambda: lib.gmn_preset_layers(b"fc", 10, ffi.NULL, 0, ffi.new("int *")), "preset: NULL argument"),
+        (lambda: lib.gmn_model_dropout_mask(ffi.NULL, 0, ffi.NULL, 0), "dropout_mask: NULL argument"),
         (lambda: lib.gmn_model_predict(ffi.NULL, ffi.NULL, 0, 1, ffi.NULL), "predict: NULL argument"),
         (lambda: lib.gmn_model_train_init(ffi.NULL, train_config()), "train_init: NULL argument"),
         (lambda: lib.gmn_device_get(0, ffi.NULL), "device_get: out is NULL"),
@@ -78,9 +82,11 @@ def test_null_and_out_of_range_arguments() -> None:
     for call, match in cases:
         assert call() == lib.GMN_E_INVALID, match
         assert re.search(match, last_error()), (match, last_error())
-    cfg.arch = 5
+    layers[1].kind = 99
     assert lib.gmn_model_init(cfg, b"cpu", 1, 0, ffi.new("gmn_model **")) == lib.GMN_E_INVALID
-    assert "unknown architecture code 5" in last_error()
+    assert "network: layer 1 has unknown kind 99" in last_error()
+    assert lib.gmn_layer_kind_name(99) == ffi.NULL or ffi.string(lib.gmn_layer_kind_name(99)) == b""
+    assert lib.gmn_preset_name(-1) == ffi.NULL and lib.gmn_preset_name(lib.gmn_preset_count()) == ffi.NULL
 
 
 def test_last_error_is_per_thread_and_cleared_by_success(model: Model) -> None:
@@ -98,7 +104,7 @@ def test_last_error_is_per_thread_and_cleared_by_success(model: Model) -> None:
     thread.join()
     assert seen == {"before": "", "after": "predict: NULL argument"}
     assert last_error() == main_message
-    assert lib.gmn_model_get_config(model.handle, ffi.new("struct gmn_model_config *")) == lib.GMN_OK
+    assert lib.gmn_model_get_net(model.handle, ffi.new("struct gmn_net *"), ffi.NULL, 0) == lib.GMN_OK
     assert last_error() == ""
 
 
@@ -204,7 +210,7 @@ def test_tensor_and_metadata_access_validate(model: Model) -> None:
     assert last_error() == "model_tensor_info: index 4 out of range [0, 4)"
     buf = np.empty(10, np.float32)
     assert lib.gmn_model_get_tensor(model.handle, b"dense.weight", ptr(buf, "float *"), 10) == lib.GMN_E_INVALID
-    assert last_error() == "tensor access: the ggml-mnist-fc model has no tensor 'dense.weight'"
+    assert last_error() == "tensor access: the ggml-mnist model has no tensor 'dense.weight'"
     assert lib.gmn_model_get_tensor(model.handle, b"fc2.bias", ptr(buf, "float *"), 9) == lib.GMN_E_INVALID
     assert last_error() == "tensor access: 'fc2.bias' has 10 elements, got 9"
     key, value = ffi.new("const char **"), ffi.new("const char **")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ggml_mnist import EpochStats, Model, load_mnist, train
 from ggml_mnist._ffi import ffi, lib, ptr
-from helpers import THREADS, small_options
+from helpers import SMALL, THREADS, small_options
 from synthetic import make_synthetic
 
 
@@ -66,8 +66,7 @@ def test_concurrent_training_is_bit_identical_to_sequential(data: tuple) -> None
 
 def test_a_model_per_thread_predicts_like_alone(data: tuple) -> None:
     x, _ = data
-    models = [Model.create(arch, threads=THREADS, seed=i, hidden=16, conv_channels=(2, 4)) for i, arch in
-              enumerate(["fc", "cnn", "fc", "cnn"])]
+    models = [Model.create(arch, threads=THREADS, seed=i, **SMALL[arch]) for i, arch in enumerate(["fc", "cnn", "fc", "cnn"])]
     alone = [m.predict_proba(x) for m in models]
     together, _ = run_in_threads([lambda m=m: [m.predict_proba(x) for _ in range(5)] for m in models])
     for expected, runs in zip(alone, together):

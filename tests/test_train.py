@@ -12,7 +12,7 @@ import ggml_mnist
 import numpy as np
 import pytest
 from ggml_mnist import EpochStats, Model, TrainConfig, TrainingDivergedError, evaluate, load_mnist, train
-from helpers import THREADS, small_options
+from helpers import THREADS, conv_channels_of, hidden_of, small_options
 from synthetic import SPLIT_FILES, make_synthetic
 
 
@@ -36,7 +36,7 @@ def same_history(a: list[EpochStats], b: list[EpochStats]) -> bool:
 def test_training_learns_the_synthetic_task(arch: str, data: tuple) -> None:
     x, y, xt, yt = data
     model, history = train(x, y, **small_options(arch, epochs=3))
-    assert isinstance(model, Model) and model.arch == arch
+    assert isinstance(model, Model) and model.architecture == "ggml-mnist"
     assert [s.epoch for s in history] == [1, 2, 3]
     assert all(s.n_train == 300 and s.n_val == 0 and s.val_loss is None and s.val_acc is None for s in history)
     assert all(s.val_loss_unc is None and s.val_acc_unc is None and not s.interrupted for s in history)
@@ -127,7 +127,7 @@ def test_n_classes_and_image_size_follow_the_data(data: tuple) -> None:
     model, _ = train(np.ascontiguousarray(small), y, n_classes=12, **small_options("cnn", epochs=8, lr=1e-2))
     assert model.n_classes == 12 and model.image_size == (14, 14)
     assert model.tensor_shapes()["dense.weight"] == (12, 3 * 3 * 4)
-    assert model.architecture == "ggml-mnist-cnn"
+    assert model.architecture == "ggml-mnist"
     assert model.metadata["dataset"]["image_size"] == [14, 14]
     assert evaluate(model, small_test, yt).accuracy >= 0.8
     assert model.predict_proba(small_test).shape == (100, 12)
@@ -148,14 +148,14 @@ def test_data_from_idx_files_and_directories(synthetic_dir: Path, data: tuple) -
 
 def test_config_object_and_overrides(data: tuple) -> None:
     x, y, *_ = data
-    config = TrainConfig.defaults("cnn").replace(epochs=1, batch_size=30, threads=THREADS, conv1_channels=2,
-                                                 conv2_channels=3)
+    config = TrainConfig.defaults("cnn").replace(epochs=1, batch_size=30, threads=THREADS, conv_channels=(2, 3))
     model, history = train(x, y, config=config, progress=False, seed=9)
-    assert model.arch == "cnn" and model.conv_channels == (2, 3)
+    assert model.arch == "custom" and conv_channels_of(model) == (2, 3)
     assert len(history) == 1 and history[0].n_train == 300
     assert model.metadata["config"] == config.replace(seed=9).as_dict()
-    model, _ = train(x, y, config=config, progress=False, arch="fc", hidden=8)
-    assert model.arch == "fc" and model.hidden == 8
+    model, _ = train(x, y, config=TrainConfig.defaults("fc").replace(epochs=1, batch_size=30, threads=THREADS), progress=False,
+                     hidden=8)
+    assert model.arch == "custom" and hidden_of(model) == 8
 
 
 # ---- determinism -------------------------------------------------------------------------------

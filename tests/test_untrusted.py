@@ -49,13 +49,13 @@ def load_capped(kind: str, path: Path) -> dict:
 
 
 def huge_fc_claim(tmp_path: Path) -> Path:
-    """A GGUF of a few hundred bytes whose keys and tensor infos agree on 4096x4096 images and 1600 hidden
-    units: fc1.weight would be 107 GB. No tensor data follows."""
+    """A GGUF of a few hundred bytes whose keys and tensor infos agree on 4096x4096 images and 5 hidden
+    units: fc1.weight would be 335 MB, under the parameter limit. No tensor data follows."""
     g = fz.apply_gguf_ops({"version": 3, "kv": [], "tensors": [], "blobs": []}, [
         ["kv_add", "general.architecture", fz.STRING, "ggml-mnist-fc"],
         ["kv_add", "ggml_mnist.image_height", 4, 4096], ["kv_add", "ggml_mnist.image_width", 4, 4096],
-        ["kv_add", "ggml_mnist.hidden", 4, 1600]])
-    g["tensors"] = [[b"fc1.weight", [4096 * 4096, 1600], 0], [b"fc1.bias", [1600], 0], [b"fc2.weight", [1600, 10], 0],
+        ["kv_add", "ggml_mnist.hidden", 4, 5]])
+    g["tensors"] = [[b"fc1.weight", [4096 * 4096, 5], 0], [b"fc1.bias", [5], 0], [b"fc2.weight", [5, 10], 0],
                     [b"fc2.bias", [10], 0]]
     g["blobs"] = [b""] * 4
     data = fz.serialize_gguf(g)
@@ -159,7 +159,7 @@ def test_a_batch_too_big_for_memory_is_refused_not_crashed() -> None:
         import resource, numpy as np, ggml_mnist as gm
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
         x = np.zeros((20000, 28, 28), np.uint8); y = np.arange(20000) % 10
-        for kwargs in (dict(arch="fc", hidden=65536), dict(arch="cnn", conv1_channels=1024, conv2_channels=1024)):
+        for kwargs in (dict(arch="fc", hidden=65536), dict(arch="cnn", conv_channels=(1024, 1024))):
             try:
                 gm.train(x, y, epochs=1, batch_size=20000, threads=1, progress=False, **kwargs)
                 print("trained")

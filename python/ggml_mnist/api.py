@@ -11,16 +11,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _ffi
 from ._ffi import ffi, lib
-from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size, normalize_arch
+from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
 from .data import load_mnist, read_idx, validate_dataset
 from .errors import ConfigError, DataError
-from .model import Model, PathLike
+from .layers import ArchLike, Conv2d, Dense, resolve_layers
+from .model import Model, PathLike, check_net
 from .progress import ProgressBar
 
 ArrayOrPath = Union[np.ndarray, PathLike]
@@ -146,8 +147,7 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
                           "lower batch_size or val_split")
 
     model = Model.create(cfg.arch, n_classes=n_classes, image_size=(h, w), hidden=cfg.hidden,
-                         conv_channels=(cfg.conv1_channels, cfg.conv2_channels), device=cfg.device,
-                         threads=cfg.threads, seed=cfg.seed)
+                         conv_channels=cfg.conv_channels, device=cfg.device, threads=cfg.threads, seed=cfg.seed)
     dataset = _native_dataset(images.reshape(n, h * w), labels, n_classes)
     _ffi.check(lib.gmn_model_train_init(model.handle, ffi.new("struct gmn_train_config *", dict(
         optimizer=0 if cfg.optimizer == "adamw" else 1, lr=cfg.lr, lr_min_ratio=cfg.lr_min_ratio,
@@ -234,45 +234,57 @@ def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None
         predictions=predictions, probabilities=probabilities, labels=labels.astype(np.int64), n_classes=model.n_classes)
 
 
-def export_gguf(path: PathLike, arch: str, weights: Mapping[str, Any], *, layout: str = "ggml",
-                metadata: Optional[Mapping[str, Any]] = None) -> Model:
-    """Write weights trained elsewhere as a GGUF model that we and ggml's mnist-eval can load.
+def export_gguf(path: PathLike, arch: ArchLike, weights: Mapping[str, Any], *, layout: str = "ggml",
+                image_size: Optional[Sequence[int]] = None, metadata: Optional[Mapping[str, Any]] = None) -> Model:
+    """Write weights trained elsewhere as a GGUF model that we (and, for fc and cnn, ggml's mnist-eval) can load.
 
-    ``weights`` maps the GGUF tensor names (fc1.weight, ... or conv1.kernel, ...) to arrays in
-    numpy order, which is PyTorch's order: Linear weights [out, in], Conv2d kernels
-    [out, in, 3, 3], biases [out]. With ``layout="torch"`` the cnn ``dense.weight`` is converted
-    from PyTorch's channel-first flatten (C, H, W) to ggml's channels-fastest (H, W, C).
-    Shapes (classes, hidden width, channels) are inferred from the arrays. Returns the Model.
+    ``arch`` is a preset name or a list of layers. ``weights`` maps the GGUF tensor names (``fc1.weight``,
+    ``conv1.kernel``, ... see :attr:`Model.layers` for the layer names) to arrays in numpy order, which is
+    PyTorch's order: Linear weights [out, in], Conv2d kernels [out, in, k, k], biases [out]. Every
+    conv/dense layer takes its width from its array, so a 784-128-10 MLP exports as "fc". With
+    ``layout="torch"`` a dense layer after a convolution gets its inputs converted from PyTorch's
+    channel-first flatten (C, H, W) to ggml's channels-fastest (H, W, C). ``image_size`` defaults to
+    28x28, or to the square that a first dense layer's inputs make. Returns the Model.
     """
-    name = normalize_arch(arch)
     if layout not in ("ggml", "torch"):
         raise ConfigError(f"layout must be 'ggml' or 'torch', got {layout!r}")
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
-    required = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias") if name == "fc" else (
-        "conv1.kernel", "conv1.bias", "conv2.kernel", "conv2.bias", "dense.weight", "dense.bias")
-    missing = [k for k in required if k not in arrays]
+    layers, _ = check_net(resolve_layers(arch, 10), 10, (28, 28))
+    tensors = [(i, f"{x.name}.{'kernel' if isinstance(x, Conv2d) else 'weight'}", f"{x.name}.bias")
+               for i, x in enumerate(layers) if isinstance(x, (Conv2d, Dense))]
+    missing = [name for _, w, b in tensors for name in (w, b) if name not in arrays]
     if missing:
-        raise ConfigError(f"export_gguf: missing tensor(s) {', '.join(missing)} for architecture {name}")
-    if name == "fc":
-        hidden, n_pixels = arrays["fc1.weight"].shape
-        side = int(round(np.sqrt(n_pixels)))
-        if side * side != n_pixels:
-            raise ConfigError(f"export_gguf: fc1.weight has {n_pixels} inputs, which is not a square image")
-        model = Model.create("fc", n_classes=arrays["fc2.weight"].shape[0], image_size=(side, side), hidden=int(hidden))
-    else:
-        c1, c2 = arrays["conv1.kernel"].shape[0], arrays["conv2.kernel"].shape[0]
-        n_classes, dense_in = arrays["dense.weight"].shape
-        side = int(round(np.sqrt(dense_in / c2))) * 4
-        model = Model.create("cnn", n_classes=int(n_classes), image_size=(side, side), conv_channels=(int(c1), int(c2)))
-        if layout == "torch":
-            q = side // 4
-            if dense_in != c2 * q * q:
-                raise DataError(f"export_gguf: dense.weight has {dense_in} inputs; expected {c2}x{q}x{q}")
-            arrays["dense.weight"] = (arrays["dense.weight"].reshape(n_classes, c2, q, q)
-                                      .transpose(0, 2, 3, 1).reshape(n_classes, dense_in))
+        raise ConfigError(f"export_gguf: missing tensor(s) {', '.join(missing)} for architecture {_arch_label(arch)}")
+    for i, w, _ in tensors:
+        width = int(arrays[w].shape[0]) if arrays[w].ndim else 0
+        layers[i] = dataclasses.replace(layers[i], **{"out_channels" if isinstance(layers[i], Conv2d) else "units": width})
+    if image_size is None:
+        image_size = (28, 28)
+        if isinstance(layers[0], Dense):
+            n_pixels = arrays[tensors[0][1]].shape[-1]
+            side = int(round(np.sqrt(n_pixels)))
+            if side * side != n_pixels:
+                raise ConfigError(f"export_gguf: {tensors[0][1]} has {n_pixels} inputs, which is not a square image; "
+                                  "give image_size=(height, width)")
+            image_size = (side, side)
+    n_classes = layers[-1].units if isinstance(layers[-1], Dense) else 0
+    layers, shapes = check_net(layers, n_classes, image_size)
+    if layout == "torch":
+        for i, w, _ in tensors:
+            if isinstance(layers[i], Dense) and i > 0 and not any(isinstance(x, Dense) for x in layers[:i]):
+                h, wd, c, _params = shapes[i - 1]
+                out = arrays[w].shape[0]
+                if arrays[w].size != out * c * h * wd:
+                    raise DataError(f"export_gguf: {w} has {arrays[w].size // max(out, 1)} inputs; expected {c}x{h}x{wd}")
+                arrays[w] = arrays[w].reshape(out, c, h, wd).transpose(0, 2, 3, 1).reshape(out, c * h * wd)
+    model = Model.create(layers, n_classes=n_classes, image_size=image_size)
     model.set_weights(arrays)
     model.save(path, metadata=dict(metadata or {}, source="export_gguf"))
     return model
+
+
+def _arch_label(arch: ArchLike) -> str:
+    return arch if isinstance(arch, str) else "(layer list)"
 
 
 def _native_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int) -> Any:

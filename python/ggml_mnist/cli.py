@@ -5,21 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import api, download
 from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
 from .errors import ConfigError, GgmlMnistError, ModelIOError
-
-_BASE = TrainConfig()
+from .layers import load_layers, preset_names, resolve_layers
+from .model import check_net, summary_lines
 
 
 def _default(field: str) -> str:
-    """Describe a field's default, per architecture where the two differ."""
-    fc, cnn = TrainConfig.defaults("fc"), TrainConfig.defaults("cnn")
-    a, b = getattr(fc, field), getattr(cnn, field)
-    return f"default: {a}" if a == b else f"default: fc {a}, cnn {b}"
+    """Describe a field's default, per network where the presets differ."""
+    by_value: dict[str, list[str]] = {}
+    for name in preset_names():
+        by_value.setdefault(str(getattr(TrainConfig.defaults(name), field)), []).append(name)
+    if len(by_value) == 1:
+        return f"default: {next(iter(by_value))}"
+    return "default: " + ", ".join(f"{value} ({' '.join(names)})" for value, names in by_value.items())
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, without breaking lines inside hyphenated names such as minerva-mlp."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
@@ -68,13 +79,18 @@ def _dataset_dir(data_dir: str, dataset: str, split: str) -> Path:
 def train_parser() -> argparse.ArgumentParser:
     """The argument parser of mnist-train."""
     p = argparse.ArgumentParser(
-        prog="mnist-train",
-        description="Train an fc or cnn classifier on MNIST-style IDX data with ggml and save it as GGUF. "
-                    "Positional order follows ggml's example: ARCH OUT.gguf [TRAIN_IMAGES TRAIN_LABELS] [DEVICE].")
-    p.add_argument("arch", metavar="ARCH", help="fc, cnn, mnist-fc or mnist-cnn")
-    p.add_argument("output", metavar="OUT.gguf", help="where to write the trained model (atomically)")
+        prog="mnist-train", formatter_class=_HelpFormatter,
+        description="Train a classifier on MNIST-style IDX data with ggml and save it as GGUF. "
+                    "Positional order follows ggml's example: ARCH OUT.gguf [TRAIN_IMAGES TRAIN_LABELS] [DEVICE]; "
+                    "with --arch-file, leave ARCH out.")
+    p.add_argument("arch", metavar="ARCH", nargs="?",
+                   help=f"a preset: {', '.join(preset_names())} (ggml's mnist-fc and mnist-cnn work too)")
+    p.add_argument("output", metavar="OUT.gguf", nargs="?", help="where to write the trained model (atomically)")
     p.add_argument("rest", nargs="*", metavar="[IMAGES LABELS] [DEVICE]",
                    help="training IDX files (raw or .gz) and/or a device; without files --data-dir is used")
+    p.add_argument("--arch-file", metavar="NET.json",
+                   help='the network as a JSON layer list, e.g. [{"type": "conv2d", "out_channels": 8, "kernel_size": 3}, '
+                        '{"type": "relu"}, {"type": "dense"}] instead of ARCH (default: none)')
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
     p.add_argument("--dataset", default="mnist", choices=sorted(download.DATASETS), help="dataset for --data-dir (default: mnist)")
@@ -95,9 +111,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="weight init and shuffle seed (bit-identical reruns); " + _default("seed"))
     p.add_argument("--device", help=f"auto, cpu or a ggml device name such as CUDA0 (default: {DEFAULT_DEVICE})")
     p.add_argument("--threads", type=int, help="CPU threads, 0 = all available cores; " + _default("threads"))
-    p.add_argument("--hidden", type=int, help="fc hidden width; " + _default("hidden"))
-    p.add_argument("--conv-channels", type=int, nargs=2, metavar=("C1", "C2"),
-                   help=f"cnn channels of the two conv layers (default: {_BASE.conv1_channels} {_BASE.conv2_channels})")
+    p.add_argument("--hidden", type=int, help="units of the network's first hidden dense layer (default: the preset's)")
+    p.add_argument("--conv-channels", type=int, nargs="+", metavar="C",
+                   help="output channels of the network's convolutions, in order (default: the preset's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
     p.add_argument("--json", action="store_true", help="print one JSON object per epoch and a final one on stdout")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
@@ -113,21 +129,37 @@ def _check_output(path: str) -> None:
         raise ModelIOError(f"cannot save to {path!r}: directory '{target.parent}' does not exist; create it first")
 
 
+def _positionals(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
+    """(arch, output, rest): with --arch-file the first positional is the output file."""
+    positionals = [p for p in (args.arch, args.output) if p is not None] + list(args.rest)
+    if args.arch_file is not None:
+        arch: Any = load_layers(args.arch_file)
+    elif positionals:
+        arch = positionals.pop(0)
+    else:
+        raise ConfigError("give the network (ARCH, a preset name, or --arch-file NET.json) and OUT.gguf")
+    if not positionals:
+        raise ConfigError("give OUT.gguf, the file to save the trained model to")
+    return arch, positionals[0], positionals[1:]
+
+
 def _train(args: argparse.Namespace) -> int:
-    images, labels, device = _data_args(args.rest, "mnist-train")
+    arch, args.output, rest = _positionals(args)
+    images, labels, device = _data_args(rest, "mnist-train")
     if args.device and device and args.device != device:
         raise ConfigError(f"device given twice: {device!r} and --device {args.device!r}")
-    conv = args.conv_channels or (None, None)
     options: dict[str, Any] = dict(
-        arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, physical_batch_size=args.physical_batch_size,
+        arch=arch, epochs=args.epochs, batch_size=args.batch_size, physical_batch_size=args.physical_batch_size,
         optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,
         warmup_epochs=args.warmup_epochs, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
         weight_decay=args.weight_decay, val_split=args.val_split, seed=args.seed, device=device or args.device,
-        threads=args.threads, hidden=args.hidden, conv1_channels=conv[0], conv2_channels=conv[1])
-    config = TrainConfig.defaults(args.arch).replace(**options).validate()  # before any download
+        threads=args.threads, hidden=args.hidden, conv_channels=args.conv_channels)
+    config = TrainConfig.defaults(arch).replace(**options).validate()  # before any download
     _check_output(args.output)
     data_dir = None
     if images is None:
+        # the built-in datasets are 28x28 with 10 classes: refuse an impossible network before downloading
+        check_net(resolve_layers(config.arch, 10, hidden=config.hidden, conv_channels=config.conv_channels), 10, (28, 28))
         data_dir = _dataset_dir(args.data_dir, args.dataset, "train")
 
     def on_epoch(stats: api.EpochStats, _model: Any) -> None:
@@ -179,13 +211,17 @@ def eval_parser() -> argparse.ArgumentParser:
 
 
 def _info(model: Any, as_json: bool) -> int:
-    info = {"architecture": model.architecture, "n_classes": model.n_classes, "image_size": list(model.image_size),
+    info = {"architecture": model.architecture, "arch": model.arch, "layers": [x.to_dict() for x in model.layers],
+            "n_params": model.n_params, "n_classes": model.n_classes, "image_size": list(model.image_size),
             "device": model.device, "tensors": {k: list(v) for k, v in model.tensor_shapes().items()},
             "metadata": model.metadata}
     if as_json:
         print(json.dumps(info))
         return 0
-    print(f"architecture: {info['architecture']}  classes: {model.n_classes}  image: {model.image_size[0]}x{model.image_size[1]}")
+    print(f"architecture: {info['architecture']} ({model.arch})  classes: {model.n_classes}  "
+          f"image: {model.image_size[0]}x{model.image_size[1]}")
+    for line in summary_lines(model.layers, model.n_classes, model.image_size):
+        print(line)
     print("tensors (numpy shapes, i.e. ggml's ne reversed):")
     for name, shape in info["tensors"].items():
         print(f"  {name:14s} {shape}")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .errors import ConfigError
+from .layers import Layer, Sequential, canonical_preset, layer_from_dict
 
-ARCHES = ("fc", "cnn")
-ARCH_ALIASES = {"fc": "fc", "cnn": "cnn", "mnist-fc": "fc", "mnist-cnn": "cnn"}
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 DEFAULT_DATA_DIR = "data"
@@ -20,9 +19,13 @@ EVAL_CHUNK = 10000  # images converted and predicted per native call when evalua
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A complete training recipe. ``TrainConfig.defaults(arch)`` gives the tuned default for an architecture."""
+    """A complete training recipe. ``TrainConfig.defaults(arch)`` gives the tuned default for a network.
 
-    arch: str = "cnn"
+    ``arch`` is a preset name or a tuple of layers (``gm.layers``); ``hidden`` and ``conv_channels``
+    edit the preset (None keeps its own widths).
+    """
+
+    arch: Union[str, tuple[Layer, ...]] = "cnn"
     epochs: int = 20
     batch_size: int = 100
     physical_batch_size: Optional[int] = None  # None: same as batch_size (no gradient accumulation)
@@ -39,16 +42,15 @@ class TrainConfig:
     seed: int = 42
     device: str = DEFAULT_DEVICE
     threads: int = 0  # 0: every core this process may run on
-    hidden: int = 500
-    conv1_channels: int = 8
-    conv2_channels: int = 16
+    hidden: Optional[int] = None
+    conv_channels: Optional[tuple[int, ...]] = None
     max_loss: float = 100.0  # a batch loss above this (nats per image) stops training as diverged; 0: only NaN/inf
 
     @classmethod
-    def defaults(cls, arch: str = "cnn") -> "TrainConfig":
-        """Return the default recipe for ``arch`` ("fc", "cnn", "mnist-fc" or "mnist-cnn")."""
-        name = normalize_arch(arch)
-        return cls(arch=name, **ARCH_DEFAULTS[name])
+    def defaults(cls, arch: Any = "cnn") -> "TrainConfig":
+        """Return the default recipe for ``arch``: a preset's tuned recipe, or the generic one for a layer list."""
+        net = normalize_arch(arch)
+        return cls(arch=net, **ARCH_DEFAULTS.get(net, GENERIC_RECIPE) if isinstance(net, str) else GENERIC_RECIPE)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """Return a copy with ``changes`` applied; ``None`` values keep the current field."""
@@ -58,6 +60,8 @@ class TrainConfig:
         kept = {k: v for k, v in changes.items() if v is not None}
         if "arch" in kept:
             kept["arch"] = normalize_arch(kept["arch"])
+        if "conv_channels" in kept:
+            kept["conv_channels"] = tuple(kept["conv_channels"])
         return dataclasses.replace(self, **kept)
 
     @property
@@ -66,8 +70,13 @@ class TrainConfig:
         return self.physical_batch_size or self.batch_size
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the recipe as a JSON-ready dict."""
-        return dataclasses.asdict(self)
+        """Return the recipe as a JSON-ready dict (a layer list as a list of layer dicts)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if not isinstance(self.arch, str):
+            out["arch"] = [layer.to_dict() for layer in self.arch]
+        if self.conv_channels is not None:
+            out["conv_channels"] = list(self.conv_channels)
+        return out
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError naming the first impossible value and how to fix it; return self."""
@@ -92,26 +101,41 @@ class TrainConfig:
         _require(_finite(self.val_split) and 0 <= self.val_split < 1, f"val_split must be in [0, 1), got {self.val_split!r}")
         _require(isinstance(self.seed, int) and 0 <= self.seed < 2**64, f"seed must be an integer in [0, 2**64), got {self.seed!r}")
         _require(isinstance(self.threads, int) and 0 <= self.threads <= 1024, f"threads must be in [0, 1024] (0 = all cores), got {self.threads!r}")
-        _require(isinstance(self.hidden, int) and 1 <= self.hidden <= 65536, f"hidden must be in [1, 65536], got {self.hidden!r}")
-        _require(isinstance(self.conv1_channels, int) and 1 <= self.conv1_channels <= 1024
-                 and isinstance(self.conv2_channels, int) and 1 <= self.conv2_channels <= 1024,
-                 f"conv channels must be in [1, 1024], got {self.conv1_channels!r}, {self.conv2_channels!r}")
+        _require(self.hidden is None or (isinstance(self.hidden, int) and not isinstance(self.hidden, bool)),
+                 f"hidden must be a whole number, got {self.hidden!r}")
+        _require(self.conv_channels is None or all(isinstance(c, int) and not isinstance(c, bool) for c in self.conv_channels),
+                 f"conv_channels must be whole numbers, got {self.conv_channels!r}")
         return self
 
 
-# The tuned defaults; README "Default recipe" gives the measurements behind them.
+# The tuned defaults per preset; README "Networks" and "Default recipe" give the measurements behind them.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "fc": dict(epochs=10, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0),
     "cnn": dict(epochs=15, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
+    "mlp800": dict(epochs=10, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0),
+    "minerva-mlp": dict(epochs=10, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0),
+    "minerva-cnn": dict(epochs=8, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
+    "lenet5": dict(epochs=12, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
+    "letters-cnn": dict(epochs=6, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
+    "best": dict(epochs=8, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
 }
+# The recipe of a network given as a layer list.
+GENERIC_RECIPE: dict[str, Any] = dict(epochs=10, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0)
 
 
-def normalize_arch(arch: str) -> str:
-    """Map "fc"/"cnn" and ggml's "mnist-fc"/"mnist-cnn" to "fc"/"cnn"; raise ConfigError otherwise."""
-    name = ARCH_ALIASES.get(str(arch).lower())
-    if name is None:
-        raise ConfigError(f"unknown architecture {arch!r}; use one of fc, cnn, mnist-fc, mnist-cnn")
-    return name
+def normalize_arch(arch: Any) -> Union[str, tuple[Layer, ...]]:
+    """A preset's canonical name ("mnist-fc" -> "fc"), or a layer list (layers, Sequential or their dicts) as a tuple.
+
+    Raises ConfigError for an unknown name or something that is not a layer.
+    """
+    if isinstance(arch, str):
+        return canonical_preset(arch)
+    if isinstance(arch, (list, tuple, Sequential)):
+        layers = tuple(x if isinstance(x, Layer) else layer_from_dict(x) for x in arch)
+        if not layers:
+            raise ConfigError("arch is an empty list of layers; end it with gm.layers.Dense() (one unit per class)")
+        return layers
+    raise ConfigError(f"arch must be a preset name or a list of layers, got {arch!r}")
 
 
 def check_batch_size(size: Any) -> int:

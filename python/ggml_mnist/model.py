@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _ffi
 from ._ffi import ffi, lib
-from .config import DEFAULT_DEVICE, EVAL_CHUNK, check_batch_size, normalize_arch
+from .config import DEFAULT_DEVICE, EVAL_CHUNK, check_batch_size
 from .errors import ConfigError, DataError, DataFileNotFoundError, ModelIOError
+from .layers import ArchLike, Dense, Layer, from_native, preset_layers, preset_names, resolve_layers
 
 PathLike = Union[str, "os.PathLike[str]"]
-_ARCH_CODES = {"fc": 0, "cnn": 1}
 
 
 class Model:
-    """A classifier (``fc`` or ``cnn``) whose weights live on a ggml device.
+    """A classifier whose network (a list of layers) and weights live on a ggml device.
 
     Create one with :meth:`create` or :meth:`load` (or get it from :func:`ggml_mnist.train`).
     A Model is not safe to use from two threads at once; distinct models are.
@@ -27,32 +27,32 @@ class Model:
     def __init__(self, handle: Any, metadata: Optional[dict[str, Any]] = None) -> None:
         """Wrap a native handle (internal: use create() or load())."""
         self._handle = ffi.gc(handle, lib.gmn_model_free)
-        cfg = ffi.new("struct gmn_model_config *")
-        _ffi.check(lib.gmn_model_get_config(self._handle, cfg))
-        self.arch: str = "fc" if cfg.arch == 0 else "cnn"
-        self.n_classes: int = cfg.n_classes
-        self.image_size: tuple[int, int] = (cfg.image_h, cfg.image_w)
-        self.hidden: int = cfg.hidden
-        self.conv_channels: tuple[int, int] = (cfg.conv1_channels, cfg.conv2_channels)
+        net = ffi.new("struct gmn_net *")
+        buf = ffi.new("struct gmn_layer[]", lib.GMN_MAX_LAYERS)
+        _ffi.check(lib.gmn_model_get_net(self._handle, net, buf, lib.GMN_MAX_LAYERS))
+        self.layers: list[Layer] = [from_native(buf[i]) for i in range(net.n_layers)]
+        self.n_classes: int = lib.gmn_model_n_classes(self._handle)
+        self.image_size: tuple[int, int] = (net.image_h, net.image_w)
         self.metadata: dict[str, Any] = dict(metadata or {})
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
-    def create(cls, arch: str = "cnn", *, n_classes: int = 10, image_size: Sequence[int] = (28, 28), hidden: int = 500,
-               conv_channels: Sequence[int] = (8, 16), device: str = DEFAULT_DEVICE, threads: int = 0, seed: int = 42) -> "Model":
+    def create(cls, arch: ArchLike = "cnn", *, n_classes: int = 10, image_size: Sequence[int] = (28, 28),
+               hidden: Optional[int] = None, conv_channels: Optional[Sequence[int]] = None, device: str = DEFAULT_DEVICE,
+               threads: int = 0, seed: int = 42) -> "Model":
         """Return a freshly initialised model (PyTorch-style uniform init drawn from ``seed``).
 
-        Raises ConfigError for impossible shapes and DeviceError for an unknown device.
+        ``arch`` is a preset name (see :func:`ggml_mnist.presets`) or a list of layers; ``hidden`` and
+        ``conv_channels`` edit the preset's first hidden dense layer and its convolutions.
+        Raises ConfigError for an impossible network and DeviceError for an unknown device.
         """
-        name = normalize_arch(arch)
-        if not (isinstance(seed, int) and 0 <= seed < 2**64):
+        if isinstance(seed, bool) or not (isinstance(seed, int) and 0 <= seed < 2**64):
             raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-        cfg = ffi.new("struct gmn_model_config *", dict(
-            arch=_ARCH_CODES[name], n_classes=_int(n_classes, "n_classes"), image_h=_int(image_size[0], "image height"),
-            image_w=_int(image_size[1], "image width"), hidden=_int(hidden, "hidden"),
-            conv1_channels=_int(conv_channels[0], "conv1 channels"), conv2_channels=_int(conv_channels[1], "conv2 channels")))
+        n_classes = _int(n_classes, "n_classes")
+        layers = resolve_layers(arch, n_classes, hidden=hidden, conv_channels=conv_channels)
+        net, _keep = native_net(layers, n_classes, image_size)
         out = ffi.new("gmn_model **")
-        _ffi.check(lib.gmn_model_init(cfg, _ffi.cstr(device), _int(threads, "threads"), seed, out))
+        _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device), _int(threads, "threads"), seed, out))
         return cls(out[0])
 
     @classmethod
@@ -84,6 +84,28 @@ class Model:
         buf = ffi.new("char[128]")
         _ffi.check(lib.gmn_model_device(self.handle, buf, 128))
         return ffi.string(buf).decode()
+
+    @property
+    def arch(self) -> str:
+        """The preset this network equals ("fc", "cnn", "lenet5", ...), or "custom"."""
+        for name in preset_names():
+            if preset_layers(name, self.n_classes) == self.layers:
+                return name
+        return "custom"
+
+    @property
+    def n_params(self) -> int:
+        """Number of trainable parameters."""
+        return sum(info[3] for info in self.layer_info())
+
+    def layer_info(self) -> list[tuple[int, int, int, int]]:
+        """Per layer: output height, width, channels (units after a dense layer, with height = width = 1) and parameters."""
+        return net_info(self.layers, self.n_classes, self.image_size)
+
+    def summary(self, print_fn: Callable[[str], Any] = print) -> None:
+        """Print a Keras-style table of the layers: name and kind, output shape, parameters, and the total."""
+        for line in summary_lines(self.layers, self.n_classes, self.image_size):
+            print_fn(line)
 
     @property
     def architecture(self) -> str:
@@ -120,7 +142,7 @@ class Model:
         shapes = self.tensor_shapes()
         for name, value in weights.items():
             if name not in shapes:
-                raise ConfigError(f"unknown tensor {name!r}; this {self.arch} model has {', '.join(shapes)}")
+                raise ConfigError(f"unknown tensor {name!r}; this model has {', '.join(shapes)}")
             arr = np.ascontiguousarray(value, dtype=np.float32)
             if arr.shape != shapes[name] and arr.size == int(np.prod(shapes[name])) and arr.squeeze().shape == tuple(
                     d for d in shapes[name] if d != 1):
@@ -221,6 +243,58 @@ class Model:
         if self._handle is None:
             return f"<Model {self.arch} (closed)>"
         return f"<Model {self.architecture} classes={self.n_classes} image={self.image_size[0]}x{self.image_size[1]} device={self.device}>"
+
+
+def native_net(layers: Sequence[Layer], n_classes: int, image_size: Sequence[int]) -> tuple[Any, Any]:
+    """A ``struct gmn_net *`` for layers and the layer array it points to (keep both alive while using it)."""
+    if len(layers) > lib.GMN_MAX_LAYERS:
+        raise ConfigError(f"the network has {len(layers)} layers; at most {lib.GMN_MAX_LAYERS} are supported")
+    size = list(image_size)
+    if len(size) != 2:
+        raise ConfigError(f"image_size must be (height, width), got {image_size!r}")
+    buf = ffi.new("struct gmn_layer[]", max(1, len(layers)))
+    for i, layer in enumerate(layers):
+        for key, value in layer.native(n_classes).items():
+            setattr(buf[i], key, value)
+    net = ffi.new("struct gmn_net *", dict(image_h=_int(size[0], "image height"), image_w=_int(size[1], "image width"),
+                                           n_layers=len(layers), layers=buf))
+    return net, buf
+
+
+def check_net(layers: Sequence[Layer], n_classes: int,
+              image_size: Sequence[int]) -> tuple[list[Layer], list[tuple[int, int, int, int]]]:
+    """Validate a network in the shim. Returns its layers with default names filled in and, per layer, the output
+    height, width, channels and parameters. Raises ConfigError naming the bad layer."""
+    net, _keep = native_net(layers, n_classes, image_size)
+    n = max(1, len(layers))
+    out = ffi.new("struct gmn_layer[]", n)
+    info = ffi.new("int64_t[]", 4 * n)
+    _ffi.check(lib.gmn_net_check(net, out, info, ffi.NULL))
+    shapes = [tuple(int(info[4 * i + j]) for j in range(4)) for i in range(len(layers))]
+    return [from_native(out[i]) for i in range(len(layers))], shapes  # type: ignore[return-value]
+
+
+def net_info(layers: Sequence[Layer], n_classes: int, image_size: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Per layer of a valid network: output height, width, channels and parameters. Raises ConfigError."""
+    return check_net(layers, n_classes, image_size)[1]
+
+
+def summary_lines(layers: Sequence[Layer], n_classes: int, image_size: Sequence[int]) -> list[str]:
+    """The lines of a Keras-style summary table of a network."""
+    info = net_info(layers, n_classes, image_size)
+    rows = [("input", f"({image_size[0]}, {image_size[1]}, 1)", "")]
+    flat = False
+    for layer, (h, w, c, params) in zip(layers, info):
+        flat = flat or isinstance(layer, Dense)
+        name = getattr(layer, "name", None)
+        rows.append((f"{name} ({layer.describe()})" if name else layer.describe(), f"({c},)" if flat else f"({h}, {w}, {c})",
+                     f"{params:,}"))
+    widths = [max(len(r[i]) for r in rows + [("Layer", "Output shape", "Params")]) for i in range(3)]
+    rule = "-" * (sum(widths) + 4)
+    lines = [f"{'Layer':<{widths[0]}}  {'Output shape':<{widths[1]}}  {'Params':>{widths[2]}}", rule]
+    lines += [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
+    lines += [rule, f"Total params: {sum(i[3] for i in info):,}"]
+    return lines
 
 
 def _decode_metadata(items: Iterator[tuple[str, str]]) -> dict[str, Any]:

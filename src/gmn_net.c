@@ -1,0 +1,443 @@
+/* gmn_net.c - networks as data: layer kinds, validation, shapes, parameters, presets and the forward graph.
+ * This is the only file that knows what a layer does. */
+#include "gmn_internal.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char * const GMN_KIND_NAMES[] = {
+    [GMN_LAYER_CONV2D] = "conv2d", [GMN_LAYER_MAXPOOL2D] = "maxpool2d", [GMN_LAYER_AVGPOOL2D] = "avgpool2d",
+    [GMN_LAYER_DENSE] = "dense", [GMN_LAYER_RELU] = "relu", [GMN_LAYER_SILU] = "silu", [GMN_LAYER_GELU] = "gelu",
+    [GMN_LAYER_TANH] = "tanh", [GMN_LAYER_DROPOUT] = "dropout",
+};
+#define GMN_N_KINDS ((int) (sizeof(GMN_KIND_NAMES) / sizeof(GMN_KIND_NAMES[0])))
+
+const char * gmn_layer_kind_name(int kind) {
+    return kind > 0 && kind < GMN_N_KINDS ? GMN_KIND_NAMES[kind] : "";
+}
+
+int gmn_layer_kind_from_name(const char * name) {
+    for (int k = 1; k < GMN_N_KINDS; k++) {
+        if (strcmp(name, GMN_KIND_NAMES[k]) == 0) {
+            return k;
+        }
+    }
+    return 0;
+}
+
+int gmn_layer_has_params(int kind) {
+    return kind == GMN_LAYER_CONV2D || kind == GMN_LAYER_DENSE;
+}
+
+/* ---- presets ----------------------------------------------------------------------------------- */
+#define CONV(name_, n_, k_, s_, p_) { .kind = GMN_LAYER_CONV2D, .name = name_, .n_out = n_, .k = k_, .stride = s_, .pad = p_ }
+#define MAXPOOL(k_, s_, p_)         { .kind = GMN_LAYER_MAXPOOL2D, .k = k_, .stride = s_, .pad = p_ }
+#define AVGPOOL(k_, s_, p_)         { .kind = GMN_LAYER_AVGPOOL2D, .k = k_, .stride = s_, .pad = p_ }
+#define DENSE(name_, n_)            { .kind = GMN_LAYER_DENSE, .name = name_, .n_out = n_ }
+#define ACT(kind_)                  { .kind = kind_ }
+#define DROPOUT(p_)                 { .kind = GMN_LAYER_DROPOUT, .p = p_ }
+#define CLASSES 0 /* the last dense layer: one unit per class */
+
+struct gmn_preset {
+    const char *     name;
+    int              n_layers;
+    struct gmn_layer layers[16];
+};
+
+static const struct gmn_preset GMN_PRESETS[] = {
+    { "fc", 3, { DENSE("fc1", 500), ACT(GMN_LAYER_RELU), DENSE("fc2", CLASSES) } },
+    { "cnn", 7, { CONV("conv1", 8, 3, 1, 1), ACT(GMN_LAYER_RELU), MAXPOOL(2, 2, 0),
+                  CONV("conv2", 16, 3, 1, 1), ACT(GMN_LAYER_RELU), MAXPOOL(2, 2, 0), DENSE("dense", CLASSES) } },
+    { "mlp800", 3, { DENSE("fc1", 800), ACT(GMN_LAYER_RELU), DENSE("fc2", CLASSES) } },
+    { "minerva-mlp", 3, { DENSE("fc1", 256), ACT(GMN_LAYER_RELU), DENSE("fc2", CLASSES) } },
+    { "minerva-cnn", 7, { CONV("conv1", 16, 5, 1, 0), ACT(GMN_LAYER_RELU), MAXPOOL(2, 2, 0),
+                          CONV("conv2", 32, 5, 1, 2), ACT(GMN_LAYER_RELU), MAXPOOL(3, 3, 0), DENSE("fc1", CLASSES) } },
+    { "lenet5", 11, { CONV("conv1", 6, 5, 1, 2), ACT(GMN_LAYER_TANH), AVGPOOL(2, 2, 0),
+                      CONV("conv2", 16, 5, 1, 0), ACT(GMN_LAYER_TANH), AVGPOOL(2, 2, 0),
+                      DENSE("fc1", 120), ACT(GMN_LAYER_TANH), DENSE("fc2", 84), ACT(GMN_LAYER_TANH), DENSE("fc3", CLASSES) } },
+    { "letters-cnn", 14, { CONV("conv1", 32, 3, 1, 0), MAXPOOL(2, 2, 0), ACT(GMN_LAYER_GELU),
+                           CONV("conv2", 64, 3, 1, 0), MAXPOOL(2, 2, 1), ACT(GMN_LAYER_GELU),
+                           CONV("conv3", 128, 3, 1, 0), MAXPOOL(2, 2, 0), ACT(GMN_LAYER_GELU),
+                           DENSE("fc1", 64), ACT(GMN_LAYER_GELU), DENSE("fc2", 128), ACT(GMN_LAYER_GELU), DENSE("fc3", CLASSES) } },
+    { "best", 13, { CONV("conv1", 32, 3, 1, 1), ACT(GMN_LAYER_RELU), MAXPOOL(2, 2, 0),
+                    CONV("conv2", 64, 3, 1, 1), ACT(GMN_LAYER_RELU), MAXPOOL(2, 2, 0),
+                    CONV("conv3", 128, 3, 1, 1), ACT(GMN_LAYER_RELU), MAXPOOL(2, 2, 0),
+                    DENSE("fc1", 256), ACT(GMN_LAYER_RELU), DROPOUT(0.4f), DENSE("fc2", CLASSES) } },
+};
+#define GMN_N_PRESETS ((int) (sizeof(GMN_PRESETS) / sizeof(GMN_PRESETS[0])))
+
+int gmn_preset_count(void) {
+    return GMN_N_PRESETS;
+}
+
+const char * gmn_preset_name(int i) {
+    return i >= 0 && i < GMN_N_PRESETS ? GMN_PRESETS[i].name : NULL;
+}
+
+int gmn_preset_layers(const char * name, int n_classes, struct gmn_layer * layers, int cap, int * n_layers) {
+    gmn_clear_error();
+    if (name == NULL || layers == NULL || n_layers == NULL) {
+        return gmn_fail(GMN_E_INVALID, "preset: NULL argument");
+    }
+    if (n_classes < GMN_MIN_CLASSES || n_classes > GMN_MAX_CLASSES) {
+        return gmn_fail(GMN_E_INVALID, "preset: n_classes is %d; it must be in [%d, %d]", n_classes, GMN_MIN_CLASSES, GMN_MAX_CLASSES);
+    }
+    for (int i = 0; i < GMN_N_PRESETS; i++) {
+        const struct gmn_preset * p = &GMN_PRESETS[i];
+        if (strcmp(p->name, name) != 0) {
+            continue;
+        }
+        if (cap < p->n_layers) {
+            return gmn_fail(GMN_E_INVALID, "preset: '%s' has %d layers but room was given for %d", name, p->n_layers, cap);
+        }
+        memcpy(layers, p->layers, (size_t) p->n_layers * sizeof(struct gmn_layer));
+        for (int j = 0; j < p->n_layers; j++) {
+            if (layers[j].kind == GMN_LAYER_DENSE && layers[j].n_out == CLASSES) {
+                layers[j].n_out = n_classes;
+            }
+        }
+        *n_layers = p->n_layers;
+        return GMN_OK;
+    }
+    char names[256] = "";
+    for (int i = 0; i < GMN_N_PRESETS; i++) {
+        const size_t len = strlen(names);
+        snprintf(names + len, sizeof(names) - len, "%s%s", i ? ", " : "", GMN_PRESETS[i].name);
+    }
+    return gmn_fail(GMN_E_INVALID, "preset: unknown network '%.64s'; the presets are %s", name, names);
+}
+
+/* ---- validation and shapes --------------------------------------------------------------------- */
+static int gmn_valid_name(const char * s) {
+    const size_t n = strnlen(s, GMN_NAME_CAP);
+    if (n == 0 || n >= GMN_NAME_CAP) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int gmn_layer_fail(int i, const struct gmn_layer * l, const char * fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    const char * kind = gmn_layer_kind_name(l->kind);
+    return gmn_fail(GMN_E_INVALID, "network: layer %d (%s%s%s): %s", i, kind[0] ? kind : "?",
+                    gmn_layer_has_params(l->kind) && l->name[0] ? " " : "", gmn_layer_has_params(l->kind) ? l->name : "", msg);
+}
+
+/* Checks a window (kernel or pool) of side k, stride s and padding p over an h x w input. */
+static int gmn_check_window(int i, const struct gmn_layer * l, const struct gmn_shape * in, const char * what, int max_pad) {
+    if (l->k < 1 || l->k > GMN_MAX_WINDOW) {
+        return gmn_layer_fail(i, l, "%s size %d must be in [1, %d]", what, l->k, GMN_MAX_WINDOW);
+    }
+    if (l->stride < 1 || l->stride > GMN_MAX_WINDOW) {
+        return gmn_layer_fail(i, l, "stride %d must be in [1, %d]", l->stride, GMN_MAX_WINDOW);
+    }
+    if (l->pad < 0 || l->pad > max_pad) {
+        return gmn_layer_fail(i, l, "padding %d must be in [0, %d] for a %s of %d", l->pad, max_pad, what, l->k);
+    }
+    if (in->flat) {
+        return gmn_layer_fail(i, l, "its input is flat (it follows a dense layer); put convolutions and pooling before the dense layers");
+    }
+    if (l->k > in->h + 2 * l->pad || l->k > in->w + 2 * l->pad) {
+        return gmn_layer_fail(i, l, "the %s %dx%d is larger than its %lldx%lld input (with padding %d); "
+                              "use a smaller %s, more padding or fewer pooling layers before it",
+                              what, l->k, l->k, (long long) in->h, (long long) in->w, l->pad, what);
+    }
+    return GMN_OK;
+}
+
+int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct gmn_shape * shapes, int64_t * n_params) {
+    if (net == NULL) {
+        return gmn_fail(GMN_E_INVALID, "network: NULL network");
+    }
+    if (net->image_h < GMN_MIN_IMAGE_SIDE || net->image_w < GMN_MIN_IMAGE_SIDE ||
+        net->image_h > GMN_MAX_IMAGE_SIDE || net->image_w > GMN_MAX_IMAGE_SIDE) {
+        return gmn_fail(GMN_E_INVALID, "network: image size %dx%d is out of range [%d, %d]",
+                        net->image_h, net->image_w, GMN_MIN_IMAGE_SIDE, GMN_MAX_IMAGE_SIDE);
+    }
+    if (net->n_layers < 1 || net->n_layers > GMN_MAX_LAYERS || net->layers == NULL) {
+        return gmn_fail(GMN_E_INVALID, "network: it has %d layers; give 1 to %d layers ending in a dense layer with one unit per class",
+                        net->n_layers, GMN_MAX_LAYERS);
+    }
+    memcpy(out, net->layers, (size_t) net->n_layers * sizeof(struct gmn_layer));
+    struct gmn_shape cur = { net->image_w, net->image_h, 1, 0, 0 };
+    int64_t total = 0;
+    int n_conv = 0, n_dense = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        struct gmn_layer * l = &out[i];
+        if (gmn_layer_kind_name(l->kind)[0] == '\0') {
+            return gmn_fail(GMN_E_INVALID, "network: layer %d has unknown kind %d; use conv2d, maxpool2d, avgpool2d, dense, "
+                            "relu, silu, gelu, tanh or dropout", i, l->kind);
+        }
+        if (!gmn_layer_has_params(l->kind)) {
+            memset(l->name, 0, sizeof(l->name));
+        } else if (memchr(l->name, '\0', sizeof(l->name)) == NULL) {
+            l->name[GMN_NAME_CAP - 1] = '\0';
+            return gmn_layer_fail(i, l, "its name is longer than %d characters", GMN_NAME_CAP - 1);
+        } else if (l->name[0] == '\0') {
+            snprintf(l->name, sizeof(l->name), l->kind == GMN_LAYER_CONV2D ? "conv%d" : "fc%d",
+                     l->kind == GMN_LAYER_CONV2D ? n_conv + 1 : n_dense + 1);
+        } else if (!gmn_valid_name(l->name)) {
+            return gmn_layer_fail(i, l, "name '%s' must be 1-%d characters of A-Z, a-z, 0-9 and _", l->name, GMN_NAME_CAP - 1);
+        }
+        for (int j = 0; j < i && gmn_layer_has_params(l->kind); j++) {
+            if (gmn_layer_has_params(out[j].kind) && strcmp(out[j].name, l->name) == 0) {
+                return gmn_layer_fail(i, l, "name '%s' is already used by layer %d; names must be unique", l->name, j);
+            }
+        }
+        struct gmn_shape next = cur;
+        next.params = 0;
+        switch (l->kind) {
+            case GMN_LAYER_CONV2D: {
+                n_conv++;
+                if (l->n_out < 1 || l->n_out > GMN_MAX_CHANNELS) {
+                    return gmn_layer_fail(i, l, "%d output channels; use 1 to %d", l->n_out, GMN_MAX_CHANNELS);
+                }
+                int st = gmn_check_window(i, l, &cur, "kernel", l->k - 1);
+                if (st != GMN_OK) {
+                    return st;
+                }
+                next.w = (cur.w + 2 * l->pad - l->k) / l->stride + 1;
+                next.h = (cur.h + 2 * l->pad - l->k) / l->stride + 1;
+                next.c = l->n_out;
+                next.params = ((int64_t) l->k * l->k * cur.c + 1) * l->n_out;
+                break;
+            }
+            case GMN_LAYER_MAXPOOL2D:
+            case GMN_LAYER_AVGPOOL2D: {
+                int st = gmn_check_window(i, l, &cur, "window", l->k / 2);
+                if (st != GMN_OK) {
+                    return st;
+                }
+                next.w = (cur.w + 2 * l->pad - l->k) / l->stride + 1;
+                next.h = (cur.h + 2 * l->pad - l->k) / l->stride + 1;
+                break;
+            }
+            case GMN_LAYER_DENSE: {
+                n_dense++;
+                if (l->n_out < 1 || l->n_out > GMN_MAX_UNITS) {
+                    return gmn_layer_fail(i, l, "%d units; use 1 to %d", l->n_out, GMN_MAX_UNITS);
+                }
+                const int64_t n_in = cur.w * cur.h * cur.c;
+                next.w = 1; next.h = 1; next.c = l->n_out; next.flat = 1;
+                next.params = (n_in + 1) * l->n_out;
+                break;
+            }
+            case GMN_LAYER_DROPOUT:
+                if (!(l->p >= 0.0f && l->p < 1.0f)) {
+                    return gmn_layer_fail(i, l, "drop probability %g must be in [0, 1)", (double) l->p);
+                }
+                break;
+            default:
+                break;
+        }
+        total += next.params;
+        if (total > GMN_MAX_PARAMS) {
+            return gmn_layer_fail(i, l, "the network reaches %lld parameters here, over the limit of %d; use fewer units or channels "
+                                  "or more pooling before the dense layers", (long long) total, GMN_MAX_PARAMS);
+        }
+        if (shapes != NULL) {
+            shapes[i] = next;
+        }
+        cur = next;
+    }
+    const struct gmn_layer * last = &out[net->n_layers - 1];
+    if (last->kind != GMN_LAYER_DENSE || last->n_out < GMN_MIN_CLASSES || last->n_out > GMN_MAX_CLASSES) {
+        return gmn_fail(GMN_E_INVALID, "network: the last layer must be a dense layer with one unit per class (%d to %d classes); "
+                        "add dense(n_classes) at the end", GMN_MIN_CLASSES, GMN_MAX_CLASSES);
+    }
+    if (n_params != NULL) {
+        *n_params = total;
+    }
+    return GMN_OK;
+}
+
+int gmn_net_check(const struct gmn_net * net, struct gmn_layer * layers_out, int64_t * layer_info, int64_t * n_params) {
+    gmn_clear_error();
+    struct gmn_layer layers[GMN_MAX_LAYERS];
+    struct gmn_shape shapes[GMN_MAX_LAYERS];
+    int st = gmn_net_prepare(net, layers, shapes, n_params);
+    if (st != GMN_OK) {
+        return st;
+    }
+    if (layers_out != NULL) {
+        memcpy(layers_out, layers, (size_t) net->n_layers * sizeof(struct gmn_layer));
+    }
+    if (layer_info == NULL) {
+        return GMN_OK;
+    }
+    for (int i = 0; i < net->n_layers; i++) {
+        layer_info[4 * i + 0] = shapes[i].h;
+        layer_info[4 * i + 1] = shapes[i].w;
+        layer_info[4 * i + 2] = shapes[i].c;
+        layer_info[4 * i + 3] = shapes[i].params;
+    }
+    return GMN_OK;
+}
+
+int gmn_net_classes(const struct gmn_net * net) {
+    return net->layers[net->n_layers - 1].n_out;
+}
+
+static int gmn_layers_equal(const struct gmn_layer * a, const struct gmn_layer * b) {
+    return a->kind == b->kind && strcmp(a->name, b->name) == 0 && a->n_out == b->n_out && a->k == b->k &&
+           a->stride == b->stride && a->pad == b->pad && a->p == b->p;
+}
+
+int gmn_net_is_preset(const struct gmn_net * net, const char * name, int n_classes) {
+    struct gmn_layer ref[GMN_MAX_LAYERS];
+    int n = 0;
+    if (gmn_preset_layers(name, n_classes, ref, GMN_MAX_LAYERS, &n) != GMN_OK || n != net->n_layers) {
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        if (!gmn_layers_equal(&ref[i], &net->layers[i])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+const char * gmn_net_arch_name(const struct gmn_net * net) {
+    if (net->image_h == 28 && net->image_w == 28) {
+        if (gmn_net_is_preset(net, "fc", 10)) {
+            return GMN_ARCH_MNIST_FC;
+        }
+        if (gmn_net_is_preset(net, "cnn", 10)) {
+            return GMN_ARCH_MNIST_CNN;
+        }
+    }
+    return GMN_ARCH_OWN;
+}
+
+/* ---- parameters -------------------------------------------------------------------------------- */
+int gmn_net_params(const struct gmn_net * net, struct gmn_param_spec * specs) {
+    struct gmn_shape cur = { net->image_w, net->image_h, 1, 0, 0 };
+    struct gmn_shape shapes[GMN_MAX_LAYERS];
+    struct gmn_layer copy[GMN_MAX_LAYERS];
+    gmn_net_prepare(net, copy, shapes, NULL);
+    int n = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        const struct gmn_layer * l = &net->layers[i];
+        if (l->kind == GMN_LAYER_CONV2D) {
+            const int64_t fan_in = (int64_t) l->k * l->k * cur.c;
+            specs[n++] = (struct gmn_param_spec) { i, 0, "", { l->k, l->k, cur.c, l->n_out }, fan_in };
+            snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.kernel", l->name);
+            specs[n++] = (struct gmn_param_spec) { i, 1, "", { 1, 1, l->n_out, 1 }, fan_in };
+            snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.bias", l->name);
+        } else if (l->kind == GMN_LAYER_DENSE) {
+            const int64_t fan_in = cur.w * cur.h * cur.c;
+            specs[n++] = (struct gmn_param_spec) { i, 0, "", { fan_in, l->n_out, 1, 1 }, fan_in };
+            snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.weight", l->name);
+            specs[n++] = (struct gmn_param_spec) { i, 1, "", { l->n_out, 1, 1, 1 }, fan_in };
+            snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.bias", l->name);
+        }
+        cur = shapes[i];
+    }
+    return n;
+}
+
+int gmn_net_activation_ne(const struct gmn_net * net, int layer, int64_t batch, int64_t * ne) {
+    struct gmn_shape shapes[GMN_MAX_LAYERS];
+    struct gmn_layer copy[GMN_MAX_LAYERS];
+    gmn_net_prepare(net, copy, shapes, NULL);
+    const struct gmn_shape s = layer > 0 ? shapes[layer - 1] : (struct gmn_shape) { net->image_w, net->image_h, 1, 0, 0 };
+    if (s.flat) {
+        ne[0] = s.c; ne[1] = batch; ne[2] = 1; ne[3] = 1;
+    } else {
+        ne[0] = s.w; ne[1] = s.h; ne[2] = s.c; ne[3] = batch;
+    }
+    return s.flat ? 2 : 4;
+}
+
+/* ---- forward graph ----------------------------------------------------------------------------- */
+/* Cross-correlation as im2col (always F32) and one 2-D matrix product: x [W, H, C, N] -> [OW, OH, O, N]. */
+static struct ggml_tensor * gmn_conv2d(struct ggml_context * ctx, struct ggml_tensor * x, struct ggml_tensor * kernel,
+                                       struct ggml_tensor * bias, int stride, int pad) {
+    struct ggml_tensor * cols = ggml_im2col(ctx, kernel, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);
+    const int64_t K = cols->ne[0], OW = cols->ne[1], OH = cols->ne[2], N = cols->ne[3], O = kernel->ne[3];
+    struct ggml_tensor * y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, cols, K, OW * OH * N), ggml_reshape_2d(ctx, kernel, K, O));
+    y = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, y, OW, OH, N, O), 0, 1, 3, 2));
+    return ggml_add(ctx, y, bias);
+}
+
+/* A dense layer. A spatial input [W, H, C, N] is flattened height-width-channel with channels fastest (the
+ * GGUF contract). Rather than permuting the activations we permute the weight's columns to the natural
+ * [W, H, C] order of x: it is cheaper, and the gradient that reaches ggml's pool_2d_back stays contiguous;
+ * that op reads its incoming gradient as contiguous planes, so a permuted (non-contiguous) gradient there
+ * silently yields wrong gradients. */
+static struct ggml_tensor * gmn_dense(struct ggml_context * ctx, struct ggml_tensor * x, struct ggml_tensor * weight,
+                                      struct ggml_tensor * bias, int spatial) {
+    struct ggml_tensor * w = weight;
+    if (spatial) {
+        const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3], O = weight->ne[1];
+        if (C > 1) {
+            w = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, weight, C, W, H, O), 2, 0, 1, 3));
+            w = ggml_reshape_2d(ctx, w, W * H * C, O);
+        }
+        x = ggml_reshape_2d(ctx, x, W * H * C, N);
+    }
+    return ggml_add(ctx, ggml_mul_mat(ctx, w, x), bias);
+}
+
+/* GELU, tanh approximation, from ops that have a backward pass: 0.5x(1 + tanh(u)) = x sigmoid(2u) with
+ * 2u = x * v, v = c (1 + 0.044715 x^2) and c = 2 sqrt(2/pi); so GELU(x) = silu(x v) / v, where v >= c > 0. */
+static struct ggml_tensor * gmn_gelu(struct ggml_context * ctx, struct ggml_tensor * x) {
+    const float c = 1.5957691216057308f; /* 2 sqrt(2 / pi) */
+    struct ggml_tensor * v = ggml_scale_bias(ctx, ggml_sqr(ctx, x), c * 0.044715f, c);
+    return ggml_div(ctx, ggml_silu(ctx, ggml_mul(ctx, x, v)), v);
+}
+
+/* tanh(x) = 1 - 2 sigmoid(-2x) = 1 - 2 exp(-softplus(2x)): exp only ever sees arguments <= 0, so neither
+ * the value nor the gradient can overflow. */
+static struct ggml_tensor * gmn_tanh(struct ggml_context * ctx, struct ggml_tensor * x) {
+    struct ggml_tensor * e = ggml_exp(ctx, ggml_scale(ctx, ggml_softplus(ctx, ggml_scale(ctx, x, 2.0f)), -1.0f));
+    return ggml_scale_bias(ctx, e, -2.0f, 1.0f);
+}
+
+struct ggml_tensor * gmn_forward(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,
+                                 struct ggml_tensor * const * masks) {
+    const struct gmn_net * net = &m->net;
+    struct ggml_tensor * h = ggml_reshape_4d(ctx, x, net->image_w, net->image_h, 1, x->ne[1]);
+    int spatial = 1;
+    for (int i = 0; i < net->n_layers; i++) {
+        const struct gmn_layer * l = &net->layers[i];
+        switch (l->kind) {
+            case GMN_LAYER_CONV2D:
+                h = gmn_conv2d(ctx, h, m->lw[i][0], m->lw[i][1], l->stride, l->pad);
+                break;
+            case GMN_LAYER_MAXPOOL2D:
+            case GMN_LAYER_AVGPOOL2D:
+                h = ggml_pool_2d(ctx, h, l->kind == GMN_LAYER_MAXPOOL2D ? GGML_OP_POOL_MAX : GGML_OP_POOL_AVG,
+                                 l->k, l->k, l->stride, l->stride, (float) l->pad, (float) l->pad);
+                break;
+            case GMN_LAYER_DENSE:
+                h = gmn_dense(ctx, h, m->lw[i][0], m->lw[i][1], spatial);
+                spatial = 0;
+                break;
+            case GMN_LAYER_RELU: h = ggml_relu(ctx, h); break;
+            case GMN_LAYER_SILU: h = ggml_silu(ctx, h); break;
+            case GMN_LAYER_GELU: h = gmn_gelu(ctx, h); break;
+            case GMN_LAYER_TANH: h = gmn_tanh(ctx, h); break;
+            case GMN_LAYER_DROPOUT:
+                if (masks != NULL && masks[i] != NULL) {
+                    h = ggml_mul(ctx, h, masks[i]);
+                }
+                break;
+            default:
+                break;
+        }
+    }
+    return h;
+}
