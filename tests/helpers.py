@@ -98,9 +98,11 @@ def gguf_module() -> Any:
 
 
 def write_gguf(path: os.PathLike | str, arch: Optional[Any], tensors: Mapping[str, np.ndarray],
-               strings: Optional[Mapping[str, str]] = None, uint32s: Optional[Mapping[str, int]] = None) -> Path:
+               strings: Optional[Mapping[str, str]] = None, uint32s: Optional[Mapping[str, int]] = None,
+               arrays: Optional[Mapping[str, list]] = None) -> Path:
     """Write a GGUF file with the gguf package: general.architecture = arch (a str; an int is
-    written as uint32; None leaves the key out), extra string/uint32 keys, and tensors whose
+    written as uint32; None leaves the key out), extra string/uint32/array keys (arrays of int are
+    int32, of float float32, of str strings), and tensors whose
     numpy shapes are ggml's ne reversed, in their own dtypes (float32 -> F32, float16 -> F16)."""
     gguf = gguf_module()
     writer = gguf.GGUFWriter(os.fspath(path), "placeholder")
@@ -113,6 +115,8 @@ def write_gguf(path: os.PathLike | str, arch: Optional[Any], tensors: Mapping[st
         writer.add_string(key, value)
     for key, value in (uint32s or {}).items():
         writer.add_uint32(key, value)
+    for key, value in (arrays or {}).items():
+        writer.add_array(key, value)
     for name, array in tensors.items():
         writer.add_tensor(name, np.ascontiguousarray(array))
     writer.write_header_to_file()
@@ -159,3 +163,62 @@ def conv_channels_of(model: Any) -> tuple[int, ...]:
     """Output channels of the model's convolutions, in order."""
     from ggml_mnist.layers import Conv2d
     return tuple(x.out_channels for x in model.layers if isinstance(x, Conv2d))
+
+
+# ---- numpy reference of any layer list -----------------------------------------------------------
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (what the shim computes)."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _windows(x: np.ndarray, k: int, stride: int) -> np.ndarray:
+    """Sliding k x k windows of x [N, H, W, C] with a stride: [N, OH, OW, C, k, k]."""
+    v = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))
+    return v[:, ::stride, ::stride]
+
+
+def reference_logits(layers: list, weights: Mapping[str, np.ndarray], images: np.ndarray,
+                     masks: Optional[Mapping[int, np.ndarray]] = None) -> np.ndarray:
+    """Logits [N, classes] in float64 of a network given as gm.layers objects (with their names), interpreted in numpy.
+
+    Activations are [N, H, W, C]; a dense layer flattens height-width-channel with channels fastest.
+    masks[i] (numpy layout of the activation entering dropout layer i) multiplies it; without, dropout is identity.
+    """
+    from ggml_mnist import layers as L
+
+    w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    x = _pixels(images)[..., None]
+    for i, layer in enumerate(layers):
+        if isinstance(layer, L.Conv2d):
+            k, s, p = layer.kernel_size, layer.stride, layer.padding
+            kernel = w[f"{layer.name}.kernel"]  # [O, C, k, k]
+            win = _windows(np.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), k, s)
+            x = np.einsum("nhwcij,ocij->nhwo", win, kernel) + w[f"{layer.name}.bias"].reshape(-1)
+        elif isinstance(layer, (L.MaxPool2d, L.AvgPool2d)):
+            k, p = layer.kernel_size, layer.padding
+            s = layer.stride or k
+            fill = -np.inf if isinstance(layer, L.MaxPool2d) else 0.0
+            win = _windows(np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=fill), k, s)
+            x = win.max(axis=(4, 5)) if isinstance(layer, L.MaxPool2d) else win.sum(axis=(4, 5)) / (k * k)
+        elif isinstance(layer, L.Dense):
+            x = x.reshape(x.shape[0], -1) @ w[f"{layer.name}.weight"].T + w[f"{layer.name}.bias"].reshape(-1)
+        elif isinstance(layer, L.ReLU):
+            x = np.maximum(x, 0.0)
+        elif isinstance(layer, L.SiLU):
+            x = x / (1.0 + np.exp(-x))
+        elif isinstance(layer, L.GELU):
+            x = gelu_tanh(x)
+        elif isinstance(layer, L.Tanh):
+            x = np.tanh(x)
+        elif isinstance(layer, L.Dropout):
+            if masks is not None:
+                x = x * masks[i]
+        else:
+            raise AssertionError(f"no reference for {layer!r}")
+    return x
+
+
+def reference_net_proba(layers: list, weights: Mapping[str, np.ndarray], images: np.ndarray,
+                        masks: Optional[Mapping[int, np.ndarray]] = None) -> np.ndarray:
+    """Class probabilities of :func:`reference_logits`."""
+    return softmax(reference_logits(layers, weights, images, masks))
