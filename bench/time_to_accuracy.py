@@ -2,6 +2,7 @@
 
     python bench/time_to_accuracy.py --arch fc --target 0.98
     python bench/time_to_accuracy.py --arch cnn --target 0.99
+    python bench/time_to_accuracy.py --arch lenet5 --target 0.99   # any preset of ggml_mnist.presets()
 
 Trains with the default recipe (ggml_mnist.TrainConfig.defaults) and evaluates the test set
 after every epoch; the reported time is training time only (evaluation excluded). Also reports
@@ -19,7 +20,7 @@ import ggml_mnist as gm
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", choices=["fc", "cnn"], required=True)
+    p.add_argument("--arch", choices=list(gm.presets()), required=True)
     p.add_argument("--target", type=float, required=True, help="test accuracy to reach, e.g. 0.98")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--data", default=os.environ.get("GGML_MNIST_DATA", "data/mnist"))
@@ -36,9 +37,9 @@ def main() -> None:
         curve.append({"epoch": stats.epoch, "train_seconds": round(elapsed, 2), "test_accuracy": acc})
 
     cfg = gm.TrainConfig.defaults(args.arch)
-    gm.train(x, y, config=cfg, threads=args.threads, progress=False, on_epoch=on_epoch)
+    model, _ = gm.train(x, y, config=cfg, threads=args.threads, progress=False, on_epoch=on_epoch)
     reached = next((c for c in curve if c["test_accuracy"] >= args.target), None)
-    print(json.dumps({"arch": args.arch, "target": args.target, "recipe": cfg.as_dict(),
+    print(json.dumps({"arch": args.arch, "n_params": model.n_params, "target": args.target, "recipe": cfg.as_dict(),
                       "seconds_to_target": reached["train_seconds"] if reached else None,
                       "epoch_reached": reached["epoch"] if reached else None,
                       "final_test_accuracy": curve[-1]["test_accuracy"], "total_train_seconds": round(elapsed, 2),

@@ -362,14 +362,31 @@ int gmn_net_activation_ne(const struct gmn_net * net, int layer, int64_t batch, 
 }
 
 /* ---- forward graph ----------------------------------------------------------------------------- */
-/* Cross-correlation as im2col (always F32) and one 2-D matrix product: x [W, H, C, N] -> [OW, OH, O, N]. */
+/* Cross-correlation without its bias, as im2col (always F32) and one 2-D matrix product:
+ * x [W, H, C, N] -> [OW, OH, O, N]. */
 static struct ggml_tensor * gmn_conv2d(struct ggml_context * ctx, struct ggml_tensor * x, struct ggml_tensor * kernel,
-                                       struct ggml_tensor * bias, int stride, int pad) {
+                                       int stride, int pad) {
     struct ggml_tensor * cols = ggml_im2col(ctx, kernel, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);
     const int64_t K = cols->ne[0], OW = cols->ne[1], OH = cols->ne[2], N = cols->ne[3], O = kernel->ne[3];
     struct ggml_tensor * y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, cols, K, OW * OH * N), ggml_reshape_2d(ctx, kernel, K, O));
-    y = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, y, OW, OH, N, O), 0, 1, 3, 2));
-    return ggml_add(ctx, y, bias);
+    return ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, y, OW, OH, N, O), 0, 1, 3, 2));
+}
+
+/* Index of the max-pool layer that a convolution's bias and the activations between them may move past, or -1.
+ * Max pooling commutes with adding a per-channel constant and with non-decreasing element-wise functions
+ * (relu, tanh), so conv -> [+bias -> act ->] maxpool computes the same as conv -> maxpool -> +bias -> act,
+ * with the bias, the activations and their backward passes on a pooled, smaller tensor. */
+static int gmn_pool_first(const struct gmn_net * net, int conv) {
+    for (int j = conv + 1; j < net->n_layers; j++) {
+        const int kind = net->layers[j].kind;
+        if (kind == GMN_LAYER_MAXPOOL2D) {
+            return j;
+        }
+        if (kind != GMN_LAYER_RELU && kind != GMN_LAYER_TANH) {
+            return -1;
+        }
+    }
+    return -1;
 }
 
 /* A dense layer. A spatial input [W, H, C, N] is flattened height-width-channel with channels fastest (the
@@ -406,21 +423,35 @@ static struct ggml_tensor * gmn_tanh(struct ggml_context * ctx, struct ggml_tens
     return ggml_scale_bias(ctx, e, -2.0f, 1.0f);
 }
 
+static struct ggml_tensor * gmn_pool(struct ggml_context * ctx, struct ggml_tensor * x, const struct gmn_layer * l) {
+    return ggml_pool_2d(ctx, x, l->kind == GMN_LAYER_MAXPOOL2D ? GGML_OP_POOL_MAX : GGML_OP_POOL_AVG,
+                        l->k, l->k, l->stride, l->stride, (float) l->pad, (float) l->pad);
+}
+
 struct ggml_tensor * gmn_forward(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,
                                  struct ggml_tensor * const * masks) {
     const struct gmn_net * net = &m->net;
     struct ggml_tensor * h = ggml_reshape_4d(ctx, x, net->image_w, net->image_h, 1, x->ne[1]);
     int spatial = 1;
+    int pooled = -1; /* a max-pool layer already applied ahead of its turn */
     for (int i = 0; i < net->n_layers; i++) {
         const struct gmn_layer * l = &net->layers[i];
         switch (l->kind) {
-            case GMN_LAYER_CONV2D:
-                h = gmn_conv2d(ctx, h, m->lw[i][0], m->lw[i][1], l->stride, l->pad);
+            case GMN_LAYER_CONV2D: {
+                h = gmn_conv2d(ctx, h, m->lw[i][0], l->stride, l->pad);
+                const int pool = gmn_pool_first(net, i);
+                if (pool >= 0) {
+                    h = gmn_pool(ctx, h, &net->layers[pool]);
+                    pooled = pool;
+                }
+                h = ggml_add(ctx, h, m->lw[i][1]);
                 break;
+            }
             case GMN_LAYER_MAXPOOL2D:
             case GMN_LAYER_AVGPOOL2D:
-                h = ggml_pool_2d(ctx, h, l->kind == GMN_LAYER_MAXPOOL2D ? GGML_OP_POOL_MAX : GGML_OP_POOL_AVG,
-                                 l->k, l->k, l->stride, l->stride, (float) l->pad, (float) l->pad);
+                if (i != pooled) {
+                    h = gmn_pool(ctx, h, l);
+                }
                 break;
             case GMN_LAYER_DENSE:
                 h = gmn_dense(ctx, h, m->lw[i][0], m->lw[i][1], spatial);
