@@ -15,12 +15,17 @@ def synthetic_mnist(tmp_path: Path) -> Path:
     return make_synthetic(tmp_path / "synthetic-mnist")
 
 
+DOWNLOADED = Path(__file__).resolve().parent.parent / "data" / "mnist"
+
+
 @pytest.fixture
 def real_mnist() -> Path:
-    """The real MNIST directory named by GGML_MNIST_DATA; skips the test when it is not set."""
+    """The real MNIST directory: GGML_MNIST_DATA, else data/mnist after `mnist-data download`; skips without either."""
     value = os.environ.get("GGML_MNIST_DATA")
     if not value:
-        pytest.skip("GGML_MNIST_DATA is not set (point it at a directory with the MNIST IDX files)")
+        if any((DOWNLOADED / f"t10k-labels-idx1-ubyte{ext}").is_file() for ext in ("", ".gz")):
+            return DOWNLOADED
+        pytest.skip("no MNIST data: run `mnist-data download` (into data/mnist) or set GGML_MNIST_DATA to its directory")
     path = Path(value)
     if not path.is_dir():
         pytest.skip(f"GGML_MNIST_DATA={value} is not a directory")

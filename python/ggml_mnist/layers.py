@@ -64,9 +64,9 @@ class Conv2d(Layer):
     code: ClassVar[int] = lib.GMN_LAYER_CONV2D
 
     def native(self, n_classes: int) -> dict[str, Any]:
-        return dict(kind=self.code, name=_name(self.name), n_out=_int(self.out_channels, "Conv2d out_channels"),
-                    k=_int(self.kernel_size, "Conv2d kernel_size"), stride=_int(self.stride, "Conv2d stride"),
-                    pad=_int(self.padding, "Conv2d padding"))
+        return dict(kind=self.code, name=_name(self.name), n_out=as_int(self.out_channels, "Conv2d out_channels"),
+                    k=as_int(self.kernel_size, "Conv2d kernel_size"), stride=as_int(self.stride, "Conv2d stride"),
+                    pad=as_int(self.padding, "Conv2d padding"))
 
     def describe(self) -> str:
         return f"conv2d {self.kernel_size}x{self.kernel_size}" + _stride_pad(self.stride, self.padding)
@@ -79,9 +79,9 @@ class _Pool(Layer):
     padding: int = 0
 
     def native(self, n_classes: int) -> dict[str, Any]:
-        k = _int(self.kernel_size, f"{type(self).__name__} kernel_size")
-        stride = k if self.stride is None else _int(self.stride, f"{type(self).__name__} stride")
-        return dict(kind=self.code, k=k, stride=stride, pad=_int(self.padding, f"{type(self).__name__} padding"))
+        k = as_int(self.kernel_size, f"{type(self).__name__} kernel_size")
+        stride = k if self.stride is None else as_int(self.stride, f"{type(self).__name__} stride")
+        return dict(kind=self.code, k=k, stride=stride, pad=as_int(self.padding, f"{type(self).__name__} padding"))
 
     def describe(self) -> str:
         stride = self.kernel_size if self.stride is None else self.stride
@@ -114,7 +114,7 @@ class Dense(Layer):
     code: ClassVar[int] = lib.GMN_LAYER_DENSE
 
     def native(self, n_classes: int) -> dict[str, Any]:
-        units = n_classes if self.units is None else _int(self.units, "Dense units")
+        units = n_classes if self.units is None else as_int(self.units, "Dense units")
         return dict(kind=self.code, name=_name(self.name), n_out=units)
 
     def describe(self) -> str:
@@ -318,7 +318,8 @@ def _name(name: Optional[str]) -> bytes:
     return name.encode("utf-8")[:lib.GMN_NAME_CAP]
 
 
-def _int(value: Any, what: str) -> int:
+def as_int(value: Any, what: str) -> int:
+    """Return value as an int for the shim; raise ConfigError naming ``what`` if it is not a whole number in int32."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{what} must be a whole number, got {value!r}")
     if not -2**31 < int(value) < 2**31:

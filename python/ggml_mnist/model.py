@@ -12,7 +12,7 @@ from . import _ffi
 from ._ffi import ffi, lib
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, check_batch_size
 from .errors import ConfigError, DataError, DataFileNotFoundError, ModelIOError
-from .layers import ArchLike, Dense, Layer, from_native, preset_layers, preset_names, resolve_layers
+from .layers import ArchLike, Dense, Layer, as_int, from_native, preset_layers, preset_names, resolve_layers
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -48,11 +48,11 @@ class Model:
         """
         if isinstance(seed, bool) or not (isinstance(seed, int) and 0 <= seed < 2**64):
             raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-        n_classes = _int(n_classes, "n_classes")
+        n_classes = as_int(n_classes, "n_classes")
         layers = resolve_layers(arch, n_classes, hidden=hidden, conv_channels=conv_channels)
         net, _keep = native_net(layers, n_classes, image_size)
         out = ffi.new("gmn_model **")
-        _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device), _int(threads, "threads"), seed, out))
+        _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device), as_int(threads, "threads"), seed, out))
         return cls(out[0])
 
     @classmethod
@@ -65,7 +65,7 @@ class Model:
         if not os.path.exists(path):
             raise DataFileNotFoundError(f"model file {path!r} does not exist")
         out = ffi.new("gmn_model **")
-        _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device), _int(threads, "threads"), out))
+        _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device), as_int(threads, "threads"), out))
         model = cls(out[0])
         model.metadata = _decode_metadata(model._native_metadata())
         return model
@@ -256,7 +256,7 @@ def native_net(layers: Sequence[Layer], n_classes: int, image_size: Sequence[int
     for i, layer in enumerate(layers):
         for key, value in layer.native(n_classes).items():
             setattr(buf[i], key, value)
-    net = ffi.new("struct gmn_net *", dict(image_h=_int(size[0], "image height"), image_w=_int(size[1], "image width"),
+    net = ffi.new("struct gmn_net *", dict(image_h=as_int(size[0], "image height"), image_w=as_int(size[1], "image width"),
                                            n_layers=len(layers), layers=buf))
     return net, buf
 
@@ -311,11 +311,3 @@ def _decode_metadata(items: Iterator[tuple[str, str]]) -> dict[str, Any]:
 def _chunks(arr: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
     for start in range(0, arr.shape[0], check_batch_size(size)):
         yield start, arr[start:start + size]
-
-
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
-    if not -2**31 < int(value) < 2**31:
-        raise ConfigError(f"{what} is out of range: {value!r}")
-    return int(value)
