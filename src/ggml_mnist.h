@@ -140,6 +140,10 @@ const char * gmn_ggml_version(void);
 /* Route log lines at or above min_level to fn (NULL: drop them). Process-wide, not thread-safe against itself. */
 void gmn_log_set(gmn_log_fn fn, void * userdata, int min_level);
 
+/* Most CPU threads a computation may use in this process: 0 for no limit, 1 in a process forked after its
+ * parent ran ggml on several threads (OpenMP's thread pool does not survive fork; one thread needs none). */
+int gmn_thread_limit(void);
+
 /* Number of ggml devices and the description of device index into *out. */
 int gmn_device_count(void);
 int gmn_device_get(int index, struct gmn_device_info * out);

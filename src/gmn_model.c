@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 int64_t gmn_image_pixels(const gmn_model * m) {
@@ -123,7 +125,36 @@ int gmn_model_create(const struct gmn_net * net, const char * device, int n_thre
     return GMN_OK;
 }
 
+/* OpenMP's thread pool does not survive fork(): a child process that enters a parallel region after its
+ * parent has used one waits forever. ggml runs one thread without entering a parallel region, so a
+ * forked child is limited to one thread once the parent has run more. */
+static _Atomic int g_threads_used = 0;
+static _Atomic int g_thread_limit = 0; /* 0: none */
+
+static void gmn_after_fork_child(void) {
+    if (g_threads_used) {
+        g_thread_limit = 1;
+    }
+}
+
+static pthread_once_t g_fork_once = PTHREAD_ONCE_INIT;
+
+static void gmn_register_fork_handler(void) {
+    pthread_atfork(NULL, NULL, gmn_after_fork_child);
+}
+
+int gmn_thread_limit(void) {
+    return g_thread_limit;
+}
+
 void gmn_model_use_threads(gmn_model * m, int n_threads) {
+    pthread_once(&g_fork_once, gmn_register_fork_handler);
+    if (g_thread_limit > 0 && n_threads > g_thread_limit) {
+        n_threads = g_thread_limit;
+    }
+    if (n_threads > 1) {
+        g_threads_used = 1;
+    }
     gmn_set_backend_threads(m->backend_cpu != NULL ? m->backend_cpu : m->backend, n_threads);
     for (int i = 0; i < m->n_accel; i++) {
         gmn_set_backend_threads(m->backend_accel[i], n_threads);

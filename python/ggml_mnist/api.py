@@ -149,7 +149,7 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
     model = Model.create(cfg.arch, n_classes=n_classes, image_size=(h, w), hidden=cfg.hidden,
                          conv_channels=cfg.conv_channels, device=cfg.device, threads=cfg.threads, seed=cfg.seed)
     dataset = _native_dataset(images.reshape(n, h * w), labels, n_classes)
-    _ffi.check(lib.gmn_model_train_init(model.handle, ffi.new("struct gmn_train_config *", dict(
+    _ffi.check(model.call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", dict(
         optimizer=0 if cfg.optimizer == "adamw" else 1, lr=cfg.lr, lr_min_ratio=cfg.lr_min_ratio,
         schedule=_SCHEDULE_CODES[cfg.lr_schedule], warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
         total_steps=cfg.epochs * steps_per_epoch, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
@@ -170,9 +170,9 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
             if bar is not None:
                 bar.start_epoch(epoch)
             t0 = time.perf_counter()
-            status = lib.gmn_model_train_epoch(model.handle, dataset, _ffi.ptr(train_idx, "int64_t *"), len(train_idx),
-                                               _ffi.ptr(val_idx, "int64_t *") if n_val else ffi.NULL, n_val,
-                                               hook.callback, ffi.NULL, result)
+            status = model.call_native(lib.gmn_model_train_epoch, dataset, _ffi.ptr(train_idx, "int64_t *"), len(train_idx),
+                                       _ffi.ptr(val_idx, "int64_t *") if n_val else ffi.NULL, n_val,
+                                       hook.callback, ffi.NULL, result)
             hook.reraise()
             _ffi.check(status)
             stats = _epoch_stats(epoch, result, time.perf_counter() - t0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import threading
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -27,6 +29,8 @@ class Model:
     def __init__(self, handle: Any, metadata: Optional[dict[str, Any]] = None) -> None:
         """Wrap a native handle (internal: use create() or load())."""
         self._handle = ffi.gc(handle, lib.gmn_model_free)
+        self._lock = threading.RLock()  # one native call at a time; close() waits for a running one
+        self._threads = 0
         net = ffi.new("struct gmn_net *")
         buf = ffi.new("struct gmn_layer[]", lib.GMN_MAX_LAYERS)
         _ffi.check(lib.gmn_model_get_net(self._handle, net, buf, lib.GMN_MAX_LAYERS))
@@ -53,7 +57,9 @@ class Model:
         net, _keep = native_net(layers, n_classes, image_size)
         out = ffi.new("gmn_model **")
         _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device), as_int(threads, "threads"), seed, out))
-        return cls(out[0])
+        model = cls(out[0])
+        model._threads = threads
+        return model
 
     @classmethod
     def load(cls, path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0) -> "Model":
@@ -67,22 +73,31 @@ class Model:
         out = ffi.new("gmn_model **")
         _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device), as_int(threads, "threads"), out))
         model = cls(out[0])
+        model._threads = threads
         model.metadata = _decode_metadata(model._native_metadata())
         return model
 
     # -- properties ---------------------------------------------------------------------------
     @property
     def handle(self) -> Any:
-        """The native handle; raises ValueError once the model is closed."""
+        """The native handle; raises ValueError once the model is closed. Prefer :meth:`call_native`."""
         if self._handle is None:
             raise ValueError("this Model has been closed")
         return self._handle
+
+    def call_native(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Return ``fn(handle, *args)`` for a shim function, one call per model at a time (other threads wait).
+
+        Raises ValueError when the model is closed, so a handle is never used after it is freed.
+        """
+        with self._lock:
+            return fn(self.handle, *args)
 
     @property
     def device(self) -> str:
         """Name of the ggml device the model runs on (e.g. "CPU", "CUDA0")."""
         buf = ffi.new("char[128]")
-        _ffi.check(lib.gmn_model_device(self.handle, buf, 128))
+        _ffi.check(self.call_native(lib.gmn_model_device, buf, 128))
         return ffi.string(buf).decode()
 
     @property
@@ -110,15 +125,15 @@ class Model:
     @property
     def architecture(self) -> str:
         """The GGUF ``general.architecture`` this model is saved under."""
-        return ffi.string(lib.gmn_model_architecture(self.handle)).decode()
+        return ffi.string(self.call_native(lib.gmn_model_architecture)).decode()
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Map each parameter name to its numpy shape (ggml's ne reversed, trailing 1s dropped)."""
         shapes = {}
         name = ffi.new("char[64]")
         ne = ffi.new("int64_t[4]")
-        for i in range(lib.gmn_model_n_tensors(self.handle)):
-            _ffi.check(lib.gmn_model_tensor_info(self.handle, i, name, 64, ne))
+        for i in range(self.call_native(lib.gmn_model_n_tensors)):
+            _ffi.check(self.call_native(lib.gmn_model_tensor_info, i, name, 64, ne))
             dims = [int(ne[d]) for d in range(4)]
             while len(dims) > 1 and dims[-1] == 1:
                 dims.pop()
@@ -130,7 +145,7 @@ class Model:
         out = {}
         for name, shape in self.tensor_shapes().items():
             arr = np.empty(shape, dtype=np.float32)
-            _ffi.check(lib.gmn_model_get_tensor(self.handle, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
+            _ffi.check(self.call_native(lib.gmn_model_get_tensor, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
             out[name] = arr
         return out
 
@@ -149,7 +164,7 @@ class Model:
                 arr = arr.reshape(shapes[name])
             if arr.shape != shapes[name]:
                 raise ConfigError(f"tensor {name!r} must have shape {shapes[name]}, got {arr.shape}")
-            _ffi.check(lib.gmn_model_set_tensor(self.handle, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
+            _ffi.check(self.call_native(lib.gmn_model_set_tensor, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
 
     # -- inference --------------------------------------------------------------------------------
     def predict_proba(self, images: Any, *, batch_size: int = EVAL_CHUNK) -> np.ndarray:
@@ -163,7 +178,7 @@ class Model:
         for start, chunk in _chunks(flat, batch_size):
             chunk = np.ascontiguousarray(chunk)
             out = probs[start:start + chunk.shape[0]]
-            _ffi.check(lib.gmn_model_predict(self.handle, _ffi.ptr(chunk, "void *"), int(is_float), chunk.shape[0],
+            _ffi.check(self.call_native(lib.gmn_model_predict, _ffi.ptr(chunk, "void *"), int(is_float), chunk.shape[0],
                                              _ffi.ptr(out, "float *")), invalid=DataError)
         return probs
 
@@ -215,23 +230,59 @@ class Model:
         path = os.fspath(path)
         if os.path.isdir(path):
             raise ModelIOError(f"{path!r} is a directory; give a file name such as model.gguf")
-        _ffi.check(lib.gmn_model_save(self.handle, _ffi.cstr(path), len(keys), ffi.new("char *[]", keys) if keys else ffi.NULL,
+        _ffi.check(self.call_native(lib.gmn_model_save, _ffi.cstr(path), len(keys), ffi.new("char *[]", keys) if keys else ffi.NULL,
                                       ffi.new("char *[]", values) if values else ffi.NULL))
         self.metadata = merged
 
     def _native_metadata(self) -> Iterator[tuple[str, str]]:
         key = ffi.new("const char **")
         value = ffi.new("const char **")
-        for i in range(lib.gmn_model_meta_count(self.handle)):
-            _ffi.check(lib.gmn_model_meta_get(self.handle, i, key, value))
+        for i in range(self.call_native(lib.gmn_model_meta_count)):
+            _ffi.check(self.call_native(lib.gmn_model_meta_get, i, key, value))
             yield ffi.string(key[0]).decode("utf-8", "replace"), ffi.string(value[0]).decode("utf-8", "replace")
 
     # -- lifetime -----------------------------------------------------------------------------------
     def close(self) -> None:
-        """Free the native model now (it is also freed when garbage-collected)."""
-        if self._handle is not None:
+        """Free the native model now (it is also freed when garbage-collected).
+
+        Called while another thread runs a native call on this model, it waits for that call to end;
+        that thread's next use of the model then raises ValueError.
+        """
+        with self._lock:
             handle, self._handle = self._handle, None
-            ffi.release(handle)
+            if handle is not None:
+                ffi.release(handle)
+
+    def to_bytes(self) -> bytes:
+        """The model as GGUF file bytes (what :meth:`save` writes)."""
+        with tempfile.TemporaryDirectory(prefix="ggml-mnist-") as tmp:
+            path = os.path.join(tmp, "model.gguf")
+            self.save(path)
+            with open(path, "rb") as f:
+                return f.read()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, device: str = DEFAULT_DEVICE, threads: int = 0) -> "Model":
+        """A model from GGUF file bytes (see :meth:`to_bytes`); raises ModelFormatError for bytes that are not one."""
+        with tempfile.TemporaryDirectory(prefix="ggml-mnist-") as tmp:
+            path = os.path.join(tmp, "model.gguf")
+            with open(path, "wb") as f:
+                f.write(data)
+            return cls.load(path, device=device, threads=threads)
+
+    def copy(self) -> "Model":
+        """An independent copy: same network, weights and metadata, on the same device (no optimizer state)."""
+        return Model.from_bytes(self.to_bytes(), device=self.device, threads=self._threads)
+
+    def __copy__(self) -> "Model":
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict) -> "Model":
+        return self.copy()
+
+    def __reduce__(self) -> tuple:
+        """Pickle through the GGUF bytes, so a model can go to another process (e.g. multiprocessing)."""
+        return (_model_from_bytes, (self.to_bytes(), self._threads))
 
     def __enter__(self) -> "Model":
         return self
@@ -243,6 +294,10 @@ class Model:
         if self._handle is None:
             return f"<Model {self.arch} (closed)>"
         return f"<Model {self.architecture} classes={self.n_classes} image={self.image_size[0]}x{self.image_size[1]} device={self.device}>"
+
+
+def _model_from_bytes(data: bytes, threads: int) -> Model:
+    return Model.from_bytes(data, threads=threads)
 
 
 def native_net(layers: Sequence[Layer], n_classes: int, image_size: Sequence[int]) -> tuple[Any, Any]:
