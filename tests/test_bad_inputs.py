@@ -42,9 +42,17 @@ TRAIN_CASES: dict[str, tuple[Any, Any, dict, type, type, str]] = {
     "count mismatch": (IMAGES, LABELS[:-1], {}, DataError, ValueError, r"100 images but 99 labels"),
     "flat images of the wrong size": (IMAGES.reshape(N, -1)[:, :700], LABELS, {}, DataError, ValueError,
                                       r"images must have shape \[N, H, W\], got \(100, 700\)"),
-    "4-D images": (IMAGES[:, None], LABELS, {}, DataError, ValueError, r"images must have shape \[N, H, W\]"),
-    "float images": (IMAGES / 255.0, LABELS, {}, DataError, ValueError,
-                     r"images must be uint8 pixels 0..255, got dtype float64; convert them"),
+    "4-D images": (np.stack([IMAGES] * 3, axis=1), LABELS, {}, DataError, ValueError, r"images must have shape \[N, H, W\]"),
+    "float images of 0..255": (IMAGES.astype(np.float64), LABELS, {}, DataError, ValueError,
+                               r"images must hold pixels / 255 in \[0, 1\] when they are floats, got values in \[0, 255\]"),
+    "images that are a string": (np.array(["x"] * N), LABELS, {}, DataError, ValueError,
+                                 r"images must be uint8 pixels 0..255 or floats in \[0, 1\], got dtype <U1"),
+    "epochs 10**20": (IMAGES, LABELS, {"epochs": 10**20}, ConfigError, ValueError, r"epochs must be a whole number in \[1, 1000000\]"),
+    "device a number": (IMAGES, LABELS, {"device": 123}, ConfigError, ValueError,
+                        r"device must be a name such as 'auto', 'cpu' or 'CUDA0', got 123"),
+    "config a list": (IMAGES, LABELS, {"config": [1]}, ConfigError, ValueError, r"config must be a gm.TrainConfig or a dict"),
+    "on_epoch not callable": (IMAGES, LABELS, {"on_epoch": 5}, ConfigError, ValueError,
+                              r"on_epoch must be a function on_epoch\(stats, model\) or None, got 5"),
     "float labels": (IMAGES, LABELS.astype(np.float32), {}, DataError, ValueError,
                      r"labels must be integers, got dtype float32; .*astype\(np.int64\)"),
     "one-hot labels": (IMAGES, np.eye(10, dtype=np.uint8)[LABELS], {}, DataError, ValueError,
@@ -70,8 +78,8 @@ TRAIN_CASES: dict[str, tuple[Any, Any, dict, type, type, str]] = {
     "lr string": (IMAGES, LABELS, {"lr": "0.1"}, ConfigError, ValueError, r"lr must be a finite number > 0, got '0.1'"),
     "val_split 1": (IMAGES, LABELS, {"val_split": 1.0}, ConfigError, ValueError, r"val_split must be in \[0, 1\), got 1.0"),
     "val_split negative": (IMAGES, LABELS, {"val_split": -0.1}, ConfigError, ValueError, r"val_split must be in \[0, 1\)"),
-    "epochs 0": (IMAGES, LABELS, {"epochs": 0}, ConfigError, ValueError, r"epochs must be a whole number >= 1, got 0"),
-    "epochs float": (IMAGES, LABELS, {"epochs": 1.5}, ConfigError, ValueError, r"epochs must be a whole number >= 1, got 1.5"),
+    "epochs 0": (IMAGES, LABELS, {"epochs": 0}, ConfigError, ValueError, r"epochs must be a whole number in \[1, 1000000\], got 0"),
+    "epochs float": (IMAGES, LABELS, {"epochs": 1.5}, ConfigError, ValueError, r"epochs must be a whole number in \[1, 1000000\], got 1.5"),
     "weight_decay 2": (IMAGES, LABELS, {"weight_decay": 2.0}, ConfigError, ValueError,
                        r"weight_decay must be in \[0, 1\], got 2.0"),
     "weight_decay * lr": (IMAGES, LABELS, {"weight_decay": 1.0, "lr": 50.0}, ConfigError, ValueError,
@@ -143,7 +151,7 @@ def model() -> Model:
     (IMAGES, labels_with(0, 10), {}, DataError, r"label 10 at index 0 is outside \[0, 10\)"),
     (IMAGES, LABELS[:50], {}, DataError, r"100 images but 50 labels"),
     (IMAGES[:, :14, :14], LABELS, {}, DataError, r"images are 14x14; this model needs 28x28"),
-    (IMAGES.astype(np.float32), LABELS, {}, DataError, r"images must be uint8"),
+    (IMAGES.astype(np.float32), LABELS, {}, DataError, r"images must hold pixels / 255 in \[0, 1\] when they are floats"),
     (IMAGES, LABELS.astype(float), {}, DataError, r"labels must be integers"),
     (IMAGES[:0], LABELS[:0], {}, DataError, r"images is empty"),
     (IMAGES, None, {}, ConfigError, r"labels are required"),
@@ -167,7 +175,14 @@ def test_evaluate_rejects_missing_and_bad_model_files(tmp_path: Path) -> None:
 
 
 def test_the_process_survives_every_error(model: Model) -> None:
-    """After all the errors above, the same process still trains and evaluates."""
+    """After every error of this module, raised again here in one process, it still trains and evaluates."""
+    raised = 0
+    for images, labels, options, cls, _, match in TRAIN_CASES.values():
+        options = dict(options)
+        with pytest.raises(cls, match=match):
+            train(images, labels, **small_options(options.pop("arch", "fc"), **options))
+        raised += 1
+    assert raised == len(TRAIN_CASES) >= 20
     trained, history = train(IMAGES, LABELS, **small_options("fc", epochs=1))
     assert len(history) == 1 and np.isfinite(history[0].train_loss)
     assert evaluate(model, IMAGES, LABELS).n == N

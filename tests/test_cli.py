@@ -152,7 +152,7 @@ def test_train_json_lines(files: dict, tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.parametrize("extra, match", [
     (["--lr", "-1"], r"lr must be a finite number > 0, got -1.0"),
     (["--lr", "nan"], r"lr must be a finite number > 0, got nan"),
-    (["--epochs", "0"], r"epochs must be a whole number >= 1, got 0"),
+    (["--epochs", "0"], r"epochs must be a whole number in \[1, 1000000\], got 0"),
     (["--batch-size", "0"], r"batch_size must be in \[1, 1000000\], got 0"),
     (["--physical-batch-size", "7"], r"physical_batch_size 7 must divide batch_size 20"),
     (["--val-split", "1"], r"val_split must be in \[0, 1\), got 1.0"),

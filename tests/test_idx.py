@@ -341,11 +341,11 @@ def test_flat_images_are_reshaped_without_copy():
     "bad, message",
     [
         (
-            np.zeros((2, 28, 28), np.float32),
-            r"train images must be uint8 pixels 0..255, got dtype float32",
+            np.full((2, 28, 28), 2.0, np.float32),
+            r"train images must hold pixels / 255 in \[0, 1\] when they are floats",
         ),
         (
-            np.zeros((2, 28, 28, 1), np.uint8),
+            np.zeros((2, 28, 28, 3), np.uint8),
             r"train images must have shape \[N, H, W\] or \[N, 784\]",
         ),
         (np.zeros(784, np.uint8), r"got \(784,\)"),

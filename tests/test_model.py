@@ -192,15 +192,16 @@ def test_set_weights_rejects_bad_tensors_and_keeps_the_old_ones() -> None:
 
 # ---- bad inputs ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("images, match", [
-    (np.zeros((5, 28, 27), np.uint8), r"images must have shape \[N, 28, 28\] or \[N, 784\] for this model, got \[5, 28, 27\]"),
-    (np.zeros((5, 783), np.uint8), r"got \[5, 783\]"),
-    (np.zeros((2, 5, 28, 28), np.uint8), r"got \[2, 5, 28, 28\]"),
-    (np.zeros((0, 28, 28), np.uint8), "no images to predict"),
+    (np.zeros((5, 28, 27), np.uint8), r"images are 28x27; this model needs 28x28 — resize them first"),
+    (np.zeros((5, 783), np.uint8), r"got \(5, 783\)"),
+    (np.zeros((2, 5, 28, 28), np.uint8), r"got \(2, 5, 28, 28\); a channel axis of 1"),
+    (np.zeros((0, 28, 28), np.uint8), "images is empty"),
     (np.full((2, 28, 28), np.nan, np.float32), "NaN or infinite"),
     (np.full((2, 28, 28), np.inf), "NaN or infinite"),
-    (np.full((2, 28, 28), 256, np.int32), r"integer images must hold values in \[0, 255\]"),
-    (np.full((2, 28, 28), -1, np.int16), r"\[0, 255\]"),
-    (np.zeros((2, 28, 28), np.complex64), "images must be uint8 or float arrays, got dtype complex64"),
+    (np.full((2, 28, 28), 256, np.int32), r"images must hold pixels 0..255 when they are integers, got values in \[256, 256\]"),
+    (np.full((2, 28, 28), -1, np.int16), r"got values in \[-1, -1\]"),
+    (np.full((2, 28, 28), 1.5, np.float32), r"images must hold pixels / 255 in \[0, 1\] when they are floats"),
+    (np.zeros((2, 28, 28), np.complex64), "images must be uint8 pixels 0..255 or floats in \\[0, 1\\], got dtype complex64"),
     (np.zeros((2, 28, 28), bool), "got dtype bool"),
 ])
 def test_predict_rejects_bad_images(images: np.ndarray, match: str) -> None:

@@ -129,6 +129,13 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
     Ctrl-C stops after the current batch and returns the model trained so far.
     Raises ConfigError, DataError, DeviceError or TrainingDivergedError (loss became NaN/inf).
     """
+    if isinstance(config, Mapping):
+        options = {**config, **options}
+        config = None
+    elif config is not None and not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a gm.TrainConfig or a dict of its fields, got {type(config).__name__}")
+    if on_epoch is not None and not callable(on_epoch):
+        raise ConfigError(f"on_epoch must be a function on_epoch(stats, model) or None, got {on_epoch!r}")
     base = config if config is not None else TrainConfig.defaults(options.get("arch") or "cnn")
     cfg = base.replace(**options).validate()
     source = os.fspath(images) if isinstance(images, (str, os.PathLike)) else (
@@ -197,16 +204,22 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
 
 def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
              data_dir: Optional[PathLike] = None, batch_size: int = EVAL_CHUNK, keep_probabilities: bool = True,
-             device: str = DEFAULT_DEVICE, threads: int = 0) -> EvalResult:
+             device: Optional[str] = None, threads: Optional[int] = None) -> EvalResult:
     """Evaluate ``model`` (a Model or a GGUF path) on labelled images; returns an EvalResult.
 
     Data arguments work as in :func:`train` (the test split when a directory is given). Images
     are streamed ``batch_size`` at a time, so memory stays bounded for any N; with
-    ``keep_probabilities=False`` only predictions are kept.
+    ``keep_probabilities=False`` only predictions are kept. ``device`` and ``threads`` choose
+    where a model loaded from a path runs; a Model runs where it was created, so giving them
+    with a Model raises ConfigError.
     """
     check_batch_size(batch_size)
-    if not isinstance(model, Model):
-        model = Model.load(model, device=device, threads=threads)
+    if isinstance(model, Model):
+        if device is not None or threads is not None:
+            raise ConfigError(f"device and threads apply when evaluate() loads a model file; this Model already runs on "
+                              f"{model.device}: load it with gm.load(path, device=..., threads=...) instead")
+    else:
+        model = Model.load(model, device=device or DEFAULT_DEVICE, threads=0 if threads is None else threads)
     images, labels = resolve_dataset(images, labels, "test", data_dir)
     images, labels, _ = validate_dataset(images, labels, model.n_classes, image_size=model.image_size)
     n = len(labels)
@@ -288,7 +301,9 @@ def _arch_label(arch: ArchLike) -> str:
 
 
 def _native_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int) -> Any:
-    images = np.ascontiguousarray(images, dtype=np.uint8)
+    if images.dtype != np.uint8:  # floats in [0, 1]: the training set is stored as 8-bit pixels
+        images = np.rint(images * np.float32(255.0)).astype(np.uint8)
+    images = np.ascontiguousarray(images)
     labels32 = np.ascontiguousarray(labels, dtype=np.int32)
     out = ffi.new("gmn_dataset **")
     _ffi.check(lib.gmn_dataset_init(_ffi.ptr(images, "uint8_t *"), _ffi.ptr(labels32, "int32_t *"), images.shape[0],

@@ -14,6 +14,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
 DEFAULT_DATA_DIR = "data"
 DEFAULT_DEVICE = "auto"
+MAX_EPOCHS = 1_000_000
 EVAL_CHUNK = 10000  # images converted and predicted per native call when evaluating
 
 
@@ -81,7 +82,9 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise ConfigError naming the first impossible value and how to fix it; return self."""
         normalize_arch(self.arch)
-        _require(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be a whole number >= 1, got {self.epochs!r}")
+        _require(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and 1 <= self.epochs <= MAX_EPOCHS,
+                 f"epochs must be a whole number in [1, {MAX_EPOCHS}], got {self.epochs!r}")
+        _require(isinstance(self.device, str), f"device must be a name such as 'auto', 'cpu' or 'CUDA0', got {self.device!r}")
         _require(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 1_000_000,
                  f"batch_size must be in [1, 1000000], got {self.batch_size!r}")
         _require(isinstance(self.physical, int) and 1 <= self.physical <= self.batch_size and self.batch_size % self.physical == 0,

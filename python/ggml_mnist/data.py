@@ -13,7 +13,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import Any, BinaryIO, Union
 
 import numpy as np
 
@@ -217,30 +217,64 @@ def write_idx(path: PathLike, array: np.ndarray) -> None:
 
 
 def validate_images(
-    images: np.ndarray, *, name: str = "images", size: tuple[int, int] | None = (28, 28)
+    images: Any, *, name: str = "images", size: tuple[int, int] | None = (28, 28), single: bool = False
 ) -> np.ndarray:
-    """Check that images is a non-empty uint8 array [N, H, W] with (H, W) == size (None: any).
+    """The one check of image arrays, for training and prediction alike.
 
-    An [N, H*W] array is accepted and returned reshaped (a view) to [N, H, W].
-    Returns the [N, H, W] array. Raises DataError.
+    Pixels are uint8 0..255 (other integer types in that range are converted) or floats in [0, 1]
+    (pixels / 255). Shapes: [N, H, W]; [N, H*W] when size is known; a channel axis of 1 as PyTorch
+    ([N, 1, H, W]) or Keras ([N, H, W, 1]) hold it; with single=True also one image [H, W].
+    (H, W) must equal size unless size is None. Returns [N, H, W], uint8 or float32 (a view where
+    possible). Raises DataError naming the problem.
     """
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
+    if isinstance(images, (str, bytes, os.PathLike)):
         raise DataError(
-            f"{name} must be uint8 pixels 0..255, got dtype {images.dtype}; convert them, e.g. "
-            "(x * 255).round().astype(np.uint8) for floats in [0, 1]"
+            f"{name} must be an array of images, not a path ({os.fspath(images)!r}); "
+            "read an IDX file with gm.read_idx(path)"
         )
+    images = np.asarray(images)
+    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+        raise DataError(
+            f"{name} must be uint8 pixels 0..255 or floats in [0, 1], got dtype {images.dtype}"
+        )
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    elif images.ndim == 4 and images.shape[3] == 1:
+        images = images[..., 0]
+    if single and size is not None and images.shape == tuple(size):
+        images = images[None]
     if size is not None and images.ndim == 2 and images.shape[1] == size[0] * size[1]:
         images = images.reshape(-1, *size)
     if images.ndim != 3:
         flat = f" or [N, {size[0] * size[1]}]" if size is not None else ""
-        raise DataError(f"{name} must have shape [N, H, W]{flat}, got {images.shape}")
+        raise DataError(
+            f"{name} must have shape [N, H, W]{flat}, got {images.shape}; "
+            "a channel axis of 1 ([N, 1, H, W] or [N, H, W, 1]) is fine too"
+        )
     if len(images) == 0:
         raise DataError(f"{name} is empty: the dataset has no images")
     if size is not None and images.shape[1:] != tuple(size):
         height, width = images.shape[1:]
         raise DataError(
             f"{name} are {height}x{width}; this model needs {size[0]}x{size[1]} — resize them first"
+        )
+    if images.dtype == np.uint8:
+        return images
+    if np.issubdtype(images.dtype, np.integer):
+        low, high = int(images.min()), int(images.max())
+        if low < 0 or high > 255:
+            raise DataError(
+                f"{name} must hold pixels 0..255 when they are integers, got values in [{low}, {high}]"
+            )
+        return images.astype(np.uint8)
+    images = images.astype(np.float32, copy=False)
+    if not np.isfinite(images).all():
+        raise DataError(f"{name} contain NaN or infinite values")
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise DataError(
+            f"{name} must hold pixels / 255 in [0, 1] when they are floats, got values in [{low:g}, {high:g}]; "
+            "for 0..255 values use images.astype(np.uint8), for standardised data undo the standardisation"
         )
     return images
 

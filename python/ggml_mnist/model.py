@@ -13,6 +13,7 @@ import numpy as np
 from . import _ffi
 from ._ffi import ffi, lib
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, check_batch_size
+from .data import validate_images
 from .errors import ConfigError, DataError, DataFileNotFoundError, ModelIOError
 from .layers import ArchLike, Dense, Layer, as_int, from_native, preset_layers, preset_names, resolve_layers
 
@@ -187,28 +188,8 @@ class Model:
         return self.predict_proba(images, batch_size=batch_size).argmax(axis=1)
 
     def _flatten(self, images: Any) -> tuple[np.ndarray, bool]:
-        arr = np.asarray(images)
-        h, w = self.image_size
-        if arr.ndim == 2 and arr.shape == (h, w):
-            arr = arr[None]
-        if arr.ndim == 3 and arr.shape[1:] == (h, w):
-            arr = arr.reshape(arr.shape[0], h * w)
-        if arr.ndim != 2 or arr.shape[1] != h * w:
-            raise DataError(f"images must have shape [N, {h}, {w}] or [N, {h * w}] for this model, got {list(arr.shape)}")
-        if arr.shape[0] == 0:
-            raise DataError("no images to predict (got an empty array)")
-        if arr.dtype == np.uint8:
-            return arr, False
-        if np.issubdtype(arr.dtype, np.floating):
-            arr = arr.astype(np.float32, copy=False)
-            if not np.isfinite(arr).all():
-                raise DataError("images contain NaN or infinite values")
-            return arr, True
-        if np.issubdtype(arr.dtype, np.integer):
-            if arr.min() < 0 or arr.max() > 255:
-                raise DataError("integer images must hold values in [0, 255]; scale floats to [0, 1]")
-            return arr.astype(np.uint8), False
-        raise DataError(f"images must be uint8 or float arrays, got dtype {arr.dtype}")
+        arr = validate_images(images, size=self.image_size, single=True)
+        return arr.reshape(arr.shape[0], -1), arr.dtype != np.uint8
 
     # -- files ------------------------------------------------------------------------------------
     def save(self, path: PathLike, metadata: Optional[Mapping[str, Any]] = None) -> None:
