@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ggml_mnist import Model, TrainConfig, cli, evaluate, load, load_mnist
+from ggml_mnist import Model, TrainConfig, cli, evaluate, load, load_mnist, train
 from helpers import conv_channels_of, hidden_of
 from synthetic import SPLIT_FILES, make_synthetic
 
@@ -296,3 +296,64 @@ def test_console_scripts_end_to_end(files: dict, tmp_path: Path) -> None:
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr == ("mnist-train: error: unknown network 'resnet'; use a preset (fc, cnn, mlp800, minerva-mlp, minerva-cnn, lenet5, "
                           "letters-cnn, best, or ggml's mnist-fc and mnist-cnn) or a list of layers\n")
+
+
+# ---- the usual mix-ups ----------------------------------------------------------------------------
+def _error(argv: list[str], capsys: pytest.CaptureFixture[str], main=cli.train_main) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+def test_swapped_images_and_labels_are_named(files: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(["fc", str(tmp_path / "m.gguf"), files["train_labels"], files["train_images"], *FAST], capsys)
+    assert "holds labels and" in err and "the order is IMAGES LABELS" in err
+    err = _error([str(tmp_path / "m.gguf"), files["test_labels"], files["test_images"]], capsys, cli.eval_main)
+    assert "the order is IMAGES LABELS" in err
+
+
+def test_a_lone_data_file_or_an_image_file_is_not_a_device(files: dict, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(["fc", str(tmp_path / "m.gguf"), files["train_images"], *FAST], capsys)
+    assert "is a file but its partner is missing: give IMAGES and LABELS" in err
+    (tmp_path / "digit.png").write_bytes(b"\x89PNG")
+    err = _error(["fc", str(tmp_path / "m.gguf"), str(tmp_path / "digit.png"), *FAST], capsys)
+    assert "looks like an image file; mnist-train takes IDX files" in err
+
+
+def test_a_device_after_the_options_is_understood(files: dict, tmp_path: Path) -> None:
+    out = tmp_path / "m.gguf"
+    assert cli.train_main(["fc", str(out), files["train_images"], files["train_labels"], *FAST, "--quiet", "cpu"]) == 0
+    assert load(out, threads=1).metadata["config"]["device"] == "cpu"
+
+
+def test_a_missing_output_name_is_asked_for(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "give OUT.gguf, the file to save the trained model to" in _error(["cnn", *FAST], capsys)
+
+
+def test_an_unwritable_output_folder_fails_before_training(files: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(["fc", "/proc/model.gguf", files["train_images"], files["train_labels"], *FAST], capsys)
+    assert "cannot save to '/proc/model.gguf': directory '/proc' is not writable" in err and "epoch" not in err
+
+
+def test_a_mistyped_data_dir_is_not_downloaded_into(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    typo = tmp_path / "dta"
+    err = _error(["fc", str(tmp_path / "m.gguf"), "--data-dir", str(typo), *FAST], capsys)
+    assert f"--data-dir '{typo}' does not exist; check the path, or add --download" in err
+    assert not typo.exists()
+
+
+def test_data_dir_may_be_the_parent_in_the_cli_and_the_api(data_dir: Path, tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "mnist").symlink_to(data_dir)
+    assert cli.train_main(["fc", str(tmp_path / "m.gguf"), "--data-dir", str(parent), "--quiet", *FAST]) == 0
+    model, history = train(data_dir=parent, arch="fc", hidden=8, epochs=1, batch_size=20, threads=1, progress=False)
+    assert history[0].n_train == 200
+    assert evaluate(model, data_dir=parent).n == 50
+
+
+def test_another_datasets_folder_is_refused(real_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(["fc", str(tmp_path / "m.gguf"), "--dataset", "fashion-mnist", "--data-dir", str(real_mnist), *FAST], capsys)
+    assert f"{real_mnist} holds mnist, not fashion-mnist; point --data-dir at the fashion-mnist files" in err

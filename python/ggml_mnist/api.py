@@ -102,6 +102,9 @@ def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath]
     if images is None:
         if data_dir is None:
             raise ConfigError("no data given: pass images and labels (arrays or IDX paths) or a data directory")
+        nested = Path(data_dir) / "mnist"  # a parent such as data/, where mnist-data downloads to data/mnist
+        if nested.is_dir() and not any(Path(data_dir).glob(f"{'train' if split == 'train' else 't10k'}-images*")):
+            return load_mnist(nested, split)
         return load_mnist(data_dir, split)
     if isinstance(images, (str, os.PathLike)):
         if Path(images).is_dir():

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import api, download
 from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
+from .data import read_idx_header
 from .errors import ConfigError, GgmlMnistError, ModelIOError
 from .layers import load_layers, preset_names, resolve_layers
 from .model import check_net, summary_lines
@@ -34,7 +36,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv) if parser.prog != "mnist-data" else parser.parse_args(argv)
     if getattr(args, "verbose", False):
         from ._ffi import set_verbose
         set_verbose(True)
@@ -48,15 +50,38 @@ def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPar
         return 130
 
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
 def _data_args(rest: list[str], prog: str) -> tuple[Optional[str], Optional[str], Optional[str]]:
-    """Split optional positionals [IMAGES LABELS] [DEVICE] the way ggml's examples take them."""
+    """Split optional positionals [IMAGES LABELS] [DEVICE] the way ggml's examples take them, naming likely mix-ups."""
+    for arg in rest:
+        if arg.lower().endswith(_IMAGE_SUFFIXES):
+            raise ConfigError(f"{arg!r} looks like an image file; {prog} takes IDX files (IMAGES LABELS), "
+                              "e.g. train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz")
     if len(rest) == 0:
         return None, None, None
     if len(rest) == 1:
+        if Path(rest[0]).exists():
+            raise ConfigError(f"{rest[0]!r} is a file but its partner is missing: give IMAGES and LABELS, in that order")
         return None, None, rest[0]
     if len(rest) in (2, 3):
         return rest[0], rest[1], rest[2] if len(rest) == 3 else None
-    raise ConfigError(f"{prog}: expected [IMAGES LABELS] [DEVICE], got {len(rest)} extra arguments")
+    raise ConfigError(f"expected [IMAGES LABELS] [DEVICE], got {len(rest)} extra arguments: {' '.join(rest)}")
+
+
+def _check_pair_order(images: Optional[str], labels: Optional[str]) -> None:
+    """Raise ConfigError when the IDX files given as IMAGES LABELS are the other way round."""
+    if images is None or labels is None:
+        return
+    ndims = []
+    for path in (images, labels):
+        try:
+            ndims.append(len(read_idx_header(path)))
+        except GgmlMnistError:
+            return  # reading the file itself reports what is wrong with it
+    if ndims[0] == 1 and ndims[1] >= 2:
+        raise ConfigError(f"{images!r} holds labels and {labels!r} images; the order is IMAGES LABELS")
 
 
 def _has_split(directory: Path, split: str) -> bool:
@@ -64,15 +89,25 @@ def _has_split(directory: Path, split: str) -> bool:
     return any((directory / f"{stem}-images{sep}idx3-ubyte{ext}").is_file() for sep in "-." for ext in ("", ".gz"))
 
 
-def _dataset_dir(data_dir: str, dataset: str, split: str) -> Path:
-    """Return the directory holding the split: DATA_DIR itself, or DATA_DIR/DATASET, downloaded there if missing."""
+def _dataset_dir(data_dir: str, dataset: str, split: str, allow_download: bool) -> Path:
+    """The directory holding the split: DATA_DIR itself or DATA_DIR/DATASET (either may be given).
+
+    A missing dataset is downloaded into DATA_DIR/DATASET when DATA_DIR exists, is the default, or
+    --download was given; a folder of another known dataset is refused.
+    """
     root = Path(data_dir)
-    if _has_split(root, split):
-        return root
-    if not _has_split(root / dataset, split):
-        print(f"{dataset} not found in {root}; downloading it to {root / dataset}", file=sys.stderr)
-        return download.download_dataset(dataset, root)
-    return root / dataset
+    for candidate in (root, root / dataset):
+        if _has_split(candidate, split):
+            found = download.identify_dataset(candidate, split)
+            if found is not None and found != dataset:
+                raise ConfigError(f"{candidate} holds {found}, not {dataset}; point --data-dir at the {dataset} files "
+                                  f"or at their parent folder (downloads go to DIR/{dataset})")
+            return candidate
+    if not root.exists() and not allow_download and data_dir != DEFAULT_DATA_DIR:
+        raise ConfigError(f"--data-dir {data_dir!r} does not exist; check the path, or add --download to download "
+                          f"{dataset} into {root / dataset}")
+    print(f"{dataset} not found in {root}; downloading it to {root / dataset}", file=sys.stderr)
+    return download.download_dataset(dataset, root)
 
 
 # ---- mnist-train ------------------------------------------------------------------------------
@@ -94,6 +129,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
     p.add_argument("--dataset", default="mnist", choices=sorted(download.DATASETS), help="dataset for --data-dir (default: mnist)")
+    p.add_argument("--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet")
     p.add_argument("--epochs", type=int, help=_default("epochs"))
     p.add_argument("--batch-size", type=int, help="images per optimizer step; " + _default("batch_size"))
     p.add_argument("--physical-batch-size", type=int,
@@ -121,12 +157,18 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _check_output(path: str) -> None:
-    """Raise ModelIOError now, before training, if the model could not be saved at path."""
+    """Raise ModelIOError now, before training, if the model could not be saved at path (tries a file beside it)."""
     target = Path(path)
     if target.is_dir():
         raise ModelIOError(f"{path!r} is a directory; give a file name such as model.gguf")
     if not target.parent.is_dir():
         raise ModelIOError(f"cannot save to {path!r}: directory '{target.parent}' does not exist; create it first")
+    try:
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.check-"):
+            pass
+    except OSError as exc:
+        raise ModelIOError(f"cannot save to {path!r}: directory '{target.parent}' is not writable ({exc.strerror}); "
+                           "choose another place") from None
 
 
 def _positionals(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
@@ -146,6 +188,7 @@ def _positionals(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
 def _train(args: argparse.Namespace) -> int:
     arch, args.output, rest = _positionals(args)
     images, labels, device = _data_args(rest, "mnist-train")
+    _check_pair_order(images, labels)
     if args.device and device and args.device != device:
         raise ConfigError(f"device given twice: {device!r} and --device {args.device!r}")
     options: dict[str, Any] = dict(
@@ -160,7 +203,7 @@ def _train(args: argparse.Namespace) -> int:
     if images is None:
         # the built-in datasets are 28x28 with 10 classes: refuse an impossible network before downloading
         check_net(resolve_layers(config.arch, 10, hidden=config.hidden, conv_channels=config.conv_channels), 10, (28, 28))
-        data_dir = _dataset_dir(args.data_dir, args.dataset, "train")
+        data_dir = _dataset_dir(args.data_dir, args.dataset, "train", args.download)
 
     def on_epoch(stats: api.EpochStats, _model: Any) -> None:
         if args.json:
@@ -201,6 +244,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
     p.add_argument("--dataset", default="mnist", choices=sorted(download.DATASETS), help="dataset for --data-dir (default: mnist)")
+    p.add_argument("--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet")
     p.add_argument("--device", help=f"auto, cpu or a ggml device name such as CUDA0 (default: {DEFAULT_DEVICE})")
     p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all available cores (default: 0)")
     p.add_argument("--batch-size", type=int, default=EVAL_CHUNK, help=f"images per native call (default: {EVAL_CHUNK})")
@@ -245,12 +289,13 @@ def _history_line(entry: Any) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     images, labels, device = _data_args(args.rest, "mnist-eval")
+    _check_pair_order(images, labels)
     model = api.load(args.model, device=device or args.device or DEFAULT_DEVICE, threads=args.threads)
     if args.info:
         return _info(model, args.json)
     data_dir = None
     if images is None:
-        data_dir = _dataset_dir(args.data_dir, args.dataset, "test")
+        data_dir = _dataset_dir(args.data_dir, args.dataset, "test", args.download)
     r = api.evaluate(model, images, labels, data_dir=data_dir, batch_size=args.batch_size, keep_probabilities=False)
     if args.json:
         print(json.dumps({"model": args.model, "architecture": model.architecture, "device": model.device, **r.as_dict(),

@@ -93,6 +93,19 @@ def _read_header(path: Path, f: BinaryIO) -> tuple[np.dtype, tuple[int, ...], in
     return dtype, shape, 4 + 4 * ndim
 
 
+def read_idx_header(path: PathLike) -> tuple[int, ...]:
+    """The shape an IDX file declares (raw or gzip), without reading its data.
+
+    Raises DataFileNotFoundError if the file is missing and IdxFormatError if the header is malformed.
+    """
+    path = Path(path)
+    with _open_uncompressed(path) as f:
+        try:
+            return _read_header(path, f)[1]
+        except _GZIP_ERRORS as e:
+            raise _format_error(path, f"corrupt gzip data ({e})") from e
+
+
 def _check_payload(path: Path, declared: int, actual: int) -> None:
     if actual < declared:
         raise _format_error(path, f"header says {declared} bytes of data, file has {actual}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import http.client
 import sys
 import urllib.error
@@ -97,6 +99,16 @@ def _present(directory: Path, filename: str, spec: FileSpec) -> bool:
     return any(_matches(directory / n, spec) for n in (filename, filename.removesuffix(".gz")))
 
 
+def identify_dataset(directory: PathLike, split: str) -> str | None:
+    """Name of the known dataset whose ``split`` labels file ``directory`` holds, or None (other or custom files)."""
+    stem = "train" if split == "train" else "t10k"
+    filename = f"{stem}-labels-idx1-ubyte.gz"
+    for name, spec in DATASETS.items():
+        if _present(Path(directory), filename, spec.files[filename]):
+            return name
+    return None
+
+
 def verify_dataset(name: str, directory: PathLike) -> dict[str, bool]:
     """Check the files of dataset name in ``directory/name`` (each as .gz or uncompressed).
 
@@ -132,12 +144,19 @@ def download_dataset(
     if not mirrors:
         raise ConfigError("no mirrors to download from; pass at least one base URL")
     target = Path(directory) / name
+    created = [p for p in (target, *target.parents) if not p.exists()]
     target.mkdir(parents=True, exist_ok=True)
-    for filename, file_spec in spec.files.items():
-        if _present(target, filename, file_spec):
-            _say(progress, f"{filename}: already present, verified\n")
-            continue
-        _download_file(target, filename, file_spec, mirrors, timeout, progress)
+    try:
+        for filename, file_spec in spec.files.items():
+            if _present(target, filename, file_spec):
+                _say(progress, f"{filename}: already present, verified\n")
+                continue
+            _download_file(target, filename, file_spec, mirrors, timeout, progress)
+    except BaseException:
+        for folder in created:  # innermost first: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return target
 
 
