@@ -357,3 +357,17 @@ def test_data_dir_may_be_the_parent_in_the_cli_and_the_api(data_dir: Path, tmp_p
 def test_another_datasets_folder_is_refused(real_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = _error(["fc", str(tmp_path / "m.gguf"), "--dataset", "fashion-mnist", "--data-dir", str(real_mnist), *FAST], capsys)
     assert f"{real_mnist} holds mnist, not fashion-mnist; point --data-dir at the fashion-mnist files" in err
+
+
+@pytest.mark.parametrize("main, prog", [(cli.train_main, "mnist-train"), (cli.eval_main, "mnist-eval"), (cli.data_main, "mnist-data")])
+def test_every_command_has_a_version(main, prog: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert re.fullmatch(rf"{prog} \d+\.\d+\.\d+ \(ggml \d+\.\d+\.\d+\)\n", capsys.readouterr().out)
+
+
+def test_verify_says_where_it_looked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.data_main(["verify", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"mnist in {tmp_path / 'mnist'}:\nMISSING train-images-idx3-ubyte.gz\n")

@@ -250,6 +250,15 @@ def test_all_mirrors_refuse_connection_says_offline(mirror, tmp_path):
     assert not (tmp_path / "synthetic").exists()  # no folder the failed download created is left
 
 
+def test_each_failure_is_reported_once(mirror, tmp_path, capsys):
+    first, last = closed_port_url(), closed_port_url()
+    with pytest.raises(DownloadError) as info:
+        download_dataset("synthetic", tmp_path, mirrors=[first, last], progress=True)
+    err = capsys.readouterr().err
+    assert err.count(first) == 1 and "trying the next mirror" in err  # progress says why the next mirror is tried
+    assert last not in err and str(info.value).count(last) == 1  # the last failure only in the error
+
+
 def test_mixed_failures_do_not_claim_offline(serve, tmp_path, mirror):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -35,6 +35,13 @@ class _HelpFormatter(argparse.HelpFormatter):
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
+def _add_version(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from ._ffi import ffi, lib
+    version = f"%(prog)s {ffi.string(lib.gmn_version()).decode()} (ggml {ffi.string(lib.gmn_ggml_version()).decode()})"
+    p.add_argument("--version", action="version", version=version)
+    return p
+
+
 def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
     args = parser.parse_intermixed_args(argv) if parser.prog != "mnist-data" else parser.parse_args(argv)
     if getattr(args, "verbose", False):
@@ -153,7 +160,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
     p.add_argument("--json", action="store_true", help="print one JSON object per epoch and a final one on stdout")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
-    return p
+    return _add_version(p)
 
 
 def _check_output(path: str) -> None:
@@ -251,7 +258,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--info", action="store_true", help="print the model's architecture, shapes and training metadata, then exit")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
-    return p
+    return _add_version(p)
 
 
 def _info(model: Any, as_json: bool) -> int:
@@ -324,7 +331,7 @@ def data_parser() -> argparse.ArgumentParser:
         s.add_argument("--dataset", default="mnist", choices=sorted(download.DATASETS), help="which dataset (default: mnist)")
         s.add_argument("--dir", default=DEFAULT_DATA_DIR, help=f"parent directory; files go to DIR/DATASET (default: {DEFAULT_DATA_DIR})")
         s.add_argument("--quiet", action="store_true", help="no progress output")
-    return p
+    return _add_version(p)
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -334,6 +341,7 @@ def _data(args: argparse.Namespace) -> int:
             print(f"mnist-data: {args.dataset} is ready in {where}", file=sys.stderr)
         return 0
     status = download.verify_dataset(args.dataset, args.dir)
+    print(f"{args.dataset} in {Path(args.dir) / args.dataset}:")
     for name, ok in status.items():
         print(f"{'ok     ' if ok else 'MISSING'} {name}")
     return 0 if all(status.values()) else 1

@@ -187,7 +187,8 @@ def _download_file(
         else:
             (target / filename.removesuffix(".gz")).unlink(missing_ok=True)  # failed verification
             return
-        _say(progress, f"{filename}: {failures[-1].url}: {failures[-1].reason}\n")
+        if len(failures) < len(mirrors):  # the error below lists every failure; say only why the next mirror is tried
+            _say(progress, f"{filename}: {failures[-1].url}: {failures[-1].reason}; trying the next mirror\n")
     raise _failure_error(target, filename, failures)
 
 
