@@ -64,3 +64,14 @@ def test_config_may_be_a_dict() -> None:
     assert len(history) == 1 and model.metadata["config"]["hidden"] == 8
     assert model.metadata["config"] == TrainConfig.defaults("fc").replace(hidden=8, epochs=1, batch_size=20,
                                                                           threads=THREADS).as_dict()
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: Model.create("fc", device=5), r"device must be a string, got 5"),
+    (lambda: Model.load(5), r"path must be a file name, got 5"),
+    (lambda: train(data_dir=5, arch="fc"), r"data_dir must be a directory name, got 5"),
+    (lambda: evaluate(Model.create("fc", threads=THREADS), data_dir=[1]), r"data_dir must be a directory name, got \[1\]"),
+])
+def test_wrong_argument_types_are_config_errors(call, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        call()

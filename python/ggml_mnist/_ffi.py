@@ -53,8 +53,10 @@ def ptr(array: np.ndarray, ctype: str) -> Any:
     return ffi.cast(ctype, ffi.from_buffer(array))
 
 
-def cstr(text: str) -> bytes:
-    """Encode a str for the shim, refusing embedded NUL bytes."""
+def cstr(text: str, what: str = "argument") -> bytes:
+    """Encode a str for the shim, refusing other types and embedded NUL bytes with ConfigError."""
+    if not isinstance(text, str):
+        raise ConfigError(f"{what} must be a string, got {text!r}")
     data = text.encode("utf-8")
     if b"\0" in data:
         raise ConfigError(f"string {text!r} contains a NUL byte")

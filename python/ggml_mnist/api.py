@@ -92,6 +92,11 @@ def load(path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0) -> M
     return Model.load(path, device=device, threads=threads)
 
 
+def _check_data_dir(data_dir: Any) -> None:
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise ConfigError(f"data_dir must be a directory name, got {data_dir!r}")
+
+
 def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath], split: str,
                     data_dir: Optional[PathLike] = None) -> tuple[np.ndarray, np.ndarray]:
     """Turn arrays, IDX file paths or an MNIST directory into (images, labels) arrays.
@@ -99,6 +104,7 @@ def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath]
     ``images`` may be an array, an IDX file (then ``labels`` is an array or IDX file too) or a
     directory holding the standard MNIST file names; with neither, ``data_dir`` is used.
     """
+    _check_data_dir(data_dir)
     if images is None:
         if data_dir is None:
             raise ConfigError("no data given: pass images and labels (arrays or IDX paths) or a data directory")
@@ -139,6 +145,7 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
         raise ConfigError(f"config must be a gm.TrainConfig or a dict of its fields, got {type(config).__name__}")
     if on_epoch is not None and not callable(on_epoch):
         raise ConfigError(f"on_epoch must be a function on_epoch(stats, model) or None, got {on_epoch!r}")
+    _check_data_dir(data_dir)
     base = config if config is not None else TrainConfig.defaults(options.get("arch") or "cnn")
     cfg = base.replace(**options).validate()
     source = os.fspath(images) if isinstance(images, (str, os.PathLike)) else (

@@ -57,7 +57,7 @@ class Model:
         layers = resolve_layers(arch, n_classes, hidden=hidden, conv_channels=conv_channels)
         net, _keep = native_net(layers, n_classes, image_size)
         out = ffi.new("gmn_model **")
-        _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device), as_int(threads, "threads"), seed, out))
+        _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device, "device"), as_int(threads, "threads"), seed, out))
         model = cls(out[0])
         model._threads = threads
         return model
@@ -68,11 +68,13 @@ class Model:
 
         Raises DataFileNotFoundError if the file is missing, ModelFormatError if it is not a valid model.
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"path must be a file name, got {path!r}")
         path = os.fspath(path)
         if not os.path.exists(path):
             raise DataFileNotFoundError(f"model file {path!r} does not exist")
         out = ffi.new("gmn_model **")
-        _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device), as_int(threads, "threads"), out))
+        _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device, "device"), as_int(threads, "threads"), out))
         model = cls(out[0])
         model._threads = threads
         model.metadata = _decode_metadata(model._native_metadata())
