@@ -202,6 +202,9 @@ int  gmn_model_predict(gmn_model * model, const void * x, int x_is_float, int64_
  * training batch, for inspection and tests; GMN_E_STATE before the first batch. */
 int  gmn_model_dropout_mask(const gmn_model * model, int layer, float * mask, int64_t n);
 
+/* Release the optimizer state and training buffers (the weights stay); NULL and repeated calls are fine. */
+void gmn_model_train_free(gmn_model * model);
+
 /* Prepare training (optimizer state, graphs); resets any previous optimizer state. */
 int  gmn_model_train_init(gmn_model * model, const struct gmn_train_config * config);
 /* One epoch over the train_idx rows of ds (shuffled), then validation on val_idx rows (may be n_val 0).

@@ -216,7 +216,7 @@ double gmn_rng_uniform(struct gmn_rng * rng) {
 }
 
 /* MemAvailable from /proc/meminfo, else free pages; further capped by RLIMIT_AS headroom. */
-static uint64_t gmn_host_memory_available(void) {
+uint64_t gmn_host_memory_available(void) {
     uint64_t avail = 0;
     FILE * f = fopen("/proc/meminfo", "r");
     if (f != NULL) {

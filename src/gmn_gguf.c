@@ -7,6 +7,7 @@
 #include <math.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -515,19 +516,20 @@ static void gmn_set_mode(const char * tmp, const char * path) {
 }
 
 #define GMN_TMP_SUFFIX        ".tmp-XXXXXX"
+#define GMN_TMP_BASE_MAX      200 /* bytes of NAME in .NAME.tmp-XXXXXX, which must stay within NAME_MAX (255) */
 #define GMN_STALE_TMP_SECONDS 60
 
 /* Removes the temporary files (.NAME.tmp-XXXXXX) of saves to NAME that were killed before their
  * rename: those unchanged for a minute that no writer holds locked. Failures are ignored. */
 static void gmn_remove_stale_temps(const char * dir, const char * base) {
-    const size_t plen = strlen(base) + 6; /* ".NAME.tmp-" */
+    const size_t plen = strnlen(base, GMN_TMP_BASE_MAX) + 6; /* ".NAME.tmp-" */
     char * prefix = malloc(plen + 1);
     DIR * d = prefix != NULL ? opendir(dir) : NULL;
     if (d == NULL) {
         free(prefix);
         return;
     }
-    snprintf(prefix, plen + 1, ".%s.tmp-", base);
+    snprintf(prefix, plen + 1, ".%.*s.tmp-", GMN_TMP_BASE_MAX, base);
     const time_t now = time(NULL);
     struct dirent * e;
     while ((e = readdir(d)) != NULL) {
@@ -567,7 +569,7 @@ static int gmn_write_atomic(const struct gguf_context * g, const char * path) {
         free(dup_dir); free(dup_base);
         return gmn_fail(GMN_E_NOMEM, "model_save: out of memory");
     }
-    snprintf(tmp, tmp_cap, "%s/.%s" GMN_TMP_SUFFIX, dir, base);
+    snprintf(tmp, tmp_cap, "%s/.%.*s" GMN_TMP_SUFFIX, dir, GMN_TMP_BASE_MAX, base);
     int st = GMN_OK;
     struct stat sb;
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
@@ -617,6 +619,43 @@ static int gmn_write_atomic(const struct gguf_context * g, const char * path) {
     return st;
 }
 
+/* Keys the shim writes itself: a user value under them would make the file unloadable. */
+static int gmn_reserved_meta_key(const char * key) {
+    static const char * const reserved[] = { "n_classes", "image_height", "image_width", "hidden", "conv1_channels",
+                                             "conv2_channels" };
+    for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
+        if (strcmp(key, reserved[i]) == 0) {
+            return 1;
+        }
+    }
+    return strncmp(key, "layers.", 7) == 0 || strcmp(key, "layers") == 0;
+}
+
+/* The file a save writes: path itself, or the file a symlink at path points to. Refuses to replace anything
+ * but a regular file (a device, a FIFO, a socket), and names too long for the directory. */
+static int gmn_save_target(const char * path, char * target) {
+    struct stat sb;
+    if (lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode)) {
+        if (realpath(path, target) == NULL) {
+            return gmn_fail(GMN_E_IO, "model_save: '%s' is a symbolic link to a missing file (%s); remove it or save elsewhere",
+                            path, strerror(errno));
+        }
+    } else if (strlen(path) >= PATH_MAX) {
+        return gmn_fail(GMN_E_IO, "model_save: the path '%.64s...' is too long", path);
+    } else {
+        snprintf(target, PATH_MAX, "%s", path);
+    }
+    if (stat(target, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode)) {
+        return gmn_fail(GMN_E_IO, "model_save: '%s' is not a regular file (a device, FIFO or socket); saving would replace "
+                        "it, so give the name of a model file", path);
+    }
+    const char * slash = strrchr(target, '/');
+    if (strlen(slash ? slash + 1 : target) > 255) {
+        return gmn_fail(GMN_E_IO, "model_save: the file name in '%.64s...' is longer than 255 bytes", path);
+    }
+    return GMN_OK;
+}
+
 int gmn_model_save(const gmn_model * m, const char * path, int n_meta, const char ** keys, const char ** values) {
     gmn_clear_error();
     if (m == NULL || path == NULL || path[0] == '\0') {
@@ -634,14 +673,34 @@ int gmn_model_save(const gmn_model * m, const char * path, int n_meta, const cha
             return gmn_fail(GMN_E_INVALID, "model_save: metadata key '%s' must be 1-200 chars of [a-z0-9_.] with a value",
                             keys[i] ? keys[i] : "(null)");
         }
+        if (gmn_reserved_meta_key(keys[i])) {
+            return gmn_fail(GMN_E_INVALID, "model_save: metadata key '%s' is reserved for the file's own description of the "
+                            "network; choose another name", keys[i]);
+        }
     }
-    struct gguf_context * g = NULL;
-    struct ggml_context * host = NULL;
-    int st = gmn_build_gguf(m, n_meta, keys, values, &g, &host);
+    char target[PATH_MAX];
+    int st = gmn_save_target(path, target);
     if (st != GMN_OK) {
         return st;
     }
-    st = gmn_write_atomic(g, path);
+    /* the host copy of the weights plus ggml's in-memory image of the whole file, which it allocates without
+     * checking (a failure would abort the process) */
+    double need = 16e6;
+    for (int i = 0; i < m->n_w; i++) {
+        need += 2.0 * (double) ggml_nbytes(m->w[i]);
+    }
+    const uint64_t avail = gmn_host_memory_available();
+    if (avail > 0 && need > (double) avail) {
+        return gmn_fail(GMN_E_NOMEM, "model_save: writing '%s' needs about %.0f MB of memory but %.0f MB are available; "
+                        "free memory or raise the process's limit", path, need / 1e6, (double) avail / 1e6);
+    }
+    struct gguf_context * g = NULL;
+    struct ggml_context * host = NULL;
+    st = gmn_build_gguf(m, n_meta, keys, values, &g, &host);
+    if (st != GMN_OK) {
+        return st;
+    }
+    st = gmn_write_atomic(g, target);
     gguf_free(g);
     ggml_free(host);
     return st;

@@ -94,6 +94,8 @@ void     gmn_rng_seed(struct gmn_rng * rng, uint64_t seed);
 uint64_t gmn_rng_next(struct gmn_rng * rng);
 double   gmn_rng_uniform(struct gmn_rng * rng); /* [0, 1) */
 
+/* Bytes this process can still allocate on the host: MemAvailable, capped by RLIMIT_AS headroom. */
+uint64_t gmn_host_memory_available(void);
 /* Refuse (GMN_E_NOMEM) a graph ending in out whose node data times factor would not fit in the
  * device's available memory: ggml aborts or crashes when a compute buffer cannot be allocated. */
 int  gmn_check_graph_memory(ggml_backend_dev_t dev, struct ggml_tensor * out, double factor, const char * what, int64_t batch);

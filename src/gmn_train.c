@@ -304,6 +304,13 @@ static void gmn_fill_masks(gmn_model * m, struct gmn_train_state * st) {
     }
 }
 
+void gmn_model_train_free(gmn_model * m) {
+    if (m != NULL) {
+        gmn_train_state_free(m->train);
+        m->train = NULL;
+    }
+}
+
 int gmn_model_dropout_mask(const gmn_model * m, int layer, float * mask, int64_t n) {
     gmn_clear_error();
     if (m == NULL || mask == NULL) {
@@ -324,8 +331,10 @@ int gmn_model_dropout_mask(const gmn_model * m, int layer, float * mask, int64_t
     return GMN_OK;
 }
 
-static int gmn_validate(gmn_model * m, const gmn_dataset * ds, const int64_t * idx, int64_t n, struct gmn_epoch_result * out,
-                        gmn_progress_fn progress, void * ud) {
+/* Sums of the cross-entropy loss, its square and the correct predictions of the model on rows idx of ds. */
+struct gmn_sums { double loss, loss2; int64_t correct; };
+
+static int gmn_rows_sums(gmn_model * m, const gmn_dataset * ds, const int64_t * idx, int64_t n, struct gmn_sums * out) {
     struct gmn_train_state * st = m->train;
     const int C = m->n_classes;
     if (st->probs_cap < n * C) {
@@ -352,10 +361,23 @@ static int gmn_validate(gmn_model * m, const gmn_dataset * ds, const int64_t * i
             }
         }
         correct += best == y;
-        const double l = -log(p[y] > 1e-30f ? (double) p[y] : 1e-30);
+        const double l = isnan(p[y]) ? NAN : -log(p[y] > 1e-30f ? (double) p[y] : 1e-30);
         sum += l;
         sum2 += l * l;
     }
+    *out = (struct gmn_sums) { sum, sum2, correct };
+    return GMN_OK;
+}
+
+static int gmn_validate(gmn_model * m, const gmn_dataset * ds, const int64_t * idx, int64_t n, struct gmn_epoch_result * out,
+                        gmn_progress_fn progress, void * ud) {
+    struct gmn_sums s;
+    const int rc = gmn_rows_sums(m, ds, idx, n, &s);
+    if (rc != GMN_OK) {
+        return rc;
+    }
+    const double sum = s.loss, sum2 = s.loss2;
+    const int64_t correct = s.correct;
     const double mean = sum / (double) n;
     const double acc = (double) correct / (double) n;
     out->n_val = n;
@@ -460,6 +482,21 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
         if (progress != NULL && progress(ud, GMN_PHASE_TRAIN, ib + 1, nbatch, loss, acc) != 0) {
             out->stopped = 1;
             break;
+        }
+    }
+    if (!out->stopped) {
+        /* the last optimizer step is not seen by any batch loss: check the final weights on the last batch */
+        struct gmn_sums s;
+        rc = gmn_rows_sums(m, ds, st->perm + (nbatch - 1) * B, B, &s);
+        if (rc != GMN_OK) {
+            return rc;
+        }
+        const double final_loss = s.loss / (double) B;
+        if (!isfinite(final_loss) || (st->cfg.max_loss > 0.0f && final_loss > st->cfg.max_loss)) {
+            m->diverged = 1;
+            return gmn_fail(GMN_E_DIVERGED, "train: training diverged: after the last step of the epoch the loss is %.3g; "
+                            "the learning rate %g is too high, try 10x lower (the weights are unusable and will not be saved)",
+                            final_loss, (double) st->cfg.lr);
         }
     }
     int64_t nd = 0;

@@ -48,7 +48,7 @@ def test_sigint_makes_mnist_train_save_the_partial_model(train_files: list[str],
         stdout, stderr = finish(proc)
     finally:
         proc.kill()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 130, stderr
     events = [json.loads(line) for line in stdout.splitlines()]
     done = events[-1]
     assert done["event"] == "done" and done["interrupted"] is True and done["model"] == str(out)
@@ -74,10 +74,30 @@ def test_sigint_note_without_json(train_files: list[str], tmp_path: Path) -> Non
         _, stderr = finish(proc)
     finally:
         proc.kill()
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 130, stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("mnist-train: interrupted in epoch ") and last.endswith(f"{out} holds the model trained so far")
     assert load(out, threads=THREADS).metadata["history"][-1]["interrupted"] is True
+
+
+def test_sigint_keeps_an_existing_model(train_files: list[str], tmp_path: Path) -> None:
+    """A second run interrupted early must not replace the model of the first: it saves beside it and exits 130."""
+    out = tmp_path / "m.gguf"
+    Model.create("fc", hidden=8, threads=THREADS).save(out)
+    before = out.read_bytes()
+    proc = mnist_train(out, train_files, "--json")
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "epoch"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = finish(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    partial = tmp_path / "m.interrupted.gguf"
+    assert json.loads(stdout.splitlines()[-1])["model"] == str(partial)
+    assert out.read_bytes() == before
+    assert stderr.strip().endswith(f"{partial} holds the model trained so far; {out} is kept as it was")
+    assert load(partial, threads=THREADS).metadata["history"][-1]["interrupted"] is True
 
 
 # ---- killed saves -------------------------------------------------------------------------------------------

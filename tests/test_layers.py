@@ -162,9 +162,15 @@ def check_one_sgd_step(layers: list, size: tuple[int, int], n: int, n_classes: i
     y = rng.integers(0, n_classes, size=n)
     before = Model.create(layers, n_classes=n_classes, image_size=size, seed=5, threads=THREADS)
     start = before.get_weights()
+    seen: dict = {}  # the masks can be read while training runs; train() frees the training state when it returns
+
+    def keep_masks(stats, m: Model) -> None:
+        if any(isinstance(layer, Dropout) for layer in layers):
+            seen["masks"] = dropout_masks(m, n)
+
     model, _ = train(x, y, arch=layers, n_classes=n_classes, epochs=1, batch_size=n, optimizer="sgd", lr=1.0,
-                     lr_schedule="constant", weight_decay=0.0, seed=5, threads=THREADS, progress=False)
-    masks = dropout_masks(model, n) if any(isinstance(layer, Dropout) for layer in layers) else None
+                     lr_schedule="constant", weight_decay=0.0, seed=5, threads=THREADS, progress=False, on_epoch=keep_masks)
+    masks = seen.get("masks")
     for i, m in (masks or {}).items():
         p = model.layers[i].p
         assert set(np.unique(m)) <= {0.0, np.float32(1 / (1 - p))}
@@ -215,11 +221,14 @@ def test_dropout_is_seeded_and_only_active_in_training() -> None:
     assert all(np.array_equal(same_order.get_weights()[k], v) for k, v in plain.get_weights().items())
 
 
-def test_dropout_mask_before_training_is_a_state_error() -> None:
-    model = Model.create(DROPOUT["dropout after dense"][0], n_classes=4, image_size=(6, 6), threads=THREADS)
+def test_dropout_mask_outside_training_is_a_state_error() -> None:
+    layers = DROPOUT["dropout after dense"][0]
     buf = np.empty(9, np.float32)
-    assert lib.gmn_model_dropout_mask(model.handle, 2, ffi.cast("float *", ffi.from_buffer(buf)), 9) == lib.GMN_E_STATE
-    assert lib.gmn_model_dropout_mask(model.handle, 1, ffi.cast("float *", ffi.from_buffer(buf)), 9) == lib.GMN_E_INVALID
+    for model in (Model.create(layers, n_classes=4, image_size=(6, 6), threads=THREADS),
+                  train(images(10, (6, 6)), np.arange(10) % 4, arch=layers, epochs=1, batch_size=10, threads=THREADS,
+                        progress=False)[0]):  # train() has released its state
+        assert lib.gmn_model_dropout_mask(model.handle, 2, ffi.cast("float *", ffi.from_buffer(buf)), 9) == lib.GMN_E_STATE
+        assert lib.gmn_model_dropout_mask(model.handle, 1, ffi.cast("float *", ffi.from_buffer(buf)), 9) == lib.GMN_E_INVALID
 
 
 # ---- refusals ---------------------------------------------------------------------------------------

@@ -183,23 +183,26 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
             return interrupt.requested
 
         hook = _ffi.ProgressHook(on_batch)
-        for epoch in range(1, cfg.epochs + 1):
-            if bar is not None:
-                bar.start_epoch(epoch)
-            t0 = time.perf_counter()
-            status = model.call_native(lib.gmn_model_train_epoch, dataset, _ffi.ptr(train_idx, "int64_t *"), len(train_idx),
-                                       _ffi.ptr(val_idx, "int64_t *") if n_val else ffi.NULL, n_val,
-                                       hook.callback, ffi.NULL, result)
-            hook.reraise()
-            _ffi.check(status)
-            stats = _epoch_stats(epoch, result, time.perf_counter() - t0)
-            history.append(stats)
-            if bar is not None:
-                bar.end_epoch(stats.summary(cfg.epochs))
-            if on_epoch is not None:
-                on_epoch(stats, model)
-            if stats.interrupted:
-                break
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                if bar is not None:
+                    bar.start_epoch(epoch)
+                t0 = time.perf_counter()
+                status = model.call_native(lib.gmn_model_train_epoch, dataset, _ffi.ptr(train_idx, "int64_t *"),
+                                           len(train_idx), _ffi.ptr(val_idx, "int64_t *") if n_val else ffi.NULL, n_val,
+                                           hook.callback, ffi.NULL, result)
+                hook.reraise()
+                _ffi.check(status)
+                stats = _epoch_stats(epoch, result, time.perf_counter() - t0)
+                history.append(stats)
+                if bar is not None:
+                    bar.end_epoch(stats.summary(cfg.epochs))
+                if on_epoch is not None:
+                    on_epoch(stats, model)
+                if stats.interrupted:
+                    break
+        finally:
+            model.release_training_state()
     model.metadata = {
         "config": cfg.as_dict(),
         "history": [s.as_dict() for s in history],

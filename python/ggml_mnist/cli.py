@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import textwrap
@@ -163,11 +164,20 @@ def train_parser() -> argparse.ArgumentParser:
     return _add_version(p)
 
 
-def _check_output(path: str) -> None:
-    """Raise ModelIOError now, before training, if the model could not be saved at path (tries a file beside it)."""
+def _check_output(path: str, inputs: Sequence[str] = ()) -> None:
+    """Raise ModelIOError now, before training, if the model could not be saved at path (tries a file beside it)
+    or would replace one of the input files."""
     target = Path(path)
     if target.is_dir():
         raise ModelIOError(f"{path!r} is a directory; give a file name such as model.gguf")
+    for source in inputs:
+        if target.exists() and Path(source).exists() and os.path.samefile(target, source):
+            raise ModelIOError(f"the output {path!r} is the input file {source!r}; saving would destroy it, "
+                               "so give another name such as model.gguf")
+    if target.exists() and not target.is_file():
+        raise ModelIOError(f"{path!r} is not a regular file (a device, FIFO or socket); give the name of a model file")
+    if len(target.name.encode()) > 255:
+        raise ModelIOError(f"cannot save to {path[:64]!r}...: the file name is longer than 255 bytes")
     if not target.parent.is_dir():
         raise ModelIOError(f"cannot save to {path!r}: directory '{target.parent}' does not exist; create it first")
     try:
@@ -205,7 +215,7 @@ def _train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, val_split=args.val_split, seed=args.seed, device=device or args.device,
         threads=args.threads, hidden=args.hidden, conv_channels=args.conv_channels)
     config = TrainConfig.defaults(arch).replace(**options).validate()  # before any download
-    _check_output(args.output)
+    _check_output(args.output, [p for p in (images, labels) if p is not None])
     data_dir = None
     if images is None:
         # the built-in datasets are 28x28 with 10 classes: refuse an impossible network before downloading
@@ -218,19 +228,29 @@ def _train(args: argparse.Namespace) -> int:
 
     model, history = api.train(images, labels, config=config, data_dir=data_dir, progress=not args.quiet and not args.json,
                                on_epoch=on_epoch)
-    model.save(args.output)
-    seconds = sum(s.seconds for s in history)
     interrupted = bool(history) and history[-1].interrupted
+    # an interrupted run never replaces an existing model: its partial model goes beside it
+    saved = _interrupted_name(args.output) if interrupted and Path(args.output).exists() else args.output
+    model.save(saved)
+    seconds = sum(s.seconds for s in history)
     if args.json:
-        print(json.dumps({"event": "done", "model": args.output, "epochs": len(history), "seconds": seconds,
+        print(json.dumps({"event": "done", "model": saved, "epochs": len(history), "seconds": seconds,
                           "device": model.device, "architecture": model.architecture, "interrupted": interrupted}), flush=True)
     elif not args.quiet:
         print(f"mnist-train: trained {model.architecture} on {model.device} for {len(history)} epochs in {seconds:.1f}s; "
-              f"saved {args.output}", file=sys.stderr)
-    if interrupted and not args.json:
-        print(f"mnist-train: interrupted in epoch {len(history)}; {args.output} holds the model trained so far",
+              f"saved {saved}", file=sys.stderr)
+    if interrupted:
+        kept = f"; {args.output} is kept as it was" if saved != args.output else ""
+        print(f"mnist-train: interrupted in epoch {len(history)}; {saved} holds the model trained so far{kept}",
               file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupted_name(output: str) -> str:
+    """Where an interrupted run saves beside an existing OUT: model.gguf -> model.interrupted.gguf."""
+    path = Path(output)
+    return str(path.with_name(f"{path.stem}.interrupted{path.suffix or '.gguf'}"))
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -47,6 +48,17 @@ class TrainConfig:
     conv_channels: Optional[tuple[int, ...]] = None
     max_loss: float = 100.0  # a batch loss above this (nats per image) stops training as diverged; 0: only NaN/inf
 
+    def __post_init__(self) -> None:
+        # numpy and other number types become int / float; bools stay bools, which validate() refuses
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (bool, str)) or value is None or type(value) in (int, float):
+                continue
+            if isinstance(value, numbers.Integral):
+                object.__setattr__(self, f.name, int(value))
+            elif isinstance(value, numbers.Real):
+                object.__setattr__(self, f.name, float(value))
+
     @classmethod
     def defaults(cls, arch: Any = "cnn") -> "TrainConfig":
         """Return the default recipe for ``arch``: a preset's tuned recipe, or the generic one for a layer list."""
@@ -82,12 +94,14 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise ConfigError naming the first impossible value and how to fix it; return self."""
         normalize_arch(self.arch)
-        _require(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and 1 <= self.epochs <= MAX_EPOCHS,
+        _require(_whole(self.epochs) and 1 <= self.epochs <= MAX_EPOCHS,
                  f"epochs must be a whole number in [1, {MAX_EPOCHS}], got {self.epochs!r}")
         _require(isinstance(self.device, str), f"device must be a name such as 'auto', 'cpu' or 'CUDA0', got {self.device!r}")
-        _require(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 1_000_000,
+        _require(_whole(self.batch_size) and 1 <= self.batch_size <= 1_000_000,
                  f"batch_size must be in [1, 1000000], got {self.batch_size!r}")
-        _require(isinstance(self.physical, int) and 1 <= self.physical <= self.batch_size and self.batch_size % self.physical == 0,
+        _require(self.physical_batch_size is None or (_whole(self.physical_batch_size) and self.physical_batch_size >= 1),
+                 f"physical_batch_size must be a whole number >= 1 (or None: the batch size), got {self.physical_batch_size!r}")
+        _require(1 <= self.physical <= self.batch_size and self.batch_size % self.physical == 0,
                  f"physical_batch_size {self.physical!r} must divide batch_size {self.batch_size} (e.g. {self.batch_size} or {max(1, self.batch_size // 2)})")
         _require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _require(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
@@ -102,11 +116,11 @@ class TrainConfig:
         _require(_finite(self.weight_decay) and 0 <= self.weight_decay <= 1, f"weight_decay must be in [0, 1], got {self.weight_decay!r}")
         _require(self.weight_decay * self.lr <= 1, f"weight_decay * lr = {self.weight_decay * self.lr:g} must not exceed 1")
         _require(_finite(self.val_split) and 0 <= self.val_split < 1, f"val_split must be in [0, 1), got {self.val_split!r}")
-        _require(isinstance(self.seed, int) and 0 <= self.seed < 2**64, f"seed must be an integer in [0, 2**64), got {self.seed!r}")
-        _require(isinstance(self.threads, int) and 0 <= self.threads <= 1024, f"threads must be in [0, 1024] (0 = all cores), got {self.threads!r}")
-        _require(self.hidden is None or (isinstance(self.hidden, int) and not isinstance(self.hidden, bool)),
+        _require(_whole(self.seed) and 0 <= self.seed < 2**64, f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+        _require(_whole(self.threads) and 0 <= self.threads <= 1024, f"threads must be in [0, 1024] (0 = all cores), got {self.threads!r}")
+        _require(self.hidden is None or _whole(self.hidden),
                  f"hidden must be a whole number, got {self.hidden!r}")
-        _require(self.conv_channels is None or all(isinstance(c, int) and not isinstance(c, bool) for c in self.conv_channels),
+        _require(self.conv_channels is None or all(_whole(c) for c in self.conv_channels),
                  f"conv_channels must be whole numbers, got {self.conv_channels!r}")
         return self
 
@@ -146,6 +160,10 @@ def check_batch_size(size: Any) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ConfigError(f"batch_size must be a whole number >= 1, got {size!r}")
     return size
+
+
+def _whole(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _finite(x: Any) -> bool:

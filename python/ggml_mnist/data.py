@@ -9,6 +9,7 @@ import math
 import mmap
 import os
 import secrets
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -38,6 +39,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 _DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data by more than this factor
 _CHUNK = 1 << 20
+_MMAP_MIN = 1 << 30  # raw files this large are memory-mapped; smaller ones are read, so rewriting them later is harmless
+_STREAM_MAX = 1 << 31  # the most data read from a pipe or device
 
 _SPLITS = {"train": "train", "test": "t10k"}
 _DOWNLOAD_HINT = (
@@ -50,17 +53,33 @@ def _format_error(path: Path, problem: str, fix: str = "re-download the file") -
     return IdxFormatError(f"IDX file '{path}': {problem}; {fix}")
 
 
-def _open_uncompressed(path: Path) -> BinaryIO:
-    """Open path for reading its uncompressed bytes (gzip is detected by its magic bytes)."""
+def _open_uncompressed(path: Path) -> tuple[BinaryIO, int | None]:
+    """Open path for reading its uncompressed bytes (gzip is detected by its magic bytes).
+
+    Returns the file and the size of a regular file, or None for a pipe or device, which is read
+    as a stream; opening one never waits for a writer.
+    """
     try:
-        f = open(path, "rb")
+        info = os.stat(path)
     except FileNotFoundError:
         raise DataFileNotFoundError(f"file '{path}' does not exist") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise _format_error(path, "is a directory", "give the path of an IDX file")
+    if not stat.S_ISREG(info.st_mode):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO without a writer would block open() for good
+        os.set_blocking(fd, True)
+        stream = os.fdopen(fd, "rb")
+        if stream.peek(2)[:2] == _GZIP_MAGIC:
+            unzipped = gzip.GzipFile(fileobj=stream, mode="rb")
+            unzipped.myfileobj = stream  # closed with it, as when gzip opens a file itself
+            return unzipped, None  # type: ignore[return-value]
+        return stream, None
+    f = open(path, "rb")
     if f.read(2) == _GZIP_MAGIC:
         f.close()
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb"), info.st_size  # type: ignore[return-value]
     f.seek(0)
-    return f
+    return f, info.st_size
 
 
 def _read_header(path: Path, f: BinaryIO) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -99,7 +118,8 @@ def read_idx_header(path: PathLike) -> tuple[int, ...]:
     Raises DataFileNotFoundError if the file is missing and IdxFormatError if the header is malformed.
     """
     path = Path(path)
-    with _open_uncompressed(path) as f:
+    f, _ = _open_uncompressed(path)
+    with f:
         try:
             return _read_header(path, f)[1]
         except _GZIP_ERRORS as e:
@@ -116,42 +136,50 @@ def _check_payload(path: Path, declared: int, actual: int) -> None:
 def read_idx(path: PathLike) -> np.ndarray:
     """Read an IDX file, raw or gzip-compressed (recognised by its magic bytes, not its name).
 
-    Returns a native-endian array of the file's element type and shape. Raw 8-bit files are
-    memory-mapped copy-on-write: the array shares the file's pages and writing to it leaves
-    the file unchanged. Gzip data is never decompressed beyond the declared size plus one byte
-    (and gzip's small read buffer).
+    Returns a native-endian array of the file's element type and shape. Files are read into
+    memory, except raw 8-bit files of 1 GiB or more, which are memory-mapped copy-on-write (the
+    array shares the file's pages; do not truncate such a file while using the array). Pipes and
+    devices (``<(zcat f.gz)``) are read as streams. Data is never read or decompressed beyond the
+    declared size plus one byte (and gzip's small read buffer).
     Raises DataFileNotFoundError if the file is missing and IdxFormatError if it is malformed.
     """
     path = Path(path)
-    with _open_uncompressed(path) as f:
-        file_size = os.fstat(f.fileno()).st_size
+    f, file_size = _open_uncompressed(path)
+    with f:
         try:
             dtype, shape, header_size = _read_header(path, f)
             declared = math.prod(shape) * dtype.itemsize
-            if isinstance(f, gzip.GzipFile):
-                return _read_gzip_payload(path, f, dtype, shape, declared, file_size)
+            if isinstance(f, gzip.GzipFile) or file_size is None:
+                return _read_payload(path, f, dtype, shape, declared, file_size)
         except _GZIP_ERRORS as e:
             raise _format_error(path, f"corrupt gzip data ({e})") from e
         _check_payload(path, declared, file_size - header_size)
+        if file_size < _MMAP_MIN:
+            return _read_payload(path, f, dtype, shape, declared, None)
         buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     data = np.frombuffer(buffer, dtype, count=math.prod(shape), offset=header_size).reshape(shape)
     return data if dtype.itemsize == 1 else data.astype(dtype.newbyteorder("="))
 
 
-def _read_gzip_payload(
+def _read_payload(
     path: Path,
-    f: gzip.GzipFile,
+    f: BinaryIO,
     dtype: np.dtype,
     shape: tuple[int, ...],
     declared: int,
-    file_size: int,
+    compressed_size: int | None,
 ) -> np.ndarray:
-    if declared > _DEFLATE_MAX_RATIO * file_size:
+    """Read the declared payload after the header into memory, and one byte more to reveal trailing data.
+
+    compressed_size is the size of a gzip file (None for raw data), which bounds what it can hold."""
+    if compressed_size is not None and declared > _DEFLATE_MAX_RATIO * compressed_size:
         raise _format_error(
             path,
-            f"header says {declared} bytes of data, more than a {file_size}-byte gzip file "
+            f"header says {declared} bytes of data, more than a {compressed_size}-byte gzip file "
             "can hold (the header is corrupt or the file is truncated)",
         )
+    if declared > _STREAM_MAX:
+        raise _format_error(path, f"header says {declared} bytes of data; at most {_STREAM_MAX} are read")
     payload = np.empty(declared, np.uint8)
     view, done = memoryview(payload), 0
     while done < declared:
@@ -171,7 +199,8 @@ def uncompressed_sha256(path: PathLike, limit: int | None = None) -> str | None:
     Raises DataFileNotFoundError if the file is missing.
     """
     digest, size = hashlib.sha256(), 0
-    with _open_uncompressed(Path(path)) as f:
+    f, _ = _open_uncompressed(Path(path))
+    with f:
         try:
             while chunk := f.read(_CHUNK):
                 size += len(chunk)

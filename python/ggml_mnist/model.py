@@ -27,18 +27,25 @@ class Model:
     A Model is not safe to use from two threads at once; distinct models are.
     """
 
-    def __init__(self, handle: Any, metadata: Optional[dict[str, Any]] = None) -> None:
-        """Wrap a native handle (internal: use create() or load())."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Models come from :meth:`create`, :meth:`load`, :func:`ggml_mnist.train` or :meth:`copy`."""
+        raise TypeError("use gm.Model.create(...), gm.Model.load(path) or gm.train(...) to make a Model")
+
+    @classmethod
+    def _own(cls, handle: Any, threads: int = 0) -> "Model":
+        """Wrap a fresh native handle, which the Model then frees exactly once (internal)."""
+        self = cls.__new__(cls)
         self._handle = ffi.gc(handle, lib.gmn_model_free)
         self._lock = threading.RLock()  # one native call at a time; close() waits for a running one
-        self._threads = 0
         net = ffi.new("struct gmn_net *")
         buf = ffi.new("struct gmn_layer[]", lib.GMN_MAX_LAYERS)
         _ffi.check(lib.gmn_model_get_net(self._handle, net, buf, lib.GMN_MAX_LAYERS))
         self.layers: list[Layer] = [from_native(buf[i]) for i in range(net.n_layers)]
         self.n_classes: int = lib.gmn_model_n_classes(self._handle)
         self.image_size: tuple[int, int] = (net.image_h, net.image_w)
-        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.metadata: dict[str, Any] = {}
+        self._threads = threads
+        return self
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -58,9 +65,7 @@ class Model:
         net, _keep = native_net(layers, n_classes, image_size)
         out = ffi.new("gmn_model **")
         _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device, "device"), as_int(threads, "threads"), seed, out))
-        model = cls(out[0])
-        model._threads = threads
-        return model
+        return cls._own(out[0], threads)
 
     @classmethod
     def load(cls, path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0) -> "Model":
@@ -75,8 +80,7 @@ class Model:
             raise DataFileNotFoundError(f"model file {path!r} does not exist")
         out = ffi.new("gmn_model **")
         _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device, "device"), as_int(threads, "threads"), out))
-        model = cls(out[0])
-        model._threads = threads
+        model = cls._own(out[0], threads)
         model.metadata = _decode_metadata(model._native_metadata())
         return model
 
@@ -155,9 +159,10 @@ class Model:
     def set_weights(self, weights: Mapping[str, Any]) -> None:
         """Overwrite parameters from arrays with exactly the shapes of :meth:`tensor_shapes`.
 
-        Raises ConfigError for an unknown name, a wrong shape or non-finite values.
+        Raises ConfigError for an unknown name, a wrong shape or non-finite values; then nothing is changed.
         """
         shapes = self.tensor_shapes()
+        checked: dict[str, np.ndarray] = {}
         for name, value in weights.items():
             if name not in shapes:
                 raise ConfigError(f"unknown tensor {name!r}; this model has {', '.join(shapes)}")
@@ -167,6 +172,10 @@ class Model:
                 arr = arr.reshape(shapes[name])
             if arr.shape != shapes[name]:
                 raise ConfigError(f"tensor {name!r} must have shape {shapes[name]}, got {arr.shape}")
+            if not np.isfinite(arr).all():
+                raise ConfigError(f"tensor {name!r} holds NaN or infinite values")
+            checked[name] = arr
+        for name, arr in checked.items():  # everything is valid: a failed call above changed nothing
             _ffi.check(self.call_native(lib.gmn_model_set_tensor, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
 
     # -- inference --------------------------------------------------------------------------------
@@ -201,8 +210,12 @@ class Model:
         complete. A process killed mid-save can leave that file behind; the next save to ``path``
         removes such files once they are a minute old and no running save holds them.
 
-        ``metadata`` (merged over :attr:`metadata`) is stored under ``ggml_mnist.<key>`` keys as
-        strings (JSON for non-strings). Raises ModelIOError if the file cannot be written.
+        ``metadata`` (merged over :attr:`metadata` for this file only; the model is not changed) is
+        stored under ``ggml_mnist.<key>`` keys as strings (JSON for non-strings); the keys the file
+        uses for the network (n_classes, image_height, image_width, layers.*) are refused with
+        ConfigError. Refuses to replace anything but a regular file (a symlink to one is followed).
+        Raises ModelIOError if the file cannot be written, OutOfMemoryError when memory for the
+        save is lacking.
         """
         merged = {**self.metadata, **(metadata or {})}
         keys, values = [], []
@@ -215,7 +228,6 @@ class Model:
             raise ModelIOError(f"{path!r} is a directory; give a file name such as model.gguf")
         _ffi.check(self.call_native(lib.gmn_model_save, _ffi.cstr(path), len(keys), ffi.new("char *[]", keys) if keys else ffi.NULL,
                                       ffi.new("char *[]", values) if values else ffi.NULL))
-        self.metadata = merged
 
     def _native_metadata(self) -> Iterator[tuple[str, str]]:
         key = ffi.new("const char **")
@@ -225,6 +237,12 @@ class Model:
             yield ffi.string(key[0]).decode("utf-8", "replace"), ffi.string(value[0]).decode("utf-8", "replace")
 
     # -- lifetime -----------------------------------------------------------------------------------
+    def release_training_state(self) -> None:
+        """Free the optimizer state and training buffers (train() does this when it returns); the weights stay."""
+        with self._lock:
+            if self._handle is not None:
+                lib.gmn_model_train_free(self._handle)
+
     def close(self) -> None:
         """Free the native model now (it is also freed when garbage-collected).
 
