@@ -184,8 +184,10 @@ def test_set_weights_rejects_bad_tensors_and_keeps_the_old_ones() -> None:
     with pytest.raises(ConfigError, match=r"tensor 'fc2.weight' holds NaN or infinite values") as info:
         model.set_weights({"fc2.weight": bad})
     assert isinstance(info.value, ValueError)
-    with pytest.raises(ConfigError, match="not finite"):
+    with pytest.raises(ConfigError, match="holds NaN or infinite values"):
         model.set_weights({"fc2.bias": np.full(10, np.inf)})
+    with pytest.raises(ConfigError, match=r"tensor 'fc2.bias' must have shape \(10,\)"):  # all or nothing
+        model.set_weights({"fc1.bias": np.ones(8, np.float32), "fc2.bias": np.zeros(3, np.float32)})
     after = model.get_weights()
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
