@@ -47,10 +47,10 @@ static int die(const char * what) {
 
 int main(int argc, char ** argv) {
     if (argc != 7) {
-        fprintf(stderr, "usage: %s fc|cnn TRAIN_IMAGES TRAIN_LABELS EPOCHS BATCH THREADS\n", argv[0]);
+        fprintf(stderr, "usage: %s PRESET TRAIN_IMAGES TRAIN_LABELS EPOCHS BATCH THREADS\n", argv[0]);
         return 2;
     }
-    const int cnn = strcmp(argv[1], "cnn") == 0;
+    const char * arch = argv[1];
     const int epochs = atoi(argv[4]);
     const int64_t batch = atoll(argv[5]);
     const int threads = atoi(argv[6]);
@@ -73,9 +73,13 @@ int main(int argc, char ** argv) {
     if (gmn_dataset_init(img + 16, labels, n, npix, 10, &ds) != GMN_OK) {
         return die("dataset");
     }
-    struct gmn_model_config mc = { cnn ? GMN_ARCH_CNN : GMN_ARCH_FC, 10, 28, 28, 500, 8, 16 };
+    struct gmn_layer layers[GMN_MAX_LAYERS];
+    struct gmn_net net = { 28, 28, 0, layers };
+    if (gmn_preset_layers(arch, 10, layers, GMN_MAX_LAYERS, &net.n_layers) != GMN_OK) {
+        return die("preset");
+    }
     gmn_model * m = NULL;
-    if (gmn_model_init(&mc, "cpu", threads, 42, &m) != GMN_OK) {
+    if (gmn_model_init(&net, "cpu", threads, 42, &m) != GMN_OK) {
         return die("model");
     }
     const int64_t steps = n / batch;

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ggml_mnist as gm
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -49,7 +51,7 @@ def median_after_warmup(runs: list[list[float]]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", nargs="+", default=["fc", "cnn"], choices=["fc", "cnn"])
+    p.add_argument("--arch", nargs="+", default=["fc", "cnn"], choices=list(gm.presets()))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=100)

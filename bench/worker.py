@@ -1,7 +1,7 @@
 """One benchmark job in one framework, printed as a JSON object (driven by bench/run.py).
 
-    python bench/worker.py train --framework ours|torch --arch fc|cnn --epochs 3 --batch-size 100 --threads 2
-    python bench/worker.py eval  --framework ours|torch --arch fc|cnn --threads 2
+    python bench/worker.py train --framework ours|torch --arch PRESET --epochs 3 --batch-size 100 --threads 2
+    python bench/worker.py eval  --framework ours|torch --arch PRESET --threads 2
 
 Both frameworks run the same network, optimizer (AdamW, cosine schedule), batch size and thread
 count on the same uint8 MNIST arrays (GGML_MNIST_DATA or --data). Epoch times exclude start-up.
@@ -61,12 +61,34 @@ def ours_eval(args: argparse.Namespace) -> dict:
 
 # ---- PyTorch ----------------------------------------------------------------------------------
 def torch_net(arch: str):
+    """The preset's network in PyTorch, layer for layer (PyTorch's own channel-first flatten)."""
     import torch.nn as nn
-    if arch == "fc":
-        return nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, 10))
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(784, 10))
+
+    import ggml_mnist as gm
+    from ggml_mnist import layers as L
+    model = gm.Model.create(arch, threads=1)
+    modules, channels, flat = [], 1, False
+    for layer, (h, w, c, _) in zip(model.layers, model.layer_info()):
+        if isinstance(layer, L.Conv2d):
+            modules.append(nn.Conv2d(channels, c, layer.kernel_size, layer.stride, layer.padding))
+        elif isinstance(layer, (L.MaxPool2d, L.AvgPool2d)):
+            pool = nn.MaxPool2d if isinstance(layer, L.MaxPool2d) else nn.AvgPool2d
+            modules.append(pool(layer.kernel_size, layer.stride, layer.padding))
+        elif isinstance(layer, L.Dense):
+            if not flat:
+                modules.append(nn.Flatten())
+            modules.append(nn.LazyLinear(c))
+            flat = True
+        elif isinstance(layer, L.Dropout):
+            modules.append(nn.Dropout(layer.p))
+        else:
+            modules.append({L.ReLU: nn.ReLU, L.SiLU: nn.SiLU, L.Tanh: nn.Tanh,
+                            L.GELU: lambda: nn.GELU(approximate="tanh")}[type(layer)]())
+        channels = c
+    net = nn.Sequential(*modules)
+    import torch
+    net(torch.zeros(1, 1, 28, 28))  # materialise the lazy layers
+    return net
 
 
 def torch_train(args: argparse.Namespace) -> dict:
@@ -132,7 +154,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("job", choices=["train", "eval"])
     p.add_argument("--framework", choices=["ours", "torch"], required=True)
-    p.add_argument("--arch", choices=["fc", "cnn"], required=True)
+    p.add_argument("--arch", choices=list(gm.presets()), required=True)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--physical-batch-size", type=int, default=None)
