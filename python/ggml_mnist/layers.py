@@ -140,7 +140,7 @@ class SiLU(Layer):
 
 @dataclass(frozen=True)
 class GELU(Layer):
-    """GELU, tanh approximation (PyTorch's ``approximate="tanh"``); within 1e-3 of the exact x * Phi(x)."""
+    """GELU, tanh approximation (PyTorch's ``approximate="tanh"``); within 5e-4 of the exact x * Phi(x)."""
 
     code: ClassVar[int] = lib.GMN_LAYER_GELU
 
