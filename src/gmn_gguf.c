@@ -485,6 +485,15 @@ static int gmn_build_gguf(const gmn_model * m, int n_meta, const char ** keys, c
         struct ggml_tensor * t = ggml_dup_tensor(host, m->w[i]);
         ggml_set_name(t, ggml_get_name(m->w[i]));
         ggml_backend_tensor_get(m->w[i], t->data, 0, ggml_nbytes(t));
+        const float * v = (const float *) t->data;
+        for (int64_t j = 0; j < ggml_nelements(t); j++) {
+            if (!isfinite(v[j])) {
+                gguf_free(g);
+                ggml_free(host);
+                return gmn_fail(GMN_E_DIVERGED, "model_save: tensor %s holds NaN or infinite values; the model cannot be "
+                                "saved (retrain it, with a lower learning rate if it diverged)", ggml_get_name(m->w[i]));
+            }
+        }
         gguf_add_tensor(g, t);
     }
     *g_out = g;

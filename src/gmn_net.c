@@ -157,6 +157,22 @@ static int gmn_check_window(int i, const struct gmn_layer * l, const struct gmn_
     return GMN_OK;
 }
 
+/* Names layer i PREFIX<n>, with n its ordinal among the layers of its kind, or the next n that no other
+ * layer is called (given names of later layers included). */
+static void gmn_default_name(const struct gmn_net * net, struct gmn_layer * out, int i, const char * prefix, int n) {
+    for (;; n++) {
+        snprintf(out[i].name, sizeof(out[i].name), "%s%d", prefix, n);
+        int taken = 0;
+        for (int j = 0; j < net->n_layers && !taken; j++) {
+            const char * other = j < i ? out[j].name : net->layers[j].name;
+            taken = j != i && gmn_layer_has_params(net->layers[j].kind) && strncmp(other, out[i].name, GMN_NAME_CAP) == 0;
+        }
+        if (!taken) {
+            return;
+        }
+    }
+}
+
 int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct gmn_shape * shapes, int64_t * n_params) {
     if (net == NULL) {
         return gmn_fail(GMN_E_INVALID, "network: NULL network");
@@ -186,8 +202,8 @@ int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct g
             l->name[GMN_NAME_CAP - 1] = '\0';
             return gmn_layer_fail(i, l, "its name is longer than %d characters", GMN_NAME_CAP - 1);
         } else if (l->name[0] == '\0') {
-            snprintf(l->name, sizeof(l->name), l->kind == GMN_LAYER_CONV2D ? "conv%d" : "fc%d",
-                     l->kind == GMN_LAYER_CONV2D ? n_conv + 1 : n_dense + 1);
+            gmn_default_name(net, out, i, l->kind == GMN_LAYER_CONV2D ? "conv" : "fc",
+                             l->kind == GMN_LAYER_CONV2D ? n_conv + 1 : n_dense + 1);
         } else if (!gmn_valid_name(l->name)) {
             return gmn_layer_fail(i, l, "name '%s' must be 1-%d characters of A-Z, a-z, 0-9 and _", l->name, GMN_NAME_CAP - 1);
         }

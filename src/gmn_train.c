@@ -447,7 +447,9 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
     struct ggml_tensor * labels = ggml_opt_labels(st->opt);
     const int C = m->n_classes;
     double prev_sum = 0.0;
+    int64_t last = 0; /* the last batch trained */
     for (int64_t ib = 0; ib < nbatch; ib++) {
+        last = ib;
         gmn_gather_batch(st, ds, st->perm + ib * B, B, C);
         ggml_opt_alloc(st->opt, true);
         gmn_fill_masks(m, st);
@@ -484,10 +486,11 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
             break;
         }
     }
-    if (!out->stopped) {
-        /* the last optimizer step is not seen by any batch loss: check the final weights on the last batch */
+    {
+        /* the last optimizer step (also of a run stopped early) is not seen by any batch loss: check the
+         * final weights on the last batch */
         struct gmn_sums s;
-        rc = gmn_rows_sums(m, ds, st->perm + (nbatch - 1) * B, B, &s);
+        rc = gmn_rows_sums(m, ds, st->perm + last * B, B, &s);
         if (rc != GMN_OK) {
             return rc;
         }

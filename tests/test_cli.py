@@ -371,3 +371,17 @@ def test_verify_says_where_it_looked(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert cli.data_main(["verify", "--dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert out.startswith(f"mnist in {tmp_path / 'mnist'}:\nMISSING train-images-idx3-ubyte.gz\n")
+
+
+def test_the_dataset_folder_is_found_beside_another_dataset(real_mnist: Path, tmp_path: Path) -> None:
+    """MNIST's files directly in DATA_DIR and Fashion-MNIST in DATA_DIR/fashion-mnist: --dataset picks the right one."""
+    fashion = real_mnist.parent / "fashion-mnist"
+    if not (fashion / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip(f"no Fashion-MNIST beside {real_mnist}")
+    root = tmp_path / "data"
+    root.mkdir()
+    for f in real_mnist.glob("*-ubyte.gz"):
+        (root / f.name).symlink_to(f)
+    (root / "fashion-mnist").symlink_to(fashion)
+    assert cli._dataset_dir(str(root), "fashion-mnist", "test", False) == root / "fashion-mnist"
+    assert cli._dataset_dir(str(root), "mnist", "test", False) == root

@@ -136,3 +136,111 @@ def test_numpy_scalars_are_numbers_and_bools_are_not() -> None:
                        ({"batch_size": True}, r"batch_size must be in \[1, 1000000\], got True")]:
         with pytest.raises(ConfigError, match=match):
             train(X, Y, **small_options("fc", **bad))
+
+
+# ---- found in review ------------------------------------------------------------------------------------
+def test_a_run_stopped_on_a_ruinous_step_is_divergence_and_nan_weights_never_save(tmp_path: Path) -> None:
+    from ggml_mnist._ffi import ffi, lib
+    model = Model.create("fc", hidden=8, threads=THREADS)
+    x = np.ascontiguousarray(X.reshape(60, -1))
+    y = Y.astype(np.int32)
+    ds = ffi.new("gmn_dataset **")
+    assert lib.gmn_dataset_init(ffi.cast("uint8_t *", ffi.from_buffer(x)), ffi.cast("int32_t *", ffi.from_buffer(y)), 60,
+                                784, 10, ds) == 0
+    cfg = ffi.new("struct gmn_train_config *", dict(optimizer=1, lr=1e20, lr_min_ratio=0, schedule=0, warmup_steps=0,
+                                                    total_steps=6, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0,
+                                                    batch_size=10, physical_batch_size=10, seed=1, max_loss=100))
+    assert lib.gmn_model_train_init(model.handle, cfg) == 0
+    stop = ffi.callback("int(void *, int, int64_t, int64_t, double, double)", lambda *a: 1)  # stop after batch 1
+    idx = np.arange(60, dtype=np.int64)
+    result = ffi.new("struct gmn_epoch_result *")
+    status = lib.gmn_model_train_epoch(model.handle, ds[0], ffi.cast("int64_t *", ffi.from_buffer(idx)), 60, ffi.NULL, 0,
+                                       stop, ffi.NULL, result)
+    lib.gmn_dataset_free(ds[0])
+    assert status == lib.GMN_E_DIVERGED
+    with pytest.raises(TrainingDivergedError):
+        model.save(tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_an_output_symlink_to_nowhere_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_idx(tmp_path / "x.idx", X)
+    write_idx(tmp_path / "y.idx", Y.astype(np.uint8))
+    (tmp_path / "out.gguf").symlink_to(tmp_path / "missing" / "m.gguf")
+    assert cli.train_main(["fc", str(tmp_path / "out.gguf"), str(tmp_path / "x.idx"), str(tmp_path / "y.idx")]) == 1
+    err = capsys.readouterr().err
+    assert "is a symbolic link to a missing file" in err and "epoch" not in err
+    long_name = tmp_path / ("m" * 250 + ".gguf")
+    assert cli.train_main(["fc", str(long_name), str(tmp_path / "x.idx"), str(tmp_path / "y.idx"), "--epochs", "1",
+                           "--hidden", "8", "--batch-size", "20", "--threads", "1", "--quiet"]) == 0
+    assert load(long_name).n_classes == 10
+
+
+def test_training_from_pipes(tmp_path: Path) -> None:
+    """Like mnist-train fc out.gguf <(zcat images.gz) <(zcat labels.gz): each pipe can be read once only."""
+    write_idx(tmp_path / "x.idx.gz", X)
+    write_idx(tmp_path / "y.idx.gz", Y.astype(np.uint8))
+    writers = []
+    for name in ("x", "y"):
+        os.mkfifo(tmp_path / f"{name}.pipe")
+        data = (tmp_path / f"{name}.idx.gz").read_bytes()
+
+        def feed(path=tmp_path / f"{name}.pipe", data=data) -> None:
+            with open(path, "wb") as f:
+                f.write(data)
+        writers.append(threading.Thread(target=feed))
+        writers[-1].start()
+    try:
+        assert cli.train_main(["fc", str(tmp_path / "m.gguf"), str(tmp_path / "x.pipe"), str(tmp_path / "y.pipe"),
+                               "--epochs", "1", "--hidden", "8", "--batch-size", "20", "--threads", "1", "--quiet"]) == 0
+    finally:
+        for w in writers:
+            w.join(timeout=30)
+    assert load(tmp_path / "m.gguf").metadata["dataset"]["n"] == 60
+
+
+def test_export_checks_the_network_at_its_own_image_size(tmp_path: Path) -> None:
+    layers = [gm.layers.Conv2d(2, 5), gm.layers.MaxPool2d(2), gm.layers.Conv2d(2, 5), gm.layers.MaxPool2d(2),
+              gm.layers.Conv2d(2, 5), gm.layers.Dense()]  # impossible at 28x28, fine at 64x64
+    model = Model.create(layers, image_size=(64, 64), threads=THREADS)
+    exported = gm.export_gguf(tmp_path / "e.gguf", layers, model.get_weights(), image_size=(64, 64))
+    assert exported.image_size == (64, 64) and exported.layers == model.layers
+
+
+def test_numbers_of_any_kind_in_layers_and_seeds() -> None:
+    layers = [gm.layers.Dense(np.int64(8)), gm.layers.Dropout(np.float32(0.25)), gm.layers.Dense()]
+    model = Model.create(layers, seed=np.int64(3), threads=THREADS)
+    assert model.layers[1].p == 0.25 and model.layers[0].units == 8
+    assert gm.TrainConfig.defaults("cnn").replace(conv_channels=np.int64(4)).conv_channels == (4,)
+    with pytest.raises(ConfigError, match="conv_channels must be whole numbers"):
+        gm.TrainConfig.defaults("cnn").replace(conv_channels=1.5)
+
+
+def test_default_names_skip_names_already_taken() -> None:
+    model = Model.create([gm.layers.Dense(8), gm.layers.Dense(6, name="fc1"), gm.layers.Dense()], threads=THREADS)
+    assert [x.name for x in model.layers] == ["fc2", "fc1", "fc3"]
+
+
+def test_a_child_forked_while_another_thread_predicts_can_predict() -> None:
+    code = textwrap.dedent("""
+        import os, threading, numpy as np, ggml_mnist as gm
+        model = gm.Model.create("cnn", threads=1)
+        x = np.zeros((3000, 28, 28), np.uint8)
+        busy = threading.Event()
+        def work():
+            while not busy.is_set():
+                model.predict(x)
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        forked = 0
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:
+                model.predict(x[:2])
+                os._exit(0)
+            forked += os.waitpid(pid, 0)[1] == 0
+        busy.set()
+        print(forked)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "5", out.stderr[-2000:]

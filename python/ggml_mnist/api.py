@@ -18,7 +18,7 @@ import numpy as np
 from . import _ffi
 from ._ffi import ffi, lib
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
-from .data import load_mnist, read_idx, validate_dataset
+from .data import has_split, load_mnist, read_idx, validate_dataset
 from .errors import ConfigError, DataError
 from .layers import ArchLike, Conv2d, Dense, resolve_layers
 from .model import Model, PathLike, check_net
@@ -109,7 +109,7 @@ def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath]
         if data_dir is None:
             raise ConfigError("no data given: pass images and labels (arrays or IDX paths) or a data directory")
         nested = Path(data_dir) / "mnist"  # a parent such as data/, where mnist-data downloads to data/mnist
-        if nested.is_dir() and not any(Path(data_dir).glob(f"{'train' if split == 'train' else 't10k'}-images*")):
+        if not has_split(data_dir, split) and has_split(nested, split):
             return load_mnist(nested, split)
         return load_mnist(data_dir, split)
     if isinstance(images, (str, os.PathLike)):
@@ -275,7 +275,7 @@ def export_gguf(path: PathLike, arch: ArchLike, weights: Mapping[str, Any], *, l
     if layout not in ("ggml", "torch"):
         raise ConfigError(f"layout must be 'ggml' or 'torch', got {layout!r}")
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
-    layers, _ = check_net(resolve_layers(arch, 10), 10, (28, 28))
+    layers, _ = check_net(resolve_layers(arch, 10), 10, image_size or (28, 28))
     tensors = [(i, f"{x.name}.{'kernel' if isinstance(x, Conv2d) else 'weight'}", f"{x.name}.bias")
                for i, x in enumerate(layers) if isinstance(x, (Conv2d, Dense))]
     missing = [name for _, w, b in tensors for name in (w, b) if name not in arrays]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import api, download
 from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
-from .data import read_idx_header
+from .data import has_split, read_idx_header
 from .errors import ConfigError, GgmlMnistError, ModelIOError
 from .layers import load_layers, preset_names, resolve_layers
 from .model import check_net, summary_lines
@@ -80,8 +80,8 @@ def _data_args(rest: list[str], prog: str) -> tuple[Optional[str], Optional[str]
 
 def _check_pair_order(images: Optional[str], labels: Optional[str]) -> None:
     """Raise ConfigError when the IDX files given as IMAGES LABELS are the other way round."""
-    if images is None or labels is None:
-        return
+    if images is None or labels is None or not (Path(images).is_file() and Path(labels).is_file()):
+        return  # a pipe (<(zcat f.gz)) can be read once only: leave it to the real read
     ndims = []
     for path in (images, labels):
         try:
@@ -92,11 +92,6 @@ def _check_pair_order(images: Optional[str], labels: Optional[str]) -> None:
         raise ConfigError(f"{images!r} holds labels and {labels!r} images; the order is IMAGES LABELS")
 
 
-def _has_split(directory: Path, split: str) -> bool:
-    stem = "train" if split == "train" else "t10k"
-    return any((directory / f"{stem}-images{sep}idx3-ubyte{ext}").is_file() for sep in "-." for ext in ("", ".gz"))
-
-
 def _dataset_dir(data_dir: str, dataset: str, split: str, allow_download: bool) -> Path:
     """The directory holding the split: DATA_DIR itself or DATA_DIR/DATASET (either may be given).
 
@@ -104,13 +99,16 @@ def _dataset_dir(data_dir: str, dataset: str, split: str, allow_download: bool) 
     --download was given; a folder of another known dataset is refused.
     """
     root = Path(data_dir)
+    other = None
     for candidate in (root, root / dataset):
-        if _has_split(candidate, split):
+        if has_split(candidate, split):
             found = download.identify_dataset(candidate, split)
-            if found is not None and found != dataset:
-                raise ConfigError(f"{candidate} holds {found}, not {dataset}; point --data-dir at the {dataset} files "
-                                  f"or at their parent folder (downloads go to DIR/{dataset})")
-            return candidate
+            if found is None or found == dataset:
+                return candidate
+            other = other or (candidate, found)
+    if other is not None:
+        raise ConfigError(f"{other[0]} holds {other[1]}, not {dataset}; point --data-dir at the {dataset} files "
+                          f"or at their parent folder (downloads go to DIR/{dataset})")
     if not root.exists() and not allow_download and data_dir != DEFAULT_DATA_DIR:
         raise ConfigError(f"--data-dir {data_dir!r} does not exist; check the path, or add --download to download "
                           f"{dataset} into {root / dataset}")
@@ -170,6 +168,10 @@ def _check_output(path: str, inputs: Sequence[str] = ()) -> None:
     target = Path(path)
     if target.is_dir():
         raise ModelIOError(f"{path!r} is a directory; give a file name such as model.gguf")
+    if target.is_symlink():  # the shim saves to the link's target
+        if not target.exists():
+            raise ModelIOError(f"cannot save to {path!r}: it is a symbolic link to a missing file; remove it or save elsewhere")
+        target = target.resolve()
     for source in inputs:
         if target.exists() and Path(source).exists() and os.path.samefile(target, source):
             raise ModelIOError(f"the output {path!r} is the input file {source!r}; saving would destroy it, "
@@ -181,7 +183,7 @@ def _check_output(path: str, inputs: Sequence[str] = ()) -> None:
     if not target.parent.is_dir():
         raise ModelIOError(f"cannot save to {path!r}: directory '{target.parent}' does not exist; create it first")
     try:
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.check-"):
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".ggml-mnist-check-"):
             pass
     except OSError as exc:
         raise ModelIOError(f"cannot save to {path!r}: directory '{target.parent}' is not writable ({exc.strerror}); "

@@ -52,12 +52,10 @@ class TrainConfig:
         # numpy and other number types become int / float; bools stay bools, which validate() refuses
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, (bool, str)) or value is None or type(value) in (int, float):
-                continue
-            if isinstance(value, numbers.Integral):
-                object.__setattr__(self, f.name, int(value))
-            elif isinstance(value, numbers.Real):
-                object.__setattr__(self, f.name, float(value))
+            if isinstance(value, tuple) and f.name == "conv_channels":
+                object.__setattr__(self, f.name, tuple(_plain(v) for v in value))
+            else:
+                object.__setattr__(self, f.name, _plain(value))
 
     @classmethod
     def defaults(cls, arch: Any = "cnn") -> "TrainConfig":
@@ -74,7 +72,11 @@ class TrainConfig:
         if "arch" in kept:
             kept["arch"] = normalize_arch(kept["arch"])
         if "conv_channels" in kept:
-            kept["conv_channels"] = tuple(kept["conv_channels"])
+            channels = kept["conv_channels"]
+            try:
+                kept["conv_channels"] = (channels,) if isinstance(channels, numbers.Integral) else tuple(channels)
+            except TypeError:
+                raise ConfigError(f"conv_channels must be whole numbers, got {channels!r}") from None
         return dataclasses.replace(self, **kept)
 
     @property
@@ -160,6 +162,17 @@ def check_batch_size(size: Any) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ConfigError(f"batch_size must be a whole number >= 1, got {size!r}")
     return size
+
+
+def _plain(value: Any) -> Any:
+    """A numpy (or other) number as int / float; bools and everything else unchanged."""
+    if isinstance(value, (bool, str)) or value is None or type(value) in (int, float):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 def _whole(x: Any) -> bool:

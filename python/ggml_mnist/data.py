@@ -150,12 +150,12 @@ def read_idx(path: PathLike) -> np.ndarray:
             dtype, shape, header_size = _read_header(path, f)
             declared = math.prod(shape) * dtype.itemsize
             if isinstance(f, gzip.GzipFile) or file_size is None:
-                return _read_payload(path, f, dtype, shape, declared, file_size)
+                return _read_payload(path, f, dtype, shape, declared, file_size, stream=file_size is None)
         except _GZIP_ERRORS as e:
             raise _format_error(path, f"corrupt gzip data ({e})") from e
         _check_payload(path, declared, file_size - header_size)
         if file_size < _MMAP_MIN:
-            return _read_payload(path, f, dtype, shape, declared, None)
+            return _read_payload(path, f, dtype, shape, declared, None, stream=False)
         buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     data = np.frombuffer(buffer, dtype, count=math.prod(shape), offset=header_size).reshape(shape)
     return data if dtype.itemsize == 1 else data.astype(dtype.newbyteorder("="))
@@ -168,18 +168,20 @@ def _read_payload(
     shape: tuple[int, ...],
     declared: int,
     compressed_size: int | None,
+    stream: bool,
 ) -> np.ndarray:
     """Read the declared payload after the header into memory, and one byte more to reveal trailing data.
 
-    compressed_size is the size of a gzip file (None for raw data), which bounds what it can hold."""
+    compressed_size is the size of a gzip file (None for raw data), which bounds what it can hold;
+    a stream (pipe or device) is bounded by _STREAM_MAX."""
     if compressed_size is not None and declared > _DEFLATE_MAX_RATIO * compressed_size:
         raise _format_error(
             path,
             f"header says {declared} bytes of data, more than a {compressed_size}-byte gzip file "
             "can hold (the header is corrupt or the file is truncated)",
         )
-    if declared > _STREAM_MAX:
-        raise _format_error(path, f"header says {declared} bytes of data; at most {_STREAM_MAX} are read")
+    if stream and declared > _STREAM_MAX:
+        raise _format_error(path, f"header says {declared} bytes of data; at most {_STREAM_MAX} are read from a pipe")
     payload = np.empty(declared, np.uint8)
     view, done = memoryview(payload), 0
     while done < declared:
@@ -388,6 +390,12 @@ def load_idx_pair(images_path: PathLike, labels_path: PathLike) -> tuple[np.ndar
     """
     images, labels, _ = validate_dataset(read_idx(images_path), read_idx(labels_path))
     return images, labels
+
+
+def has_split(directory: PathLike, split: str) -> bool:
+    """True when directory holds the images file of split ("train" or "test") under one of the MNIST names."""
+    stem = "train" if split == "train" else "t10k"
+    return any((Path(directory) / name).is_file() for name in _idx_candidates(stem, "images", "idx3"))
 
 
 def _idx_candidates(prefix: str, kind: str, idx: str) -> list[str]:

@@ -160,7 +160,7 @@ class Dropout(Layer):
     code: ClassVar[int] = lib.GMN_LAYER_DROPOUT
 
     def native(self, n_classes: int) -> dict[str, Any]:
-        if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not math.isfinite(self.p):
+        if isinstance(self.p, bool) or not isinstance(self.p, numbers.Real) or not math.isfinite(self.p):
             raise ConfigError(f"Dropout p must be a number in [0, 1), got {self.p!r}")
         return dict(kind=self.code, p=float(self.p))
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import tempfile
 import threading
+import weakref
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -18,6 +20,16 @@ from .errors import ConfigError, DataError, DataFileNotFoundError, ModelIOError
 from .layers import ArchLike, Dense, Layer, as_int, from_native, preset_layers, preset_names, resolve_layers
 
 PathLike = Union[str, "os.PathLike[str]"]
+_LIVE: "weakref.WeakSet[Model]" = weakref.WeakSet()
+
+
+def _new_locks_after_fork() -> None:
+    # a lock held by another thread at fork() time would never be released in the child
+    for model in list(_LIVE):
+        model._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
 class Model:
@@ -37,6 +49,7 @@ class Model:
         self = cls.__new__(cls)
         self._handle = ffi.gc(handle, lib.gmn_model_free)
         self._lock = threading.RLock()  # one native call at a time; close() waits for a running one
+        _LIVE.add(self)
         net = ffi.new("struct gmn_net *")
         buf = ffi.new("struct gmn_layer[]", lib.GMN_MAX_LAYERS)
         _ffi.check(lib.gmn_model_get_net(self._handle, net, buf, lib.GMN_MAX_LAYERS))
@@ -58,8 +71,9 @@ class Model:
         ``conv_channels`` edit the preset's first hidden dense layer and its convolutions.
         Raises ConfigError for an impossible network and DeviceError for an unknown device.
         """
-        if isinstance(seed, bool) or not (isinstance(seed, int) and 0 <= seed < 2**64):
+        if isinstance(seed, bool) or not (isinstance(seed, numbers.Integral) and 0 <= int(seed) < 2**64):
             raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        seed = int(seed)
         n_classes = as_int(n_classes, "n_classes")
         layers = resolve_layers(arch, n_classes, hidden=hidden, conv_channels=conv_channels)
         net, _keep = native_net(layers, n_classes, image_size)
