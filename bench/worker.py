@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+import ggml_mnist as gm
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
