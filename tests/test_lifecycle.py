@@ -54,14 +54,31 @@ def test_closing_from_another_thread_while_training_raises_instead_of_crashing()
     y = np.arange(3000) % 10
     closers: list[threading.Thread] = []
 
-    def on_epoch(stats, model: Model) -> None:
-        if stats.epoch == 1:  # hand the model to a thread that closes it while epoch 2 runs natively
-            closers.append(threading.Thread(target=lambda: (time.sleep(0.05), model.close())))
-            closers[0].start()
+    def close_between_epochs(stats, model: Model) -> None:
+        if stats.epoch == 1:  # another thread closes the model; the next epoch must raise, not crash
+            closers.append(threading.Thread(target=model.close))
+            closers[-1].start()
+            closers[-1].join()
 
     with pytest.raises(ValueError, match="this Model has been closed"):
-        train(x, y, arch="cnn", **SMALL["cnn"], epochs=4, batch_size=50, threads=THREADS, progress=False, on_epoch=on_epoch)
-    closers[0].join()
+        train(x, y, arch="cnn", **SMALL["cnn"], epochs=3, batch_size=50, threads=THREADS, progress=False,
+              on_epoch=close_between_epochs)
+
+    def close_during_an_epoch(stats, model: Model) -> None:
+        if stats.epoch == 1:  # the close waits for the running native call; whichever comes next must not crash
+            closers.append(threading.Thread(target=lambda: (time.sleep(0.05), model.close())))
+            closers[-1].start()
+
+    try:
+        model, _ = train(x, y, arch="cnn", **SMALL["cnn"], epochs=4, batch_size=50, threads=THREADS, progress=False,
+                         on_epoch=close_during_an_epoch)
+    except ValueError as exc:
+        assert "this Model has been closed" in str(exc)
+    else:
+        closers[-1].join()
+        with pytest.raises(ValueError, match="this Model has been closed"):
+            model.predict(x[:1])
+    closers[-1].join()
 
 
 def test_two_threads_using_one_model_take_turns() -> None:
