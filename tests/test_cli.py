@@ -385,3 +385,11 @@ def test_the_dataset_folder_is_found_beside_another_dataset(real_mnist: Path, tm
     (root / "fashion-mnist").symlink_to(fashion)
     assert cli._dataset_dir(str(root), "fashion-mnist", "test", False) == root / "fashion-mnist"
     assert cli._dataset_dir(str(root), "mnist", "test", False) == root
+
+
+def test_output_piped_into_head_stops_quietly(tmp_path: Path) -> None:
+    Model.create("fc", hidden=4, threads=1).save(tmp_path / "m.gguf", metadata={"note": "x" * 300_000})  # > a pipe's buffer
+    code = "import sys; from ggml_mnist.cli import eval_main; sys.exit(eval_main(sys.argv[1:]))"
+    out = subprocess.run(f"{sys.executable} -c '{code}' {tmp_path / 'm.gguf'} --info | head -1", shell=True,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("architecture: ") and out.stderr == ""

@@ -50,6 +50,9 @@ def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPar
         set_verbose(True)
     try:
         return main(args)
+    except BrokenPipeError:  # output piped into head and the like: stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (GgmlMnistError, OSError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
