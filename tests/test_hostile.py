@@ -91,11 +91,11 @@ def test_the_output_may_not_be_an_input(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 # ---- streams and files rewritten under us --------------------------------------------------------------
-def test_a_fifo_without_a_writer_fails_at_once_and_with_one_it_reads(tmp_path: Path) -> None:
+def test_a_fifo_without_a_writer_fails_and_with_a_late_one_it_reads(tmp_path: Path) -> None:
     fifo = tmp_path / "images"
     os.mkfifo(fifo)
-    with pytest.raises(gm.IdxFormatError, match="data ends after 0 bytes"):
-        read_idx(fifo)  # no writer: must not wait for one
+    with pytest.raises(gm.IdxFormatError, match=r"nothing wrote to this pipe within 5 s; start the program that feeds it"):
+        read_idx(fifo)  # no writer: gives up after a few seconds instead of waiting for good
     write_idx(tmp_path / "x.idx.gz", X)
     data = (tmp_path / "x.idx.gz").read_bytes()
 

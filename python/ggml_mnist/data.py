@@ -9,6 +9,7 @@ import math
 import mmap
 import os
 import secrets
+import select
 import stat
 import struct
 import zlib
@@ -41,6 +42,7 @@ _DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data by more than this factor
 _CHUNK = 1 << 20
 _MMAP_MIN = 1 << 30  # raw files this large are memory-mapped; smaller ones are read, so rewriting them later is harmless
 _STREAM_MAX = 1 << 31  # the most data read from a pipe or device
+_PIPE_WAIT = 5.0  # seconds a named pipe may take before its writer sends anything
 
 _SPLITS = {"train": "train", "test": "t10k"}
 _DOWNLOAD_HINT = (
@@ -57,7 +59,7 @@ def _open_uncompressed(path: Path) -> tuple[BinaryIO, int | None]:
     """Open path for reading its uncompressed bytes (gzip is detected by its magic bytes).
 
     Returns the file and the size of a regular file, or None for a pipe or device, which is read
-    as a stream; opening one never waits for a writer.
+    as a stream; a named pipe whose writer sends nothing within _PIPE_WAIT seconds is refused.
     """
     try:
         info = os.stat(path)
@@ -67,6 +69,10 @@ def _open_uncompressed(path: Path) -> tuple[BinaryIO, int | None]:
         raise _format_error(path, "is a directory", "give the path of an IDX file")
     if not stat.S_ISREG(info.st_mode):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO without a writer would block open() for good
+        if stat.S_ISFIFO(info.st_mode) and not select.select([fd], [], [], _PIPE_WAIT)[0]:
+            os.close(fd)
+            raise _format_error(path, f"nothing wrote to this pipe within {_PIPE_WAIT:g} s",
+                                "start the program that feeds it first")
         os.set_blocking(fd, True)
         stream = os.fdopen(fd, "rb")
         if stream.peek(2)[:2] == _GZIP_MAGIC:
@@ -139,7 +145,7 @@ def read_idx(path: PathLike) -> np.ndarray:
     Returns a native-endian array of the file's element type and shape. Files are read into
     memory, except raw 8-bit files of 1 GiB or more, which are memory-mapped copy-on-write (the
     array shares the file's pages; do not truncate such a file while using the array). Pipes and
-    devices (``<(zcat f.gz)``) are read as streams. Data is never read or decompressed beyond the
+    devices (``<(zcat f.gz)``) are read as streams; a named pipe nobody writes to fails after 5 s. Data is never read or decompressed beyond the
     declared size plus one byte (and gzip's small read buffer).
     Raises DataFileNotFoundError if the file is missing and IdxFormatError if it is malformed.
     """
