@@ -94,6 +94,14 @@ void     gmn_rng_seed(struct gmn_rng * rng, uint64_t seed);
 uint64_t gmn_rng_next(struct gmn_rng * rng);
 double   gmn_rng_uniform(struct gmn_rng * rng); /* [0, 1) */
 
+/* Augmentation (gmn_augment.c): a workspace sized for one image, and one image augmented with rng. */
+struct gmn_aug_ws { float * src; float * grid; };
+int  gmn_augment_active(const struct gmn_augment * aug);
+int  gmn_aug_ws_init(struct gmn_aug_ws * ws, const struct gmn_augment * aug, int h, int w);
+void gmn_aug_ws_free(struct gmn_aug_ws * ws);
+void gmn_augment_one(const struct gmn_augment * aug, struct gmn_rng * rng, struct gmn_aug_ws * ws, const uint8_t * img,
+                     int h, int w, float * out);
+
 /* Bytes this process can still allocate on the host: MemAvailable, capped by RLIMIT_AS headroom. */
 uint64_t gmn_host_memory_available(void);
 /* Refuse (GMN_E_NOMEM) a graph ending in out whose node data times factor would not fit in the

@@ -15,6 +15,10 @@ struct gmn_train_state {
     struct ggml_tensor    * masks[GMN_MAX_LAYERS]; /* dropout masks, per dropout layer (else NULL) */
     float                 * mask_buf;   /* staging for the largest mask */
     struct gmn_rng          mask_rng;   /* own stream, so dropout does not change the shuffle order */
+    struct gmn_rng          aug_rng;    /* own stream for augmentation, likewise */
+    struct gmn_aug_ws       aug_ws;
+    int                     augment;    /* cfg.augment does something */
+    int                     h, w;       /* image size */
     int                     batches;    /* batches trained since train_init */
     struct ggml_context   * ctx_compute;
     ggml_opt_context_t      opt;
@@ -98,6 +102,7 @@ void gmn_train_state_free(struct gmn_train_state * st) {
     free(st->perm);
     free(st->probs);
     free(st->mask_buf);
+    gmn_aug_ws_free(&st->aug_ws);
     free(st);
 }
 
@@ -185,6 +190,9 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
         return gmn_fail(GMN_E_INVALID, "train_init: NULL argument");
     }
     int rc = gmn_check_train_config(config);
+    if (rc == GMN_OK) {
+        rc = gmn_augment_check(&config->augment, m->net.image_h, m->net.image_w);
+    }
     if (rc != GMN_OK) {
         return rc;
     }
@@ -198,6 +206,14 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     st->cfg = *config;
     gmn_rng_seed(&st->rng, config->seed);
     gmn_rng_seed(&st->mask_rng, config->seed ^ 0x6d61736b64726f70ULL);
+    gmn_rng_seed(&st->aug_rng, config->seed ^ 0x6175676d656e7421ULL);
+    st->augment = gmn_augment_active(&config->augment);
+    st->h = m->net.image_h;
+    st->w = m->net.image_w;
+    if (st->augment && gmn_aug_ws_init(&st->aug_ws, &config->augment, m->net.image_h, m->net.image_w) != GMN_OK) {
+        gmn_train_state_free(st);
+        return GMN_E_NOMEM;
+    }
     const int64_t B = config->physical_batch_size;
     const int64_t npix = gmn_image_pixels(m);
     st->xbuf = malloc((size_t) (B * npix) * sizeof(float));
@@ -283,7 +299,11 @@ static void gmn_gather_batch(struct gmn_train_state * st, const gmn_dataset * ds
     memset(st->ybuf, 0, (size_t) (B * n_classes) * sizeof(float));
     for (int64_t r = 0; r < B; r++) {
         const int64_t i = rows[r];
-        gmn_u8_to_f32(st->xbuf + r * npix, ds->images + i * npix, npix);
+        if (st->augment) {
+            gmn_augment_one(&st->cfg.augment, &st->aug_rng, &st->aug_ws, ds->images + i * npix, st->h, st->w, st->xbuf + r * npix);
+        } else {
+            gmn_u8_to_f32(st->xbuf + r * npix, ds->images + i * npix, npix);
+        }
         st->ybuf[r * n_classes + ds->labels[i]] = 1.0f;
     }
 }
@@ -328,6 +348,24 @@ int gmn_model_dropout_mask(const gmn_model * m, int layer, float * mask, int64_t
                         (long long) ggml_nelements(t), (long long) n);
     }
     ggml_backend_tensor_get(t, mask, 0, ggml_nbytes(t));
+    return GMN_OK;
+}
+
+int gmn_model_last_batch(const gmn_model * m, float * images, int64_t n_images, float * labels, int64_t n_labels) {
+    gmn_clear_error();
+    if (m == NULL || images == NULL || labels == NULL) {
+        return gmn_fail(GMN_E_INVALID, "last_batch: NULL argument");
+    }
+    if (m->train == NULL || m->train->batches == 0) {
+        return gmn_fail(GMN_E_STATE, "last_batch: no training batch has run yet");
+    }
+    const int64_t B = m->train->cfg.physical_batch_size;
+    if (n_images != B * gmn_image_pixels(m) || n_labels != B * m->n_classes) {
+        return gmn_fail(GMN_E_INVALID, "last_batch: the batch has %lld pixels and %lld label values, got room for %lld and %lld",
+                        (long long) (B * gmn_image_pixels(m)), (long long) (B * m->n_classes), (long long) n_images, (long long) n_labels);
+    }
+    memcpy(images, m->train->xbuf, (size_t) n_images * sizeof(float));
+    memcpy(labels, m->train->ybuf, (size_t) n_labels * sizeof(float));
     return GMN_OK;
 }
 
