@@ -234,8 +234,8 @@ int  gmn_model_train_epoch(gmn_model * model, const gmn_dataset * ds,
 
 /* Augmentation (gmn_augment.c). Check a parameter set for h x w images; returns a status naming a bad value. */
 int  gmn_augment_check(const struct gmn_augment * aug, int h, int w);
-/* Augment n uint8 images [n, h, w] into floats in [0, 1] (out: n*h*w) as training does, drawing from a stream
- * seeded with seed; the same seed gives the same images. Thread-safe. */
+/* Augment n uint8 images [n, h, w] into floats in [0, 1] (out: n*h*w) as training does; image i draws from its
+ * own generator seeded from (seed, i), so the same seed gives the same images. Thread-safe. */
 int  gmn_augment_images(const struct gmn_augment * aug, uint64_t seed, const uint8_t * images, int64_t n, int h, int w, float * out);
 /* Resample one float image: out(x, y) = in(a0*(x-cx) + a1*(y-cy) + cx + a2, a3*(x-cx) + a4*(y-cy) + cy + a5)
  * with c the image centre, bilinear, 0 outside. in and out must not overlap. */

@@ -173,9 +173,16 @@ static void gmn_draw_affine(const struct gmn_augment * aug, struct gmn_rng * rng
     a[5] = (float) -(i10 * tx + i11 * ty);
 }
 
-void gmn_augment_one(const struct gmn_augment * aug, struct gmn_rng * rng, struct gmn_aug_ws * ws, const uint8_t * img,
+uint64_t gmn_augment_image_seed(uint64_t seed, uint64_t index) {
+    return seed ^ (index * 0x9e3779b97f4a7c15ULL + 0x632be59bd9b4e019ULL);
+}
+
+void gmn_augment_one(const struct gmn_augment * aug, uint64_t image_seed, struct gmn_aug_ws * ws, const uint8_t * img,
                      int h, int w, float * out) {
     const int64_t npix = (int64_t) h * w;
+    struct gmn_rng state;
+    struct gmn_rng * rng = &state;
+    gmn_rng_seed(rng, image_seed);
     gmn_u8_to_f32(ws->src, img, npix);
     float a[6];
     gmn_draw_affine(aug, rng, a);
@@ -208,11 +215,9 @@ int gmn_augment_images(const struct gmn_augment * aug, uint64_t seed, const uint
     if (rc != GMN_OK) {
         return rc;
     }
-    struct gmn_rng rng;
-    gmn_rng_seed(&rng, seed);
     const int64_t npix = (int64_t) h * w;
     for (int64_t i = 0; i < n; i++) {
-        gmn_augment_one(aug, &rng, &ws, images + i * npix, h, w, out + i * npix);
+        gmn_augment_one(aug, gmn_augment_image_seed(seed, (uint64_t) i), &ws, images + i * npix, h, w, out + i * npix);
     }
     gmn_aug_ws_free(&ws);
     return GMN_OK;

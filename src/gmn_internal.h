@@ -99,7 +99,9 @@ struct gmn_aug_ws { float * src; float * grid; };
 int  gmn_augment_active(const struct gmn_augment * aug);
 int  gmn_aug_ws_init(struct gmn_aug_ws * ws, const struct gmn_augment * aug, int h, int w);
 void gmn_aug_ws_free(struct gmn_aug_ws * ws);
-void gmn_augment_one(const struct gmn_augment * aug, struct gmn_rng * rng, struct gmn_aug_ws * ws, const uint8_t * img,
+/* Image number index of a stream seeded with seed gets its own generator: order and threads do not matter. */
+uint64_t gmn_augment_image_seed(uint64_t seed, uint64_t index);
+void gmn_augment_one(const struct gmn_augment * aug, uint64_t image_seed, struct gmn_aug_ws * ws, const uint8_t * img,
                      int h, int w, float * out);
 
 /* Bytes this process can still allocate on the host: MemAvailable, capped by RLIMIT_AS headroom. */
