@@ -21,7 +21,7 @@ SMALL = {"fc": {"hidden": 32}, "cnn": {"conv_channels": (2, 4)}}
 
 def small_options(arch: str, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments of train() for a fast run of ``arch`` on a few hundred images."""
-    options = dict(arch=arch, epochs=2, batch_size=20, threads=THREADS, progress=False, **SMALL.get(arch, {}))
+    options = dict(arch=arch, epochs=2, batch_size=20, threads=THREADS, progress=False, augment="none", **SMALL.get(arch, {}))
     options.update(overrides)
     return options
 

@@ -54,7 +54,7 @@ def test_history_metadata(data: tuple) -> None:
     meta = model.metadata
     assert meta["seed"] == 5
     assert meta["config"] == TrainConfig.defaults("fc").replace(
-        epochs=2, batch_size=20, threads=THREADS, hidden=32, seed=5).as_dict()
+        epochs=2, batch_size=20, threads=THREADS, hidden=32, seed=5, augment="none").as_dict()
     assert meta["history"] == [s.as_dict() for s in history]
     assert meta["dataset"] == {"n": 300, "n_train": 300, "n_val": 0, "image_size": [28, 28], "n_classes": 10,
                                "source": "array"}

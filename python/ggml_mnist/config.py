@@ -135,14 +135,14 @@ class TrainConfig:
 
 # The tuned defaults per preset; README "Networks" and "Default recipe" give the measurements behind them.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fc": dict(epochs=10, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0),
-    "cnn": dict(epochs=15, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
+    "fc": dict(epochs=50, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0, augment="light"),
+    "cnn": dict(epochs=30, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05, augment="light"),
     "mlp800": dict(epochs=10, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0),
     "minerva-mlp": dict(epochs=10, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0),
     "minerva-cnn": dict(epochs=8, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
     "lenet5": dict(epochs=12, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
     "letters-cnn": dict(epochs=6, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
-    "best": dict(epochs=6, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
+    "best": dict(epochs=8, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05, augment="light"),
 }
 # The recipe of a network given as a layer list.
 GENERIC_RECIPE: dict[str, Any] = dict(epochs=10, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0)
