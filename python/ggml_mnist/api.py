@@ -20,7 +20,7 @@ from . import _ffi
 from ._ffi import ffi, lib
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
 from .data import has_split, load_mnist, read_idx, validate_dataset
-from .datasets import class_names, dataset_info, preparation
+from .datasets import DATASETS, class_names, dataset_info, preparation
 from .download import identify_dataset
 from .errors import ConfigError, DataError, ModelIOError, TrainingDivergedError
 from .layers import ArchLike, Conv2d, Dense, resolve_layers
@@ -434,11 +434,12 @@ class _Checkpoints:
 
 
 def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
-             data_dir: Optional[PathLike] = None, batch_size: int = EVAL_CHUNK, keep_probabilities: bool = True,
-             device: Optional[str] = None, threads: Optional[int] = None) -> EvalResult:
+             data_dir: Optional[PathLike] = None, dataset: Optional[str] = None, batch_size: int = EVAL_CHUNK,
+             keep_probabilities: bool = True, device: Optional[str] = None, threads: Optional[int] = None) -> EvalResult:
     """Evaluate ``model`` (a Model or a GGUF path) on labelled images; returns an EvalResult.
 
-    Data arguments work as in :func:`train` (the test split when a directory is given). Images
+    Data arguments work as in :func:`train` (the test split when a directory is given; ``dataset`` defaults to
+    the one recorded in the model, so a Fashion-MNIST model reads ``data_dir/fashion-mnist``). Images
     are streamed ``batch_size`` at a time, so memory stays bounded for any N; with
     ``keep_probabilities=False`` only predictions are kept. ``device`` and ``threads`` choose
     where a model loaded from a path runs; a Model runs where it was created, so giving them
@@ -451,7 +452,10 @@ def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None
                               f"{model.device}: load it with gm.load(path, device=..., threads=...) instead")
     else:
         model = Model.load(model, device=device or DEFAULT_DEVICE, threads=0 if threads is None else threads)
-    images, labels = resolve_dataset(images, labels, "test", data_dir)
+    if dataset is None and images is None:
+        recorded = model.metadata.get("dataset")
+        dataset = recorded.get("name") if isinstance(recorded, dict) and recorded.get("name") in DATASETS else None
+    images, labels = resolve_dataset(images, labels, "test", data_dir, dataset)
     images, labels, _ = validate_dataset(images, labels, model.n_classes, image_size=model.image_size)
     n = len(labels)
     predictions = np.empty(n, dtype=np.int64)
