@@ -186,7 +186,8 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
     arch = model.arch if model.arch != "custom" else tuple(model.layers)
     wanted = options.get("arch")
     if wanted is not None and resolve_layers(wanted, model.n_classes) != model.layers:
-        raise ConfigError(f"{what}: the model file holds a {_arch_label(arch)} network, not {_arch_label(wanted)}; the "
+        held = f"a {model.arch}" if model.arch != "custom" else f"its own {len(model.layers)}-layer"
+        raise ConfigError(f"{what}: the model file holds {held} network, not {_arch_label(wanted)}; the "
                           "network comes from the file, so leave arch out (or give the matching one)")
     if resume is None:
         model.drop_optimizer_state()
