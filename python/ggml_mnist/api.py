@@ -185,7 +185,8 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
         raise ConfigError(f"{what} must be a Model or the path of a GGUF model, got {start!r}")
     arch = model.arch if model.arch != "custom" else tuple(model.layers)
     wanted = options.get("arch")
-    if wanted is not None and resolve_layers(wanted, model.n_classes) != model.layers:
+    if wanted is not None and resolve_layers(wanted, model.n_classes, hidden=options.get("hidden"),
+                                             conv_channels=options.get("conv_channels")) != model.layers:
         held = f"a {model.arch}" if model.arch != "custom" else f"its own {len(model.layers)}-layer"
         raise ConfigError(f"{what}: the model file holds {held} network, not {_arch_label(wanted)}; the "
                           "network comes from the file, so leave arch out (or give the matching one)")

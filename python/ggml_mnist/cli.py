@@ -287,7 +287,8 @@ def _train(args: argparse.Namespace) -> int:
         options = {k: v for k, v in options.items() if k in ("epochs", "device", "threads")}
     else:
         config = TrainConfig.defaults(arch).replace(**options).validate()  # before any download
-        options = {}
+        # train() refuses an ARCH (with --hidden / --conv-channels) that is not the file's network
+        options = dict(arch=arch, hidden=args.hidden, conv_channels=args.conv_channels) if args.init else {}
     _check_output(args.output, [p for p in (images, labels, start) if p is not None])
     if args.checkpoint_best and not args.checkpoint:
         raise ConfigError("--checkpoint-best needs --checkpoint DIR")
