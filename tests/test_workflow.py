@@ -138,8 +138,10 @@ def test_run_log_holds_runs_epochs_and_batches_of_several_runs(data, tmp_path: P
         assert batches[-1][3] == pytest.approx(stats.lr) and stats.lr > 0
     assert db.execute("SELECT count(*) FROM epochs WHERE run_id = 2").fetchone() == (1,)
     # the README's comparison of two runs
-    rows = db.execute("SELECT run_id, max(val_accuracy), min(loss) FROM epochs WHERE run_id IN (1, 2) GROUP BY run_id").fetchall()
-    assert [r[0] for r in rows] == [1, 2]
+    rows = db.execute("""SELECT run_id, json_extract(config, '$.lr') AS lr, max(val_accuracy), min(val_loss)
+                         FROM runs JOIN epochs USING (run_id) WHERE run_id IN (1, 2) GROUP BY run_id""").fetchall()
+    assert rows == [(1, pytest.approx(gm.TrainConfig.defaults("fc").lr), max(s.val_acc for s in first), min(s.val_loss for s in first)),
+                    (2, pytest.approx(gm.TrainConfig.defaults("fc").lr), None, None)]
 
 
 def test_run_log_path_is_checked_before_training(data, tmp_path: Path) -> None:
