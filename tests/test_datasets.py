@@ -111,7 +111,7 @@ def test_mnist_eval_warns_when_the_dataset_differs_from_the_model(tmp_path: Path
                         progress=False)
     model.save(tmp_path / "m.gguf", metadata={"dataset": {"name": "fashion-mnist"}})
     assert cli.eval_main([str(tmp_path / "m.gguf"), "--data-dir", str(directory), "--dataset", "mnist", "--threads", "1"]) == 0
-    assert "warning: the model was trained on fashion-mnist but is evaluated on mnist" in capsys.readouterr().err
+    assert "warning: the model was trained on fashion-mnist, not on mnist" in capsys.readouterr().err
 
 
 def test_fashion_is_not_read_from_a_folder_of_mnist(real_mnist: Path, capsys: pytest.CaptureFixture[str],

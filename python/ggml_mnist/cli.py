@@ -143,7 +143,8 @@ def train_parser() -> argparse.ArgumentParser:
                         '{"type": "relu"}, {"type": "dense"}] instead of ARCH (default: none)')
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
-    p.add_argument("--dataset", default="mnist", choices=list(DATASETS), help="dataset for --data-dir (default: mnist); "
+    p.add_argument("--dataset", choices=list(DATASETS),
+                   help="dataset for --data-dir (default: that of the --init/--resume model, else mnist); "
                    "EMNIST's files (emnist-letters-train-images-idx3-ubyte.gz, ...) must be there already")
     p.add_argument("--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet")
     p.add_argument("--val-images", metavar="IDX", help="validation images (IDX, raw or .gz), evaluated after every epoch (default: none)")
@@ -276,6 +277,7 @@ def _train(args: argparse.Namespace) -> int:
     if start is not None:
         start_model = api.load(start, device=device or args.device or DEFAULT_DEVICE, threads=args.threads or 0)
         arch = arch if arch is not None else (start_model.arch if start_model.arch != "custom" else start_model.layers)
+    args.dataset = _eval_dataset(start_model, args.dataset) if start_model is not None else (args.dataset or "mnist")
     options: dict[str, Any] = dict(
         arch=arch, epochs=args.epochs, batch_size=args.batch_size, physical_batch_size=args.physical_batch_size,
         optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,
@@ -430,12 +432,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_dataset(model: Any, asked: Optional[str]) -> str:
-    """The dataset to evaluate on: --dataset, else the one recorded in the model, else mnist; warns when they differ."""
+    """The dataset to use: --dataset, else the one recorded in the model, else mnist; warns when they differ."""
     recorded = model.metadata.get("dataset")
     recorded = recorded.get("name") if isinstance(recorded, dict) else None
     recorded = recorded if recorded in DATASETS else None
     if asked is not None and recorded is not None and asked != recorded:
-        print(f"mnist-eval: warning: the model was trained on {recorded} but is evaluated on {asked}", file=sys.stderr)
+        print(f"warning: the model was trained on {recorded}, not on {asked}", file=sys.stderr)
     return asked or recorded or "mnist"
 
 
