@@ -122,6 +122,13 @@ int gmn_model_train_keep_optimizer(gmn_model * m, int resume) {
     return GMN_OK;
 }
 
+/* Host tensor for moment k (0: m, 1: v) of parameter w: F32 of w's shape, named opt.m.<name> / opt.v.<name>. */
+static struct ggml_tensor * gmn_moment_tensor(struct ggml_context * ctx, const struct ggml_tensor * w, int k) {
+    struct ggml_tensor * t = ggml_new_tensor(ctx, GGML_TYPE_F32, GGML_MAX_DIMS, w->ne);
+    ggml_format_name(t, "opt.%c.%s", k == 0 ? 'm' : 'v', w->name);
+    return t;
+}
+
 /* The moments of an AdamW run must have been seen for every parameter, i.e. after at least one step. */
 static int gmn_tracker_complete(const gmn_model * m, const struct gmn_opt_tracker * tr) {
     for (int i = 0; i < m->n_w; i++) {
@@ -154,7 +161,7 @@ int gmn_model_optimizer_snapshot(gmn_model * m) {
     if (adamw) {
         size_t total = 0;
         for (int i = 0; i < m->n_w; i++) {
-            total += 2 * (ggml_nbytes(m->w[i]) + 64);
+            total += 2 * ((size_t) ggml_nelements(m->w[i]) * sizeof(float) + 64);
         }
         struct ggml_init_params ip = { total + 2 * GMN_MAX_TENSORS * ggml_tensor_overhead(), NULL, false };
         os->ctx = ggml_init(ip);
@@ -165,8 +172,7 @@ int gmn_model_optimizer_snapshot(gmn_model * m) {
         os->n = m->n_w;
         for (int i = 0; i < m->n_w; i++) {
             for (int k = 0; k < 2; k++) {
-                struct ggml_tensor * t = ggml_dup_tensor(os->ctx, m->w[i]);
-                ggml_format_name(t, "opt.%c.%s", k == 0 ? 'm' : 'v', m->w[i]->name);
+                struct ggml_tensor * t = gmn_moment_tensor(os->ctx, m->w[i], k);
                 if (tr->have[i]) {
                     ggml_backend_tensor_get(&tr->seen[i][k], t->data, 0, ggml_nbytes(t));
                 } else { /* resumed, and no step has reached this parameter yet: still the restored moments */
@@ -220,7 +226,7 @@ int gmn_optstate_read(gmn_model * m, const struct gguf_context * g, struct ggml_
     uint64_t words[GMN_OPT_POS_WORDS];
     memcpy(words, gguf_get_arr_data(g, kid), sizeof(words));
     if (words[0] != GMN_OPT_VERSION || words[1] > GMN_OPT_SGD || words[2] > (uint64_t) INT64_MAX / 2 ||
-        words[3] > (uint64_t) INT64_MAX / 2) {
+        words[3] > (uint64_t) INT32_MAX) {
         return gmn_fail(GMN_E_FORMAT, "model_load: '%s': unknown optimizer state (version %llu); load it with the ggml-mnist "
                         "that wrote it, or drop the state by fine-tuning", path, (unsigned long long) words[0]);
     }
@@ -237,7 +243,7 @@ int gmn_optstate_read(gmn_model * m, const struct gguf_context * g, struct ggml_
     if (os->optimizer == GMN_OPT_ADAMW) {
         size_t total = 0;
         for (int i = 0; i < m->n_w; i++) {
-            total += 2 * (ggml_nbytes(m->w[i]) + 64);
+            total += 2 * ((size_t) ggml_nelements(m->w[i]) * sizeof(float) + 64);
         }
         struct ggml_init_params ip = { total + 2 * GMN_MAX_TENSORS * ggml_tensor_overhead(), NULL, false };
         os->ctx = ggml_init(ip);
@@ -246,8 +252,7 @@ int gmn_optstate_read(gmn_model * m, const struct gguf_context * g, struct ggml_
         const size_t data_off = gguf_get_data_offset(g);
         for (int i = 0; i < m->n_w && st == GMN_OK; i++) {
             for (int k = 0; k < 2 && st == GMN_OK; k++) {
-                struct ggml_tensor * t = ggml_dup_tensor(os->ctx, m->w[i]);
-                ggml_format_name(t, "opt.%c.%s", k == 0 ? 'm' : 'v', m->w[i]->name);
+                struct ggml_tensor * t = gmn_moment_tensor(os->ctx, m->w[i], k);
                 os->mom[i][k] = t;
                 const int64_t tid = gguf_find_tensor(g, t->name);
                 const struct ggml_tensor * have = tid >= 0 ? ggml_get_tensor(meta, t->name) : NULL;

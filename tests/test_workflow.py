@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -205,3 +206,18 @@ def test_optimizer_state_in_the_file(data, tmp_path: Path) -> None:
                  progress=False)
     with pytest.raises(gm.ConfigError, match="init= .* or resume="):
         gm.train(data["x"], data["y"], resume=model, init=model, progress=False)
+
+
+def test_ctrl_c_leaves_an_interrupted_model_and_run(data, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def on_epoch(stats, model):
+        if stats.epoch == 1:
+            signal.raise_signal(signal.SIGINT)  # as if Ctrl-C was pressed: training stops after the next batch
+
+    model, history = gm.train(data["x"], data["y"], on_epoch=on_epoch, metrics=tmp_path / "run.sqlite", **fc(epochs=4))
+    assert [s.interrupted for s in history] == [False, True] and "stopping after the current batch" in capsys.readouterr().err
+    model.save(tmp_path / "m.gguf")
+    meta = gm.load(tmp_path / "m.gguf").metadata
+    assert meta["status"] == "interrupted" and meta["interrupted"] and len(meta["history"]) == 2
+    with sqlite3.connect(tmp_path / "run.sqlite") as db:
+        assert db.execute("SELECT status FROM runs").fetchall() == [("interrupted",)]
+        assert db.execute("SELECT count(*) FROM batches WHERE epoch = 2").fetchone() == (1,)
