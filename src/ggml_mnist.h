@@ -101,6 +101,22 @@ struct gmn_net {
 
 /* Optimiser and schedule. lr is the peak rate; the schedule decays it to lr*lr_min_ratio
  * over total_steps optimizer steps after warmup_steps of linear warm-up. */
+/* Random training-time transforms, drawn per image from the run's seed. All zero: none. The affine part maps
+ * about the image centre: rotation in [-rotate, rotate] degrees, shear in [-shear, shear] degrees, scale factor
+ * in [1 - scale, 1 + scale], shift in [-shift, shift] pixels per axis. Elastic distortion moves every pixel
+ * by a smooth random field: displacements in [-elastic, elastic] pixels on a grid of control points
+ * elastic_grid pixels apart, interpolated bilinearly. Then noise_pixels random pixels are flipped (v -> 1 - v).
+ * Sampling is bilinear; pixels from outside the image are 0 (background). */
+struct gmn_augment {
+    float shift;         /* [0, side/2] pixels */
+    float rotate;        /* [0, 180] degrees */
+    float scale;         /* [0, 0.9] */
+    float shear;         /* [0, 60] degrees */
+    float elastic;       /* [0, 8] pixels */
+    float elastic_grid;  /* [2, 64] pixels; used when elastic > 0 */
+    int   noise_pixels;  /* [0, pixels of an image] */
+};
+
 struct gmn_train_config {
     int      optimizer;      /* enum gmn_optimizer */
     float    lr;             /* > 0 */
@@ -116,6 +132,7 @@ struct gmn_train_config {
     int64_t  physical_batch_size; /* images per graph evaluation; divides batch_size */
     uint64_t seed;           /* shuffle order */
     float    max_loss;       /* > 0: a batch loss above this counts as divergence; 0: only NaN/inf do */
+    struct gmn_augment augment; /* training batches only, never validation; its own random stream */
 };
 
 /* Metrics of one epoch; *_unc are standard errors of the means. n_val is 0 without validation. */
@@ -214,6 +231,18 @@ int  gmn_model_train_epoch(gmn_model * model, const gmn_dataset * ds,
                            const int64_t * val_idx, int64_t n_val,
                            gmn_progress_fn progress, void * userdata,
                            struct gmn_epoch_result * out);
+
+/* Augmentation (gmn_augment.c). Check a parameter set for h x w images; returns a status naming a bad value. */
+int  gmn_augment_check(const struct gmn_augment * aug, int h, int w);
+/* Augment n uint8 images [n, h, w] into floats in [0, 1] (out: n*h*w) as training does; image i draws from its
+ * own generator seeded from (seed, i), so the same seed gives the same images. Thread-safe. */
+int  gmn_augment_images(const struct gmn_augment * aug, uint64_t seed, const uint8_t * images, int64_t n, int h, int w, float * out);
+/* Resample one float image: out(x, y) = in(a0*(x-cx) + a1*(y-cy) + cx + a2, a3*(x-cx) + a4*(y-cy) + cy + a5)
+ * with c the image centre, bilinear, 0 outside. in and out must not overlap. */
+int  gmn_image_warp(const float * in, int h, int w, const float a[6], float * out);
+/* The last training batch as the graph saw it: images (physical batch * pixels floats) and one-hot labels
+ * (physical batch * classes floats); for tests of the batch gatherer. */
+int  gmn_model_last_batch(const gmn_model * model, float * images, int64_t n_images, float * labels, int64_t n_labels);
 
 /* Exact resume. After train_init and before the first epoch: track the AdamW moments (and, with resume 1,
  * restore the step count, random streams and moments of the optimizer state the model was loaded with;

@@ -100,6 +100,16 @@ void     gmn_rng_seed(struct gmn_rng * rng, uint64_t seed);
 uint64_t gmn_rng_next(struct gmn_rng * rng);
 double   gmn_rng_uniform(struct gmn_rng * rng); /* [0, 1) */
 
+/* Augmentation (gmn_augment.c): a workspace sized for one image, and one image augmented with rng. */
+struct gmn_aug_ws { float * src; float * grid; };
+int  gmn_augment_active(const struct gmn_augment * aug);
+int  gmn_aug_ws_init(struct gmn_aug_ws * ws, const struct gmn_augment * aug, int h, int w);
+void gmn_aug_ws_free(struct gmn_aug_ws * ws);
+/* Image number index of a stream seeded with seed gets its own generator: order and threads do not matter. */
+uint64_t gmn_augment_image_seed(uint64_t seed, uint64_t index);
+void gmn_augment_one(const struct gmn_augment * aug, uint64_t image_seed, struct gmn_aug_ws * ws, const uint8_t * img,
+                     int h, int w, float * out);
+
 /* Bytes this process can still allocate on the host: MemAvailable, capped by RLIMIT_AS headroom. */
 uint64_t gmn_host_memory_available(void);
 /* Refuse (GMN_E_NOMEM) a graph ending in out whose node data times factor would not fit in the
@@ -147,6 +157,7 @@ struct gmn_train_pos {
     int64_t        batches;   /* physical batches trained */
     struct gmn_rng rng;       /* shuffle stream */
     struct gmn_rng mask_rng;  /* dropout stream */
+    uint64_t       aug_count; /* training images augmented: the next one's generator */
 };
 int64_t gmn_train_steps(const struct gmn_train_state * st);
 int     gmn_train_optimizer(const struct gmn_train_state * st);

@@ -17,7 +17,7 @@
 
 #define GMN_OPT_KEY        GMN_META_PREFIX "opt.position"
 #define GMN_OPT_VERSION    1
-#define GMN_OPT_POS_WORDS  12 /* version, optimizer, step, batches, rng[4], mask_rng[4] */
+#define GMN_OPT_POS_WORDS  13 /* version, optimizer, step, batches, rng[4], mask_rng[4], aug_count */
 
 struct gmn_optstate {
     int                   optimizer;  /* enum gmn_optimizer */
@@ -206,6 +206,7 @@ void gmn_optstate_write(const struct gmn_optstate * os, struct gguf_context * g)
                                           (uint64_t) os->pos.batches };
     memcpy(words + 4, os->pos.rng.s, sizeof(os->pos.rng.s));
     memcpy(words + 8, os->pos.mask_rng.s, sizeof(os->pos.mask_rng.s));
+    words[12] = os->pos.aug_count;
     gguf_set_arr_data(g, GMN_OPT_KEY, GGUF_TYPE_UINT64, words, GMN_OPT_POS_WORDS);
     for (int i = 0; i < os->n; i++) {
         gguf_add_tensor(g, os->mom[i][0]);
@@ -239,6 +240,7 @@ int gmn_optstate_read(gmn_model * m, const struct gguf_context * g, struct ggml_
     os->pos.batches = (int64_t) words[3];
     memcpy(os->pos.rng.s, words + 4, sizeof(os->pos.rng.s));
     memcpy(os->pos.mask_rng.s, words + 8, sizeof(os->pos.mask_rng.s));
+    os->pos.aug_count = words[12];
     int st = GMN_OK;
     if (os->optimizer == GMN_OPT_ADAMW) {
         size_t total = 0;

@@ -2,9 +2,12 @@
 #include "gmn_internal.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+enum { GMN_GATHER_THREADS = 4 }; /* most threads that gather and augment a batch */
 
 struct gmn_train_state {
     struct gmn_train_config cfg;
@@ -16,6 +19,12 @@ struct gmn_train_state {
     struct ggml_tensor    * masks[GMN_MAX_LAYERS]; /* dropout masks, per dropout layer (else NULL) */
     float                 * mask_buf;   /* staging for the largest mask */
     struct gmn_rng          mask_rng;   /* own stream, so dropout does not change the shuffle order */
+    uint64_t                aug_seed;   /* augmentation: image k of the run draws from (aug_seed, k) */
+    uint64_t                aug_count;  /* training images augmented so far */
+    struct gmn_aug_ws       aug_ws[GMN_GATHER_THREADS];
+    int                     gather_threads;
+    int                     augment;    /* cfg.augment does something */
+    int                     h, w;       /* image size */
     int                     batches;    /* batches trained since train_init */
     struct ggml_context   * ctx_compute;
     ggml_opt_context_t      opt;
@@ -100,6 +109,9 @@ void gmn_train_state_free(struct gmn_train_state * st) {
     free(st->perm);
     free(st->probs);
     free(st->mask_buf);
+    for (int t = 0; t < GMN_GATHER_THREADS; t++) {
+        gmn_aug_ws_free(&st->aug_ws[t]);
+    }
     free(st);
 }
 
@@ -187,6 +199,9 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
         return gmn_fail(GMN_E_INVALID, "train_init: NULL argument");
     }
     int rc = gmn_check_train_config(config);
+    if (rc == GMN_OK) {
+        rc = gmn_augment_check(&config->augment, m->net.image_h, m->net.image_w);
+    }
     if (rc != GMN_OK) {
         return rc;
     }
@@ -200,6 +215,22 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     st->cfg = *config;
     gmn_rng_seed(&st->rng, config->seed);
     gmn_rng_seed(&st->mask_rng, config->seed ^ 0x6d61736b64726f70ULL);
+    st->aug_seed = config->seed ^ 0x6175676d656e7421ULL;
+    st->augment = gmn_augment_active(&config->augment);
+    st->h = m->net.image_h;
+    st->w = m->net.image_w;
+    st->gather_threads = 1;
+    if (st->augment) {
+        /* augmenting costs about as much as a small network's step: spread it over the model's threads */
+        const int n = m->n_threads < GMN_GATHER_THREADS ? m->n_threads : GMN_GATHER_THREADS;
+        st->gather_threads = n > 1 && config->physical_batch_size >= 2 * n ? n : 1;
+        for (int t = 0; t < st->gather_threads; t++) {
+            if (gmn_aug_ws_init(&st->aug_ws[t], &config->augment, m->net.image_h, m->net.image_w) != GMN_OK) {
+                gmn_train_state_free(st);
+                return GMN_E_NOMEM;
+            }
+        }
+    }
     const int64_t B = config->physical_batch_size;
     const int64_t npix = gmn_image_pixels(m);
     st->xbuf = malloc((size_t) (B * npix) * sizeof(float));
@@ -280,13 +311,59 @@ static int gmn_check_indices(const gmn_dataset * ds, const int64_t * idx, int64_
     return GMN_OK;
 }
 
+/* Rows [r0, r1) of a batch, gathered (and augmented) by one thread. */
+struct gmn_gather_part {
+    struct gmn_train_state * st;
+    const gmn_dataset      * ds;
+    const int64_t          * rows;
+    int64_t                  r0, r1;
+    struct gmn_aug_ws      * ws;
+};
+
+static void * gmn_gather_part_run(void * arg) {
+    const struct gmn_gather_part * p = arg;
+    struct gmn_train_state * st = p->st;
+    const int64_t npix = p->ds->n_pixels;
+    for (int64_t r = p->r0; r < p->r1; r++) {
+        const uint8_t * img = p->ds->images + p->rows[r] * npix;
+        if (st->augment) {
+            const uint64_t seed = gmn_augment_image_seed(st->aug_seed, st->aug_count + (uint64_t) r);
+            gmn_augment_one(&st->cfg.augment, seed, p->ws, img, st->h, st->w, st->xbuf + r * npix);
+        } else {
+            gmn_u8_to_f32(st->xbuf + r * npix, img, npix);
+        }
+    }
+    return NULL;
+}
+
 static void gmn_gather_batch(struct gmn_train_state * st, const gmn_dataset * ds, const int64_t * rows, int64_t B, int n_classes) {
-    const int64_t npix = ds->n_pixels;
     memset(st->ybuf, 0, (size_t) (B * n_classes) * sizeof(float));
     for (int64_t r = 0; r < B; r++) {
-        const int64_t i = rows[r];
-        gmn_u8_to_f32(st->xbuf + r * npix, ds->images + i * npix, npix);
-        st->ybuf[r * n_classes + ds->labels[i]] = 1.0f;
+        st->ybuf[r * n_classes + ds->labels[rows[r]]] = 1.0f;
+    }
+    struct gmn_gather_part parts[GMN_GATHER_THREADS];
+    pthread_t threads[GMN_GATHER_THREADS];
+    int started[GMN_GATHER_THREADS] = { 0 };
+    int n = st->gather_threads;
+    if (gmn_thread_limit() > 0 && n > gmn_thread_limit()) {
+        n = gmn_thread_limit();
+    }
+    for (int t = 0; t < n; t++) {
+        parts[t] = (struct gmn_gather_part) { st, ds, rows, B * t / n, B * (t + 1) / n, &st->aug_ws[t] };
+    }
+    for (int t = 1; t < n; t++) {
+        started[t] = pthread_create(&threads[t], NULL, gmn_gather_part_run, &parts[t]) == 0;
+    }
+    gmn_gather_part_run(&parts[0]);
+    for (int t = 1; t < n; t++) {
+        if (started[t]) {
+            pthread_join(threads[t], NULL);
+        } else {
+            gmn_gather_part_run(&parts[t]); /* no thread to be had: do its share here */
+        }
+    }
+    if (st->augment) {
+        st->aug_count += (uint64_t) B;
     }
 }
 
@@ -330,6 +407,24 @@ int gmn_model_dropout_mask(const gmn_model * m, int layer, float * mask, int64_t
                         (long long) ggml_nelements(t), (long long) n);
     }
     ggml_backend_tensor_get(t, mask, 0, ggml_nbytes(t));
+    return GMN_OK;
+}
+
+int gmn_model_last_batch(const gmn_model * m, float * images, int64_t n_images, float * labels, int64_t n_labels) {
+    gmn_clear_error();
+    if (m == NULL || images == NULL || labels == NULL) {
+        return gmn_fail(GMN_E_INVALID, "last_batch: NULL argument");
+    }
+    if (m->train == NULL || m->train->batches == 0) {
+        return gmn_fail(GMN_E_STATE, "last_batch: no training batch has run yet");
+    }
+    const int64_t B = m->train->cfg.physical_batch_size;
+    if (n_images != B * gmn_image_pixels(m) || n_labels != B * m->n_classes) {
+        return gmn_fail(GMN_E_INVALID, "last_batch: the batch has %lld pixels and %lld label values, got room for %lld and %lld",
+                        (long long) (B * gmn_image_pixels(m)), (long long) (B * m->n_classes), (long long) n_images, (long long) n_labels);
+    }
+    memcpy(images, m->train->xbuf, (size_t) n_images * sizeof(float));
+    memcpy(labels, m->train->ybuf, (size_t) n_labels * sizeof(float));
     return GMN_OK;
 }
 
@@ -532,6 +627,7 @@ void gmn_train_get_pos(const struct gmn_train_state * st, struct gmn_train_pos *
     pos->batches = st->batches;
     pos->rng = st->rng;
     pos->mask_rng = st->mask_rng;
+    pos->aug_count = st->aug_count;
 }
 
 void gmn_train_set_pos(struct gmn_train_state * st, const struct gmn_train_pos * pos) {
@@ -539,6 +635,7 @@ void gmn_train_set_pos(struct gmn_train_state * st, const struct gmn_train_pos *
     st->batches = (int) pos->batches;
     st->rng = pos->rng;
     st->mask_rng = pos->mask_rng;
+    st->aug_count = pos->aug_count;
 }
 
 void gmn_train_set_tracker(struct gmn_train_state * st, struct gmn_opt_tracker * tr, ggml_backend_sched_eval_callback cb) {

@@ -171,7 +171,8 @@ def test_init_fine_tunes_with_the_network_of_the_file(data, tmp_path: Path) -> N
     {**fc(epochs=4, lr_schedule="linear", warmup_epochs=1), "hidden": None,
      "arch": [L.Dense(24), L.ReLU(), L.Dropout(0.3), L.Dense()]},
     fc(epochs=4, optimizer="sgd", lr=0.05),
-], ids=["fc-adamw-cosine", "cnn", "dropout-linear-warmup", "sgd"])
+    small_options("cnn", epochs=4, seed=3, augment="strong"),
+], ids=["fc-adamw-cosine", "cnn", "dropout-linear-warmup", "sgd", "cnn-augmented"])
 def test_resume_continues_bit_for_bit(data, tmp_path: Path, options) -> None:
     full, full_history = gm.train(data["x"], data["y"], **options)
     half, _ = gm.train(data["x"], data["y"], save_optimizer=True, on_epoch=lambda s, m: s.epoch < 2, **options)
@@ -187,7 +188,7 @@ def test_optimizer_state_in_the_file(data, tmp_path: Path) -> None:
     model, _ = gm.train(data["x"], data["y"], save_optimizer=True, **fc(epochs=1, hidden=500))  # ggml's mnist-fc
     model.save(tmp_path / "with.gguf")
     fields, tensors = read_gguf(tmp_path / "with.gguf")
-    assert fields["general.architecture"] == "mnist-fc" and len(fields["ggml_mnist.opt.position"]) == 12
+    assert fields["general.architecture"] == "mnist-fc" and len(fields["ggml_mnist.opt.position"]) == 13
     assert {"opt.m.fc1.weight", "opt.v.fc2.bias"} <= set(tensors) and tensors["opt.v.fc1.weight"][0] == [784, 500]
     assert np.abs(tensors["opt.m.fc2.weight"][2]).max() > 0
     loaded = gm.load(tmp_path / "with.gguf")

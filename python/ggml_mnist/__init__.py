@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from . import layers
 from ._ffi import ffi as _ffi_ffi, lib as _lib, set_verbose
+from .augment import augment_images
 from .api import EpochStats, EvalResult, evaluate, export_gguf, load, train
 from .config import TrainConfig
 from .data import load_idx_pair, load_mnist, read_idx, write_idx
@@ -59,7 +60,7 @@ def devices() -> list[Device]:
 __all__ = [
     "__version__", "ggml_version", "Device", "devices", "set_verbose",
     "train", "evaluate", "load", "export_gguf", "Model", "TrainConfig", "EpochStats", "EvalResult",
-    "layers", "Sequential", "presets", "load_layers",
+    "layers", "Sequential", "presets", "load_layers", "augment_images",
     "read_idx", "write_idx", "load_mnist", "load_idx_pair", "download_dataset", "verify_dataset",
     "GgmlMnistError", "ConfigError", "DataError", "IdxFormatError", "DataFileNotFoundError", "DownloadError",
     "ChecksumError", "DeviceError", "ModelFormatError", "ModelIOError", "OutOfMemoryError", "NativeError",

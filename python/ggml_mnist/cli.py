@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import api, download
+from .augment import LEVELS, PARAMETERS
 from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
 from .data import read_idx_header
 from .errors import ConfigError, GgmlMnistError, ModelIOError
@@ -184,6 +185,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, help="units of the network's first hidden dense layer (default: the preset's)")
     p.add_argument("--conv-channels", type=int, nargs="+", metavar="C",
                    help="output channels of the network's convolutions, in order (default: the preset's)")
+    p.add_argument("--augment", metavar="LEVEL|JSON",
+                   help=f"training-time augmentation: {', '.join(LEVELS)}, or a JSON object of "
+                        f"{', '.join(PARAMETERS)} (optionally with \"level\"); " + _default("augment"))
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
     p.add_argument("--json", action="store_true", help="print one JSON object per epoch and a final one on stdout")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
@@ -283,7 +287,7 @@ def _train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,
         warmup_epochs=args.warmup_epochs, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
         weight_decay=args.weight_decay, val_split=args.val_split, seed=args.seed, device=device or args.device,
-        threads=args.threads, hidden=args.hidden, conv_channels=args.conv_channels)
+        threads=args.threads, hidden=args.hidden, conv_channels=args.conv_channels, augment=_augment_arg(args.augment))
     if args.resume:
         config = None
         options = {k: v for k, v in options.items() if k in ("epochs", "device", "threads")}
@@ -334,6 +338,16 @@ def _train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     return 0
+
+
+def _augment_arg(text: Optional[str]) -> Any:
+    """--augment's value: a level name, or a JSON object of parameters."""
+    if text is None or not text.lstrip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--augment {text!r} is not valid JSON ({exc.msg}); write e.g. '{{\"rotate\": 10, \"shift\": 2}}'") from None
 
 
 def _interrupted_name(output: str) -> str:

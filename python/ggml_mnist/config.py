@@ -6,8 +6,10 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Optional, Union
 
+from .augment import resolve_augment
 from .errors import ConfigError
 from .layers import Layer, Sequential, canonical_preset, layer_from_dict
 
@@ -47,6 +49,7 @@ class TrainConfig:
     hidden: Optional[int] = None
     conv_channels: Optional[tuple[int, ...]] = None
     max_loss: float = 100.0  # a batch loss above this (nats per image) stops training as diverged; 0: only NaN/inf
+    augment: Union[str, dict[str, Any]] = "none"  # a level of augment.LEVELS or a dict of augment.PARAMETERS
 
     def __post_init__(self) -> None:
         # numpy and other number types become int / float; bools stay bools, which validate() refuses
@@ -91,6 +94,8 @@ class TrainConfig:
             out["arch"] = [layer.to_dict() for layer in self.arch]
         if self.conv_channels is not None:
             out["conv_channels"] = list(self.conv_channels)
+        if isinstance(self.augment, Mapping):
+            out["augment"] = dict(self.augment)
         return out
 
     def validate(self) -> "TrainConfig":
@@ -124,6 +129,7 @@ class TrainConfig:
                  f"hidden must be a whole number, got {self.hidden!r}")
         _require(self.conv_channels is None or all(_whole(c) for c in self.conv_channels),
                  f"conv_channels must be whole numbers, got {self.conv_channels!r}")
+        resolve_augment(self.augment)
         return self
 
 

@@ -1,0 +1,93 @@
+"""Training-time data augmentation: named levels, parameter checking and a preview of augmented images.
+
+The transforms themselves run in the C shim's batch gatherer (no Python per image); ``augment_images``
+runs the same code on an array so that users can see what training sees.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any, Union
+
+import numpy as np
+
+from . import _ffi
+from ._ffi import ffi, lib
+from .errors import ConfigError
+
+# Parameters and their meaning; the C header (struct gmn_augment) holds the ranges and checks them.
+PARAMETERS: dict[str, str] = {
+    "shift": "largest shift per axis, in pixels",
+    "rotate": "largest rotation, in degrees",
+    "scale": "largest relative size change (0.1: factors 0.9..1.1)",
+    "shear": "largest shear angle, in degrees",
+    "elastic": "largest elastic displacement, in pixels (0: off)",
+    "elastic_grid": "distance between the elastic field's control points, in pixels",
+    "noise_pixels": "pixels flipped (v -> 1 - v) per image, as in hello-dl",
+}
+NONE: dict[str, float] = {name: 0.0 for name in PARAMETERS} | {"elastic_grid": 7.0, "noise_pixels": 0}
+LEVELS: dict[str, dict[str, float]] = {
+    "none": NONE,
+    "light": NONE | dict(shift=2.0, rotate=10.0, scale=0.1, shear=5.0),
+    "strong": NONE | dict(shift=2.5, rotate=12.0, scale=0.12, shear=12.0, elastic=1.5, elastic_grid=7.0),
+}
+
+AugmentLike = Union[str, Mapping[str, Any], None]
+
+
+def resolve_augment(spec: AugmentLike) -> dict[str, float]:
+    """Return the full parameter dict for a level name ("none", "light", "strong") or a dict of parameters.
+
+    A dict may start from a level with ``{"level": "light", "rotate": 20}``; missing parameters are 0.
+    Raises ConfigError for an unknown level or parameter or a value that is not a number.
+    """
+    if spec is None:
+        return dict(NONE)
+    if isinstance(spec, str):
+        if spec not in LEVELS:
+            raise ConfigError(f"augment must be one of {', '.join(LEVELS)} or a dict of {', '.join(PARAMETERS)}; got {spec!r}")
+        return dict(LEVELS[spec])
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"augment must be a level name ({', '.join(LEVELS)}) or a dict of parameters, got {spec!r}")
+    spec = dict(spec)
+    base = resolve_augment(spec.pop("level", "none"))
+    unknown = sorted(set(spec) - set(PARAMETERS))
+    if unknown:
+        raise ConfigError(f"unknown augment parameter(s) {', '.join(map(repr, unknown))}; known: {', '.join(PARAMETERS)}")
+    for name, value in spec.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ConfigError(f"augment {name} ({PARAMETERS[name]}) must be a finite number, got {value!r}")
+        if name == "noise_pixels" and int(value) != value:
+            raise ConfigError(f"augment noise_pixels must be a whole number, got {value!r}")
+        base[name] = int(value) if name == "noise_pixels" else float(value)
+    return base
+
+
+def native_augment(spec: AugmentLike) -> dict[str, Any]:
+    """The parameters as a ``struct gmn_augment`` initialiser."""
+    params = resolve_augment(spec)
+    return {k: (int(v) if k == "noise_pixels" else float(v)) for k, v in params.items()}
+
+
+def augment_images(images: Any, augment: AugmentLike = "light", seed: int = 0) -> np.ndarray:
+    """Return float32 images in [0, 1] of shape [N, H, W] augmented as training would, from ``seed``.
+
+    ``images``: uint8 [N, H, W] or one [H, W] image (then one image comes back). Raises ConfigError for bad
+    parameters (naming the range) and DataError-like ConfigError for images that are not uint8.
+    """
+    arr = np.asarray(images)
+    single = arr.ndim == 2
+    if single:
+        arr = arr[None]
+    if arr.dtype != np.uint8 or arr.ndim != 3:
+        raise ConfigError(f"augment_images takes uint8 images [N, H, W] or [H, W], got {arr.dtype} {arr.shape}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    arr = np.ascontiguousarray(arr)
+    n, h, w = arr.shape
+    out = np.empty((n, h, w), dtype=np.float32)
+    params = ffi.new("struct gmn_augment *", native_augment(augment))
+    _ffi.check(lib.gmn_augment_images(params, int(seed), _ffi.ptr(arr, "uint8_t *"), n, h, w, _ffi.ptr(out, "float *")))
+    return out[0] if single else out
