@@ -244,6 +244,18 @@ int  gmn_image_warp(const float * in, int h, int w, const float a[6], float * ou
  * (physical batch * classes floats); for tests of the batch gatherer. */
 int  gmn_model_last_batch(const gmn_model * model, float * images, int64_t n_images, float * labels, int64_t n_labels);
 
+/* Exact resume. After train_init and before the first epoch: track the AdamW moments (and, with resume 1,
+ * restore the step count, random streams and moments of the optimizer state the model was loaded with;
+ * GMN_E_STATE when it has none). optimizer_snapshot copies the current state into the model, so that the next
+ * save writes it (key ggml_mnist.opt.position, tensors opt.m.<param> / opt.v.<param>). optimizer_steps: the
+ * steps of the state the model holds, -1 for none; optimizer_drop forgets it. */
+int     gmn_model_train_keep_optimizer(gmn_model * model, int resume);
+int     gmn_model_optimizer_snapshot(gmn_model * model);
+int64_t gmn_model_optimizer_steps(const gmn_model * model);
+void    gmn_model_optimizer_drop(gmn_model * model);
+/* Learning rate of the last optimizer step (0 before the first or without training state). */
+double  gmn_model_train_lr(const gmn_model * model);
+
 /* GMN_CDEF_END */
 
 #ifdef __cplusplus

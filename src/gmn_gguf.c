@@ -406,6 +406,9 @@ int gmn_model_load(const char * path, const char * device, int n_threads, gmn_mo
     if (st == GMN_OK) {
         st = gmn_read_meta(m, g);
     }
+    if (st == GMN_OK) {
+        st = gmn_optstate_read(m, g, meta, path, f, (long long) sb.st_size);
+    }
     fclose(f);
     gguf_free(g);
     ggml_free(meta);
@@ -496,6 +499,7 @@ static int gmn_build_gguf(const gmn_model * m, int n_meta, const char ** keys, c
         }
         gguf_add_tensor(g, t);
     }
+    gmn_optstate_write(m->opt, g);
     *g_out = g;
     *host_out = host;
     return GMN_OK;
@@ -637,7 +641,7 @@ static int gmn_reserved_meta_key(const char * key) {
             return 1;
         }
     }
-    return strncmp(key, "layers.", 7) == 0 || strcmp(key, "layers") == 0;
+    return strncmp(key, "layers.", 7) == 0 || strcmp(key, "layers") == 0 || strncmp(key, "opt.", 4) == 0;
 }
 
 /* The file a save writes: path itself, or the file a symlink at path points to. Refuses to replace anything

@@ -4,7 +4,10 @@
 
 #include "ggml_mnist.h"
 
+#include <stdio.h>
+
 #include "ggml.h"
+#include "gguf.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml-opt.h"
@@ -43,6 +46,8 @@ struct gmn_dataset {
 };
 
 struct gmn_train_state;
+struct gmn_optstate;
+struct gmn_opt_tracker;
 
 struct gmn_model {
     struct gmn_net   net;                     /* net.layers points at layers */
@@ -73,6 +78,7 @@ struct gmn_model {
 
     struct gmn_train_state * train;
     int                      diverged;
+    struct gmn_optstate    * opt;     /* optimizer state saved with the model, or NULL (gmn_optstate.c) */
 
     int    n_meta;
     char ** meta_keys;
@@ -144,5 +150,28 @@ void gmn_u8_to_f32(float * dst, const uint8_t * src, int64_t n);
 int  gmn_predict_rows(gmn_model * model, const gmn_dataset * ds, const int64_t * idx, int64_t n, float * probs);
 void gmn_train_state_free(struct gmn_train_state * st);
 int64_t gmn_image_pixels(const gmn_model * model);
+
+/* Exact resume (gmn_train.c / gmn_optstate.c): where a run stands, beyond its weights and moments. */
+struct gmn_train_pos {
+    int64_t        step;      /* optimizer steps taken */
+    int64_t        batches;   /* physical batches trained */
+    struct gmn_rng rng;       /* shuffle stream */
+    struct gmn_rng mask_rng;  /* dropout stream */
+    uint64_t       aug_count; /* training images augmented: the next one's generator */
+};
+int64_t gmn_train_steps(const struct gmn_train_state * st);
+int     gmn_train_optimizer(const struct gmn_train_state * st);
+void    gmn_train_get_pos(const struct gmn_train_state * st, struct gmn_train_pos * pos);
+void    gmn_train_set_pos(struct gmn_train_state * st, const struct gmn_train_pos * pos);
+/* Hand tr (freed with the training state) to the state and install cb as its scheduler's eval callback. */
+void    gmn_train_set_tracker(struct gmn_train_state * st, struct gmn_opt_tracker * tr, ggml_backend_sched_eval_callback cb);
+const struct gmn_opt_tracker * gmn_train_tracker(const struct gmn_train_state * st);
+void    gmn_opt_tracker_free(struct gmn_opt_tracker * tr);
+void    gmn_optstate_free(struct gmn_optstate * os);
+/* Add the state (if any) to a GGUF being written: key ggml_mnist.opt.position and tensors opt.m.* / opt.v.*. */
+void    gmn_optstate_write(const struct gmn_optstate * os, struct gguf_context * g);
+/* Read a saved optimizer state, if the file has one, into m->opt after the weights. */
+int     gmn_optstate_read(gmn_model * m, const struct gguf_context * g, struct ggml_context * meta, const char * path,
+                          FILE * f, long long file_size);
 
 #endif

@@ -226,6 +226,7 @@ void gmn_model_free(gmn_model * m) {
         return;
     }
     gmn_train_state_free(m->train);
+    gmn_optstate_free(m->opt);
     gmn_eval_free(m);
     if (m->sched_eval) {
         ggml_backend_sched_free(m->sched_eval);

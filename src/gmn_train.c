@@ -12,6 +12,7 @@ enum { GMN_GATHER_THREADS = 4 }; /* most threads that gather and augment a batch
 struct gmn_train_state {
     struct gmn_train_config cfg;
     ggml_backend_sched_t    sched;
+    struct gmn_opt_tracker * tracker;    /* optimizer state tracking for exact resume (gmn_optstate.c), or NULL */
     struct ggml_context   * ctx_in;      /* the statically allocated input tensor */
     ggml_backend_buffer_t   buf_in;
     struct ggml_tensor    * inputs;
@@ -94,6 +95,7 @@ void gmn_train_state_free(struct gmn_train_state * st) {
     }
     ggml_opt_result_free(st->result);
     ggml_opt_free(st->opt);
+    gmn_opt_tracker_free(st->tracker);
     ggml_free(st->ctx_compute);
     if (st->buf_in) {
         ggml_backend_buffer_free(st->buf_in);
@@ -608,4 +610,47 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
         rc = gmn_validate(m, ds, val_idx, n_val, out, progress, ud);
     }
     return rc;
+}
+
+/* ---- access for the optimizer state (gmn_optstate.c) and the run log ---- */
+
+int64_t gmn_train_steps(const struct gmn_train_state * st) {
+    return st->step;
+}
+
+int gmn_train_optimizer(const struct gmn_train_state * st) {
+    return st->cfg.optimizer;
+}
+
+void gmn_train_get_pos(const struct gmn_train_state * st, struct gmn_train_pos * pos) {
+    pos->step = st->step;
+    pos->batches = st->batches;
+    pos->rng = st->rng;
+    pos->mask_rng = st->mask_rng;
+    pos->aug_count = st->aug_count;
+}
+
+void gmn_train_set_pos(struct gmn_train_state * st, const struct gmn_train_pos * pos) {
+    st->step = pos->step;
+    st->batches = (int) pos->batches;
+    st->rng = pos->rng;
+    st->mask_rng = pos->mask_rng;
+    st->aug_count = pos->aug_count;
+}
+
+void gmn_train_set_tracker(struct gmn_train_state * st, struct gmn_opt_tracker * tr, ggml_backend_sched_eval_callback cb) {
+    gmn_opt_tracker_free(st->tracker);
+    st->tracker = tr;
+    ggml_backend_sched_set_eval_callback(st->sched, cb, tr);
+}
+
+const struct gmn_opt_tracker * gmn_train_tracker(const struct gmn_train_state * st) {
+    return st->tracker;
+}
+
+double gmn_model_train_lr(const gmn_model * m) {
+    if (m == NULL || m->train == NULL || m->train->step == 0) {
+        return 0.0;
+    }
+    return gmn_schedule_lr(&m->train->cfg, m->train->step - 1);
 }

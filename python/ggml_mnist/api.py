@@ -7,6 +7,7 @@ import dataclasses
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -20,10 +21,13 @@ from ._ffi import ffi, lib
 from .augment import native_augment
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
 from .data import has_split, load_mnist, read_idx, validate_dataset
-from .errors import ConfigError, DataError
+from .datasets import DATASETS, class_names, dataset_info, preparation
+from .download import identify_dataset
+from .errors import ConfigError, DataError, ModelIOError, TrainingDivergedError
 from .layers import ArchLike, Conv2d, Dense, resolve_layers
 from .model import Model, PathLike, check_net
 from .progress import ProgressBar
+from .runlog import RunLog
 
 ArrayOrPath = Union[np.ndarray, PathLike]
 _SCHEDULE_CODES = {"constant": 0, "cosine": 1, "linear": 2}
@@ -46,10 +50,12 @@ class EpochStats:
     n_train: int
     n_val: int
     interrupted: bool = False
+    lr: float = 0.0  # learning rate of the epoch's last optimizer step
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the stats as a JSON-ready dict."""
-        return dataclasses.asdict(self)
+        """Return the stats as a JSON-ready dict, with the history names ``loss``, ``accuracy``, ``val_accuracy`` too."""
+        return {**dataclasses.asdict(self), "loss": self.train_loss, "accuracy": self.train_acc,
+                "val_accuracy": self.val_acc}
 
     def summary(self, epochs: int) -> str:
         """One human-readable line, as printed after each epoch."""
@@ -99,20 +105,26 @@ def _check_data_dir(data_dir: Any) -> None:
 
 
 def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath], split: str,
-                    data_dir: Optional[PathLike] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Turn arrays, IDX file paths or an MNIST directory into (images, labels) arrays.
+                    data_dir: Optional[PathLike] = None, dataset: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Turn arrays, IDX file paths or a dataset directory into (images, labels) arrays.
 
     ``images`` may be an array, an IDX file (then ``labels`` is an array or IDX file too) or a
-    directory holding the standard MNIST file names; with neither, ``data_dir`` is used.
+    directory holding the standard MNIST file names; with neither, ``data_dir`` is used: it holds the
+    files of ``dataset`` (default "mnist"; EMNIST's names and layout for "emnist-*") itself or in
+    ``data_dir/dataset``. A folder holding another known dataset is refused with ConfigError.
     """
     _check_data_dir(data_dir)
     if images is None:
         if data_dir is None:
             raise ConfigError("no data given: pass images and labels (arrays or IDX paths) or a data directory")
-        nested = Path(data_dir) / "mnist"  # a parent such as data/, where mnist-data downloads to data/mnist
-        if not has_split(data_dir, split) and has_split(nested, split):
-            return load_mnist(nested, split)
-        return load_mnist(data_dir, split)
+        info = dataset_info(dataset or "mnist")
+        nested = Path(data_dir) / info.name  # a parent such as data/, where mnist-data downloads to data/<dataset>
+        folder = nested if not info.has_split(data_dir, split) and info.has_split(nested, split) else Path(data_dir)
+        found = identify_dataset(folder, split) if info.has_split(folder, split) else None
+        if dataset is not None and found is not None and found != info.name:
+            raise ConfigError(f"{folder} holds {found}, not {info.name}; point data_dir at the {info.name} files "
+                              f"or at their parent folder")
+        return info.load(folder, split)
     if isinstance(images, (str, os.PathLike)):
         if Path(images).is_dir():
             if labels is not None:
@@ -126,18 +138,112 @@ def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath]
     return np.asarray(images), np.asarray(labels)
 
 
+def _dataset_name(images: Optional[ArrayOrPath], data_dir: Optional[PathLike], dataset: Optional[str]) -> Optional[str]:
+    """The known dataset trained on: ``dataset`` when given, else the one a data directory holds (by checksum)."""
+    if dataset is not None:
+        return dataset_info(dataset).name
+    folder = images if isinstance(images, (str, os.PathLike)) and Path(images).is_dir() else (
+        data_dir if images is None else None)
+    if folder is None:
+        return None
+    for candidate in (Path(folder), Path(folder) / "mnist"):
+        if has_split(candidate, "train"):
+            return identify_dataset(candidate, "train")
+    return None
+
+
+def _validation_arrays(validation_data: Any, image_size: tuple[int, int], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of ``validation_data``: a pair of arrays or IDX paths, or a dataset directory (its test split)."""
+    if isinstance(validation_data, (str, os.PathLike)):
+        images, labels = resolve_dataset(validation_data, None, "test")
+    elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+        images, labels = resolve_dataset(validation_data[0], validation_data[1], "test")
+    else:
+        raise ConfigError("validation_data must be (images, labels), arrays or IDX paths, or a dataset directory; "
+                          f"got {type(validation_data).__name__}")
+    try:
+        images, labels, _ = validate_dataset(images, labels, n_classes, image_size=image_size)
+    except DataError as exc:
+        raise DataError(f"validation_data: {exc}") from None
+    return images, labels
+
+
+def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any, threads_device: dict[str, Any]
+                   ) -> tuple[Optional[Model], TrainConfig, list[EpochStats]]:
+    """The model to start from (None: a new one), the recipe and the history already trained (resume)."""
+    if init is not None and resume is not None:
+        raise ConfigError("give init= (fine-tune from saved weights) or resume= (continue a saved run exactly), not both")
+    start = init if init is not None else resume
+    if start is None:
+        base = config if config is not None else TrainConfig.defaults(options.get("arch") or "cnn")
+        return None, base.replace(**options), []
+    what = "init" if init is not None else "resume"
+    if isinstance(start, Model):
+        model = start.copy()
+    elif isinstance(start, (str, os.PathLike)):
+        model = Model.load(start, **{k: v for k, v in threads_device.items() if v is not None})
+    else:
+        raise ConfigError(f"{what} must be a Model or the path of a GGUF model, got {start!r}")
+    arch = model.arch if model.arch != "custom" else tuple(model.layers)
+    wanted = options.get("arch")
+    if wanted is not None and resolve_layers(wanted, model.n_classes, hidden=options.get("hidden"),
+                                             conv_channels=options.get("conv_channels")) != model.layers:
+        held = f"a {model.arch}" if model.arch != "custom" else f"its own {len(model.layers)}-layer"
+        raise ConfigError(f"{what}: the model file holds {held} network, not {_arch_label(wanted)}; the "
+                          "network comes from the file, so leave arch out (or give the matching one)")
+    if resume is None:
+        model.drop_optimizer_state()
+        base = config if config is not None else TrainConfig.defaults(arch)
+        return model, base.replace(**{**options, "arch": arch}), []
+    saved = model.metadata.get("config")
+    if not isinstance(saved, dict) or model.optimizer_steps is None:
+        raise ConfigError("resume: this model holds no optimizer state (it was saved without save_optimizer=True / "
+                          "--save-optimizer); fine-tune it with init= instead")
+    changed = sorted(k for k, v in options.items() if v is not None and k not in ("epochs", "arch", "device", "threads"))
+    if config is not None or changed:
+        raise ConfigError(f"resume continues the saved run's recipe; only epochs (the new total), device and threads "
+                          f"may be given, not {', '.join(changed) or 'config'}")
+    try:
+        base = TrainConfig().replace(**{k: v for k, v in saved.items() if k in _CONFIG_FIELDS})
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"resume: the model's stored config is unusable ({exc})") from None
+    keep = {f.name for f in dataclasses.fields(EpochStats)}
+    history = [EpochStats(**{k: v for k, v in h.items() if k in keep}) for h in model.metadata.get("history", [])
+               if isinstance(h, dict) and keep - {"lr", "interrupted"} <= set(h)]
+    return model, base.replace(**{k: options.get(k) for k in ("epochs", "device", "threads")}), history
+
+
 def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
           config: Optional[TrainConfig] = None, n_classes: Optional[int] = None, data_dir: Optional[PathLike] = None,
-          progress: bool = True, on_epoch: Optional[Callable[[EpochStats, Model], None]] = None,
+          progress: bool = True, on_epoch: Optional[Callable[[EpochStats, Model], Optional[bool]]] = None,
+          validation_data: Any = None, early_stopping: Optional[int] = None, restore_best: bool = True,
+          checkpoint: Optional[PathLike] = None, checkpoint_best_only: bool = False, metrics: Optional[PathLike] = None,
+          init: Union[Model, PathLike, None] = None, resume: Union[Model, PathLike, None] = None,
+          save_optimizer: bool = False, dataset: Optional[str] = None,
           **options: Any) -> tuple[Model, list[EpochStats]]:
     """Train a classifier with ggml-opt and return ``(model, history)``.
 
     ``images``/``labels``: uint8 arrays [N, H, W] and [N], IDX file paths, or a directory with the
-    MNIST file names. ``options`` override fields of ``config`` (default
-    ``TrainConfig.defaults(options.get("arch", "cnn"))``): epochs, batch_size, lr, seed, device, ...
-    ``progress`` draws a bar on stderr; ``on_epoch(stats, model)`` is called after each epoch.
-    Ctrl-C stops after the current batch and returns the model trained so far.
-    Raises ConfigError, DataError, DeviceError or TrainingDivergedError (loss became NaN/inf).
+    MNIST file names; ``dataset`` names a known dataset in ``data_dir`` ("fashion-mnist", "emnist-letters", ...).
+    ``options`` override fields of ``config`` (default ``TrainConfig.defaults(options.get("arch", "cnn"))``):
+    epochs, batch_size, lr, seed, device, ...
+
+    - ``validation_data=(images, labels)`` (arrays or IDX paths) is evaluated after every epoch, like
+      ``val_split`` but without taking training images.
+    - ``on_epoch(stats, model)`` is called after each epoch; returning False stops training there.
+    - ``early_stopping=patience`` stops when the validation loss has not improved for that many epochs and,
+      with ``restore_best``, puts back the weights of the best epoch.
+    - ``checkpoint="dir/"`` saves ``dir/epoch-NNN.gguf`` after every epoch, or only ``dir/best.gguf`` when the
+      validation loss (the training loss without validation) improves with ``checkpoint_best_only``.
+    - ``metrics="run.sqlite"`` appends the run, its epochs and its batches to a SQLite run log.
+    - ``init=model_or_path`` fine-tunes saved weights (the network comes from the model). ``resume=model_or_path``
+      continues a run saved with ``save_optimizer=True`` exactly: same recipe, AdamW moments, schedule position and
+      shuffle order, up to ``epochs`` in total.
+
+    ``model.metadata`` (saved with the model) holds the config, the history so far, the dataset, its class names
+    and a status ("finished", "interrupted", "stopped_early"), and is up to date whenever ``on_epoch`` runs.
+    ``progress`` draws a bar on stderr. Ctrl-C stops after the current batch and returns the model trained so far.
+    Raises ConfigError, DataError, ModelIOError, DeviceError or TrainingDivergedError (loss became NaN/inf).
     """
     if isinstance(config, Mapping):
         options = {**config, **options}
@@ -146,82 +252,197 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
         raise ConfigError(f"config must be a gm.TrainConfig or a dict of its fields, got {type(config).__name__}")
     if on_epoch is not None and not callable(on_epoch):
         raise ConfigError(f"on_epoch must be a function on_epoch(stats, model) or None, got {on_epoch!r}")
+    if early_stopping is not None and (isinstance(early_stopping, bool) or not isinstance(early_stopping, int)
+                                       or early_stopping < 1):
+        raise ConfigError(f"early_stopping is the patience in epochs, a whole number >= 1 (or None), got {early_stopping!r}")
     _check_data_dir(data_dir)
-    base = config if config is not None else TrainConfig.defaults(options.get("arch") or "cnn")
-    cfg = base.replace(**options).validate()
+    start_model, cfg, history = _resolve_start(config, options, init, resume,
+                                               {"device": options.get("device"), "threads": options.get("threads")})
+    cfg = cfg.validate()
+    first_epoch = len(history) + 1
+    if first_epoch > cfg.epochs:
+        raise ConfigError(f"resume: the model has already trained {len(history)} epochs; give epochs > {len(history)}")
+    name = _dataset_name(images, data_dir, dataset)
     source = os.fspath(images) if isinstance(images, (str, os.PathLike)) else (
         os.fspath(data_dir) if images is None and data_dir is not None else "array")
-    images, labels = resolve_dataset(images, labels, "train", data_dir)
-    images, labels, n_classes = validate_dataset(images, labels, n_classes, image_size=None)
+    images, labels = resolve_dataset(images, labels, "train", data_dir, dataset)
+    want_size = start_model.image_size if start_model is not None else None
+    images, labels, n_classes = validate_dataset(images, labels, start_model.n_classes if start_model else n_classes,
+                                                 image_size=want_size)
     n, h, w = images.shape
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(n)
     n_val = int(round(n * cfg.val_split))
     val_idx = np.sort(order[:n_val]).astype(np.int64)
     train_idx = np.sort(order[n_val:]).astype(np.int64)
+    if validation_data is not None:
+        if n_val:
+            raise ConfigError("give validation_data or val_split, not both")
+        x_val, y_val = _validation_arrays(validation_data, (h, w), n_classes)
+        images = np.concatenate([_as_uint8(images), _as_uint8(x_val)])  # the native dataset holds 8-bit pixels
+        labels = np.concatenate([labels, y_val])
+        val_idx = np.arange(n, n + len(y_val), dtype=np.int64)
+        n_val = len(y_val)
+    if early_stopping is not None and n_val == 0:
+        raise ConfigError("early_stopping watches the validation loss: give validation_data or val_split too")
     steps_per_epoch = len(train_idx) // cfg.batch_size
     if steps_per_epoch < 1:
         raise ConfigError(f"{len(train_idx)} training images are fewer than one batch of {cfg.batch_size}; "
                           "lower batch_size or val_split")
+    saver = _Checkpoints(checkpoint, checkpoint_best_only) if checkpoint is not None else None
+    info = {"name": name, "n": int(n), "n_train": int(len(train_idx)), "n_val": n_val, "image_size": [int(h), int(w)],
+            "n_classes": n_classes, "source": source}
+    log = RunLog(metrics, arch=_arch_label(cfg.arch) if isinstance(cfg.arch, str) else "custom", dataset=name,
+                 seed=cfg.seed, config=cfg.as_dict()) if metrics is not None else None
 
-    model = Model.create(cfg.arch, n_classes=n_classes, image_size=(h, w), hidden=cfg.hidden,
-                         conv_channels=cfg.conv_channels, device=cfg.device, threads=cfg.threads, seed=cfg.seed)
-    dataset = _native_dataset(images.reshape(n, h * w), labels, n_classes)
+    model = start_model or Model.create(cfg.arch, n_classes=n_classes, image_size=(h, w), hidden=cfg.hidden,
+                                        conv_channels=cfg.conv_channels, device=cfg.device, threads=cfg.threads,
+                                        seed=cfg.seed)
+    dataset_handle = _native_dataset(images.reshape(len(images), h * w), labels, n_classes)
     _ffi.check(model.call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", dict(
         optimizer=0 if cfg.optimizer == "adamw" else 1, lr=cfg.lr, lr_min_ratio=cfg.lr_min_ratio,
         schedule=_SCHEDULE_CODES[cfg.lr_schedule], warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
         total_steps=cfg.epochs * steps_per_epoch, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
         weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, physical_batch_size=cfg.physical,
         seed=cfg.seed, max_loss=cfg.max_loss, augment=native_augment(cfg.augment)))))
+    keep_optimizer = save_optimizer or resume is not None
+    if keep_optimizer:
+        _ffi.check(model.call_native(lib.gmn_model_train_keep_optimizer, int(resume is not None)), invalid=ConfigError)
 
-    history: list[EpochStats] = []
+    run = _Run(cfg, info, history, early_stopping)
     bar = ProgressBar(cfg.epochs) if progress else None
     result = ffi.new("struct gmn_epoch_result *")
+    status = "interrupted"
     with _graceful_interrupt() as interrupt:
+        clock = {"epoch": first_epoch, "t": 0.0, "loss": 0.0, "acc": 0.0}
+
         def on_batch(phase: int, ibatch: int, nbatch: int, loss: float, acc: float) -> bool:
-            if bar is not None and phase == lib.GMN_PHASE_TRAIN:
-                bar.update(ibatch, nbatch, loss, acc)
+            if phase == lib.GMN_PHASE_TRAIN:
+                if bar is not None:
+                    bar.update(ibatch, nbatch, loss, acc)
+                if log is not None:
+                    now = time.perf_counter()
+                    log.batch(clock["epoch"], ibatch, loss * ibatch - clock["loss"] * (ibatch - 1),
+                              acc * ibatch - clock["acc"] * (ibatch - 1), model.training_lr(), now - clock["t"])
+                    clock.update(t=now, loss=loss, acc=acc)
             return interrupt.requested
 
         hook = _ffi.ProgressHook(on_batch)
         try:
-            for epoch in range(1, cfg.epochs + 1):
+            for epoch in range(first_epoch, cfg.epochs + 1):
                 if bar is not None:
                     bar.start_epoch(epoch)
                 t0 = time.perf_counter()
-                status = model.call_native(lib.gmn_model_train_epoch, dataset, _ffi.ptr(train_idx, "int64_t *"),
-                                           len(train_idx), _ffi.ptr(val_idx, "int64_t *") if n_val else ffi.NULL, n_val,
-                                           hook.callback, ffi.NULL, result)
+                clock.update(epoch=epoch, t=t0, loss=0.0, acc=0.0)
+                native_status = model.call_native(
+                    lib.gmn_model_train_epoch, dataset_handle, _ffi.ptr(train_idx, "int64_t *"), len(train_idx),
+                    _ffi.ptr(val_idx, "int64_t *") if n_val else ffi.NULL, n_val, hook.callback, ffi.NULL, result)
                 hook.reraise()
-                _ffi.check(status)
-                stats = _epoch_stats(epoch, result, time.perf_counter() - t0)
+                _ffi.check(native_status)
+                stats = _epoch_stats(epoch, result, time.perf_counter() - t0, model.training_lr())
                 history.append(stats)
                 if bar is not None:
                     bar.end_epoch(stats.summary(cfg.epochs))
-                if on_epoch is not None:
-                    on_epoch(stats, model)
-                if stats.interrupted:
+                if keep_optimizer:
+                    model.snapshot_optimizer_state()
+                stop = run.observe(stats, model)
+                status = "interrupted" if stats.interrupted else ("stopped_early" if stop else
+                                                                   ("finished" if epoch == cfg.epochs else "running"))
+                model.metadata = run.metadata(status)
+                if saver is not None:
+                    saver.save(model, stats, run.improved)
+                if log is not None:
+                    log.epoch(epoch, stats.train_loss, stats.train_acc, stats.val_loss, stats.val_acc, stats.lr,
+                              stats.seconds)
+                if on_epoch is not None and on_epoch(stats, model) is False and status == "running":
+                    status = "stopped_early"
+                    model.metadata = run.metadata(status)
+                if status != "running":
                     break
+        except TrainingDivergedError:
+            status = "diverged"
+            raise
         finally:
             model.release_training_state()
-    model.metadata = {
-        "config": cfg.as_dict(),
-        "history": [s.as_dict() for s in history],
-        "seed": cfg.seed,
-        "dataset": {"n": int(n), "n_train": int(len(train_idx)), "n_val": n_val, "image_size": [int(h), int(w)],
-                    "n_classes": n_classes, "source": source},
-        "ggml_version": ffi.string(lib.gmn_ggml_version()).decode(),
-        "version": ffi.string(lib.gmn_version()).decode(),
-    }
+            if log is not None:
+                log.finish(status if status != "running" else "interrupted")
+    if status == "stopped_early" and restore_best and run.best_weights is not None:
+        model.set_weights(run.best_weights)
+        model.metadata = {**run.metadata(status), "restored_best_epoch": run.best_epoch}
     return model, history
 
 
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _as_uint8(images: np.ndarray) -> np.ndarray:
+    """uint8 images unchanged; floats in [0, 1] as 8-bit pixels, the way the native dataset stores them."""
+    return images if images.dtype == np.uint8 else np.rint(images * np.float32(255.0)).astype(np.uint8)
+
+
+class _Run:
+    """The bookkeeping of one training run: history, best validation loss, early stopping and metadata."""
+
+    def __init__(self, cfg: TrainConfig, info: dict[str, Any], history: list[EpochStats], patience: Optional[int]) -> None:
+        self.cfg, self.info, self.history, self.patience = cfg, info, history, patience
+        self.best_loss = float("inf")
+        self.best_epoch = 0
+        self.best_weights: Optional[dict[str, np.ndarray]] = None
+        self.improved = False
+
+    def observe(self, stats: EpochStats, model: Model) -> bool:
+        """Note an epoch; return True when early stopping says to stop."""
+        loss = stats.val_loss if stats.val_loss is not None else stats.train_loss
+        self.improved = bool(np.isfinite(loss) and loss < self.best_loss)
+        if self.improved:
+            self.best_loss, self.best_epoch = loss, stats.epoch
+            if self.patience is not None:
+                self.best_weights = model.get_weights()
+        return self.patience is not None and stats.epoch - self.best_epoch >= self.patience
+
+    def metadata(self, status: str) -> dict[str, Any]:
+        """The model's metadata after the epochs so far (saved with it by checkpoints, callbacks and the CLI)."""
+        name = self.info["name"]
+        return {
+            "config": self.cfg.as_dict(),
+            "history": [s.as_dict() for s in self.history],
+            "seed": self.cfg.seed,
+            "dataset": {k: v for k, v in self.info.items() if v is not None},
+            "class_names": class_names(name, self.info["n_classes"]),
+            "preparation": preparation(name),
+            "status": status,
+            "interrupted": status == "interrupted",
+            "stopped_early": status == "stopped_early",
+            "best_epoch": self.best_epoch,
+            "ggml_version": ffi.string(lib.gmn_ggml_version()).decode(),
+            "version": ffi.string(lib.gmn_version()).decode(),
+        }
+
+
+class _Checkpoints:
+    """Saves the model into a directory after each epoch (epoch-NNN.gguf) or when it improves (best.gguf)."""
+
+    def __init__(self, directory: PathLike, best_only: bool) -> None:
+        if not isinstance(directory, (str, os.PathLike)):
+            raise ConfigError(f"checkpoint must be a directory name, got {directory!r}")
+        self.directory = Path(directory)
+        self.best_only = best_only
+        _check_writable_dir(self.directory, "checkpoint")
+
+    def save(self, model: Model, stats: EpochStats, improved: bool) -> None:
+        if not self.best_only:
+            model.save(self.directory / f"epoch-{stats.epoch:03d}.gguf")
+        elif improved:
+            model.save(self.directory / "best.gguf")
+
+
 def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
-             data_dir: Optional[PathLike] = None, batch_size: int = EVAL_CHUNK, keep_probabilities: bool = True,
-             device: Optional[str] = None, threads: Optional[int] = None) -> EvalResult:
+             data_dir: Optional[PathLike] = None, dataset: Optional[str] = None, batch_size: int = EVAL_CHUNK,
+             keep_probabilities: bool = True, device: Optional[str] = None, threads: Optional[int] = None) -> EvalResult:
     """Evaluate ``model`` (a Model or a GGUF path) on labelled images; returns an EvalResult.
 
-    Data arguments work as in :func:`train` (the test split when a directory is given). Images
+    Data arguments work as in :func:`train` (the test split when a directory is given; ``dataset`` defaults to
+    the one recorded in the model, so a Fashion-MNIST model reads ``data_dir/fashion-mnist``). Images
     are streamed ``batch_size`` at a time, so memory stays bounded for any N; with
     ``keep_probabilities=False`` only predictions are kept. ``device`` and ``threads`` choose
     where a model loaded from a path runs; a Model runs where it was created, so giving them
@@ -234,7 +455,10 @@ def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None
                               f"{model.device}: load it with gm.load(path, device=..., threads=...) instead")
     else:
         model = Model.load(model, device=device or DEFAULT_DEVICE, threads=0 if threads is None else threads)
-    images, labels = resolve_dataset(images, labels, "test", data_dir)
+    if dataset is None and images is None:
+        recorded = model.metadata.get("dataset")
+        dataset = recorded.get("name") if isinstance(recorded, dict) and recorded.get("name") in DATASETS else None
+    images, labels = resolve_dataset(images, labels, "test", data_dir, dataset)
     images, labels, _ = validate_dataset(images, labels, model.n_classes, image_size=model.image_size)
     n = len(labels)
     predictions = np.empty(n, dtype=np.int64)
@@ -315,9 +539,7 @@ def _arch_label(arch: ArchLike) -> str:
 
 
 def _native_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int) -> Any:
-    if images.dtype != np.uint8:  # floats in [0, 1]: the training set is stored as 8-bit pixels
-        images = np.rint(images * np.float32(255.0)).astype(np.uint8)
-    images = np.ascontiguousarray(images)
+    images = np.ascontiguousarray(_as_uint8(images))
     labels32 = np.ascontiguousarray(labels, dtype=np.int32)
     out = ffi.new("gmn_dataset **")
     _ffi.check(lib.gmn_dataset_init(_ffi.ptr(images, "uint8_t *"), _ffi.ptr(labels32, "int32_t *"), images.shape[0],
@@ -325,14 +547,25 @@ def _native_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int) -> A
     return ffi.gc(out[0], lib.gmn_dataset_free)
 
 
-def _epoch_stats(epoch: int, r: Any, seconds: float) -> EpochStats:
+def _check_writable_dir(directory: Path, what: str) -> None:
+    """Create ``directory`` if needed and make sure files can be written into it; raise ModelIOError otherwise."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".ggml-mnist-check-"):
+            pass
+    except OSError as exc:
+        raise ModelIOError(f"{what} directory '{directory}' cannot be written ({exc.strerror or exc}); "
+                           "choose another place") from None
+
+
+def _epoch_stats(epoch: int, r: Any, seconds: float, lr: float) -> EpochStats:
     has_val = r.n_val > 0
     return EpochStats(
         epoch=epoch, train_loss=r.train_loss, train_loss_unc=r.train_loss_unc, train_acc=r.train_acc,
         train_acc_unc=r.train_acc_unc, val_loss=r.val_loss if has_val else None,
         val_loss_unc=r.val_loss_unc if has_val else None, val_acc=r.val_acc if has_val else None,
         val_acc_unc=r.val_acc_unc if has_val else None, seconds=seconds, n_train=int(r.n_train), n_val=int(r.n_val),
-        interrupted=bool(r.stopped))
+        interrupted=bool(r.stopped), lr=lr)
 
 
 class _Interrupt:

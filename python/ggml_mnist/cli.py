@@ -14,9 +14,10 @@ from typing import Any, Callable, Optional, Sequence
 from . import api, download
 from .augment import LEVELS, PARAMETERS
 from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
-from .data import has_split, read_idx_header
+from .data import read_idx_header
 from .errors import ConfigError, GgmlMnistError, ModelIOError
-from .layers import load_layers, preset_names, resolve_layers
+from .datasets import DATASETS, dataset_info
+from .layers import canonical_preset, load_layers, preset_names, resolve_layers
 from .model import check_net, summary_lines
 
 
@@ -104,8 +105,9 @@ def _dataset_dir(data_dir: str, dataset: str, split: str, allow_download: bool) 
     """
     root = Path(data_dir)
     other = None
+    info = dataset_info(dataset)
     for candidate in (root, root / dataset):
-        if has_split(candidate, split):
+        if info.has_split(candidate, split):
             found = download.identify_dataset(candidate, split)
             if found is None or found == dataset:
                 return candidate
@@ -113,6 +115,10 @@ def _dataset_dir(data_dir: str, dataset: str, split: str, allow_download: bool) 
     if other is not None:
         raise ConfigError(f"{other[0]} holds {other[1]}, not {dataset}; point --data-dir at the {dataset} files "
                           f"or at their parent folder (downloads go to DIR/{dataset})")
+    if dataset not in download.DATASETS:
+        raise ConfigError(f"no {dataset} {split} files in {root} or {root / dataset}, and {dataset} cannot be downloaded "
+                          f"here: put {info.prefix}{split}-images-idx3-ubyte.gz and {info.prefix}{split}-labels-idx1-ubyte.gz "
+                          "(from the EMNIST release) into one of them")
     if not root.exists() and not allow_download and data_dir != DEFAULT_DATA_DIR:
         raise ConfigError(f"--data-dir {data_dir!r} does not exist; check the path, or add --download to download "
                           f"{dataset} into {root / dataset}")
@@ -138,8 +144,27 @@ def train_parser() -> argparse.ArgumentParser:
                         '{"type": "relu"}, {"type": "dense"}] instead of ARCH (default: none)')
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
-    p.add_argument("--dataset", default="mnist", choices=sorted(download.DATASETS), help="dataset for --data-dir (default: mnist)")
+    p.add_argument("--dataset", choices=list(DATASETS),
+                   help="dataset for --data-dir (default: that of the --init/--resume model, else mnist); "
+                   "EMNIST's files (emnist-letters-train-images-idx3-ubyte.gz, ...) must be there already")
     p.add_argument("--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet")
+    p.add_argument("--val-images", metavar="IDX", help="validation images (IDX, raw or .gz), evaluated after every epoch (default: none)")
+    p.add_argument("--val-labels", metavar="IDX", help="validation labels for --val-images (default: none)")
+    p.add_argument("--validate-on-test", action="store_true",
+                   help="validate on the dataset's TEST split after every epoch (only to watch; choose recipes on --val-split)")
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                   help="stop when the validation loss has not improved for PATIENCE epochs and keep the best weights "
+                        "(default: off)")
+    p.add_argument("--checkpoint", metavar="DIR", help="save DIR/epoch-NNN.gguf after every epoch (created if missing; default: none)")
+    p.add_argument("--checkpoint-best", action="store_true",
+                   help="with --checkpoint: save only DIR/best.gguf, whenever the validation (else training) loss improves")
+    p.add_argument("--metrics", metavar="RUN.sqlite", help="append this run's epochs and batches to a SQLite run log (default: none)")
+    p.add_argument("--init", metavar="MODEL.gguf", help="fine-tune the weights of a saved model (its network; ARCH optional; default: none)")
+    p.add_argument("--resume", metavar="MODEL.gguf",
+                   help="continue a run saved with --save-optimizer exactly, up to --epochs in total (ARCH optional; "
+                        "default: none)")
+    p.add_argument("--save-optimizer", action="store_true",
+                   help="store the AdamW moments and schedule position in the saved model(s), for --resume")
     p.add_argument("--epochs", type=int, help=_default("epochs"))
     p.add_argument("--batch-size", type=int, help="images per optimizer step; " + _default("batch_size"))
     p.add_argument("--physical-batch-size", type=int,
@@ -198,10 +223,13 @@ def _check_output(path: str, inputs: Sequence[str] = ()) -> None:
 
 
 def _positionals(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
-    """(arch, output, rest): with --arch-file the first positional is the output file."""
+    """(arch, output, rest): with --arch-file, and with --init/--resume unless it names a preset, the first positional
+    is the output file."""
     positionals = [p for p in (args.arch, args.output) if p is not None] + list(args.rest)
     if args.arch_file is not None:
         arch: Any = load_layers(args.arch_file)
+    elif (args.init or args.resume) and not (positionals and _is_preset(positionals[0])):
+        arch = None
     elif positionals:
         arch = positionals.pop(0)
     else:
@@ -211,32 +239,85 @@ def _positionals(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
     return arch, positionals[0], positionals[1:]
 
 
+def _is_preset(name: str) -> bool:
+    try:
+        canonical_preset(name)
+    except ConfigError:
+        return False
+    return True
+
+
+def _validation(args: argparse.Namespace, data_dir: Optional[Path]) -> Any:
+    """validation_data from --val-images/--val-labels or --validate-on-test (announced as test data), or None."""
+    if (args.val_images is None) != (args.val_labels is None):
+        raise ConfigError("give --val-images and --val-labels together")
+    if args.val_images is not None:
+        if args.validate_on_test:
+            raise ConfigError("give --val-images/--val-labels or --validate-on-test, not both")
+        _check_pair_order(args.val_images, args.val_labels)
+        return args.val_images, args.val_labels
+    if not args.validate_on_test:
+        return None
+    if data_dir is None:
+        raise ConfigError("--validate-on-test uses the test split in --data-dir; with IDX files give --val-images and "
+                          "--val-labels instead")
+    test_dir = _dataset_dir(args.data_dir, args.dataset, "test", args.download)
+    images, labels = dataset_info(args.dataset).load(test_dir, "test")
+    print(f"mnist-train: validating on the TEST split of {args.dataset} ({len(labels)} images, {test_dir}) as asked: "
+          "the val figures below are test figures; choose recipes on --val-split, not on these", file=sys.stderr)
+    return images, labels
+
+
 def _train(args: argparse.Namespace) -> int:
     arch, args.output, rest = _positionals(args)
     images, labels, device = _data_args(rest, "mnist-train")
     _check_pair_order(images, labels)
     if args.device and device and args.device != device:
         raise ConfigError(f"device given twice: {device!r} and --device {args.device!r}")
+    if args.init and args.resume:
+        raise ConfigError("give --init (fine-tune) or --resume (continue exactly), not both")
+    start = args.init or args.resume
+    start_model = None
+    if start is not None:
+        start_model = api.load(start, device=device or args.device or DEFAULT_DEVICE, threads=args.threads or 0)
+        arch = arch if arch is not None else (start_model.arch if start_model.arch != "custom" else start_model.layers)
+    args.dataset = _eval_dataset(start_model, args.dataset) if start_model is not None else (args.dataset or "mnist")
     options: dict[str, Any] = dict(
         arch=arch, epochs=args.epochs, batch_size=args.batch_size, physical_batch_size=args.physical_batch_size,
         optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,
         warmup_epochs=args.warmup_epochs, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
         weight_decay=args.weight_decay, val_split=args.val_split, seed=args.seed, device=device or args.device,
         threads=args.threads, hidden=args.hidden, conv_channels=args.conv_channels, augment=_augment_arg(args.augment))
-    config = TrainConfig.defaults(arch).replace(**options).validate()  # before any download
-    _check_output(args.output, [p for p in (images, labels) if p is not None])
+    if args.resume:
+        config = None
+        options = {k: v for k, v in options.items() if k in ("epochs", "device", "threads")}
+    else:
+        config = TrainConfig.defaults(arch).replace(**options).validate()  # before any download
+        # train() refuses an ARCH (with --hidden / --conv-channels) that is not the file's network
+        options = dict(arch=arch, hidden=args.hidden, conv_channels=args.conv_channels) if args.init else {}
+    _check_output(args.output, [p for p in (images, labels, start) if p is not None])
+    if args.checkpoint_best and not args.checkpoint:
+        raise ConfigError("--checkpoint-best needs --checkpoint DIR")
     data_dir = None
     if images is None:
-        # the built-in datasets are 28x28 with 10 classes: refuse an impossible network before downloading
-        check_net(resolve_layers(config.arch, 10, hidden=config.hidden, conv_channels=config.conv_channels), 10, (28, 28))
+        if config is not None and start is None:
+            # the built-in datasets are 28x28: refuse an impossible network before downloading
+            n_classes = len(dataset_info(args.dataset).class_names)
+            check_net(resolve_layers(config.arch, n_classes, hidden=config.hidden, conv_channels=config.conv_channels),
+                      n_classes, (28, 28))
         data_dir = _dataset_dir(args.data_dir, args.dataset, "train", args.download)
+    validation_data = _validation(args, data_dir)
 
     def on_epoch(stats: api.EpochStats, _model: Any) -> None:
         if args.json:
             print(json.dumps({"event": "epoch", **stats.as_dict()}), flush=True)
 
-    model, history = api.train(images, labels, config=config, data_dir=data_dir, progress=not args.quiet and not args.json,
-                               on_epoch=on_epoch)
+    model, history = api.train(
+        images, labels, config=config, data_dir=data_dir, dataset=args.dataset if images is None else None,
+        progress=not args.quiet and not args.json, on_epoch=on_epoch, validation_data=validation_data,
+        early_stopping=args.early_stopping, checkpoint=args.checkpoint, checkpoint_best_only=args.checkpoint_best,
+        metrics=args.metrics, init=start_model if args.init else None, resume=start_model if args.resume else None,
+        save_optimizer=args.save_optimizer, **options)
     interrupted = bool(history) and history[-1].interrupted
     # an interrupted run never replaces an existing model: its partial model goes beside it
     saved = _interrupted_name(args.output) if interrupted and Path(args.output).exists() else args.output
@@ -248,6 +329,9 @@ def _train(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(f"mnist-train: trained {model.architecture} on {model.device} for {len(history)} epochs in {seconds:.1f}s; "
               f"saved {saved}", file=sys.stderr)
+        if model.metadata.get("stopped_early"):
+            print(f"mnist-train: stopped early after epoch {len(history)}; the saved weights are those of epoch "
+                  f"{model.metadata.get('restored_best_epoch', len(history))}", file=sys.stderr)
     if interrupted:
         kept = f"; {args.output} is kept as it was" if saved != args.output else ""
         print(f"mnist-train: interrupted in epoch {len(history)}; {saved} holds the model trained so far{kept}",
@@ -289,7 +373,8 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="test IDX files (raw or .gz) and/or a device; without files the test split in --data-dir")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
-    p.add_argument("--dataset", default="mnist", choices=sorted(download.DATASETS), help="dataset for --data-dir (default: mnist)")
+    p.add_argument("--dataset", choices=list(DATASETS),
+                   help="dataset for --data-dir (default: the one the model was trained on, else mnist)")
     p.add_argument("--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet")
     p.add_argument("--device", help=f"auto, cpu or a ggml device name such as CUDA0 (default: {DEFAULT_DEVICE})")
     p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all available cores (default: 0)")
@@ -310,6 +395,9 @@ def _info(model: Any, as_json: bool) -> int:
         return 0
     print(f"architecture: {info['architecture']} ({model.arch})  classes: {model.n_classes}  "
           f"image: {model.image_size[0]}x{model.image_size[1]}")
+    names = model.metadata.get("class_names")
+    if isinstance(names, list) and len(names) == model.n_classes:
+        print("class names: " + ", ".join(f"{i} {name}" for i, name in enumerate(names)))
     for line in summary_lines(model.layers, model.n_classes, model.image_size):
         print(line)
     print("tensors (numpy shapes, i.e. ggml's ne reversed):")
@@ -340,9 +428,12 @@ def _eval(args: argparse.Namespace) -> int:
     if args.info:
         return _info(model, args.json)
     data_dir = None
+    dataset = None
     if images is None:
-        data_dir = _dataset_dir(args.data_dir, args.dataset, "test", args.download)
-    r = api.evaluate(model, images, labels, data_dir=data_dir, batch_size=args.batch_size, keep_probabilities=False)
+        dataset = _eval_dataset(model, args.dataset)
+        data_dir = _dataset_dir(args.data_dir, dataset, "test", args.download)
+    r = api.evaluate(model, images, labels, data_dir=data_dir, dataset=dataset, batch_size=args.batch_size,
+                     keep_probabilities=False)
     if args.json:
         print(json.dumps({"model": args.model, "architecture": model.architecture, "device": model.device, **r.as_dict(),
                           "us_per_image": 1e6 * r.seconds / r.n}))
@@ -352,6 +443,16 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"mnist-eval: loss={r.loss:.6f}+-{r.loss_unc:.6f}")
     print(f"mnist-eval: accuracy={100 * r.accuracy:.2f}+-{100 * r.accuracy_unc:.2f}%")
     return 0
+
+
+def _eval_dataset(model: Any, asked: Optional[str]) -> str:
+    """The dataset to use: --dataset, else the one recorded in the model, else mnist; warns when they differ."""
+    recorded = model.metadata.get("dataset")
+    recorded = recorded.get("name") if isinstance(recorded, dict) else None
+    recorded = recorded if recorded in DATASETS else None
+    if asked is not None and recorded is not None and asked != recorded:
+        print(f"warning: the model was trained on {recorded}, not on {asked}", file=sys.stderr)
+    return asked or recorded or "mnist"
 
 
 def eval_main(argv: Optional[Sequence[str]] = None) -> int:

@@ -398,9 +398,10 @@ def load_idx_pair(images_path: PathLike, labels_path: PathLike) -> tuple[np.ndar
     return images, labels
 
 
-def has_split(directory: PathLike, split: str) -> bool:
-    """True when directory holds the images file of split ("train" or "test") under one of the MNIST names."""
-    stem = "train" if split == "train" else "t10k"
+def has_split(directory: PathLike, split: str, prefix: str = "") -> bool:
+    """True when directory holds the images file of split ("train" or "test") under one of the MNIST names
+    (each starting with ``prefix``, see :func:`load_mnist`)."""
+    stem = _split_stem("train" if split == "train" else "test", prefix)
     return any((Path(directory) / name).is_file() for name in _idx_candidates(stem, "images", "idx3"))
 
 
@@ -409,11 +410,15 @@ def _idx_candidates(prefix: str, kind: str, idx: str) -> list[str]:
     return [stem + ext for stem in stems for ext in ("", ".gz")]
 
 
-def load_mnist(directory: PathLike, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(directory: PathLike, split: str = "train", *, prefix: str = "", transposed: bool = False,
+               label_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Load the train or test split of an MNIST-style directory.
 
     Looks for the standard names (``train-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, ...),
-    also with ``.gz`` and in the dotted form ``train-images.idx3-ubyte``.
+    also with ``.gz`` and in the dotted form ``train-images.idx3-ubyte``. EMNIST's layout: ``prefix``
+    starts every name and test files say ``test`` (``emnist-letters-test-images-idx3-ubyte``),
+    ``transposed`` images are stored column-major, and ``label_offset`` is subtracted from every label
+    (EMNIST letters are numbered from 1).
     Returns (images [N, 28, 28] uint8, labels [N]). Raises ConfigError for an unknown split,
     DataFileNotFoundError when the directory or a file is missing, IdxFormatError or DataError.
     """
@@ -426,7 +431,7 @@ def load_mnist(directory: PathLike, split: str = "train") -> tuple[np.ndarray, n
         )
     found, missing = [], []
     for kind, idx in (("images", "idx3"), ("labels", "idx1")):
-        names = _idx_candidates(_SPLITS[split], kind, idx)
+        names = _idx_candidates(_split_stem(split, prefix), kind, idx)
         path = next((directory / n for n in names if (directory / n).is_file()), None)
         found.append(path)
         if path is None:
@@ -435,4 +440,18 @@ def load_mnist(directory: PathLike, split: str = "train") -> tuple[np.ndarray, n
         raise DataFileNotFoundError(
             f"no {' and no '.join(missing)} in '{directory}'; {_DOWNLOAD_HINT}"
         )
-    return load_idx_pair(*found)
+    images, labels = read_idx(found[0]), read_idx(found[1])
+    if transposed and images.ndim == 3:
+        images = np.ascontiguousarray(images.transpose(0, 2, 1))
+    if label_offset:
+        if labels.ndim == 1 and labels.size and int(labels.min()) < label_offset:
+            raise DataError(f"'{found[1]}' holds label {int(labels.min())}; this dataset numbers its classes from "
+                            f"{label_offset}: check that the files belong to it")
+        labels = labels.astype(np.int64) - label_offset
+    images, labels, _ = validate_dataset(images, labels)
+    return images, labels
+
+
+def _split_stem(split: str, prefix: str) -> str:
+    """The name stem of a split's files: ``train``/``t10k``, or ``<prefix>train``/``<prefix>test`` with a prefix."""
+    return prefix + (split if prefix else _SPLITS[split])

@@ -250,6 +250,25 @@ class Model:
             _ffi.check(self.call_native(lib.gmn_model_meta_get, i, key, value))
             yield ffi.string(key[0]).decode("utf-8", "replace"), ffi.string(value[0]).decode("utf-8", "replace")
 
+    # -- optimizer state (exact resume) -----------------------------------------------------------
+    @property
+    def optimizer_steps(self) -> Optional[int]:
+        """Optimizer steps of the saved optimizer state this model carries (written by :meth:`save`), or None."""
+        steps = int(self.call_native(lib.gmn_model_optimizer_steps))
+        return steps if steps >= 0 else None
+
+    def drop_optimizer_state(self) -> None:
+        """Forget the optimizer state, so that :meth:`save` writes the weights and metadata only."""
+        self.call_native(lib.gmn_model_optimizer_drop)
+
+    def snapshot_optimizer_state(self) -> None:
+        """During training with the optimizer tracked: keep the current optimizer state for the next save (internal)."""
+        _ffi.check(self.call_native(lib.gmn_model_optimizer_snapshot))
+
+    def training_lr(self) -> float:
+        """The learning rate of the last optimizer step of the current training (0.0 before the first)."""
+        return float(self.call_native(lib.gmn_model_train_lr))
+
     # -- lifetime -----------------------------------------------------------------------------------
     def release_training_state(self) -> None:
         """Free the optimizer state and training buffers (train() does this when it returns); the weights stay."""
