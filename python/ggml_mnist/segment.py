@@ -15,11 +15,13 @@ import numpy as np
 from .imaging import Ink
 
 _SAME_LINE = 0.5  # vertical overlap, as a fraction of the shorter of two heights, that puts pieces on one line
+_LINE_GAP = 4.0  # pieces further apart than this many heights start a new line
 _SAME_DIGIT = 0.5  # horizontal overlap, as a fraction of the narrower width, that merges two pieces
 _FRAGMENT = 0.4  # a piece lower than this fraction of its line's height is a fragment of a neighbour when close
 _NEAR = 0.12  # "close" for a fragment: a gap below this fraction of the line's height
 _TOO_SMALL = 0.2  # a piece smaller than this fraction of its line's height in both directions is dropped
 _WIDE = 1.5  # a glyph wider than this many typical digit widths holds several digits
+_SURE = 0.9  # a wide glyph the model reads with this probability is one digit
 _DIGIT_ASPECT = 0.65  # width / height of a typical handwritten digit, when the line gives no example
 
 Scorer = Callable[[Sequence[tuple[np.ndarray, np.ndarray]]], np.ndarray]
@@ -62,23 +64,22 @@ def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
 
 
 def _lines(groups: list[_Group]) -> list[list[_Group]]:
-    """Group pieces into lines, tallest pieces first so that they set each line's extent; lines top to bottom."""
-    lines: list[tuple[list[int], list[_Group]]] = []  # ([y0, y1] of the line, its pieces)
-    for g in sorted(groups, key=lambda g: -g.h):
-        best = None
-        for extent, members in lines:
-            ov = _overlap(g.y0, g.y1, extent[0], extent[1])
-            if ov >= _SAME_LINE * min(g.h, extent[1] - extent[0]) and (best is None or ov > best[0]):
-                best = (ov, extent, members)
+    """Chain pieces into lines left to right: a piece joins the line whose last tall piece it overlaps most in
+    height (lines may slope or curve); lines are returned top to bottom, pieces left to right."""
+    lines: list[list[_Group]] = []
+    for g in sorted(groups, key=lambda g: g.x0):
+        best, best_ov = None, 0.0
+        for members in lines:
+            tall = max(m.h for m in members)
+            ref = next(m for m in reversed(members) if m.h >= 0.5 * tall)
+            ov = _overlap(g.y0, g.y1, ref.y0, ref.y1) / min(g.h, ref.h)
+            if ov >= _SAME_LINE and g.x0 - ref.x1 < _LINE_GAP * max(g.h, ref.h) and ov > best_ov:
+                best, best_ov = members, ov
         if best is None:
-            lines.append(([g.y0, g.y1], [g]))
-            continue
-        _, extent, members = best
-        if g.h >= 0.5 * (extent[1] - extent[0]):
-            extent[0], extent[1] = min(extent[0], g.y0), max(extent[1], g.y1)
-        members.append(g)
-    lines.sort(key=lambda item: item[0][0])
-    return [sorted(members, key=lambda g: g.x0) for _, members in lines]
+            lines.append([g])
+        else:
+            best.append(g)
+    return sorted(lines, key=lambda members: float(np.median([(m.y0 + m.y1) / 2 for m in members])))
 
 
 def _merge(line: list[_Group]) -> list[_Group]:
@@ -139,6 +140,11 @@ def _glyphs(group: _Group, ink: Ink, line: int, typical_w: float, score: Optiona
     n = round(group.w / typical_w) if group.w > _WIDE * typical_w and group.w > group.h else 1
     strength = ink.strength[group.y0:group.y1, group.x0:group.x1]
     edges = [0] + (_cut(box_mask, strength, n, score) if n >= 2 else []) + [group.w]
+    if len(edges) > 2 and score is not None:  # keep a wide digit whole when the model reads it better so
+        whole = float(score([(strength, box_mask)])[0])
+        parts = score([(strength[:, a:b], box_mask[:, a:b]) for a, b in zip(edges[:-1], edges[1:])])
+        if whole >= _SURE or float(parts.mean()) <= whole:
+            edges = [0, group.w]
     out = []
     for a, b in zip(edges[:-1], edges[1:]):
         part = box_mask[:, a:b]
