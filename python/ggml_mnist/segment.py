@@ -79,7 +79,26 @@ def _lines(groups: list[_Group]) -> list[list[_Group]]:
             lines.append([g])
         else:
             best.append(g)
-    return sorted(lines, key=lambda members: float(np.median([(m.y0 + m.y1) / 2 for m in members])))
+    return sorted(_adopt_fragments(lines), key=lambda members: float(np.median([(m.y0 + m.y1) / 2 for m in members])))
+
+
+def _adopt_fragments(lines: list[list[_Group]]) -> list[list[_Group]]:
+    """Move a "line" of small pieces that sits just above or below a much taller piece (the bar of a 5 cut off
+    its body) into that piece's line."""
+    for small in sorted(lines, key=lambda members: max(m.h for m in members)):
+        height = max(m.h for m in small)
+        for other in lines:
+            if other is small:
+                continue
+            host = next((m for m in other for f in small if height < _FRAGMENT * m.h
+                         and _overlap(f.x0, f.x1, m.x0, m.x1) > -_NEAR * m.h
+                         and _overlap(f.y0, f.y1, m.y0, m.y1) > -0.35 * m.h), None)
+            if host is not None:
+                other.extend(small)
+                other.sort(key=lambda m: m.x0)
+                small.clear()
+                break
+    return [members for members in lines if members]
 
 
 def _merge(line: list[_Group]) -> list[_Group]:
