@@ -14,7 +14,7 @@ import numpy as np
 
 from .imaging import Ink
 
-_SAME_LINE = 0.5  # vertical overlap, as a fraction of the shorter of two heights, that puts pieces on one line
+_SAME_LINE = 0.35  # vertical overlap, as a fraction of the shorter of two heights, that puts pieces on one line
 _LINE_GAP = 4.0  # pieces further apart than this many heights start a new line
 _SAME_DIGIT = 0.5  # horizontal overlap, as a fraction of the narrower width, that merges two pieces
 _FRAGMENT = 0.4  # a piece lower than this fraction of its line's height is a fragment of a neighbour when close
@@ -64,16 +64,20 @@ def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
 
 
 def _lines(groups: list[_Group]) -> list[list[_Group]]:
-    """Chain pieces into lines left to right: a piece joins the line whose last tall piece it overlaps most in
-    height (lines may slope or curve); lines are returned top to bottom, pieces left to right."""
+    """Chain pieces into lines left to right: a piece joins the line whose last tall pieces it overlaps most in
+    height, or whose band holds its centre (lines may slope or wave); lines top to bottom, pieces left to right."""
     lines: list[list[_Group]] = []
     for g in sorted(groups, key=lambda g: g.x0):
         best, best_ov = None, 0.0
         for members in lines:
             tall = max(m.h for m in members)
-            ref = next(m for m in reversed(members) if m.h >= 0.5 * tall)
-            ov = _overlap(g.y0, g.y1, ref.y0, ref.y1) / min(g.h, ref.h)
-            if ov >= _SAME_LINE and g.x0 - ref.x1 < _LINE_GAP * max(g.h, ref.h) and ov > best_ov:
+            recent = [m for m in members if m.h >= 0.5 * tall][-3:]
+            y0, y1 = float(np.median([m.y0 for m in recent])), float(np.median([m.y1 for m in recent]))
+            ov = _overlap(g.y0, g.y1, y0, y1) / min(g.h, y1 - y0)
+            if y0 <= (g.y0 + g.y1) / 2 <= y1:
+                ov = max(ov, _SAME_LINE)
+            near = g.x0 - max(m.x1 for m in recent) < _LINE_GAP * max(g.h, y1 - y0)
+            if ov >= _SAME_LINE and near and ov > best_ov:
                 best, best_ov = members, ov
         if best is None:
             lines.append([g])
