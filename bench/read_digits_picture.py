@@ -42,7 +42,7 @@ def page(x: tuple[np.ndarray, np.ndarray], rng: np.random.Generator) -> tuple[Im
     width = max(r.shape[1] for r in rows)
     sheet = np.concatenate([np.zeros((10, width), np.uint8)]
                            + [np.pad(r, ((0, 12), (0, width - r.shape[1]))) for r in rows])
-    return Image.fromarray(255 - sheet).resize((width * 3, sheet.shape[0] * 3), Image.Resampling.BICUBIC), "\n".join(text)
+    return Image.fromarray(255 - sheet).resize((width * 2, sheet.shape[0] * 2), Image.Resampling.BICUBIC), "\n".join(text)
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
     model = gm.load(args.model)
     rng = np.random.default_rng(args.seed)
     clean, truth = page(gm.load_mnist(args.data, "test"), rng)
-    photo = as_scan(clean, paper=(238, 228, 205), ink=(25, 35, 110), rotate=-3, gradient=0.45, noise=0.04, jpeg=60,
+    photo = as_scan(clean, paper=(238, 228, 205), ink=(25, 35, 110), rotate=-3, gradient=0.45, noise=0.025, jpeg=60,
                     seed=args.seed)
     reading = model.read_digits(photo)
     save_png(annotate(photo, reading.digits), args.out)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from typing import Sequence, Union
 
 from PIL import Image, ImageDraw, ImageFont
@@ -42,14 +42,12 @@ def save_png(image: Image.Image, path: str) -> None:
         raise ImageError(f"{path!r} is a directory; give a file name such as annotated.png")
     if not os.path.isdir(folder):
         raise ImageError(f"cannot write {path!r}: directory {folder!r} does not exist; create it first")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{secrets.token_hex(4)}")
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ggml-mnist-", suffix=".png")
-    except OSError as exc:
-        raise ImageError(f"cannot write {path!r}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # created with the user's umask, like any new file
             image.save(f, format="PNG")
         os.replace(tmp, path)
     except OSError as exc:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise ImageError(f"cannot write {path!r}: {exc.strerror or exc}") from None
