@@ -82,6 +82,14 @@ def test_off_centre_on_a_large_page(seven: Image.Image, reference: np.ndarray) -
     assert _corr(prepare_image(page), reference) > 0.97
 
 
+def test_a_sheet_photographed_on_a_dark_table(reference: np.ndarray, seven: Image.Image) -> None:
+    """Paper covers less than half of the photo: the table must not be taken for paper, nor its edges for ink."""
+    sheet = as_scan(seven, paper=(230, 225, 210), gradient=0.3)
+    photo = Image.new("RGB", (sheet.width + 120, sheet.height + 80), (60, 45, 30))
+    photo.paste(sheet, (70, 30))
+    assert _corr(prepare_image(photo), reference) > 0.95
+
+
 def test_thin_pen_on_a_large_picture_gets_mnist_strokes() -> None:
     thin = draw_digits([4], height=800, thickness=0.003)  # a 2 px pen on a 1200 px picture
     prepared = prepare_image(thin)

@@ -30,6 +30,8 @@ _STROKE = 0.125  # MNIST's stroke width as a fraction of the fitted digit's long
 _SCRATCH = 80  # a digit is cropped to this longest side to normalise its strokes
 _MIN_CONTRAST = 0.06  # ink must differ from the paper by at least this much (0..1) to count
 _SPECK = 0.04  # components smaller than this fraction of the largest are specks
+_BLOB = 0.15  # ink strokes wider than this fraction of the picture's shorter side are a sheet of paper
+_ALONG = 0.6  # a piece touching an edge along this fraction of it is a frame (dropped when other ink exists)
 _MIN_EXTENT = 0.04  # a digit spans at least this fraction of the picture's shorter side
 
 
@@ -171,15 +173,13 @@ def _box(x: np.ndarray, k: int) -> np.ndarray:
 def _ink_side(g: np.ndarray) -> tuple[bool, np.ndarray]:
     """Whether the ink is darker than the paper, and the picture less its lighting slope (a fitted plane).
 
-    The ink is the extreme further from the paper, whose level is the median of the border."""
+    The ink is the extreme further from the paper, whose level is the picture's median (paper covers most of it)."""
     h, w = g.shape
     yy, xx = np.mgrid[0:h, 0:w]
     design = np.stack([np.ones(h * w), xx.ravel() / w, yy.ravel() / h], axis=1)
     coef, *_ = np.linalg.lstsq(design, g.ravel().astype(np.float64), rcond=None)
     r = g - (design @ coef).reshape(h, w)
-    ring = max(1, round(0.05 * min(h, w)))
-    border = np.concatenate([r[:ring].ravel(), r[-ring:].ravel(), r[:, :ring].ravel(), r[:, -ring:].ravel()])
-    paper = float(np.median(border))
+    paper = float(np.median(r))
     lo, hi = np.percentile(r, [0.3, 99.7])
     return paper - lo >= hi - paper, r
 
@@ -191,6 +191,24 @@ def stroke_width(mask: np.ndarray) -> float:
     edge = inner & ~(m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:])
     n_edge = int(edge.sum())
     return 2.0 * int(inner.sum()) / n_edge if n_edge else 0.0
+
+
+def _rough_stroke(x: np.ndarray) -> float:
+    """Stroke width of the clearly bright marks away from the picture's edges (0 when there are none)."""
+    h, w = x.shape
+    labels, comps = label(x > max(_MIN_CONTRAST, 0.5 * float(np.percentile(x, 99.5))))
+    inner = [c.label for c in comps if not _at_edge(c, w, h) and c.area >= 4]  # a table or shadow at the edge is no stroke
+    return stroke_width(np.isin(labels, inner)) if inner else 0.0
+
+
+def _at_edge(c: Component, w: int, h: int) -> bool:
+    return c.box[0] == 0 or c.box[1] == 0 or c.box[2] == w or c.box[3] == h
+
+
+def _frame(c: Component, w: int, h: int) -> bool:
+    """A piece lying along an edge for most of its length: the edge of the paper, a table, a shadow."""
+    x0, y0, x1, y1 = c.box
+    return ((y0 == 0 or y1 == h) and x1 - x0 >= _ALONG * w) or ((x0 == 0 or x1 == w) and y1 - y0 >= _ALONG * h)
 
 
 def find_ink(image: ImageLike, *, work_side: int = WORK_SIDE) -> Ink:
@@ -207,13 +225,19 @@ def find_ink(image: ImageLike, *, work_side: int = WORK_SIDE) -> Ink:
         raise ImageError(f"the image is {w0}x{h0} pixels; it needs at least 5 pixels on each side to hold a digit")
     dark, flat = _ink_side(g)
     x = -flat if dark else flat  # ink bright on dark paper, as in MNIST, less any lighting slope
-    first = x > max(_MIN_CONTRAST, 0.5 * float(np.percentile(x, 99.5)))
-    k = int(min(4 * max(stroke_width(first), 2.0) + 1, min(h, w)) // 2 * 2 + 1)
+    width = _rough_stroke(x)
+    if width > _BLOB * min(h, w):  # "ink" as wide as a sheet of paper: the paper lies on something darker
+        other = _rough_stroke(-x)
+        if 0 < other < width / 3:
+            x, width = -x, other
+    k = int(min(4 * max(width, 2.0) + 1, min(h, w)) // 2 * 2 + 1)
     b = max(1, k // 8) * 2 + 1  # the background is estimated on a blurred picture: noise would bias the opening
-    strength = x - _opening(_box(x, b), max(k, 3))
-    strength = np.clip(strength - np.median(strength), 0.0, 1.0)  # paper at 0
+    raw = x - _opening(_box(x, b), max(k, 3))
+    paper = float(np.median(raw))
+    strength = np.clip(raw - paper, 0.0, 1.0)  # paper at 0
     smooth = _box(strength, 3)
-    noise = 1.4826 * float(np.median(np.abs(smooth - np.median(smooth))))
+    below = paper - _box(raw, 3)
+    noise = 1.4826 * float(np.median(below[below > 0])) if (below > 0).any() else 0.0  # ink only adds: the dark side is noise
     floor = 4.0 * noise + 0.02
     candidates = smooth[smooth > floor]
     level = float(np.percentile(candidates, 90)) if candidates.size else 0.0
@@ -224,6 +248,8 @@ def find_ink(image: ImageLike, *, work_side: int = WORK_SIDE) -> Ink:
     peak = np.zeros(len(comps) + 1, dtype=np.float32)
     np.maximum.at(peak, labels.ravel(), smooth.ravel())
     comps = [c for c in comps if peak[c.label] >= high]
+    inside = [c for c in comps if not _frame(c, w, h)]
+    comps = inside or comps
     min_extent = max(4.0, _MIN_EXTENT * min(h, w))
     largest = max((c.area for c in comps), default=0)
     pieces = [c for c in comps if c.area >= _SPECK * largest]
