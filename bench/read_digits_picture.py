@@ -51,12 +51,15 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--data", default=os.environ.get("GGML_MNIST_DATA", "data/mnist"))
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--photo", help="also save the page as photographed (JPEG), without the annotations")
     args = p.parse_args()
     model = gm.load(args.model)
     rng = np.random.default_rng(args.seed)
     clean, truth = page(gm.load_mnist(args.data, "test"), rng)
     photo = as_scan(clean, paper=(238, 228, 205), ink=(25, 35, 110), rotate=-3, gradient=0.45, noise=0.025, jpeg=60,
                     seed=args.seed)
+    if args.photo:
+        photo.save(args.photo, quality=90)
     reading = model.read_digits(photo)
     save_png(annotate(photo, reading.digits), args.out)
     read, want = reading.text.replace("\n", ""), truth.replace("\n", "")

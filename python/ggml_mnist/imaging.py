@@ -85,7 +85,10 @@ def _decode(f: Any, name: str) -> Image.Image:
         img.load()
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name} is too large to decode safely ({exc})") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+    except UnidentifiedImageError:
+        raise ImageError(f"{name} is not a readable image (no picture format Pillow knows); "
+                         "give a PNG, JPEG, BMP, GIF, TIFF or WebP file") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name} is not a readable image ({exc}); give a PNG, JPEG, BMP, GIF, TIFF or WebP file") from exc
     try:
         return ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
