@@ -7,6 +7,7 @@ digits drawn with Pillow strokes stand in for another writer's hand.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,12 +18,19 @@ from PIL import Image
 
 
 @pytest.fixture(scope="module")
-def trained(real_mnist: Path) -> tuple[Model, np.ndarray, np.ndarray]:
+def cache() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def trained(real_mnist: Path, cache: dict) -> tuple[Model, np.ndarray, np.ndarray]:
     """fc after one epoch (about 15 s) and the last 1000 test digits."""
-    x, y = load_mnist(real_mnist, "train")
-    model, _ = train(x, y, arch="fc", epochs=1, lr_schedule="constant", threads=THREADS, progress=False)
-    xt, yt = load_mnist(real_mnist, "test")
-    return model, xt[-1000:], yt[-1000:]
+    if "fc" not in cache:
+        x, y = load_mnist(real_mnist, "train")
+        model, _ = train(x, y, arch="fc", epochs=1, lr_schedule="constant", threads=THREADS, progress=False)
+        xt, yt = load_mnist(real_mnist, "test")
+        cache["fc"] = (model, xt[-1000:], yt[-1000:])
+    return cache["fc"]
 
 
 def test_mnist_digits_rendered_as_scans_read_as_well_as_the_originals(trained: tuple) -> None:
