@@ -28,7 +28,7 @@ HISTORY = [
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[gm.Model, Path]:
     data = make_synthetic(tmp_path_factory.mktemp("plot-data"), n_train=200, n_test=60)
-    model, _ = gm.train(data_dir=data, arch="cnn", epochs=2, batch_size=50, progress=False, seed=1)
+    model, _ = gm.train(data_dir=data, arch="cnn", epochs=2, batch_size=50, threads=1, progress=False, seed=1)
     return model, data
 
 
