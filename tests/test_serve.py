@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import socket
 import threading
 from typing import Any, Iterator, Optional
 
@@ -21,7 +22,7 @@ MAX_BODY = 64 * 1024
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, int]]:
     model = gm.Model.create("cnn", seed=4)
-    srv = serve.make_server(model, "127.0.0.1", 0, max_body=MAX_BODY)
+    srv = serve.make_server(model, "127.0.0.1", 0, max_body=MAX_BODY, read_timeout=1.0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv.server_address[:2]
@@ -113,6 +114,14 @@ def test_blank_drawing_is_refused_and_a_missing_length_too(server: tuple[str, in
     reply = conn.getresponse()
     assert reply.status == 411 and "Content-Length" in _json(reply.read())["error"]
     conn.close()
+
+
+def test_a_body_that_never_arrives_times_out(server: tuple[str, int]) -> None:
+    with socket.create_connection(server, timeout=10) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b")
+        reply = sock.makefile("rb").read()
+    assert reply.startswith(b"HTTP/1.0 408") and b"did not arrive within 1 s" in reply
+    assert _request(server, "GET", "/model")[0] == 200
 
 
 def test_concurrent_requests_take_turns_on_the_model(server: tuple[str, int]) -> None:

@@ -89,11 +89,12 @@ def decode_body(body: bytes, content_type: str) -> bytes:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the image is not valid base64 ({exc})") from exc
 
 
-def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[Callable[[str], Any]] = None) -> type:
+def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[Callable[[str], Any]] = None,
+                 read_timeout: float = READ_TIMEOUT) -> type:
     """A request handler class bound to one predictor; ``log`` receives one line per request (None: quiet)."""
 
     class Handler(BaseHTTPRequestHandler):
-        timeout = READ_TIMEOUT
+        timeout = read_timeout
         server_version = "ggml-mnist"
 
         def log_message(self, format: str, *args: Any) -> None:
@@ -120,7 +121,7 @@ def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[C
             if path not in _PAGES:
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no page {path!r}; try / , /model or POST /predict")
             name, ctype = _PAGES[path]
-            self._send(HTTPStatus.OK, resources.files("ggml_mnist").joinpath("web", name).read_bytes(), ctype)
+            self._send(HTTPStatus.OK, resources.files("ggml_mnist").joinpath("web").joinpath(name).read_bytes(), ctype)
 
         def _post(self) -> None:
             path = self.path.split("?")[0]
@@ -141,7 +142,11 @@ def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[C
                                    f"the body has {length} bytes; the limit is {max_body} (send a smaller image)")
             if length <= 0:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "the body is empty; send an image")
-            body = self.rfile.read(length)
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                raise RequestError(HTTPStatus.REQUEST_TIMEOUT,
+                                   f"the body did not arrive within {read_timeout:g} s") from None
             if len(body) != length:
                 raise RequestError(HTTPStatus.BAD_REQUEST, f"the body ended after {len(body)} of {length} bytes")
             image = decode_body(body, self.headers.get("Content-Type", ""))
@@ -155,7 +160,8 @@ def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[C
             try:
                 handler()
             except RequestError as exc:
-                if exc.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.LENGTH_REQUIRED, HTTPStatus.BAD_REQUEST):
+                if exc.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.LENGTH_REQUIRED, HTTPStatus.BAD_REQUEST,
+                              HTTPStatus.REQUEST_TIMEOUT):
                     self.close_connection = True  # the unread body must not be taken for the next request
                 allow = {"/predict": "POST"}.get(self.path.split("?")[0], "GET")
                 self._send_json(exc.status, {"error": str(exc)},
@@ -183,8 +189,11 @@ def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[C
 
 
 def make_server(model: Model, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, max_body: int = MAX_BODY,
-                log: Optional[Callable[[str], Any]] = None) -> ThreadingHTTPServer:
-    """A ready (bound, not yet serving) server for ``model``; port 0 picks a free port (see ``server_address``)."""
-    server = ThreadingHTTPServer((host, port), make_handler(Predictor(model), max_body, log))
+                log: Optional[Callable[[str], Any]] = None, read_timeout: float = READ_TIMEOUT) -> ThreadingHTTPServer:
+    """A ready (bound, not yet serving) server for ``model``; port 0 picks a free port (see ``server_address``).
+
+    Bodies over ``max_body`` bytes get 413; a client gets ``read_timeout`` seconds to send its request.
+    """
+    server = ThreadingHTTPServer((host, port), make_handler(Predictor(model), max_body, log, read_timeout))
     server.daemon_threads = True
     return server
