@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -46,6 +47,9 @@ def _png(path: Path, min_size: tuple[int, int] = (300, 200)) -> tuple[int, int]:
 def test_history_curves_equal_the_history(tmp_path: Path) -> None:
     fig = plot.history(HISTORY, path=tmp_path / "h.png")
     _png(tmp_path / "h.png")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "h.png").stat().st_mode & 0o777 == 0o666 & ~umask
     loss, acc, lr = fig.axes
     (train, val), = [loss.lines]
     assert list(train.get_xdata()) == [1, 2, 3] and list(train.get_ydata()) == [1.5, 0.7, 0.4]
@@ -161,6 +165,9 @@ def test_mnist_plot_writes_every_picture(trained: tuple[gm.Model, Path], tmp_pat
     assert "test accuracy" in capsys.readouterr().out
     assert plot_main([str(tmp_path / "m.gguf"), "--out", str(tmp_path), "--run", "2"]) == 1
     assert "give --metrics" in capsys.readouterr().err
+    assert plot_main([str(tmp_path / "m.gguf"), "--out", str(tmp_path), "--metrics", str(tmp_path / "none.sqlite")]) == 1
+    err = capsys.readouterr().err
+    assert "metrics log" in err and "does not exist" in err
 
 
 def test_without_matplotlib_the_message_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
-import tempfile
+import uuid
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -40,14 +40,14 @@ def _figure(width: float, height: float) -> "Figure":
 def save_png(fig: "Figure", path: PathLike) -> None:
     """Write ``fig`` as a PNG atomically: a failed save leaves an existing file untouched."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # unlike mkstemp, the file gets the usual permissions (umask)
             fig.savefig(f, format="png")
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
 
 
@@ -112,6 +112,7 @@ def history(history_or_model: HistoryLike, *, path: Optional[PathLike] = None) -
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=3, label=label if key != "lr" else "lr")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if key != "lr":

@@ -160,9 +160,7 @@ def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[C
             try:
                 handler()
             except RequestError as exc:
-                if exc.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.LENGTH_REQUIRED, HTTPStatus.BAD_REQUEST,
-                              HTTPStatus.REQUEST_TIMEOUT):
-                    self.close_connection = True  # the unread body must not be taken for the next request
+                self.close_connection = True  # an unread body must not be taken for the next request
                 allow = {"/predict": "POST"}.get(self.path.split("?")[0], "GET")
                 self._send_json(exc.status, {"error": str(exc)},
                                 allow=allow if exc.status == HTTPStatus.METHOD_NOT_ALLOWED else None)
