@@ -19,14 +19,17 @@ from .errors import (
     DownloadError,
     GgmlMnistError,
     IdxFormatError,
+    ImageError,
     ModelFormatError,
     ModelIOError,
     NativeError,
     OutOfMemoryError,
     TrainingDivergedError,
 )
+from .imaging import prepare_image
 from .layers import Sequential, load_layers, presets
 from .model import Model
+from .reading import Digit, DigitReading, Prediction
 
 __version__ = _ffi_ffi.string(_lib.gmn_version()).decode()
 ggml_version = _ffi_ffi.string(_lib.gmn_ggml_version()).decode()
@@ -59,9 +62,10 @@ def devices() -> list[Device]:
 __all__ = [
     "__version__", "ggml_version", "Device", "devices", "set_verbose",
     "train", "evaluate", "load", "export_gguf", "Model", "TrainConfig", "EpochStats", "EvalResult",
+    "prepare_image", "Prediction", "Digit", "DigitReading",
     "layers", "Sequential", "presets", "load_layers", "plot",
     "read_idx", "write_idx", "load_mnist", "load_idx_pair", "download_dataset", "verify_dataset",
     "GgmlMnistError", "ConfigError", "DataError", "IdxFormatError", "DataFileNotFoundError", "DownloadError",
     "ChecksumError", "DeviceError", "ModelFormatError", "ModelIOError", "OutOfMemoryError", "NativeError",
-    "TrainingDivergedError",
+    "TrainingDivergedError", "ImageError",
 ]

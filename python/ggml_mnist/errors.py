@@ -27,6 +27,10 @@ class ModelIOError(GgmlMnistError, OSError):
     """A model file could not be read or written (permissions, missing directory, disk full)."""
 
 
+class ImageError(GgmlMnistError, ValueError):
+    """A picture cannot be used: unreadable, not an image, too small, or holding no ink."""
+
+
 class DownloadError(GgmlMnistError, OSError):
     """A dataset could not be downloaded from any mirror."""
 

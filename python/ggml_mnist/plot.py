@@ -157,7 +157,7 @@ def mistakes(model: Model, x: Any, y: Any, *, n: int = 24, class_names: Optional
     pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(pred != labels)
     worst = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:n]
-    names = _class_names(class_names if class_names is not None else _model_class_names(model), model.n_classes)
+    names = _class_names(class_names if class_names is not None else model.class_names, model.n_classes)
     cols = min(8, max(1, len(worst)))
     rows = max(1, math.ceil(len(worst) / cols))
     fig = _figure(1.5 * cols + 0.4, 1.75 * rows + 0.5)
@@ -231,11 +231,6 @@ def activations(model: Model, image: Any, *, path: Optional[PathLike] = None) ->
         ax.set_xticks([])
         ax.set_yticks([])
     return _done(fig, path)
-
-
-def _model_class_names(model: Model) -> Optional[Sequence[str]]:
-    names = getattr(model, "class_names", None)  # Model.class_names arrives with image preparation
-    return list(names) if names is not None else None
 
 
 def _class_names(names: Optional[Sequence[str]], n: int) -> list[str]:

@@ -60,7 +60,7 @@ def _plot(args: argparse.Namespace) -> int:
     data_dir = _dataset_dir(args.data_dir, _dataset_name(model, args.dataset), "test", args.download)
     images, labels = api.resolve_dataset(None, None, "test", data_dir)
     result = api.evaluate(model, images, labels)
-    names = getattr(model, "class_names", None)
+    names = model.class_names
     plot.confusion_matrix(result, class_names=names, path=out / "confusion.png")
     plot.mistakes(model, images, labels, n=args.mistakes, class_names=names, path=out / "mistakes.png")
     written += ["confusion.png", "mistakes.png"]

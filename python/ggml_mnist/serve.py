@@ -18,13 +18,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .errors import ImageError
+from .imaging import prepare_image
 from .model import Model
-
-try:
-    from .errors import ImageError
-    from .imaging import prepare_image
-except ImportError:  # FALLBACK until ggml_mnist.imaging (image preparation) is merged; delete with it
-    from ._prepare_fallback import ImageError, prepare_image  # type: ignore[assignment]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -47,9 +43,8 @@ class Predictor:
     def __init__(self, model: Model) -> None:
         self.model = model
         self.lock = threading.Lock()
-        self.preparation: str = getattr(model, "preparation", "digits")
-        names = getattr(model, "class_names", None)
-        self.class_names = [str(s) for s in names] if names is not None else [str(i) for i in range(model.n_classes)]
+        self.preparation = model.preparation
+        self.class_names = model.class_names
 
     def info(self) -> dict[str, Any]:
         """The model's summary, as ``GET /model`` returns it."""

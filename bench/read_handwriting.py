@@ -1,0 +1,150 @@
+"""Measure how well models read handwriting in pictures (prepare_image, predict_image, read_digits).
+
+    python bench/read_handwriting.py MODEL.gguf [MODEL.gguf ...] [--data data/mnist] [--n 1000]
+
+Prints one JSON object per model with the accuracies of:
+- mnist_plain: the first N MNIST test digits as they are (model.predict);
+- mnist_scans: the same digits rendered as scans (upscaled to 60-600 px, dark ink on light paper, off-centre,
+  noise, a lighting gradient, JPEG, tinted paper) and read with prepare_image;
+- mnist_scans_naive: those scans converted to grey and resized to 28x28 as most people would (no preparation);
+- drawn: digits drawn with Pillow strokes in many conditions (thickness, polarity, size 20-1000 px, rotation,
+  slant, noise, gradient, JPEG, paper colour), per condition and overall;
+- fonts: digits in the TrueType fonts found under /usr/share/fonts (printed, not handwritten: a sanity check);
+- lines: lines of 3-10 MNIST test digits with uneven gaps rendered as scans and read with read_digits
+  (digits right when the count matches, position by position; lines read exactly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+import ggml_mnist as gm  # noqa: E402
+from handwriting import as_scan, draw_digits, mnist_scan  # noqa: E402
+
+PAPERS = [(255, 255, 255), (240, 232, 210), (225, 225, 230)]
+INKS = [(0, 0, 0), (20, 30, 120), (60, 60, 60)]
+
+
+def _scan_options(rng: np.random.Generator) -> dict:
+    return dict(invert=bool(rng.random() < 0.3), noise=float(rng.choice([0, 0.03, 0.08])),
+                gradient=float(rng.choice([0, 0.3, 0.5])), jpeg=int(rng.choice([0, 40, 75])) or None,
+                paper=PAPERS[int(rng.integers(len(PAPERS)))], ink=INKS[int(rng.integers(len(INKS)))],
+                rotate=float(rng.uniform(-8, 8)))
+
+
+def _naive(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("L").resize((28, 28), Image.Resampling.LANCZOS))
+
+
+def _read(model: gm.Model, images: list) -> np.ndarray:
+    out = []
+    for img in images:
+        try:
+            out.append(model.predict_image(img).label)
+        except gm.ImageError:
+            out.append(-1)
+    return np.array(out)
+
+
+def mnist_scans(model: gm.Model, x: np.ndarray, y: np.ndarray) -> dict:
+    rng = np.random.default_rng(1)
+    scans = [mnist_scan(d, size=int(rng.choice([60, 150, 300, 600])), seed=i, **_scan_options(rng)) for i, d in enumerate(x)]
+    read = _read(model, scans)
+    naive = model.predict(np.stack([_naive(s) for s in scans]))
+    return {"mnist_plain": float((model.predict(x) == y).mean()), "mnist_scans": float((read == y).mean()),
+            "mnist_scans_naive": float((naive == y).mean()), "n": int(len(y))}
+
+
+def drawn(model: gm.Model) -> dict:
+    conditions = {
+        "plain": {}, "thin": dict(thickness=0.04), "thick": dict(thickness=0.16), "white_on_black": dict(invert=True),
+        "size_20": dict(size=20), "size_1000": dict(size=1000, thickness=0.03), "rotated": dict(rotate=10),
+        "slanted": dict(slant=0.25), "noisy": dict(noise=0.12), "gradient": dict(gradient=0.6), "jpeg": dict(jpeg=30),
+        "paper": dict(paper=(235, 220, 180), ink=(40, 40, 140)), "everything": dict(invert=True, noise=0.06, gradient=0.4,
+                                                                                    jpeg=60, rotate=-6, size=400),
+    }
+    out = {}
+    hits = total = 0
+    for name, opts in conditions.items():
+        draw_opts = {k: opts.pop(k) for k in ("thickness", "slant") if k in opts}
+        labels, images = [], []
+        for seed in range(3):
+            for d in range(10):
+                img = draw_digits([d], height=120, thickness=draw_opts.get("thickness", 0.08), slant=draw_opts.get("slant", 0.0),
+                                  jitter=0.02, seed=seed * 10 + d)
+                images.append(as_scan(img, seed=seed, **opts))
+                labels.append(d)
+        acc = float((_read(model, images) == np.array(labels)).mean())
+        out[name] = acc
+        hits += acc * len(labels)
+        total += len(labels)
+    out["all"] = hits / total
+    return out
+
+
+def fonts(model: gm.Model) -> dict:
+    out = {}
+    for path in sorted(glob.glob("/usr/share/fonts/truetype/*/*.ttf"))[:6]:
+        font = ImageFont.truetype(path, 100)
+        images = []
+        for d in range(10):
+            img = Image.new("L", (120, 140), 255)
+            ImageDraw.Draw(img).text((30, 10), str(d), font=font, fill=0)
+            images.append(img)
+        out[os.path.basename(path)] = float((_read(model, images) == np.arange(10)).mean())
+    return out
+
+
+def lines(model: gm.Model, x: np.ndarray, y: np.ndarray, n_lines: int = 60) -> dict:
+    rng = np.random.default_rng(2)
+    right = total = exact = 0
+    for i in range(n_lines):
+        k = int(rng.integers(3, 11))
+        idx = rng.choice(len(y), k, replace=False)
+        gaps = rng.uniform(-2, 14, k - 1).astype(int)  # MNIST digits have ~4 px of margin: -2 nearly touches
+        width = 28 * k + int(gaps.sum()) + 40
+        page = np.zeros((48, width), dtype=np.uint8)
+        pos = 20
+        for j, g in zip(idx, list(gaps) + [0]):
+            page[10:38, pos:pos + 28] = np.maximum(page[10:38, pos:pos + 28], x[j])
+            pos += 28 + int(g)
+        img = Image.fromarray(255 - page).resize((width * 5, 48 * 5), Image.Resampling.BICUBIC)
+        scan = as_scan(img, seed=i, **_scan_options(rng))
+        try:
+            read = model.read_digits(scan).text
+        except gm.ImageError:
+            scan.save(f"/tmp/i10-failed-line-{i}.png")
+            read = ""
+        truth = "".join(str(int(v)) for v in y[idx])
+        total += k
+        exact += read == truth
+        if len(read) == k:
+            right += sum(a == b for a, b in zip(read, truth))
+    return {"digits": right / total, "lines_exact": exact / n_lines, "n_digits": total, "n_lines": n_lines}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+")
+    p.add_argument("--data", default=os.environ.get("GGML_MNIST_DATA", "data/mnist"))
+    p.add_argument("--n", type=int, default=1000, help="MNIST test digits to render as scans")
+    args = p.parse_args()
+    x, y = gm.load_mnist(args.data, "test")
+    x, y = x[-args.n:], y[-args.n:]
+    for path in args.models:
+        model = gm.load(path)
+        for name, part in (("lines", lambda: lines(model, x, y)), ("mnist", lambda: mnist_scans(model, x, y)),
+                           ("drawn", lambda: drawn(model)), ("fonts", lambda: fonts(model))):
+            print(json.dumps({"model": path, name: part()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

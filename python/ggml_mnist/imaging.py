@@ -1,0 +1,337 @@
+"""Turn a user's picture (a path, bytes, a PIL image or an array) into a 28x28 input like MNIST's.
+
+The "digits" recipe is MNIST's own, made robust for photos and scans: grey levels, ink polarity
+found from the paper at the border, uneven lighting removed with a morphological background
+estimate, ink found with a noise-aware hysteresis threshold, specks dropped, thin pen strokes
+thickened to MNIST's stroke width, the ink fitted into 20x20 keeping its aspect ratio and centred
+by its centre of mass in 28x28 (white ink on black). The "photo" recipe (Fashion-MNIST) keeps the
+whole picture: object light on black, resized to 28x28.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .components import Component, label
+from .errors import DataFileNotFoundError, ImageError
+from .labels import PREPARATIONS
+
+ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray]
+SIZE = 28  # MNIST's image side
+FIT = 20  # MNIST fits the ink into FITxFIT before centring it in SIZExSIZE
+WORK_SIDE = 1200  # larger pictures are reduced to this longest side before the ink is searched
+_STROKE = 0.125  # MNIST's stroke width as a fraction of the fitted digit's longest side
+_SCRATCH = 80  # a digit is cropped to this longest side to normalise its strokes
+_MIN_CONTRAST = 0.06  # ink must differ from the paper by at least this much (0..1) to count
+_SPECK = 0.04  # components smaller than this fraction of the largest are specks
+_MIN_EXTENT = 0.04  # a digit spans at least this fraction of the picture's shorter side
+
+
+def describe(image: Any) -> str:
+    """A short name for an image argument in error messages."""
+    if isinstance(image, (str, os.PathLike)):
+        return repr(os.fspath(image))
+    if isinstance(image, np.ndarray):
+        return f"array {image.shape} {image.dtype}"
+    return type(image).__name__
+
+
+def load_gray(image: ImageLike) -> np.ndarray:
+    """Return the image as float32 grey levels [H, W] in [0, 1] (1 = white), alpha composited on white.
+
+    Raises DataFileNotFoundError for a missing path and ImageError for anything that is not a readable image.
+    """
+    if isinstance(image, np.ndarray):
+        return _array_gray(image)
+    return _pil_gray(open_picture(image))
+
+
+def open_picture(image: ImageLike) -> Image.Image:
+    """The picture as a PIL image, decoded from a path or bytes (turned upright per its EXIF); arrays are shown grey.
+
+    Raises DataFileNotFoundError for a missing path and ImageError for anything that is not a readable image.
+    """
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(np.round(_array_gray(image) * 255).astype(np.uint8))
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(bytes(image)), "the bytes")
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.exists(path):
+            raise DataFileNotFoundError(f"image file {path!r} does not exist")
+        if os.path.isdir(path):
+            raise ImageError(f"{path!r} is a directory; give an image file (PNG, JPEG, ...)")
+        try:
+            with open(path, "rb") as f:
+                return _decode(f, repr(path))
+        except PermissionError as exc:
+            raise ImageError(f"{path!r} cannot be read: {exc.strerror}") from exc
+    raise ImageError(f"an image must be a file path, encoded bytes, a PIL image or a numpy array, got {describe(image)}")
+
+
+def _decode(f: Any, name: str) -> Image.Image:
+    try:
+        img = Image.open(f)
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name} is too large to decode safely ({exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{name} is not a readable image ({exc}); give a PNG, JPEG, BMP, GIF, TIFF or WebP file") from exc
+    try:
+        return ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+    except (ValueError, OSError, SyntaxError):
+        return img
+
+
+def _pil_gray(img: Image.Image) -> np.ndarray:
+    if img.width == 0 or img.height == 0:
+        raise ImageError("the image has no pixels")
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return _array_gray(np.asarray(img))
+    if "A" in img.mode or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def _array_gray(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == bool:
+        arr = arr.astype(np.float32)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ImageError(f"an image array must hold numbers, got dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        pass
+    elif arr.ndim != 2:
+        raise ImageError(f"an image array must be [H, W], [H, W, 3] or [H, W, 4], got shape {arr.shape}")
+    if arr.size == 0:
+        raise ImageError(f"the image array is empty (shape {arr.shape})")
+    x = arr.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ImageError("the image array holds NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0:
+        raise ImageError(f"image pixels must not be negative (minimum {lo}); use 0..1 floats or 0..255 integers")
+    if np.issubdtype(arr.dtype, np.integer):
+        x /= 255.0 if hi <= 255 else 65535.0 if hi <= 65535 else hi
+    elif hi > 1.0:
+        if hi > 255.0:
+            raise ImageError(f"float image pixels must lie in [0, 1] (or 0..255), got a maximum of {hi}")
+        x /= 255.0
+    if x.ndim == 3:
+        alpha = x[..., 3] if x.shape[2] == 4 else None
+        gray = x[..., 0] if x.shape[2] == 1 else x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+        x = gray if alpha is None else gray * alpha + (1.0 - alpha)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# -- the ink ---------------------------------------------------------------------------------------
+
+@dataclass
+class Ink:
+    """Ink found in a picture at working resolution: its strength [0, 1] per pixel, the labelled ink pieces that
+    are not specks, and the factor from working to original pixel coordinates."""
+
+    strength: np.ndarray
+    labels: np.ndarray
+    pieces: list[Component]
+    scale: float
+
+
+def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a float image to (width, height) with anti-aliasing (Lanczos)."""
+    return np.asarray(Image.fromarray(x.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS))
+
+
+def _slide(x: np.ndarray, k: int, axis: int, reduce: Any) -> np.ndarray:
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (k // 2, k // 2)
+    view = np.lib.stride_tricks.sliding_window_view(np.pad(x, pad, mode="edge"), k, axis=axis)
+    return reduce(view, axis=-1)
+
+
+def _opening(x: np.ndarray, k: int) -> np.ndarray:
+    """Grey-level opening with a k x k square: removes bright details narrower than k, keeps the slow background."""
+    low = _slide(_slide(x, k, 0, np.min), k, 1, np.min)
+    return _slide(_slide(low, k, 0, np.max), k, 1, np.max)
+
+
+def _box(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean over a k x k square (k odd), edges repeated."""
+    return _slide(_slide(x, k, 0, np.mean), k, 1, np.mean)
+
+
+def _ink_side(g: np.ndarray) -> tuple[bool, np.ndarray]:
+    """Whether the ink is darker than the paper, and the picture less its lighting slope (a fitted plane).
+
+    The ink is the extreme further from the paper, whose level is the median of the border."""
+    h, w = g.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    design = np.stack([np.ones(h * w), xx.ravel() / w, yy.ravel() / h], axis=1)
+    coef, *_ = np.linalg.lstsq(design, g.ravel().astype(np.float64), rcond=None)
+    r = g - (design @ coef).reshape(h, w)
+    ring = max(1, round(0.05 * min(h, w)))
+    border = np.concatenate([r[:ring].ravel(), r[-ring:].ravel(), r[:, :ring].ravel(), r[:, -ring:].ravel()])
+    paper = float(np.median(border))
+    lo, hi = np.percentile(r, [0.3, 99.7])
+    return paper - lo >= hi - paper, r
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width of a mask in pixels: twice the area over the perimeter (pixels with a background 4-neighbour)."""
+    m = np.pad(mask, 1)
+    inner = m[1:-1, 1:-1]
+    edge = inner & ~(m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:])
+    n_edge = int(edge.sum())
+    return 2.0 * int(inner.sum()) / n_edge if n_edge else 0.0
+
+
+def find_ink(image: ImageLike, *, work_side: int = WORK_SIDE) -> Ink:
+    """Find the ink in a picture of handwriting on paper (either polarity, uneven light, noise, JPEG artefacts).
+
+    Raises ImageError when the picture holds no ink (blank, uniform, or noise only).
+    """
+    gray = load_gray(image)
+    h0, w0 = gray.shape
+    scale = max(1.0, max(h0, w0) / work_side)
+    g = gray if scale == 1.0 else _resize(gray, (max(1, round(w0 / scale)), max(1, round(h0 / scale))))
+    h, w = g.shape
+    if min(h, w) < 5:
+        raise ImageError(f"the image is {w0}x{h0} pixels; it needs at least 5 pixels on each side to hold a digit")
+    dark, flat = _ink_side(g)
+    x = -flat if dark else flat  # ink bright on dark paper, as in MNIST, less any lighting slope
+    first = x > max(_MIN_CONTRAST, 0.5 * float(np.percentile(x, 99.5)))
+    k = int(min(4 * max(stroke_width(first), 2.0) + 1, min(h, w)) // 2 * 2 + 1)
+    b = max(1, k // 8) * 2 + 1  # the background is estimated on a blurred picture: noise would bias the opening
+    strength = x - _opening(_box(x, b), max(k, 3))
+    strength = np.clip(strength - np.median(strength), 0.0, 1.0)  # paper at 0
+    smooth = _box(strength, 3)
+    noise = 1.4826 * float(np.median(np.abs(smooth - np.median(smooth))))
+    floor = 4.0 * noise + 0.02
+    candidates = smooth[smooth > floor]
+    level = float(np.percentile(candidates, 90)) if candidates.size else 0.0
+    if level < max(_MIN_CONTRAST, 2.0 * floor):
+        raise ImageError("the image holds no ink (no mark stands out from the paper); give a picture of a digit")
+    high, low = max(0.5 * level, floor), max(0.25 * level, 0.6 * floor)
+    labels, comps = label(smooth > low)
+    peak = np.zeros(len(comps) + 1, dtype=np.float32)
+    np.maximum.at(peak, labels.ravel(), smooth.ravel())
+    comps = [c for c in comps if peak[c.label] >= high]
+    min_extent = max(4.0, _MIN_EXTENT * min(h, w))
+    largest = max((c.area for c in comps), default=0)
+    pieces = [c for c in comps if c.area >= _SPECK * largest]
+    if not any(max(c.box[2] - c.box[0], c.box[3] - c.box[1]) >= min_extent for c in pieces):
+        raise ImageError("the image holds no ink large enough to be a digit (only specks); give a picture of a digit")
+    strength = np.clip(strength / level, 0.0, 1.0)
+    return Ink(strength, labels, pieces, scale)
+
+
+# -- one digit -------------------------------------------------------------------------------------
+
+def _fit(crop: np.ndarray, side: int) -> np.ndarray:
+    h, w = crop.shape
+    f = side / max(h, w)
+    return np.clip(_resize(crop, (max(1, round(w * f)), max(1, round(h * f)))), 0.0, 1.0)
+
+
+def _max_pool(x: np.ndarray, f: int) -> np.ndarray:
+    """Shrink by an integer factor keeping each block's brightest pixel, so that thin pen strokes do not fade."""
+    if f < 2:
+        return x
+    h, w = x.shape
+    x = np.pad(x, ((0, -h % f), (0, -w % f)))
+    return x.reshape(x.shape[0] // f, f, x.shape[1] // f, f).max(axis=(1, 3))
+
+
+def _dilate(x: np.ndarray, r: int) -> np.ndarray:
+    return _slide(_slide(x, 2 * r + 1, 0, np.max), 2 * r + 1, 1, np.max)
+
+
+def digit_input(strength: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """MNIST's preparation of one digit from its ink strength and mask (same shape): crop to the ink,
+    bring thin strokes to MNIST's width, fit into 20x20 keeping the aspect ratio, centre by mass in 28x28.
+    Returns uint8 [28, 28], white ink on black."""
+    x0, y0, x1, y1 = mask_box(mask)
+    ink = np.where(_dilate(mask.astype(np.float32), 1) > 0, strength, 0.0)
+    crop = _max_pool(ink[y0:y1, x0:x1], max(y1 - y0, x1 - x0) // _SCRATCH)
+    pad = max(crop.shape) // 8 + 2  # room for thickening and resampling at the edges
+    big = _fit(np.pad(crop, pad), _SCRATCH + 2 * round(pad * _SCRATCH / max(crop.shape)))
+    target = _STROKE * _SCRATCH
+    width = stroke_width(big > 0.5)
+    if width < 0.75 * target:
+        big = _dilate(big, max(1, round((target - width) / 2)))
+    rows, cols = np.nonzero(big > 0.05)
+    big = big[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    big = np.clip(big / max(float(np.percentile(big[big > 0.05], 90)), 1e-6), 0.0, 1.0)
+    small = _fit(big, FIT)
+    total = float(small.sum())
+    h, w = small.shape
+    cy = float(small.sum(axis=1) @ np.arange(h)) / total
+    cx = float(small.sum(axis=0) @ np.arange(w)) / total
+    top = int(np.clip(round(SIZE / 2 - 0.5 - cy), 0, SIZE - h))
+    left = int(np.clip(round(SIZE / 2 - 0.5 - cx), 0, SIZE - w))
+    out = np.zeros((SIZE, SIZE), dtype=np.float32)
+    out[top:top + h, left:left + w] = small
+    return np.round(out * 255.0).astype(np.uint8)
+
+
+def prepare_image(image: ImageLike, *, preparation: str = "digits") -> np.ndarray:
+    """Return a picture as a model input: uint8 [28, 28], white ink on black like MNIST.
+
+    ``image`` is a file path, encoded bytes, a PIL image or an array ([H, W], [H, W, 3] or [H, W, 4];
+    uint8 or floats in [0, 1]). ``preparation`` is "digits" (MNIST's recipe, see the module) or
+    "photo" (whole picture, for Fashion-MNIST). Raises ImageError for a picture that cannot be read
+    or holds no ink, DataFileNotFoundError for a missing file, ValueError for an unknown preparation.
+    """
+    return prepare_with_box(image, preparation=preparation)[0]
+
+
+def prepare_with_box(image: ImageLike, *, preparation: str = "digits") -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """:func:`prepare_image` and the box (x0, y0, x1, y1) of the picture it used, in original pixels."""
+    if preparation not in PREPARATIONS:
+        raise ImageError(f"preparation must be one of {', '.join(PREPARATIONS)}, got {preparation!r}")
+    if preparation == "photo":
+        return _photo(load_gray(image))
+    ink = find_ink(image)
+    mask = np.isin(ink.labels, [c.label for c in ink.pieces])
+    return digit_input(ink.strength, mask), original_box(ink, mask_box(mask))
+
+
+def original_box(ink: Ink, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """A box (x0, y0, x1, y1) at working resolution in the original picture's pixel coordinates."""
+    s = ink.scale
+    return (int(box[0] * s), int(box[1] * s), int(np.ceil(box[2] * s)), int(np.ceil(box[3] * s)))
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """The bounding box (x0, y0, x1, y1), end-exclusive, of a non-empty mask."""
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _photo(gray: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Fashion-MNIST's look: the object light on a black background, the whole picture squared and resized."""
+    h, w = gray.shape
+    ring = max(1, round(0.05 * min(h, w)))
+    border = np.concatenate([gray[:ring].ravel(), gray[-ring:].ravel(), gray[:, :ring].ravel(), gray[:, -ring:].ravel()])
+    x = 1.0 - gray if np.median(border) > 0.5 else gray
+    paper = float(np.median(np.concatenate([x[:ring].ravel(), x[-ring:].ravel(), x[:, :ring].ravel(), x[:, -ring:].ravel()])))
+    side = max(h, w)
+    square = np.full((side, side), paper, dtype=np.float32)
+    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = x
+    small = np.clip((_resize(square, (SIZE, SIZE)) - paper) / max(1.0 - paper, 1e-6), 0.0, 1.0)
+    return np.round(small * 255.0).astype(np.uint8), (0, 0, w, h)
+
+
+def text_art(image: np.ndarray) -> str:
+    """A 28x28 uint8 image as 28 lines of characters, darkest to brightest ' .:-=+*#%@' (two per pixel)."""
+    ramp = " .:-=+*#%@"
+    idx = (np.asarray(image, dtype=np.int32) * len(ramp)) // 256
+    return "\n".join("".join(ramp[i] * 2 for i in row).rstrip() for row in idx)

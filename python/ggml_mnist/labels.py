@@ -1,0 +1,36 @@
+"""What a model's outputs mean: class names and the image preparation a model expects, from its metadata."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+BUILTIN_CLASS_NAMES = {"mnist": [str(i) for i in range(10)], "fashion-mnist": FASHION_MNIST}
+PHOTO_DATASETS = ("fashion-mnist",)
+PREPARATIONS = ("digits", "photo")  # see ggml_mnist.imaging
+
+
+def dataset_name(metadata: Mapping[str, Any]) -> str | None:
+    """The ``name`` of the metadata's ``dataset`` entry, or None."""
+    dataset = metadata.get("dataset")
+    name = dataset.get("name") if isinstance(dataset, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def class_names(metadata: Mapping[str, Any], n_classes: int) -> list[str]:
+    """The metadata's ``class_names`` when they fit, else the names of a known dataset, else "0".."n-1"."""
+    names = metadata.get("class_names")
+    if isinstance(names, list) and len(names) == n_classes and all(isinstance(n, str) for n in names):
+        return list(names)
+    builtin = BUILTIN_CLASS_NAMES.get(dataset_name(metadata) or "")
+    if builtin is not None and len(builtin) == n_classes:
+        return list(builtin)
+    return [str(i) for i in range(n_classes)]
+
+
+def preparation(metadata: Mapping[str, Any]) -> str:
+    """The metadata's ``preparation`` ("digits" or "photo"), else "photo" for a photo dataset, else "digits"."""
+    value = metadata.get("preparation")
+    if value in PREPARATIONS:
+        return value
+    return "photo" if dataset_name(metadata) in PHOTO_DATASETS else "digits"

@@ -1,0 +1,103 @@
+"""Console script ``mnist-predict``: read the user's own pictures with a model (argparse only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from . import api
+from .annotate import annotate, save_png
+from .cli import _add_version, _run
+from .config import DEFAULT_DEVICE
+from .errors import ConfigError, GgmlMnistError
+from .imaging import text_art
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    """The argument parser of mnist-predict."""
+    p = argparse.ArgumentParser(
+        prog="mnist-predict",
+        description="Predict pictures of handwritten digits (PNG, JPEG, ...; photos and scans, either polarity) "
+                    "with a GGUF model. Each picture is prepared as MNIST's digits were: cropped to the ink, "
+                    "fitted into 20x20 and centred in 28x28 (Fashion-MNIST models: the whole picture).")
+    p.add_argument("model", metavar="MODEL.gguf")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--digits", action="store_true", help="read each picture as lines of digits, left to right")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per picture: path, label, class_name, probability, probabilities "
+                        "(with --digits: path, text, digits [{box, label, probability}]); failures: path, error")
+    p.add_argument("--annotate", metavar="OUT.png",
+                   help="write the picture with boxes and labels drawn on it; with several pictures, OUT is a "
+                        "directory and each goes to OUT/NAME.annotated.png")
+    p.add_argument("--show-input", action="store_true", help="print each prepared 28x28 input as text art")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all available cores (default: 0)")
+    p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
+    return _add_version(p)
+
+
+def _annotation_path(out: str, image: str, several: bool) -> str:
+    return os.path.join(out, f"{Path(image).stem}.annotated.png") if several else out
+
+
+def _check_annotate(out: str, images: Sequence[str]) -> None:
+    if len(images) > 1:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ConfigError(f"--annotate {out!r}: with several pictures give a directory, not a file")
+        os.makedirs(out, exist_ok=True)
+    for image in images:
+        target = _annotation_path(out, image, len(images) > 1)
+        if os.path.exists(target) and os.path.exists(image) and os.path.samefile(target, image):
+            raise ConfigError(f"--annotate {target!r} is the input picture; writing it would destroy it, give another name")
+
+
+def _one(model: Any, path: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Predict one picture; returns the JSON-ready result and prints the human-readable one."""
+    if args.digits:
+        reading = model.read_digits(path)
+        found, result = reading.digits, {"path": path, **reading.as_dict()}
+        lowest = min(d.probability for d in found)
+        text = reading.text.replace("\n", " / ")
+        line = f"{path}: {text}  ({len(found)} digits, lowest probability {100 * lowest:.1f}%)"
+    else:
+        pred = model.predict_image(path)
+        found, result = [pred], {"path": path, **pred.as_dict()}
+        line = f"{path}: {pred.class_name} ({100 * pred.probability:.1f}%)"
+    if args.json:
+        print(json.dumps(result), flush=True)
+    else:
+        print(line, flush=True)
+    if args.show_input:
+        for item in found:
+            print(f"{item.class_name} at {item.box}:\n{text_art(item.input)}", file=sys.stderr if args.json else sys.stdout)
+    if args.annotate:
+        save_png(annotate(path, found), _annotation_path(args.annotate, path, len(args.images) > 1))
+    return result
+
+
+def _predict(args: argparse.Namespace) -> int:
+    model = api.load(args.model, device=args.device, threads=args.threads)
+    if args.annotate:
+        _check_annotate(args.annotate, args.images)
+    failed = 0
+    for path in args.images:
+        try:
+            _one(model, path, args)
+        except (GgmlMnistError, OSError) as exc:
+            failed += 1
+            message = " ".join(str(exc).split())
+            print(f"mnist-predict: {path}: {message}", file=sys.stderr, flush=True)
+            if args.json:
+                print(json.dumps({"path": path, "error": message}), flush=True)
+    if failed:
+        print(f"mnist-predict: {failed} of {len(args.images)} pictures failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def predict_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of mnist-predict."""
+    return _run(_predict, predict_parser(), argv)

@@ -1,0 +1,99 @@
+"""Predictions on users' pictures: one picture per input, or every digit on a page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .imaging import ImageLike, digit_input, find_ink, original_box, prepare_with_box
+from .segment import segment
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # uint8 [N, 28, 28] -> probabilities [N, n_classes]
+
+
+@dataclass
+class Prediction:
+    """A model's answer for one picture: the class, its name and probability, every class's probability,
+    the prepared 28x28 input and the box (x0, y0, x1, y1) of the picture it came from, in pixels."""
+
+    label: int
+    class_name: str
+    probability: float
+    probabilities: np.ndarray
+    input: np.ndarray = field(repr=False)
+    box: tuple[int, int, int, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-ready fields: label, class_name, probability, probabilities, box."""
+        return {"label": self.label, "class_name": self.class_name, "probability": self.probability,
+                "probabilities": [float(p) for p in self.probabilities], "box": list(self.box)}
+
+
+@dataclass
+class Digit:
+    """One digit read on a page: its box (x0, y0, x1, y1) in the picture's pixels, its line (0 = top),
+    the class, its name and probability, and the prepared 28x28 input."""
+
+    box: tuple[int, int, int, int]
+    line: int
+    label: int
+    class_name: str
+    probability: float
+    input: np.ndarray = field(repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-ready fields: box, line, label, class_name, probability."""
+        return {"box": list(self.box), "line": self.line, "label": self.label, "class_name": self.class_name,
+                "probability": self.probability}
+
+
+@dataclass
+class DigitReading:
+    """The digits read on a page: ``text`` (one line of class names per line of writing) and each digit."""
+
+    text: str
+    digits: list[Digit]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-ready fields: text and digits."""
+        return {"text": self.text, "digits": [d.as_dict() for d in self.digits]}
+
+
+def predict_images(images: Sequence[ImageLike], predict: Predictor, names: Sequence[str], preparation: str) -> list[Prediction]:
+    """Prepare each picture and predict them in one batch."""
+    prepared = [prepare_with_box(image, preparation=preparation) for image in images]
+    probs = predict(np.stack([p[0] for p in prepared]))
+    out = []
+    for (arr, box), p in zip(prepared, probs):
+        k = int(p.argmax())
+        out.append(Prediction(k, names[k], float(p[k]), p, arr, box))
+    return out
+
+
+def read_digits(image: ImageLike, predict: Predictor, names: Sequence[str]) -> DigitReading:
+    """Find, prepare and predict every digit on a page; lines top to bottom, digits left to right."""
+    ink = find_ink(image)
+
+    def confidence(pieces: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        ok = [i for i, (_, mask) in enumerate(pieces) if mask.any()]
+        out = np.zeros(len(pieces))
+        if ok:
+            out[ok] = predict(np.stack([digit_input(*pieces[i]) for i in ok])).max(axis=1)
+        return out
+
+    glyphs = segment(ink, confidence)
+    inputs = []
+    for g in glyphs:
+        x0, y0, x1, y1 = g.box
+        inputs.append(digit_input(ink.strength[y0:y1, x0:x1], g.mask))
+    probs = predict(np.stack(inputs))
+    digits = []
+    for g, arr, p in zip(glyphs, inputs, probs):
+        k = int(p.argmax())
+        digits.append(Digit(original_box(ink, g.box), g.line, k, names[k], float(p[k]), arr))
+    lines: dict[int, str] = {}
+    for d in digits:
+        lines[d.line] = lines.get(d.line, "") + d.class_name
+    return DigitReading("\n".join(lines[i] for i in sorted(lines)), digits)
