@@ -214,6 +214,9 @@ int  gmn_model_save(const gmn_model * model, const char * path, int n_meta, cons
 /* Class probabilities for n images: x is n*image_h*image_w uint8 (x_is_float 0) or float in [0,1] (1);
  * probs receives n*n_classes floats. */
 int  gmn_model_predict(gmn_model * model, const void * x, int x_is_float, int64_t n, float * probs);
+/* Feature maps of one float image (image_h*image_w, in [0,1]) after layer `layer` (0-based, inclusive) for
+ * inspection: n floats (that layer's height*width*channels from gmn_net_check), channel-major [C][H][W]. */
+int  gmn_model_activation(gmn_model * model, const float * x, int layer, float * out, int64_t n);
 
 /* The dropout mask (0 or 1/(1-p) per element, n floats) that dropout layer `layer` used in the last
  * training batch, for inspection and tests; GMN_E_STATE before the first batch. */

@@ -137,6 +137,9 @@ int  gmn_net_activation_ne(const struct gmn_net * net, int layer, int64_t batch,
 /* Logits [n_classes, N] of images x [pixels, N]; masks[i] multiplies the input of dropout layer i (NULL: predict). */
 struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x,
                                  struct ggml_tensor * const * masks);
+/* The output of the first n_layers layers (ne [W, H, C, N] while spatial, [units, N] after a dense layer). */
+struct ggml_tensor * gmn_forward_layers(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x,
+                                        struct ggml_tensor * const * masks, int n_layers);
 
 /* Model internals shared by the model, gguf and training files. */
 int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, gmn_model ** out);

@@ -488,6 +488,59 @@ int gmn_model_predict(gmn_model * m, const void * x, int x_is_float, int64_t n, 
     return gmn_predict_chunks(m, n, x_is_float ? gmn_fill_f32 : gmn_fill_u8, x, probs);
 }
 
+int gmn_model_activation(gmn_model * m, const float * x, int layer, float * out, int64_t n) {
+    gmn_clear_error();
+    if (m == NULL || x == NULL || out == NULL) {
+        return gmn_fail(GMN_E_INVALID, "activation: NULL argument");
+    }
+    if (layer < 0 || layer >= m->net.n_layers) {
+        return gmn_fail(GMN_E_INVALID, "activation: layer %d out of range [0, %d)", layer, m->net.n_layers);
+    }
+    const int64_t npix = gmn_image_pixels(m);
+    for (int64_t j = 0; j < npix; j++) {
+        if (!isfinite(x[j])) {
+            return gmn_fail(GMN_E_INVALID, "activation: the image has a non-finite pixel");
+        }
+    }
+    gmn_eval_free(m); /* the scheduler's allocation is about to change; predict rebuilds its graph */
+    struct ggml_init_params ip = { GGML_DEFAULT_GRAPH_SIZE * ggml_tensor_overhead() + ggml_graph_overhead(), NULL, true };
+    struct ggml_context * ctx = ggml_init(ip);
+    if (ctx == NULL) {
+        return gmn_fail(GMN_E_NOMEM, "activation: out of memory for the graph");
+    }
+    struct ggml_tensor * in = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, npix, 1);
+    ggml_set_input(in);
+    struct ggml_tensor * y = ggml_cont(ctx, gmn_forward_layers(m, ctx, in, NULL, layer + 1));
+    ggml_set_output(y);
+    if (ggml_nelements(y) != n) {
+        const int64_t want = ggml_nelements(y);
+        ggml_free(ctx);
+        return gmn_fail(GMN_E_INVALID, "activation: layer %d has %lld values, the buffer holds %lld", layer,
+                        (long long) want, (long long) n);
+    }
+    struct ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, y);
+    int st = gmn_check_graph_memory(m->dev, y, 1.0, "activation", 1);
+    if (st == GMN_OK) {
+        ggml_backend_sched_reset(m->sched_eval);
+        if (!ggml_backend_sched_alloc_graph(m->sched_eval, gf)) {
+            st = gmn_fail(GMN_E_NOMEM, "activation: could not allocate the compute graph");
+        }
+    }
+    if (st == GMN_OK) {
+        ggml_backend_tensor_set(in, x, 0, ggml_nbytes(in));
+        gmn_model_use_threads(m, 1);
+        if (ggml_backend_sched_graph_compute(m->sched_eval, gf) != GGML_STATUS_SUCCESS) {
+            st = gmn_fail(GMN_E_DEVICE, "activation: the backend failed to compute the graph");
+        } else {
+            ggml_backend_tensor_get(y, out, 0, (size_t) n * sizeof(float));
+        }
+    }
+    ggml_backend_sched_reset(m->sched_eval);
+    ggml_free(ctx);
+    return st;
+}
+
 int gmn_predict_rows(gmn_model * m, const gmn_dataset * ds, const int64_t * idx, int64_t n, float * probs) {
     const struct gmn_rows_src src = { ds, idx };
     return gmn_predict_chunks(m, n, gmn_fill_rows, &src, probs);

@@ -446,17 +446,22 @@ static struct ggml_tensor * gmn_pool(struct ggml_context * ctx, struct ggml_tens
 
 struct ggml_tensor * gmn_forward(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,
                                  struct ggml_tensor * const * masks) {
+    return gmn_forward_layers(m, ctx, x, masks, m->net.n_layers);
+}
+
+struct ggml_tensor * gmn_forward_layers(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,
+                                        struct ggml_tensor * const * masks, int n_layers) {
     const struct gmn_net * net = &m->net;
     struct ggml_tensor * h = ggml_reshape_4d(ctx, x, net->image_w, net->image_h, 1, x->ne[1]);
     int spatial = 1;
     int pooled = -1; /* a max-pool layer already applied ahead of its turn */
-    for (int i = 0; i < net->n_layers; i++) {
+    for (int i = 0; i < n_layers; i++) {
         const struct gmn_layer * l = &net->layers[i];
         switch (l->kind) {
             case GMN_LAYER_CONV2D: {
                 h = gmn_conv2d(ctx, h, m->lw[i][0], l->stride, l->pad);
                 const int pool = gmn_pool_first(net, i);
-                if (pool >= 0) {
+                if (pool >= 0 && pool < n_layers) {
                     h = gmn_pool(ctx, h, &net->layers[pool]);
                     pooled = pool;
                 }

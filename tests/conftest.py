@@ -18,7 +18,7 @@ def synthetic_mnist(tmp_path: Path) -> Path:
 DOWNLOADED = Path(__file__).resolve().parent.parent / "data" / "mnist"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_mnist() -> Path:
     """The real MNIST directory: GGML_MNIST_DATA, else data/mnist after `mnist-data download`; skips without either."""
     value = os.environ.get("GGML_MNIST_DATA")

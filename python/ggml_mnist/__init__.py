@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import layers
+from . import layers, plot
 from ._ffi import ffi as _ffi_ffi, lib as _lib, set_verbose
 from .augment import augment_images
 from .api import EpochStats, EvalResult, evaluate, export_gguf, load, train
@@ -64,7 +64,7 @@ __all__ = [
     "__version__", "ggml_version", "Device", "devices", "set_verbose",
     "train", "evaluate", "load", "export_gguf", "Model", "TrainConfig", "EpochStats", "EvalResult",
     "prepare_image", "Prediction", "Digit", "DigitReading",
-    "layers", "Sequential", "presets", "load_layers", "augment_images",
+    "layers", "Sequential", "presets", "load_layers", "augment_images", "plot",
     "read_idx", "write_idx", "load_mnist", "load_idx_pair", "download_dataset", "verify_dataset",
     "GgmlMnistError", "ConfigError", "DataError", "IdxFormatError", "DataFileNotFoundError", "DownloadError",
     "ChecksumError", "DeviceError", "ModelFormatError", "ModelIOError", "OutOfMemoryError", "NativeError",

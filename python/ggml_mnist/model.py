@@ -213,6 +213,25 @@ class Model:
         """Return the predicted class of each image as an int64 array of shape [N]."""
         return self.predict_proba(images, batch_size=batch_size).argmax(axis=1)
 
+    def activations(self, image: Any) -> list[np.ndarray]:
+        """Return, per layer, its output for one image ([H, W] uint8 or floats in [0, 1]) as float32.
+
+        Spatial outputs have shape [channels, height, width], outputs after a dense layer [units].
+        Raises DataError for an image of the wrong size or with non-finite pixels.
+        """
+        flat, is_float = self._flatten(image)
+        if flat.shape[0] != 1:
+            raise DataError(f"activations() takes one image, got {flat.shape[0]}")
+        x = np.ascontiguousarray(flat[0], dtype=np.float32) if is_float else flat[0].astype(np.float32) / np.float32(255)
+        out = []
+        for i, (h, w, c, _params) in enumerate(self.layer_info()):
+            flat_out = h == 1 and w == 1 and any(isinstance(layer, Dense) for layer in self.layers[:i + 1])
+            arr = np.empty(c if flat_out else (c, h, w), dtype=np.float32)
+            _ffi.check(self.call_native(lib.gmn_model_activation, _ffi.ptr(x, "float *"), i, _ffi.ptr(arr, "float *"),
+                                        arr.size), invalid=DataError)
+            out.append(arr)
+        return out
+
     @property
     def class_names(self) -> list[str]:
         """What each output means: the metadata's ``class_names``, else a known dataset's, else "0".."n-1"."""

@@ -1,0 +1,242 @@
+"""Pictures of training and of a model: curves, confusion matrix, mistakes, conv filters, feature maps.
+
+matplotlib is an optional extra (``pip install "ggml-mnist[plot]"``), imported only when a plot is made.
+Each function returns a ``matplotlib.figure.Figure`` (made without pyplot, so it works headless and in
+threads) and, given ``path``, also writes it as a PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import uuid
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import ConfigError, DataError, DataFileNotFoundError
+from .layers import Conv2d, Dropout
+from .model import Model, PathLike
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+INSTALL_HINT = 'plots need matplotlib: pip install "ggml-mnist[plot]"'
+HistoryLike = Union[Model, Sequence[Any]]
+# history keys: the agreed metadata names first, then EpochStats' field names
+_ALIASES = {"loss": ("loss", "train_loss"), "accuracy": ("accuracy", "train_acc"),
+            "val_loss": ("val_loss",), "val_accuracy": ("val_accuracy", "val_acc"), "lr": ("lr",)}
+
+
+def _figure(width: float, height: float) -> "Figure":
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def save_png(fig: "Figure", path: PathLike) -> None:
+    """Write ``fig`` as a PNG atomically: a failed save leaves an existing file untouched."""
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # unlike mkstemp, the file gets the usual permissions (umask)
+            fig.savefig(f, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _done(fig: "Figure", path: Optional[PathLike]) -> "Figure":
+    if path is not None:
+        save_png(fig, path)
+    return fig
+
+
+def history_rows(history: HistoryLike) -> list[dict[str, Optional[float]]]:
+    """Normalise a history (a Model's stored one, EpochStats or dicts) to dicts of epoch, loss, accuracy,
+    val_loss, val_accuracy and lr (None where not recorded). Raises DataError for an empty history."""
+    if isinstance(history, Model):
+        history = history.metadata.get("history") or []
+    rows = []
+    for i, entry in enumerate(history, start=1):
+        d = entry if isinstance(entry, Mapping) else entry.as_dict()
+        row: dict[str, Optional[float]] = {"epoch": float(d.get("epoch", i))}
+        for key, names in _ALIASES.items():
+            value = next((d[n] for n in names if d.get(n) is not None), None)
+            row[key] = None if value is None else float(value)
+        rows.append(row)
+    if not rows:
+        raise DataError("no training history: the model file holds none (train with ggml-mnist) or give --metrics")
+    return rows
+
+
+def history_from_metrics(path: PathLike, run: Optional[int] = None) -> list[dict[str, Optional[float]]]:
+    """Read the per-epoch history of one run (default: the latest) from a ``--metrics`` SQLite log.
+
+    Raises DataFileNotFoundError for a missing file and DataError for a file without that run.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataFileNotFoundError(f"metrics log {path!r} does not exist")
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            if run is None:
+                found = db.execute("SELECT MAX(run_id) FROM runs").fetchone()
+                run = found[0] if found else None
+            rows = db.execute("SELECT epoch, loss, accuracy, val_loss, val_accuracy, lr FROM epochs "
+                              "WHERE run_id = ? ORDER BY epoch", (run,)).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{path!r} is not a ggml-mnist metrics log ({exc})") from exc
+    if not rows:
+        raise DataError(f"metrics log {path!r} has no epochs for run {run}")
+    keys = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
+    return history_rows([dict(zip(keys, r)) for r in rows])
+
+
+def history(history_or_model: HistoryLike, *, path: Optional[PathLike] = None) -> "Figure":
+    """Loss and accuracy against epoch, train and validation, and the learning rate when recorded."""
+    rows = history_rows(history_or_model)
+    has_lr = any(r["lr"] is not None for r in rows)
+    fig = _figure(12 if has_lr else 8.5, 3.6)
+    axes = fig.subplots(1, 3 if has_lr else 2)
+    panels = [("loss", "loss", 1.0), ("accuracy", "accuracy (%)", 100.0)] + ([("lr", "learning rate", 1.0)] if has_lr else [])
+    for ax, (key, title, scale) in zip(axes, panels):
+        series = [(key, "train")] if key == "lr" else [(key, "train"), (f"val_{key}", "validation")]
+        for name, label in series:
+            pts = [(r["epoch"], r[name] * scale) for r in rows if r[name] is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", markersize=3, label=label if key != "lr" else "lr")
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if key != "lr":
+            ax.legend()
+    return _done(fig, path)
+
+
+def confusion_matrix(result: Any, *, class_names: Optional[Sequence[str]] = None,
+                     path: Optional[PathLike] = None) -> "Figure":
+    """Counts of true (rows) against predicted (columns) classes of an EvalResult (or a square count matrix)."""
+    counts = np.asarray(result.confusion_matrix() if hasattr(result, "confusion_matrix") else result)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise DataError(f"a confusion matrix is square, got shape {counts.shape}")
+    n = counts.shape[0]
+    names = _class_names(class_names, n)
+    size = max(5.0, 0.5 * n + 2)
+    fig = _figure(size, size * 0.9)
+    ax = fig.subplots()
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(n), names, rotation=45 if max(len(s) for s in names) > 2 else 0, ha="right" if n > 2 else "center")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix: {int(np.trace(counts))} of {int(counts.sum())} right")
+    if n <= 30:
+        top = counts.max() or 1
+        for (i, j), c in np.ndenumerate(counts):
+            ax.text(j, i, str(int(c)), ha="center", va="center", fontsize=8, color="white" if c > top / 2 else "black")
+    return _done(fig, path)
+
+
+def mistakes(model: Model, x: Any, y: Any, *, n: int = 24, class_names: Optional[Sequence[str]] = None,
+             path: Optional[PathLike] = None) -> "Figure":
+    """A grid of the ``n`` most confident mistakes of ``model`` on images ``x`` with labels ``y``."""
+    images = np.asarray(x)
+    labels = np.asarray(y).astype(np.int64)
+    if images.ndim != 3 or labels.shape != (images.shape[0],):
+        raise DataError(f"mistakes() needs images [N, H, W] and labels [N], got {images.shape} and {labels.shape}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a positive integer, got {n!r}")
+    probs = model.predict_proba(images)
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != labels)
+    worst = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:n]
+    names = _class_names(class_names if class_names is not None else model.class_names, model.n_classes)
+    cols = min(8, max(1, len(worst)))
+    rows = max(1, math.ceil(len(worst) / cols))
+    fig = _figure(1.5 * cols + 0.4, 1.75 * rows + 0.5)
+    fig.suptitle(f"{len(wrong)} mistakes in {len(labels)} images; the most confident {len(worst)}")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, i in zip(axes, worst):
+        ax.imshow(images[i], cmap="gray")
+        ax.set_title(f"true {names[labels[i]]}\npred {names[pred[i]]} {100 * probs[i, pred[i]]:.0f}%", fontsize=8)
+    return _done(fig, path)
+
+
+def _mosaic(tiles: np.ndarray) -> np.ndarray:
+    """Tiles [rows, cols, h, w] as one image with a one-pixel NaN gap between them."""
+    r, c, h, w = tiles.shape
+    out = np.full((r * (h + 1) - 1, c * (w + 1) - 1), np.nan, dtype=np.float32)
+    for i in range(r):
+        for j in range(c):
+            out[i * (h + 1):i * (h + 1) + h, j * (w + 1):j * (w + 1) + w] = tiles[i, j]
+    return out
+
+
+def feature_grid(maps: np.ndarray, columns: int = 8) -> np.ndarray:
+    """Feature maps [C, H, W] as one image of ``columns`` maps a row (NaN gaps and padding); units [N] as one row."""
+    if maps.ndim == 1:
+        return maps[None, :]
+    c, h, w = maps.shape
+    rows = math.ceil(c / columns)
+    tiles = np.full((rows * min(c, columns), h, w), np.nan, dtype=np.float32)
+    tiles[:c] = maps
+    return _mosaic(tiles.reshape(rows, min(c, columns), h, w))
+
+
+def filters(model: Model, *, path: Optional[PathLike] = None) -> "Figure":
+    """Every convolution layer's kernels: one column per output channel, one row per input channel."""
+    convs = [layer for layer in model.layers if isinstance(layer, Conv2d)]
+    if not convs:
+        raise ConfigError(f"this {model.arch} network has no convolution layers, so it has no filters to show")
+    weights = model.get_weights()
+    fig = _figure(9, 1.2 + 2.2 * len(convs))
+    for ax, layer in zip(np.atleast_1d(fig.subplots(len(convs), 1)), convs):
+        kernel = weights[f"{layer.name}.kernel"]  # [out, in, k, k]
+        limit = float(np.abs(kernel).max()) or 1.0
+        image = ax.imshow(_mosaic(kernel.transpose(1, 0, 2, 3)), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(f"{layer.name}: {kernel.shape[0]} x {kernel.shape[1]} kernels {kernel.shape[2]}x{kernel.shape[3]}",
+                     fontsize=9)
+        ax.set_xlabel("output channel")
+        ax.set_ylabel("input channel")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    return _done(fig, path)
+
+
+def activations(model: Model, image: Any, *, path: Optional[PathLike] = None) -> "Figure":
+    """The feature maps of one image ([H, W] uint8 or floats in [0, 1]), layer by layer (dropout skipped)."""
+    maps = model.activations(image)
+    shown = [(i, layer, a) for i, (layer, a) in enumerate(zip(model.layers, maps)) if not isinstance(layer, Dropout)]
+    grids = [feature_grid(a) for _, _, a in shown]
+    heights = [3.0] + [max(0.6, g.shape[0] / max(g.shape[1], 1) * 10) for g in grids]
+    fig = _figure(10, 0.4 * len(heights) + sum(heights))
+    axes = np.atleast_1d(fig.subplots(len(heights), 1, height_ratios=heights))
+    axes[0].imshow(np.asarray(image), cmap="gray")
+    axes[0].set_title("input", fontsize=9)
+    for ax, (i, layer, a), grid in zip(axes[1:], shown, grids):
+        ax.imshow(grid, cmap="viridis", aspect="auto" if a.ndim == 1 else "equal", interpolation="nearest")
+        name = getattr(layer, "name", None)
+        ax.set_title(f"layer {i}: {name + ' ' if name else ''}{layer.describe()} -> {tuple(a.shape)}", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _done(fig, path)
+
+
+def _class_names(names: Optional[Sequence[str]], n: int) -> list[str]:
+    if names is None:
+        return [str(i) for i in range(n)]
+    names = [str(s) for s in names]
+    if len(names) != n:
+        raise ConfigError(f"class_names has {len(names)} names for {n} classes")
+    return names

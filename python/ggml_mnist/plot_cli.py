@@ -1,0 +1,83 @@
+"""Console script ``mnist-plot``: every picture of a model into one folder (argparse only; the work is in plot)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import api, download, plot
+from .cli import _add_version, _dataset_dir, _run
+from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE
+from .errors import ConfigError, DataError
+from .layers import Conv2d
+
+
+def plot_parser() -> argparse.ArgumentParser:
+    """The argument parser of mnist-plot."""
+    p = argparse.ArgumentParser(
+        prog="mnist-plot",
+        description="Write PNG plots of a GGUF model: training curves (from the model or a --metrics log), "
+                    "confusion matrix, most confident mistakes and feature maps on the test split, conv filters.")
+    p.add_argument("model", metavar="MODEL.gguf")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files (created when missing)")
+    p.add_argument("--metrics", metavar="RUN.sqlite", help="read the training curves from this SQLite run log")
+    p.add_argument("--run", type=int, help="run id in --metrics (default: the latest run)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                   help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
+    p.add_argument("--dataset", choices=sorted(download.DATASETS),
+                   help="dataset for --data-dir (default: the one stored in the model, else mnist)")
+    p.add_argument("--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet")
+    p.add_argument("--mistakes", type=int, default=24, metavar="N", help="how many mistakes to show (default: 24)")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})")
+    p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
+    return _add_version(p)
+
+
+def _dataset_name(model: api.Model, given: Optional[str]) -> str:
+    stored = model.metadata.get("dataset")
+    name = stored.get("name") if isinstance(stored, dict) else None
+    return given or (name if name in download.DATASETS else "mnist")
+
+
+def _plot(args: argparse.Namespace) -> int:
+    if args.run is not None and args.metrics is None:
+        raise ConfigError("--run picks a run in a --metrics log; give --metrics RUN.sqlite too")
+    model = api.load(args.model, device=args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    try:
+        history = plot.history_from_metrics(args.metrics, args.run) if args.metrics else plot.history_rows(model)
+    except DataError as exc:
+        if args.metrics:
+            raise
+        print(f"mnist-plot: no training curves: {exc}", file=sys.stderr)
+    else:
+        plot.history(history, path=out / "history.png")
+        written.append("history.png")
+    data_dir = _dataset_dir(args.data_dir, _dataset_name(model, args.dataset), "test", args.download)
+    images, labels = api.resolve_dataset(None, None, "test", data_dir)
+    result = api.evaluate(model, images, labels)
+    names = model.class_names
+    plot.confusion_matrix(result, class_names=names, path=out / "confusion.png")
+    plot.mistakes(model, images, labels, n=args.mistakes, class_names=names, path=out / "mistakes.png")
+    written += ["confusion.png", "mistakes.png"]
+    if any(isinstance(layer, Conv2d) for layer in model.layers):
+        plot.filters(model, path=out / "filters.png")
+        written.append("filters.png")
+    plot.activations(model, images[0], path=out / "activations.png")
+    written.append("activations.png")
+    print(f"mnist-plot: test accuracy {100 * result.accuracy:.2f}% on {result.n} images; wrote "
+          + ", ".join(str(out / name) for name in written))
+    return 0
+
+
+def plot_main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of mnist-plot."""
+    try:
+        return _run(_plot, plot_parser(), argv)
+    except ImportError as exc:  # matplotlib, the optional extra, is missing
+        print(f"mnist-plot: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,150 @@
+"""The web page's server: its JSON API and its answers to bad requests (127.0.0.1 only, bounded traffic)."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import socket
+import threading
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ggml_mnist as gm
+from ggml_mnist import serve
+
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, int]]:
+    model = gm.Model.create("cnn", seed=4)
+    srv = serve.make_server(model, "127.0.0.1", 0, max_body=MAX_BODY, read_timeout=1.0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv.server_address[:2]
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def _request(addr: tuple[str, int], method: str, path: str, body: Optional[bytes] = None,
+             headers: Optional[dict[str, str]] = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(*addr, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        reply = conn.getresponse()
+        return reply.status, dict(reply.getheaders()), reply.read()
+    finally:
+        conn.close()
+
+
+def _png_digit() -> bytes:
+    canvas = np.zeros((140, 140), np.uint8)
+    canvas[20:120, 62:78] = 255  # a thick vertical bar: a "1"
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _json(raw: bytes) -> Any:
+    return json.loads(raw.decode())
+
+
+def test_page_and_model_description(server: tuple[str, int]) -> None:
+    status, headers, body = _request(server, "GET", "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    page = body.decode()
+    assert '<canvas id="pad"' in page and "http://" not in page and "https://" not in page  # nothing from the internet
+    status, _, body = _request(server, "GET", "/model")
+    info = _json(body)
+    assert status == 200 and info["class_names"] == [str(i) for i in range(10)] and info["arch"] == "cnn"
+    assert info["n_params"] == gm.Model.create("cnn").n_params and info["summary"][-1].startswith("Total params")
+
+
+def test_predict_raw_and_json_bodies_agree_with_the_model(server: tuple[str, int]) -> None:
+    png = _png_digit()
+    status, _, body = _request(server, "POST", "/predict", png, {"Content-Type": "image/png"})
+    raw = _json(body)
+    assert status == 200
+    prepared = np.array(raw["prepared"], dtype=np.uint8)
+    assert prepared.shape == (28, 28) and prepared.max() > 200 and prepared[0].max() == 0  # white ink, black border
+    want = gm.Model.create("cnn", seed=4).predict_proba(prepared)[0]
+    np.testing.assert_allclose(raw["probabilities"], want, atol=1e-6)
+    assert raw["label"] == int(want.argmax()) and raw["class_name"] == str(raw["label"])
+    assert abs(sum(raw["probabilities"]) - 1) < 1e-5
+    doc = json.dumps({"image": "data:image/png;base64," + __import__("base64").b64encode(png).decode()}).encode()
+    status, _, body = _request(server, "POST", "/predict", doc, {"Content-Type": "application/json"})
+    assert status == 200 and _json(body)["probabilities"] == raw["probabilities"]
+
+
+@pytest.mark.parametrize("method, path, body, headers, status, message", [
+    ("POST", "/predict", b"{not json", {"Content-Type": "application/json"}, 400, "not valid JSON"),
+    ("POST", "/predict", b'{"img": 1}', {"Content-Type": "application/json"}, 400, '{"image": '),
+    ("POST", "/predict", b'{"image": "***"}', {"Content-Type": "application/json"}, 400, "not valid base64"),
+    ("POST", "/predict", b"this is not an image at all", {"Content-Type": "image/png"}, 422, "not a usable image"),
+    ("POST", "/predict", b"x" * (MAX_BODY + 1), {}, 413, f"the limit is {MAX_BODY}"),
+    ("POST", "/predict", b"", {}, 400, "empty"),
+    ("GET", "/predict", None, {}, 405, "POST an image"),
+    ("PUT", "/model", b"x", {}, 405, "use GET"),
+    ("GET", "/nope", None, {}, 404, "no page"),
+    ("POST", "/nope", b"x", {}, 404, "no endpoint"),
+    ("DELETE", "/predict", None, {}, 405, "not allowed"),
+])
+def test_bad_requests_get_a_4xx_with_a_message(server: tuple[str, int], method: str, path: str, body: Optional[bytes],
+                                               headers: dict[str, str], status: int, message: str) -> None:
+    got, reply_headers, raw = _request(server, method, path, body, headers)
+    assert got == status and message in _json(raw)["error"]
+    if status == 405:
+        assert reply_headers["Allow"] in ("GET", "POST")
+    assert _request(server, "GET", "/model")[0] == 200  # still serving
+
+
+def test_blank_drawing_is_refused_and_a_missing_length_too(server: tuple[str, int]) -> None:
+    buf = io.BytesIO()
+    Image.new("L", (50, 50)).save(buf, format="PNG")
+    status, _, raw = _request(server, "POST", "/predict", buf.getvalue(), {"Content-Type": "image/png"})
+    assert status == 422 and "ink" in _json(raw)["error"]
+    conn = http.client.HTTPConnection(*server, timeout=10)
+    conn.putrequest("POST", "/predict")
+    conn.endheaders()
+    reply = conn.getresponse()
+    assert reply.status == 411 and "Content-Length" in _json(reply.read())["error"]
+    conn.close()
+
+
+def test_a_body_that_never_arrives_times_out(server: tuple[str, int]) -> None:
+    with socket.create_connection(server, timeout=10) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b")
+        reply = sock.makefile("rb").read()
+    assert reply.startswith(b"HTTP/1.0 408") and b"did not arrive within 1 s" in reply
+    assert _request(server, "GET", "/model")[0] == 200
+
+
+def test_concurrent_requests_take_turns_on_the_model(server: tuple[str, int]) -> None:
+    png = _png_digit()
+    results: list[Any] = []
+
+    def client() -> None:
+        for _ in range(5):
+            status, _, raw = _request(server, "POST", "/predict", png, {"Content-Type": "image/png"})
+            results.append((status, _json(raw)["probabilities"]))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 20 and all(s == 200 and p == results[0][1] for s, p in results)
+
+
+def test_binds_to_localhost_by_default() -> None:
+    model = gm.Model.create("fc")
+    srv = serve.make_server(model, port=0)
+    try:
+        assert srv.server_address[0] == "127.0.0.1" == serve.DEFAULT_HOST
+    finally:
+        srv.server_close()
