@@ -25,13 +25,25 @@ struct gmn_shape {
     int64_t params;
 };
 
-/* One parameter tensor of a network: its layer, 0 weight / 1 bias, GGUF name, ggml shape and fan-in. */
+/* What a parameter tensor may be stored as: f32 only (biases, which are added), f16 too (conv kernels, whose
+ * stored rows are a kernel row), or ggml's block types too (dense weights, whose rows are the layer's inputs). */
+enum gmn_store { GMN_STORE_F32 = 0, GMN_STORE_F16 = 1, GMN_STORE_BLOCKS = 2 };
+
+/* One parameter tensor of a network: its layer, 0 weight / 1 bias, GGUF name, ggml shape, fan-in and storage. */
 struct gmn_param_spec {
     int     layer;
     int     which;
     char    name[GGML_MAX_NAME];
     int64_t ne[4];
     int64_t fan_in;
+    int     store; /* enum gmn_store */
+};
+
+/* How a parameter tensor is held: its ggml type and row length (ne[0]; a block-quantised dense weight's rows
+ * may be zero-padded beyond the layer's inputs up to a multiple of the block size). */
+struct gmn_storage {
+    enum ggml_type type;
+    int64_t        ne0;
 };
 
 struct gmn_dataset {
@@ -123,7 +135,13 @@ struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * 
                                  struct ggml_tensor * const * masks);
 
 /* Model internals shared by the model, gguf and training files. */
-int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, gmn_model ** out);
+/* storage: per parameter tensor (gmn_net_params order) its type and row length; NULL for all f32. */
+int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, const struct gmn_storage * storage,
+                      gmn_model ** out);
+/* general.architecture of the model: ggml's names only for its two networks with every tensor f32. */
+const char * gmn_model_arch_name(const gmn_model * model);
+/* The first parameter tensor that is not f32, or NULL. */
+const struct ggml_tensor * gmn_model_first_quantized(const gmn_model * model);
 /* Set the CPU (and accelerator) thread count used by the model's next graph computations. */
 void gmn_model_use_threads(gmn_model * model, int n_threads);
 /* A new scheduler over the model's backends (device, accelerators, CPU), or NULL. */
@@ -134,5 +152,13 @@ void gmn_u8_to_f32(float * dst, const uint8_t * src, int64_t n);
 int  gmn_predict_rows(gmn_model * model, const gmn_dataset * ds, const int64_t * idx, int64_t n, float * probs);
 void gmn_train_state_free(struct gmn_train_state * st);
 int64_t gmn_image_pixels(const gmn_model * model);
+
+/* Weight storage (gmn_quant.c). */
+/* 1 when a tensor of spec may be stored as type with rows of ne0 values; else 0 with the reason in why. */
+int  gmn_storage_allowed(const struct gmn_param_spec * spec, enum ggml_type type, int64_t ne0, char * why, size_t cap);
+/* 1 when rows x ne0 values of type in raw all dequantise (ggml's to_float) to finite floats; -1 without memory. */
+int  gmn_storage_finite(enum ggml_type type, const void * raw, int64_t ne0, int64_t rows);
+/* Copies tensor t out as floats with rows of ne0 values (its first ne0 columns), dequantised by ggml's to_float. */
+int  gmn_tensor_get_f32(const struct ggml_tensor * t, int64_t ne0, float * out);
 
 #endif

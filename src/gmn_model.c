@@ -38,19 +38,24 @@ static void gmn_set_backend_threads(ggml_backend_t backend, int n_threads) {
     }
 }
 
-/* Adds the parameter tensors to the model's weight context. */
-static void gmn_define_params(gmn_model * m) {
+/* Adds the parameter tensors to the model's weight context, stored as `storage` says (NULL: f32). */
+static void gmn_define_params(gmn_model * m, const struct gmn_storage * storage) {
     struct gmn_param_spec specs[GMN_MAX_TENSORS];
     const int n = gmn_net_params(&m->net, specs);
     for (int i = 0; i < n; i++) {
-        struct ggml_tensor * t = ggml_new_tensor(m->ctx_w, GGML_TYPE_F32, 4, specs[i].ne);
+        int64_t ne[4] = { specs[i].ne[0], specs[i].ne[1], specs[i].ne[2], specs[i].ne[3] };
+        if (storage != NULL) {
+            ne[0] = storage[i].ne0;
+        }
+        struct ggml_tensor * t = ggml_new_tensor(m->ctx_w, storage != NULL ? storage[i].type : GGML_TYPE_F32, 4, ne);
         ggml_set_name(t, specs[i].name);
         m->w[m->n_w++] = t;
         m->lw[specs[i].layer][specs[i].which] = t;
     }
 }
 
-int gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, gmn_model ** out) {
+int gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, const struct gmn_storage * storage,
+                     gmn_model ** out) {
     gmn_ensure_init();
     struct gmn_layer layers[GMN_MAX_LAYERS];
     int st = gmn_net_prepare(net, layers, NULL, NULL);
@@ -108,7 +113,7 @@ int gmn_model_create(const struct gmn_net * net, const char * device, int n_thre
         gmn_model_free(m);
         return gmn_fail(GMN_E_NOMEM, "model: out of memory");
     }
-    gmn_define_params(m);
+    gmn_define_params(m, storage);
     m->buf_w = ggml_backend_alloc_ctx_tensors(m->ctx_w, m->backend);
     if (m->buf_w == NULL) {
         gmn_model_free(m);
@@ -182,7 +187,7 @@ int gmn_model_init(const struct gmn_net * net, const char * device, int n_thread
     }
     *out = NULL;
     gmn_model * m = NULL;
-    int st = gmn_model_create(net, device, n_threads, &m);
+    int st = gmn_model_create(net, device, n_threads, NULL, &m);
     if (st != GMN_OK) {
         return st;
     }
@@ -279,8 +284,37 @@ int gmn_model_device(const gmn_model * m, char * name, size_t n) {
     return GMN_OK;
 }
 
+const struct ggml_tensor * gmn_model_first_quantized(const gmn_model * m) {
+    for (int i = 0; i < m->n_w; i++) {
+        if (m->w[i]->type != GGML_TYPE_F32) {
+            return m->w[i];
+        }
+    }
+    return NULL;
+}
+
+const char * gmn_model_arch_name(const gmn_model * m) {
+    return gmn_model_first_quantized(m) != NULL ? GMN_ARCH_OWN : gmn_net_arch_name(&m->net);
+}
+
 const char * gmn_model_architecture(const gmn_model * m) {
-    return m ? gmn_net_arch_name(&m->net) : "";
+    return m ? gmn_model_arch_name(m) : "";
+}
+
+/* The row length of parameter t in the network (its stored rows may be zero-padded beyond it). */
+static int64_t gmn_tensor_logical_ne0(const gmn_model * m, const struct ggml_tensor * t) {
+    struct gmn_param_spec specs[GMN_MAX_TENSORS];
+    const int n = gmn_net_params(&m->net, specs);
+    for (int i = 0; i < n; i++) {
+        if (m->w[i] == t) {
+            return specs[i].ne[0];
+        }
+    }
+    return t->ne[0];
+}
+
+static int64_t gmn_tensor_logical_n(const gmn_model * m, const struct ggml_tensor * t) {
+    return ggml_nelements(t) / t->ne[0] * gmn_tensor_logical_ne0(m, t);
 }
 
 int gmn_model_n_tensors(const gmn_model * m) {
@@ -297,7 +331,7 @@ int gmn_model_tensor_info(const gmn_model * m, int i, char * name, size_t name_c
     }
     snprintf(name, name_cap, "%s", ggml_get_name(m->w[i]));
     for (int d = 0; d < 4; d++) {
-        ne4[d] = m->w[i]->ne[d];
+        ne4[d] = d == 0 ? gmn_tensor_logical_ne0(m, m->w[i]) : m->w[i]->ne[d];
     }
     return GMN_OK;
 }
@@ -319,11 +353,11 @@ static int gmn_lookup_tensor(const gmn_model * m, const char * name, int64_t n, 
     }
     struct ggml_tensor * t = gmn_model_tensor(m, name);
     if (t == NULL) {
-        return gmn_fail(GMN_E_INVALID, "tensor access: the %s model has no tensor '%s'", gmn_net_arch_name(&m->net), name);
+        return gmn_fail(GMN_E_INVALID, "tensor access: the %s model has no tensor '%s'", gmn_model_arch_name(m), name);
     }
-    if (n != ggml_nelements(t)) {
-        return gmn_fail(GMN_E_INVALID, "tensor access: '%s' has %lld elements, got %lld",
-                        name, (long long) ggml_nelements(t), (long long) n);
+    const int64_t ne = gmn_tensor_logical_n(m, t);
+    if (n != ne) {
+        return gmn_fail(GMN_E_INVALID, "tensor access: '%s' has %lld elements, got %lld", name, (long long) ne, (long long) n);
     }
     *out = t;
     return GMN_OK;
@@ -335,8 +369,7 @@ int gmn_model_get_tensor(const gmn_model * m, const char * name, float * data, i
     if (st != GMN_OK) {
         return st;
     }
-    ggml_backend_tensor_get(t, data, 0, ggml_nbytes(t));
-    return GMN_OK;
+    return gmn_tensor_get_f32(t, gmn_tensor_logical_ne0(m, t), data);
 }
 
 int gmn_model_set_tensor(gmn_model * m, const char * name, const float * data, int64_t n) {
@@ -344,6 +377,10 @@ int gmn_model_set_tensor(gmn_model * m, const char * name, const float * data, i
     int st = gmn_lookup_tensor(m, name, n, data, &t);
     if (st != GMN_OK) {
         return st;
+    }
+    if (t->type != GGML_TYPE_F32) {
+        return gmn_fail(GMN_E_STATE, "set_tensor: '%s' is stored as %s; the weights of a quantised model are read-only: "
+                        "set them on a dequantised copy (quantize to f32)", name, ggml_type_name(t->type));
     }
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(data[i])) {

@@ -348,15 +348,15 @@ int gmn_net_params(const struct gmn_net * net, struct gmn_param_spec * specs) {
         const struct gmn_layer * l = &net->layers[i];
         if (l->kind == GMN_LAYER_CONV2D) {
             const int64_t fan_in = (int64_t) l->k * l->k * cur.c;
-            specs[n++] = (struct gmn_param_spec) { i, 0, "", { l->k, l->k, cur.c, l->n_out }, fan_in };
+            specs[n++] = (struct gmn_param_spec) { i, 0, "", { l->k, l->k, cur.c, l->n_out }, fan_in, GMN_STORE_F16 };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.kernel", l->name);
-            specs[n++] = (struct gmn_param_spec) { i, 1, "", { 1, 1, l->n_out, 1 }, fan_in };
+            specs[n++] = (struct gmn_param_spec) { i, 1, "", { 1, 1, l->n_out, 1 }, fan_in, GMN_STORE_F32 };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.bias", l->name);
         } else if (l->kind == GMN_LAYER_DENSE) {
             const int64_t fan_in = cur.w * cur.h * cur.c;
-            specs[n++] = (struct gmn_param_spec) { i, 0, "", { fan_in, l->n_out, 1, 1 }, fan_in };
+            specs[n++] = (struct gmn_param_spec) { i, 0, "", { fan_in, l->n_out, 1, 1 }, fan_in, GMN_STORE_BLOCKS };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.weight", l->name);
-            specs[n++] = (struct gmn_param_spec) { i, 1, "", { l->n_out, 1, 1, 1 }, fan_in };
+            specs[n++] = (struct gmn_param_spec) { i, 1, "", { l->n_out, 1, 1, 1 }, fan_in, GMN_STORE_F32 };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.bias", l->name);
         }
         cur = shapes[i];
@@ -384,7 +384,13 @@ static struct ggml_tensor * gmn_conv2d(struct ggml_context * ctx, struct ggml_te
                                        int stride, int pad) {
     struct ggml_tensor * cols = ggml_im2col(ctx, kernel, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);
     const int64_t K = cols->ne[0], OW = cols->ne[1], OH = cols->ne[2], N = cols->ne[3], O = kernel->ne[3];
-    struct ggml_tensor * y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, cols, K, OW * OH * N), ggml_reshape_2d(ctx, kernel, K, O));
+    struct ggml_tensor * cols2d = ggml_reshape_2d(ctx, cols, K, OW * OH * N);
+    if (kernel->type != GGML_TYPE_F32) {
+        /* ggml multiplies by an f16 or quantised matrix only as the first operand: [O, OW*OH*N] then */
+        struct ggml_tensor * y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, kernel, K, O), cols2d);
+        return ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, y, O, OW, OH, N), 2, 0, 1, 3));
+    }
+    struct ggml_tensor * y = ggml_mul_mat(ctx, cols2d, ggml_reshape_2d(ctx, kernel, K, O));
     return ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, y, OW, OH, N, O), 0, 1, 3, 2));
 }
 
@@ -405,6 +411,20 @@ static int gmn_pool_first(const struct gmn_net * net, int conv) {
     return -1;
 }
 
+/* The input of a dense layer whose weight is f16 or quantised (used only for prediction) as [rows, N]: a spatial
+ * input [W, H, C, N] is flattened with channels fastest by permuting the activations (a quantised weight cannot
+ * be permuted), and zero-padded to the weight's row length when its rows are padded to a whole block. */
+static struct ggml_tensor * gmn_dense_input(struct ggml_context * ctx, struct ggml_tensor * x, int spatial, int64_t rows) {
+    if (spatial) {
+        const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3];
+        if (C > 1) {
+            x = ggml_cont(ctx, ggml_permute(ctx, x, 1, 2, 0, 3)); /* [C, W, H, N] */
+        }
+        x = ggml_reshape_2d(ctx, x, W * H * C, N);
+    }
+    return x->ne[0] < rows ? ggml_pad(ctx, x, (int) (rows - x->ne[0]), 0, 0, 0) : x;
+}
+
 /* A dense layer. A spatial input [W, H, C, N] is flattened height-width-channel with channels fastest (the
  * GGUF contract). Rather than permuting the activations we permute the weight's columns to the natural
  * [W, H, C] order of x: it is cheaper, and the gradient that reaches ggml's pool_2d_back stays contiguous;
@@ -412,6 +432,9 @@ static int gmn_pool_first(const struct gmn_net * net, int conv) {
  * silently yields wrong gradients. */
 static struct ggml_tensor * gmn_dense(struct ggml_context * ctx, struct ggml_tensor * x, struct ggml_tensor * weight,
                                       struct ggml_tensor * bias, int spatial) {
+    if (weight->type != GGML_TYPE_F32) {
+        return ggml_add(ctx, ggml_mul_mat(ctx, weight, gmn_dense_input(ctx, x, spatial, weight->ne[0])), bias);
+    }
     struct ggml_tensor * w = weight;
     if (spatial) {
         const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3], O = weight->ne[1];
