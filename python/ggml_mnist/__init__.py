@@ -26,7 +26,7 @@ from .errors import (
     TrainingDivergedError,
 )
 from .layers import Sequential, load_layers, presets
-from .model import Model
+from .model import Model, TensorStorage, weight_types
 
 __version__ = _ffi_ffi.string(_lib.gmn_version()).decode()
 ggml_version = _ffi_ffi.string(_lib.gmn_ggml_version()).decode()
@@ -59,6 +59,7 @@ def devices() -> list[Device]:
 __all__ = [
     "__version__", "ggml_version", "Device", "devices", "set_verbose",
     "train", "evaluate", "load", "export_gguf", "Model", "TrainConfig", "EpochStats", "EvalResult",
+    "TensorStorage", "weight_types",
     "layers", "Sequential", "presets", "load_layers",
     "read_idx", "write_idx", "load_mnist", "load_idx_pair", "download_dataset", "verify_dataset",
     "GgmlMnistError", "ConfigError", "DataError", "IdxFormatError", "DataFileNotFoundError", "DownloadError",
