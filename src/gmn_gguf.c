@@ -199,7 +199,6 @@ static int gmn_check_tensors(const struct gguf_context * g, struct ggml_context 
     const int f32_only = strcmp(arch, GMN_ARCH_OWN) != 0;
     for (int i = 0; i < n; i++) {
         const char * name = specs[i].name;
-        const int64_t * ne = specs[i].ne;
         const int64_t tid = gguf_find_tensor(g, name);
         struct ggml_tensor * have = tid >= 0 ? ggml_get_tensor(meta, name) : NULL;
         if (have == NULL) {
@@ -210,18 +209,11 @@ static int gmn_check_tensors(const struct gguf_context * g, struct ggml_context 
                             "architecture %.32s (ggml's mnist-eval reads only f32); quantised files are %s files",
                             path, name, ggml_type_name(have->type), arch, GMN_ARCH_OWN);
         }
-        const int64_t ne0 = have->type == GGML_TYPE_F32 ? ne[0] : have->ne[0]; /* checked below for other types */
-        if (have->ne[0] != ne0 || have->ne[1] != ne[1] || have->ne[2] != ne[2] || have->ne[3] != ne[3]) {
-            return gmn_fail(GMN_E_FORMAT,
-                "model_load: '%s': tensor %s has shape [%lld,%lld,%lld,%lld] but [%lld,%lld,%lld,%lld] is expected",
-                path, name, (long long) have->ne[0], (long long) have->ne[1], (long long) have->ne[2], (long long) have->ne[3],
-                (long long) ne[0], (long long) ne[1], (long long) ne[2], (long long) ne[3]);
-        }
-        char why[256];
-        if (!gmn_storage_allowed(&specs[i], have->type, have->ne[0], why, sizeof(why))) {
+        char why[320];
+        if (!gmn_storage_allowed(&specs[i], have->type, have->ne, why, sizeof(why))) {
             return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s %s", path, name, why);
         }
-        storage[i] = (struct gmn_storage) { have->type, have->ne[0] };
+        storage[i] = (struct gmn_storage) { have->type, { have->ne[0], have->ne[1], have->ne[2], have->ne[3] } };
         const size_t nbytes = ggml_nbytes(have);
         const size_t off = data_off + gguf_get_tensor_offset(g, tid);
         if (off < data_off || (long long) off > file_size || (long long) nbytes > file_size - (long long) off) {

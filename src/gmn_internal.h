@@ -25,9 +25,9 @@ struct gmn_shape {
     int64_t params;
 };
 
-/* What a parameter tensor may be stored as: f32 only (biases, which are added), f16 too (conv kernels, whose
- * stored rows are a kernel row), or ggml's block types too (dense weights, whose rows are the layer's inputs). */
-enum gmn_store { GMN_STORE_F32 = 0, GMN_STORE_F16 = 1, GMN_STORE_BLOCKS = 2 };
+/* What a parameter tensor may be stored as: f32 only (biases, which are added), or also f16 and ggml's block types
+ * (conv kernels and dense weights, whose rows of fan_in values meet the layer's inputs in a matrix product). */
+enum gmn_store { GMN_STORE_F32 = 0, GMN_STORE_ANY = 1 };
 
 /* One parameter tensor of a network: its layer, 0 weight / 1 bias, GGUF name, ggml shape, fan-in and storage. */
 struct gmn_param_spec {
@@ -39,11 +39,12 @@ struct gmn_param_spec {
     int     store; /* enum gmn_store */
 };
 
-/* How a parameter tensor is held: its ggml type and row length (ne[0]; a block-quantised dense weight's rows
- * may be zero-padded beyond the layer's inputs up to a multiple of the block size). */
+/* How a parameter tensor is held: its ggml type and shape. f32 and f16 tensors have the network's shape; a block-type
+ * tensor is a matrix [fan_in, rows], its rows optionally zero-padded to whole blocks (and a kernel [k, k, C, O]
+ * flattened to [k*k*C, O], the order of its values unchanged). */
 struct gmn_storage {
     enum ggml_type type;
-    int64_t        ne0;
+    int64_t        ne[4];
 };
 
 struct gmn_dataset {
@@ -135,7 +136,7 @@ struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * 
                                  struct ggml_tensor * const * masks);
 
 /* Model internals shared by the model, gguf and training files. */
-/* storage: per parameter tensor (gmn_net_params order) its type and row length; NULL for all f32. */
+/* storage: per parameter tensor (gmn_net_params order) its type and shape; NULL for all f32. */
 int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, const struct gmn_storage * storage,
                       gmn_model ** out);
 /* general.architecture of the model: ggml's names only for its two networks with every tensor f32. */
@@ -154,11 +155,13 @@ void gmn_train_state_free(struct gmn_train_state * st);
 int64_t gmn_image_pixels(const gmn_model * model);
 
 /* Weight storage (gmn_quant.c). */
-/* 1 when a tensor of spec may be stored as type with rows of ne0 values; else 0 with the reason in why. */
-int  gmn_storage_allowed(const struct gmn_param_spec * spec, enum ggml_type type, int64_t ne0, char * why, size_t cap);
+/* 1 when a tensor of spec may be stored as type with shape ne; else 0 with the reason in why. */
+int  gmn_storage_allowed(const struct gmn_param_spec * spec, enum ggml_type type, const int64_t * ne, char * why, size_t cap);
+/* Values of the network in each stored row of t, a tensor of spec: fan_in for block types (the rest is padding). */
+int64_t gmn_storage_row(const struct gmn_param_spec * spec, const struct ggml_tensor * t);
 /* 1 when rows x ne0 values of type in raw all dequantise (ggml's to_float) to finite floats; -1 without memory. */
 int  gmn_storage_finite(enum ggml_type type, const void * raw, int64_t ne0, int64_t rows);
-/* Copies tensor t out as floats with rows of ne0 values (its first ne0 columns), dequantised by ggml's to_float. */
+/* Copies tensor t out as floats, dequantised by ggml's to_float, keeping the first ne0 values of each stored row. */
 int  gmn_tensor_get_f32(const struct ggml_tensor * t, int64_t ne0, float * out);
 
 #endif

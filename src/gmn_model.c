@@ -43,11 +43,8 @@ static void gmn_define_params(gmn_model * m, const struct gmn_storage * storage)
     struct gmn_param_spec specs[GMN_MAX_TENSORS];
     const int n = gmn_net_params(&m->net, specs);
     for (int i = 0; i < n; i++) {
-        int64_t ne[4] = { specs[i].ne[0], specs[i].ne[1], specs[i].ne[2], specs[i].ne[3] };
-        if (storage != NULL) {
-            ne[0] = storage[i].ne0;
-        }
-        struct ggml_tensor * t = ggml_new_tensor(m->ctx_w, storage != NULL ? storage[i].type : GGML_TYPE_F32, 4, ne);
+        struct ggml_tensor * t = storage != NULL ? ggml_new_tensor(m->ctx_w, storage[i].type, 4, storage[i].ne)
+                                                 : ggml_new_tensor(m->ctx_w, GGML_TYPE_F32, 4, specs[i].ne);
         ggml_set_name(t, specs[i].name);
         m->w[m->n_w++] = t;
         m->lw[specs[i].layer][specs[i].which] = t;
@@ -301,20 +298,20 @@ const char * gmn_model_architecture(const gmn_model * m) {
     return m ? gmn_model_arch_name(m) : "";
 }
 
-/* The row length of parameter t in the network (its stored rows may be zero-padded beyond it). */
-static int64_t gmn_tensor_logical_ne0(const gmn_model * m, const struct ggml_tensor * t) {
+/* The network's description of parameter i. */
+static struct gmn_param_spec gmn_model_spec(const gmn_model * m, int i) {
     struct gmn_param_spec specs[GMN_MAX_TENSORS];
-    const int n = gmn_net_params(&m->net, specs);
-    for (int i = 0; i < n; i++) {
-        if (m->w[i] == t) {
-            return specs[i].ne[0];
-        }
-    }
-    return t->ne[0];
+    gmn_net_params(&m->net, specs);
+    return specs[i];
 }
 
-static int64_t gmn_tensor_logical_n(const gmn_model * m, const struct ggml_tensor * t) {
-    return ggml_nelements(t) / t->ne[0] * gmn_tensor_logical_ne0(m, t);
+static int gmn_tensor_index(const gmn_model * m, const struct ggml_tensor * t) {
+    for (int i = 0; i < m->n_w; i++) {
+        if (m->w[i] == t) {
+            return i;
+        }
+    }
+    return -1;
 }
 
 int gmn_model_n_tensors(const gmn_model * m) {
@@ -331,7 +328,7 @@ int gmn_model_tensor_info(const gmn_model * m, int i, char * name, size_t name_c
     }
     snprintf(name, name_cap, "%s", ggml_get_name(m->w[i]));
     for (int d = 0; d < 4; d++) {
-        ne4[d] = d == 0 ? gmn_tensor_logical_ne0(m, m->w[i]) : m->w[i]->ne[d];
+        ne4[d] = gmn_model_spec(m, i).ne[d];
     }
     return GMN_OK;
 }
@@ -355,7 +352,8 @@ static int gmn_lookup_tensor(const gmn_model * m, const char * name, int64_t n, 
     if (t == NULL) {
         return gmn_fail(GMN_E_INVALID, "tensor access: the %s model has no tensor '%s'", gmn_model_arch_name(m), name);
     }
-    const int64_t ne = gmn_tensor_logical_n(m, t);
+    const struct gmn_param_spec spec = gmn_model_spec(m, gmn_tensor_index(m, t));
+    const int64_t ne = spec.ne[0] * spec.ne[1] * spec.ne[2] * spec.ne[3];
     if (n != ne) {
         return gmn_fail(GMN_E_INVALID, "tensor access: '%s' has %lld elements, got %lld", name, (long long) ne, (long long) n);
     }
@@ -369,7 +367,8 @@ int gmn_model_get_tensor(const gmn_model * m, const char * name, float * data, i
     if (st != GMN_OK) {
         return st;
     }
-    return gmn_tensor_get_f32(t, gmn_tensor_logical_ne0(m, t), data);
+    const struct gmn_param_spec spec = gmn_model_spec(m, gmn_tensor_index(m, t));
+    return gmn_tensor_get_f32(t, gmn_storage_row(&spec, t), data);
 }
 
 int gmn_model_set_tensor(gmn_model * m, const char * name, const float * data, int64_t n) {

@@ -33,34 +33,44 @@ static int64_t gmn_round_up(int64_t n, int64_t block) {
     return (n + block - 1) / block * block;
 }
 
-int gmn_storage_allowed(const struct gmn_param_spec * s, enum ggml_type type, int64_t ne0, char * why, size_t cap) {
+static int64_t gmn_spec_rows(const struct gmn_param_spec * s) {
+    return s->ne[0] * s->ne[1] * s->ne[2] * s->ne[3] / s->fan_in;
+}
+
+/* The shape of a tensor of spec stored as type with rows of ne0 values (block types; else the network's shape). */
+static void gmn_storage_shape(const struct gmn_param_spec * s, enum ggml_type type, int64_t ne0, int64_t * ne) {
+    const int blocks = ggml_is_quantized(type);
+    for (int d = 0; d < 4; d++) {
+        ne[d] = blocks ? (d == 0 ? ne0 : d == 1 ? gmn_spec_rows(s) : 1) : s->ne[d];
+    }
+}
+
+int gmn_storage_allowed(const struct gmn_param_spec * s, enum ggml_type type, const int64_t * ne, char * why, size_t cap) {
     if (!gmn_weight_type_known(type)) {
         snprintf(why, cap, "has type %s; weights are stored as " GMN_WEIGHT_TYPE_LIST, ggml_type_name(type));
         return 0;
     }
-    if (type == GGML_TYPE_F16 && s->store == GMN_STORE_F32) {
-        snprintf(why, cap, "has type f16; biases are stored as f32");
-        return 0;
-    }
-    if (type == GGML_TYPE_F32 || type == GGML_TYPE_F16) {
-        if (ne0 != s->ne[0]) {
-            snprintf(why, cap, "has rows of %lld values but %lld are expected", (long long) ne0, (long long) s->ne[0]);
-            return 0;
-        }
-        return 1;
-    }
-    if (s->store != GMN_STORE_BLOCKS) {
-        snprintf(why, cap, "has type %s; only dense weights take block types (conv kernels are f32 or f16, biases f32)",
-                 ggml_type_name(type));
+    if (type != GGML_TYPE_F32 && s->store == GMN_STORE_F32) {
+        snprintf(why, cap, "has type %s; biases are stored as f32", ggml_type_name(type));
         return 0;
     }
     const int64_t block = ggml_blck_size(type);
-    if (ne0 % block != 0 || (ne0 != s->ne[0] && ne0 != gmn_round_up(s->ne[0], block))) {
-        snprintf(why, cap, "has rows of %lld values but %s rows of this layer hold %lld (%lld zero-padded)", (long long) ne0,
-                 ggml_type_name(type), (long long) s->ne[0], (long long) gmn_round_up(s->ne[0], block));
+    const int padded = ne[0] != s->fan_in && ne[0] == gmn_round_up(s->fan_in, block);
+    int64_t want[4];
+    gmn_storage_shape(s, type, padded ? ne[0] : s->fan_in, want);
+    if (ne[0] != want[0] || ne[1] != want[1] || ne[2] != want[2] || ne[3] != want[3]) {
+        const int blocks = ggml_is_quantized(type);
+        snprintf(why, cap, "has shape [%lld,%lld,%lld,%lld] but [%lld,%lld,%lld,%lld] is expected%s%s%s",
+                 (long long) ne[0], (long long) ne[1], (long long) ne[2], (long long) ne[3], (long long) want[0],
+                 (long long) want[1], (long long) want[2], (long long) want[3], blocks ? " for " : "",
+                 blocks ? ggml_type_name(type) : "", blocks ? " (rows of the layer's inputs, or zero-padded to whole blocks)" : "");
         return 0;
     }
     return 1;
+}
+
+int64_t gmn_storage_row(const struct gmn_param_spec * s, const struct ggml_tensor * t) {
+    return ggml_is_quantized(t->type) ? s->fan_in : t->ne[0];
 }
 
 int gmn_storage_finite(enum ggml_type type, const void * raw, int64_t ne0, int64_t rows) {
@@ -115,39 +125,34 @@ int gmn_tensor_get_f32(const struct ggml_tensor * t, int64_t ne0, float * out) {
     return GMN_OK;
 }
 
-/* Storage of a tensor when quantising to type: block types where the rows take whole blocks (or, with pad, any dense
- * weight, its rows zero-padded to whole blocks), else f16 where the tensor may be f16, else f32. */
+/* Storage of a tensor when quantising to type: a block type where the rows take whole blocks, or with pad where
+ * rows zero-padded to whole blocks are still smaller than f16 rows; else f16, and f32 for biases. */
 static struct gmn_storage gmn_storage_choose(const struct gmn_param_spec * s, enum ggml_type type, int pad) {
-    struct gmn_storage out = { GGML_TYPE_F32, s->ne[0] };
-    if (type == GGML_TYPE_F32 || s->store == GMN_STORE_F32) {
-        return out;
+    struct gmn_storage out = { GGML_TYPE_F32, { 0 } };
+    if (type != GGML_TYPE_F32 && s->store != GMN_STORE_F32) {
+        const int64_t block = ggml_blck_size(type), padded = gmn_round_up(s->fan_in, block);
+        const int whole = s->fan_in % block == 0;
+        const int worth = ggml_row_size(type, padded) < ggml_row_size(GGML_TYPE_F16, s->fan_in);
+        out.type = type == GGML_TYPE_F16 || whole || (pad && worth) ? type : GGML_TYPE_F16;
     }
-    out.type = GGML_TYPE_F16;
-    if (type == GGML_TYPE_F16 || s->store != GMN_STORE_BLOCKS) {
-        return out;
-    }
-    const int64_t block = ggml_blck_size(type);
-    if (s->ne[0] % block == 0 || pad) {
-        out.type = type;
-        out.ne0 = gmn_round_up(s->ne[0], block);
-    }
+    gmn_storage_shape(s, out.type, gmn_round_up(s->fan_in, ggml_blck_size(out.type)), out.ne);
     return out;
 }
 
-/* Converts rows x ne0 floats with ggml_quantize_chunk into dst, whose rows hold to.ne0 >= ne0 values (zero-padded). */
-static int gmn_quantize_rows(struct gmn_storage to, const float * src, int64_t ne0, int64_t rows, void * dst) {
-    if (to.ne0 == ne0) {
-        ggml_quantize_chunk(to.type, src, dst, 0, rows, ne0, NULL);
+/* Converts rows x ne0 floats with ggml_quantize_chunk into dst, whose rows hold ne0_to >= ne0 values (zero-padded). */
+static int gmn_quantize_rows(enum ggml_type type, const float * src, int64_t ne0, int64_t ne0_to, int64_t rows, void * dst) {
+    if (ne0_to == ne0) {
+        ggml_quantize_chunk(type, src, dst, 0, rows, ne0, NULL);
         return GMN_OK;
     }
-    float * padded = calloc((size_t) (to.ne0 * rows), sizeof(float));
+    float * padded = calloc((size_t) (ne0_to * rows), sizeof(float));
     if (padded == NULL) {
         return gmn_fail(GMN_E_NOMEM, "quantize: out of memory");
     }
     for (int64_t r = 0; r < rows; r++) {
-        memcpy(padded + r * to.ne0, src + r * ne0, (size_t) ne0 * sizeof(float));
+        memcpy(padded + r * ne0_to, src + r * ne0, (size_t) ne0 * sizeof(float));
     }
-    ggml_quantize_chunk(to.type, padded, dst, 0, rows, to.ne0, NULL);
+    ggml_quantize_chunk(type, padded, dst, 0, rows, ne0_to, NULL);
     free(padded);
     return GMN_OK;
 }
@@ -155,12 +160,13 @@ static int gmn_quantize_rows(struct gmn_storage to, const float * src, int64_t n
 /* Fills tensor i of q from the same tensor of m, converted to q's storage. */
 static int gmn_quantize_tensor(const gmn_model * m, gmn_model * q, const struct gmn_param_spec * spec, int i) {
     struct ggml_tensor * dst = q->w[i];
-    const int64_t rows = ggml_nrows(dst);
-    float * values = malloc((size_t) (spec->ne[0] * rows) * sizeof(float));
+    const int64_t n = spec->ne[0] * spec->ne[1] * spec->ne[2] * spec->ne[3];
+    const int64_t row = gmn_storage_row(spec, dst), rows = n / row;
+    float * values = malloc((size_t) n * sizeof(float));
     void * raw = malloc(ggml_nbytes(dst));
     int st = values != NULL && raw != NULL ? GMN_OK : gmn_fail(GMN_E_NOMEM, "quantize: out of memory");
-    if (st == GMN_OK) st = gmn_tensor_get_f32(m->w[i], spec->ne[0], values);
-    if (st == GMN_OK) st = gmn_quantize_rows((struct gmn_storage) { dst->type, dst->ne[0] }, values, spec->ne[0], rows, raw);
+    if (st == GMN_OK) st = gmn_tensor_get_f32(m->w[i], gmn_storage_row(spec, m->w[i]), values);
+    if (st == GMN_OK) st = gmn_quantize_rows(dst->type, values, row, dst->ne[0], rows, raw);
     if (st == GMN_OK) {
         const int finite = gmn_storage_finite(dst->type, raw, dst->ne[0], rows);
         if (finite < 0) {
@@ -201,14 +207,14 @@ int gmn_model_quantize(const gmn_model * m, const char * type_name, int pad, gmn
         storage[i] = gmn_storage_choose(&specs[i], type, pad);
         taken += storage[i].type == type;
         const size_t len = strlen(rows);
-        if (specs[i].store == GMN_STORE_BLOCKS) {
-            snprintf(rows + len, sizeof(rows) - len, "%s%s %lld", len ? ", " : "", specs[i].name, (long long) specs[i].ne[0]);
+        if (specs[i].store == GMN_STORE_ANY) {
+            snprintf(rows + len, sizeof(rows) - len, "%s%s %lld", len ? ", " : "", specs[i].name, (long long) specs[i].fan_in);
         }
     }
     if (taken == 0) {
         return gmn_fail(GMN_E_INVALID, "quantize: no tensor of this network can be stored as %s: its blocks need rows of a "
-                        "multiple of %lld values, and the dense weights have rows of %s (conv kernels go to f16 at most); "
-                        "zero-pad the rows (pad / --pad) or choose f16", type_name, (long long) ggml_blck_size(type), rows);
+                        "multiple of %lld values, and the weights have rows of %s; zero-pad the rows (pad / --pad) or "
+                        "choose f16", type_name, (long long) ggml_blck_size(type), rows);
     }
     char device[128];
     snprintf(device, sizeof(device), "%s", ggml_backend_dev_name(m->dev));

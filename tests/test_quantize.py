@@ -27,22 +27,31 @@ BOUND = {"q8_0": (0.5 + 127 * F16_EPS) / 127, "q5_0": (1 + 16 * F16_EPS) / 16, "
 
 
 def small_cnn() -> Model:
-    """Convolution into a dense layer with rows of 512 (8x8x8 inputs, permuted in the graph) and one of 32."""
-    layers = [Conv2d(8, 3, padding=1), ReLU(), MaxPool2d(2), Dense(32), ReLU(), Dense(10)]
+    """Kernels with rows of 9 and 72 values (padded to 96 with pad=True) and dense rows of 256 (4x4x16 inputs,
+    permuted in the graph) and 32."""
+    layers = [Conv2d(8, 3, padding=1), ReLU(), MaxPool2d(2), Conv2d(16, 3, stride=2, padding=1), ReLU(), Dense(32), ReLU(),
+              Dense(10)]
     return Model.create(layers, image_size=(16, 16), threads=THREADS, seed=3)
 
 
 def spread_weights(model: Model, seed: int = 0) -> Model:
-    """Give the model normal weights three times PyTorch's init scale, with outliers, so logits differ clearly."""
+    """Give the model normal weights (He-like scale) with outliers, so logits differ clearly."""
     rng = np.random.default_rng(seed)
     weights = {}
     for name, w in model.get_weights().items():
-        fan_in = w[0].size if w.ndim > 1 else 1
-        values = rng.normal(0, 3 / np.sqrt(fan_in), w.shape).astype(np.float32)
+        scale = 1.5 / np.sqrt(w[0].size) if w.ndim > 1 else 0.1
+        values = rng.normal(0, scale, w.shape).astype(np.float32)
         values.flat[:: 97] *= 8  # a few outliers widen some blocks' range
         weights[name] = values
     model.set_weights(weights)
     return model
+
+
+def varied_images(n: int, side: int, seed: int = 1) -> np.ndarray:
+    """Random images of random ink density and brightness."""
+    rng = np.random.default_rng(seed)
+    ink = rng.random((n, side, side)) < rng.random((n, 1, 1))
+    return (ink * rng.integers(0, 256, (n, 1, 1))).astype(np.uint8)
 
 
 def blocks(w: np.ndarray) -> np.ndarray:
@@ -92,29 +101,64 @@ def test_errors_grow_as_bits_shrink_and_f32_restores_exactly(fc: Model) -> None:
     assert restored.architecture == fc.architecture
 
 
-def test_without_pad_rows_that_are_not_whole_blocks_stay_f16() -> None:
+def test_rows_that_are_not_whole_blocks_stay_f16_unless_padding_makes_them_smaller() -> None:
     model = small_cnn()
-    q = model.quantize("q4_0")
-    assert {k: s.type for k, s in q.tensor_storage().items()} == {
-        "conv1.kernel": "f16", "conv1.bias": "f32", "fc1.weight": "q4_0", "fc1.bias": "f32", "fc2.weight": "q4_0",
-        "fc2.bias": "f32"}
+    types = {"conv1.kernel": "f16", "conv1.bias": "f32", "conv2.kernel": "f16", "conv2.bias": "f32", "fc1.weight": "q4_0",
+             "fc1.bias": "f32", "fc2.weight": "q4_0", "fc2.bias": "f32"}
+    assert {k: s.type for k, s in model.quantize("q4_0").tensor_storage().items()} == types
+    padded = model.quantize("q4_0", pad=True).tensor_storage()  # 9 values in a 32-value q4_0 block: no smaller than f16
+    assert {k: s.type for k, s in padded.items()} == {**types, "conv2.kernel": "q4_0"}
+    assert padded["conv2.kernel"].row_length == 96 and padded["conv2.kernel"].nbytes == 16 * 3 * 18
+    assert model.quantize("q4_0", pad=True).tensor_shapes() == model.tensor_shapes()
     fc_q = Model.create("fc", hidden=64, threads=THREADS).quantize("q8_0")  # fc1 has rows of 784, fc2 of 64
     assert fc_q.tensor_storage()["fc1.weight"].type == "f16" and fc_q.tensor_storage()["fc2.weight"].type == "q8_0"
+
+
+def test_kernels_with_whole_blocks_are_quantised_as_matrices() -> None:
+    model = spread_weights(Model.create([Conv2d(4, 3), ReLU(), Conv2d(8, 4, stride=2), Dense(10)], image_size=(12, 12),
+                                        threads=THREADS))
+    q = model.quantize("q8_0")
+    storage = q.tensor_storage()  # conv2's rows: 4 x 4 x 4 = 64 values
+    assert storage["conv2.kernel"].type == "q8_0" and storage["conv2.kernel"].row_length == 64
+    w, back = model.get_weights()["conv2.kernel"], q.get_weights()["conv2.kernel"]
+    assert back.shape == w.shape == (8, 4, 4, 4)
+    err, amax = blocks(np.abs(back - w).reshape(8, 64)), blocks(np.abs(w).reshape(8, 64)).max(axis=2, keepdims=True)
+    assert (err <= BOUND["q8_0"] * amax + 1e-7).all()
+    x = np.random.default_rng(1).integers(0, 256, (32, 12, 12), dtype=np.uint8)
+    assert np.abs(q.predict_proba(x) - q.dequantize().predict_proba(x)).max() < 0.03
+
+
+@pytest.mark.parametrize("qtype", ["f16", "q8_0", "q5_0", "q4_0"])
+def test_a_quantised_dense_layer_computes_softmax_of_its_dequantised_weights(qtype: str) -> None:
+    """Numpy reference: 7x7 images, so the rows of 49 inputs are zero-padded to 64 for the block types."""
+    model = spread_weights(Model.create([Dense(10)], image_size=(7, 7), threads=THREADS))
+    x = varied_images(64, 7)
+    q = model.quantize(qtype, pad=True)
+    assert q.tensor_storage()["fc1.weight"].row_length == (49 if qtype == "f16" else 64)
+    w = q.get_weights()
+    z = (x.reshape(64, -1) / 255.0) @ w["fc1.weight"].T.astype(np.float64) + w["fc1.bias"]
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    assert np.abs(q.predict_proba(x) - p).max() < 1e-3  # ggml rounds the inputs to f16 or q8_0 for the products
+    assert len(set(p.argmax(axis=1))) >= 4
 
 
 @pytest.mark.parametrize("qtype", ["f16", "q8_0", "q4_0"])
 @pytest.mark.parametrize("pad", [False, True])
 def test_quantised_graphs_compute_the_dequantised_network(qtype: str, pad: bool) -> None:
     """The f16/quantised paths (kernel as first operand, activations permuted and zero-padded) equal the f32 graph of
-    the dequantised weights, up to ggml converting the activations to the weights' dot-product type."""
+    the dequantised weights, up to ggml rounding the activations to f16 or q8_0 for the products."""
     model = spread_weights(small_cnn())
-    x = np.random.default_rng(1).integers(0, 256, (64, 16, 16), dtype=np.uint8)
+    x = varied_images(64, 16)
     q = model.quantize(qtype, pad=pad)
-    got, want = q.predict_proba(x), q.dequantize().predict_proba(x)
-    assert np.abs(got - want).max() < (0.002 if qtype == "f16" else 0.03)
-    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
-    shuffled = spread_weights(small_cnn(), seed=9).predict_proba(x)  # a wrong graph would be this far off
-    assert np.abs(shuffled - want).max() > 0.3
+    assert (q.tensor_storage()["conv2.kernel"].type == qtype) == (pad or qtype == "f16")
+    dq = q.dequantize()
+    got, want = q.predict_proba(x), dq.predict_proba(x)
+    assert np.abs(got - want).mean() < (0.001 if qtype == "f16" else 0.02)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+    w = dq.get_weights()["fc1.weight"]  # fc1 reading its 4x4x16 inputs channel-slowest instead would be far off
+    dq.set_weights({"fc1.weight": w.reshape(32, 4, 4, 16).transpose(0, 3, 1, 2).reshape(32, 256)})
+    assert np.abs(dq.predict_proba(x) - want).mean() > 0.1
 
 
 def test_quantised_files_round_trip_and_are_never_ggml_architectures(tmp_path: Path) -> None:
@@ -145,7 +189,7 @@ def test_refusals(fc: Model) -> None:
     with pytest.raises(ConfigError, match=r"type must be a string"):
         fc.quantize(8)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"no tensor of this network can be stored as q4_0: .* rows of fc1.weight 784, "
-                                          r"fc2.weight 500 .* zero-pad the rows \(pad / --pad\) or choose f16"):
+                                          r"fc2.weight 500; zero-pad the rows \(pad / --pad\) or choose f16"):
         Model.create("fc", threads=THREADS).quantize("q4_0")
     assert weight_types() == ["f32", "f16", "q8_0", "q5_0", "q4_0"]
 
@@ -196,15 +240,19 @@ LOADER_CASES = [
     ("fc-q4_0", [["t_type", "fc1.weight", 39]], "ModelFormatError", r"not a valid GGUF"),
     ("fc-q4_0", [["t_dims", "fc1.weight", [784, 8]]], "ModelFormatError", r"not a valid GGUF"),
     ("fc-q4_0", [["t_dims", "fc1.weight", [832, 8]]], "ModelFormatError",
-     r"tensor fc1.weight has rows of 832 values but q4_0 rows of this layer hold 784 \(800 zero-padded\)"),
-    ("fc-q4_0", [["t_dims", "fc1.weight", [800, 9]]], "ModelFormatError", r"tensor fc1.weight has shape"),
+     r"tensor fc1.weight has shape \[832,8,1,1\] but \[784,8,1,1\] is expected for q4_0 \(rows of the layer's inputs, or "
+     r"zero-padded to whole blocks\)"),
+    ("fc-q4_0", [["t_dims", "fc1.weight", [800, 9]]], "ModelFormatError", r"tensor fc1.weight has shape \[800,9,1,1\] but "
+                                                                          r"\[800,8,1,1\] is expected"),
     ("fc-q4_0", [["arch", "mnist-fc"]], "ModelFormatError", r"has type q4_0; only f32 is supported under the architecture mnist-fc"),
     ("fc-q4_0", [["t_fill", "fc1.weight", float("nan")]], "ModelFormatError", r"tensor fc1.weight holds NaN or infinite values"),
     ("fc-q4_0", [["t_offset", "fc2.weight", 2**40]], "ModelFormatError", r"not a valid GGUF|beyond the end of the file"),
     # q8_0 over q4_0 bytes (the rest zero-filled): read within bounds; the values load or hold a NaN scale
     ("fc-q4_0", [["t_type", "fc1.weight", 8]], "ok|ModelFormatError", r"NaN or infinite"),
     ("cnn-q8_0", [["t_type", "conv1.kernel", 8]], "ModelFormatError", r"not a valid GGUF"),
-    ("cnn-q8_0", [["t_type", "conv2.kernel", 0]], "ok", r""),  # f32 over f16 bytes, zero-filled to the f32 size
+    ("cnn-q8_0", [["t_type", "conv1.kernel", 0]], "ok", r""),  # f32 over f16 bytes, zero-filled to the f32 size
+    ("cnn-q8_0", [["t_type", "conv2.kernel", 0]], "ModelFormatError",  # stored flat for q8_0: f32 needs the kernel's shape
+     r"tensor conv2.kernel has shape \[32,2,1,1\] but \[3,3,2,2\] is expected"),
     ("cnn-q8_0", [["t_type", "dense.weight", 6]], "ok", r""),
     ("cnn-q8_0", [["t_type", "conv1.bias", 1]], "ModelFormatError", r"tensor conv1.bias has type f16; biases are stored as f32"),
 ]
