@@ -176,6 +176,8 @@ def test_quantised_files_round_trip_and_are_never_ggml_architectures(tmp_path: P
         assert np.array_equal(loaded.get_weights()[name], value)
     x = np.random.default_rng(2).integers(0, 256, (5, 28, 28), dtype=np.uint8)
     assert np.array_equal(loaded.predict_proba(x), q.predict_proba(x))
+    assert q.copy().tensor_storage() == q.tensor_storage()
+    assert repr(q).endswith("weights=q8_0>") and "weights=" not in repr(model)
     model.save(tmp_path / "f32.gguf")
     assert (tmp_path / "f32.gguf").stat().st_size > 3.5 * path.stat().st_size
 

@@ -347,7 +347,9 @@ class Model:
     def __repr__(self) -> str:
         if self._handle is None:
             return f"<Model {self.arch} (closed)>"
-        return f"<Model {self.architecture} classes={self.n_classes} image={self.image_size[0]}x{self.image_size[1]} device={self.device}>"
+        weights = "" if self.weight_type == "f32" else f" weights={self.weight_type}"
+        return (f"<Model {self.architecture} classes={self.n_classes} image={self.image_size[0]}x{self.image_size[1]} "
+                f"device={self.device}{weights}>")
 
 
 @dataclass(frozen=True)
