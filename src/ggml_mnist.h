@@ -197,12 +197,26 @@ int  gmn_model_device(const gmn_model * model, char * name, size_t n);
 /* The GGUF general.architecture the model is saved under (static string; NULL model gives ""). */
 const char * gmn_model_architecture(const gmn_model * model);
 
-/* Parameter tensors: count, name and shape (ggml order, ne[0] fastest) of tensor i. */
+/* Parameter tensors: count, name and shape in the network (ggml order, ne[0] fastest) of tensor i. */
 int  gmn_model_n_tensors(const gmn_model * model);
 int  gmn_model_tensor_info(const gmn_model * model, int i, char * name, size_t name_cap, int64_t * ne4);
-/* Copy a parameter tensor out of / into the model; n is its element count. */
+/* Copy a parameter tensor out of (as f32, dequantised) / into (f32 models only) the model; n is its element count. */
 int  gmn_model_get_tensor(const gmn_model * model, const char * name, float * data, int64_t n);
 int  gmn_model_set_tensor(gmn_model * model, const char * name, const float * data, int64_t n);
+
+/* Weight types by name ("f32", "f16", "q8_0", "q5_0", "q4_0"; ggml's names): count and name i (NULL out of range). */
+int  gmn_weight_type_count(void);
+const char * gmn_weight_type_name(int i);
+/* How parameter tensor i is stored: its type name (static), row length (ne[0]; more than the tensor_info shape's
+ * when a dense weight's rows are zero-padded to whole blocks) and bytes. */
+int  gmn_model_tensor_storage(const gmn_model * model, int i, const char ** type, int64_t * row_len, int64_t * nbytes);
+/* A new model (same network, device and threads; no metadata) whose weights ggml_quantize_chunk converts to type:
+ * ggml's block types ("q8_0", "q5_0", "q4_0": blocks of 32 values) go to the dense weights whose rows (the layer's
+ * inputs) are whole blocks, or with pad != 0 to every dense weight, its rows zero-padded to whole blocks (prediction
+ * pads the inputs to match); the other weights become f16 and the biases stay f32. "f16" converts every weight,
+ * "f32" dequantises. Quantised models predict, save and load like any other, but refuse training and set_tensor.
+ * GMN_E_INVALID for an unknown type or one that no tensor can take. */
+int  gmn_model_quantize(const gmn_model * model, const char * type, int pad, gmn_model ** out);
 
 /* String metadata: the ggml_mnist.* keys read from a loaded file (key without the prefix). */
 int  gmn_model_meta_count(const gmn_model * model);
@@ -225,7 +239,7 @@ int  gmn_model_dropout_mask(const gmn_model * model, int layer, float * mask, in
 /* Release the optimizer state and training buffers (the weights stay); NULL and repeated calls are fine. */
 void gmn_model_train_free(gmn_model * model);
 
-/* Prepare training (optimizer state, graphs); resets any previous optimizer state. */
+/* Prepare training (optimizer state, graphs); resets any previous optimizer state. GMN_E_STATE for a quantised model. */
 int  gmn_model_train_init(gmn_model * model, const struct gmn_train_config * config);
 /* One epoch over the train_idx rows of ds (shuffled), then validation on val_idx rows (may be n_val 0).
  * Returns GMN_E_DIVERGED when the loss is not finite; the model then refuses to save. */

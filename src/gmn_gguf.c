@@ -187,30 +187,33 @@ static int gmn_read_meta(gmn_model * m, const struct gguf_context * g) {
     return GMN_OK;
 }
 
-/* Checks that the file holds every parameter tensor of net as f32 with the right shape and its data
- * inside the file, before any memory is allocated for the weights; stores each tensor's file offset. */
+/* Checks that the file holds every parameter tensor of net with an allowed type (only f32 under ggml's two
+ * architecture names, which its mnist-eval reads), the right shape and its data inside the file, before any
+ * memory is allocated for the weights; stores each tensor's file offset and storage. */
 static int gmn_check_tensors(const struct gguf_context * g, struct ggml_context * meta, const char * path,
-                             long long file_size, const struct gmn_net * net, size_t * offsets) {
+                             long long file_size, const struct gmn_net * net, size_t * offsets, struct gmn_storage * storage) {
     struct gmn_param_spec specs[GMN_MAX_TENSORS];
     const int n = gmn_net_params(net, specs);
     const size_t data_off = gguf_get_data_offset(g);
+    const char * arch = gguf_get_val_str(g, gguf_find_key(g, "general.architecture"));
+    const int f32_only = strcmp(arch, GMN_ARCH_OWN) != 0;
     for (int i = 0; i < n; i++) {
         const char * name = specs[i].name;
-        const int64_t * ne = specs[i].ne;
         const int64_t tid = gguf_find_tensor(g, name);
         struct ggml_tensor * have = tid >= 0 ? ggml_get_tensor(meta, name) : NULL;
         if (have == NULL) {
             return gmn_fail(GMN_E_FORMAT, "model_load: '%s': missing tensor %s for architecture %s", path, name, gmn_net_arch_name(net));
         }
-        if (have->type != GGML_TYPE_F32) {
-            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s has type %s; only f32 is supported", path, name, ggml_type_name(have->type));
+        if (f32_only && have->type != GGML_TYPE_F32) {
+            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s has type %s; only f32 is supported under the "
+                            "architecture %.32s (ggml's mnist-eval reads only f32); quantised files are %s files",
+                            path, name, ggml_type_name(have->type), arch, GMN_ARCH_OWN);
         }
-        if (have->ne[0] != ne[0] || have->ne[1] != ne[1] || have->ne[2] != ne[2] || have->ne[3] != ne[3]) {
-            return gmn_fail(GMN_E_FORMAT,
-                "model_load: '%s': tensor %s has shape [%lld,%lld,%lld,%lld] but [%lld,%lld,%lld,%lld] is expected",
-                path, name, (long long) have->ne[0], (long long) have->ne[1], (long long) have->ne[2], (long long) have->ne[3],
-                (long long) ne[0], (long long) ne[1], (long long) ne[2], (long long) ne[3]);
+        char why[320];
+        if (!gmn_storage_allowed(&specs[i], have->type, have->ne, why, sizeof(why))) {
+            return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s %s", path, name, why);
         }
+        storage[i] = (struct gmn_storage) { have->type, { have->ne[0], have->ne[1], have->ne[2], have->ne[3] } };
         const size_t nbytes = ggml_nbytes(have);
         const size_t off = data_off + gguf_get_tensor_offset(g, tid);
         if (off < data_off || (long long) off > file_size || (long long) nbytes > file_size - (long long) off) {
@@ -227,7 +230,7 @@ static int gmn_read_tensors(gmn_model * m, const char * path, FILE * f, const si
         struct ggml_tensor * want = m->w[i];
         const char * name = ggml_get_name(want);
         const size_t nbytes = ggml_nbytes(want);
-        float * buf = malloc(nbytes);
+        void * buf = malloc(nbytes);
         if (buf == NULL) {
             return gmn_fail(GMN_E_NOMEM, "model_load: out of memory");
         }
@@ -235,12 +238,11 @@ static int gmn_read_tensors(gmn_model * m, const char * path, FILE * f, const si
             free(buf);
             return gmn_fail(GMN_E_IO, "model_load: '%s': could not read tensor %s", path, name);
         }
-        const int64_t ne = ggml_nelements(want);
-        for (int64_t j = 0; j < ne; j++) {
-            if (!isfinite(buf[j])) {
-                free(buf);
-                return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s holds NaN or infinite values", path, name);
-            }
+        const int finite = gmn_storage_finite(want->type, buf, want->ne[0], ggml_nrows(want));
+        if (finite <= 0) {
+            free(buf);
+            return finite < 0 ? gmn_fail(GMN_E_NOMEM, "model_load: out of memory")
+                              : gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s holds NaN or infinite values", path, name);
         }
         ggml_backend_tensor_set(want, buf, 0, nbytes);
         free(buf);
@@ -380,6 +382,7 @@ int gmn_model_load(const char * path, const char * device, int n_threads, gmn_mo
     struct gmn_net net;
     struct gmn_layer layers[GMN_MAX_LAYERS];
     size_t offsets[GMN_MAX_TENSORS];
+    struct gmn_storage storage[GMN_MAX_TENSORS];
     gmn_model * m = NULL;
     st = gmn_read_net(g, path, &net, layers);
     if (st == GMN_OK) {
@@ -395,10 +398,10 @@ int gmn_model_load(const char * path, const char * device, int n_threads, gmn_mo
         }
     }
     if (st == GMN_OK) {
-        st = gmn_check_tensors(g, meta, path, (long long) sb.st_size, &net, offsets);
+        st = gmn_check_tensors(g, meta, path, (long long) sb.st_size, &net, offsets, storage);
     }
     if (st == GMN_OK) {
-        st = gmn_model_create(&net, device, n_threads, &m);
+        st = gmn_model_create(&net, device, n_threads, storage, &m);
     }
     if (st == GMN_OK) {
         st = gmn_read_tensors(m, path, f, offsets);
@@ -474,7 +477,7 @@ static int gmn_build_gguf(const gmn_model * m, int n_meta, const char ** keys, c
         return gmn_fail(GMN_E_NOMEM, "model_save: out of memory");
     }
     const struct gmn_net * net = &m->net;
-    gguf_set_val_str(g, "general.architecture", gmn_net_arch_name(net));
+    gguf_set_val_str(g, "general.architecture", gmn_model_arch_name(m));
     gguf_set_val_u32(g, GMN_META_PREFIX "n_classes", (uint32_t) m->n_classes);
     gguf_set_val_u32(g, GMN_META_PREFIX "image_height", (uint32_t) net->image_h);
     gguf_set_val_u32(g, GMN_META_PREFIX "image_width", (uint32_t) net->image_w);
@@ -488,13 +491,15 @@ static int gmn_build_gguf(const gmn_model * m, int n_meta, const char ** keys, c
         struct ggml_tensor * t = ggml_dup_tensor(host, m->w[i]);
         ggml_set_name(t, ggml_get_name(m->w[i]));
         ggml_backend_tensor_get(m->w[i], t->data, 0, ggml_nbytes(t));
-        const float * v = (const float *) t->data;
-        for (int64_t j = 0; j < ggml_nelements(t); j++) {
-            if (!isfinite(v[j])) {
-                gguf_free(g);
-                ggml_free(host);
-                return gmn_fail(GMN_E_DIVERGED, "model_save: tensor %s holds NaN or infinite values; the model cannot be "
-                                "saved (retrain it, with a lower learning rate if it diverged)", ggml_get_name(m->w[i]));
+        if (t->type == GGML_TYPE_F32) { /* other types come from checked conversions and cannot be trained */
+            const float * v = (const float *) t->data;
+            for (int64_t j = 0; j < ggml_nelements(t); j++) {
+                if (!isfinite(v[j])) {
+                    gguf_free(g);
+                    ggml_free(host);
+                    return gmn_fail(GMN_E_DIVERGED, "model_save: tensor %s holds NaN or infinite values; the model cannot be "
+                                    "saved (retrain it, with a lower learning rate if it diverged)", ggml_get_name(m->w[i]));
+                }
             }
         }
         gguf_add_tensor(g, t);

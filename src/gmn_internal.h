@@ -28,13 +28,26 @@ struct gmn_shape {
     int64_t params;
 };
 
-/* One parameter tensor of a network: its layer, 0 weight / 1 bias, GGUF name, ggml shape and fan-in. */
+/* What a parameter tensor may be stored as: f32 only (biases, which are added), or also f16 and ggml's block types
+ * (conv kernels and dense weights, whose rows of fan_in values meet the layer's inputs in a matrix product). */
+enum gmn_store { GMN_STORE_F32 = 0, GMN_STORE_ANY = 1 };
+
+/* One parameter tensor of a network: its layer, 0 weight / 1 bias, GGUF name, ggml shape, fan-in and storage. */
 struct gmn_param_spec {
     int     layer;
     int     which;
     char    name[GGML_MAX_NAME];
     int64_t ne[4];
     int64_t fan_in;
+    int     store; /* enum gmn_store */
+};
+
+/* How a parameter tensor is held: its ggml type and shape. f32 and f16 tensors have the network's shape; a block-type
+ * tensor is a matrix [fan_in, rows], its rows optionally zero-padded to whole blocks (and a kernel [k, k, C, O]
+ * flattened to [k*k*C, O], the order of its values unchanged). */
+struct gmn_storage {
+    enum ggml_type type;
+    int64_t        ne[4];
 };
 
 struct gmn_dataset {
@@ -142,7 +155,13 @@ struct ggml_tensor * gmn_forward_layers(const gmn_model * model, struct ggml_con
                                         struct ggml_tensor * const * masks, int n_layers);
 
 /* Model internals shared by the model, gguf and training files. */
-int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, gmn_model ** out);
+/* storage: per parameter tensor (gmn_net_params order) its type and shape; NULL for all f32. */
+int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, const struct gmn_storage * storage,
+                      gmn_model ** out);
+/* general.architecture of the model: ggml's names only for its two networks with every tensor f32. */
+const char * gmn_model_arch_name(const gmn_model * model);
+/* The first parameter tensor that is not f32, or NULL. */
+const struct ggml_tensor * gmn_model_first_quantized(const gmn_model * model);
 /* Set the CPU (and accelerator) thread count used by the model's next graph computations. */
 void gmn_model_use_threads(gmn_model * model, int n_threads);
 /* A new scheduler over the model's backends (device, accelerators, CPU), or NULL. */
@@ -176,5 +195,14 @@ void    gmn_optstate_write(const struct gmn_optstate * os, struct gguf_context *
 /* Read a saved optimizer state, if the file has one, into m->opt after the weights. */
 int     gmn_optstate_read(gmn_model * m, const struct gguf_context * g, struct ggml_context * meta, const char * path,
                           FILE * f, long long file_size);
+/* Weight storage (gmn_quant.c). */
+/* 1 when a tensor of spec may be stored as type with shape ne; else 0 with the reason in why. */
+int  gmn_storage_allowed(const struct gmn_param_spec * spec, enum ggml_type type, const int64_t * ne, char * why, size_t cap);
+/* Values of the network in each stored row of t, a tensor of spec: fan_in for block types (the rest is padding). */
+int64_t gmn_storage_row(const struct gmn_param_spec * spec, const struct ggml_tensor * t);
+/* 1 when rows x ne0 values of type in raw all dequantise (ggml's to_float) to finite floats; -1 without memory. */
+int  gmn_storage_finite(enum ggml_type type, const void * raw, int64_t ne0, int64_t rows);
+/* Copies tensor t out as floats, dequantised by ggml's to_float, keeping the first ne0 values of each stored row. */
+int  gmn_tensor_get_f32(const struct ggml_tensor * t, int64_t ne0, float * out);
 
 #endif

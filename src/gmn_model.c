@@ -38,19 +38,21 @@ static void gmn_set_backend_threads(ggml_backend_t backend, int n_threads) {
     }
 }
 
-/* Adds the parameter tensors to the model's weight context. */
-static void gmn_define_params(gmn_model * m) {
+/* Adds the parameter tensors to the model's weight context, stored as `storage` says (NULL: f32). */
+static void gmn_define_params(gmn_model * m, const struct gmn_storage * storage) {
     struct gmn_param_spec specs[GMN_MAX_TENSORS];
     const int n = gmn_net_params(&m->net, specs);
     for (int i = 0; i < n; i++) {
-        struct ggml_tensor * t = ggml_new_tensor(m->ctx_w, GGML_TYPE_F32, 4, specs[i].ne);
+        struct ggml_tensor * t = storage != NULL ? ggml_new_tensor(m->ctx_w, storage[i].type, 4, storage[i].ne)
+                                                 : ggml_new_tensor(m->ctx_w, GGML_TYPE_F32, 4, specs[i].ne);
         ggml_set_name(t, specs[i].name);
         m->w[m->n_w++] = t;
         m->lw[specs[i].layer][specs[i].which] = t;
     }
 }
 
-int gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, gmn_model ** out) {
+int gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, const struct gmn_storage * storage,
+                     gmn_model ** out) {
     gmn_ensure_init();
     struct gmn_layer layers[GMN_MAX_LAYERS];
     int st = gmn_net_prepare(net, layers, NULL, NULL);
@@ -108,7 +110,7 @@ int gmn_model_create(const struct gmn_net * net, const char * device, int n_thre
         gmn_model_free(m);
         return gmn_fail(GMN_E_NOMEM, "model: out of memory");
     }
-    gmn_define_params(m);
+    gmn_define_params(m, storage);
     m->buf_w = ggml_backend_alloc_ctx_tensors(m->ctx_w, m->backend);
     if (m->buf_w == NULL) {
         gmn_model_free(m);
@@ -182,7 +184,7 @@ int gmn_model_init(const struct gmn_net * net, const char * device, int n_thread
     }
     *out = NULL;
     gmn_model * m = NULL;
-    int st = gmn_model_create(net, device, n_threads, &m);
+    int st = gmn_model_create(net, device, n_threads, NULL, &m);
     if (st != GMN_OK) {
         return st;
     }
@@ -280,8 +282,37 @@ int gmn_model_device(const gmn_model * m, char * name, size_t n) {
     return GMN_OK;
 }
 
+const struct ggml_tensor * gmn_model_first_quantized(const gmn_model * m) {
+    for (int i = 0; i < m->n_w; i++) {
+        if (m->w[i]->type != GGML_TYPE_F32) {
+            return m->w[i];
+        }
+    }
+    return NULL;
+}
+
+const char * gmn_model_arch_name(const gmn_model * m) {
+    return gmn_model_first_quantized(m) != NULL ? GMN_ARCH_OWN : gmn_net_arch_name(&m->net);
+}
+
 const char * gmn_model_architecture(const gmn_model * m) {
-    return m ? gmn_net_arch_name(&m->net) : "";
+    return m ? gmn_model_arch_name(m) : "";
+}
+
+/* The network's description of parameter i. */
+static struct gmn_param_spec gmn_model_spec(const gmn_model * m, int i) {
+    struct gmn_param_spec specs[GMN_MAX_TENSORS];
+    gmn_net_params(&m->net, specs);
+    return specs[i];
+}
+
+static int gmn_tensor_index(const gmn_model * m, const struct ggml_tensor * t) {
+    for (int i = 0; i < m->n_w; i++) {
+        if (m->w[i] == t) {
+            return i;
+        }
+    }
+    return -1;
 }
 
 int gmn_model_n_tensors(const gmn_model * m) {
@@ -298,7 +329,7 @@ int gmn_model_tensor_info(const gmn_model * m, int i, char * name, size_t name_c
     }
     snprintf(name, name_cap, "%s", ggml_get_name(m->w[i]));
     for (int d = 0; d < 4; d++) {
-        ne4[d] = m->w[i]->ne[d];
+        ne4[d] = gmn_model_spec(m, i).ne[d];
     }
     return GMN_OK;
 }
@@ -320,11 +351,12 @@ static int gmn_lookup_tensor(const gmn_model * m, const char * name, int64_t n, 
     }
     struct ggml_tensor * t = gmn_model_tensor(m, name);
     if (t == NULL) {
-        return gmn_fail(GMN_E_INVALID, "tensor access: the %s model has no tensor '%s'", gmn_net_arch_name(&m->net), name);
+        return gmn_fail(GMN_E_INVALID, "tensor access: the %s model has no tensor '%s'", gmn_model_arch_name(m), name);
     }
-    if (n != ggml_nelements(t)) {
-        return gmn_fail(GMN_E_INVALID, "tensor access: '%s' has %lld elements, got %lld",
-                        name, (long long) ggml_nelements(t), (long long) n);
+    const struct gmn_param_spec spec = gmn_model_spec(m, gmn_tensor_index(m, t));
+    const int64_t ne = spec.ne[0] * spec.ne[1] * spec.ne[2] * spec.ne[3];
+    if (n != ne) {
+        return gmn_fail(GMN_E_INVALID, "tensor access: '%s' has %lld elements, got %lld", name, (long long) ne, (long long) n);
     }
     *out = t;
     return GMN_OK;
@@ -336,8 +368,8 @@ int gmn_model_get_tensor(const gmn_model * m, const char * name, float * data, i
     if (st != GMN_OK) {
         return st;
     }
-    ggml_backend_tensor_get(t, data, 0, ggml_nbytes(t));
-    return GMN_OK;
+    const struct gmn_param_spec spec = gmn_model_spec(m, gmn_tensor_index(m, t));
+    return gmn_tensor_get_f32(t, gmn_storage_row(&spec, t), data);
 }
 
 int gmn_model_set_tensor(gmn_model * m, const char * name, const float * data, int64_t n) {
@@ -345,6 +377,10 @@ int gmn_model_set_tensor(gmn_model * m, const char * name, const float * data, i
     int st = gmn_lookup_tensor(m, name, n, data, &t);
     if (st != GMN_OK) {
         return st;
+    }
+    if (t->type != GGML_TYPE_F32) {
+        return gmn_fail(GMN_E_STATE, "set_tensor: '%s' is stored as %s; the weights of a quantised model are read-only: "
+                        "set them on a dequantised copy (quantize to f32)", name, ggml_type_name(t->type));
     }
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(data[i])) {

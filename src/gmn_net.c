@@ -348,15 +348,15 @@ int gmn_net_params(const struct gmn_net * net, struct gmn_param_spec * specs) {
         const struct gmn_layer * l = &net->layers[i];
         if (l->kind == GMN_LAYER_CONV2D) {
             const int64_t fan_in = (int64_t) l->k * l->k * cur.c;
-            specs[n++] = (struct gmn_param_spec) { i, 0, "", { l->k, l->k, cur.c, l->n_out }, fan_in };
+            specs[n++] = (struct gmn_param_spec) { i, 0, "", { l->k, l->k, cur.c, l->n_out }, fan_in, GMN_STORE_ANY };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.kernel", l->name);
-            specs[n++] = (struct gmn_param_spec) { i, 1, "", { 1, 1, l->n_out, 1 }, fan_in };
+            specs[n++] = (struct gmn_param_spec) { i, 1, "", { 1, 1, l->n_out, 1 }, fan_in, GMN_STORE_F32 };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.bias", l->name);
         } else if (l->kind == GMN_LAYER_DENSE) {
             const int64_t fan_in = cur.w * cur.h * cur.c;
-            specs[n++] = (struct gmn_param_spec) { i, 0, "", { fan_in, l->n_out, 1, 1 }, fan_in };
+            specs[n++] = (struct gmn_param_spec) { i, 0, "", { fan_in, l->n_out, 1, 1 }, fan_in, GMN_STORE_ANY };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.weight", l->name);
-            specs[n++] = (struct gmn_param_spec) { i, 1, "", { l->n_out, 1, 1, 1 }, fan_in };
+            specs[n++] = (struct gmn_param_spec) { i, 1, "", { l->n_out, 1, 1, 1 }, fan_in, GMN_STORE_F32 };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.bias", l->name);
         }
         cur = shapes[i];
@@ -378,13 +378,26 @@ int gmn_net_activation_ne(const struct gmn_net * net, int layer, int64_t batch, 
 }
 
 /* ---- forward graph ----------------------------------------------------------------------------- */
-/* Cross-correlation without its bias, as im2col (always F32) and one 2-D matrix product:
+/* Cross-correlation of layer l without its bias, as im2col (always F32) and one 2-D matrix product:
  * x [W, H, C, N] -> [OW, OH, O, N]. */
 static struct ggml_tensor * gmn_conv2d(struct ggml_context * ctx, struct ggml_tensor * x, struct ggml_tensor * kernel,
-                                       int stride, int pad) {
-    struct ggml_tensor * cols = ggml_im2col(ctx, kernel, x, stride, stride, pad, pad, 1, 1, true, GGML_TYPE_F32);
-    const int64_t K = cols->ne[0], OW = cols->ne[1], OH = cols->ne[2], N = cols->ne[3], O = kernel->ne[3];
-    struct ggml_tensor * y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, cols, K, OW * OH * N), ggml_reshape_2d(ctx, kernel, K, O));
+                                       const struct gmn_layer * l) {
+    const int64_t C = x->ne[2], O = l->n_out;
+    /* im2col reads only the kernel's shape; a block-type kernel is stored flat [k*k*C (padded), O] */
+    struct ggml_tensor * shape = ggml_is_quantized(kernel->type) ? ggml_new_tensor_4d(ctx, GGML_TYPE_F32, l->k, l->k, C, 1) : kernel;
+    struct ggml_tensor * cols = ggml_im2col(ctx, shape, x, l->stride, l->stride, l->pad, l->pad, 1, 1, true, GGML_TYPE_F32);
+    const int64_t K = cols->ne[0], OW = cols->ne[1], OH = cols->ne[2], N = cols->ne[3];
+    struct ggml_tensor * cols2d = ggml_reshape_2d(ctx, cols, K, OW * OH * N);
+    if (kernel->type != GGML_TYPE_F32) {
+        /* ggml multiplies by an f16 or quantised matrix only as the first operand: [O, OW*OH*N] then */
+        struct ggml_tensor * w = ggml_is_quantized(kernel->type) ? kernel : ggml_reshape_2d(ctx, kernel, K, O);
+        if (w->ne[0] > K) {
+            cols2d = ggml_pad(ctx, cols2d, (int) (w->ne[0] - K), 0, 0, 0);
+        }
+        struct ggml_tensor * y = ggml_mul_mat(ctx, w, cols2d);
+        return ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, y, O, OW, OH, N), 2, 0, 1, 3));
+    }
+    struct ggml_tensor * y = ggml_mul_mat(ctx, cols2d, ggml_reshape_2d(ctx, kernel, K, O));
     return ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_4d(ctx, y, OW, OH, N, O), 0, 1, 3, 2));
 }
 
@@ -405,6 +418,20 @@ static int gmn_pool_first(const struct gmn_net * net, int conv) {
     return -1;
 }
 
+/* The input of a dense layer whose weight is f16 or quantised (used only for prediction) as [rows, N]: a spatial
+ * input [W, H, C, N] is flattened with channels fastest by permuting the activations (a quantised weight cannot
+ * be permuted), and zero-padded to the weight's row length when its rows are padded to a whole block. */
+static struct ggml_tensor * gmn_dense_input(struct ggml_context * ctx, struct ggml_tensor * x, int spatial, int64_t rows) {
+    if (spatial) {
+        const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3];
+        if (C > 1) {
+            x = ggml_cont(ctx, ggml_permute(ctx, x, 1, 2, 0, 3)); /* [C, W, H, N] */
+        }
+        x = ggml_reshape_2d(ctx, x, W * H * C, N);
+    }
+    return x->ne[0] < rows ? ggml_pad(ctx, x, (int) (rows - x->ne[0]), 0, 0, 0) : x;
+}
+
 /* A dense layer. A spatial input [W, H, C, N] is flattened height-width-channel with channels fastest (the
  * GGUF contract). Rather than permuting the activations we permute the weight's columns to the natural
  * [W, H, C] order of x: it is cheaper, and the gradient that reaches ggml's pool_2d_back stays contiguous;
@@ -412,6 +439,9 @@ static int gmn_pool_first(const struct gmn_net * net, int conv) {
  * silently yields wrong gradients. */
 static struct ggml_tensor * gmn_dense(struct ggml_context * ctx, struct ggml_tensor * x, struct ggml_tensor * weight,
                                       struct ggml_tensor * bias, int spatial) {
+    if (weight->type != GGML_TYPE_F32) {
+        return ggml_add(ctx, ggml_mul_mat(ctx, weight, gmn_dense_input(ctx, x, spatial, weight->ne[0])), bias);
+    }
     struct ggml_tensor * w = weight;
     if (spatial) {
         const int64_t W = x->ne[0], H = x->ne[1], C = x->ne[2], N = x->ne[3], O = weight->ne[1];
@@ -459,7 +489,7 @@ struct ggml_tensor * gmn_forward_layers(const gmn_model * m, struct ggml_context
         const struct gmn_layer * l = &net->layers[i];
         switch (l->kind) {
             case GMN_LAYER_CONV2D: {
-                h = gmn_conv2d(ctx, h, m->lw[i][0], l->stride, l->pad);
+                h = gmn_conv2d(ctx, h, m->lw[i][0], l);
                 const int pool = gmn_pool_first(net, i);
                 if (pool >= 0 && pool < n_layers) {
                     h = gmn_pool(ctx, h, &net->layers[pool]);

@@ -198,6 +198,12 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     if (m == NULL || config == NULL) {
         return gmn_fail(GMN_E_INVALID, "train_init: NULL argument");
     }
+    const struct ggml_tensor * q = gmn_model_first_quantized(m);
+    if (q != NULL) {
+        return gmn_fail(GMN_E_STATE, "train_init: the model is quantised (%s is %s) and cannot be trained; fine-tune its "
+                        "dequantised weights instead (Model.dequantize(), or mnist-train --init FILE)",
+                        ggml_get_name(q), ggml_type_name(q->type));
+    }
     int rc = gmn_check_train_config(config);
     if (rc == GMN_OK) {
         rc = gmn_augment_check(&config->augment, m->net.image_h, m->net.image_w);

@@ -202,6 +202,11 @@ GGUF_BASES: dict[str, Callable[[], Model]] = {
     "cnn": lambda: Model.create("cnn", conv_channels=(2, 2), threads=THREADS, seed=2),
     "fc-tiny": lambda: Model.create("fc", hidden=2, n_classes=2, image_size=(4, 4), threads=THREADS, seed=3),
     "cnn-tiny": lambda: Model.create("cnn", conv_channels=(2, 2), n_classes=2, image_size=(4, 4), threads=THREADS, seed=4),
+    # quantised files: block-type dense weights (rows zero-padded to whole blocks), f16 kernels, f32 biases
+    "fc-q4_0": lambda: Model.create("fc", hidden=8, threads=THREADS, seed=5).quantize("q4_0", pad=True),
+    "cnn-q8_0": lambda: Model.create("cnn", conv_channels=(2, 2), threads=THREADS, seed=6).quantize("q8_0", pad=True),
+    "fc-tiny-q5_0": lambda: Model.create("fc", hidden=2, n_classes=2, image_size=(4, 4), threads=THREADS,
+                                         seed=7).quantize("q5_0", pad=True),
 }
 GGUF_ALIGNMENT = 32
 STRING, ARRAY = 8, 9
@@ -499,7 +504,7 @@ _ARCHES = ["mnist-fc", "mnist-cnn", "ggml-mnist-fc", "ggml-mnist-cnn", "ggml-mni
 _STRINGS = ["", "x", "32", "10", "null", "{}", '{"__class__": "os.system", "__reduce__": ["os.system", ["echo pwned"]]}',
             "\u00e9\u4e2d", "a" * 1000, [["[", 100_000], ["]", 100_000]], [["9", 5000]], "1e999", "NaN"]
 gguf_types = st.one_of(st.integers(0, 12), st.sampled_from([13, 255, 2**31, 2**32 - 1]))
-ggml_types = st.one_of(st.sampled_from([0, 0, 1, 2, 4, 5, 8, 24, 26, 28, 30, 39, 40, 2**31 - 1]), st.integers(0, 2**32 - 1))
+ggml_types = st.one_of(st.sampled_from([0, 0, 1, 2, 3, 4, 5, 6, 8, 24, 26, 28, 30, 39, 40, 2**31 - 1]), st.integers(0, 2**32 - 1))
 tensor_dims = st.lists(st.one_of(st.sampled_from([0, 1, 2, 3, 8, 9, 10, 16, 28, 784, 2**31, 2**62, 2**63 - 1, 2**63, 2**64 - 1]),
                                  st.integers(0, 2**64 - 1)), max_size=5)
 selector = st.integers(0, 31)

@@ -29,7 +29,7 @@ from .errors import (
 )
 from .imaging import prepare_image
 from .layers import Sequential, load_layers, presets
-from .model import Model
+from .model import Model, TensorStorage, weight_types
 from .reading import Digit, DigitReading, Prediction
 
 __version__ = _ffi_ffi.string(_lib.gmn_version()).decode()
@@ -65,6 +65,7 @@ __all__ = [
     "train", "evaluate", "load", "export_gguf", "Model", "TrainConfig", "EpochStats", "EvalResult",
     "prepare_image", "Prediction", "Digit", "DigitReading",
     "layers", "Sequential", "presets", "load_layers", "augment_images", "plot",
+    "TensorStorage", "weight_types",
     "read_idx", "write_idx", "load_mnist", "load_idx_pair", "download_dataset", "verify_dataset",
     "GgmlMnistError", "ConfigError", "DataError", "IdxFormatError", "DataFileNotFoundError", "DownloadError",
     "ChecksumError", "DeviceError", "ModelFormatError", "ModelIOError", "OutOfMemoryError", "NativeError",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import numbers
 import os
 import tempfile
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -192,6 +194,43 @@ class Model:
             checked[name] = arr
         for name, arr in checked.items():  # everything is valid: a failed call above changed nothing
             _ffi.check(self.call_native(lib.gmn_model_set_tensor, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
+
+    # -- quantisation -----------------------------------------------------------------------------
+    def quantize(self, type: str, /, *, pad: bool = False) -> "Model":
+        """Return a new Model (same network, device and metadata) with the weights converted to ``type`` by ggml.
+
+        ``type`` is one of :func:`weight_types`: "q8_0", "q5_0" and "q4_0" (ggml's blocks of 32 values) go to
+        every dense weight whose rows (the layer's inputs) are whole blocks, or with ``pad=True`` to every dense
+        weight, its rows zero-padded to whole blocks in the file; the other weights become f16, biases stay f32
+        (see :meth:`tensor_storage`). "f16" converts every weight, "f32" dequantises. This model is unchanged.
+        Raises ConfigError for an unknown type, or one that no tensor of the network can take.
+        """
+        out = ffi.new("gmn_model **")
+        _ffi.check(self.call_native(lib.gmn_model_quantize, _ffi.cstr(type, "type"), 1 if pad else 0, out))
+        model = Model._own(out[0], self._threads)
+        model.metadata = copy.deepcopy(self.metadata)
+        return model
+
+    def dequantize(self) -> "Model":
+        """Return a new f32 Model holding this model's weights as ggml dequantises them (trainable, e.g. to fine-tune)."""
+        return self.quantize("f32")
+
+    def tensor_storage(self) -> dict[str, TensorStorage]:
+        """Map each parameter name to how it is stored: type, row length in the file and bytes."""
+        out = {}
+        type_ = ffi.new("const char **")
+        row_len = ffi.new("int64_t *")
+        nbytes = ffi.new("int64_t *")
+        for i, name in enumerate(self.tensor_shapes()):
+            _ffi.check(self.call_native(lib.gmn_model_tensor_storage, i, type_, row_len, nbytes))
+            out[name] = TensorStorage(ffi.string(type_[0]).decode(), int(row_len[0]), int(nbytes[0]))
+        return out
+
+    @property
+    def weight_type(self) -> str:
+        """The least precise type among the weights: "f32" for a model that was never quantised, else e.g. "q4_0"."""
+        order = weight_types()
+        return max((s.type for s in self.tensor_storage().values()), key=order.index)
 
     # -- inference --------------------------------------------------------------------------------
     def predict_proba(self, images: Any, *, batch_size: int = EVAL_CHUNK) -> np.ndarray:
@@ -385,7 +424,24 @@ class Model:
     def __repr__(self) -> str:
         if self._handle is None:
             return f"<Model {self.arch} (closed)>"
-        return f"<Model {self.architecture} classes={self.n_classes} image={self.image_size[0]}x{self.image_size[1]} device={self.device}>"
+        weights = "" if self.weight_type == "f32" else f" weights={self.weight_type}"
+        return (f"<Model {self.architecture} classes={self.n_classes} image={self.image_size[0]}x{self.image_size[1]} "
+                f"device={self.device}{weights}>")
+
+
+@dataclass(frozen=True)
+class TensorStorage:
+    """How a parameter tensor is stored: ggml type name, values per stored row (more than the layer's inputs when
+    zero-padded to whole blocks) and bytes."""
+
+    type: str
+    row_length: int
+    nbytes: int
+
+
+def weight_types() -> list[str]:
+    """The types weights can be stored as, most precise first: ["f32", "f16", "q8_0", "q5_0", "q4_0"]."""
+    return [ffi.string(lib.gmn_weight_type_name(i)).decode() for i in range(lib.gmn_weight_type_count())]
 
 
 def _model_from_bytes(data: bytes, threads: int) -> Model:
