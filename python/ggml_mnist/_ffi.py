@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -102,21 +102,31 @@ class ProgressHook:
     """
 
     def __init__(self, fn: Callable[[int, int, int, float, float], bool]) -> None:
-        self.error: BaseException | None = None
+        # the callback must not refer back to self: that cycle would keep fn (and whatever it holds, such as a
+        # model and its native memory) alive until Python's cycle collector happens to run
+        errors: list[BaseException] = []
+        self._errors = errors
 
         def trampoline(_userdata: Any, phase: int, ibatch: int, nbatch: int, loss: float, acc: float) -> int:
             return 1 if fn(phase, ibatch, nbatch, loss, acc) else 0
 
         def on_error(exc_type: Any, exc: Any, _tb: Any) -> int:
-            self.error = exc if exc is not None else exc_type()
+            errors.append(exc if exc is not None else exc_type())
             return 1
 
         self.callback = ffi.callback("int(void *, int, int64_t, int64_t, double, double)", trampoline, onerror=on_error)
 
+    @property
+    def error(self) -> Optional[BaseException]:
+        """The first exception the callback swallowed, or None."""
+        return self._errors[0] if self._errors else None
+
     def reraise(self) -> None:
         """Raise the exception the callback swallowed, if any."""
-        if self.error is not None:
-            raise self.error
+        if self._errors:
+            error = self._errors[0]
+            self._errors.clear()
+            raise error
 
 
 set_verbose(False)
