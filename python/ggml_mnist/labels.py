@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-FASHION_MNIST = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-BUILTIN_CLASS_NAMES = {"mnist": [str(i) for i in range(10)], "fashion-mnist": FASHION_MNIST}
-PHOTO_DATASETS = ("fashion-mnist",)
+from . import datasets
+
 PREPARATIONS = ("digits", "photo")  # see ggml_mnist.imaging
 
 
-def dataset_name(metadata: Mapping[str, Any]) -> str | None:
+def dataset_name(metadata: Mapping[str, Any]) -> Optional[str]:
     """The ``name`` of the metadata's ``dataset`` entry, or None."""
     dataset = metadata.get("dataset")
     name = dataset.get("name") if isinstance(dataset, dict) else None
@@ -22,15 +21,12 @@ def class_names(metadata: Mapping[str, Any], n_classes: int) -> list[str]:
     names = metadata.get("class_names")
     if isinstance(names, list) and len(names) == n_classes and all(isinstance(n, str) for n in names):
         return list(names)
-    builtin = BUILTIN_CLASS_NAMES.get(dataset_name(metadata) or "")
-    if builtin is not None and len(builtin) == n_classes:
-        return list(builtin)
-    return [str(i) for i in range(n_classes)]
+    return datasets.class_names(dataset_name(metadata), n_classes)
 
 
 def preparation(metadata: Mapping[str, Any]) -> str:
-    """The metadata's ``preparation`` ("digits" or "photo"), else "photo" for a photo dataset, else "digits"."""
+    """The metadata's ``preparation`` ("digits" or "photo"), else the known dataset's, else "digits"."""
     value = metadata.get("preparation")
     if value in PREPARATIONS:
         return value
-    return "photo" if dataset_name(metadata) in PHOTO_DATASETS else "digits"
+    return datasets.preparation(dataset_name(metadata))
