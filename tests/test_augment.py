@@ -201,3 +201,8 @@ def test_cli_augment_option(tmp_path, synthetic_mnist, capsys):
     assert "--augment '{rotate: 5}' is not valid JSON" in capsys.readouterr().err
     assert train_main(args + ["--augment", "wild"]) == 1
     assert "augment must be one of none, light, strong" in capsys.readouterr().err
+
+
+def test_no_images_give_no_images():
+    out = gm.augment_images(np.zeros((0, 28, 28), np.uint8), "strong")
+    assert out.shape == (0, 28, 28) and out.dtype == np.float32

@@ -89,5 +89,8 @@ def augment_images(images: Any, augment: AugmentLike = "light", seed: int = 0) -
     n, h, w = arr.shape
     out = np.empty((n, h, w), dtype=np.float32)
     params = ffi.new("struct gmn_augment *", native_augment(augment))
+    if n == 0:
+        _ffi.check(lib.gmn_augment_check(params, h, w))
+        return out
     _ffi.check(lib.gmn_augment_images(params, int(seed), _ffi.ptr(arr, "uint8_t *"), n, h, w, _ffi.ptr(out, "float *")))
     return out[0] if single else out
