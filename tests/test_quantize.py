@@ -292,3 +292,20 @@ def test_q8_0_keeps_fc_accuracy_on_mnist(real_mnist: Path) -> None:
     assert q8.accuracy >= base.accuracy - 0.001, (q8.accuracy, base.accuracy)  # at most 10 of 10 000 images lost
     assert (q8.predictions != base.predictions).sum() <= 20
     assert q4.accuracy >= base.accuracy - 0.005, (q4.accuracy, base.accuracy)
+
+
+def test_init_fine_tunes_a_quantised_model_from_its_dequantised_weights(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (200, 28, 28), dtype=np.uint8)
+    y = np.arange(200) % 10
+    base, _ = train(x, y, arch="fc", hidden=32, epochs=1, batch_size=20, threads=1, progress=False, augment="none")
+    quantised = base.quantize("q4_0", pad=True)
+    path = tmp_path / "q.gguf"
+    quantised.save(path)
+    start = Model.load(path).dequantize().get_weights()
+    for init in (path, quantised):
+        tuned, _ = train(x, y, init=init, epochs=1, batch_size=20, lr=1e-12, threads=1, progress=False, augment="none")
+        assert tuned.weight_type == "f32"
+        weights = tuned.get_weights()
+        assert all(np.allclose(weights[k], start[k], atol=1e-6) for k in start)
+    assert quantised.weight_type == "q4_0"  # the model given as init= is not changed

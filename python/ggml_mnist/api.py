@@ -193,6 +193,8 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
                           "network comes from the file, so leave arch out (or give the matching one)")
     if resume is None:
         model.drop_optimizer_state()
+        if model.weight_type != "f32":  # a quantised model fine-tunes from its weights as ggml dequantises them
+            model = model.dequantize()
         base = config if config is not None else TrainConfig.defaults(arch)
         return model, base.replace(**{**options, "arch": arch}), []
     saved = model.metadata.get("config")
