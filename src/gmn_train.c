@@ -2,12 +2,9 @@
 #include "gmn_internal.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-enum { GMN_GATHER_THREADS = 4 }; /* most threads that gather and augment a batch */
 
 struct gmn_train_state {
     struct gmn_train_config cfg;
@@ -21,8 +18,7 @@ struct gmn_train_state {
     struct gmn_rng          mask_rng;   /* own stream, so dropout does not change the shuffle order */
     uint64_t                aug_seed;   /* augmentation: image k of the run draws from (aug_seed, k) */
     uint64_t                aug_count;  /* training images augmented so far */
-    struct gmn_aug_ws       aug_ws[GMN_GATHER_THREADS];
-    int                     gather_threads;
+    struct gmn_aug_ws       aug_ws;
     int                     augment;    /* cfg.augment does something */
     int                     h, w;       /* image size */
     int                     batches;    /* batches trained since train_init */
@@ -109,9 +105,7 @@ void gmn_train_state_free(struct gmn_train_state * st) {
     free(st->perm);
     free(st->probs);
     free(st->mask_buf);
-    for (int t = 0; t < GMN_GATHER_THREADS; t++) {
-        gmn_aug_ws_free(&st->aug_ws[t]);
-    }
+    gmn_aug_ws_free(&st->aug_ws);
     free(st);
 }
 
@@ -225,17 +219,11 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     st->augment = gmn_augment_active(&config->augment);
     st->h = m->net.image_h;
     st->w = m->net.image_w;
-    st->gather_threads = 1;
-    if (st->augment) {
-        /* augmenting costs about as much as a small network's step: spread it over the model's threads */
-        const int n = m->n_threads < GMN_GATHER_THREADS ? m->n_threads : GMN_GATHER_THREADS;
-        st->gather_threads = n > 1 && config->physical_batch_size >= 2 * n ? n : 1;
-        for (int t = 0; t < st->gather_threads; t++) {
-            if (gmn_aug_ws_init(&st->aug_ws[t], &config->augment, m->net.image_h, m->net.image_w) != GMN_OK) {
-                gmn_train_state_free(st);
-                return GMN_E_NOMEM;
-            }
-        }
+    /* one thread gathers: ggml's idle workers spin between graphs, and two gather threads measured no faster on
+     * 2 cores (an fc epoch with light augmentation took 1.13-1.30x a plain one either way) */
+    if (st->augment && gmn_aug_ws_init(&st->aug_ws, &config->augment, m->net.image_h, m->net.image_w) != GMN_OK) {
+        gmn_train_state_free(st);
+        return GMN_E_NOMEM;
     }
     const int64_t B = config->physical_batch_size;
     const int64_t npix = gmn_image_pixels(m);
@@ -317,56 +305,18 @@ static int gmn_check_indices(const gmn_dataset * ds, const int64_t * idx, int64_
     return GMN_OK;
 }
 
-/* Rows [r0, r1) of a batch, gathered (and augmented) by one thread. */
-struct gmn_gather_part {
-    struct gmn_train_state * st;
-    const gmn_dataset      * ds;
-    const int64_t          * rows;
-    int64_t                  r0, r1;
-    struct gmn_aug_ws      * ws;
-};
-
-static void * gmn_gather_part_run(void * arg) {
-    const struct gmn_gather_part * p = arg;
-    struct gmn_train_state * st = p->st;
-    const int64_t npix = p->ds->n_pixels;
-    for (int64_t r = p->r0; r < p->r1; r++) {
-        const uint8_t * img = p->ds->images + p->rows[r] * npix;
+static void gmn_gather_batch(struct gmn_train_state * st, const gmn_dataset * ds, const int64_t * rows, int64_t B, int n_classes) {
+    const int64_t npix = ds->n_pixels;
+    memset(st->ybuf, 0, (size_t) (B * n_classes) * sizeof(float));
+    for (int64_t r = 0; r < B; r++) {
+        const uint8_t * img = ds->images + rows[r] * npix;
         if (st->augment) {
             const uint64_t seed = gmn_augment_image_seed(st->aug_seed, st->aug_count + (uint64_t) r);
-            gmn_augment_one(&st->cfg.augment, seed, p->ws, img, st->h, st->w, st->xbuf + r * npix);
+            gmn_augment_one(&st->cfg.augment, seed, &st->aug_ws, img, st->h, st->w, st->xbuf + r * npix);
         } else {
             gmn_u8_to_f32(st->xbuf + r * npix, img, npix);
         }
-    }
-    return NULL;
-}
-
-static void gmn_gather_batch(struct gmn_train_state * st, const gmn_dataset * ds, const int64_t * rows, int64_t B, int n_classes) {
-    memset(st->ybuf, 0, (size_t) (B * n_classes) * sizeof(float));
-    for (int64_t r = 0; r < B; r++) {
         st->ybuf[r * n_classes + ds->labels[rows[r]]] = 1.0f;
-    }
-    struct gmn_gather_part parts[GMN_GATHER_THREADS];
-    pthread_t threads[GMN_GATHER_THREADS];
-    int started[GMN_GATHER_THREADS] = { 0 };
-    int n = st->gather_threads;
-    if (gmn_thread_limit() > 0 && n > gmn_thread_limit()) {
-        n = gmn_thread_limit();
-    }
-    for (int t = 0; t < n; t++) {
-        parts[t] = (struct gmn_gather_part) { st, ds, rows, B * t / n, B * (t + 1) / n, &st->aug_ws[t] };
-    }
-    for (int t = 1; t < n; t++) {
-        started[t] = pthread_create(&threads[t], NULL, gmn_gather_part_run, &parts[t]) == 0;
-    }
-    gmn_gather_part_run(&parts[0]);
-    for (int t = 1; t < n; t++) {
-        if (started[t]) {
-            pthread_join(threads[t], NULL);
-        } else {
-            gmn_gather_part_run(&parts[t]); /* no thread to be had: do its share here */
-        }
     }
     if (st->augment) {
         st->aug_count += (uint64_t) B;
