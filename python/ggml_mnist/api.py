@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _ffi
 from ._ffi import ffi, lib
-from .augment import native_augment
+from .augment import resolve_augment
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
 from .data import has_split, load_mnist, read_idx, validate_dataset
 from .datasets import DATASETS, class_names, dataset_info, preparation
@@ -306,7 +306,7 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
         schedule=_SCHEDULE_CODES[cfg.lr_schedule], warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
         total_steps=cfg.epochs * steps_per_epoch, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
         weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, physical_batch_size=cfg.physical,
-        seed=cfg.seed, max_loss=cfg.max_loss, augment=native_augment(cfg.augment)))))
+        seed=cfg.seed, max_loss=cfg.max_loss, augment=resolve_augment(cfg.augment)))))
     keep_optimizer = save_optimizer or resume is not None
     if keep_optimizer:
         _ffi.check(model.call_native(lib.gmn_model_train_keep_optimizer, int(resume is not None)), invalid=ConfigError)

@@ -38,7 +38,8 @@ AugmentLike = Union[str, Mapping[str, Any], None]
 
 
 def resolve_augment(spec: AugmentLike) -> dict[str, float]:
-    """Return the full parameter dict for a level name ("none", "light", "strong") or a dict of parameters.
+    """Return the full parameter dict (also a ``struct gmn_augment`` initialiser) for a level name ("none", "light",
+    "strong") or a dict of parameters.
 
     A dict may start from a level with ``{"level": "light", "rotate": 20}``; missing parameters are 0.
     Raises ConfigError for an unknown level or parameter or a value that is not a number.
@@ -65,12 +66,6 @@ def resolve_augment(spec: AugmentLike) -> dict[str, float]:
     return base
 
 
-def native_augment(spec: AugmentLike) -> dict[str, Any]:
-    """The parameters as a ``struct gmn_augment`` initialiser."""
-    params = resolve_augment(spec)
-    return {k: (int(v) if k == "noise_pixels" else float(v)) for k, v in params.items()}
-
-
 def augment_images(images: Any, augment: AugmentLike = "light", seed: int = 0) -> np.ndarray:
     """Return float32 images in [0, 1] of shape [N, H, W] augmented as training would, from ``seed``.
 
@@ -88,7 +83,7 @@ def augment_images(images: Any, augment: AugmentLike = "light", seed: int = 0) -
     arr = np.ascontiguousarray(arr)
     n, h, w = arr.shape
     out = np.empty((n, h, w), dtype=np.float32)
-    params = ffi.new("struct gmn_augment *", native_augment(augment))
+    params = ffi.new("struct gmn_augment *", resolve_augment(augment))
     if n == 0:
         _ffi.check(lib.gmn_augment_check(params, h, w))
         return out
