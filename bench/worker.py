@@ -34,10 +34,12 @@ def load(data: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 def ours_train(args: argparse.Namespace) -> dict:
     import ggml_mnist as gm
     x, y = load(args.data, "train")
+    if args.limit:
+        x, y = x[:args.limit], y[:args.limit]
     times: list[float] = []
     _, history = gm.train(x, y, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=1e-3,
                           weight_decay=0.0, lr_schedule="cosine", val_split=0.0, threads=args.threads, device="cpu",
-                          physical_batch_size=args.physical_batch_size, progress=False,
+                          physical_batch_size=args.physical_batch_size, progress=False, augment="none",
                           on_epoch=lambda s, _m: times.append(s.seconds))
     return {"epoch_seconds": times, "final_train_loss": history[-1].train_loss}
 
@@ -162,6 +164,7 @@ def main() -> None:
     p.add_argument("--physical-batch-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--limit", type=int, default=0, help="train on the first N images only (profiling)")
     p.add_argument("--data", default=os.environ.get("GGML_MNIST_DATA", "data/mnist"))
     args = p.parse_args()
     out = JOBS[(args.framework, args.job)](args)

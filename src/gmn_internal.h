@@ -156,6 +156,14 @@ struct ggml_tensor * gmn_forward_layers(const gmn_model * model, struct ggml_con
 
 /* Model internals shared by the model, gguf and training files. */
 /* storage: per parameter tensor (gmn_net_params order) its type and shape; NULL for all f32. */
+int  gmn_forward_is_cl(const gmn_model * model);
+/* gmn_ops.c: channels-last CPU ops ([C, W, H, N]); see gmn_forward_cl */
+struct ggml_tensor * gmn_cl_im2col(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int64_t rows);
+struct ggml_tensor * gmn_cl_pad_rows(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows);
+struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad);
+struct ggml_tensor * gmn_cl_relayout(struct ggml_context * ctx, struct ggml_tensor * x, int to_cf);
+struct ggml_tensor * gmn_cl_maxpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad);
+
 int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, const struct gmn_storage * storage,
                       gmn_model ** out);
 /* general.architecture of the model: ggml's names only for its two networks with every tensor f32. */

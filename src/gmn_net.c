@@ -2,9 +2,12 @@
  * This is the only file that knows what a layer does. */
 #include "gmn_internal.h"
 
+#include "ggml-cpu.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char * const GMN_KIND_NAMES[] = {
@@ -479,8 +482,126 @@ struct ggml_tensor * gmn_forward(const gmn_model * m, struct ggml_context * ctx,
     return gmn_forward_layers(m, ctx, x, masks, m->net.n_layers);
 }
 
+/* ---- channels-last forward graph (CPU) ------------------------------------------------------------ */
+/* [W, H, C, N] <-> [C, W, H, N] */
+static struct ggml_tensor * gmn_to_cl(struct ggml_context * ctx, struct ggml_tensor * x) {
+    return x->ne[2] == 1 ? ggml_reshape_4d(ctx, x, 1, x->ne[0], x->ne[1], x->ne[3]) : gmn_cl_relayout(ctx, x, 0);
+}
+
+static struct ggml_tensor * gmn_to_cf(struct ggml_context * ctx, struct ggml_tensor * x) {
+    return x->ne[0] == 1 ? ggml_reshape_4d(ctx, x, x->ne[1], x->ne[2], 1, x->ne[3]) : gmn_cl_relayout(ctx, x, 1);
+}
+
+/* Whether the forward graph runs channels-last with the shim's own CPU ops (gmn_ops.c): on the CPU backend
+ * with f32 kernels, unless GGML_MNIST_GRAPH=classic asks for the all-ggml graph that every backend runs. */
+int gmn_forward_is_cl(const gmn_model * m) {
+    const char * env = getenv("GGML_MNIST_GRAPH");
+    if (m->backend_cpu != NULL || (env != NULL && strcmp(env, "classic") == 0)) {
+        return 0;
+    }
+    for (int i = 0; i < m->net.n_layers; i++) {
+        if (m->net.layers[i].kind == GMN_LAYER_CONV2D && m->lw[i][0]->type != GGML_TYPE_F32) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The same network as gmn_forward_layers computes, with the spatial activations channels-last [C, W, H, N]:
+ * - a convolution is one matrix product of the kernel (permuted to [C*k*k, O]) with the gathered columns,
+ *   giving [O, OW*OH*N] directly; the columns of an input that needs no gradient (the images) come from a
+ *   multi-threaded im2col op, the others from get_rows, whose backward pass is a cheap scatter-add (ggml's
+ *   im2col_back, its alternative, is slow);
+ * - max pooling is get_rows of the elements an argmax op picks, so its backward pass is a scatter too;
+ * - a dense layer reads the channels-fastest flattening of the GGUF contract with no permutation at all.
+ * Average pooling goes through ggml's pool_2d, channels-first. */
+static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,
+                                           struct ggml_tensor * const * masks, int n_layers) {
+    const struct gmn_net * net = &m->net;
+    struct ggml_tensor * h = ggml_reshape_4d(ctx, x, 1, net->image_w, net->image_h, x->ne[1]);
+    int spatial = 1, cl = 1, needs_grad = 0;
+    int pooled = -1;
+    for (int i = 0; i < n_layers; i++) {
+        const struct gmn_layer * l = &net->layers[i];
+        switch (l->kind) {
+            case GMN_LAYER_CONV2D: {
+                if (!cl) {
+                    h = gmn_to_cl(ctx, h);
+                    cl = 1;
+                }
+                const int64_t C = h->ne[0], O = l->n_out;
+                const int64_t OW = (h->ne[1] + 2 * l->pad - l->k) / l->stride + 1, OH = (h->ne[2] + 2 * l->pad - l->k) / l->stride + 1;
+                const int64_t K = C * l->k * l->k;
+                /* ggml's fast f32 matrix product (llamafile's) takes only row lengths that are a multiple of 8; the
+                 * im2col op can pad its columns with zeros for free, and the kernel gets zero rows to match */
+                const int64_t Kp = !needs_grad && ggml_cpu_has_llamafile() ? (K + 7) / 8 * 8 : K;
+                struct ggml_tensor * cols = needs_grad ? gmn_cl_gather_cols(ctx, h, l->k, l->stride, l->pad)
+                                                       : gmn_cl_im2col(ctx, h, l->k, l->stride, l->pad, Kp);
+                struct ggml_tensor * w = m->lw[i][0]; /* [k, k, C, O] */
+                if (C > 1) {
+                    w = gmn_cl_relayout(ctx, w, 0); /* [C, k, k, O], with a contiguous gradient (a permute has none) */
+                }
+                w = ggml_reshape_2d(ctx, w, K, O);
+                if (Kp > K) {
+                    w = gmn_cl_pad_rows(ctx, w, Kp);
+                }
+                h = ggml_reshape_4d(ctx, ggml_mul_mat(ctx, w, cols), O, OW, OH, h->ne[3]);
+                const int pool = gmn_pool_first(net, i);
+                if (pool >= 0 && pool < n_layers) {
+                    const struct gmn_layer * pl = &net->layers[pool];
+                    h = gmn_cl_maxpool(ctx, h, pl->k, pl->stride, pl->pad);
+                    pooled = pool;
+                }
+                h = ggml_add(ctx, h, ggml_reshape_1d(ctx, m->lw[i][1], O));
+                needs_grad = 1;
+                break;
+            }
+            case GMN_LAYER_MAXPOOL2D:
+                if (i != pooled) {
+                    h = cl ? gmn_cl_maxpool(ctx, h, l->k, l->stride, l->pad) : gmn_pool(ctx, h, l);
+                }
+                break;
+            case GMN_LAYER_AVGPOOL2D:
+                if (cl) {
+                    h = gmn_to_cf(ctx, h);
+                    cl = 0;
+                }
+                h = gmn_pool(ctx, h, l);
+                break;
+            case GMN_LAYER_DENSE:
+                if (spatial && cl) {
+                    /* channels-last is the contract's flattening: the weight applies as it is */
+                    h = ggml_reshape_2d(ctx, h, h->ne[0] * h->ne[1] * h->ne[2], h->ne[3]);
+                    h = m->lw[i][0]->type == GGML_TYPE_F32 ? ggml_add(ctx, ggml_mul_mat(ctx, m->lw[i][0], h), m->lw[i][1])
+                                                           : gmn_dense(ctx, h, m->lw[i][0], m->lw[i][1], 0);
+                } else {
+                    h = gmn_dense(ctx, h, m->lw[i][0], m->lw[i][1], spatial);
+                }
+                spatial = 0;
+                needs_grad = 1;
+                break;
+            case GMN_LAYER_RELU: h = ggml_relu(ctx, h); break;
+            case GMN_LAYER_SILU: h = ggml_silu(ctx, h); break;
+            case GMN_LAYER_GELU: h = gmn_gelu(ctx, h); break;
+            case GMN_LAYER_TANH: h = gmn_tanh(ctx, h); break;
+            case GMN_LAYER_DROPOUT:
+                if (masks != NULL && masks[i] != NULL) {
+                    /* masks are laid out channels-first, like the activations gmn_model_dropout_mask reports */
+                    h = ggml_mul(ctx, h, spatial && cl ? gmn_to_cl(ctx, masks[i]) : masks[i]);
+                }
+                break;
+            default:
+                break;
+        }
+    }
+    return spatial && cl ? gmn_to_cf(ctx, h) : h;
+}
+
 struct ggml_tensor * gmn_forward_layers(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,
                                         struct ggml_tensor * const * masks, int n_layers) {
+    if (gmn_forward_is_cl(m)) {
+        return gmn_forward_cl(m, ctx, x, masks, n_layers);
+    }
     const struct gmn_net * net = &m->net;
     struct ggml_tensor * h = ggml_reshape_4d(ctx, x, net->image_w, net->image_h, 1, x->ne[1]);
     int spatial = 1;

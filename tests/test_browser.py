@@ -20,7 +20,7 @@ from PIL import Image
 import ggml_mnist as gm
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is missing: pip install -e '.[test]'")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -70,7 +70,7 @@ def browser() -> Iterator["webdriver.Chrome"]:
 def _answer(driver: "webdriver.Chrome", expected: str) -> str:
     """Wait until the page shows ``expected`` (or give up after 15 s) and return what it shows."""
     try:
-        WebDriverWait(driver, 15).until(lambda d: d.find_element(By.ID, "prediction").text == expected)
+        WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: d.find_element(By.ID, "prediction").text == expected)
     except TimeoutException:
         pass
     return driver.find_element(By.ID, "prediction").text
@@ -84,7 +84,7 @@ def _bars(driver: "webdriver.Chrome") -> tuple[list[float], list[float]]:
 
 def test_draw_a_seven_and_the_page_reads_it(browser: "webdriver.Chrome", page_url: str, tmp_path: Path) -> None:
     browser.get(page_url)
-    WebDriverWait(browser, 15).until(lambda d: "parameters" in d.find_element(By.ID, "model").text)
+    WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: "parameters" in d.find_element(By.ID, "model").text)
     pad = browser.find_element(By.ID, "pad")
     # a "7": the bar from left to right along the top, then the stroke down to the bottom left; offsets from the centre
     chain = ActionChains(browser, duration=10).move_to_element_with_offset(pad, -70, -85).click_and_hold()

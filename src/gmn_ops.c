@@ -1,0 +1,202 @@
+/* gmn_ops.c - the CPU graph's own operators, as ggml custom ops that run on ggml's threads.
+ *
+ * None of them is differentiated: each either reads only tensors that need no gradient (the input images,
+ * shapes) or writes I32 indices, which ggml's backward pass never differentiates (get_rows' row indices).
+ * The gradients flow through ggml's own ops around them: get_rows (whose backward scatters the gradient
+ * back), mul_mat, add and acc. Activations here are channels-last: [C, W, H, N], channels fastest.
+ *
+ * A window (kernel or pool) is packed into the op's userdata as k | stride << 8 | pad << 16, so that no
+ * pointer to memory outliving the graph is needed. */
+#include "gmn_internal.h"
+
+#include <string.h>
+
+struct gmn_window {
+    int64_t k, s, p;
+};
+
+void * gmn_window_pack(int k, int stride, int pad) {
+    return (void *) (uintptr_t) ((uint32_t) k | (uint32_t) stride << 8 | (uint32_t) pad << 16);
+}
+
+static struct gmn_window gmn_window_unpack(void * ud) {
+    const uintptr_t v = (uintptr_t) ud;
+    return (struct gmn_window) { (int64_t) (v & 0xff), (int64_t) ((v >> 8) & 0xff), (int64_t) ((v >> 16) & 0xff) };
+}
+
+static int64_t gmn_out_side(int64_t in, struct gmn_window w) {
+    return (in + 2 * w.p - w.k) / w.s + 1;
+}
+
+/* rows [*lo, *hi) of n for thread ith of nth */
+static void gmn_split(int64_t n, int ith, int nth, int64_t * lo, int64_t * hi) {
+    const int64_t per = (n + nth - 1) / nth;
+    *lo = per * ith < n ? per * ith : n;
+    *hi = *lo + per < n ? *lo + per : n;
+}
+
+/* im2col of a channels-last x [C, W, H, N] (src 0, needing no gradient): dst [K, OW*OH*N] with the
+ * column of output pixel p ordered c fastest, then kernel column, then kernel row; zero outside the image,
+ * and zero in rows C*k*k..K-1 (K may be rounded up for a faster matrix product). */
+static void gmn_op_im2col(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    const struct ggml_tensor * x = dst->src[0];
+    const struct gmn_window w = gmn_window_unpack(ud);
+    const int64_t C = x->ne[0], W = x->ne[1], H = x->ne[2];
+    const int64_t OW = gmn_out_side(W, w), OH = gmn_out_side(H, w), P = dst->ne[1], K = C * w.k * w.k;
+    const float * xs = (const float *) x->data;
+    float * out = (float *) dst->data;
+    int64_t lo, hi;
+    gmn_split(P, ith, nth, &lo, &hi);
+    for (int64_t q = lo; q < hi; q++) {
+        const int64_t ox = q % OW, oy = (q / OW) % OH, n = q / (OW * OH);
+        float * col = out + q * dst->ne[0];
+        if (dst->ne[0] > K) {
+            memset(col + K, 0, (size_t) (dst->ne[0] - K) * sizeof(float));
+        }
+        for (int64_t ky = 0; ky < w.k; ky++) {
+            const int64_t iy = oy * w.s - w.p + ky;
+            for (int64_t kx = 0; kx < w.k; kx++, col += C) {
+                const int64_t ix = ox * w.s - w.p + kx;
+                if (ix < 0 || ix >= W || iy < 0 || iy >= H) {
+                    memset(col, 0, (size_t) C * sizeof(float));
+                } else {
+                    memcpy(col, xs + ((n * H + iy) * W + ix) * C, (size_t) C * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
+/* The rows of a channels-last x [C, W, H, N] (src 0, read for its shape only) that im2col would gather, for
+ * get_rows: dst I32 [k*k*OW*OH*N], the kernel offset fastest; a position outside the image reads row W*H*N,
+ * which the caller makes a zero row. */
+static void gmn_op_im2col_rows(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    const struct ggml_tensor * x = dst->src[0];
+    const struct gmn_window w = gmn_window_unpack(ud);
+    const int64_t W = x->ne[1], H = x->ne[2], N = x->ne[3];
+    const int64_t OW = gmn_out_side(W, w), OH = gmn_out_side(H, w), P = OW * OH * N, KK = w.k * w.k;
+    const int32_t zero = (int32_t) (W * H * N);
+    int32_t * out = (int32_t *) dst->data;
+    int64_t lo, hi;
+    gmn_split(P, ith, nth, &lo, &hi);
+    for (int64_t q = lo; q < hi; q++) {
+        const int64_t ox = q % OW, oy = (q / OW) % OH, n = q / (OW * OH);
+        int32_t * r = out + q * KK;
+        for (int64_t ky = 0; ky < w.k; ky++) {
+            const int64_t iy = oy * w.s - w.p + ky;
+            for (int64_t kx = 0; kx < w.k; kx++) {
+                const int64_t ix = ox * w.s - w.p + kx;
+                *r++ = ix < 0 || ix >= W || iy < 0 || iy >= H ? zero : (int32_t) ((n * H + iy) * W + ix);
+            }
+        }
+    }
+}
+
+/* Max pooling's choice: for each output element of a channels-last x [C, W, H, N] (src 0), the flat index of
+ * the first largest input element in its window (positions in the padding never win). dst I32 [C*OW*OH*N]. */
+static void gmn_op_pool_argmax(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    const struct ggml_tensor * x = dst->src[0];
+    const struct gmn_window w = gmn_window_unpack(ud);
+    const int64_t C = x->ne[0], W = x->ne[1], H = x->ne[2];
+    const int64_t OW = gmn_out_side(W, w), OH = gmn_out_side(H, w), P = OW * OH * x->ne[3];
+    const float * xs = (const float *) x->data;
+    int32_t * out = (int32_t *) dst->data;
+    int64_t lo, hi;
+    gmn_split(P, ith, nth, &lo, &hi);
+    for (int64_t q = lo; q < hi; q++) {
+        const int64_t ox = q % OW, oy = (q / OW) % OH, n = q / (OW * OH);
+        const int64_t x0 = ox * w.s - w.p, y0 = oy * w.s - w.p;
+        const int64_t xa = x0 < 0 ? 0 : x0, xb = x0 + w.k < W ? x0 + w.k : W;
+        const int64_t ya = y0 < 0 ? 0 : y0, yb = y0 + w.k < H ? y0 + w.k : H;
+        int32_t * r = out + q * C;
+        const int64_t first = ((n * H + ya) * W + xa) * C;
+        for (int64_t c = 0; c < C; c++) {
+            r[c] = (int32_t) (first + c);
+        }
+        for (int64_t iy = ya; iy < yb; iy++) {
+            for (int64_t ix = xa; ix < xb; ix++) {
+                const int64_t base = ((n * H + iy) * W + ix) * C;
+                const float * v = xs + base;
+                for (int64_t c = 0; c < C; c++) {
+                    if (v[c] > xs[r[c]]) {
+                        r[c] = (int32_t) (base + c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* The flat index into x (src 0) of each element of x's other layout: channels-first [W, H, C, N] to
+ * channels-last [C, W, H, N] when ud is NULL, else channels-last to channels-first. dst I32 [nelements(x)]. */
+static void gmn_op_relayout(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    const struct ggml_tensor * x = dst->src[0];
+    const int to_cf = ud != NULL;
+    const int64_t C = to_cf ? x->ne[0] : x->ne[2], W = to_cf ? x->ne[1] : x->ne[0], H = to_cf ? x->ne[2] : x->ne[1];
+    const int64_t WH = W * H, CWH = C * WH;
+    int32_t * out = (int32_t *) dst->data;
+    int64_t lo, hi;
+    gmn_split(ggml_nelements(x), ith, nth, &lo, &hi);
+    for (int64_t q = lo; q < hi; q++) {
+        const int64_t n = q / CWH, r = q % CWH;
+        if (to_cf) { /* q = (w, h, c, n) */
+            const int64_t wh = r % WH, c = r / WH;
+            out[q] = (int32_t) (n * CWH + wh * C + c);
+        } else {     /* q = (c, w, h, n) */
+            const int64_t c = r % C, wh = r / C;
+            out[q] = (int32_t) (n * CWH + c * WH + wh);
+        }
+    }
+}
+
+static void gmn_op_zeros(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    int64_t lo, hi;
+    gmn_split(ggml_nelements(dst), ith, nth, &lo, &hi);
+    memset((float *) dst->data + lo, 0, (size_t) (hi - lo) * sizeof(float));
+}
+
+struct ggml_tensor * gmn_cl_im2col(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int64_t rows) {
+    const struct gmn_window w = { k, stride, pad };
+    const int64_t P = gmn_out_side(x->ne[1], w) * gmn_out_side(x->ne[2], w) * x->ne[3];
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows, P, 1, 1, &x, 1, gmn_op_im2col, GGML_N_TASKS_MAX,
+                          gmn_window_pack(k, stride, pad));
+}
+
+struct ggml_tensor * gmn_cl_pad_rows(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows) {
+    struct ggml_tensor * zeros = ggml_custom_4d(ctx, GGML_TYPE_F32, rows, a->ne[1], 1, 1, NULL, 0, gmn_op_zeros, GGML_N_TASKS_MAX, NULL);
+    return ggml_acc(ctx, zeros, a, zeros->nb[1], zeros->nb[2], zeros->nb[3], 0);
+}
+
+struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad) {
+    const struct gmn_window w = { k, stride, pad };
+    const int64_t C = x->ne[0], R = x->ne[1] * x->ne[2] * x->ne[3];
+    const int64_t P = gmn_out_side(x->ne[1], w) * gmn_out_side(x->ne[2], w) * x->ne[3];
+    struct ggml_tensor * rows = ggml_reshape_2d(ctx, x, C, R);
+    if (pad > 0) {
+        /* one zero row after the pixels, for the positions in the padding; acc passes the gradient to x */
+        struct ggml_tensor * zeros = ggml_custom_4d(ctx, GGML_TYPE_F32, C, R + 1, 1, 1, NULL, 0, gmn_op_zeros, GGML_N_TASKS_MAX, NULL);
+        rows = ggml_acc(ctx, zeros, rows, zeros->nb[1], zeros->nb[2], zeros->nb[3], 0);
+    }
+    struct ggml_tensor * idx = ggml_custom_4d(ctx, GGML_TYPE_I32, (int64_t) k * k * P, 1, 1, 1, &x, 1, gmn_op_im2col_rows,
+                                              GGML_N_TASKS_MAX, gmn_window_pack(k, stride, pad));
+    return ggml_reshape_2d(ctx, ggml_get_rows(ctx, rows, idx), C * k * k, P);
+}
+
+struct ggml_tensor * gmn_cl_maxpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad) {
+    const struct gmn_window w = { k, stride, pad };
+    const int64_t C = x->ne[0], OW = gmn_out_side(x->ne[1], w), OH = gmn_out_side(x->ne[2], w), N = x->ne[3];
+    struct ggml_tensor * idx = ggml_custom_4d(ctx, GGML_TYPE_I32, C * OW * OH * N, 1, 1, 1, &x, 1, gmn_op_pool_argmax,
+                                              GGML_N_TASKS_MAX, gmn_window_pack(k, stride, pad));
+    struct ggml_tensor * picked = ggml_get_rows(ctx, ggml_reshape_2d(ctx, x, 1, ggml_nelements(x)), idx);
+    return ggml_reshape_4d(ctx, picked, C, OW, OH, N);
+}
+
+/* A layout change that ggml can differentiate with a contiguous gradient (a permute's backward pass hands
+ * the next op a non-contiguous gradient, which some of ggml's CPU backward kernels misread). */
+struct ggml_tensor * gmn_cl_relayout(struct ggml_context * ctx, struct ggml_tensor * x, int to_cf) {
+    struct ggml_tensor * idx = ggml_custom_4d(ctx, GGML_TYPE_I32, ggml_nelements(x), 1, 1, 1, &x, 1, gmn_op_relayout,
+                                              GGML_N_TASKS_MAX, to_cf ? (void *) 1 : NULL);
+    struct ggml_tensor * y = ggml_get_rows(ctx, ggml_reshape_2d(ctx, x, 1, ggml_nelements(x)), idx);
+    return to_cf ? ggml_reshape_4d(ctx, y, x->ne[1], x->ne[2], x->ne[0], x->ne[3])
+                 : ggml_reshape_4d(ctx, y, x->ne[2], x->ne[0], x->ne[1], x->ne[3]);
+}
