@@ -10,6 +10,8 @@ struct gmn_train_state {
     struct gmn_train_config cfg;
     ggml_backend_sched_t    sched;
     struct gmn_opt_tracker * tracker;    /* optimizer state tracking for exact resume (gmn_optstate.c), or NULL */
+    ggml_backend_sched_eval_callback tracker_cb;
+    struct ggml_tensor    * outer;       /* gmn_outer's op parameters, when out_prod nodes are to use it (CPU) */
     struct ggml_context   * ctx_in;      /* the statically allocated input tensor */
     ggml_backend_buffer_t   buf_in;
     struct ggml_tensor    * inputs;
@@ -170,6 +172,16 @@ static float gmn_schedule_lr(const struct gmn_train_config * c, int64_t step) {
     return lr > 1e-12f ? lr : 1e-12f; /* ggml-opt requires a positive rate */
 }
 
+/* Sees every node of the training graph before it runs: on the CPU, the backward pass's out_prod nodes are
+ * handed to gmn_outer (gmn_ops.c: the same sums, several times faster); then the optimizer-state tracker, if any. */
+static bool gmn_train_eval_cb(struct ggml_tensor * t, bool ask, void * ud) {
+    struct gmn_train_state * st = ud;
+    if (ask && st->outer != NULL && t->op == GGML_OP_OUT_PROD) {
+        gmn_outer_adopt(t, st->outer);
+    }
+    return st->tracker_cb != NULL ? st->tracker_cb(t, ask, st->tracker) : false;
+}
+
 static struct ggml_opt_optimizer_params gmn_opt_params(void * ud) {
     struct gmn_train_state * st = ud;
     const struct gmn_train_config * c = &st->cfg;
@@ -284,6 +296,10 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     op.optimizer       = config->optimizer == GMN_OPT_SGD ? GGML_OPT_OPTIMIZER_TYPE_SGD : GGML_OPT_OPTIMIZER_TYPE_ADAMW;
     st->opt    = ggml_opt_init(op);
     st->result = ggml_opt_result_init();
+    if (gmn_forward_is_cl(m) && m->n_accel == 0) {
+        st->outer = gmn_outer_template(st->ctx_compute);
+        ggml_backend_sched_set_eval_callback(st->sched, gmn_train_eval_cb, st);
+    }
     if (st->opt == NULL || st->result == NULL) {
         gmn_train_state_free(st);
         return gmn_fail(GMN_E_NOMEM, "train_init: could not create the optimizer");
@@ -597,7 +613,8 @@ void gmn_train_set_pos(struct gmn_train_state * st, const struct gmn_train_pos *
 void gmn_train_set_tracker(struct gmn_train_state * st, struct gmn_opt_tracker * tr, ggml_backend_sched_eval_callback cb) {
     gmn_opt_tracker_free(st->tracker);
     st->tracker = tr;
-    ggml_backend_sched_set_eval_callback(st->sched, cb, tr);
+    st->tracker_cb = cb;
+    ggml_backend_sched_set_eval_callback(st->sched, gmn_train_eval_cb, st);
 }
 
 const struct gmn_opt_tracker * gmn_train_tracker(const struct gmn_train_state * st) {
