@@ -226,11 +226,19 @@ static inline void gmn_st8(float * p, gmn_v8 v) {
     memcpy(p, &v, sizeof(v));
 }
 
-/* d[0..16) x [0..6) (column c at d + c*ldd) = sum over j of a[j*lda + 0..16) times b[j*sbj + c*sbi] */
+/* d[0..16) x [0..6) (column c at d + c*ldd) = (acc ? d : 0) + sum over j < J of a[j*lda + 0..16) times b[j*sbj + c*sbi] */
 GMN_CLONES static void gmn_tile_16x6(int64_t J, const float * a, int64_t lda, const float * b, int64_t sbi, int64_t sbj,
-                                     float * d, int64_t ldd) {
+                                     float * d, int64_t ldd, int acc) {
     gmn_v8 c00 = { 0 }, c01 = { 0 }, c10 = { 0 }, c11 = { 0 }, c20 = { 0 }, c21 = { 0 };
     gmn_v8 c30 = { 0 }, c31 = { 0 }, c40 = { 0 }, c41 = { 0 }, c50 = { 0 }, c51 = { 0 };
+    if (acc) {
+        c00 = gmn_ld8(d);           c01 = gmn_ld8(d + 8);
+        c10 = gmn_ld8(d + ldd);     c11 = gmn_ld8(d + ldd + 8);
+        c20 = gmn_ld8(d + 2 * ldd); c21 = gmn_ld8(d + 2 * ldd + 8);
+        c30 = gmn_ld8(d + 3 * ldd); c31 = gmn_ld8(d + 3 * ldd + 8);
+        c40 = gmn_ld8(d + 4 * ldd); c41 = gmn_ld8(d + 4 * ldd + 8);
+        c50 = gmn_ld8(d + 5 * ldd); c51 = gmn_ld8(d + 5 * ldd + 8);
+    }
     for (int64_t j = 0; j < J; j++) {
         const float * ar = a + j * lda;
         const float * br = b + j * sbj;
@@ -253,22 +261,30 @@ GMN_CLONES static void gmn_tile_16x6(int64_t J, const float * a, int64_t lda, co
 
 /* an edge tile of m <= 16 rows and n <= 6 columns */
 static void gmn_tile_edge(int64_t J, const float * a, int64_t lda, const float * b, int64_t sbi, int64_t sbj,
-                          float * d, int64_t ldd, int64_t m, int64_t n) {
-    float acc[6][16] = { { 0 } };
+                          float * d, int64_t ldd, int64_t m, int64_t n, int acc) {
+    float s[6][16] = { { 0 } };
+    for (int64_t c = 0; c < n && acc; c++) {
+        memcpy(s[c], d + c * ldd, (size_t) m * sizeof(float));
+    }
     for (int64_t j = 0; j < J; j++) {
         const float * ar = a + j * lda;
         const float * br = b + j * sbj;
         for (int64_t c = 0; c < n; c++) {
             const float bc = br[c * sbi];
             for (int64_t i = 0; i < m; i++) {
-                acc[c][i] += ar[i] * bc;
+                s[c][i] += ar[i] * bc;
             }
         }
     }
     for (int64_t c = 0; c < n; c++) {
-        memcpy(d + c * ldd, acc[c], (size_t) m * sizeof(float));
+        memcpy(d + c * ldd, s[c], (size_t) m * sizeof(float));
     }
 }
+
+/* The sum over j runs in blocks of GMN_OUTER_JB, each block visiting all of this thread's tiles, so that a
+ * block of a (the im2col columns of a wide convolution are tens of megabytes) is read from cache, not memory,
+ * by every tile. Each output element still sums j = 0, 1, ... in order, whatever the number of threads. */
+#define GMN_OUTER_JB 256
 
 static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     const struct ggml_tensor * a = dst->src[0];
@@ -280,16 +296,29 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
     const int64_t tm = (M + 15) / 16, tn = (N + 5) / 6;
     int64_t lo, hi;
     gmn_split(tm * tn, ith, nth, &lo, &hi);
-    for (int64_t t = lo; t < hi; t++) {
-        const int64_t i0 = (t % tm) * 16, i1 = (t / tm) * 6;
-        const int64_t m = M - i0 < 16 ? M - i0 : 16, n = N - i1 < 6 ? N - i1 : 6;
-        const float * at = (const float *) a->data + i0;
-        const float * bt = (const float *) b->data + i1 * sbi;
-        float * dt = (float *) dst->data + i0 + i1 * ldd;
-        if (m == 16 && n == 6) {
-            gmn_tile_16x6(J, at, lda, bt, sbi, sbj, dt, ldd);
-        } else {
-            gmn_tile_edge(J, at, lda, bt, sbi, sbj, dt, ldd, m, n);
+    if (J == 0) {
+        for (int64_t t = lo; t < hi; t++) {
+            const int64_t i0 = (t % tm) * 16, i1 = (t / tm) * 6;
+            const int64_t m = M - i0 < 16 ? M - i0 : 16, n = N - i1 < 6 ? N - i1 : 6;
+            for (int64_t c = 0; c < n; c++) {
+                memset((float *) dst->data + i0 + (i1 + c) * ldd, 0, (size_t) m * sizeof(float));
+            }
+        }
+        return;
+    }
+    for (int64_t j0 = 0; j0 < J; j0 += GMN_OUTER_JB) {
+        const int64_t jn = J - j0 < GMN_OUTER_JB ? J - j0 : GMN_OUTER_JB;
+        for (int64_t t = lo; t < hi; t++) {
+            const int64_t i0 = (t % tm) * 16, i1 = (t / tm) * 6;
+            const int64_t m = M - i0 < 16 ? M - i0 : 16, n = N - i1 < 6 ? N - i1 : 6;
+            const float * at = (const float *) a->data + i0 + j0 * lda;
+            const float * bt = (const float *) b->data + i1 * sbi + j0 * sbj;
+            float * dt = (float *) dst->data + i0 + i1 * ldd;
+            if (m == 16 && n == 6) {
+                gmn_tile_16x6(jn, at, lda, bt, sbi, sbj, dt, ldd, j0 > 0);
+            } else {
+                gmn_tile_edge(jn, at, lda, bt, sbi, sbj, dt, ldd, m, n, j0 > 0);
+            }
         }
     }
 }
