@@ -519,6 +519,7 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                                            struct ggml_tensor * const * masks, int n_layers) {
     const struct gmn_net * net = &m->net;
     struct ggml_tensor * h = ggml_reshape_4d(ctx, x, 1, net->image_w, net->image_h, x->ne[1]);
+    const int training = masks != NULL; /* the training graph passes its (possibly empty) mask array */
     int spatial = 1, cl = 1, needs_grad = 0;
     int pooled = -1;
     for (int i = 0; i < n_layers; i++) {
@@ -535,6 +536,7 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 /* ggml's fast f32 matrix product (llamafile's) takes only row lengths that are a multiple of 8; the
                  * im2col op can pad its columns with zeros for free, and the kernel gets zero rows to match */
                 const int64_t Kp = !needs_grad && ggml_cpu_has_llamafile() ? (K + 7) / 8 * 8 : K;
+                /* (needs_grad is only ever set in the training graph) */
                 struct ggml_tensor * cols = needs_grad ? gmn_cl_gather_cols(ctx, h, l->k, l->stride, l->pad)
                                                        : gmn_cl_im2col(ctx, h, l->k, l->stride, l->pad, Kp);
                 struct ggml_tensor * w = m->lw[i][0]; /* [k, k, C, O] */
@@ -549,16 +551,16 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 const int pool = gmn_pool_first(net, i);
                 if (pool >= 0 && pool < n_layers) {
                     const struct gmn_layer * pl = &net->layers[pool];
-                    h = gmn_cl_maxpool(ctx, h, pl->k, pl->stride, pl->pad);
+                    h = gmn_cl_maxpool(ctx, h, pl->k, pl->stride, pl->pad, training);
                     pooled = pool;
                 }
                 h = ggml_add(ctx, h, ggml_reshape_1d(ctx, m->lw[i][1], O));
-                needs_grad = 1;
+                needs_grad = training;
                 break;
             }
             case GMN_LAYER_MAXPOOL2D:
                 if (i != pooled) {
-                    h = cl ? gmn_cl_maxpool(ctx, h, l->k, l->stride, l->pad) : gmn_pool(ctx, h, l);
+                    h = cl ? gmn_cl_maxpool(ctx, h, l->k, l->stride, l->pad, needs_grad) : gmn_pool(ctx, h, l);
                 }
                 break;
             case GMN_LAYER_AVGPOOL2D:
@@ -578,7 +580,7 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                     h = gmn_dense(ctx, h, m->lw[i][0], m->lw[i][1], spatial);
                 }
                 spatial = 0;
-                needs_grad = 1;
+                needs_grad = training;
                 break;
             case GMN_LAYER_RELU: h = ggml_relu(ctx, h); break;
             case GMN_LAYER_SILU: h = ggml_silu(ctx, h); break;

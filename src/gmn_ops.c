@@ -149,6 +149,34 @@ static void gmn_op_relayout(struct ggml_tensor * dst, int ith, int nth, void * u
     }
 }
 
+/* Max pooling's values, for graphs that need no gradient (prediction): dst F32 [C, OW, OH, N]. */
+static void gmn_op_maxpool(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    const struct ggml_tensor * x = dst->src[0];
+    const struct gmn_window w = gmn_window_unpack(ud);
+    const int64_t C = x->ne[0], W = x->ne[1], H = x->ne[2];
+    const int64_t OW = gmn_out_side(W, w), OH = gmn_out_side(H, w), P = OW * OH * x->ne[3];
+    const float * xs = (const float *) x->data;
+    float * out = (float *) dst->data;
+    int64_t lo, hi;
+    gmn_split(P, ith, nth, &lo, &hi);
+    for (int64_t q = lo; q < hi; q++) {
+        const int64_t ox = q % OW, oy = (q / OW) % OH, n = q / (OW * OH);
+        const int64_t x0 = ox * w.s - w.p, y0 = oy * w.s - w.p;
+        const int64_t xa = x0 < 0 ? 0 : x0, xb = x0 + w.k < W ? x0 + w.k : W;
+        const int64_t ya = y0 < 0 ? 0 : y0, yb = y0 + w.k < H ? y0 + w.k : H;
+        float * r = out + q * C;
+        memcpy(r, xs + ((n * H + ya) * W + xa) * C, (size_t) C * sizeof(float));
+        for (int64_t iy = ya; iy < yb; iy++) {
+            for (int64_t ix = xa; ix < xb; ix++) {
+                const float * v = xs + ((n * H + iy) * W + ix) * C;
+                for (int64_t c = 0; c < C; c++) {
+                    r[c] = v[c] > r[c] ? v[c] : r[c];
+                }
+            }
+        }
+    }
+}
+
 static void gmn_op_zeros(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     int64_t lo, hi;
     gmn_split(ggml_nelements(dst), ith, nth, &lo, &hi);
@@ -182,9 +210,12 @@ struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_t
     return ggml_reshape_2d(ctx, ggml_get_rows(ctx, rows, idx), C * k * k, P);
 }
 
-struct ggml_tensor * gmn_cl_maxpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad) {
+struct ggml_tensor * gmn_cl_maxpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad) {
     const struct gmn_window w = { k, stride, pad };
     const int64_t C = x->ne[0], OW = gmn_out_side(x->ne[1], w), OH = gmn_out_side(x->ne[2], w), N = x->ne[3];
+    if (!grad) {
+        return ggml_custom_4d(ctx, GGML_TYPE_F32, C, OW, OH, N, &x, 1, gmn_op_maxpool, GGML_N_TASKS_MAX, gmn_window_pack(k, stride, pad));
+    }
     struct ggml_tensor * idx = ggml_custom_4d(ctx, GGML_TYPE_I32, C * OW * OH * N, 1, 1, 1, &x, 1, gmn_op_pool_argmax,
                                               GGML_N_TASKS_MAX, gmn_window_pack(k, stride, pad));
     struct ggml_tensor * picked = ggml_get_rows(ctx, ggml_reshape_2d(ctx, x, 1, ggml_nelements(x)), idx);
