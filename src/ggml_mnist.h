@@ -115,6 +115,7 @@ struct gmn_augment {
     float elastic;       /* [0, 8] pixels */
     float elastic_grid;  /* [2, 64] pixels; used when elastic > 0 */
     int   noise_pixels;  /* [0, pixels of an image] */
+    float flip;          /* [0, 1]: probability of mirroring an image left-right (objects and clothes, never digits) */
 };
 
 struct gmn_train_config {

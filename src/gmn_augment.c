@@ -38,6 +38,9 @@ int gmn_augment_check(const struct gmn_augment * aug, int h, int w) {
         return gmn_fail(GMN_E_INVALID, "augment: elastic_grid %g must be in [2, 64] pixels between control points",
                         (double) aug->elastic_grid);
     }
+    if (!gmn_in_range(aug->flip, 0.0f, 1.0f)) {
+        return gmn_fail(GMN_E_INVALID, "augment: flip %g must be a probability in [0, 1]", (double) aug->flip);
+    }
     if (aug->noise_pixels < 0 || (int64_t) aug->noise_pixels > (int64_t) h * w) {
         return gmn_fail(GMN_E_INVALID, "augment: noise_pixels %d must be in [0, %lld] (the pixels of an image)",
                         aug->noise_pixels, (long long) h * w);
@@ -47,7 +50,7 @@ int gmn_augment_check(const struct gmn_augment * aug, int h, int w) {
 
 int gmn_augment_active(const struct gmn_augment * aug) {
     return aug->shift > 0.0f || aug->rotate > 0.0f || aug->scale > 0.0f || aug->shear > 0.0f || aug->elastic > 0.0f ||
-           aug->noise_pixels > 0;
+           aug->noise_pixels > 0 || aug->flip > 0.0f;
 }
 
 static int64_t gmn_grid_points(float spacing, int side) {
@@ -153,7 +156,8 @@ static float gmn_sym(struct gmn_rng * rng, float range) {
     return (float) (2.0 * gmn_rng_uniform(rng) - 1.0) * range;
 }
 
-/* The inverse of content transform p -> R(rot) Sh(shear) s p + t about the centre, as gmn_resample's a[6]. */
+/* The inverse of content transform p -> R(rot) Sh(shear) s F p + t about the centre, as gmn_resample's a[6];
+ * F mirrors x with probability aug->flip (drawn last, and only when flip > 0, so other settings keep their streams). */
 static void gmn_draw_affine(const struct gmn_augment * aug, struct gmn_rng * rng, float a[6]) {
     const double deg = M_PI / 180.0;
     const double rot = gmn_sym(rng, aug->rotate) * deg;
@@ -165,9 +169,10 @@ static void gmn_draw_affine(const struct gmn_augment * aug, struct gmn_rng * rng
     const double m00 = s * c, m01 = s * (c * shear - sn), m10 = s * sn, m11 = s * (sn * shear + c);
     const double det = m00 * m11 - m01 * m10; /* = s^2 > 0 */
     const double i00 = m11 / det, i01 = -m01 / det, i10 = -m10 / det, i11 = m00 / det;
-    a[0] = (float) i00;
-    a[1] = (float) i01;
-    a[2] = (float) -(i00 * tx + i01 * ty);
+    const double f = aug->flip > 0.0f && gmn_rng_uniform(rng) < (double) aug->flip ? -1.0 : 1.0; /* F^-1 = F */
+    a[0] = (float) (f * i00);
+    a[1] = (float) (f * i01);
+    a[2] = (float) (-f * (i00 * tx + i01 * ty));
     a[3] = (float) i10;
     a[4] = (float) i11;
     a[5] = (float) -(i10 * tx + i11 * ty);

@@ -44,6 +44,32 @@ def test_right_angle_rotations_are_exact_and_four_make_the_identity():
     assert np.array_equal(out, image)
 
 
+def test_flip_mirrors_exactly_and_with_its_probability():
+    images = _images(400, 28, 28, seed=4)
+    mirrored = gm.augment_images(images, {"flip": 1.0}, seed=1)
+    assert np.array_equal(mirrored, images[:, :, ::-1] * SCALE)
+    assert np.array_equal(gm.augment_images(images, {"flip": 0.0}, seed=1), images * SCALE)
+    half = gm.augment_images(images, {"flip": 0.5}, seed=2)
+    flipped = [np.array_equal(h, m) for h, m in zip(half, mirrored)]
+    kept = [np.array_equal(h, x * SCALE) for h, x in zip(half, images)]
+    assert all(f != k for f, k in zip(flipped, kept))  # each image is either mirrored or untouched
+    assert 160 <= sum(flipped) <= 240
+
+
+def test_fashion_mnist_defaults_to_the_clothes_level(tmp_path):
+    """Digits' rotations and shears distort a garment; a model of a "photo" dataset gets shifts and mirroring."""
+    from synthetic import make_synthetic
+    make_synthetic(tmp_path / "fashion-mnist", n_train=60, n_test=20)
+    options = small_options("fc", augment=None)
+    del options["augment"]  # as when nothing is said: the preset's default ("light") applies to digits
+    model, _ = gm.train(data_dir=tmp_path, dataset="fashion-mnist", **options)
+    assert model.metadata["config"]["augment"] == "clothes"
+    digits, _ = gm.train(*gm.load_mnist(tmp_path / "fashion-mnist"), **options)
+    assert digits.metadata["config"]["augment"] == "light"
+    model, _ = gm.train(data_dir=tmp_path, dataset="fashion-mnist", **small_options("fc", augment="strong"))
+    assert model.metadata["config"]["augment"] == "strong"
+
+
 def test_half_pixel_shift_averages_neighbours():
     image = np.zeros((8, 8), np.float32)
     image[4, 4] = 1.0
@@ -166,6 +192,7 @@ def test_bad_specs_are_refused_by_name(spec, message):
     ({"shear": -1}, "shear -1 must be in [0, 60]"),
     ({"elastic": 2, "elastic_grid": 1}, "elastic_grid 1 must be in [2, 64]"),
     ({"noise_pixels": 785}, "noise_pixels 785 must be in [0, 784]"),
+    ({"flip": 1.5}, "flip 1.5 must be a probability in [0, 1]"),
 ])
 def test_out_of_range_values_are_refused_before_training(spec, message):
     images, labels = _uniform_classes(100)

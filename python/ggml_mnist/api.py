@@ -265,6 +265,10 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
     if first_epoch > cfg.epochs:
         raise ConfigError(f"resume: the model has already trained {len(history)} epochs; give epochs > {len(history)}")
     name = _dataset_name(images, data_dir, dataset)
+    if (config is None and options.get("augment") is None and resume is None and cfg.augment == "light"
+            and preparation(name) == "photo"):
+        # the digits' default distorts a garment's outline and never mirrors it: photos get their own level
+        cfg = cfg.replace(augment="clothes")
     source = os.fspath(images) if isinstance(images, (str, os.PathLike)) else (
         os.fspath(data_dir) if images is None and data_dir is not None else "array")
     images, labels = resolve_dataset(images, labels, "train", data_dir, dataset)

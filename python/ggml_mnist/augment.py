@@ -26,12 +26,15 @@ PARAMETERS: dict[str, str] = {
     "elastic": "largest elastic displacement, in pixels (0: off)",
     "elastic_grid": "distance between the elastic field's control points, in pixels",
     "noise_pixels": "pixels flipped (v -> 1 - v) per image, as in hello-dl",
+    "flip": "probability of mirroring an image left-right (clothes and objects; never for digits or letters)",
 }
 NONE: dict[str, float] = {name: 0.0 for name in PARAMETERS} | {"elastic_grid": 7.0, "noise_pixels": 0}
 LEVELS: dict[str, dict[str, float]] = {
     "none": NONE,
     "light": NONE | dict(shift=2.0, rotate=10.0, scale=0.1, shear=5.0),
     "strong": NONE | dict(shift=2.5, rotate=12.0, scale=0.12, shear=12.0, elastic=1.5, elastic_grid=7.0),
+    # photos of objects (Fashion-MNIST): small shifts and left-right mirroring, which keep a garment's outline
+    "clothes": NONE | dict(shift=2.0, scale=0.05, flip=0.5),
 }
 
 AugmentLike = Union[str, Mapping[str, Any], None]
