@@ -165,6 +165,7 @@ struct ggml_tensor * gmn_cl_relayout(struct ggml_context * ctx, struct ggml_tens
 struct ggml_tensor * gmn_outer_template(struct ggml_context * ctx);
 int  gmn_outer_adopt(struct ggml_tensor * t, const struct ggml_tensor * tmpl);
 struct ggml_tensor * gmn_cl_maxpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad);
+struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad);
 
 int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, const struct gmn_storage * storage,
                       gmn_model ** out);

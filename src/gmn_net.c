@@ -513,23 +513,19 @@ int gmn_forward_is_cl(const gmn_model * m) {
  *   multi-threaded im2col op, the others from get_rows, whose backward pass is a cheap scatter-add (ggml's
  *   im2col_back, its alternative, is slow);
  * - max pooling is get_rows of the elements an argmax op picks, so its backward pass is a scatter too;
- * - a dense layer reads the channels-fastest flattening of the GGUF contract with no permutation at all.
- * Average pooling goes through ggml's pool_2d, channels-first. */
+ * - average pooling is the gathered window times a constant averaging matrix;
+ * - a dense layer reads the channels-fastest flattening of the GGUF contract with no permutation at all. */
 static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,
                                            struct ggml_tensor * const * masks, int n_layers) {
     const struct gmn_net * net = &m->net;
     struct ggml_tensor * h = ggml_reshape_4d(ctx, x, 1, net->image_w, net->image_h, x->ne[1]);
     const int training = masks != NULL; /* the training graph passes its (possibly empty) mask array */
-    int spatial = 1, cl = 1, needs_grad = 0;
+    int spatial = 1, needs_grad = 0;
     int pooled = -1;
     for (int i = 0; i < n_layers; i++) {
         const struct gmn_layer * l = &net->layers[i];
         switch (l->kind) {
             case GMN_LAYER_CONV2D: {
-                if (!cl) {
-                    h = gmn_to_cl(ctx, h);
-                    cl = 1;
-                }
                 const int64_t C = h->ne[0], O = l->n_out;
                 const int64_t OW = (h->ne[1] + 2 * l->pad - l->k) / l->stride + 1, OH = (h->ne[2] + 2 * l->pad - l->k) / l->stride + 1;
                 const int64_t K = C * l->k * l->k;
@@ -560,18 +556,14 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
             }
             case GMN_LAYER_MAXPOOL2D:
                 if (i != pooled) {
-                    h = cl ? gmn_cl_maxpool(ctx, h, l->k, l->stride, l->pad, needs_grad) : gmn_pool(ctx, h, l);
+                    h = gmn_cl_maxpool(ctx, h, l->k, l->stride, l->pad, needs_grad);
                 }
                 break;
             case GMN_LAYER_AVGPOOL2D:
-                if (cl) {
-                    h = gmn_to_cf(ctx, h);
-                    cl = 0;
-                }
-                h = gmn_pool(ctx, h, l);
+                h = gmn_cl_avgpool(ctx, h, l->k, l->stride, l->pad, needs_grad);
                 break;
             case GMN_LAYER_DENSE:
-                if (spatial && cl) {
+                if (spatial) {
                     /* channels-last is the contract's flattening: the weight applies as it is */
                     h = ggml_reshape_2d(ctx, h, h->ne[0] * h->ne[1] * h->ne[2], h->ne[3]);
                     h = m->lw[i][0]->type == GGML_TYPE_F32 ? ggml_add(ctx, ggml_mul_mat(ctx, m->lw[i][0], h), m->lw[i][1])
@@ -589,14 +581,14 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
             case GMN_LAYER_DROPOUT:
                 if (masks != NULL && masks[i] != NULL) {
                     /* masks are laid out channels-first, like the activations gmn_model_dropout_mask reports */
-                    h = ggml_mul(ctx, h, spatial && cl ? gmn_to_cl(ctx, masks[i]) : masks[i]);
+                    h = ggml_mul(ctx, h, spatial ? gmn_to_cl(ctx, masks[i]) : masks[i]);
                 }
                 break;
             default:
                 break;
         }
     }
-    return spatial && cl ? gmn_to_cf(ctx, h) : h;
+    return spatial ? gmn_to_cf(ctx, h) : h;
 }
 
 struct ggml_tensor * gmn_forward_layers(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,

@@ -177,6 +177,21 @@ static void gmn_op_maxpool(struct ggml_tensor * dst, int ith, int nth, void * ud
     }
 }
 
+/* Average pooling's weights: dst [C*k*k, C], column c holds 1/(k*k) in the rows of channel c (rows are ordered
+ * channel fastest, as gmn_cl_gather_cols and gmn_cl_im2col order a window). */
+static void gmn_op_avg_matrix(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    const int64_t R = dst->ne[0], C = dst->ne[1];
+    const float v = (float) C / (float) R;
+    int64_t lo, hi;
+    gmn_split(C, ith, nth, &lo, &hi);
+    for (int64_t c = lo; c < hi; c++) {
+        float * col = (float *) dst->data + c * R;
+        for (int64_t r = 0; r < R; r++) {
+            col[r] = r % C == c ? v : 0.0f;
+        }
+    }
+}
+
 static void gmn_op_zeros(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     int64_t lo, hi;
     gmn_split(ggml_nelements(dst), ith, nth, &lo, &hi);
@@ -373,4 +388,15 @@ int gmn_outer_adopt(struct ggml_tensor * t, const struct ggml_tensor * tmpl) {
     memcpy(t->op_params, tmpl->op_params, sizeof(t->op_params));
     t->op = GGML_OP_CUSTOM;
     return 1;
+}
+
+/* Average pooling (zeros in the padding count, as in ggml's pool_2d) of a channels-last x: the window's pixels
+ * gathered as im2col columns, times a constant [C*k*k, C] averaging matrix; its backward pass is a matrix
+ * product and a scatter, all multi-threaded, with no layout change. */
+struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad) {
+    const struct gmn_window w = { k, stride, pad };
+    const int64_t C = x->ne[0], OW = gmn_out_side(x->ne[1], w), OH = gmn_out_side(x->ne[2], w), N = x->ne[3];
+    struct ggml_tensor * cols = grad ? gmn_cl_gather_cols(ctx, x, k, stride, pad) : gmn_cl_im2col(ctx, x, k, stride, pad, C * k * k);
+    struct ggml_tensor * avg = ggml_custom_4d(ctx, GGML_TYPE_F32, C * k * k, C, 1, 1, NULL, 0, gmn_op_avg_matrix, GGML_N_TASKS_MAX, NULL);
+    return ggml_reshape_4d(ctx, ggml_mul_mat(ctx, avg, cols), C, OW, OH, N);
 }
