@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import ggml_mnist as gm
+from ggml_mnist import cli
 from ggml_mnist._ffi import ffi, lib
 from ggml_mnist.augment import LEVELS, resolve_augment
 from helpers import THREADS, small_options
@@ -68,6 +69,10 @@ def test_fashion_mnist_defaults_to_the_clothes_level(tmp_path):
     assert digits.metadata["config"]["augment"] == "light"
     model, _ = gm.train(data_dir=tmp_path, dataset="fashion-mnist", **small_options("fc", augment="strong"))
     assert model.metadata["config"]["augment"] == "strong"
+    for extra, want in (([], "clothes"), (["--augment", "light"], "light")):
+        assert cli.train_main(["fc", str(tmp_path / "m.gguf"), "--data-dir", str(tmp_path), "--dataset", "fashion-mnist",
+                               "--epochs", "1", "--hidden", "8", "--batch-size", "20", "--quiet", *extra]) == 0
+        assert gm.load(tmp_path / "m.gguf").metadata["config"]["augment"] == want
 
 
 def test_half_pixel_shift_averages_neighbours():

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _ffi
 from ._ffi import ffi, lib
-from .augment import resolve_augment
+from .augment import for_dataset, resolve_augment
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
 from .data import has_split, load_mnist, read_idx, validate_dataset
 from .datasets import DATASETS, class_names, dataset_info, preparation
@@ -265,10 +265,9 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
     if first_epoch > cfg.epochs:
         raise ConfigError(f"resume: the model has already trained {len(history)} epochs; give epochs > {len(history)}")
     name = _dataset_name(images, data_dir, dataset)
-    if (config is None and options.get("augment") is None and resume is None and cfg.augment == "light"
-            and preparation(name) == "photo"):
+    if config is None and options.get("augment") is None and resume is None:
         # the digits' default distorts a garment's outline and never mirrors it: photos get their own level
-        cfg = cfg.replace(augment="clothes")
+        cfg = cfg.replace(augment=for_dataset(cfg.augment, preparation(name)))
     source = os.fspath(images) if isinstance(images, (str, os.PathLike)) else (
         os.fspath(data_dir) if images is None and data_dir is not None else "array")
     images, labels = resolve_dataset(images, labels, "train", data_dir, dataset)

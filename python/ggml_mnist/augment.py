@@ -40,6 +40,12 @@ LEVELS: dict[str, dict[str, float]] = {
 AugmentLike = Union[str, Mapping[str, Any], None]
 
 
+def for_dataset(augment: AugmentLike, preparation: str) -> AugmentLike:
+    """The default level adapted to a dataset: photos of objects ("photo" preparation, Fashion-MNIST) get
+    "clothes" where digits get "light"; anything else is returned unchanged."""
+    return "clothes" if augment == "light" and preparation == "photo" else augment
+
+
 def resolve_augment(spec: AugmentLike) -> dict[str, float]:
     """Return the full parameter dict (also a ``struct gmn_augment`` initialiser) for a level name ("none", "light",
     "strong") or a dict of parameters.

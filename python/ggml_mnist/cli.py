@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import api, download
-from .augment import LEVELS, PARAMETERS
+from .augment import LEVELS, PARAMETERS, for_dataset
 from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
 from .data import read_idx_header
 from .errors import ConfigError, GgmlMnistError, ModelIOError
-from .datasets import DATASETS, dataset_info
+from .datasets import DATASETS, dataset_info, preparation
 from .layers import canonical_preset, load_layers, preset_names, resolve_layers
 from .model import check_net, summary_lines
 
@@ -293,6 +293,8 @@ def _train(args: argparse.Namespace) -> int:
         options = {k: v for k, v in options.items() if k in ("epochs", "device", "threads")}
     else:
         config = TrainConfig.defaults(arch).replace(**options).validate()  # before any download
+        if args.augment is None:
+            config = config.replace(augment=for_dataset(config.augment, preparation(args.dataset)))
         # train() refuses an ARCH (with --hidden / --conv-channels) that is not the file's network
         options = dict(arch=arch, hidden=args.hidden, conv_channels=args.conv_channels) if args.init else {}
     _check_output(args.output, [p for p in (images, labels, start) if p is not None])
