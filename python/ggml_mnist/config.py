@@ -142,7 +142,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "minerva-cnn": dict(epochs=8, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
     "lenet5": dict(epochs=12, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
     "letters-cnn": dict(epochs=6, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
-    "best": dict(epochs=8, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05, augment="light"),
+    "best": dict(epochs=16, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05, augment="light"),
 }
 # The recipe of a network given as a layer list.
 GENERIC_RECIPE: dict[str, Any] = dict(epochs=10, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0)
