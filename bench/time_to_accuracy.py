@@ -3,6 +3,7 @@
     python bench/time_to_accuracy.py --arch fc --target 0.98
     python bench/time_to_accuracy.py --arch cnn --target 0.99
     python bench/time_to_accuracy.py --arch lenet5 --target 0.99   # any preset of ggml_mnist.presets()
+    python bench/time_to_accuracy.py --arch cnn --target 0.99 --stop-at-target
 
 Trains with the default recipe (ggml_mnist.TrainConfig.defaults) and evaluates the test set
 after every epoch; the reported time is training time only (evaluation excluded). Also reports
@@ -23,6 +24,8 @@ def main() -> None:
     p.add_argument("--arch", choices=list(gm.presets()), required=True)
     p.add_argument("--target", type=float, required=True, help="test accuracy to reach, e.g. 0.98")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epoch count (and so its schedule)")
+    p.add_argument("--stop-at-target", action="store_true", help="stop once the target is reached")
     p.add_argument("--data", default=os.environ.get("GGML_MNIST_DATA", "data/mnist"))
     args = p.parse_args()
     x, y = gm.load_mnist(args.data, "train")
@@ -35,8 +38,11 @@ def main() -> None:
         elapsed += stats.seconds
         acc = gm.evaluate(model, xt, yt, keep_probabilities=False).accuracy
         curve.append({"epoch": stats.epoch, "train_seconds": round(elapsed, 2), "test_accuracy": acc})
+        return not (args.stop_at_target and acc >= args.target)
 
     cfg = gm.TrainConfig.defaults(args.arch)
+    if args.epochs:
+        cfg = cfg.replace(epochs=args.epochs)
     model, _ = gm.train(x, y, config=cfg, threads=args.threads, progress=False, on_epoch=on_epoch)
     reached = next((c for c in curve if c["test_accuracy"] >= args.target), None)
     print(json.dumps({"arch": args.arch, "n_params": model.n_params, "target": args.target, "recipe": cfg.as_dict(),
