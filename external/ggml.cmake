@@ -152,7 +152,9 @@ foreach(_t IN LISTS _gmn_ggml_libs)
     get_target_property(_so ${_t} SOVERSION)
     set_target_properties(${_t} PROPERTIES VERSION "${_so}" INSTALL_RPATH "$ORIGIN")
 endforeach()
-install(TARGETS ${_gmn_ggml_libs} LIBRARY DESTINATION ggml_mnist/lib NAMELINK_SKIP COMPONENT ggml_mnist)
+install(TARGETS ${_gmn_ggml_libs}
+        LIBRARY DESTINATION ggml_mnist/lib NAMELINK_SKIP COMPONENT ggml_mnist
+        PUBLIC_HEADER DESTINATION include EXCLUDE_FROM_ALL)  # the module needs no headers at run time
 
 target_link_libraries(gmn_ggml INTERFACE ggml)
 set(GGML_MNIST_RPATH "$ORIGIN/lib")
