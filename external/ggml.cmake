@@ -12,6 +12,7 @@
 # The libraries are installed as ggml_mnist/lib/libggml*.so.0 (one file each, named by its SONAME),
 # with RUNPATH $ORIGIN, and the module finds them through RUNPATH $ORIGIN/lib.
 #
+# Mirror: GGML_MNIST_GGML_URL (CMake variable) downloads the same tarball from elsewhere; the hash is checked.
 # Offline: GGML_MNIST_GGML_SOURCE (CMake or environment variable) names a local copy of that tarball
 # (hash-checked as well, route "sdist") or an unpacked ggml source directory, either the sdist's root
 # or a ggml checkout (route "source-dir", not hash-checked).
@@ -28,7 +29,9 @@
 
 set(GGML_MNIST_GGML_VERSION "0.15.3")
 set(_gmn_sdist_name "ggml_python-0.0.45")
-set(_gmn_sdist_url "https://files.pythonhosted.org/packages/0f/0e/ef343189f9e31b651e57770d04a0e5fc64795d3ee9e8f46fe0fc5e0aa8e0/${_gmn_sdist_name}.tar.gz")
+set(GGML_MNIST_GGML_URL "https://files.pythonhosted.org/packages/0f/0e/ef343189f9e31b651e57770d04a0e5fc64795d3ee9e8f46fe0fc5e0aa8e0/${_gmn_sdist_name}.tar.gz"
+    CACHE STRING "ggml-mnist: where to download ${_gmn_sdist_name}.tar.gz (e.g. a PyPI mirror); its SHA-256 is checked")
+set(_gmn_sdist_url "${GGML_MNIST_GGML_URL}")
 set(_gmn_sdist_sha256 "10aac52075cf3c7ef2b00d6c35b1c23f7b018dbeff8ae8df67339b4be1166f05")
 
 foreach(_v GGML_MNIST_GGML_PREFIX GGML_MNIST_GGML_SOURCE)
