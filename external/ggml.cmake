@@ -140,7 +140,16 @@ endif()
 
 get_directory_property(_gmn_opts COMPILE_OPTIONS)
 add_compile_options($<$<COMPILE_LANGUAGE:C,CXX>:-fno-math-errno>)
+if(GGML_MNIST_GGML_ROUTE STREQUAL "sdist")
+    # ggml asks git for its commit; keep git from finding the repository around a build directory
+    # (it would report ours, and every commit of ours would recompile ggml)
+    set(_gmn_ceiling "$ENV{GIT_CEILING_DIRECTORIES}")
+    set(ENV{GIT_CEILING_DIRECTORIES} "${_deps}:${_gmn_ceiling}")
+endif()
 add_subdirectory("${_ggml_dir}" "${CMAKE_BINARY_DIR}/ggml" EXCLUDE_FROM_ALL)
+if(GGML_MNIST_GGML_ROUTE STREQUAL "sdist")
+    set(ENV{GIT_CEILING_DIRECTORIES} "${_gmn_ceiling}")
+endif()
 set_directory_properties(PROPERTIES COMPILE_OPTIONS "${_gmn_opts}")
 
 set(_gmn_backends "")
