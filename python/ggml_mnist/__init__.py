@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import layers, plot
+from ._build_info import build_info
 from ._ffi import ffi as _ffi_ffi, lib as _lib, set_verbose
 from .augment import augment_images
 from .api import EpochStats, EvalResult, evaluate, export_gguf, load, train
@@ -61,7 +62,7 @@ def devices() -> list[Device]:
 
 
 __all__ = [
-    "__version__", "ggml_version", "Device", "devices", "set_verbose",
+    "__version__", "ggml_version", "build_info", "Device", "devices", "set_verbose",
     "train", "evaluate", "load", "export_gguf", "Model", "TrainConfig", "EpochStats", "EvalResult",
     "prepare_image", "Prediction", "Digit", "DigitReading",
     "layers", "Sequential", "presets", "load_layers", "augment_images", "plot",
