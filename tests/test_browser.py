@@ -77,9 +77,11 @@ def _answer(driver: "webdriver.Chrome", expected: str) -> str:
 
 
 def _bars(driver: "webdriver.Chrome") -> tuple[list[float], list[float]]:
-    fills = driver.find_elements(By.CSS_SELECTOR, ".bar")
-    texts = driver.find_elements(By.CSS_SELECTOR, ".pct")
-    return [float(f.get_attribute("data-probability")) for f in fills], [float(t.text.split()[0]) for t in texts]
+    """The bars' probabilities and their percentage labels, read in one script (the page may redraw them)."""
+    probs, texts = driver.execute_script(
+        "return [Array.from(document.querySelectorAll('.bar'), e => e.getAttribute('data-probability')),"
+        " Array.from(document.querySelectorAll('.pct'), e => e.textContent)]")
+    return [float(p) for p in probs], [float(t.split()[0]) for t in texts]
 
 
 def test_draw_a_seven_and_the_page_reads_it(browser: "webdriver.Chrome", page_url: str, tmp_path: Path) -> None:
