@@ -472,6 +472,17 @@ static struct ggml_tensor * gmn_tanh(struct ggml_context * ctx, struct ggml_tens
     return ggml_scale_bias(ctx, e, -2.0f, 1.0f);
 }
 
+/* An element-wise activation layer (relu, silu, gelu, tanh); x itself for any other kind. */
+static struct ggml_tensor * gmn_activation(struct ggml_context * ctx, struct ggml_tensor * x, int kind) {
+    switch (kind) {
+        case GMN_LAYER_RELU: return ggml_relu(ctx, x);
+        case GMN_LAYER_SILU: return ggml_silu(ctx, x);
+        case GMN_LAYER_GELU: return gmn_gelu(ctx, x);
+        case GMN_LAYER_TANH: return gmn_tanh(ctx, x);
+        default:             return x;
+    }
+}
+
 static struct ggml_tensor * gmn_pool(struct ggml_context * ctx, struct ggml_tensor * x, const struct gmn_layer * l) {
     return ggml_pool_2d(ctx, x, l->kind == GMN_LAYER_MAXPOOL2D ? GGML_OP_POOL_MAX : GGML_OP_POOL_AVG,
                         l->k, l->k, l->stride, l->stride, (float) l->pad, (float) l->pad);
@@ -574,10 +585,6 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 spatial = 0;
                 needs_grad = training;
                 break;
-            case GMN_LAYER_RELU: h = ggml_relu(ctx, h); break;
-            case GMN_LAYER_SILU: h = ggml_silu(ctx, h); break;
-            case GMN_LAYER_GELU: h = gmn_gelu(ctx, h); break;
-            case GMN_LAYER_TANH: h = gmn_tanh(ctx, h); break;
             case GMN_LAYER_DROPOUT:
                 if (masks != NULL && masks[i] != NULL) {
                     /* masks are laid out channels-first, like the activations gmn_model_dropout_mask reports */
@@ -585,6 +592,7 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 }
                 break;
             default:
+                h = gmn_activation(ctx, h, l->kind);
                 break;
         }
     }
@@ -623,16 +631,13 @@ struct ggml_tensor * gmn_forward_layers(const gmn_model * m, struct ggml_context
                 h = gmn_dense(ctx, h, m->lw[i][0], m->lw[i][1], spatial);
                 spatial = 0;
                 break;
-            case GMN_LAYER_RELU: h = ggml_relu(ctx, h); break;
-            case GMN_LAYER_SILU: h = ggml_silu(ctx, h); break;
-            case GMN_LAYER_GELU: h = gmn_gelu(ctx, h); break;
-            case GMN_LAYER_TANH: h = gmn_tanh(ctx, h); break;
             case GMN_LAYER_DROPOUT:
                 if (masks != NULL && masks[i] != NULL) {
                     h = ggml_mul(ctx, h, masks[i]);
                 }
                 break;
             default:
+                h = gmn_activation(ctx, h, l->kind);
                 break;
         }
     }

@@ -92,6 +92,18 @@ static void gmn_op_im2col_rows(struct ggml_tensor * dst, int ith, int nth, void 
     }
 }
 
+/* The in-image part [*xa, *xb) x [*ya, *yb) of the pooling window of output pixel q of an [C, W, H, N] input, and
+ * its image *n (a window with padding p <= k/2 always keeps at least one input pixel). */
+static void gmn_pool_window(int64_t q, int64_t W, int64_t H, int64_t OW, int64_t OH, struct gmn_window w,
+                            int64_t * xa, int64_t * xb, int64_t * ya, int64_t * yb, int64_t * n) {
+    const int64_t x0 = (q % OW) * w.s - w.p, y0 = ((q / OW) % OH) * w.s - w.p;
+    *n = q / (OW * OH);
+    *xa = x0 < 0 ? 0 : x0;
+    *xb = x0 + w.k < W ? x0 + w.k : W;
+    *ya = y0 < 0 ? 0 : y0;
+    *yb = y0 + w.k < H ? y0 + w.k : H;
+}
+
 /* Max pooling's choice: for each output element of a channels-last x [C, W, H, N] (src 0), the flat index of
  * the first largest input element in its window (positions in the padding never win). dst I32 [C*OW*OH*N]. */
 static void gmn_op_pool_argmax(struct ggml_tensor * dst, int ith, int nth, void * ud) {
@@ -104,10 +116,8 @@ static void gmn_op_pool_argmax(struct ggml_tensor * dst, int ith, int nth, void 
     int64_t lo, hi;
     gmn_split(P, ith, nth, &lo, &hi);
     for (int64_t q = lo; q < hi; q++) {
-        const int64_t ox = q % OW, oy = (q / OW) % OH, n = q / (OW * OH);
-        const int64_t x0 = ox * w.s - w.p, y0 = oy * w.s - w.p;
-        const int64_t xa = x0 < 0 ? 0 : x0, xb = x0 + w.k < W ? x0 + w.k : W;
-        const int64_t ya = y0 < 0 ? 0 : y0, yb = y0 + w.k < H ? y0 + w.k : H;
+        int64_t xa, xb, ya, yb, n;
+        gmn_pool_window(q, W, H, OW, OH, w, &xa, &xb, &ya, &yb, &n);
         int32_t * r = out + q * C;
         const int64_t first = ((n * H + ya) * W + xa) * C;
         for (int64_t c = 0; c < C; c++) {
@@ -160,10 +170,8 @@ static void gmn_op_maxpool(struct ggml_tensor * dst, int ith, int nth, void * ud
     int64_t lo, hi;
     gmn_split(P, ith, nth, &lo, &hi);
     for (int64_t q = lo; q < hi; q++) {
-        const int64_t ox = q % OW, oy = (q / OW) % OH, n = q / (OW * OH);
-        const int64_t x0 = ox * w.s - w.p, y0 = oy * w.s - w.p;
-        const int64_t xa = x0 < 0 ? 0 : x0, xb = x0 + w.k < W ? x0 + w.k : W;
-        const int64_t ya = y0 < 0 ? 0 : y0, yb = y0 + w.k < H ? y0 + w.k : H;
+        int64_t xa, xb, ya, yb, n;
+        gmn_pool_window(q, W, H, OW, OH, w, &xa, &xb, &ya, &yb, &n);
         float * r = out + q * C;
         memcpy(r, xs + ((n * H + ya) * W + xa) * C, (size_t) C * sizeof(float));
         for (int64_t iy = ya; iy < yb; iy++) {
