@@ -195,6 +195,9 @@ def kill_campaign(directory: Path, kills: int, hidden: int, seed: int = 0, max_d
     from ggml_mnist import Model
 
     path = directory / "model.gguf"
+    # each save ends in fsync; on ext4 that also waits for every other dirty page on the disk (a fresh
+    # install's or an earlier test's), which can hold a SIGKILLed saver in the kernel for minutes: start clean
+    os.sync()
     with Model.create("fc", hidden=hidden, threads=1, seed=7) as reference:
         expected = reference.get_weights()
     rng = random.Random(seed)
