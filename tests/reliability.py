@@ -130,7 +130,10 @@ def train_memory(n_images: int) -> dict[str, Any]:
 
 # ---- killing a process while it saves ------------------------------------------------------------------------
 _SAVER = """
+    import signal
     import sys
+    # Ctrl-C raises KeyboardInterrupt even when this test runs under a parent that ignores SIGINT (a background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import ggml_mnist as gm
     path, hidden = sys.argv[1], int(sys.argv[2])
     model = gm.Model.create("fc", hidden=hidden, threads=1, seed=7)
