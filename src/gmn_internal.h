@@ -160,10 +160,16 @@ int  gmn_forward_is_cl(const gmn_model * model);
 /* gmn_ops.c: channels-last CPU ops ([C, W, H, N]); see gmn_forward_cl */
 struct ggml_tensor * gmn_cl_im2col(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int64_t rows);
 struct ggml_tensor * gmn_cl_pad_rows(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows);
-struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad);
+struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int extra);
 struct ggml_tensor * gmn_cl_relayout(struct ggml_context * ctx, struct ggml_tensor * x, int to_cf);
-struct ggml_tensor * gmn_outer_template(struct ggml_context * ctx);
-int  gmn_outer_adopt(struct ggml_tensor * t, const struct ggml_tensor * tmpl);
+struct ggml_tensor * gmn_cl_act_linearized(struct ggml_context * ctx, struct ggml_tensor * x, int kind);
+/* the shim's kernels for ggml ops of the CPU training graph (op parameter templates), swapped in before each
+ * node runs by gmn_cpu_kernels_adopt: out_prod, get_rows, get_rows_back, repeat_back onto a vector, acc at 0 */
+struct gmn_cpu_kernels {
+    struct ggml_tensor * outer, * get_rows, * get_rows_back, * sum_rows_into, * acc_front;
+};
+void gmn_cpu_kernels_init(struct ggml_context * ctx, struct gmn_cpu_kernels * k);
+int  gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels * k);
 struct ggml_tensor * gmn_cl_maxpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad);
 struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad);
 

@@ -542,9 +542,19 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 const int64_t K = C * l->k * l->k;
                 /* ggml's fast f32 matrix product (llamafile's) takes only row lengths that are a multiple of 8; the
                  * im2col op can pad its columns with zeros for free, and the kernel gets zero rows to match */
-                const int64_t Kp = !needs_grad && ggml_cpu_has_llamafile() ? (K + 7) / 8 * 8 : K;
+                int64_t Kp = ggml_cpu_has_llamafile() ? (K + 7) / 8 * 8 : K;
+                int extra = 0; /* gathered columns grow by whole rows of C: the fewest that make K a multiple of 8 */
+                if (needs_grad && Kp > K) {
+                    int e = 1;
+                    while ((K + C * e) % 8 != 0 && e < 8) {
+                        e++;
+                    }
+                    const int pays = (K + C * e) % 8 == 0 && C * e <= K / 4; /* at most a quarter more work */
+                    extra = pays ? e : 0;
+                    Kp = K + C * extra;
+                }
                 /* (needs_grad is only ever set in the training graph) */
-                struct ggml_tensor * cols = needs_grad ? gmn_cl_gather_cols(ctx, h, l->k, l->stride, l->pad)
+                struct ggml_tensor * cols = needs_grad ? gmn_cl_gather_cols(ctx, h, l->k, l->stride, l->pad, extra)
                                                        : gmn_cl_im2col(ctx, h, l->k, l->stride, l->pad, Kp);
                 struct ggml_tensor * w = m->lw[i][0]; /* [k, k, C, O] */
                 if (C > 1) {
@@ -592,7 +602,11 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 }
                 break;
             default:
-                h = gmn_activation(ctx, h, l->kind);
+                if (training && (l->kind == GMN_LAYER_TANH || l->kind == GMN_LAYER_GELU) && ggml_is_contiguous(h)) {
+                    h = gmn_cl_act_linearized(ctx, h, l->kind);
+                } else {
+                    h = gmn_activation(ctx, h, l->kind);
+                }
                 break;
         }
     }

@@ -9,19 +9,25 @@
  * pointer to memory outliving the graph is needed. */
 #include "gmn_internal.h"
 
+#include <math.h>
 #include <string.h>
 
 struct gmn_window {
-    int64_t k, s, p;
+    int64_t k, s, p, e; /* kernel side, stride, padding; e: zero rows appended to each gathered column */
 };
 
 void * gmn_window_pack(int k, int stride, int pad) {
     return (void *) (uintptr_t) ((uint32_t) k | (uint32_t) stride << 8 | (uint32_t) pad << 16);
 }
 
+static void * gmn_window_pack_extra(int k, int stride, int pad, int extra) {
+    return (void *) (uintptr_t) ((uint32_t) k | (uint32_t) stride << 8 | (uint32_t) pad << 16 | (uint32_t) extra << 24);
+}
+
 static struct gmn_window gmn_window_unpack(void * ud) {
     const uintptr_t v = (uintptr_t) ud;
-    return (struct gmn_window) { (int64_t) (v & 0xff), (int64_t) ((v >> 8) & 0xff), (int64_t) ((v >> 16) & 0xff) };
+    return (struct gmn_window) { (int64_t) (v & 0xff), (int64_t) ((v >> 8) & 0xff), (int64_t) ((v >> 16) & 0xff),
+                                 (int64_t) ((v >> 24) & 0xff) };
 }
 
 static int64_t gmn_out_side(int64_t in, struct gmn_window w) {
@@ -50,31 +56,41 @@ static void gmn_op_im2col(struct ggml_tensor * dst, int ith, int nth, void * ud)
     for (int64_t q = lo; q < hi; q++) {
         const int64_t ox = q % OW, oy = (q / OW) % OH, n = q / (OW * OH);
         float * col = out + q * dst->ne[0];
-        if (dst->ne[0] > K) {
-            memset(col + K, 0, (size_t) (dst->ne[0] - K) * sizeof(float));
+        for (int64_t r = K; r < dst->ne[0]; r++) {
+            col[r] = 0.0f;
         }
-        for (int64_t ky = 0; ky < w.k; ky++) {
+        const int64_t x0 = ox * w.s - w.p;
+        const int64_t ka = x0 < 0 ? -x0 : 0, kb = x0 + w.k > W ? W - x0 : w.k; /* kernel columns inside the image */
+        for (int64_t ky = 0; ky < w.k; ky++, col += w.k * C) {
             const int64_t iy = oy * w.s - w.p + ky;
-            for (int64_t kx = 0; kx < w.k; kx++, col += C) {
-                const int64_t ix = ox * w.s - w.p + kx;
-                if (ix < 0 || ix >= W || iy < 0 || iy >= H) {
-                    memset(col, 0, (size_t) C * sizeof(float));
-                } else {
-                    memcpy(col, xs + ((n * H + iy) * W + ix) * C, (size_t) C * sizeof(float));
+            if (iy < 0 || iy >= H || kb <= ka) {
+                for (int64_t r = 0; r < w.k * C; r++) {
+                    col[r] = 0.0f;
                 }
+                continue;
+            }
+            const float * v = xs + ((n * H + iy) * W + x0 + ka) * C; /* kernel column ka */
+            for (int64_t r = 0; r < ka * C; r++) {
+                col[r] = 0.0f;
+            }
+            for (int64_t r = 0; r < (kb - ka) * C; r++) {
+                col[ka * C + r] = v[r];
+            }
+            for (int64_t r = kb * C; r < w.k * C; r++) {
+                col[r] = 0.0f;
             }
         }
     }
 }
 
 /* The rows of a channels-last x [C, W, H, N] (src 0, read for its shape only) that im2col would gather, for
- * get_rows: dst I32 [k*k*OW*OH*N], the kernel offset fastest; a position outside the image reads row W*H*N,
- * which the caller makes a zero row. */
+ * get_rows: dst I32 [(k*k + e)*OW*OH*N], the kernel offset fastest, then e more rows; a position outside the
+ * image, and each of the e rows, reads row W*H*N, which the caller makes a zero row. */
 static void gmn_op_im2col_rows(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     const struct ggml_tensor * x = dst->src[0];
     const struct gmn_window w = gmn_window_unpack(ud);
     const int64_t W = x->ne[1], H = x->ne[2], N = x->ne[3];
-    const int64_t OW = gmn_out_side(W, w), OH = gmn_out_side(H, w), P = OW * OH * N, KK = w.k * w.k;
+    const int64_t OW = gmn_out_side(W, w), OH = gmn_out_side(H, w), P = OW * OH * N, KK = w.k * w.k + w.e;
     const int32_t zero = (int32_t) (W * H * N);
     int32_t * out = (int32_t *) dst->data;
     int64_t lo, hi;
@@ -88,6 +104,9 @@ static void gmn_op_im2col_rows(struct ggml_tensor * dst, int ith, int nth, void 
                 const int64_t ix = ox * w.s - w.p + kx;
                 *r++ = ix < 0 || ix >= W || iy < 0 || iy >= H ? zero : (int32_t) ((n * H + iy) * W + ix);
             }
+        }
+        for (int64_t e = 0; e < w.e; e++) {
+            *r++ = zero;
         }
     }
 }
@@ -207,7 +226,7 @@ static void gmn_op_zeros(struct ggml_tensor * dst, int ith, int nth, void * ud) 
 }
 
 struct ggml_tensor * gmn_cl_im2col(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int64_t rows) {
-    const struct gmn_window w = { k, stride, pad };
+    const struct gmn_window w = { k, stride, pad, 0 };
     const int64_t P = gmn_out_side(x->ne[1], w) * gmn_out_side(x->ne[2], w) * x->ne[3];
     return ggml_custom_4d(ctx, GGML_TYPE_F32, rows, P, 1, 1, &x, 1, gmn_op_im2col, GGML_N_TASKS_MAX,
                           gmn_window_pack(k, stride, pad));
@@ -218,23 +237,26 @@ struct ggml_tensor * gmn_cl_pad_rows(struct ggml_context * ctx, struct ggml_tens
     return ggml_acc(ctx, zeros, a, zeros->nb[1], zeros->nb[2], zeros->nb[3], 0);
 }
 
-struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad) {
-    const struct gmn_window w = { k, stride, pad };
+/* The im2col columns of x [C, W, H, N] gathered with get_rows: [C*(k*k + extra), OW*OH*N], the last C*extra rows
+ * zero (padding for a faster matrix product) */
+struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int extra) {
+    const struct gmn_window w = { k, stride, pad, extra };
     const int64_t C = x->ne[0], R = x->ne[1] * x->ne[2] * x->ne[3];
     const int64_t P = gmn_out_side(x->ne[1], w) * gmn_out_side(x->ne[2], w) * x->ne[3];
     struct ggml_tensor * rows = ggml_reshape_2d(ctx, x, C, R);
-    if (pad > 0) {
+    if (pad > 0 || extra > 0) {
         /* one zero row after the pixels, for the positions in the padding; acc passes the gradient to x */
         struct ggml_tensor * zeros = ggml_custom_4d(ctx, GGML_TYPE_F32, C, R + 1, 1, 1, NULL, 0, gmn_op_zeros, GGML_N_TASKS_MAX, NULL);
         rows = ggml_acc(ctx, zeros, rows, zeros->nb[1], zeros->nb[2], zeros->nb[3], 0);
     }
-    struct ggml_tensor * idx = ggml_custom_4d(ctx, GGML_TYPE_I32, (int64_t) k * k * P, 1, 1, 1, &x, 1, gmn_op_im2col_rows,
-                                              GGML_N_TASKS_MAX, gmn_window_pack(k, stride, pad));
-    return ggml_reshape_2d(ctx, ggml_get_rows(ctx, rows, idx), C * k * k, P);
+    const int64_t KK = (int64_t) k * k + extra;
+    struct ggml_tensor * idx = ggml_custom_4d(ctx, GGML_TYPE_I32, KK * P, 1, 1, 1, &x, 1, gmn_op_im2col_rows,
+                                              GGML_N_TASKS_MAX, gmn_window_pack_extra(k, stride, pad, extra));
+    return ggml_reshape_2d(ctx, ggml_get_rows(ctx, rows, idx), C * KK, P);
 }
 
 struct ggml_tensor * gmn_cl_maxpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad) {
-    const struct gmn_window w = { k, stride, pad };
+    const struct gmn_window w = { k, stride, pad, 0 };
     const int64_t C = x->ne[0], OW = gmn_out_side(x->ne[1], w), OH = gmn_out_side(x->ne[2], w), N = x->ne[3];
     if (!grad) {
         return ggml_custom_4d(ctx, GGML_TYPE_F32, C, OW, OH, N, &x, 1, gmn_op_maxpool, GGML_N_TASKS_MAX, gmn_window_pack(k, stride, pad));
@@ -255,13 +277,63 @@ struct ggml_tensor * gmn_cl_relayout(struct ggml_context * ctx, struct ggml_tens
                  : ggml_reshape_4d(ctx, y, x->ne[2], x->ne[0], x->ne[1], x->ne[3]);
 }
 
+/* ---- element-wise activations for the training graph, as a linearisation --------------------------------
+ * ggml's CPU backend has no backward pass for tanh, and building tanh or GELU from ops that have one costs five
+ * element-wise passes forward and as many backward. Instead the shim computes, in one multi-threaded pass, the
+ * derivative d = f'(x) and the offset c = f(x) - x*d (x*d rounded, as ggml's mul rounds it), and the graph
+ * computes y = x*d + c with ggml's mul and add: y equals f(x) to a rounding, and its gradient is d. d and c need
+ * no gradient: the op reads x through a one-element I32 node (ggml never differentiates I32 tensors), which also
+ * keeps x alive and computed before the op runs. */
+static void gmn_op_nop(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    (void) dst, (void) ith, (void) nth, (void) ud;
+}
+
+static void gmn_op_act_lin(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    const struct ggml_tensor * x = dst->src[0]->src[0];
+    const int kind = (int) (uintptr_t) ud;
+    const int64_t n = dst->ne[0];
+    const float * xs = (const float *) x->data;
+    float * d = (float *) dst->data;
+    float * c = d + n;
+    int64_t lo, hi;
+    gmn_split(n, ith, nth, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) {
+        const float v = xs[i];
+        float f, g;
+        if (kind == GMN_LAYER_TANH) {
+            f = tanhf(v);
+            g = 1.0f - f * f;
+        } else { /* GELU, tanh approximation */
+            const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+            const float t = tanhf(k * (v + 0.044715f * v * v * v));
+            f = 0.5f * v * (1.0f + t);
+            g = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * v * v);
+        }
+        volatile float p = v * g; /* rounded on its own, never fused into the subtraction */
+        d[i] = g;
+        c[i] = f - p;
+    }
+}
+
+/* tanh or GELU of a contiguous f32 x, for a graph that differentiates it (see above) */
+struct ggml_tensor * gmn_cl_act_linearized(struct ggml_context * ctx, struct ggml_tensor * x, int kind) {
+    const int64_t n = ggml_nelements(x);
+    struct ggml_tensor * tok = ggml_custom_4d(ctx, GGML_TYPE_I32, 1, 1, 1, 1, &x, 1, gmn_op_nop, 1, NULL);
+    struct ggml_tensor * dc = ggml_custom_4d(ctx, GGML_TYPE_F32, n, 2, 1, 1, &tok, 1, gmn_op_act_lin, GGML_N_TASKS_MAX,
+                                             (void *) (uintptr_t) kind);
+    const size_t nb1 = x->ne[0] * sizeof(float), nb2 = nb1 * x->ne[1], nb3 = nb2 * x->ne[2];
+    struct ggml_tensor * d = ggml_view_4d(ctx, dc, x->ne[0], x->ne[1], x->ne[2], x->ne[3], nb1, nb2, nb3, 0);
+    struct ggml_tensor * c = ggml_view_4d(ctx, dc, x->ne[0], x->ne[1], x->ne[2], x->ne[3], nb1, nb2, nb3, n * sizeof(float));
+    return ggml_add(ctx, ggml_mul(ctx, x, d), c);
+}
+
 /* ---- matrix products for ggml's backward pass ------------------------------------------------------ */
 /* ggml's autodiff writes the gradients of a matrix product as out_prod ops, d[i0, i1] = sum_j a[i0, j] b[i1, j],
  * and its CPU kernel for them accumulates one column of a at a time through a single register, which bounds
  * it to a few flops per cycle; in a training step it takes 40-50 % of the time of the dense and wide
  * convolutional networks. gmn_outer computes exactly the same sum (in another order, so the values agree
  * to rounding) in 16 x 6 register tiles that the compiler keeps in vector registers, on all of ggml's threads.
- * gmn_train.c swaps it in for out_prod nodes of the CPU training graph (gmn_outer_adopt) before they run. */
+ * gmn_train.c swaps it in for out_prod nodes of the CPU training graph (gmn_cpu_kernels_adopt) before they run. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define GMN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
@@ -377,34 +449,191 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
     }
 }
 
-struct ggml_tensor * gmn_outer_template(struct ggml_context * ctx) {
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_outer, GGML_N_TASKS_MAX, NULL);
+/* ---- other kernels of ggml's that the CPU training graph swaps for the shim's ----------------------------
+ * ggml runs get_rows_back, repeat_back and acc's copy on one thread, and its get_rows spends more time on index
+ * arithmetic than on copying the one-float rows that max pooling gathers. These compute exactly the same values,
+ * in the same order per element, so swapping them changes no result bit; they only split the work over threads. */
+
+/* get_rows: dst [nc, nr] = rows idx[0..nr) of src [nc, *] */
+static void gmn_op_get_rows(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    (void) ud;
+    const struct ggml_tensor * src = dst->src[0];
+    const int32_t * idx = (const int32_t *) dst->src[1]->data;
+    const int64_t nc = src->ne[0], nr = dst->ne[1];
+    const size_t snb = src->nb[1];
+    const char * s = (const char *) src->data;
+    float * d = (float *) dst->data;
+    int64_t lo, hi;
+    gmn_split(nr, ith, nth, &lo, &hi);
+    if (nc == 1) {
+        for (int64_t i = lo; i < hi; i++) {
+            d[i] = *(const float *) (s + (size_t) idx[i] * snb);
+        }
+        return;
+    }
+    for (int64_t i = lo; i < hi; i++) {
+        const float * r = (const float *) (s + (size_t) idx[i] * snb);
+        float * o = d + i * nc;
+        for (int64_t c = 0; c < nc; c++) {
+            o[c] = r[c];
+        }
+    }
 }
 
-/* Turns out_prod node t into gmn_outer, with the op parameters of tmpl (from gmn_outer_template: this keeps
- * to ggml's public API for building the parameters), when its operands are plain 2-D f32 matrices. */
-int gmn_outer_adopt(struct ggml_tensor * t, const struct ggml_tensor * tmpl) {
-    const struct ggml_tensor * a = t->src[0];
-    const struct ggml_tensor * b = t->src[1];
-    if (t->op != GGML_OP_OUT_PROD || a == NULL || b == NULL || t->type != GGML_TYPE_F32 || a->type != GGML_TYPE_F32 ||
-        b->type != GGML_TYPE_F32 || ggml_n_dims(t) > 2 || ggml_n_dims(a) > 2 || ggml_n_dims(b) > 2 ||
-        a->nb[0] != sizeof(float) || t->nb[0] != sizeof(float) || a->nb[1] % sizeof(float) != 0 ||
-        b->nb[0] % sizeof(float) != 0 || b->nb[1] % sizeof(float) != 0 || t->nb[1] % sizeof(float) != 0 ||
-        a->ne[1] != b->ne[1] || t->ne[0] != a->ne[0] || t->ne[1] != b->ne[0]) {
-        return 0;
+/* get_rows_back: dst [nc, R] = 0, then row idx[i] += grad row i for i = 0, 1, ... (ggml's order); each thread
+ * owns a range of dst's rows and scans all of idx */
+static void gmn_op_get_rows_back(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    (void) ud;
+    const struct ggml_tensor * g = dst->src[0];
+    const int32_t * idx = (const int32_t *) dst->src[1]->data;
+    const int64_t nc = dst->ne[0], nr = g->ne[1];
+    const size_t gnb = g->nb[1];
+    const char * gs = (const char *) g->data;
+    float * d = (float *) dst->data;
+    int64_t lo, hi;
+    gmn_split(dst->ne[1], ith, nth, &lo, &hi);
+    memset(d + lo * nc, 0, (size_t) ((hi - lo) * nc) * sizeof(float));
+    for (int64_t i = 0; i < nr; i++) {
+        const int64_t r = idx[i];
+        if (r < lo || r >= hi) {
+            continue;
+        }
+        const float * gr = (const float *) (gs + (size_t) i * gnb);
+        float * o = d + r * nc;
+        for (int64_t c = 0; c < nc; c++) {
+            o[c] = o[c] + gr[c];
+        }
     }
+}
+
+/* repeat_back onto a vector: dst [nc] = sum of src's rows [nc, ...] in memory order (ggml's order); each
+ * thread owns a range of the columns */
+static void gmn_op_sum_rows_into(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    (void) ud;
+    const struct ggml_tensor * src = dst->src[0];
+    const int64_t nc = dst->ne[0], nr = ggml_nelements(src) / nc;
+    const float * s = (const float *) src->data;
+    float * d = (float *) dst->data;
+    int64_t lo, hi;
+    gmn_split((nc + 7) / 8, ith, nth, &lo, &hi);
+    for (int64_t c0 = lo * 8; c0 < hi * 8 && c0 < nc; c0 += 8) {
+        const int64_t w = nc - c0 < 8 ? nc - c0 : 8;
+        float acc[8] = { 0 };
+        for (int64_t r = 0; r < nr; r++) {
+            const float * sr = s + r * nc + c0;
+            if (w == 8) {
+                for (int c = 0; c < 8; c++) {
+                    acc[c] = acc[c] + sr[c];
+                }
+            } else {
+                for (int64_t c = 0; c < w; c++) {
+                    acc[c] = acc[c] + sr[c];
+                }
+            }
+        }
+        memcpy(d + c0, acc, (size_t) w * sizeof(float));
+    }
+}
+
+/* acc at offset 0 of a contiguous block: dst = src0, plus src1 on its first nelements(src1) elements */
+static void gmn_op_acc_front(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    (void) ud;
+    const float * a = (const float *) dst->src[0]->data;
+    const float * b = (const float *) dst->src[1]->data;
+    const int64_t nb = ggml_nelements(dst->src[1]);
+    float * d = (float *) dst->data;
+    int64_t lo, hi;
+    gmn_split(ggml_nelements(dst), ith, nth, &lo, &hi);
+    const int64_t mid = hi < nb ? hi : (lo > nb ? lo : nb);
+    for (int64_t k = lo; k < mid; k++) {
+        d[k] = a[k] + b[k];
+    }
+    if (hi > mid && d != a) {
+        memcpy(d + mid, a + mid, (size_t) (hi - mid) * sizeof(float));
+    }
+}
+
+void gmn_cpu_kernels_init(struct ggml_context * ctx, struct gmn_cpu_kernels * k) {
+    k->outer         = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_outer, GGML_N_TASKS_MAX, NULL);
+    k->get_rows      = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_get_rows, GGML_N_TASKS_MAX, NULL);
+    k->get_rows_back = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_get_rows_back, GGML_N_TASKS_MAX, NULL);
+    k->sum_rows_into = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_sum_rows_into, GGML_N_TASKS_MAX, NULL);
+    k->acc_front     = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_acc_front, GGML_N_TASKS_MAX, NULL);
+}
+
+static int gmn_f32(const struct ggml_tensor * t) {
+    return t != NULL && t->type == GGML_TYPE_F32;
+}
+
+static int gmn_plain_vector_i32(const struct ggml_tensor * t) {
+    return t != NULL && t->type == GGML_TYPE_I32 && ggml_is_contiguous(t) && ggml_nelements(t) == t->ne[0];
+}
+
+/* f32 rows [ne0, ne1] with contiguous elements (rows may be strided) */
+static int gmn_f32_rows(const struct ggml_tensor * t) {
+    return gmn_f32(t) && t->nb[0] == sizeof(float) && t->ne[2] == 1 && t->ne[3] == 1 && t->nb[1] % sizeof(float) == 0;
+}
+
+static int gmn_adopt(struct ggml_tensor * t, const struct ggml_tensor * tmpl) {
     memcpy(t->op_params, tmpl->op_params, sizeof(t->op_params));
     t->op = GGML_OP_CUSTOM;
     return 1;
+}
+
+/* Turns node t of the CPU training graph into the shim's kernel for its op when there is one and t's operands
+ * are of the plain kinds it handles; returns whether it did. Called before t runs (gmn_train.c's eval callback). */
+int gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels * k) {
+    const struct ggml_tensor * a = t->src[0];
+    const struct ggml_tensor * b = t->src[1];
+    switch (t->op) {
+        case GGML_OP_OUT_PROD:
+            if (a == NULL || b == NULL || !gmn_f32(t) || !gmn_f32(a) || !gmn_f32(b) || ggml_n_dims(t) > 2 ||
+                ggml_n_dims(a) > 2 || ggml_n_dims(b) > 2 || a->nb[0] != sizeof(float) || t->nb[0] != sizeof(float) ||
+                a->nb[1] % sizeof(float) != 0 || b->nb[0] % sizeof(float) != 0 || b->nb[1] % sizeof(float) != 0 ||
+                t->nb[1] % sizeof(float) != 0 || a->ne[1] != b->ne[1] || t->ne[0] != a->ne[0] || t->ne[1] != b->ne[0]) {
+                return 0;
+            }
+            return gmn_adopt(t, k->outer);
+        case GGML_OP_GET_ROWS:
+            if (!gmn_f32_rows(a) || !gmn_plain_vector_i32(b) || !gmn_f32(t) || !ggml_is_contiguous(t) ||
+                t->ne[0] != a->ne[0] || t->ne[1] != b->ne[0] || ggml_nelements(t) != t->ne[0] * t->ne[1]) {
+                return 0;
+            }
+            return gmn_adopt(t, k->get_rows);
+        case GGML_OP_GET_ROWS_BACK:
+            if (!gmn_f32_rows(a) || !gmn_plain_vector_i32(b) || !gmn_f32(t) || !ggml_is_contiguous(t) ||
+                t->ne[0] != a->ne[0] || a->ne[1] != b->ne[0] || ggml_nelements(t) != t->ne[0] * t->ne[1]) {
+                return 0;
+            }
+            return gmn_adopt(t, k->get_rows_back);
+        case GGML_OP_REPEAT_BACK:
+            if (!gmn_f32(a) || !gmn_f32(t) || !ggml_is_contiguous(a) || !ggml_is_contiguous(t) ||
+                ggml_nelements(t) != t->ne[0] || a->ne[0] != t->ne[0] || t->ne[0] == 0) {
+                return 0;
+            }
+            return gmn_adopt(t, k->sum_rows_into);
+        case GGML_OP_ACC: {
+            const int32_t * p = (const int32_t *) t->op_params; /* nb1, nb2, nb3, offset, inplace */
+            if (!gmn_f32(a) || !gmn_f32(b) || !gmn_f32(t) || !ggml_is_contiguous(a) || !ggml_is_contiguous(b) ||
+                !ggml_is_contiguous(t) || !ggml_are_same_shape(a, t) || p[3] != 0 || ggml_nelements(b) > ggml_nelements(t) ||
+                (b->ne[1] > 1 && (size_t) p[0] != b->nb[1]) || (b->ne[2] > 1 && (size_t) p[1] != b->nb[2]) ||
+                (b->ne[3] > 1 && (size_t) p[2] != b->nb[3])) {
+                return 0;
+            }
+            return gmn_adopt(t, k->acc_front);
+        }
+        default:
+            return 0;
+    }
 }
 
 /* Average pooling (zeros in the padding count, as in ggml's pool_2d) of a channels-last x: the window's pixels
  * gathered as im2col columns, times a constant [C*k*k, C] averaging matrix; its backward pass is a matrix
  * product and a scatter, all multi-threaded, with no layout change. */
 struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad) {
-    const struct gmn_window w = { k, stride, pad };
+    const struct gmn_window w = { k, stride, pad, 0 };
     const int64_t C = x->ne[0], OW = gmn_out_side(x->ne[1], w), OH = gmn_out_side(x->ne[2], w), N = x->ne[3];
-    struct ggml_tensor * cols = grad ? gmn_cl_gather_cols(ctx, x, k, stride, pad) : gmn_cl_im2col(ctx, x, k, stride, pad, C * k * k);
+    struct ggml_tensor * cols = grad ? gmn_cl_gather_cols(ctx, x, k, stride, pad, 0) : gmn_cl_im2col(ctx, x, k, stride, pad, C * k * k);
     struct ggml_tensor * avg = ggml_custom_4d(ctx, GGML_TYPE_F32, C * k * k, C, 1, 1, NULL, 0, gmn_op_avg_matrix, GGML_N_TASKS_MAX, NULL);
     return ggml_reshape_4d(ctx, ggml_mul_mat(ctx, avg, cols), C, OW, OH, N);
 }

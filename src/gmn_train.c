@@ -11,7 +11,8 @@ struct gmn_train_state {
     ggml_backend_sched_t    sched;
     struct gmn_opt_tracker * tracker;    /* optimizer state tracking for exact resume (gmn_optstate.c), or NULL */
     ggml_backend_sched_eval_callback tracker_cb;
-    struct ggml_tensor    * outer;       /* gmn_outer's op parameters, when out_prod nodes are to use it (CPU) */
+    struct gmn_cpu_kernels  kernels;     /* the shim's kernels for some of ggml's ops (CPU training graph) */
+    int                     use_kernels;
     struct ggml_context   * ctx_in;      /* the statically allocated input tensor */
     ggml_backend_buffer_t   buf_in;
     struct ggml_tensor    * inputs;
@@ -173,11 +174,13 @@ static float gmn_schedule_lr(const struct gmn_train_config * c, int64_t step) {
 }
 
 /* Sees every node of the training graph before it runs: on the CPU, the backward pass's out_prod nodes are
- * handed to gmn_outer (gmn_ops.c: the same sums, several times faster); then the optimizer-state tracker, if any. */
+ * handed to gmn_outer (gmn_ops.c: the same sums, several times faster), and get_rows, get_rows_back,
+ * repeat_back and acc to multi-threaded kernels of the shim's with bit-identical results; then the
+ * optimizer-state tracker, if any. */
 static bool gmn_train_eval_cb(struct ggml_tensor * t, bool ask, void * ud) {
     struct gmn_train_state * st = ud;
-    if (ask && st->outer != NULL && t->op == GGML_OP_OUT_PROD) {
-        gmn_outer_adopt(t, st->outer);
+    if (ask && st->use_kernels) {
+        gmn_cpu_kernels_adopt(t, &st->kernels);
     }
     return st->tracker_cb != NULL ? st->tracker_cb(t, ask, st->tracker) : false;
 }
@@ -297,7 +300,8 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     st->opt    = ggml_opt_init(op);
     st->result = ggml_opt_result_init();
     if (gmn_forward_is_cl(m) && m->n_accel == 0) {
-        st->outer = gmn_outer_template(st->ctx_compute);
+        gmn_cpu_kernels_init(st->ctx_compute, &st->kernels);
+        st->use_kernels = 1;
         ggml_backend_sched_set_eval_callback(st->sched, gmn_train_eval_cb, st);
     }
     if (st->opt == NULL || st->result == NULL) {
