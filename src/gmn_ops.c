@@ -352,43 +352,56 @@ static inline void gmn_st8(float * p, gmn_v8 v) {
     memcpy(p, &v, sizeof(v));
 }
 
-/* d[0..16) x [0..6) (column c at d + c*ldd) = (acc ? d : 0) + sum over j < J of a[j*lda + 0..16) times b[j*sbj + c*sbi] */
-GMN_CLONES static void gmn_tile_16x6(int64_t J, const float * a, int64_t lda, const float * b, int64_t sbi, int64_t sbj,
-                                     float * d, int64_t ldd, int acc) {
-    gmn_v8 c00 = { 0 }, c01 = { 0 }, c10 = { 0 }, c11 = { 0 }, c20 = { 0 }, c21 = { 0 };
-    gmn_v8 c30 = { 0 }, c31 = { 0 }, c40 = { 0 }, c41 = { 0 }, c50 = { 0 }, c51 = { 0 };
-    if (acc) {
-        c00 = gmn_ld8(d);           c01 = gmn_ld8(d + 8);
-        c10 = gmn_ld8(d + ldd);     c11 = gmn_ld8(d + ldd + 8);
-        c20 = gmn_ld8(d + 2 * ldd); c21 = gmn_ld8(d + 2 * ldd + 8);
-        c30 = gmn_ld8(d + 3 * ldd); c31 = gmn_ld8(d + 3 * ldd + 8);
-        c40 = gmn_ld8(d + 4 * ldd); c41 = gmn_ld8(d + 4 * ldd + 8);
-        c50 = gmn_ld8(d + 5 * ldd); c51 = gmn_ld8(d + 5 * ldd + 8);
+/* d[0..8*V) x [0..n) (column c at d + c*ldd) = (acc ? d : 0) + sum over j < J of a[j*lda + 0..8*V) times
+ * b[j*sbj + c*sbi], for V = 1 or 2 vectors of rows and n <= 6 columns: 2*6 accumulators fit in AVX2's registers.
+ * Every element sums j = 0, 1, ... the same way (one fused multiply-add per term where the CPU has FMA),
+ * whatever the shape of its tile. */
+static inline __attribute__((always_inline)) void gmn_tile(const int V, const int n, int64_t J, const float * a, int64_t lda,
+                                                           const float * b, int64_t sbi, int64_t sbj, float * d, int64_t ldd, int acc) {
+    gmn_v8 c0[6], c1[6];
+    for (int t = 0; t < n; t++) {
+        c0[t] = acc ? gmn_ld8(d + t * ldd) : (gmn_v8) { 0 };
+        c1[t] = acc && V > 1 ? gmn_ld8(d + t * ldd + 8) : (gmn_v8) { 0 };
     }
     for (int64_t j = 0; j < J; j++) {
         const float * ar = a + j * lda;
         const float * br = b + j * sbj;
-        const gmn_v8 a0 = gmn_ld8(ar), a1 = gmn_ld8(ar + 8);
-        const float b0 = br[0], b1 = br[sbi], b2 = br[2 * sbi], b3 = br[3 * sbi], b4 = br[4 * sbi], b5 = br[5 * sbi];
-        c00 += a0 * b0; c01 += a1 * b0;
-        c10 += a0 * b1; c11 += a1 * b1;
-        c20 += a0 * b2; c21 += a1 * b2;
-        c30 += a0 * b3; c31 += a1 * b3;
-        c40 += a0 * b4; c41 += a1 * b4;
-        c50 += a0 * b5; c51 += a1 * b5;
+        const gmn_v8 a0 = gmn_ld8(ar);
+        const gmn_v8 a1 = V > 1 ? gmn_ld8(ar + 8) : (gmn_v8) { 0 };
+        for (int t = 0; t < n; t++) {
+            const float bt = br[t * sbi];
+            c0[t] += a0 * bt;
+            if (V > 1) {
+                c1[t] += a1 * bt;
+            }
+        }
     }
-    gmn_st8(d, c00);           gmn_st8(d + 8, c01);
-    gmn_st8(d + ldd, c10);     gmn_st8(d + ldd + 8, c11);
-    gmn_st8(d + 2 * ldd, c20); gmn_st8(d + 2 * ldd + 8, c21);
-    gmn_st8(d + 3 * ldd, c30); gmn_st8(d + 3 * ldd + 8, c31);
-    gmn_st8(d + 4 * ldd, c40); gmn_st8(d + 4 * ldd + 8, c41);
-    gmn_st8(d + 5 * ldd, c50); gmn_st8(d + 5 * ldd + 8, c51);
+    for (int t = 0; t < n; t++) {
+        gmn_st8(d + t * ldd, c0[t]);
+        if (V > 1) {
+            gmn_st8(d + t * ldd + 8, c1[t]);
+        }
+    }
 }
 
-/* an edge tile of m <= 16 rows and n <= 6 columns */
-static void gmn_tile_edge(int64_t J, const float * a, int64_t lda, const float * b, int64_t sbi, int64_t sbj,
-                          float * d, int64_t ldd, int64_t m, int64_t n, int acc) {
-    float s[6][16] = { { 0 } };
+#define GMN_TILE_FN(V, N)                                                                                            \
+    GMN_CLONES static void gmn_tile_##V##_##N(int64_t J, const float * a, int64_t lda, const float * b, int64_t sbi, \
+                                              int64_t sbj, float * d, int64_t ldd, int acc) {                        \
+        gmn_tile(V, N, J, a, lda, b, sbi, sbj, d, ldd, acc);                                                         \
+    }
+GMN_TILE_FN(1, 1) GMN_TILE_FN(1, 2) GMN_TILE_FN(1, 3) GMN_TILE_FN(1, 4) GMN_TILE_FN(1, 5) GMN_TILE_FN(1, 6)
+GMN_TILE_FN(2, 1) GMN_TILE_FN(2, 2) GMN_TILE_FN(2, 3) GMN_TILE_FN(2, 4) GMN_TILE_FN(2, 5) GMN_TILE_FN(2, 6)
+
+typedef void (*gmn_tile_fn)(int64_t, const float *, int64_t, const float *, int64_t, int64_t, float *, int64_t, int);
+static const gmn_tile_fn GMN_TILES[2][6] = {
+    { gmn_tile_1_1, gmn_tile_1_2, gmn_tile_1_3, gmn_tile_1_4, gmn_tile_1_5, gmn_tile_1_6 },
+    { gmn_tile_2_1, gmn_tile_2_2, gmn_tile_2_3, gmn_tile_2_4, gmn_tile_2_5, gmn_tile_2_6 },
+};
+
+/* a tile of m < 8 rows and n <= 6 columns */
+GMN_CLONES static void gmn_tile_edge(int64_t J, const float * a, int64_t lda, const float * b, int64_t sbi, int64_t sbj,
+                                     float * d, int64_t ldd, int64_t m, int64_t n, int acc) {
+    float s[6][8] = { { 0 } };
     for (int64_t c = 0; c < n && acc; c++) {
         memcpy(s[c], d + c * ldd, (size_t) m * sizeof(float));
     }
@@ -407,25 +420,58 @@ static void gmn_tile_edge(int64_t J, const float * a, int64_t lda, const float *
     }
 }
 
+/* The tiling of an M x N result: row tiles of 16, then one of 8, then one of the rest (< 8); column tiles of at
+ * most 6, as even as possible (8 columns are 4 + 4, not 6 + 2, so that two threads share them evenly). It
+ * depends on the shape only, never on the number of threads. */
+struct gmn_tiling {
+    int64_t M, N, tm, tn, n_base, n_more; /* tn column tiles: the first n_more have n_base + 1 columns */
+};
+
+static struct gmn_tiling gmn_tiling_of(int64_t M, int64_t N) {
+    struct gmn_tiling g = { M, N, M / 16 + (M % 16 >= 8) + (M % 8 > 0), (N + 5) / 6, 0, 0 };
+    if (g.tn > 0) {
+        g.n_base = N / g.tn;
+        g.n_more = N % g.tn;
+    }
+    return g;
+}
+
+static void gmn_tile_at(const struct gmn_tiling * g, int64_t t, int64_t * i0, int64_t * m, int64_t * i1, int64_t * n) {
+    const int64_t ti = t % g->tm, tj = t / g->tm, full = g->M / 16;
+    if (ti < full) {
+        *i0 = ti * 16;
+        *m  = 16;
+    } else if (ti == full && g->M % 16 >= 8) {
+        *i0 = full * 16;
+        *m  = 8;
+    } else {
+        *i0 = g->M - g->M % 8;
+        *m  = g->M % 8;
+    }
+    *i1 = tj * g->n_base + (tj < g->n_more ? tj : g->n_more);
+    *n  = g->n_base + (tj < g->n_more);
+}
+
 /* The sum over j runs in blocks of GMN_OUTER_JB, each block visiting all of this thread's tiles, so that a
  * block of a (the im2col columns of a wide convolution are tens of megabytes) is read from cache, not memory,
  * by every tile. Each output element still sums j = 0, 1, ... in order, whatever the number of threads. */
 #define GMN_OUTER_JB 256
 
 static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    (void) ud;
     const struct ggml_tensor * a = dst->src[0];
     const struct ggml_tensor * b = dst->src[1];
     const int64_t M = dst->ne[0], N = dst->ne[1], J = a->ne[1];
     const int64_t lda = (int64_t) (a->nb[1] / sizeof(float));
     const int64_t sbi = (int64_t) (b->nb[0] / sizeof(float)), sbj = (int64_t) (b->nb[1] / sizeof(float));
     const int64_t ldd = (int64_t) (dst->nb[1] / sizeof(float));
-    const int64_t tm = (M + 15) / 16, tn = (N + 5) / 6;
+    const struct gmn_tiling g = gmn_tiling_of(M, N);
     int64_t lo, hi;
-    gmn_split(tm * tn, ith, nth, &lo, &hi);
+    gmn_split(g.tm * g.tn, ith, nth, &lo, &hi);
     if (J == 0) {
         for (int64_t t = lo; t < hi; t++) {
-            const int64_t i0 = (t % tm) * 16, i1 = (t / tm) * 6;
-            const int64_t m = M - i0 < 16 ? M - i0 : 16, n = N - i1 < 6 ? N - i1 : 6;
+            int64_t i0, m, i1, n;
+            gmn_tile_at(&g, t, &i0, &m, &i1, &n);
             for (int64_t c = 0; c < n; c++) {
                 memset((float *) dst->data + i0 + (i1 + c) * ldd, 0, (size_t) m * sizeof(float));
             }
@@ -435,13 +481,13 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
     for (int64_t j0 = 0; j0 < J; j0 += GMN_OUTER_JB) {
         const int64_t jn = J - j0 < GMN_OUTER_JB ? J - j0 : GMN_OUTER_JB;
         for (int64_t t = lo; t < hi; t++) {
-            const int64_t i0 = (t % tm) * 16, i1 = (t / tm) * 6;
-            const int64_t m = M - i0 < 16 ? M - i0 : 16, n = N - i1 < 6 ? N - i1 : 6;
+            int64_t i0, m, i1, n;
+            gmn_tile_at(&g, t, &i0, &m, &i1, &n);
             const float * at = (const float *) a->data + i0 + j0 * lda;
             const float * bt = (const float *) b->data + i1 * sbi + j0 * sbj;
             float * dt = (float *) dst->data + i0 + i1 * ldd;
-            if (m == 16 && n == 6) {
-                gmn_tile_16x6(jn, at, lda, bt, sbi, sbj, dt, ldd, j0 > 0);
+            if (m == 16 || m == 8) {
+                GMN_TILES[m / 8 - 1][n - 1](jn, at, lda, bt, sbi, sbj, dt, ldd, j0 > 0);
             } else {
                 gmn_tile_edge(jn, at, lda, bt, sbi, sbj, dt, ldd, m, n, j0 > 0);
             }

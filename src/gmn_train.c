@@ -497,7 +497,8 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
         return gmn_fail(GMN_E_INVALID, "train_epoch: %lld training images are fewer than one batch of %lld; lower the batch size",
                         (long long) n_train, (long long) st->cfg.batch_size);
     }
-    const int64_t nbatch = nb_logical * (st->cfg.batch_size / B);
+    const int64_t parts  = st->cfg.batch_size / B; /* graph runs per optimizer step */
+    const int64_t nbatch = nb_logical * parts;
     if (st->perm_cap < n_train) {
         free(st->perm);
         st->perm = malloc((size_t) n_train * sizeof(int64_t));
@@ -542,7 +543,7 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
             if (st->cfg.optimizer == GMN_OPT_ADAMW && st->cfg.eps == 0.0f && !isfinite(batch_loss)) {
                 return gmn_fail(GMN_E_DIVERGED, "train: the loss became %s at batch %lld; AdamW with eps 0 divides 0 by 0 "
                                 "for weights whose gradient is 0 (such as always-black pixels); use eps > 0 (default 1e-8)",
-                                isnan(batch_loss) ? "NaN" : "infinite", (long long) ib);
+                                isnan(batch_loss) ? "NaN" : "infinite", (long long) (ib / parts));
             }
             char what[64];
             if (isfinite(batch_loss)) {
@@ -552,9 +553,11 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
             }
             return gmn_fail(GMN_E_DIVERGED, "train: training diverged: the loss became %s at batch %lld; "
                             "the learning rate %g is too high, try 10x lower (the weights are unusable and will not be saved)",
-                            what, (long long) ib, (double) st->cfg.lr);
+                            what, (long long) (ib / parts), (double) st->cfg.lr);
         }
-        if (progress != NULL && progress(ud, GMN_PHASE_TRAIN, ib + 1, nbatch, loss, acc) != 0) {
+        /* progress and stopping go by optimizer steps (whole batches), however many graph runs each one takes;
+         * the running mean over equal parts is the running mean over batches */
+        if (progress != NULL && (ib + 1) % parts == 0 && progress(ud, GMN_PHASE_TRAIN, (ib + 1) / parts, nb_logical, loss, acc) != 0) {
             out->stopped = 1;
             break;
         }

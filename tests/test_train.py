@@ -92,6 +92,43 @@ def test_gradient_accumulation_matches_the_full_batch(arch: str, optimizer: str,
         np.testing.assert_allclose(b[name], a[name], atol=1e-5, rtol=0, err_msg=name)
 
 
+def test_accumulation_reports_whole_batches(data: tuple, tmp_path: Path) -> None:
+    """Progress, the run log and stopping count optimizer steps, not the graph runs inside each."""
+    import sqlite3
+    x, y, *_ = data
+    db = tmp_path / "run.sqlite"
+    _, history = train(x, y, metrics=db, **small_options("fc", physical_batch_size=5, epochs=1))
+    with sqlite3.connect(db) as con:
+        batches = [b for (b,) in con.execute("SELECT batch FROM batches ORDER BY batch")]
+        losses = [loss for (loss,) in con.execute("SELECT loss FROM batches ORDER BY batch")]
+    assert batches == list(range(1, 300 // 20 + 1))
+    assert np.mean(losses) == pytest.approx(history[0].train_loss, rel=1e-6)
+
+
+def test_cpu_physical_batch_is_automatic() -> None:
+    """On a CPU a large batch runs in parts of at most 128 images; elsewhere, or when asked, as given."""
+    config = TrainConfig.defaults("fc")
+    assert config.replace(batch_size=100).physical_on("CPU") == 100
+    assert config.replace(batch_size=1000).physical_on("CPU") == 125
+    assert config.replace(batch_size=256).physical_on("CPU") == 128
+    assert config.replace(batch_size=1009).physical_on("CPU") == 1009  # a prime: no part fits, no accumulation
+    assert config.replace(batch_size=1000).physical_on("CUDA0") == 1000
+    assert config.replace(batch_size=1000, physical_batch_size=500).physical_on("CPU") == 500
+
+
+def test_automatic_parts_train_like_the_whole_batch(data: tuple) -> None:
+    x, y, *_ = data
+    options = small_options("fc", batch_size=300, epochs=3, lr=1e-2)
+    whole, h_whole = train(x, y, **options, physical_batch_size=300)
+    parts, h_parts = train(x, y, **options)  # 300 on a CPU: three parts of 100
+    assert [s.n_train for s in h_parts] == [300] * 3
+    assert h_parts[-1].train_loss == pytest.approx(h_whole[-1].train_loss, rel=1e-5)
+    a, b = whole.get_weights(), parts.get_weights()
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], atol=1e-5, rtol=0, err_msg=name)
+    assert any(not np.array_equal(a[name], b[name]) for name in a)  # the parts' gradients summed in another order
+
+
 def test_sgd_learns(data: tuple) -> None:
     x, y, xt, yt = data
     model, history = train(x, y, **small_options("fc", optimizer="sgd", lr=0.5, epochs=3))

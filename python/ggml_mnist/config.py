@@ -18,6 +18,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 DEFAULT_DATA_DIR = "data"
 DEFAULT_DEVICE = "auto"
 MAX_EPOCHS = 1_000_000
+CPU_PHYSICAL_BATCH = 128  # the most images per graph run when training on a CPU (see TrainConfig.physical_on)
 EVAL_CHUNK = 10000  # images converted and predicted per native call when evaluating
 
 
@@ -32,7 +33,7 @@ class TrainConfig:
     arch: Union[str, tuple[Layer, ...]] = "cnn"
     epochs: int = 20
     batch_size: int = 100
-    physical_batch_size: Optional[int] = None  # None: same as batch_size (no gradient accumulation)
+    physical_batch_size: Optional[int] = None  # None: automatic (CPU: at most CPU_PHYSICAL_BATCH images per graph run)
     optimizer: str = "adamw"
     lr: float = 1e-3
     lr_schedule: str = "cosine"
@@ -84,8 +85,21 @@ class TrainConfig:
 
     @property
     def physical(self) -> int:
-        """The physical batch size actually used."""
+        """The physical batch size asked for: ``physical_batch_size``, or else the batch size."""
         return self.physical_batch_size or self.batch_size
+
+    def physical_on(self, device: str) -> int:
+        """The physical batch size used on ``device`` (a ggml device name such as "CPU" or "CUDA0").
+
+        Unless ``physical_batch_size`` says otherwise, a CPU evaluates a batch above CPU_PHYSICAL_BATCH images as
+        equal parts of at most that many (the largest divisor of the batch size that fits), accumulating their
+        gradients: one optimizer step per batch as before, the same mean loss up to rounding, and faster, since
+        the activations of a smaller part stay in the CPU's caches. Other devices take the whole batch at once.
+        """
+        if self.physical_batch_size or self.batch_size <= CPU_PHYSICAL_BATCH or not device.upper().startswith("CPU"):
+            return self.physical
+        part = max(d for d in range(1, CPU_PHYSICAL_BATCH + 1) if self.batch_size % d == 0)
+        return part if part >= CPU_PHYSICAL_BATCH // 4 else self.batch_size
 
     def as_dict(self) -> dict[str, Any]:
         """Return the recipe as a JSON-ready dict (a layer list as a list of layer dicts)."""
