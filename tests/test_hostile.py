@@ -221,6 +221,31 @@ def test_default_names_skip_names_already_taken() -> None:
     assert [x.name for x in model.layers] == ["fc2", "fc1", "fc3"]
 
 
+def test_exiting_while_daemon_threads_predict_and_train_does_not_crash() -> None:
+    """Process exit tears down ggml's static state: a native call still running in a daemon thread must end
+    first (it crashed about one exit in ten before the models were quiesced at exit)."""
+    code = textwrap.dedent("""
+        import threading, time, numpy as np, ggml_mnist as gm
+        x = np.zeros((3000, 28, 28), np.uint8); y = np.arange(3000) % 10
+        model = gm.Model.create("cnn", threads=1)
+        started = threading.Event()
+        def predict():
+            while True:
+                started.set()
+                model.predict(x)
+        def fit():
+            gm.train(x, y, arch="fc", epochs=50, batch_size=100, threads=1, progress=False)
+        threading.Thread(target=predict, daemon=True).start()
+        threading.Thread(target=fit, daemon=True).start()
+        started.wait()
+        time.sleep(0.3)
+        print("exiting")
+    """)
+    for _ in range(6):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == "exiting", (out.returncode, out.stderr[-2000:])
+
+
 def test_a_child_forked_while_another_thread_predicts_can_predict() -> None:
     code = textwrap.dedent("""
         import os, threading, numpy as np, ggml_mnist as gm

@@ -25,7 +25,7 @@ from .datasets import DATASETS, class_names, dataset_info, preparation
 from .download import identify_dataset
 from .errors import ConfigError, DataError, ModelIOError, TrainingDivergedError
 from .layers import ArchLike, Conv2d, Dense, resolve_layers
-from .model import Model, PathLike, check_net
+from .model import EXITING, Model, PathLike, check_net
 from .progress import ProgressBar
 from .runlog import RunLog
 
@@ -330,7 +330,7 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
                     log.batch(clock["epoch"], ibatch, loss * ibatch - clock["loss"] * (ibatch - 1),
                               acc * ibatch - clock["acc"] * (ibatch - 1), model.training_lr(), now - clock["t"])
                     clock.update(t=now, loss=loss, acc=acc)
-            return interrupt.requested
+            return interrupt.requested or EXITING.is_set()  # (EXITING: the interpreter is exiting)
 
         hook = _ffi.ProgressHook(on_batch)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import numbers
@@ -33,6 +34,21 @@ def _new_locks_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_new_locks_after_fork)
+
+# Set when the interpreter starts to exit: training in another thread stops at its next batch.
+EXITING = threading.Event()
+
+
+def _quiesce_at_exit(timeout: float = 30.0) -> None:
+    """Let native calls still running in other (daemon) threads end, and keep new ones out, before the process
+    exits: exit tears down ggml's static state, which a native call still running would use and crash on.
+    Each model's lock is taken and kept (the main thread may still use its models: the lock is reentrant)."""
+    EXITING.set()
+    for model in list(_LIVE):
+        model._lock.acquire(timeout=timeout)
+
+
+atexit.register(_quiesce_at_exit)
 
 
 class Model:
