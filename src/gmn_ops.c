@@ -303,6 +303,9 @@ static void gmn_op_act_lin(struct ggml_tensor * dst, int ith, int nth, void * ud
         if (kind == GMN_LAYER_TANH) {
             f = tanhf(v);
             g = 1.0f - f * f;
+        } else if (fabsf(v) > 10.0f) { /* GELU is x or 0 to float precision (and x^3 below could overflow) */
+            f = v > 0.0f ? v : 0.0f;
+            g = v > 0.0f ? 1.0f : 0.0f;
         } else { /* GELU, tanh approximation */
             const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
             const float t = tanhf(k * (v + 0.044715f * v * v * v));

@@ -235,8 +235,11 @@ def test_exiting_while_daemon_threads_predict_and_train_does_not_crash() -> None
                 model.predict(x)
         def fit():
             gm.train(x, y, arch="fc", epochs=50, batch_size=100, threads=1, progress=False)
-        threading.Thread(target=predict, daemon=True).start()
-        threading.Thread(target=fit, daemon=True).start()
+        def create():
+            while True:
+                gm.Model.create("cnn", threads=1).predict(x[:10])
+        for target in (predict, fit, create):
+            threading.Thread(target=target, daemon=True).start()
         started.wait()
         time.sleep(0.3)
         print("exiting")

@@ -9,6 +9,7 @@ import numbers
 import os
 import tempfile
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
@@ -27,8 +28,14 @@ PathLike = Union[str, "os.PathLike[str]"]
 _LIVE: "weakref.WeakSet[Model]" = weakref.WeakSet()
 
 
+# Held while a native model is made (and added to _LIVE); taken for good when the interpreter exits.
+_CREATING = threading.RLock()
+
+
 def _new_locks_after_fork() -> None:
     # a lock held by another thread at fork() time would never be released in the child
+    global _CREATING
+    _CREATING = threading.RLock()
     for model in list(_LIVE):
         model._lock = threading.RLock()
 
@@ -42,10 +49,13 @@ EXITING = threading.Event()
 def _quiesce_at_exit(timeout: float = 30.0) -> None:
     """Let native calls still running in other (daemon) threads end, and keep new ones out, before the process
     exits: exit tears down ggml's static state, which a native call still running would use and crash on.
-    Each model's lock is taken and kept (the main thread may still use its models: the lock is reentrant)."""
+    Model creation and each model's lock are taken and kept (the main thread may still use its models: the
+    locks are reentrant); ``timeout`` bounds the whole wait, after which exit goes ahead regardless."""
     EXITING.set()
+    deadline = time.monotonic() + timeout
+    _CREATING.acquire(timeout=timeout)
     for model in list(_LIVE):
-        model._lock.acquire(timeout=timeout)
+        model._lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
 
 
 atexit.register(_quiesce_at_exit)
@@ -97,8 +107,9 @@ class Model:
         layers = resolve_layers(arch, n_classes, hidden=hidden, conv_channels=conv_channels)
         net, _keep = native_net(layers, n_classes, image_size)
         out = ffi.new("gmn_model **")
-        _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device, "device"), as_int(threads, "threads"), seed, out))
-        return cls._own(out[0], threads)
+        with _CREATING:
+            _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device, "device"), as_int(threads, "threads"), seed, out))
+            return cls._own(out[0], threads)
 
     @classmethod
     def load(cls, path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0) -> "Model":
@@ -112,8 +123,9 @@ class Model:
         if not os.path.exists(path):
             raise DataFileNotFoundError(f"model file {path!r} does not exist")
         out = ffi.new("gmn_model **")
-        _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device, "device"), as_int(threads, "threads"), out))
-        model = cls._own(out[0], threads)
+        with _CREATING:
+            _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device, "device"), as_int(threads, "threads"), out))
+            model = cls._own(out[0], threads)
         model.metadata = _decode_metadata(model._native_metadata())
         return model
 
@@ -222,8 +234,9 @@ class Model:
         Raises ConfigError for an unknown type, or one that no tensor of the network can take.
         """
         out = ffi.new("gmn_model **")
-        _ffi.check(self.call_native(lib.gmn_model_quantize, _ffi.cstr(type, "type"), 1 if pad else 0, out))
-        model = Model._own(out[0], self._threads)
+        with _CREATING:
+            _ffi.check(self.call_native(lib.gmn_model_quantize, _ffi.cstr(type, "type"), 1 if pad else 0, out))
+            model = Model._own(out[0], self._threads)
         model.metadata = copy.deepcopy(self.metadata)
         return model
 
