@@ -12,6 +12,13 @@
 #include <math.h>
 #include <string.h>
 
+/* kernels built twice, for AVX2 + FMA CPUs and for any x86-64, chosen at load time */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GMN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define GMN_CLONES
+#endif
+
 struct gmn_window {
     int64_t k, s, p, e; /* kernel side, stride, padding; e: zero rows appended to each gathered column */
 };
@@ -288,6 +295,45 @@ static void gmn_op_nop(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     (void) dst, (void) ith, (void) nth, (void) ud;
 }
 
+/* tanh(x) to a few units in the last place, without libm (whose tanhf, through expm1f, was a tenth of a
+ * lenet5 epoch), in straight-line code that the compiler vectorises: tanh(a) = -m / (2 + m) with
+ * m = exp(-2a) - 1 for a = |x| <= 9 (beyond, tanh is 1 in float), exp as 2^n times a polynomial, and m taken
+ * from the polynomial itself when n = 0 so that small x keep their relative precision. */
+static inline float gmn_tanh_fast(float x) {
+    const float a = fminf(fabsf(x), 9.0f);
+    const float z = -2.0f * a;                                 /* [-18, 0] */
+    const int32_t n = (int32_t) (z * 1.44269504f - 0.5f);      /* round(z / ln 2), z <= 0 */
+    const float r = (z - (float) n * 0.693145752f) - (float) n * 1.42860677e-6f; /* |r| <= ln(2) / 2 */
+    const float q = r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666679f + r * (0.00833333377f +
+                    r * 0.00138888892f))))); /* exp(r) - 1 */
+    union { int32_t i; float f; } s = { (n + 127) * (1 << 23) };   /* 2^n, n in [-26, 0] */
+    const float m = n == 0 ? q : (1.0f + q) * s.f - 1.0f;
+    const float t = -m / (2.0f + m);
+    return x < 0.0f ? -t : t;
+}
+
+/* the values (f in c, f' in d) of an element-wise activation, vectorisable */
+GMN_CLONES static void gmn_act_values(int kind, const float * xs, float * d, float * c, int64_t lo, int64_t hi) {
+    if (kind == GMN_LAYER_TANH) {
+        for (int64_t i = lo; i < hi; i++) {
+            const float t = gmn_tanh_fast(xs[i]);
+            c[i] = t;
+            d[i] = 1.0f - t * t;
+        }
+        return;
+    }
+    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    for (int64_t i = lo; i < hi; i++) { /* GELU, tanh approximation */
+        const float v = fminf(fmaxf(xs[i], -10.0f), 10.0f); /* beyond, GELU is x or 0 to float precision */
+        const float t = gmn_tanh_fast(k * (v + 0.044715f * v * v * v));
+        const float f = 0.5f * v * (1.0f + t);
+        const float g = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * v * v);
+        const int big = fabsf(xs[i]) > 10.0f;
+        c[i] = big ? (xs[i] > 0.0f ? xs[i] : 0.0f) : f;
+        d[i] = big ? (xs[i] > 0.0f ? 1.0f : 0.0f) : g;
+    }
+}
+
 static void gmn_op_act_lin(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     const struct ggml_tensor * x = dst->src[0]->src[0];
     const int kind = (int) (uintptr_t) ud;
@@ -297,24 +343,10 @@ static void gmn_op_act_lin(struct ggml_tensor * dst, int ith, int nth, void * ud
     float * c = d + n;
     int64_t lo, hi;
     gmn_split(n, ith, nth, &lo, &hi);
+    gmn_act_values(kind, xs, d, c, lo, hi);
     for (int64_t i = lo; i < hi; i++) {
-        const float v = xs[i];
-        float f, g;
-        if (kind == GMN_LAYER_TANH) {
-            f = tanhf(v);
-            g = 1.0f - f * f;
-        } else if (fabsf(v) > 10.0f) { /* GELU is x or 0 to float precision (and x^3 below could overflow) */
-            f = v > 0.0f ? v : 0.0f;
-            g = v > 0.0f ? 1.0f : 0.0f;
-        } else { /* GELU, tanh approximation */
-            const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
-            const float t = tanhf(k * (v + 0.044715f * v * v * v));
-            f = 0.5f * v * (1.0f + t);
-            g = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * v * v);
-        }
-        volatile float p = v * g; /* rounded on its own, never fused into the subtraction */
-        d[i] = g;
-        c[i] = f - p;
+        volatile float p = xs[i] * d[i]; /* rounded on its own (as ggml's mul rounds it), never fused */
+        c[i] = c[i] - p;
     }
 }
 
@@ -337,11 +369,6 @@ struct ggml_tensor * gmn_cl_act_linearized(struct ggml_context * ctx, struct ggm
  * convolutional networks. gmn_outer computes exactly the same sum (in another order, so the values agree
  * to rounding) in 16 x 6 register tiles that the compiler keeps in vector registers, on all of ggml's threads.
  * gmn_train.c swaps it in for out_prod nodes of the CPU training graph (gmn_cpu_kernels_adopt) before they run. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define GMN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define GMN_CLONES
-#endif
 
 typedef float gmn_v8 __attribute__((vector_size(32)));
 
