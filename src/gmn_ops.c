@@ -5,8 +5,8 @@
  * The gradients flow through ggml's own ops around them: get_rows (whose backward scatters the gradient
  * back), mul_mat, add and acc. Activations here are channels-last: [C, W, H, N], channels fastest.
  *
- * A window (kernel or pool) is packed into the op's userdata as k | stride << 8 | pad << 16, so that no
- * pointer to memory outliving the graph is needed. */
+ * A window (kernel or pool) is packed into the op's userdata as k | stride << 8 | pad << 16 | extra << 24, so
+ * that no pointer to memory outliving the graph is needed. */
 #include "gmn_internal.h"
 
 #include <math.h>
@@ -23,12 +23,12 @@ struct gmn_window {
     int64_t k, s, p, e; /* kernel side, stride, padding; e: zero rows appended to each gathered column */
 };
 
-void * gmn_window_pack(int k, int stride, int pad) {
-    return (void *) (uintptr_t) ((uint32_t) k | (uint32_t) stride << 8 | (uint32_t) pad << 16);
-}
-
 static void * gmn_window_pack_extra(int k, int stride, int pad, int extra) {
     return (void *) (uintptr_t) ((uint32_t) k | (uint32_t) stride << 8 | (uint32_t) pad << 16 | (uint32_t) extra << 24);
+}
+
+void * gmn_window_pack(int k, int stride, int pad) {
+    return gmn_window_pack_extra(k, stride, pad, 0);
 }
 
 static struct gmn_window gmn_window_unpack(void * ud) {
