@@ -27,7 +27,7 @@ static void * gmn_window_pack_extra(int k, int stride, int pad, int extra) {
     return (void *) (uintptr_t) ((uint32_t) k | (uint32_t) stride << 8 | (uint32_t) pad << 16 | (uint32_t) extra << 24);
 }
 
-void * gmn_window_pack(int k, int stride, int pad) {
+static void * gmn_window_pack(int k, int stride, int pad) {
     return gmn_window_pack_extra(k, stride, pad, 0);
 }
 
@@ -239,9 +239,14 @@ struct ggml_tensor * gmn_cl_im2col(struct ggml_context * ctx, struct ggml_tensor
                           gmn_window_pack(k, stride, pad));
 }
 
-struct ggml_tensor * gmn_cl_pad_rows(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows) {
-    struct ggml_tensor * zeros = ggml_custom_4d(ctx, GGML_TYPE_F32, rows, a->ne[1], 1, 1, NULL, 0, gmn_op_zeros, GGML_N_TASKS_MAX, NULL);
+/* a 2-D a [ne0, ne1] zero-extended to [rows, cols] (a at the start); acc passes the gradient back to a */
+static struct ggml_tensor * gmn_zero_extend(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows, int64_t cols) {
+    struct ggml_tensor * zeros = ggml_custom_4d(ctx, GGML_TYPE_F32, rows, cols, 1, 1, NULL, 0, gmn_op_zeros, GGML_N_TASKS_MAX, NULL);
     return ggml_acc(ctx, zeros, a, zeros->nb[1], zeros->nb[2], zeros->nb[3], 0);
+}
+
+struct ggml_tensor * gmn_cl_pad_rows(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows) {
+    return gmn_zero_extend(ctx, a, rows, a->ne[1]);
 }
 
 /* The im2col columns of x [C, W, H, N] gathered with get_rows: [C*(k*k + extra), OW*OH*N], the last C*extra rows
@@ -252,9 +257,8 @@ struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_t
     const int64_t P = gmn_out_side(x->ne[1], w) * gmn_out_side(x->ne[2], w) * x->ne[3];
     struct ggml_tensor * rows = ggml_reshape_2d(ctx, x, C, R);
     if (pad > 0 || extra > 0) {
-        /* one zero row after the pixels, for the positions in the padding; acc passes the gradient to x */
-        struct ggml_tensor * zeros = ggml_custom_4d(ctx, GGML_TYPE_F32, C, R + 1, 1, 1, NULL, 0, gmn_op_zeros, GGML_N_TASKS_MAX, NULL);
-        rows = ggml_acc(ctx, zeros, rows, zeros->nb[1], zeros->nb[2], zeros->nb[3], 0);
+        /* one zero row after the pixels, for the positions in the padding and the extra rows */
+        rows = gmn_zero_extend(ctx, rows, C, R + 1);
     }
     const int64_t KK = (int64_t) k * k + extra;
     struct ggml_tensor * idx = ggml_custom_4d(ctx, GGML_TYPE_I32, KK * P, 1, 1, 1, &x, 1, gmn_op_im2col_rows,

@@ -11,8 +11,7 @@ struct gmn_train_state {
     ggml_backend_sched_t    sched;
     struct gmn_opt_tracker * tracker;    /* optimizer state tracking for exact resume (gmn_optstate.c), or NULL */
     ggml_backend_sched_eval_callback tracker_cb;
-    struct gmn_cpu_kernels  kernels;     /* the shim's kernels for some of ggml's ops (CPU training graph) */
-    int                     use_kernels;
+    struct gmn_cpu_kernels  kernels;     /* the shim's kernels for some of ggml's ops (CPU training graph; outer NULL: none) */
     struct ggml_context   * ctx_in;      /* the statically allocated input tensor */
     ggml_backend_buffer_t   buf_in;
     struct ggml_tensor    * inputs;
@@ -179,7 +178,7 @@ static float gmn_schedule_lr(const struct gmn_train_config * c, int64_t step) {
  * optimizer-state tracker, if any. */
 static bool gmn_train_eval_cb(struct ggml_tensor * t, bool ask, void * ud) {
     struct gmn_train_state * st = ud;
-    if (ask && st->use_kernels) {
+    if (ask && st->kernels.outer != NULL) {
         gmn_cpu_kernels_adopt(t, &st->kernels);
     }
     return st->tracker_cb != NULL ? st->tracker_cb(t, ask, st->tracker) : false;
@@ -301,7 +300,6 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     st->result = ggml_opt_result_init();
     if (gmn_forward_is_cl(m) && m->n_accel == 0) {
         gmn_cpu_kernels_init(st->ctx_compute, &st->kernels);
-        st->use_kernels = 1;
         ggml_backend_sched_set_eval_callback(st->sched, gmn_train_eval_cb, st);
     }
     if (st->opt == NULL || st->result == NULL) {
