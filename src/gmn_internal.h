@@ -98,6 +98,13 @@ struct gmn_model {
     char ** meta_values;
 };
 
+/* kernels built twice, for AVX2 + FMA CPUs and for any x86-64, chosen at load time */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GMN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define GMN_CLONES
+#endif
+
 /* Record a formatted error for gmn_last_error() and return status. */
 int  gmn_fail(int status, const char * fmt, ...);
 /* Clear the thread's last error. */
@@ -114,7 +121,9 @@ uint64_t gmn_rng_next(struct gmn_rng * rng);
 double   gmn_rng_uniform(struct gmn_rng * rng); /* [0, 1) */
 
 /* Augmentation (gmn_augment.c): a workspace sized for one image, and one image augmented with rng. */
-struct gmn_aug_ws { float * src; float * grid; };
+/* src: the image with a zero border; grid: elastic control points; rows, disp: the elastic field along the
+ * control rows, then at every pixel (x displacements, then y) */
+struct gmn_aug_ws { float * src; float * grid; float * rows; float * disp; };
 int  gmn_augment_active(const struct gmn_augment * aug);
 int  gmn_aug_ws_init(struct gmn_aug_ws * ws, const struct gmn_augment * aug, int h, int w);
 void gmn_aug_ws_free(struct gmn_aug_ws * ws);

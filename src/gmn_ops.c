@@ -12,12 +12,6 @@
 #include <math.h>
 #include <string.h>
 
-/* kernels built twice, for AVX2 + FMA CPUs and for any x86-64, chosen at load time */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define GMN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define GMN_CLONES
-#endif
 
 struct gmn_window {
     int64_t k, s, p, e; /* kernel side, stride, padding; e: zero rows appended to each gathered column */

@@ -2,6 +2,9 @@
 #include "gmn_internal.h"
 
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +23,8 @@ struct gmn_train_state {
     struct gmn_rng          mask_rng;   /* own stream, so dropout does not change the shuffle order */
     uint64_t                aug_seed;   /* augmentation: image k of the run draws from (aug_seed, k) */
     uint64_t                aug_count;  /* training images augmented so far */
-    struct gmn_aug_ws       aug_ws;
+    struct gmn_aug_ws     * aug_ws;     /* one workspace per gathering thread */
+    int                     n_aug_ws;
     int                     augment;    /* cfg.augment does something */
     int                     h, w;       /* image size */
     int                     batches;    /* batches trained since train_init */
@@ -107,7 +111,10 @@ void gmn_train_state_free(struct gmn_train_state * st) {
     free(st->perm);
     free(st->probs);
     free(st->mask_buf);
-    gmn_aug_ws_free(&st->aug_ws);
+    for (int i = 0; i < st->n_aug_ws; i++) {
+        gmn_aug_ws_free(&st->aug_ws[i]);
+    }
+    free(st->aug_ws);
     free(st);
 }
 
@@ -233,11 +240,19 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     st->augment = gmn_augment_active(&config->augment);
     st->h = m->net.image_h;
     st->w = m->net.image_w;
-    /* one thread gathers: ggml's idle workers spin between graphs, and two gather threads measured no faster on
-     * 2 cores (an fc epoch with light augmentation took 1.13-1.30x a plain one either way) */
-    if (st->augment && gmn_aug_ws_init(&st->aug_ws, &config->augment, m->net.image_h, m->net.image_w) != GMN_OK) {
-        gmn_train_state_free(st);
-        return GMN_E_NOMEM;
+    /* the batch is gathered by the model's threads (gmn_gather_batch), each with its own workspace */
+    if (st->augment) {
+        st->aug_ws = calloc((size_t) m->n_threads, sizeof(*st->aug_ws));
+        if (st->aug_ws == NULL) {
+            gmn_train_state_free(st);
+            return gmn_fail(GMN_E_NOMEM, "train_init: out of memory");
+        }
+        for (; st->n_aug_ws < m->n_threads; st->n_aug_ws++) {
+            if (gmn_aug_ws_init(&st->aug_ws[st->n_aug_ws], &config->augment, m->net.image_h, m->net.image_w) != GMN_OK) {
+                gmn_train_state_free(st);
+                return GMN_E_NOMEM;
+            }
+        }
     }
     const int64_t B = config->physical_batch_size;
     const int64_t npix = gmn_image_pixels(m);
@@ -323,18 +338,46 @@ static int gmn_check_indices(const gmn_dataset * ds, const int64_t * idx, int64_
     return GMN_OK;
 }
 
-static void gmn_gather_batch(struct gmn_train_state * st, const gmn_dataset * ds, const int64_t * rows, int64_t B, int n_classes) {
+static void gmn_gather_rows(struct gmn_train_state * st, const gmn_dataset * ds, const int64_t * rows, int64_t r0, int64_t r1,
+                            int n_classes, struct gmn_aug_ws * ws) {
     const int64_t npix = ds->n_pixels;
-    memset(st->ybuf, 0, (size_t) (B * n_classes) * sizeof(float));
-    for (int64_t r = 0; r < B; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         const uint8_t * img = ds->images + rows[r] * npix;
         if (st->augment) {
             const uint64_t seed = gmn_augment_image_seed(st->aug_seed, st->aug_count + (uint64_t) r);
-            gmn_augment_one(&st->cfg.augment, seed, &st->aug_ws, img, st->h, st->w, st->xbuf + r * npix);
+            gmn_augment_one(&st->cfg.augment, seed, ws, img, st->h, st->w, st->xbuf + r * npix);
         } else {
             gmn_u8_to_f32(st->xbuf + r * npix, img, npix);
         }
         st->ybuf[r * n_classes + ds->labels[rows[r]]] = 1.0f;
+    }
+}
+
+/* Fills the batch buffers with images rows (augmented, when the run augments) and their one-hot labels. Every
+ * image draws its augmentation from its own position in the run, so the result does not depend on the threads:
+ * the model's threads share the rows, through OpenMP, whose workers are ggml's own and wait between graphs.
+ * A process forked after threads ran is held to one thread (gmn_thread_limit) and never enters a parallel region. */
+static void gmn_gather_batch(struct gmn_train_state * st, const gmn_dataset * ds, const int64_t * rows, int64_t B,
+                             int n_classes, int n_threads) {
+    memset(st->ybuf, 0, (size_t) (B * n_classes) * sizeof(float));
+    if (st->augment && n_threads > st->n_aug_ws) {
+        n_threads = st->n_aug_ws;
+    }
+    const int limit = gmn_thread_limit();
+    if (limit > 0 && n_threads > limit) {
+        n_threads = limit;
+    }
+#ifdef _OPENMP
+    if (n_threads > 1 && B >= 2 * n_threads) {
+#pragma omp parallel num_threads(n_threads)
+        {
+            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            gmn_gather_rows(st, ds, rows, B * t / nt, B * (t + 1) / nt, n_classes, st->augment ? &st->aug_ws[t] : NULL);
+        }
+    } else
+#endif
+    {
+        gmn_gather_rows(st, ds, rows, 0, B, n_classes, st->augment ? &st->aug_ws[0] : NULL);
     }
     if (st->augment) {
         st->aug_count += (uint64_t) B;
@@ -522,7 +565,7 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
     int64_t last = 0; /* the last batch trained */
     for (int64_t ib = 0; ib < nbatch; ib++) {
         last = ib;
-        gmn_gather_batch(st, ds, st->perm + ib * B, B, C);
+        gmn_gather_batch(st, ds, st->perm + ib * B, B, C, m->n_threads);
         ggml_opt_alloc(st->opt, true);
         gmn_fill_masks(m, st);
         st->batches++;

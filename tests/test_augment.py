@@ -238,3 +238,31 @@ def test_cli_augment_option(tmp_path, synthetic_mnist, capsys):
 def test_no_images_give_no_images():
     out = gm.augment_images(np.zeros((0, 28, 28), np.uint8), "strong")
     assert out.shape == (0, 28, 28) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("level", ["light", "strong"])
+def test_training_batches_do_not_depend_on_the_thread_count(level):
+    """The training threads share the augmentation of a batch; every image still draws its own transform, so the
+    batches are the same bits with 1, 2 or 3 threads (and the dropped remainder of a batch changes nothing)."""
+    images, labels = _uniform_classes(100)
+    images = images + np.random.default_rng(1).integers(0, 30, images.shape, dtype=np.uint8)
+
+    def batches(threads):
+        seen = []
+
+        def on_epoch(_stats, model):
+            batch = np.empty((25, 28 * 28), np.float32)
+            onehot = np.empty((25, 10), np.float32)
+            assert lib.gmn_model_last_batch(model.handle, ffi.cast("float *", batch.ctypes.data), batch.size,
+                                            ffi.cast("float *", onehot.ctypes.data), onehot.size) == 0
+            seen.append((batch, onehot))
+
+        gm.train(images, labels, on_epoch=on_epoch, **small_options("fc", augment=level, epochs=2, batch_size=25,
+                                                                     threads=threads))
+        return seen
+
+    one = batches(1)
+    for threads in (2, 3):
+        other = batches(threads)
+        assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(one, other))
+    assert not np.array_equal(one[0][0], one[1][0])  # the epochs' last batches differ
