@@ -10,6 +10,8 @@
 #include "gmn_internal.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 
@@ -465,7 +467,7 @@ static struct gmn_tiling gmn_tiling_of(int64_t M, int64_t N) {
 }
 
 static void gmn_tile_at(const struct gmn_tiling * g, int64_t t, int64_t * i0, int64_t * m, int64_t * i1, int64_t * n) {
-    const int64_t ti = t % g->tm, tj = t / g->tm, full = g->M / 16;
+    const int64_t ti = t / g->tn, tj = t % g->tn, full = g->M / 16; /* a thread's consecutive tiles share rows */
     if (ti < full) {
         *i0 = ti * 16;
         *m  = 16;
@@ -482,8 +484,33 @@ static void gmn_tile_at(const struct gmn_tiling * g, int64_t t, int64_t * i0, in
 
 /* The sum over j runs in blocks of GMN_OUTER_JB, each block visiting all of this thread's tiles, so that a
  * block of a (the im2col columns of a wide convolution are tens of megabytes) is read from cache, not memory,
- * by every tile. Each output element still sums j = 0, 1, ... in order, whatever the number of threads. */
+ * by every tile. A thread's tiles go along rows of tiles (gmn_tile_at). For up to GMN_PANEL_TILES rows of tiles
+ * at a time, the thread first copies the rows of a that they use out of the block, reading it in memory order,
+ * into one contiguous panel per row of tiles, which then stays in the L1 cache for all the tiles of its row (in
+ * place, a tile would read one cache line from each of 256 rows of a that lie a row of a apart). Each output
+ * element still sums j = 0, 1, ... in order, whatever the number of threads, panels or not. */
 #define GMN_OUTER_JB 256
+#define GMN_PANEL_TILES 32
+
+/* each of ggml's threads keeps its panels between calls (512 KB), freed when the thread ends */
+static pthread_key_t g_panel_key;
+static pthread_once_t g_panel_once = PTHREAD_ONCE_INIT;
+static void gmn_panel_key_init(void) {
+    pthread_key_create(&g_panel_key, free);
+}
+
+static float * gmn_thread_panels(void) {
+    pthread_once(&g_panel_once, gmn_panel_key_init);
+    float * p = pthread_getspecific(g_panel_key);
+    if (p == NULL) {
+        p = aligned_alloc(64, (size_t) GMN_PANEL_TILES * 16 * GMN_OUTER_JB * sizeof(float));
+        if (p != NULL && pthread_setspecific(g_panel_key, p) != 0) {
+            free(p);
+            p = NULL;
+        }
+    }
+    return p;
+}
 
 static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     (void) ud;
@@ -506,20 +533,48 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
         }
         return;
     }
-    for (int64_t j0 = 0; j0 < J; j0 += GMN_OUTER_JB) {
-        const int64_t jn = J - j0 < GMN_OUTER_JB ? J - j0 : GMN_OUTER_JB;
-        for (int64_t t = lo; t < hi; t++) {
-            int64_t i0, m, i1, n;
-            gmn_tile_at(&g, t, &i0, &m, &i1, &n);
-            const float * at = (const float *) a->data + i0 + j0 * lda;
-            const float * bt = (const float *) b->data + i1 * sbi + j0 * sbj;
-            float * dt = (float *) dst->data + i0 + i1 * ldd;
-            if (m == 16 || m == 8) {
-                GMN_TILES[m / 8 - 1][n - 1](jn, at, lda, bt, sbi, sbj, dt, ldd, j0 > 0);
-            } else {
-                gmn_tile_edge(jn, at, lda, bt, sbi, sbj, dt, ldd, m, n, j0 > 0);
+    /* panels pay when a's rows are apart and several tiles share them; NULL (also out of memory): in place */
+    float * const panels = lda > 16 && g.tn >= 3 ? gmn_thread_panels() : NULL;
+    const float * const A = (const float *) a->data;
+    for (int64_t c0 = lo; c0 < hi;) {
+        /* the chunk: tiles c0 .. c1, in at most GMN_PANEL_TILES rows of tiles */
+        const int64_t r0 = c0 / g.tn, r1 = r0 + GMN_PANEL_TILES;
+        const int64_t c1 = r1 * g.tn < hi ? r1 * g.tn : hi;
+        for (int64_t j0 = 0; j0 < J; j0 += GMN_OUTER_JB) {
+            const int64_t jn = J - j0 < GMN_OUTER_JB ? J - j0 : GMN_OUTER_JB;
+            const int64_t rn = (c1 - 1) / g.tn - r0 + 1;
+            if (panels != NULL) {
+                for (int64_t j = 0; j < jn; j++) {
+                    const float * row = A + (j0 + j) * lda;
+                    for (int64_t r = 0; r < rn; r++) {
+                        int64_t i0, m, i1, n;
+                        gmn_tile_at(&g, (r0 + r) * g.tn, &i0, &m, &i1, &n);
+                        float * p = panels + r * 16 * GMN_OUTER_JB + j * m;
+                        if (m == 16) {
+                            gmn_st8(p, gmn_ld8(row + i0));
+                            gmn_st8(p + 8, gmn_ld8(row + i0 + 8));
+                        } else if (m == 8) {
+                            gmn_st8(p, gmn_ld8(row + i0));
+                        }
+                    }
+                }
+            }
+            for (int64_t t = c0; t < c1; t++) {
+                int64_t i0, m, i1, n;
+                gmn_tile_at(&g, t, &i0, &m, &i1, &n);
+                const float * bt = (const float *) b->data + i1 * sbi + j0 * sbj;
+                float * dt = (float *) dst->data + i0 + i1 * ldd;
+                if ((m == 16 || m == 8) && panels != NULL) {
+                    const float * p = panels + (t / g.tn - r0) * 16 * GMN_OUTER_JB;
+                    GMN_TILES[m / 8 - 1][n - 1](jn, p, m, bt, sbi, sbj, dt, ldd, j0 > 0);
+                } else if (m == 16 || m == 8) {
+                    GMN_TILES[m / 8 - 1][n - 1](jn, A + i0 + j0 * lda, lda, bt, sbi, sbj, dt, ldd, j0 > 0);
+                } else {
+                    gmn_tile_edge(jn, A + i0 + j0 * lda, lda, bt, sbi, sbj, dt, ldd, m, n, j0 > 0);
+                }
             }
         }
+        c0 = c1;
     }
 }
 
