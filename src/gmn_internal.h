@@ -169,6 +169,12 @@ int  gmn_forward_is_cl(const gmn_model * model);
 /* gmn_ops.c: channels-last CPU ops ([C, W, H, N]); see gmn_forward_cl */
 struct ggml_tensor * gmn_cl_im2col(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int64_t rows);
 struct ggml_tensor * gmn_cl_pad_rows(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows);
+/* [K, O] -> [K, n] with zero columns (outputs) O .. n, for a product with n outputs */
+struct ggml_tensor * gmn_cl_pad_outputs(struct ggml_context * ctx, struct ggml_tensor * a, int64_t n);
+/* the first n outputs of every column of a product y [N, P], as a contiguous [n, P] */
+struct ggml_tensor * gmn_cl_first_outputs(struct ggml_context * ctx, struct ggml_tensor * y, int64_t n);
+/* the number of outputs, n or more, of a product that llamafile's sgemm takes (a multiple of 4) */
+int64_t gmn_sgemm_outputs(int64_t n);
 struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int extra);
 struct ggml_tensor * gmn_cl_relayout(struct ggml_context * ctx, struct ggml_tensor * x, int to_cf);
 struct ggml_tensor * gmn_cl_act_linearized(struct ggml_context * ctx, struct ggml_tensor * x, int kind);

@@ -10,6 +10,7 @@
 #include "gmn_internal.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,15 +210,17 @@ static void gmn_op_maxpool(struct ggml_tensor * dst, int ith, int nth, void * ud
 
 /* Average pooling's weights: dst [C*k*k, C], column c holds 1/(k*k) in the rows of channel c (rows are ordered
  * channel fastest, as gmn_cl_gather_cols and gmn_cl_im2col order a window). */
+/* [R = C*k*k, CP] averaging matrix of a window of C channels (ud): column c < C picks channel c of every pixel
+ * of the window with weight 1/(k*k); columns C .. CP are 0 */
 static void gmn_op_avg_matrix(struct ggml_tensor * dst, int ith, int nth, void * ud) {
-    const int64_t R = dst->ne[0], C = dst->ne[1];
+    const int64_t R = dst->ne[0], CP = dst->ne[1], C = (int64_t) (intptr_t) ud;
     const float v = (float) C / (float) R;
     int64_t lo, hi;
-    gmn_split(C, ith, nth, &lo, &hi);
+    gmn_split(CP, ith, nth, &lo, &hi);
     for (int64_t c = lo; c < hi; c++) {
         float * col = (float *) dst->data + c * R;
         for (int64_t r = 0; r < R; r++) {
-            col[r] = r % C == c ? v : 0.0f;
+            col[r] = c < C && r % C == c ? v : 0.0f;
         }
     }
 }
@@ -243,6 +246,18 @@ static struct ggml_tensor * gmn_zero_extend(struct ggml_context * ctx, struct gg
 
 struct ggml_tensor * gmn_cl_pad_rows(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows) {
     return gmn_zero_extend(ctx, a, rows, a->ne[1]);
+}
+
+struct ggml_tensor * gmn_cl_pad_outputs(struct ggml_context * ctx, struct ggml_tensor * a, int64_t n) {
+    return gmn_zero_extend(ctx, a, a->ne[0], n);
+}
+
+struct ggml_tensor * gmn_cl_first_outputs(struct ggml_context * ctx, struct ggml_tensor * y, int64_t n) {
+    return ggml_cont(ctx, ggml_view_2d(ctx, y, n, y->ne[1], y->nb[1], 0));
+}
+
+int64_t gmn_sgemm_outputs(int64_t n) {
+    return ggml_cpu_has_llamafile() && n % 4 != 0 ? (n + 3) / 4 * 4 : n;
 }
 
 /* The im2col columns of x [C, W, H, N] gathered with get_rows: [C*(k*k + extra), OW*OH*N], the last C*extra rows
@@ -664,21 +679,32 @@ static void gmn_op_sum_rows_into(struct ggml_tensor * dst, int ith, int nth, voi
     }
 }
 
-/* acc at offset 0 of a contiguous block: dst = src0, plus src1 on its first nelements(src1) elements */
+/* acc at offset 0: dst = src0 plus src1, whose rows lie in dst the acc's nb1 bytes apart (a 2-D src1), or whose
+ * elements are dst's first ones (any src1 that is contiguous in dst's layout). Adopting the node replaces its
+ * op_params with the custom op's (a function, a task count and a pointer: 24 bytes), so gmn_cpu_kernels_adopt
+ * keeps nb1 in the last of the 16 op_params words. */
+#define GMN_ACC_STRIDE_PARAM 15
+_Static_assert(GGML_MAX_OP_PARAMS / sizeof(int32_t) > GMN_ACC_STRIDE_PARAM, "op_params too small");
 static void gmn_op_acc_front(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     (void) ud;
+    const struct ggml_tensor * src1 = dst->src[1];
     const float * a = (const float *) dst->src[0]->data;
-    const float * b = (const float *) dst->src[1]->data;
-    const int64_t nb = ggml_nelements(dst->src[1]);
+    const float * b = (const float *) src1->data;
+    const int two_d = src1->ne[2] == 1 && src1->ne[3] == 1 && src1->ne[1] > 1;
+    const int64_t bc = two_d ? src1->ne[0] : ggml_nelements(src1), br = two_d ? src1->ne[1] : 1;
+    const int64_t s = two_d ? (int64_t) dst->op_params[GMN_ACC_STRIDE_PARAM] / (int64_t) sizeof(float) : bc;
     float * d = (float *) dst->data;
     int64_t lo, hi;
     gmn_split(ggml_nelements(dst), ith, nth, &lo, &hi);
-    const int64_t mid = hi < nb ? hi : (lo > nb ? lo : nb);
-    for (int64_t k = lo; k < mid; k++) {
-        d[k] = a[k] + b[k];
+    if (d != a && hi > lo) {
+        memcpy(d + lo, a + lo, (size_t) (hi - lo) * sizeof(float));
     }
-    if (hi > mid && d != a) {
-        memcpy(d + mid, a + mid, (size_t) (hi - mid) * sizeof(float));
+    for (int64_t r = lo / s; r < br && r * s < hi; r++) {
+        const int64_t r0 = r * s;
+        const int64_t c0 = lo > r0 ? lo - r0 : 0, c1 = hi - r0 < bc ? hi - r0 : bc;
+        for (int64_t c = c0; c < c1; c++) {
+            d[r0 + c] = a[r0 + c] + b[r * bc + c];
+        }
     }
 }
 
@@ -744,12 +770,23 @@ int gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels *
         case GGML_OP_ACC: {
             const int32_t * p = (const int32_t *) t->op_params; /* nb1, nb2, nb3, offset, inplace */
             if (!gmn_f32(a) || !gmn_f32(b) || !gmn_f32(t) || !ggml_is_contiguous(a) || !ggml_is_contiguous(b) ||
-                !ggml_is_contiguous(t) || !ggml_are_same_shape(a, t) || p[3] != 0 || ggml_nelements(b) > ggml_nelements(t) ||
-                (b->ne[1] > 1 && (size_t) p[0] != b->nb[1]) || (b->ne[2] > 1 && (size_t) p[1] != b->nb[2]) ||
-                (b->ne[3] > 1 && (size_t) p[2] != b->nb[3])) {
+                !ggml_is_contiguous(t) || !ggml_are_same_shape(a, t) || p[3] != 0 || ggml_nelements(b) > ggml_nelements(t)) {
                 return 0;
             }
-            return gmn_adopt(t, k->acc_front);
+            if (b->ne[2] == 1 && b->ne[3] == 1 && b->ne[1] > 1) {
+                /* rows of b at a stride of p[0] bytes, inside t */
+                if (p[0] <= 0 || p[0] % (int32_t) sizeof(float) != 0 || (size_t) p[0] < b->nb[1] ||
+                    (b->ne[1] - 1) * (int64_t) (p[0] / (int32_t) sizeof(float)) + b->ne[0] > ggml_nelements(t)) {
+                    return 0;
+                }
+            } else if ((b->ne[1] > 1 && (size_t) p[0] != b->nb[1]) || (b->ne[2] > 1 && (size_t) p[1] != b->nb[2]) ||
+                       (b->ne[3] > 1 && (size_t) p[2] != b->nb[3])) {
+                return 0;
+            }
+            const int32_t row_stride = p[0]; /* read before the custom op's parameters overwrite it */
+            gmn_adopt(t, k->acc_front);
+            t->op_params[GMN_ACC_STRIDE_PARAM] = row_stride;
+            return 1;
         }
         default:
             return 0;
@@ -758,11 +795,19 @@ int gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels *
 
 /* Average pooling (zeros in the padding count, as in ggml's pool_2d) of a channels-last x: the window's pixels
  * gathered as im2col columns, times a constant [C*k*k, C] averaging matrix; its backward pass is a matrix
- * product and a scatter, all multi-threaded, with no layout change. */
+ * product and a scatter, all multi-threaded, with no layout change. llamafile's sgemm takes only products with
+ * a multiple of 4 outputs (ggml's dot product runs the rest one output at a time), so the matrix has zero
+ * columns up to one (gmn_sgemm_outputs) and the pooled map is the first C channels of the product. */
 struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad) {
     const struct gmn_window w = { k, stride, pad, 0 };
     const int64_t C = x->ne[0], OW = gmn_out_side(x->ne[1], w), OH = gmn_out_side(x->ne[2], w), N = x->ne[3];
+    const int64_t CP = gmn_sgemm_outputs(C);
     struct ggml_tensor * cols = grad ? gmn_cl_gather_cols(ctx, x, k, stride, pad, 0) : gmn_cl_im2col(ctx, x, k, stride, pad, C * k * k);
-    struct ggml_tensor * avg = ggml_custom_4d(ctx, GGML_TYPE_F32, C * k * k, C, 1, 1, NULL, 0, gmn_op_avg_matrix, GGML_N_TASKS_MAX, NULL);
-    return ggml_reshape_4d(ctx, ggml_mul_mat(ctx, avg, cols), C, OW, OH, N);
+    struct ggml_tensor * avg = ggml_custom_4d(ctx, GGML_TYPE_F32, C * k * k, CP, 1, 1, NULL, 0, gmn_op_avg_matrix, GGML_N_TASKS_MAX,
+                                              (void *) (intptr_t) C);
+    struct ggml_tensor * y = ggml_mul_mat(ctx, avg, cols);
+    if (CP != C) {
+        y = gmn_cl_first_outputs(ctx, y, C);
+    }
+    return ggml_reshape_4d(ctx, y, C, OW, OH, N);
 }
