@@ -128,18 +128,24 @@ def _uniform_classes(n: int, classes: int = 10) -> tuple[np.ndarray, np.ndarray]
     return images, labels
 
 
-def test_training_batches_keep_labels_aligned_with_their_images():
-    images, labels = _uniform_classes(200)
+def _last_batches(images, labels, batch_size, **options) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The last training batch of every epoch, as the shim gathered it: (images [B, 28, 28], one-hot labels)."""
     seen = []
 
     def on_epoch(_stats, model):
-        batch = np.empty((20, 28 * 28), np.float32)
-        onehot = np.empty((20, 10), np.float32)
+        batch = np.empty((batch_size, 28, 28), np.float32)
+        onehot = np.empty((batch_size, 10), np.float32)
         assert lib.gmn_model_last_batch(model.handle, ffi.cast("float *", batch.ctypes.data), batch.size,
                                         ffi.cast("float *", onehot.ctypes.data), onehot.size) == 0
-        seen.append((batch.reshape(20, 28, 28), onehot))
+        seen.append((batch, onehot))
 
-    gm.train(images, labels, on_epoch=on_epoch, **small_options("fc", augment="strong", epochs=2))
+    gm.train(images, labels, on_epoch=on_epoch, **small_options("fc", epochs=2, batch_size=batch_size, **options))
+    return seen
+
+
+def test_training_batches_keep_labels_aligned_with_their_images():
+    images, labels = _uniform_classes(200)
+    seen = _last_batches(images, labels, 20, augment="strong")
     for batch, onehot in seen:
         assert (onehot.sum(axis=1) == 1).all()
         expected = (20 + 20 * onehot.argmax(axis=1)) * SCALE
@@ -243,23 +249,12 @@ def test_no_images_give_no_images():
 @pytest.mark.parametrize("level", ["light", "strong"])
 def test_training_batches_do_not_depend_on_the_thread_count(level):
     """The training threads share the augmentation of a batch; every image still draws its own transform, so the
-    batches are the same bits with 1, 2 or 3 threads (and the dropped remainder of a batch changes nothing)."""
+    batches are the same bits with 1, 2 or 3 threads."""
     images, labels = _uniform_classes(100)
     images = images + np.random.default_rng(1).integers(0, 30, images.shape, dtype=np.uint8)
 
     def batches(threads):
-        seen = []
-
-        def on_epoch(_stats, model):
-            batch = np.empty((25, 28 * 28), np.float32)
-            onehot = np.empty((25, 10), np.float32)
-            assert lib.gmn_model_last_batch(model.handle, ffi.cast("float *", batch.ctypes.data), batch.size,
-                                            ffi.cast("float *", onehot.ctypes.data), onehot.size) == 0
-            seen.append((batch, onehot))
-
-        gm.train(images, labels, on_epoch=on_epoch, **small_options("fc", augment=level, epochs=2, batch_size=25,
-                                                                     threads=threads))
-        return seen
+        return _last_batches(images, labels, 25, augment=level, threads=threads)
 
     one = batches(1)
     for threads in (2, 3):
