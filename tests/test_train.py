@@ -114,13 +114,14 @@ def test_cpu_physical_batch_is_automatic() -> None:
     assert config.replace(batch_size=1009).physical_on("CPU") == 1009  # a prime: no part fits, no accumulation
     assert config.replace(batch_size=1000).physical_on("CUDA0") == 1000
     assert config.replace(batch_size=1000, physical_batch_size=500).physical_on("CPU") == 500
+    assert config.replace(batch_size=1000).physical_on("CPU", convolutional=False) == 1000  # dense layers: whole
 
 
 def test_automatic_parts_train_like_the_whole_batch(data: tuple) -> None:
     x, y, *_ = data
-    options = small_options("fc", batch_size=300, epochs=3, lr=1e-2)
+    options = small_options("cnn", batch_size=300, epochs=3, lr=1e-2)
     whole, h_whole = train(x, y, **options, physical_batch_size=300)
-    parts, h_parts = train(x, y, **options)  # 300 on a CPU: three parts of 100
+    parts, h_parts = train(x, y, **options)  # 300 on a CPU: three parts of 100 (a convolutional network)
     assert [s.n_train for s in h_parts] == [300] * 3
     assert h_parts[-1].train_loss == pytest.approx(h_whole[-1].train_loss, rel=1e-5)
     a, b = whole.get_weights(), parts.get_weights()

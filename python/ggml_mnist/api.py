@@ -308,7 +308,7 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
         optimizer=0 if cfg.optimizer == "adamw" else 1, lr=cfg.lr, lr_min_ratio=cfg.lr_min_ratio,
         schedule=_SCHEDULE_CODES[cfg.lr_schedule], warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
         total_steps=cfg.epochs * steps_per_epoch, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
-        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, physical_batch_size=cfg.physical_on(model.device),
+        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, physical_batch_size=cfg.physical_on(model.device, any(isinstance(layer, Conv2d) for layer in model.layers)),
         seed=cfg.seed, max_loss=cfg.max_loss, augment=resolve_augment(cfg.augment)))))
     keep_optimizer = save_optimizer or resume is not None
     if keep_optimizer:
