@@ -8,6 +8,7 @@
  * A window (kernel or pool) is packed into the op's userdata as k | stride << 8 | pad << 16 | extra << 24, so
  * that no pointer to memory outliving the graph is needed. */
 #include "gmn_internal.h"
+#include "ggml-cpu.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -470,10 +471,11 @@ GMN_CLONES static void gmn_tile_edge(int64_t J, const float * a, int64_t lda, co
  * depends on the shape only, never on the number of threads. */
 struct gmn_tiling {
     int64_t M, N, tm, tn, n_base, n_more; /* tn column tiles: the first n_more have n_base + 1 columns */
+    int by_rows;                          /* tiles are numbered along rows of tiles (else down columns) */
 };
 
 static struct gmn_tiling gmn_tiling_of(int64_t M, int64_t N) {
-    struct gmn_tiling g = { M, N, M / 16 + (M % 16 >= 8) + (M % 8 > 0), (N + 5) / 6, 0, 0 };
+    struct gmn_tiling g = { M, N, M / 16 + (M % 16 >= 8) + (M % 8 > 0), (N + 5) / 6, 0, 0, 0 };
     if (g.tn > 0) {
         g.n_base = N / g.tn;
         g.n_more = N % g.tn;
@@ -482,7 +484,7 @@ static struct gmn_tiling gmn_tiling_of(int64_t M, int64_t N) {
 }
 
 static void gmn_tile_at(const struct gmn_tiling * g, int64_t t, int64_t * i0, int64_t * m, int64_t * i1, int64_t * n) {
-    const int64_t ti = t / g->tn, tj = t % g->tn, full = g->M / 16; /* a thread's consecutive tiles share rows */
+    const int64_t ti = g->by_rows ? t / g->tn : t % g->tm, tj = g->by_rows ? t % g->tn : t / g->tm, full = g->M / 16;
     if (ti < full) {
         *i0 = ti * 16;
         *m  = 16;
@@ -499,13 +501,18 @@ static void gmn_tile_at(const struct gmn_tiling * g, int64_t t, int64_t * i0, in
 
 /* The sum over j runs in blocks of GMN_OUTER_JB, each block visiting all of this thread's tiles, so that a
  * block of a (the im2col columns of a wide convolution are tens of megabytes) is read from cache, not memory,
- * by every tile. A thread's tiles go along rows of tiles (gmn_tile_at). For up to GMN_PANEL_TILES rows of tiles
- * at a time, the thread first copies the rows of a that they use out of the block, reading it in memory order,
- * into one contiguous panel per row of tiles, which then stays in the L1 cache for all the tiles of its row (in
- * place, a tile would read one cache line from each of 256 rows of a that lie a row of a apart). Each output
- * element still sums j = 0, 1, ... in order, whatever the number of threads, panels or not. */
+ * by every tile. Two orders of the tiles:
+ * - down columns of tiles, when b is large (the gradient of a convolution's input: N is the pixels of a batch,
+ *   J the channels): a thread's consecutive tiles then share b's columns, which stay in the L1 cache;
+ * - along rows of tiles, when a block of b fits in the L2 cache and several tiles share each row of tiles (a
+ *   weight gradient: N is the outputs, J the pixels or images). For up to GMN_PANEL_TILES rows of tiles at a
+ *   time, the thread first copies the rows of a that they use out of the block, reading it in memory order, into
+ *   one contiguous panel per row of tiles, which stays in the L1 cache for all the tiles of its row (in place, a
+ *   tile would read one cache line from each of 256 rows of a that lie a row of a apart).
+ * Each output element sums j = 0, 1, ... in order, whatever the order, the panels or the number of threads. */
 #define GMN_OUTER_JB 256
 #define GMN_PANEL_TILES 32
+#define GMN_OUTER_B_BYTES (256 * 1024) /* a block of b this size or less stays in the L2 cache */
 
 /* each of ggml's threads keeps its panels between calls (512 KB), freed when the thread ends */
 static pthread_key_t g_panel_key;
@@ -535,7 +542,9 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
     const int64_t lda = (int64_t) (a->nb[1] / sizeof(float));
     const int64_t sbi = (int64_t) (b->nb[0] / sizeof(float)), sbj = (int64_t) (b->nb[1] / sizeof(float));
     const int64_t ldd = (int64_t) (dst->nb[1] / sizeof(float));
-    const struct gmn_tiling g = gmn_tiling_of(M, N);
+    struct gmn_tiling g = gmn_tiling_of(M, N);
+    const int64_t jb = J < GMN_OUTER_JB ? J : GMN_OUTER_JB;
+    g.by_rows = lda > 16 && g.tn >= 3 && N * jb * (int64_t) sizeof(float) <= GMN_OUTER_B_BYTES;
     int64_t lo, hi;
     gmn_split(g.tm * g.tn, ith, nth, &lo, &hi);
     if (J == 0) {
@@ -548,22 +557,25 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
         }
         return;
     }
-    /* panels pay when a's rows are apart and several tiles share them; NULL (also out of memory): in place */
-    float * const panels = lda > 16 && g.tn >= 3 ? gmn_thread_panels() : NULL;
+    /* panels: along rows of tiles, for up to GMN_PANEL_TILES rows of tiles at a time; down columns, for all the
+     * rows of tiles at once when there are no more than that; NULL (also out of memory): a is read in place */
+    float * const panels = lda > 16 && (g.by_rows || g.tm <= GMN_PANEL_TILES) ? gmn_thread_panels() : NULL;
     const float * const A = (const float *) a->data;
     for (int64_t c0 = lo; c0 < hi;) {
-        /* the chunk: tiles c0 .. c1, in at most GMN_PANEL_TILES rows of tiles */
-        const int64_t r0 = c0 / g.tn, r1 = r0 + GMN_PANEL_TILES;
-        const int64_t c1 = r1 * g.tn < hi ? r1 * g.tn : hi;
+        /* the chunk: tiles c0 .. c1, whose rows of tiles p0 .. p0 + pn have panels */
+        int64_t c1 = hi, p0 = 0, pn = g.tm;
+        if (g.by_rows) {
+            p0 = c0 / g.tn;
+            c1 = panels != NULL && (p0 + GMN_PANEL_TILES) * g.tn < hi ? (p0 + GMN_PANEL_TILES) * g.tn : hi;
+            pn = (c1 - 1) / g.tn - p0 + 1;
+        }
         for (int64_t j0 = 0; j0 < J; j0 += GMN_OUTER_JB) {
             const int64_t jn = J - j0 < GMN_OUTER_JB ? J - j0 : GMN_OUTER_JB;
-            const int64_t rn = (c1 - 1) / g.tn - r0 + 1;
             if (panels != NULL) {
                 for (int64_t j = 0; j < jn; j++) {
                     const float * row = A + (j0 + j) * lda;
-                    for (int64_t r = 0; r < rn; r++) {
-                        int64_t i0, m, i1, n;
-                        gmn_tile_at(&g, (r0 + r) * g.tn, &i0, &m, &i1, &n);
+                    for (int64_t r = 0; r < pn; r++) {
+                        const int64_t i0 = (p0 + r) * 16, m = g.M - i0 >= 16 ? 16 : (g.M - i0 >= 8 ? 8 : 0);
                         float * p = panels + r * 16 * GMN_OUTER_JB + j * m;
                         if (m == 16) {
                             gmn_st8(p, gmn_ld8(row + i0));
@@ -580,7 +592,7 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
                 const float * bt = (const float *) b->data + i1 * sbi + j0 * sbj;
                 float * dt = (float *) dst->data + i0 + i1 * ldd;
                 if ((m == 16 || m == 8) && panels != NULL) {
-                    const float * p = panels + (t / g.tn - r0) * 16 * GMN_OUTER_JB;
+                    const float * p = panels + (i0 / 16 - p0) * 16 * GMN_OUTER_JB;
                     GMN_TILES[m / 8 - 1][n - 1](jn, p, m, bt, sbi, sbj, dt, ldd, j0 > 0);
                 } else if (m == 16 || m == 8) {
                     GMN_TILES[m / 8 - 1][n - 1](jn, A + i0 + j0 * lda, lda, bt, sbi, sbj, dt, ldd, j0 > 0);
