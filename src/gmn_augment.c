@@ -103,8 +103,8 @@ void gmn_aug_ws_free(struct gmn_aug_ws * ws) {
  * weight lie in the zero border, so the result is 0 exactly as outside the image, and inside the clamp changes
  * nothing. With integer coordinates the result is exactly a pixel. */
 static inline float gmn_sample(const float * src, int64_t stride, int h, int w, float sx, float sy) {
-    sx = sx < -1.0f ? -1.0f : (sx > (float) w ? (float) w : sx);
-    sy = sy < -1.0f ? -1.0f : (sy > (float) h ? (float) h : sy);
+    sx = !(sx >= -1.0f) ? -1.0f : (sx > (float) w ? (float) w : sx); /* NaN (inf - inf) -> -1, as _mm256_max_ps does */
+    sy = !(sy >= -1.0f) ? -1.0f : (sy > (float) h ? (float) h : sy);
     /* sx, sy >= -1 here, so truncating sx + 1 floors it (cheaper than floorf without SSE4.1) */
     const int x0 = (int) (sx + 1.0f) - 1, y0 = (int) (sy + 1.0f) - 1;
     const float fx = sx - (float) x0, fy = sy - (float) y0;

@@ -516,13 +516,17 @@ static void gmn_tile_at(const struct gmn_tiling * g, int64_t t, int64_t * i0, in
 
 /* each of ggml's threads keeps its panels between calls (512 KB), freed when the thread ends */
 static pthread_key_t g_panel_key;
+static int g_panel_key_ok;
 static pthread_once_t g_panel_once = PTHREAD_ONCE_INIT;
 static void gmn_panel_key_init(void) {
-    pthread_key_create(&g_panel_key, free);
+    g_panel_key_ok = pthread_key_create(&g_panel_key, free) == 0;
 }
 
 static float * gmn_thread_panels(void) {
     pthread_once(&g_panel_once, gmn_panel_key_init);
+    if (!g_panel_key_ok) {
+        return NULL; /* no key left: the tiles read a in place */
+    }
     float * p = pthread_getspecific(g_panel_key);
     if (p == NULL) {
         p = aligned_alloc(64, (size_t) GMN_PANEL_TILES * 16 * GMN_OUTER_JB * sizeof(float));
@@ -711,7 +715,7 @@ static void gmn_op_acc_front(struct ggml_tensor * dst, int ith, int nth, void * 
     if (d != a && hi > lo) {
         memcpy(d + lo, a + lo, (size_t) (hi - lo) * sizeof(float));
     }
-    for (int64_t r = lo / s; r < br && r * s < hi; r++) {
+    for (int64_t r = s > 0 ? lo / s : br; r < br && r * s < hi; r++) { /* s > 0: adopt turns an empty src1 away */
         const int64_t r0 = r * s;
         const int64_t c0 = lo > r0 ? lo - r0 : 0, c1 = hi - r0 < bc ? hi - r0 : bc;
         for (int64_t c = c0; c < c1; c++) {
@@ -782,7 +786,8 @@ int gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels *
         case GGML_OP_ACC: {
             const int32_t * p = (const int32_t *) t->op_params; /* nb1, nb2, nb3, offset, inplace */
             if (!gmn_f32(a) || !gmn_f32(b) || !gmn_f32(t) || !ggml_is_contiguous(a) || !ggml_is_contiguous(b) ||
-                !ggml_is_contiguous(t) || !ggml_are_same_shape(a, t) || p[3] != 0 || ggml_nelements(b) > ggml_nelements(t)) {
+                !ggml_is_contiguous(t) || !ggml_are_same_shape(a, t) || p[3] != 0 || ggml_nelements(b) > ggml_nelements(t) ||
+                ggml_nelements(b) == 0) {
                 return 0;
             }
             if (b->ne[2] == 1 && b->ne[3] == 1 && b->ne[1] > 1) {

@@ -261,3 +261,11 @@ def test_training_batches_do_not_depend_on_the_thread_count(level):
         other = batches(threads)
         assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(one, other))
     assert not np.array_equal(one[0][0], one[1][0])  # the epochs' last batches differ
+
+
+def test_a_warp_that_overflows_to_nan_gives_black_not_a_crash():
+    """inf - inf makes a NaN coordinate: the sampler treats it as outside the image (0), on every path."""
+    image = np.ones((8, 8), np.float32)
+    out = _warp(image, [3e38, 3e38, 0.0, 0.0, 1.0, 0.0])
+    assert np.isfinite(out).all()
+    assert set(np.unique(out)) <= {0.0, 1.0}
