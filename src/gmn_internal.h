@@ -168,9 +168,8 @@ struct ggml_tensor * gmn_forward_layers(const gmn_model * model, struct ggml_con
 int  gmn_forward_is_cl(const gmn_model * model);
 /* gmn_ops.c: channels-last CPU ops ([C, W, H, N]); see gmn_forward_cl */
 struct ggml_tensor * gmn_cl_im2col(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int64_t rows);
-struct ggml_tensor * gmn_cl_pad_rows(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows);
-/* [K, O] -> [K, n] with zero columns (outputs) O .. n, for a product with n outputs */
-struct ggml_tensor * gmn_cl_pad_outputs(struct ggml_context * ctx, struct ggml_tensor * a, int64_t n);
+/* a [K, O] as the top left of a zero [rows, cols] (rows >= K, cols >= O), with a gradient */
+struct ggml_tensor * gmn_cl_pad(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows, int64_t cols);
 /* the first n outputs of every column of a product y [N, P], as a contiguous [n, P] */
 struct ggml_tensor * gmn_cl_first_outputs(struct ggml_context * ctx, struct ggml_tensor * y, int64_t n);
 /* the number of outputs, n or more, of a product that llamafile's sgemm takes (a multiple of 4) */

@@ -561,14 +561,11 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                     w = gmn_cl_relayout(ctx, w, 0); /* [C, k, k, O], with a contiguous gradient (a permute has none) */
                 }
                 w = ggml_reshape_2d(ctx, w, K, O);
-                if (Kp > K) {
-                    w = gmn_cl_pad_rows(ctx, w, Kp);
-                }
                 /* and only a multiple of 4 outputs (ggml's dot product runs the rest, one output at a time: 9 % of a
                  * lenet5 epoch for its 6 channels): zero output channels, dropped after the product */
                 const int64_t Op = gmn_sgemm_outputs(O);
-                if (Op > O) {
-                    w = gmn_cl_pad_outputs(ctx, w, Op);
+                if (Kp > K || Op > O) {
+                    w = gmn_cl_pad(ctx, w, Kp, Op);
                 }
                 struct ggml_tensor * y = ggml_mul_mat(ctx, w, cols);
                 if (Op > O) {

@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 struct gmn_window {
     int64_t k, s, p, e; /* kernel side, stride, padding; e: zero rows appended to each gathered column */
 };
@@ -209,10 +208,9 @@ static void gmn_op_maxpool(struct ggml_tensor * dst, int ith, int nth, void * ud
     }
 }
 
-/* Average pooling's weights: dst [C*k*k, C], column c holds 1/(k*k) in the rows of channel c (rows are ordered
- * channel fastest, as gmn_cl_gather_cols and gmn_cl_im2col order a window). */
-/* [R = C*k*k, CP] averaging matrix of a window of C channels (ud): column c < C picks channel c of every pixel
- * of the window with weight 1/(k*k); columns C .. CP are 0 */
+/* Average pooling's weights for a window of C channels (ud): dst [C*k*k, CP], column c < C holds 1/(k*k) in the
+ * rows of channel c (rows are ordered channel fastest, as gmn_cl_gather_cols and gmn_cl_im2col order a window);
+ * columns C .. CP are 0 (gmn_cl_avgpool). */
 static void gmn_op_avg_matrix(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     const int64_t R = dst->ne[0], CP = dst->ne[1], C = (int64_t) (intptr_t) ud;
     const float v = (float) C / (float) R;
@@ -245,12 +243,8 @@ static struct ggml_tensor * gmn_zero_extend(struct ggml_context * ctx, struct gg
     return ggml_acc(ctx, zeros, a, zeros->nb[1], zeros->nb[2], zeros->nb[3], 0);
 }
 
-struct ggml_tensor * gmn_cl_pad_rows(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows) {
-    return gmn_zero_extend(ctx, a, rows, a->ne[1]);
-}
-
-struct ggml_tensor * gmn_cl_pad_outputs(struct ggml_context * ctx, struct ggml_tensor * a, int64_t n) {
-    return gmn_zero_extend(ctx, a, a->ne[0], n);
+struct ggml_tensor * gmn_cl_pad(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows, int64_t cols) {
+    return gmn_zero_extend(ctx, a, rows, cols);
 }
 
 struct ggml_tensor * gmn_cl_first_outputs(struct ggml_context * ctx, struct ggml_tensor * y, int64_t n) {
