@@ -193,8 +193,8 @@ int  gmn_model_create(const struct gmn_net * net, const char * device, int n_thr
 const char * gmn_model_arch_name(const gmn_model * model);
 /* The first parameter tensor that is not f32, or NULL. */
 const struct ggml_tensor * gmn_model_first_quantized(const gmn_model * model);
-/* Set the CPU (and accelerator) thread count used by the model's next graph computations. */
-void gmn_model_use_threads(gmn_model * model, int n_threads);
+/* Set the CPU (and accelerator) thread count used by the model's next graph computations, at most the fork limit. */
+int  gmn_model_use_threads(gmn_model * model, int n_threads); /* returns the threads set (a forked child: 1) */
 /* A new scheduler over the model's backends (device, accelerators, CPU), or NULL. */
 ggml_backend_sched_t gmn_model_new_sched(const gmn_model * model);
 struct ggml_tensor * gmn_model_tensor(const gmn_model * model, const char * name);

@@ -149,7 +149,7 @@ int gmn_thread_limit(void) {
     return g_thread_limit;
 }
 
-void gmn_model_use_threads(gmn_model * m, int n_threads) {
+int gmn_model_use_threads(gmn_model * m, int n_threads) {
     pthread_once(&g_fork_once, gmn_register_fork_handler);
     if (g_thread_limit > 0 && n_threads > g_thread_limit) {
         n_threads = g_thread_limit;
@@ -161,6 +161,7 @@ void gmn_model_use_threads(gmn_model * m, int n_threads) {
     for (int i = 0; i < m->n_accel; i++) {
         gmn_set_backend_threads(m->backend_accel[i], n_threads);
     }
+    return n_threads;
 }
 
 ggml_backend_sched_t gmn_model_new_sched(const gmn_model * m) {

@@ -238,13 +238,9 @@ struct ggml_tensor * gmn_cl_im2col(struct ggml_context * ctx, struct ggml_tensor
 }
 
 /* a 2-D a [ne0, ne1] zero-extended to [rows, cols] (a at the start); acc passes the gradient back to a */
-static struct ggml_tensor * gmn_zero_extend(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows, int64_t cols) {
+struct ggml_tensor * gmn_cl_pad(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows, int64_t cols) {
     struct ggml_tensor * zeros = ggml_custom_4d(ctx, GGML_TYPE_F32, rows, cols, 1, 1, NULL, 0, gmn_op_zeros, GGML_N_TASKS_MAX, NULL);
     return ggml_acc(ctx, zeros, a, zeros->nb[1], zeros->nb[2], zeros->nb[3], 0);
-}
-
-struct ggml_tensor * gmn_cl_pad(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows, int64_t cols) {
-    return gmn_zero_extend(ctx, a, rows, cols);
 }
 
 struct ggml_tensor * gmn_cl_first_outputs(struct ggml_context * ctx, struct ggml_tensor * y, int64_t n) {
@@ -264,7 +260,7 @@ struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_t
     struct ggml_tensor * rows = ggml_reshape_2d(ctx, x, C, R);
     if (pad > 0 || extra > 0) {
         /* one zero row after the pixels, for the positions in the padding and the extra rows */
-        rows = gmn_zero_extend(ctx, rows, C, R + 1);
+        rows = gmn_cl_pad(ctx, rows, C, R + 1);
     }
     const int64_t KK = (int64_t) k * k + extra;
     struct ggml_tensor * idx = ggml_custom_4d(ctx, GGML_TYPE_I32, KK * P, 1, 1, 1, &x, 1, gmn_op_im2col_rows,

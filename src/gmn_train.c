@@ -356,16 +356,13 @@ static void gmn_gather_rows(struct gmn_train_state * st, const gmn_dataset * ds,
 /* Fills the batch buffers with images rows (augmented, when the run augments) and their one-hot labels. Every
  * image draws its augmentation from its own position in the run, so the result does not depend on the threads:
  * the model's threads share the rows, through OpenMP, whose workers are ggml's own and wait between graphs.
- * A process forked after threads ran is held to one thread (gmn_thread_limit) and never enters a parallel region. */
+ * n_threads is what gmn_model_use_threads set: 1 in a process forked after threads ran, which must never enter a
+ * parallel region. */
 static void gmn_gather_batch(struct gmn_train_state * st, const gmn_dataset * ds, const int64_t * rows, int64_t B,
                              int n_classes, int n_threads) {
     memset(st->ybuf, 0, (size_t) (B * n_classes) * sizeof(float));
     if (st->augment && n_threads > st->n_aug_ws) {
         n_threads = st->n_aug_ws;
-    }
-    const int limit = gmn_thread_limit();
-    if (limit > 0 && n_threads > limit) {
-        n_threads = limit;
     }
 #ifdef _OPENMP
     if (n_threads > 1 && B >= 2 * n_threads) {
@@ -557,7 +554,7 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
     }
 
     memset(out, 0, sizeof(*out));
-    gmn_model_use_threads(m, m->n_threads);
+    const int n_threads = gmn_model_use_threads(m, m->n_threads);
     ggml_opt_result_reset(st->result);
     struct ggml_tensor * labels = ggml_opt_labels(st->opt);
     const int C = m->n_classes;
@@ -565,7 +562,7 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
     int64_t last = 0; /* the last batch trained */
     for (int64_t ib = 0; ib < nbatch; ib++) {
         last = ib;
-        gmn_gather_batch(st, ds, st->perm + ib * B, B, C, m->n_threads);
+        gmn_gather_batch(st, ds, st->perm + ib * B, B, C, n_threads);
         ggml_opt_alloc(st->opt, true);
         gmn_fill_masks(m, st);
         st->batches++;

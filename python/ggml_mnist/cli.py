@@ -168,8 +168,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=_default("epochs"))
     p.add_argument("--batch-size", type=int, help="images per optimizer step; " + _default("batch_size"))
     p.add_argument("--physical-batch-size", type=int,
-                   help="images per graph evaluation, divides --batch-size (gradient accumulation); default: on a CPU, the largest "
-                        "divisor of the batch size up to 128, elsewhere the batch size")
+                   help="images per graph evaluation, divides --batch-size (gradient accumulation); default: for a network with "
+                        "convolutions on a CPU, the largest divisor of the batch size up to 128, otherwise the batch size")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=_default("optimizer"))
     p.add_argument("--lr", type=float, help="peak learning rate; " + _default("lr"))
     p.add_argument("--lr-schedule", choices=SCHEDULES, help=_default("lr_schedule"))
