@@ -178,9 +178,9 @@ struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_t
 struct ggml_tensor * gmn_cl_relayout(struct ggml_context * ctx, struct ggml_tensor * x, int to_cf);
 struct ggml_tensor * gmn_cl_act_linearized(struct ggml_context * ctx, struct ggml_tensor * x, int kind);
 /* the shim's kernels for ggml ops of the CPU training graph (op parameter templates), swapped in before each
- * node runs by gmn_cpu_kernels_adopt: out_prod, get_rows, get_rows_back, repeat_back onto a vector, acc at 0 */
+ * node runs by gmn_cpu_kernels_adopt: out_prod, mul_mat of F32 matrices, get_rows, get_rows_back, repeat_back onto a vector, acc at 0 */
 struct gmn_cpu_kernels {
-    struct ggml_tensor * outer, * get_rows, * get_rows_back, * sum_rows_into, * acc_front;
+    struct ggml_tensor * outer, * matmul, * get_rows, * get_rows_back, * sum_rows_into, * acc_front;
 };
 void gmn_cpu_kernels_init(struct ggml_context * ctx, struct gmn_cpu_kernels * k);
 int  gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels * k);

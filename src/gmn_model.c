@@ -441,6 +441,15 @@ static int gmn_eval_prepare(gmn_model * m, int64_t batch) {
         gmn_eval_free(m);
         return gmn_fail(GMN_E_NOMEM, "predict: could not allocate the compute graph for %lld images", (long long) batch);
     }
+    if (gmn_forward_is_cl(m) && m->n_accel == 0) {
+        /* on the CPU, matrix products (and the other ops the shim has kernels for) run the shim's kernels, as in
+         * training; the graph is allocated, so changing a node's op no longer changes its memory */
+        struct gmn_cpu_kernels k;
+        gmn_cpu_kernels_init(m->ctx_eval, &k);
+        for (int i = 0; i < ggml_graph_n_nodes(m->gf_eval); i++) {
+            gmn_cpu_kernels_adopt(ggml_graph_node(m->gf_eval, i), &k);
+        }
+    }
     m->eval_batch = batch;
     return GMN_OK;
 }

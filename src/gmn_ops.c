@@ -528,6 +528,8 @@ static float * gmn_thread_panels(void) {
     return p;
 }
 
+static void gmn_outer_gemm(struct ggml_tensor * dst, int ith, int nth);
+
 static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     (void) ud;
     const struct ggml_tensor * a = dst->src[0];
@@ -539,6 +541,12 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
     struct gmn_tiling g = gmn_tiling_of(M, N);
     const int64_t jb = J < GMN_OUTER_JB ? J : GMN_OUTER_JB;
     g.by_rows = lda > 16 && g.tn >= 3 && N * jb * (int64_t) sizeof(float) <= GMN_OUTER_B_BYTES;
+    if (!g.by_rows && sbi == 1) {
+        /* b's columns side by side but too many for L2 (fc's weight gradient at batch 1000: 784 x 500 over
+         * 1 000 images), or too few to share a row of tiles: gmn_gemm's panels and chunks of b, the same sums */
+        gmn_outer_gemm(dst, ith, nth);
+        return;
+    }
     int64_t lo, hi;
     gmn_split(g.tm * g.tn, ith, nth, &lo, &hi);
     if (J == 0) {
@@ -597,6 +605,168 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
         }
         c0 = c1;
     }
+}
+
+/* ---- matrix products (mul_mat) ------------------------------------------------------------------------------
+ * ggml's mul_mat of two F32 matrices, dst [M, N] = a [K, M]^T b [K, N] (both read along K), runs llamafile's
+ * sgemm, about 40-50 GFLOP/s per thread here, or for other shapes one dot product per output. gmn_gemm runs the
+ * register tiles above on both kinds of product (out_prod too, whose sum runs along a's and b's rows):
+ * - a row tile of a (16 or 8 rows; the last 1-7 rows padded with zeros to 8) is first copied into a panel that
+ *   holds its 16 or 8 values of each term together, so that the tile reads them as consecutive floats; b's
+ *   columns are read in place;
+ * - a thread takes whole rows of tiles when there are enough of them (each row of a is then copied by one thread
+ *   only), else a range of columns of tiles with all the rows;
+ * - its panels go in groups that fit the 512 KB panel buffer, the sum in blocks of at most kb terms, and
+ *   the columns in chunks of about GMN_MM_B_BYTES of b, which stay in the L2 cache while every row tile of the
+ *   group passes over them.
+ * Each output element sums k = 0, 1, ... in order with one fused multiply-add per term (where the CPU has FMA),
+ * whatever the shape, the blocking or the number of threads, so the result depends on none of them. */
+#define GMN_MM_KB 2048 /* mul_mat: a panel of the whole sum (up to 128 KB) in the L2 cache, b's columns in L1 */
+#define GMN_MM_B_BYTES (96 * 1024)
+#define GMN_MM_MIN_N 64 /* fewer columns (a few images) stay with ggml: copying a's panels would cost more than it saves */
+
+struct gmn_gemm {
+    int64_t M, N, K;
+    const float * a;   /* element (i, k) of the left operand at a[i * a_i + k * a_k] */
+    int64_t a_i, a_k;
+    const float * b;   /* element (k, c) of the right operand at b[c * b_c + k * b_k] */
+    int64_t b_c, b_k;
+    float * d;         /* result (i, c) at d[i + c * ldd] */
+    int64_t ldd;
+    int64_t kb;        /* the most terms per block, at most GMN_PANEL_TILES * GMN_OUTER_JB / 4 (a group of 4 panels) */
+};
+
+/* the rows of row tile r of a tiling: i0 and m (16, 8 or the last 1..7) */
+static void gmn_tile_rows(const struct gmn_tiling * g, int64_t r, int64_t * i0, int64_t * m) {
+    int64_t j0, n;
+    struct gmn_tiling rows = *g;
+    rows.by_rows = 1;
+    gmn_tile_at(&rows, r * g->tn, i0, m, &j0, &n);
+}
+
+/* the first column of column tile c (c = tn: N) */
+static int64_t gmn_col_start(const struct gmn_tiling * g, int64_t c) {
+    return c * g->n_base + (c < g->n_more ? c : g->n_more);
+}
+
+/* the panel of rows i0 .. i0 + m and terms k0 .. k0 + kn: p[k * w + i], w = 16 or 8 rows, zeros below m */
+GMN_CLONES static void gmn_gemm_pack(const struct gmn_gemm * e, int64_t i0, int64_t m, int64_t k0, int64_t kn, float * p) {
+    const int64_t w = m > 8 ? 16 : 8;
+    if (e->a_i == 1) { /* rows next to each other: m floats per term */
+        for (int64_t k = 0; k < kn; k++) {
+            const float * src = e->a + i0 + (k0 + k) * e->a_k;
+            if (m == 16) {
+                gmn_st8(p + k * 16, gmn_ld8(src));
+                gmn_st8(p + k * 16 + 8, gmn_ld8(src + 8));
+            } else if (m == 8) {
+                gmn_st8(p + k * 8, gmn_ld8(src));
+            } else {
+                memset(p + k * 8, 0, 8 * sizeof(float));
+                memcpy(p + k * 8, src, (size_t) m * sizeof(float));
+            }
+        }
+        return;
+    }
+    for (int64_t i = 0; i < w; i++) { /* terms next to each other: one row at a time */
+        const float * row = e->a + (i0 + i) * e->a_i + k0 * e->a_k;
+        for (int64_t k = 0; k < kn; k++) {
+            p[k * w + i] = i < m ? row[k * e->a_k] : 0.0f;
+        }
+    }
+}
+
+static void gmn_gemm_run(const struct gmn_gemm * e, int ith, int nth) {
+    const struct gmn_tiling g = gmn_tiling_of(e->M, e->N);
+    int64_t r0 = 0, r1 = g.tm, t0 = 0, t1 = g.tn;
+    if (g.tm >= 2 * nth) {
+        gmn_split(g.tm, ith, nth, &r0, &r1);
+    } else {
+        gmn_split(g.tn, ith, nth, &t0, &t1);
+    }
+    if (r0 >= r1 || t0 >= t1) {
+        return;
+    }
+    float * const panels = e->K > 0 ? gmn_thread_panels() : NULL;
+    if (panels == NULL) { /* nothing to sum, or out of memory for the panels: the same sums, one output at a time */
+        for (int64_t c = gmn_col_start(&g, t0); c < gmn_col_start(&g, t1); c++) {
+            for (int64_t r = r0; r < r1; r++) {
+                int64_t i0, m;
+                gmn_tile_rows(&g, r, &i0, &m);
+                for (int64_t i = i0; i < i0 + m; i++) {
+                    float sum = 0.0f;
+                    for (int64_t k = 0; k < e->K; k++) {
+                        sum += e->a[i * e->a_i + k * e->a_k] * e->b[c * e->b_c + k * e->b_k];
+                    }
+                    e->d[i + c * e->ldd] = sum;
+                }
+            }
+        }
+        return;
+    }
+    const int64_t kb = e->K < e->kb ? e->K : e->kb;
+    const int64_t group = (int64_t) GMN_PANEL_TILES * GMN_OUTER_JB / kb; /* row tiles per group of panels, >= 4 */
+    const int64_t chunk = GMN_MM_B_BYTES / (kb * (int64_t) sizeof(float)); /* columns of b per chunk (a tile at least) */
+    for (int64_t k0 = 0; k0 < e->K; k0 += kb) {
+        const int64_t kn = e->K - k0 < kb ? e->K - k0 : kb;
+        for (int64_t q0 = r0; q0 < r1; q0 += group) {
+            const int64_t q1 = q0 + group < r1 ? q0 + group : r1;
+            for (int64_t r = q0; r < q1; r++) {
+                int64_t i0, m;
+                gmn_tile_rows(&g, r, &i0, &m);
+                gmn_gemm_pack(e, i0, m, k0, kn, panels + (r - q0) * 16 * kb);
+            }
+            for (int64_t c0 = t0; c0 < t1;) {
+                int64_t c1 = c0 + 1;
+                while (c1 < t1 && gmn_col_start(&g, c1 + 1) - gmn_col_start(&g, c0) <= chunk) {
+                    c1++;
+                }
+                for (int64_t r = q0; r < q1; r++) {
+                    int64_t i0, m;
+                    gmn_tile_rows(&g, r, &i0, &m);
+                    const float * p = panels + (r - q0) * 16 * kb;
+                    for (int64_t c = c0; c < c1; c++) {
+                        const int64_t j = gmn_col_start(&g, c), n = g.n_base + (c < g.n_more);
+                        const float * bt = e->b + j * e->b_c + k0 * e->b_k;
+                        float * dt = e->d + i0 + j * e->ldd;
+                        if (m == 16 || m == 8) {
+                            GMN_TILES[m / 8 - 1][n - 1](kn, p, m, bt, e->b_c, e->b_k, dt, e->ldd, k0 > 0);
+                        } else { /* a tile of 8 rows, of which the first m are kept */
+                            float tmp[6 * 8] = { 0 };
+                            for (int64_t t = 0; t < n && k0 > 0; t++) {
+                                memcpy(tmp + t * 8, dt + t * e->ldd, (size_t) m * sizeof(float));
+                            }
+                            GMN_TILES[0][n - 1](kn, p, 8, bt, e->b_c, e->b_k, tmp, 8, k0 > 0);
+                            for (int64_t t = 0; t < n; t++) {
+                                memcpy(dt + t * e->ldd, tmp + t * 8, (size_t) m * sizeof(float));
+                            }
+                        }
+                    }
+                }
+                c0 = c1;
+            }
+        }
+    }
+}
+
+/* mul_mat: dst [M, N] = a [K, M]^T b [K, N] */
+static void gmn_op_matmul(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    (void) ud;
+    const struct ggml_tensor * a = dst->src[0];
+    const struct ggml_tensor * b = dst->src[1];
+    const struct gmn_gemm e = { dst->ne[0], dst->ne[1], a->ne[0], (const float *) a->data, (int64_t) (a->nb[1] / sizeof(float)), 1,
+                                (const float *) b->data, (int64_t) (b->nb[1] / sizeof(float)), 1, (float *) dst->data,
+                                (int64_t) (dst->nb[1] / sizeof(float)), GMN_MM_KB };
+    gmn_gemm_run(&e, ith, nth);
+}
+
+/* out_prod through gmn_gemm: dst [M, N] = a [M, J] b [N, J]^T, in blocks of GMN_OUTER_JB terms */
+static void gmn_outer_gemm(struct ggml_tensor * dst, int ith, int nth) {
+    const struct ggml_tensor * a = dst->src[0];
+    const struct ggml_tensor * b = dst->src[1];
+    const struct gmn_gemm e = { dst->ne[0], dst->ne[1], a->ne[1], (const float *) a->data, 1, (int64_t) (a->nb[1] / sizeof(float)),
+                                (const float *) b->data, (int64_t) (b->nb[0] / sizeof(float)), (int64_t) (b->nb[1] / sizeof(float)),
+                                (float *) dst->data, (int64_t) (dst->nb[1] / sizeof(float)), GMN_OUTER_JB };
+    gmn_gemm_run(&e, ith, nth);
 }
 
 /* ---- other kernels of ggml's that the CPU training graph swaps for the shim's ----------------------------
@@ -716,6 +886,7 @@ static void gmn_op_acc_front(struct ggml_tensor * dst, int ith, int nth, void * 
 
 void gmn_cpu_kernels_init(struct ggml_context * ctx, struct gmn_cpu_kernels * k) {
     k->outer         = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_outer, GGML_N_TASKS_MAX, NULL);
+    k->matmul        = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_matmul, GGML_N_TASKS_MAX, NULL);
     k->get_rows      = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_get_rows, GGML_N_TASKS_MAX, NULL);
     k->get_rows_back = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_get_rows_back, GGML_N_TASKS_MAX, NULL);
     k->sum_rows_into = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_sum_rows_into, GGML_N_TASKS_MAX, NULL);
@@ -755,6 +926,12 @@ int gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels *
                 return 0;
             }
             return gmn_adopt(t, k->outer);
+        case GGML_OP_MUL_MAT:
+            if (!gmn_f32_rows(a) || !gmn_f32_rows(b) || !gmn_f32_rows(t) || a->ne[0] != b->ne[0] || a->ne[0] == 0 ||
+                t->ne[0] != a->ne[1] || t->ne[1] != b->ne[1] || t->ne[1] < GMN_MM_MIN_N) {
+                return 0;
+            }
+            return gmn_adopt(t, k->matmul);
         case GGML_OP_GET_ROWS:
             if (!gmn_f32_rows(a) || !gmn_plain_vector_i32(b) || !gmn_f32(t) || !ggml_is_contiguous(t) ||
                 t->ne[0] != a->ne[0] || t->ne[1] != b->ne[0] || ggml_nelements(t) != t->ne[0] * t->ne[1]) {

@@ -96,6 +96,26 @@ def test_every_preset_matches_the_numpy_reference_and_round_trips(name: str, tmp
     assert np.array_equal(loaded.predict_proba(x), probs)
 
 
+@pytest.mark.parametrize("name", ["fc", "cnn", "lenet5", "best"])
+def test_large_batches_match_the_reference_and_do_not_depend_on_the_thread_count(name: str) -> None:
+    """With 64 images or more, every product (dense layers too) runs the shim's matrix kernel on the CPU: 130
+    images give edge tiles of both sizes. It sums each output in a fixed order, so threads change no bit."""
+    x = images(130, (28, 28), seed=4)
+    probs = {}
+    for threads in (1, 2, 3):
+        model = Model.create(name, seed=5, threads=threads)
+        if threads == 1:
+            spread_weights(model, scale=2.0)
+            weights = model.get_weights()
+        else:
+            model.set_weights(weights)
+        probs[threads] = model.predict_proba(x)
+    reference = reference_net_proba(model.layers, weights, x)
+    np.testing.assert_allclose(probs[1], reference, atol=2e-5, rtol=0)
+    assert np.array_equal(probs[1], probs[2]) and np.array_equal(probs[1], probs[3])
+    np.testing.assert_allclose(model.predict_proba(x[:6]), probs[1][:6], atol=2e-5, rtol=0)  # a few images: ggml's products
+
+
 @pytest.mark.parametrize("case", list(KINDS) + list(DROPOUT))
 def test_custom_networks_match_the_numpy_reference(case: str) -> None:
     layers, size = {**KINDS, **DROPOUT}[case]
