@@ -45,10 +45,30 @@ static void gmn_split(int64_t n, int ith, int nth, int64_t * lo, int64_t * hi) {
     *hi = *lo + per < n ? *lo + per : n;
 }
 
+/* output pixel q = (n * OH + oy) * OW + ox of a batch, walked in order without a division per pixel */
+struct gmn_pixel {
+    int64_t ox, oy, n, OW, OH;
+};
+
+static struct gmn_pixel gmn_pixel_at(int64_t q, int64_t OW, int64_t OH) {
+    const struct gmn_pixel p = { q % OW, (q / OW) % OH, q / (OW * OH), OW, OH };
+    return p;
+}
+
+static inline void gmn_pixel_next(struct gmn_pixel * p) {
+    if (++p->ox == p->OW) {
+        p->ox = 0;
+        if (++p->oy == p->OH) {
+            p->oy = 0;
+            p->n++;
+        }
+    }
+}
+
 /* im2col of a channels-last x [C, W, H, N] (src 0, needing no gradient): dst [K, OW*OH*N] with the
  * column of output pixel p ordered c fastest, then kernel column, then kernel row; zero outside the image,
  * and zero in rows C*k*k..K-1 (K may be rounded up for a faster matrix product). */
-static void gmn_op_im2col(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+GMN_CLONES static void gmn_op_im2col(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     const struct ggml_tensor * x = dst->src[0];
     const struct gmn_window w = gmn_window_unpack(ud);
     const int64_t C = x->ne[0], W = x->ne[1], H = x->ne[2];
@@ -57,8 +77,9 @@ static void gmn_op_im2col(struct ggml_tensor * dst, int ith, int nth, void * ud)
     float * out = (float *) dst->data;
     int64_t lo, hi;
     gmn_split(P, ith, nth, &lo, &hi);
-    for (int64_t q = lo; q < hi; q++) {
-        const int64_t ox = q % OW, oy = (q / OW) % OH, n = q / (OW * OH);
+    struct gmn_pixel px = gmn_pixel_at(lo, OW, OH);
+    for (int64_t q = lo; q < hi; q++, gmn_pixel_next(&px)) {
+        const int64_t ox = px.ox, oy = px.oy, n = px.n;
         float * col = out + q * dst->ne[0];
         for (int64_t r = K; r < dst->ne[0]; r++) {
             col[r] = 0.0f;
@@ -99,8 +120,9 @@ static void gmn_op_im2col_rows(struct ggml_tensor * dst, int ith, int nth, void 
     int32_t * out = (int32_t *) dst->data;
     int64_t lo, hi;
     gmn_split(P, ith, nth, &lo, &hi);
-    for (int64_t q = lo; q < hi; q++) {
-        const int64_t ox = q % OW, oy = (q / OW) % OH, n = q / (OW * OH);
+    struct gmn_pixel px = gmn_pixel_at(lo, OW, OH);
+    for (int64_t q = lo; q < hi; q++, gmn_pixel_next(&px)) {
+        const int64_t ox = px.ox, oy = px.oy, n = px.n;
         int32_t * r = out + q * KK;
         for (int64_t ky = 0; ky < w.k; ky++) {
             const int64_t iy = oy * w.s - w.p + ky;
@@ -115,12 +137,12 @@ static void gmn_op_im2col_rows(struct ggml_tensor * dst, int ith, int nth, void 
     }
 }
 
-/* The in-image part [*xa, *xb) x [*ya, *yb) of the pooling window of output pixel q of an [C, W, H, N] input, and
+/* The in-image part [*xa, *xb) x [*ya, *yb) of the pooling window of output pixel q of a [C, W, H, N] input, and
  * its image *n (a window with padding p <= k/2 always keeps at least one input pixel). */
-static void gmn_pool_window(int64_t q, int64_t W, int64_t H, int64_t OW, int64_t OH, struct gmn_window w,
+static void gmn_pool_window(const struct gmn_pixel * q, int64_t W, int64_t H, struct gmn_window w,
                             int64_t * xa, int64_t * xb, int64_t * ya, int64_t * yb, int64_t * n) {
-    const int64_t x0 = (q % OW) * w.s - w.p, y0 = ((q / OW) % OH) * w.s - w.p;
-    *n = q / (OW * OH);
+    const int64_t x0 = q->ox * w.s - w.p, y0 = q->oy * w.s - w.p;
+    *n = q->n;
     *xa = x0 < 0 ? 0 : x0;
     *xb = x0 + w.k < W ? x0 + w.k : W;
     *ya = y0 < 0 ? 0 : y0;
@@ -129,7 +151,7 @@ static void gmn_pool_window(int64_t q, int64_t W, int64_t H, int64_t OW, int64_t
 
 /* Max pooling's choice: for each output element of a channels-last x [C, W, H, N] (src 0), the flat index of
  * the first largest input element in its window (positions in the padding never win). dst I32 [C*OW*OH*N]. */
-static void gmn_op_pool_argmax(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+GMN_CLONES static void gmn_op_pool_argmax(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     const struct ggml_tensor * x = dst->src[0];
     const struct gmn_window w = gmn_window_unpack(ud);
     const int64_t C = x->ne[0], W = x->ne[1], H = x->ne[2];
@@ -138,21 +160,27 @@ static void gmn_op_pool_argmax(struct ggml_tensor * dst, int ith, int nth, void 
     int32_t * out = (int32_t *) dst->data;
     int64_t lo, hi;
     gmn_split(P, ith, nth, &lo, &hi);
-    for (int64_t q = lo; q < hi; q++) {
+    struct gmn_pixel px = gmn_pixel_at(lo, OW, OH);
+    for (int64_t q = lo; q < hi; q++, gmn_pixel_next(&px)) {
         int64_t xa, xb, ya, yb, n;
-        gmn_pool_window(q, W, H, OW, OH, w, &xa, &xb, &ya, &yb, &n);
+        gmn_pool_window(&px, W, H, w, &xa, &xb, &ya, &yb, &n);
         int32_t * r = out + q * C;
         const int64_t first = ((n * H + ya) * W + xa) * C;
-        for (int64_t c = 0; c < C; c++) {
-            r[c] = (int32_t) (first + c);
-        }
-        for (int64_t iy = ya; iy < yb; iy++) {
-            for (int64_t ix = xa; ix < xb; ix++) {
-                const int64_t base = ((n * H + iy) * W + ix) * C;
-                const float * v = xs + base;
-                for (int64_t c = 0; c < C; c++) {
-                    if (v[c] > xs[r[c]]) {
-                        r[c] = (int32_t) (base + c);
+        for (int64_t c0 = 0; c0 < C; c0 += 64) { /* 64 channels at a time, their maxima so far in best */
+            const int64_t cn = C - c0 < 64 ? C - c0 : 64;
+            float best[64];
+            for (int64_t c = 0; c < cn; c++) {
+                r[c0 + c] = (int32_t) (first + c0 + c);
+                best[c]   = xs[first + c0 + c];
+            }
+            for (int64_t iy = ya; iy < yb; iy++) {
+                for (int64_t ix = xa; ix < xb; ix++) {
+                    const int64_t base = ((n * H + iy) * W + ix) * C + c0;
+                    const float * v = xs + base;
+                    for (int64_t c = 0; c < cn; c++) { /* branch-free, so that it vectorises */
+                        const int gt = v[c] > best[c];
+                        best[c]   = gt ? v[c] : best[c];
+                        r[c0 + c] = gt ? (int32_t) (base + c) : r[c0 + c];
                     }
                 }
             }
@@ -192,9 +220,10 @@ static void gmn_op_maxpool(struct ggml_tensor * dst, int ith, int nth, void * ud
     float * out = (float *) dst->data;
     int64_t lo, hi;
     gmn_split(P, ith, nth, &lo, &hi);
-    for (int64_t q = lo; q < hi; q++) {
+    struct gmn_pixel px = gmn_pixel_at(lo, OW, OH);
+    for (int64_t q = lo; q < hi; q++, gmn_pixel_next(&px)) {
         int64_t xa, xb, ya, yb, n;
-        gmn_pool_window(q, W, H, OW, OH, w, &xa, &xb, &ya, &yb, &n);
+        gmn_pool_window(&px, W, H, w, &xa, &xb, &ya, &yb, &n);
         float * r = out + q * C;
         memcpy(r, xs + ((n * H + ya) * W + xa) * C, (size_t) C * sizeof(float));
         for (int64_t iy = ya; iy < yb; iy++) {
