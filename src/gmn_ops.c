@@ -662,7 +662,7 @@ struct gmn_gemm {
     int64_t b_c, b_k;
     float * d;         /* result (i, c) at d[i + c * ldd] */
     int64_t ldd;
-    int64_t kb;        /* the most terms per block, at most GMN_PANEL_TILES * GMN_OUTER_JB / 4 (a group of 4 panels) */
+    int64_t kb;        /* the most terms per block (a group of panels holds at least 4 of GMN_MM_KB terms) */
 };
 
 /* the rows of row tile r of a tiling: i0 and m (16, 8 or the last 1..7) */
@@ -715,25 +715,28 @@ static void gmn_gemm_run(const struct gmn_gemm * e, int ith, int nth) {
     if (r0 >= r1 || t0 >= t1) {
         return;
     }
-    float * const panels = e->K > 0 ? gmn_thread_panels() : NULL;
-    if (panels == NULL) { /* nothing to sum, or out of memory for the panels: the same sums, one output at a time */
+    if (e->K == 0) { /* an empty sum */
         for (int64_t c = gmn_col_start(&g, t0); c < gmn_col_start(&g, t1); c++) {
             for (int64_t r = r0; r < r1; r++) {
                 int64_t i0, m;
                 gmn_tile_rows(&g, r, &i0, &m);
-                for (int64_t i = i0; i < i0 + m; i++) {
-                    float sum = 0.0f;
-                    for (int64_t k = 0; k < e->K; k++) {
-                        sum += e->a[i * e->a_i + k * e->a_k] * e->b[c * e->b_c + k * e->b_k];
-                    }
-                    e->d[i + c * e->ldd] = sum;
-                }
+                memset(e->d + i0 + c * e->ldd, 0, (size_t) m * sizeof(float));
             }
         }
         return;
     }
-    const int64_t kb = e->K < e->kb ? e->K : e->kb;
-    const int64_t group = (int64_t) GMN_PANEL_TILES * GMN_OUTER_JB / kb; /* row tiles per group of panels, >= 4 */
+    /* the thread's panel buffer; out of memory for it, one panel of GMN_OUTER_JB terms on the stack, which
+     * blocks the sum differently but adds the same terms in the same order: the same bits */
+    float local[16 * GMN_OUTER_JB];
+    float * panels = gmn_thread_panels();
+    int64_t room = (int64_t) GMN_PANEL_TILES * 16 * GMN_OUTER_JB;
+    if (panels == NULL) {
+        panels = local;
+        room   = 16 * GMN_OUTER_JB;
+    }
+    int64_t kb = e->K < e->kb ? e->K : e->kb;
+    kb = kb < room / 16 ? kb : room / 16;
+    const int64_t group = room / (16 * kb); /* row tiles per group of panels */
     const int64_t chunk = GMN_MM_B_BYTES / (kb * (int64_t) sizeof(float)); /* columns of b per chunk (a tile at least) */
     for (int64_t k0 = 0; k0 < e->K; k0 += kb) {
         const int64_t kn = e->K - k0 < kb ? e->K - k0 : kb;
