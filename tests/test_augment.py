@@ -73,6 +73,13 @@ def test_fashion_mnist_defaults_to_the_clothes_level(tmp_path):
         assert cli.train_main(["fc", str(tmp_path / "m.gguf"), "--data-dir", str(tmp_path), "--dataset", "fashion-mnist",
                                "--epochs", "1", "--hidden", "8", "--batch-size", "20", "--quiet", *extra]) == 0
         assert gm.load(tmp_path / "m.gguf").metadata["config"]["augment"] == want
+    # the cnn's default level for digits is "mild"; for photos it becomes "clothes" too
+    cnn = dict(small_options("fc", augment=None), arch="cnn", conv_channels=(2, 3))
+    del cnn["augment"], cnn["hidden"]
+    model, _ = gm.train(data_dir=tmp_path, dataset="fashion-mnist", **cnn)
+    assert model.metadata["config"]["augment"] == "clothes"
+    digits, _ = gm.train(*gm.load_mnist(tmp_path / "fashion-mnist"), **cnn)
+    assert digits.metadata["config"]["augment"] == "mild" and digits.metadata["config"]["lr"] == 3e-3
 
 
 def test_half_pixel_shift_averages_neighbours():

@@ -154,7 +154,7 @@ class TrainConfig:
 # The tuned defaults per preset; README "Networks" and "Default recipe" give the measurements behind them.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "fc": dict(epochs=50, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0, augment="light"),
-    "cnn": dict(epochs=50, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05, augment="light"),
+    "cnn": dict(epochs=50, batch_size=100, lr=3e-3, lr_schedule="cosine", weight_decay=0.05, augment="mild"),
     "mlp800": dict(epochs=10, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0),
     "minerva-mlp": dict(epochs=10, batch_size=100, lr=1e-3, lr_schedule="cosine", weight_decay=0.0),
     "minerva-cnn": dict(epochs=8, batch_size=100, lr=2e-3, lr_schedule="cosine", weight_decay=0.05),
