@@ -502,8 +502,9 @@ static struct gmn_tiling gmn_tiling_of(int64_t M, int64_t N) {
     return g;
 }
 
-static void gmn_tile_at(const struct gmn_tiling * g, int64_t t, int64_t * i0, int64_t * m, int64_t * i1, int64_t * n) {
-    const int64_t ti = g->by_rows ? t / g->tn : t % g->tm, tj = g->by_rows ? t % g->tn : t / g->tm, full = g->M / 16;
+/* the rows of row tile ti: the first, i0, and how many, m (16, 8 or the last 1..7) */
+static void gmn_tile_rows(const struct gmn_tiling * g, int64_t ti, int64_t * i0, int64_t * m) {
+    const int64_t full = g->M / 16;
     if (ti < full) {
         *i0 = ti * 16;
         *m  = 16;
@@ -514,7 +515,18 @@ static void gmn_tile_at(const struct gmn_tiling * g, int64_t t, int64_t * i0, in
         *i0 = g->M - g->M % 8;
         *m  = g->M % 8;
     }
-    *i1 = tj * g->n_base + (tj < g->n_more ? tj : g->n_more);
+}
+
+/* the first column of column tile tj (tj = tn: N) */
+static int64_t gmn_col_start(const struct gmn_tiling * g, int64_t tj) {
+    return tj * g->n_base + (tj < g->n_more ? tj : g->n_more);
+}
+
+/* tile t in the tiling's order: rows i0 .. i0 + m, columns i1 .. i1 + n */
+static void gmn_tile_at(const struct gmn_tiling * g, int64_t t, int64_t * i0, int64_t * m, int64_t * i1, int64_t * n) {
+    const int64_t ti = g->by_rows ? t / g->tn : t % g->tm, tj = g->by_rows ? t % g->tn : t / g->tm;
+    gmn_tile_rows(g, ti, i0, m);
+    *i1 = gmn_col_start(g, tj);
     *n  = g->n_base + (tj < g->n_more);
 }
 
@@ -605,8 +617,9 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
             if (panels != NULL) {
                 for (int64_t j = 0; j < jn; j++) {
                     const float * row = A + (j0 + j) * lda;
-                    for (int64_t r = 0; r < pn; r++) {
-                        const int64_t i0 = (p0 + r) * 16, m = g.M - i0 >= 16 ? 16 : (g.M - i0 >= 8 ? 8 : 0);
+                    for (int64_t r = 0; r < pn; r++) { /* rows of 16 or 8 (the last 1..7 are read in place) */
+                        int64_t i0, m;
+                        gmn_tile_rows(&g, p0 + r, &i0, &m);
                         float * p = panels + r * 16 * GMN_OUTER_JB + j * m;
                         if (m == 16) {
                             gmn_st8(p, gmn_ld8(row + i0));
@@ -664,19 +677,6 @@ struct gmn_gemm {
     int64_t ldd;
     int64_t kb;        /* the most terms per block (a group of panels holds at least 4 of GMN_MM_KB terms) */
 };
-
-/* the rows of row tile r of a tiling: i0 and m (16, 8 or the last 1..7) */
-static void gmn_tile_rows(const struct gmn_tiling * g, int64_t r, int64_t * i0, int64_t * m) {
-    int64_t j0, n;
-    struct gmn_tiling rows = *g;
-    rows.by_rows = 1;
-    gmn_tile_at(&rows, r * g->tn, i0, m, &j0, &n);
-}
-
-/* the first column of column tile c (c = tn: N) */
-static int64_t gmn_col_start(const struct gmn_tiling * g, int64_t c) {
-    return c * g->n_base + (c < g->n_more ? c : g->n_more);
-}
 
 /* the panel of rows i0 .. i0 + m and terms k0 .. k0 + kn: p[k * w + i], w = 16 or 8 rows, zeros below m */
 GMN_CLONES static void gmn_gemm_pack(const struct gmn_gemm * e, int64_t i0, int64_t m, int64_t k0, int64_t kn, float * p) {
