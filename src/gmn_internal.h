@@ -172,8 +172,17 @@ struct ggml_tensor * gmn_cl_im2col(struct ggml_context * ctx, struct ggml_tensor
 struct ggml_tensor * gmn_cl_pad(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows, int64_t cols);
 /* the first n outputs of every column of a product y [N, P], as a contiguous [n, P] */
 struct ggml_tensor * gmn_cl_first_outputs(struct ggml_context * ctx, struct ggml_tensor * y, int64_t n);
-/* the number of outputs, n or more, of a product that llamafile's sgemm takes (a multiple of 4) */
-int64_t gmn_sgemm_outputs(int64_t n);
+/* mul_mat of F32 matrices with fewer columns (a few images) stays with ggml: copying the shim's panels would
+ * cost more than it saves (gmn_cpu_kernels_adopt) */
+#define GMN_MM_MIN_N 64
+/* whether ggml's own mul_mat runs a product with P columns, rather than the shim's: with an accelerator (BLAS)
+ * beside the CPU backend, or under GMN_MM_MIN_N columns; llamafile's sgemm, which then runs it, wants padded
+ * shapes, the shim's kernel none */
+static inline int gmn_ggml_runs_product(int n_accel, int64_t P) {
+    return n_accel > 0 || P < GMN_MM_MIN_N;
+}
+/* the number of outputs, n or more, of a product: where ggml runs it, what llamafile's sgemm takes (a multiple of 4) */
+int64_t gmn_sgemm_outputs(int64_t n, int ggml_runs);
 struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int extra);
 struct ggml_tensor * gmn_cl_relayout(struct ggml_context * ctx, struct ggml_tensor * x, int to_cf);
 struct ggml_tensor * gmn_cl_act_linearized(struct ggml_context * ctx, struct ggml_tensor * x, int kind);
@@ -185,7 +194,8 @@ struct gmn_cpu_kernels {
 void gmn_cpu_kernels_init(struct ggml_context * ctx, struct gmn_cpu_kernels * k);
 int  gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels * k);
 struct ggml_tensor * gmn_cl_maxpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad);
-struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad);
+struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad,
+                                    int n_accel);
 
 int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, const struct gmn_storage * storage,
                       gmn_model ** out);

@@ -540,9 +540,12 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 const int64_t C = h->ne[0], O = l->n_out;
                 const int64_t OW = (h->ne[1] + 2 * l->pad - l->k) / l->stride + 1, OH = (h->ne[2] + 2 * l->pad - l->k) / l->stride + 1;
                 const int64_t K = C * l->k * l->k;
-                /* ggml's fast f32 matrix product (llamafile's) takes only row lengths that are a multiple of 8; the
-                 * im2col op can pad its columns with zeros for free, and the kernel gets zero rows to match */
-                int64_t Kp = ggml_cpu_has_llamafile() ? (K + 7) / 8 * 8 : K;
+                /* The shim's matrix product takes any shape; where ggml runs the product instead, its fast f32 one
+                 * (llamafile's) takes only row lengths that are a multiple of 8: the im2col op can pad its columns
+                 * with zeros for free, and the kernel gets zero rows to match. Zero terms at the end of each sum
+                 * change no bit of the product. */
+                const int ggml_runs = gmn_ggml_runs_product(m->n_accel, OW * OH * h->ne[3]);
+                int64_t Kp = ggml_runs && ggml_cpu_has_llamafile() ? (K + 7) / 8 * 8 : K;
                 int extra = 0; /* gathered columns grow by whole rows of C: the fewest that make K a multiple of 8 */
                 if (needs_grad && Kp > K) {
                     int e = 1;
@@ -563,7 +566,7 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 w = ggml_reshape_2d(ctx, w, K, O);
                 /* and only a multiple of 4 outputs (ggml's dot product runs the rest, one output at a time: 9 % of a
                  * lenet5 epoch for its 6 channels): zero output channels, dropped after the product */
-                const int64_t Op = gmn_sgemm_outputs(O);
+                const int64_t Op = gmn_sgemm_outputs(O, ggml_runs);
                 if (Kp > K || Op > O) {
                     w = gmn_cl_pad(ctx, w, Kp, Op);
                 }
@@ -588,7 +591,7 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 }
                 break;
             case GMN_LAYER_AVGPOOL2D:
-                h = gmn_cl_avgpool(ctx, h, l->k, l->stride, l->pad, needs_grad);
+                h = gmn_cl_avgpool(ctx, h, l->k, l->stride, l->pad, needs_grad, m->n_accel);
                 break;
             case GMN_LAYER_DENSE:
                 if (spatial) {

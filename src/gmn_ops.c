@@ -45,6 +45,23 @@ static void gmn_split(int64_t n, int ith, int nth, int64_t * lo, int64_t * hi) {
     *hi = *lo + per < n ? *lo + per : n;
 }
 
+typedef float gmn_v8 __attribute__((vector_size(32)));
+
+static inline gmn_v8 gmn_ld8(const float * p) {
+    gmn_v8 v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static inline void gmn_st8(float * p, gmn_v8 v) {
+    memcpy(p, &v, sizeof(v));
+}
+
+/* each of ggml's threads keeps a scratch buffer of GMN_THREAD_FLOATS floats between calls (the matrix products'
+ * panels); NULL when there is no memory for it */
+static float * gmn_thread_panels(void);
+#define GMN_THREAD_FLOATS ((int64_t) 128 * 1024) /* 512 KB */
+
 /* output pixel q = (n * OH + oy) * OW + ox of a batch, walked in order without a division per pixel */
 struct gmn_pixel {
     int64_t ox, oy, n, OW, OH;
@@ -65,44 +82,96 @@ static inline void gmn_pixel_next(struct gmn_pixel * p) {
     }
 }
 
+/* the output columns [*lo, *hi) of a row of OW whose kernel column kx lands inside an image row of W pixels */
+static void gmn_inside_cols(int64_t kx, int64_t W, int64_t OW, struct gmn_window w, int64_t * lo, int64_t * hi) {
+    const int64_t before = w.p - kx;         /* ox * s must reach this for the pixel to be inside */
+    const int64_t last   = W - 1 + w.p - kx; /* and may not pass this */
+    *lo = before <= 0 ? 0 : (before + w.s - 1) / w.s;
+    *hi = last < 0 ? 0 : last / w.s + 1;
+    *hi = *hi < OW ? *hi : OW;
+    *lo = *lo < *hi ? *lo : *hi;
+}
+
 /* im2col of a channels-last x [C, W, H, N] (src 0, needing no gradient): dst [K, OW*OH*N] with the
  * column of output pixel p ordered c fastest, then kernel column, then kernel row; zero outside the image,
- * and zero in rows C*k*k..K-1 (K may be rounded up for a faster matrix product). */
+ * and zero in rows C*k*k..K-1 (K may be rounded up for a faster matrix product). A thread takes whole rows of
+ * output pixels. For each, it copies the k input rows the row's windows cover into its scratch buffer with
+ * their zero padding, so that each window row is k*C consecutive floats there, copied 8 at a time: a store may
+ * run up to 7 floats past its window row, where the next stores (or the padding's zeros) overwrite it; only
+ * the columns whose stores would pass the end of the thread's columns are copied exactly. Without room for the rows, one kernel offset at a time. */
 GMN_CLONES static void gmn_op_im2col(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     const struct ggml_tensor * x = dst->src[0];
     const struct gmn_window w = gmn_window_unpack(ud);
     const int64_t C = x->ne[0], W = x->ne[1], H = x->ne[2];
-    const int64_t OW = gmn_out_side(W, w), OH = gmn_out_side(H, w), P = dst->ne[1], K = C * w.k * w.k;
+    const int64_t OW = gmn_out_side(W, w), OH = gmn_out_side(H, w), KD = dst->ne[0], K = C * w.k * w.k;
+    const int64_t rows = OW > 0 ? dst->ne[1] / OW : 0; /* output rows of all the images: OH * N */
+    const int64_t KC = w.k * C, PW = (W + 2 * w.p) * C; /* a window row; a padded input row */
     const float * xs = (const float *) x->data;
-    float * out = (float *) dst->data;
     int64_t lo, hi;
-    gmn_split(P, ith, nth, &lo, &hi);
-    struct gmn_pixel px = gmn_pixel_at(lo, OW, OH);
-    for (int64_t q = lo; q < hi; q++, gmn_pixel_next(&px)) {
-        const int64_t ox = px.ox, oy = px.oy, n = px.n;
-        float * col = out + q * dst->ne[0];
-        for (int64_t r = K; r < dst->ne[0]; r++) {
-            col[r] = 0.0f;
-        }
-        const int64_t x0 = ox * w.s - w.p;
-        const int64_t ka = x0 < 0 ? -x0 : 0, kb = x0 + w.k > W ? W - x0 : w.k; /* kernel columns inside the image */
-        for (int64_t ky = 0; ky < w.k; ky++, col += w.k * C) {
-            const int64_t iy = oy * w.s - w.p + ky;
-            if (iy < 0 || iy >= H || kb <= ka) {
-                for (int64_t r = 0; r < w.k * C; r++) {
-                    col[r] = 0.0f;
+    gmn_split(rows, ith, nth, &lo, &hi);
+    float * pad = lo < hi && w.k * PW + 8 <= GMN_THREAD_FLOATS ? gmn_thread_panels() : NULL;
+    if (pad != NULL) {
+        memset(pad + w.k * PW, 0, 8 * sizeof(float)); /* what the last 8-float loads read past the rows */
+    }
+    const float * const end = (const float *) dst->data + hi * OW * KD; /* past the thread's columns */
+    for (int64_t ro = lo; ro < hi; ro++) {
+        const int64_t n = ro / OH, oy = ro % OH;
+        float * out = (float *) dst->data + ro * OW * KD;
+        if (pad != NULL) {
+            for (int64_t ky = 0; ky < w.k; ky++) {
+                const int64_t iy = oy * w.s - w.p + ky;
+                float * pr = pad + ky * PW;
+                if (iy < 0 || iy >= H) {
+                    memset(pr, 0, (size_t) PW * sizeof(float));
+                    continue;
                 }
-                continue;
+                memset(pr, 0, (size_t) (w.p * C) * sizeof(float));
+                memcpy(pr + w.p * C, xs + (n * H + iy) * W * C, (size_t) (W * C) * sizeof(float));
+                memset(pr + (w.p + W) * C, 0, (size_t) (w.p * C) * sizeof(float));
             }
-            const float * v = xs + ((n * H + iy) * W + x0 + ka) * C; /* kernel column ka */
-            for (int64_t r = 0; r < ka * C; r++) {
-                col[r] = 0.0f;
+            for (int64_t ox = 0; ox < OW; ox++) {
+                float * col = out + ox * KD;
+                const float * src = pad + ox * w.s * C;
+                if (col + (w.k - 1) * KC + (KC + 7) / 8 * 8 > end) { /* a store would pass the thread's columns */
+                    for (int64_t ky = 0; ky < w.k; ky++) {
+                        memcpy(col + ky * KC, src + ky * PW, (size_t) KC * sizeof(float));
+                    }
+                } else {
+                    for (int64_t ky = 0; ky < w.k; ky++) {
+                        for (int64_t i = 0; i < KC; i += 8) {
+                            gmn_st8(col + ky * KC + i, gmn_ld8(src + ky * PW + i));
+                        }
+                    }
+                }
+                if (KD > K) {
+                    memset(col + K, 0, (size_t) (KD - K) * sizeof(float));
+                }
             }
-            for (int64_t r = 0; r < (kb - ka) * C; r++) {
-                col[ka * C + r] = v[r];
-            }
-            for (int64_t r = kb * C; r < w.k * C; r++) {
-                col[r] = 0.0f;
+            continue;
+        }
+        for (int64_t ox = 0; ox < OW && KD > K; ox++) {
+            memset(out + ox * KD + K, 0, (size_t) (KD - K) * sizeof(float));
+        }
+        for (int64_t ky = 0; ky < w.k; ky++) {
+            const int64_t iy = oy * w.s - w.p + ky;
+            for (int64_t kx = 0; kx < w.k; kx++) {
+                float * col = out + (ky * w.k + kx) * C; /* this offset's C rows of output pixel 0 */
+                int64_t xa = 0, xb = 0;
+                if (iy >= 0 && iy < H) {
+                    gmn_inside_cols(kx, W, OW, w, &xa, &xb);
+                }
+                for (int64_t ox = 0; ox < xa; ox++) {
+                    memset(col + ox * KD, 0, (size_t) C * sizeof(float));
+                }
+                if (xa < xb) {
+                    const float * v = xs + ((n * H + iy) * W + xa * w.s - w.p + kx) * C; /* the pixel of column xa */
+                    for (int64_t ox = xa; ox < xb; ox++, v += w.s * C) {
+                        memcpy(col + ox * KD, v, (size_t) C * sizeof(float));
+                    }
+                }
+                for (int64_t ox = xb; ox < OW; ox++) {
+                    memset(col + ox * KD, 0, (size_t) C * sizeof(float));
+                }
             }
         }
     }
@@ -276,8 +345,8 @@ struct ggml_tensor * gmn_cl_first_outputs(struct ggml_context * ctx, struct ggml
     return ggml_cont(ctx, ggml_view_2d(ctx, y, n, y->ne[1], y->nb[1], 0));
 }
 
-int64_t gmn_sgemm_outputs(int64_t n) {
-    return ggml_cpu_has_llamafile() && n % 4 != 0 ? (n + 3) / 4 * 4 : n;
+int64_t gmn_sgemm_outputs(int64_t n, int ggml_runs) {
+    return ggml_runs && ggml_cpu_has_llamafile() && n % 4 != 0 ? (n + 3) / 4 * 4 : n;
 }
 
 /* The im2col columns of x [C, W, H, N] gathered with get_rows: [C*(k*k + extra), OW*OH*N], the last C*extra rows
@@ -405,18 +474,6 @@ struct ggml_tensor * gmn_cl_act_linearized(struct ggml_context * ctx, struct ggm
  * to rounding) in 16 x 6 register tiles that the compiler keeps in vector registers, on all of ggml's threads.
  * gmn_train.c swaps it in for out_prod nodes of the CPU training graph (gmn_cpu_kernels_adopt) before they run. */
 
-typedef float gmn_v8 __attribute__((vector_size(32)));
-
-static inline gmn_v8 gmn_ld8(const float * p) {
-    gmn_v8 v;
-    memcpy(&v, p, sizeof(v));
-    return v;
-}
-
-static inline void gmn_st8(float * p, gmn_v8 v) {
-    memcpy(p, &v, sizeof(v));
-}
-
 /* d[0..8*V) x [0..n) (column c at d + c*ldd) = (acc ? d : 0) + sum over j < J of a[j*lda + 0..8*V) times
  * b[j*sbj + c*sbi], for V = 1 or 2 vectors of rows and n <= 6 columns: 2*6 accumulators fit in AVX2's registers.
  * Every element sums j = 0, 1, ... the same way (one fused multiply-add per term where the CPU has FMA),
@@ -542,7 +599,7 @@ static void gmn_tile_at(const struct gmn_tiling * g, int64_t t, int64_t * i0, in
  *   tile would read one cache line from each of 256 rows of a that lie a row of a apart).
  * Each output element sums j = 0, 1, ... in order, whatever the order, the panels or the number of threads. */
 #define GMN_OUTER_JB 256
-#define GMN_PANEL_TILES 32
+#define GMN_PANEL_TILES (GMN_THREAD_FLOATS / (16 * GMN_OUTER_JB)) /* 32 */
 #define GMN_OUTER_B_BYTES (256 * 1024) /* a block of b this size or less stays in the L2 cache */
 
 /* each of ggml's threads keeps its panels between calls (512 KB), freed when the thread ends */
@@ -553,14 +610,14 @@ static void gmn_panel_key_init(void) {
     g_panel_key_ok = pthread_key_create(&g_panel_key, free) == 0;
 }
 
-static float * gmn_thread_panels(void) {
+static float * gmn_thread_panels(void) { /* GMN_THREAD_FLOATS */
     pthread_once(&g_panel_once, gmn_panel_key_init);
     if (!g_panel_key_ok) {
         return NULL; /* no key left: the tiles read a in place */
     }
     float * p = pthread_getspecific(g_panel_key);
     if (p == NULL) {
-        p = aligned_alloc(64, (size_t) GMN_PANEL_TILES * 16 * GMN_OUTER_JB * sizeof(float));
+        p = aligned_alloc(64, (size_t) GMN_THREAD_FLOATS * sizeof(float));
         if (p != NULL && pthread_setspecific(g_panel_key, p) != 0) {
             free(p);
             p = NULL;
@@ -665,7 +722,6 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
  * whatever the shape, the blocking or the number of threads, so the result depends on none of them. */
 #define GMN_MM_KB 2048 /* mul_mat: a panel of the whole sum (up to 128 KB) in the L2 cache, b's columns in L1 */
 #define GMN_MM_B_BYTES (96 * 1024)
-#define GMN_MM_MIN_N 64 /* fewer columns (a few images) stay with ggml: copying a's panels would cost more than it saves */
 
 struct gmn_gemm {
     int64_t M, N, K;
@@ -729,7 +785,7 @@ static void gmn_gemm_run(const struct gmn_gemm * e, int ith, int nth) {
      * blocks the sum differently but adds the same terms in the same order: the same bits */
     float local[16 * GMN_OUTER_JB];
     float * panels = gmn_thread_panels();
-    int64_t room = (int64_t) GMN_PANEL_TILES * 16 * GMN_OUTER_JB;
+    int64_t room = GMN_THREAD_FLOATS;
     if (panels == NULL) {
         panels = local;
         room   = 16 * GMN_OUTER_JB;
@@ -1011,13 +1067,15 @@ int gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels *
 
 /* Average pooling (zeros in the padding count, as in ggml's pool_2d) of a channels-last x: the window's pixels
  * gathered as im2col columns, times a constant [C*k*k, C] averaging matrix; its backward pass is a matrix
- * product and a scatter, all multi-threaded, with no layout change. llamafile's sgemm takes only products with
- * a multiple of 4 outputs (ggml's dot product runs the rest one output at a time), so the matrix has zero
- * columns up to one (gmn_sgemm_outputs) and the pooled map is the first C channels of the product. */
-struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad) {
+ * product and a scatter, all multi-threaded, with no layout change. Where ggml runs the product (see
+ * gmn_ggml_runs_product), llamafile's sgemm takes only products with a multiple of 4 outputs (ggml's dot
+ * product runs the rest one output at a time), so the matrix has zero columns up to one (gmn_sgemm_outputs)
+ * and the pooled map is the first C channels of the product. */
+struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad,
+                                    int n_accel) {
     const struct gmn_window w = { k, stride, pad, 0 };
     const int64_t C = x->ne[0], OW = gmn_out_side(x->ne[1], w), OH = gmn_out_side(x->ne[2], w), N = x->ne[3];
-    const int64_t CP = gmn_sgemm_outputs(C);
+    const int64_t CP = gmn_sgemm_outputs(C, gmn_ggml_runs_product(n_accel, OW * OH * N));
     struct ggml_tensor * cols = grad ? gmn_cl_gather_cols(ctx, x, k, stride, pad, 0) : gmn_cl_im2col(ctx, x, k, stride, pad, C * k * k);
     struct ggml_tensor * avg = ggml_custom_4d(ctx, GGML_TYPE_F32, C * k * k, CP, 1, 1, NULL, 0, gmn_op_avg_matrix, GGML_N_TASKS_MAX,
                                               (void *) (intptr_t) C);

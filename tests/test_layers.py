@@ -125,6 +125,45 @@ def test_custom_networks_match_the_numpy_reference(case: str) -> None:
     np.testing.assert_allclose(model.predict_proba(x), reference_net_proba(model.layers, model.get_weights(), x), atol=2e-5)
 
 
+def conv_kernels_as_torch(layers: list, weights: dict) -> dict:
+    """weights with every convolution kernel as [O, C, k, k] (tensor_shapes drops trailing 1s: O = C = 1 gives [k, k])"""
+    out = dict(weights)
+    for layer in layers:
+        if isinstance(layer, Conv2d):
+            k = layer.kernel_size
+            out[f"{layer.name}.kernel"] = np.asarray(weights[f"{layer.name}.kernel"]).reshape(layer.out_channels, -1, k, k)
+    return out
+
+
+def test_random_convolutions_match_the_numpy_reference() -> None:
+    """Seeded random kernel sizes, strides, paddings, channel counts, image sizes and batch sizes, which reach the
+    column-gathering ops' edge cases: windows of fewer than 8 values (1x1 kernels, one channel), strides larger than
+    the kernel, a thread's last columns, and batches above and below the size at which the shim's own matrix
+    product takes over from ggml's."""
+    rng = np.random.default_rng(20261202)
+    checked = 0
+    while checked < 40:
+        k = int(rng.integers(1, 6))
+        layers = [Conv2d(int(rng.integers(1, 6)), k, stride=int(rng.integers(1, 4)), padding=int(rng.integers(0, k // 2 + 1)))]
+        if rng.random() < 0.5:
+            k2 = int(rng.integers(1, 4))
+            layers.append(Conv2d(int(rng.integers(1, 9)), k2, stride=int(rng.integers(1, 3)),
+                                 padding=int(rng.integers(0, k2 // 2 + 1))))
+        if rng.random() < 0.3:
+            layers.append(AvgPool2d(2, 1, 1) if rng.random() < 0.5 else MaxPool2d(2, 1))
+        layers.append(Dense())
+        size = (int(rng.integers(k, 20)), int(rng.integers(k, 20)))
+        try:
+            model = Model.create(layers, n_classes=3, image_size=size, seed=checked, threads=THREADS)
+        except ConfigError:  # too small an image for this stack of layers
+            continue
+        spread_weights(model, scale=2.0)
+        x = images(int(rng.choice([1, 2, 5, 40])), size, seed=checked)
+        expected = reference_net_proba(model.layers, conv_kernels_as_torch(model.layers, model.get_weights()), x)
+        np.testing.assert_allclose(model.predict_proba(x), expected, atol=5e-5, err_msg=f"{layers} on {size} images")
+        checked += 1
+
+
 # ---- activations against the exact functions -------------------------------------------------------
 EXACT = {
     "relu": (ReLU(), lambda z: np.maximum(z, 0.0), 1e-5),
