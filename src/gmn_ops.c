@@ -480,30 +480,46 @@ struct ggml_tensor * gmn_cl_act_linearized(struct ggml_context * ctx, struct ggm
  * whatever the shape of its tile. */
 static inline __attribute__((always_inline)) void gmn_tile(const int V, const int n, int64_t J, const float * a, int64_t lda,
                                                            const float * b, int64_t sbi, int64_t sbj, float * d, int64_t ldd, int acc) {
-    gmn_v8 c0[6], c1[6];
-    for (int t = 0; t < n; t++) {
-        c0[t] = acc ? gmn_ld8(d + t * ldd) : (gmn_v8) { 0 };
-        c1[t] = acc && V > 1 ? gmn_ld8(d + t * ldd + 8) : (gmn_v8) { 0 };
+    /* twelve named accumulators, not arrays: arrays of vectors made GCC clear them in memory first (rep stos, 5 % of
+     * a tile of 256 terms), and walking pointers instead of a counter keeps every integer in a register */
+    gmn_v8 x0 = { 0 }, x1 = { 0 }, x2 = { 0 }, x3 = { 0 }, x4 = { 0 }, x5 = { 0 };
+    gmn_v8 y0 = { 0 }, y1 = { 0 }, y2 = { 0 }, y3 = { 0 }, y4 = { 0 }, y5 = { 0 };
+#define GMN_TILE_LOAD(t)                                  \
+    if (n > t) {                                          \
+        x##t = gmn_ld8(d + t * ldd);                      \
+        if (V > 1) {                                      \
+            y##t = gmn_ld8(d + t * ldd + 8);              \
+        }                                                 \
     }
-    for (int64_t j = 0; j < J; j++) {
-        const float * ar = a + j * lda;
-        const float * br = b + j * sbj;
+    if (acc) {
+        GMN_TILE_LOAD(0) GMN_TILE_LOAD(1) GMN_TILE_LOAD(2) GMN_TILE_LOAD(3) GMN_TILE_LOAD(4) GMN_TILE_LOAD(5)
+    }
+#undef GMN_TILE_LOAD
+    const float * ar = a, * br = b;
+    const float * const a_end = a + J * lda;
+    for (; ar != a_end; ar += lda, br += sbj) {
         const gmn_v8 a0 = gmn_ld8(ar);
         const gmn_v8 a1 = V > 1 ? gmn_ld8(ar + 8) : (gmn_v8) { 0 };
-        for (int t = 0; t < n; t++) {
-            const float bt = br[t * sbi];
-            c0[t] += a0 * bt;
-            if (V > 1) {
-                c1[t] += a1 * bt;
-            }
+#define GMN_TILE_TERM(t)                                  \
+        if (n > t) {                                      \
+            const float bt = br[t * sbi];                 \
+            x##t += a0 * bt;                              \
+            if (V > 1) {                                  \
+                y##t += a1 * bt;                          \
+            }                                             \
         }
+        GMN_TILE_TERM(0) GMN_TILE_TERM(1) GMN_TILE_TERM(2) GMN_TILE_TERM(3) GMN_TILE_TERM(4) GMN_TILE_TERM(5)
+#undef GMN_TILE_TERM
     }
-    for (int t = 0; t < n; t++) {
-        gmn_st8(d + t * ldd, c0[t]);
-        if (V > 1) {
-            gmn_st8(d + t * ldd + 8, c1[t]);
-        }
+#define GMN_TILE_STORE(t)                                 \
+    if (n > t) {                                          \
+        gmn_st8(d + t * ldd, x##t);                       \
+        if (V > 1) {                                      \
+            gmn_st8(d + t * ldd + 8, y##t);               \
+        }                                                 \
     }
+    GMN_TILE_STORE(0) GMN_TILE_STORE(1) GMN_TILE_STORE(2) GMN_TILE_STORE(3) GMN_TILE_STORE(4) GMN_TILE_STORE(5)
+#undef GMN_TILE_STORE
 }
 
 #define GMN_TILE_FN(V, N)                                                                                            \
