@@ -46,6 +46,7 @@ static void gmn_split(int64_t n, int ith, int nth, int64_t * lo, int64_t * hi) {
 }
 
 typedef float gmn_v8 __attribute__((vector_size(32)));
+typedef int32_t gmn_i8 __attribute__((vector_size(32)));
 
 static inline gmn_v8 gmn_ld8(const float * p) {
     gmn_v8 v;
@@ -227,6 +228,8 @@ GMN_CLONES static void gmn_op_pool_argmax(struct ggml_tensor * dst, int ith, int
     const int64_t OW = gmn_out_side(W, w), OH = gmn_out_side(H, w), P = OW * OH * x->ne[3];
     const float * xs = (const float *) x->data;
     int32_t * out = (int32_t *) dst->data;
+    const int64_t C8 = C / 8 * 8;
+    const gmn_i8 iota = { 0, 1, 2, 3, 4, 5, 6, 7 };
     int64_t lo, hi;
     gmn_split(P, ith, nth, &lo, &hi);
     struct gmn_pixel px = gmn_pixel_at(lo, OW, OH);
@@ -235,24 +238,33 @@ GMN_CLONES static void gmn_op_pool_argmax(struct ggml_tensor * dst, int ith, int
         gmn_pool_window(&px, W, H, w, &xa, &xb, &ya, &yb, &n);
         int32_t * r = out + q * C;
         const int64_t first = ((n * H + ya) * W + xa) * C;
-        for (int64_t c0 = 0; c0 < C; c0 += 64) { /* 64 channels at a time, their maxima so far in best */
-            const int64_t cn = C - c0 < 64 ? C - c0 : 64;
-            float best[64];
-            for (int64_t c = 0; c < cn; c++) {
-                r[c0 + c] = (int32_t) (first + c0 + c);
-                best[c]   = xs[first + c0 + c];
-            }
+        for (int64_t c0 = 0; c0 < C8; c0 += 8) { /* 8 channels at a time, branch-free in vectors */
+            gmn_v8 best = gmn_ld8(xs + first + c0);
+            gmn_i8 pick = iota + (int32_t) (first + c0);
             for (int64_t iy = ya; iy < yb; iy++) {
                 for (int64_t ix = xa; ix < xb; ix++) {
                     const int64_t base = ((n * H + iy) * W + ix) * C + c0;
-                    const float * v = xs + base;
-                    for (int64_t c = 0; c < cn; c++) { /* branch-free, so that it vectorises */
-                        const int gt = v[c] > best[c];
-                        best[c]   = gt ? v[c] : best[c];
-                        r[c0 + c] = gt ? (int32_t) (base + c) : r[c0 + c];
+                    const gmn_v8 v = gmn_ld8(xs + base);
+                    const gmn_i8 gt = v > best; /* all ones where v is larger */
+                    best = (gmn_v8) (((gmn_i8) v & gt) | ((gmn_i8) best & ~gt));
+                    pick = ((iota + (int32_t) base) & gt) | (pick & ~gt);
+                }
+            }
+            memcpy(r + c0, &pick, sizeof(pick));
+        }
+        for (int64_t c = C8; c < C; c++) { /* the rest one by one */
+            float best = xs[first + c];
+            int32_t pick = (int32_t) (first + c);
+            for (int64_t iy = ya; iy < yb; iy++) {
+                for (int64_t ix = xa; ix < xb; ix++) {
+                    const int64_t e = ((n * H + iy) * W + ix) * C + c;
+                    if (xs[e] > best) {
+                        best = xs[e];
+                        pick = (int32_t) e;
                     }
                 }
             }
+            r[c] = pick;
         }
     }
 }
