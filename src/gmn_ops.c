@@ -748,15 +748,19 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
             if (panels != NULL) {
                 for (int64_t j = 0; j < jn; j++) {
                     const float * row = A + (j0 + j) * lda;
-                    for (int64_t r = 0; r < pn; r++) { /* rows of 16 or 8 (the last 1..7 are read in place) */
+                    for (int64_t r = 0; r < pn; r++) { /* rows of 16 or 8; the last 1..7 padded with zeros to 8 */
                         int64_t i0, m;
                         gmn_tile_rows(&g, p0 + r, &i0, &m);
-                        float * p = panels + r * 16 * GMN_OUTER_JB + j * m;
+                        float * p = panels + r * 16 * GMN_OUTER_JB + j * (m < 8 ? 8 : m);
                         if (m == 16) {
                             gmn_st8(p, gmn_ld8(row + i0));
                             gmn_st8(p + 8, gmn_ld8(row + i0 + 8));
                         } else if (m == 8) {
                             gmn_st8(p, gmn_ld8(row + i0));
+                        } else {
+                            for (int64_t i = 0; i < 8; i++) {
+                                p[i] = i < m ? row[i0 + i] : 0.0f;
+                            }
                         }
                     }
                 }
@@ -766,9 +770,18 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
                 gmn_tile_at(&g, t, &i0, &m, &i1, &n);
                 const float * bt = (const float *) b->data + i1 * sbi + j0 * sbj;
                 float * dt = (float *) dst->data + i0 + i1 * ldd;
-                if ((m == 16 || m == 8) && panels != NULL) {
-                    const float * p = panels + (i0 / 16 - p0) * 16 * GMN_OUTER_JB;
+                const float * p = panels != NULL ? panels + ((g.by_rows ? t / g.tn : t % g.tm) - p0) * 16 * GMN_OUTER_JB : NULL;
+                if ((m == 16 || m == 8) && p != NULL) {
                     GMN_TILES[m / 8 - 1][n - 1](jn, p, m, bt, sbi, sbj, dt, ldd, j0 > 0);
+                } else if (p != NULL) { /* the panel's 8 rows, of which the first m are kept: the same sums as an edge tile */
+                    float tmp[6 * 8] = { 0 };
+                    for (int64_t c = 0; c < n && j0 > 0; c++) {
+                        memcpy(tmp + c * 8, dt + c * ldd, (size_t) m * sizeof(float));
+                    }
+                    GMN_TILES[0][n - 1](jn, p, 8, bt, sbi, sbj, tmp, 8, j0 > 0);
+                    for (int64_t c = 0; c < n; c++) {
+                        memcpy(dt + c * ldd, tmp + c * 8, (size_t) m * sizeof(float));
+                    }
                 } else if (m == 16 || m == 8) {
                     GMN_TILES[m / 8 - 1][n - 1](jn, A + i0 + j0 * lda, lda, bt, sbi, sbj, dt, ldd, j0 > 0);
                 } else {
@@ -820,8 +833,9 @@ GMN_CLONES static void gmn_gemm_pack(const struct gmn_gemm * e, int64_t i0, int6
             } else if (m == 8) {
                 gmn_st8(p + k * 8, gmn_ld8(src));
             } else {
-                memset(p + k * 8, 0, 8 * sizeof(float));
-                memcpy(p + k * 8, src, (size_t) m * sizeof(float));
+                for (int64_t i = 0; i < 8; i++) {
+                    p[k * 8 + i] = i < m ? src[i] : 0.0f;
+                }
             }
         }
         return;
@@ -837,7 +851,7 @@ GMN_CLONES static void gmn_gemm_pack(const struct gmn_gemm * e, int64_t i0, int6
 static void gmn_gemm_run(const struct gmn_gemm * e, int ith, int nth) {
     const struct gmn_tiling g = gmn_tiling_of(e->M, e->N);
     int64_t r0 = 0, r1 = g.tm, t0 = 0, t1 = g.tn;
-    if (g.tm >= 2 * nth) {
+    if (g.tm >= 2 * nth || (g.tn < nth && g.tm > 1)) { /* whole rows of tiles, or too few columns to share */
         gmn_split(g.tm, ith, nth, &r0, &r1);
     } else {
         gmn_split(g.tn, ith, nth, &t0, &t1);
