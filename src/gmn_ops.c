@@ -950,6 +950,14 @@ static void gmn_outer_gemm(struct ggml_tensor * dst, int ith, int nth) {
  * arithmetic than on copying the one-float rows that max pooling gathers. These compute exactly the same values,
  * in the same order per element, so swapping them changes no result bit; they only split the work over threads. */
 
+/* rows lo .. hi of get_rows of rows of 8 floats (in its own function: the AVX2 clone of the whole op gathered
+ * max pooling's single floats with vgatherdps, slower than plain loads here) */
+GMN_CLONES static void gmn_get_rows8(float * d, const char * s, size_t snb, const int32_t * idx, int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; i++) {
+        gmn_st8(d + i * 8, gmn_ld8((const float *) (s + (size_t) idx[i] * snb)));
+    }
+}
+
 /* get_rows: dst [nc, nr] = rows idx[0..nr) of src [nc, *] */
 static void gmn_op_get_rows(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     (void) ud;
@@ -967,6 +975,10 @@ static void gmn_op_get_rows(struct ggml_tensor * dst, int ith, int nth, void * u
         }
         return;
     }
+    if (nc == 8) { /* a convolution's gathered columns of 8 channels: one vector a row */
+        gmn_get_rows8(d, s, snb, idx, lo, hi);
+        return;
+    }
     for (int64_t i = lo; i < hi; i++) {
         const float * r = (const float *) (s + (size_t) idx[i] * snb);
         float * o = d + i * nc;
@@ -978,7 +990,7 @@ static void gmn_op_get_rows(struct ggml_tensor * dst, int ith, int nth, void * u
 
 /* get_rows_back: dst [nc, R] = 0, then row idx[i] += grad row i for i = 0, 1, ... (ggml's order); each thread
  * owns a range of dst's rows and scans all of idx */
-static void gmn_op_get_rows_back(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+GMN_CLONES static void gmn_op_get_rows_back(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     (void) ud;
     const struct ggml_tensor * g = dst->src[0];
     const int32_t * idx = (const int32_t *) dst->src[1]->data;
@@ -989,6 +1001,20 @@ static void gmn_op_get_rows_back(struct ggml_tensor * dst, int ith, int nth, voi
     int64_t lo, hi;
     gmn_split(dst->ne[1], ith, nth, &lo, &hi);
     memset(d + lo * nc, 0, (size_t) ((hi - lo) * nc) * sizeof(float));
+    if (nc == 1 || nc == 8) { /* max pooling's picks; a convolution's gathered columns of 8 channels */
+        for (int64_t i = 0; i < nr; i++) {
+            const int64_t r = idx[i];
+            if (r >= lo && r < hi) {
+                const float * gr = (const float *) (gs + (size_t) i * gnb);
+                if (nc == 1) {
+                    d[r] = d[r] + gr[0];
+                } else {
+                    gmn_st8(d + r * 8, gmn_ld8(d + r * 8) + gmn_ld8(gr));
+                }
+            }
+        }
+        return;
+    }
     for (int64_t i = 0; i < nr; i++) {
         const int64_t r = idx[i];
         if (r < lo || r >= hi) {
