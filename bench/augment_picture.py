@@ -2,7 +2,8 @@
 
     python bench/augment_picture.py docs/augment.png [--data data/mnist]
 
-Row 1 shows 10 training images as they are; then two rows per level ("light", "strong", two seeds), and
+Row 1 shows 10 training images as they are; then two rows per level ("mild", the cnn's default for digits,
+"light" and "strong", two seeds each), and
 one row of hello-dl's pixel-flip noise ({"noise_pixels": 30}); each row is labelled on the left.
 """
 
@@ -27,7 +28,7 @@ def main() -> None:
     x, _ = gm.load_mnist(args.data, "train")
     x = x[:COLS]
     rows = [("original", x / 255.0)]
-    for level in ("light", "strong"):
+    for level in ("mild", "light", "strong"):
         for seed in (1, 2):
             rows.append((f"{level}, seed {seed}", gm.augment_images(x, level, seed=seed)))
     rows.append(("noise_pixels 30", gm.augment_images(x, {"noise_pixels": 30}, seed=1)))
