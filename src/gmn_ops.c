@@ -656,6 +656,20 @@ static float * gmn_thread_panels(void) { /* GMN_THREAD_FLOATS */
 
 static void gmn_outer_gemm(struct ggml_tensor * dst, int ith, int nth);
 
+/* an out_prod node's shape, d [M, N] = a [M, J] b [N, J]^T, with its strides in floats: a's rows lda apart,
+ * b's elements sbi and its rows sbj apart, d's columns ldd apart */
+struct gmn_outer_shape {
+    int64_t M, N, J, lda, sbi, sbj, ldd;
+};
+
+static struct gmn_outer_shape gmn_outer_shape_of(const struct ggml_tensor * dst) {
+    const struct ggml_tensor * a = dst->src[0];
+    const struct ggml_tensor * b = dst->src[1];
+    return (struct gmn_outer_shape) { dst->ne[0], dst->ne[1], a->ne[1], (int64_t) (a->nb[1] / sizeof(float)),
+                                      (int64_t) (b->nb[0] / sizeof(float)), (int64_t) (b->nb[1] / sizeof(float)),
+                                      (int64_t) (dst->nb[1] / sizeof(float)) };
+}
+
 /* d [M, N] = a b^T with M = 6..16, N = 8 or 16 and b's N values of each term side by side: the weight gradient of
  * a small convolution with 8 or 16 outputs (cnn's first, 9 x 8 summed over the pixels of a batch, where the other
  * orders pack a's 9 rows as a tile of 8 and one of 1: 5x slower). Computed as its transpose b a^T,
@@ -668,10 +682,8 @@ static void gmn_outer_gemm(struct ggml_tensor * dst, int ith, int nth);
 static int gmn_outer_swapped(struct ggml_tensor * dst, int ith, int nth) {
     const struct ggml_tensor * a = dst->src[0];
     const struct ggml_tensor * b = dst->src[1];
-    const int64_t M = dst->ne[0], N = dst->ne[1], J = a->ne[1];
-    const int64_t lda = (int64_t) (a->nb[1] / sizeof(float));
-    const int64_t sbi = (int64_t) (b->nb[0] / sizeof(float)), sbj = (int64_t) (b->nb[1] / sizeof(float));
-    const int64_t ldd = (int64_t) (dst->nb[1] / sizeof(float));
+    const struct gmn_outer_shape o = gmn_outer_shape_of(dst);
+    const int64_t M = o.M, N = o.N, J = o.J, lda = o.lda, sbi = o.sbi, sbj = o.sbj, ldd = o.ldd;
     if ((N != 8 && N != 16) || sbi != 1 || M < 6 || M > 16 || J < GMN_OUTER_JB) {
         return 0;
     }
@@ -703,10 +715,8 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
     (void) ud;
     const struct ggml_tensor * a = dst->src[0];
     const struct ggml_tensor * b = dst->src[1];
-    const int64_t M = dst->ne[0], N = dst->ne[1], J = a->ne[1];
-    const int64_t lda = (int64_t) (a->nb[1] / sizeof(float));
-    const int64_t sbi = (int64_t) (b->nb[0] / sizeof(float)), sbj = (int64_t) (b->nb[1] / sizeof(float));
-    const int64_t ldd = (int64_t) (dst->nb[1] / sizeof(float));
+    const struct gmn_outer_shape o = gmn_outer_shape_of(dst);
+    const int64_t M = o.M, N = o.N, J = o.J, lda = o.lda, sbi = o.sbi, sbj = o.sbj, ldd = o.ldd;
     if (gmn_outer_swapped(dst, ith, nth)) {
         return;
     }
