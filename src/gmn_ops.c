@@ -99,7 +99,8 @@ static void gmn_inside_cols(int64_t kx, int64_t W, int64_t OW, struct gmn_window
  * output pixels. For each, it copies the k input rows the row's windows cover into its scratch buffer with
  * their zero padding, so that each window row is k*C consecutive floats there, copied 8 at a time: a store may
  * run up to 7 floats past its window row, where the next stores (or the padding's zeros) overwrite it; only
- * the columns whose stores would pass the end of the thread's columns are copied exactly. Without room for the rows, one kernel offset at a time. */
+ * the columns whose stores would pass the end of the thread's columns are copied exactly. Without room for the
+ * rows, one kernel offset at a time. */
 GMN_CLONES static void gmn_op_im2col(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     const struct ggml_tensor * x = dst->src[0];
     const struct gmn_window w = gmn_window_unpack(ud);
@@ -548,6 +549,20 @@ static const gmn_tile_fn GMN_TILES[2][6] = {
     { gmn_tile_2_1, gmn_tile_2_2, gmn_tile_2_3, gmn_tile_2_4, gmn_tile_2_5, gmn_tile_2_6 },
 };
 
+/* A tile of 8 rows from a panel p (8 floats a term, zeros below m) of which only the first m < 8 are kept: the
+ * same sums as a tile of m rows, through a buffer, so that d's rows below m are neither read nor written. */
+static void gmn_tile_kept(int64_t J, const float * p, const float * b, int64_t sbi, int64_t sbj, float * d, int64_t ldd,
+                          int64_t m, int64_t n, int acc) {
+    float tmp[6 * 8] = { 0 };
+    for (int64_t c = 0; c < n && acc; c++) {
+        memcpy(tmp + c * 8, d + c * ldd, (size_t) m * sizeof(float));
+    }
+    GMN_TILES[0][n - 1](J, p, 8, b, sbi, sbj, tmp, 8, acc);
+    for (int64_t c = 0; c < n; c++) {
+        memcpy(d + c * ldd, tmp + c * 8, (size_t) m * sizeof(float));
+    }
+}
+
 /* a tile of m < 8 rows and n <= 6 columns */
 GMN_CLONES static void gmn_tile_edge(int64_t J, const float * a, int64_t lda, const float * b, int64_t sbi, int64_t sbj,
                                      float * d, int64_t ldd, int64_t m, int64_t n, int acc) {
@@ -607,10 +622,15 @@ static int64_t gmn_col_start(const struct gmn_tiling * g, int64_t tj) {
     return tj * g->n_base + (tj < g->n_more ? tj : g->n_more);
 }
 
+/* the row tile of tile t in the tiling's order */
+static int64_t gmn_tile_row(const struct gmn_tiling * g, int64_t t) {
+    return g->by_rows ? t / g->tn : t % g->tm;
+}
+
 /* tile t in the tiling's order: rows i0 .. i0 + m, columns i1 .. i1 + n */
 static void gmn_tile_at(const struct gmn_tiling * g, int64_t t, int64_t * i0, int64_t * m, int64_t * i1, int64_t * n) {
-    const int64_t ti = g->by_rows ? t / g->tn : t % g->tm, tj = g->by_rows ? t % g->tn : t / g->tm;
-    gmn_tile_rows(g, ti, i0, m);
+    const int64_t tj = g->by_rows ? t % g->tn : t / g->tm;
+    gmn_tile_rows(g, gmn_tile_row(g, t), i0, m);
     *i1 = gmn_col_start(g, tj);
     *n  = g->n_base + (tj < g->n_more);
 }
@@ -638,7 +658,7 @@ static void gmn_panel_key_init(void) {
     g_panel_key_ok = pthread_key_create(&g_panel_key, free) == 0;
 }
 
-static float * gmn_thread_panels(void) { /* GMN_THREAD_FLOATS */
+static float * gmn_thread_panels(void) {
     pthread_once(&g_panel_once, gmn_panel_key_init);
     if (!g_panel_key_ok) {
         return NULL; /* no key left: the tiles read a in place */
@@ -654,13 +674,13 @@ static float * gmn_thread_panels(void) { /* GMN_THREAD_FLOATS */
     return p;
 }
 
-static void gmn_outer_gemm(struct ggml_tensor * dst, int ith, int nth);
-
 /* an out_prod node's shape, d [M, N] = a [M, J] b [N, J]^T, with its strides in floats: a's rows lda apart,
  * b's elements sbi and its rows sbj apart, d's columns ldd apart */
 struct gmn_outer_shape {
     int64_t M, N, J, lda, sbi, sbj, ldd;
 };
+
+static void gmn_outer_gemm(struct ggml_tensor * dst, const struct gmn_outer_shape * o, int ith, int nth);
 
 static struct gmn_outer_shape gmn_outer_shape_of(const struct ggml_tensor * dst) {
     const struct ggml_tensor * a = dst->src[0];
@@ -679,11 +699,10 @@ static struct gmn_outer_shape gmn_outer_shape_of(const struct ggml_tensor * dst)
  * bit of a fused multiply-add), so the bits are those of the other orders. Returns 0, having done nothing, for
  * other shapes (with more of a's rows, reading them in place costs more than the panels: 72 x 16, 0.55x) or
  * without the buffer. */
-static int gmn_outer_swapped(struct ggml_tensor * dst, int ith, int nth) {
+static int gmn_outer_swapped(struct ggml_tensor * dst, const struct gmn_outer_shape * o, int ith, int nth) {
     const struct ggml_tensor * a = dst->src[0];
     const struct ggml_tensor * b = dst->src[1];
-    const struct gmn_outer_shape o = gmn_outer_shape_of(dst);
-    const int64_t M = o.M, N = o.N, J = o.J, lda = o.lda, sbi = o.sbi, sbj = o.sbj, ldd = o.ldd;
+    const int64_t M = o->M, N = o->N, J = o->J, lda = o->lda, sbi = o->sbi, sbj = o->sbj, ldd = o->ldd;
     if ((N != 8 && N != 16) || sbi != 1 || M < 6 || M > 16 || J < GMN_OUTER_JB) {
         return 0;
     }
@@ -717,7 +736,7 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
     const struct ggml_tensor * b = dst->src[1];
     const struct gmn_outer_shape o = gmn_outer_shape_of(dst);
     const int64_t M = o.M, N = o.N, J = o.J, lda = o.lda, sbi = o.sbi, sbj = o.sbj, ldd = o.ldd;
-    if (gmn_outer_swapped(dst, ith, nth)) {
+    if (gmn_outer_swapped(dst, &o, ith, nth)) {
         return;
     }
     struct gmn_tiling g = gmn_tiling_of(M, N);
@@ -726,7 +745,7 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
     if (!g.by_rows && sbi == 1) {
         /* b's columns side by side but too many for L2 (fc's weight gradient at batch 1000: 784 x 500 over
          * 1 000 images), or too few to share a row of tiles: gmn_gemm's panels and chunks of b, the same sums */
-        gmn_outer_gemm(dst, ith, nth);
+        gmn_outer_gemm(dst, &o, ith, nth);
         return;
     }
     int64_t lo, hi;
@@ -780,18 +799,11 @@ static void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) 
                 gmn_tile_at(&g, t, &i0, &m, &i1, &n);
                 const float * bt = (const float *) b->data + i1 * sbi + j0 * sbj;
                 float * dt = (float *) dst->data + i0 + i1 * ldd;
-                const float * p = panels != NULL ? panels + ((g.by_rows ? t / g.tn : t % g.tm) - p0) * 16 * GMN_OUTER_JB : NULL;
+                const float * p = panels != NULL ? panels + (gmn_tile_row(&g, t) - p0) * 16 * GMN_OUTER_JB : NULL;
                 if ((m == 16 || m == 8) && p != NULL) {
                     GMN_TILES[m / 8 - 1][n - 1](jn, p, m, bt, sbi, sbj, dt, ldd, j0 > 0);
-                } else if (p != NULL) { /* the panel's 8 rows, of which the first m are kept: the same sums as an edge tile */
-                    float tmp[6 * 8] = { 0 };
-                    for (int64_t c = 0; c < n && j0 > 0; c++) {
-                        memcpy(tmp + c * 8, dt + c * ldd, (size_t) m * sizeof(float));
-                    }
-                    GMN_TILES[0][n - 1](jn, p, 8, bt, sbi, sbj, tmp, 8, j0 > 0);
-                    for (int64_t c = 0; c < n; c++) {
-                        memcpy(dt + c * ldd, tmp + c * 8, (size_t) m * sizeof(float));
-                    }
+                } else if (p != NULL) { /* the panel's 8 rows, of which the first m are kept */
+                    gmn_tile_kept(jn, p, bt, sbi, sbj, dt, ldd, m, n, j0 > 0);
                 } else if (m == 16 || m == 8) {
                     GMN_TILES[m / 8 - 1][n - 1](jn, A + i0 + j0 * lda, lda, bt, sbi, sbj, dt, ldd, j0 > 0);
                 } else {
@@ -917,14 +929,7 @@ static void gmn_gemm_run(const struct gmn_gemm * e, int ith, int nth) {
                         if (m == 16 || m == 8) {
                             GMN_TILES[m / 8 - 1][n - 1](kn, p, m, bt, e->b_c, e->b_k, dt, e->ldd, k0 > 0);
                         } else { /* a tile of 8 rows, of which the first m are kept */
-                            float tmp[6 * 8] = { 0 };
-                            for (int64_t t = 0; t < n && k0 > 0; t++) {
-                                memcpy(tmp + t * 8, dt + t * e->ldd, (size_t) m * sizeof(float));
-                            }
-                            GMN_TILES[0][n - 1](kn, p, 8, bt, e->b_c, e->b_k, tmp, 8, k0 > 0);
-                            for (int64_t t = 0; t < n; t++) {
-                                memcpy(dt + t * e->ldd, tmp + t * 8, (size_t) m * sizeof(float));
-                            }
+                            gmn_tile_kept(kn, p, bt, e->b_c, e->b_k, dt, e->ldd, m, n, k0 > 0);
                         }
                     }
                 }
@@ -946,12 +951,9 @@ static void gmn_op_matmul(struct ggml_tensor * dst, int ith, int nth, void * ud)
 }
 
 /* out_prod through gmn_gemm: dst [M, N] = a [M, J] b [N, J]^T, in blocks of GMN_OUTER_JB terms */
-static void gmn_outer_gemm(struct ggml_tensor * dst, int ith, int nth) {
-    const struct ggml_tensor * a = dst->src[0];
-    const struct ggml_tensor * b = dst->src[1];
-    const struct gmn_gemm e = { dst->ne[0], dst->ne[1], a->ne[1], (const float *) a->data, 1, (int64_t) (a->nb[1] / sizeof(float)),
-                                (const float *) b->data, (int64_t) (b->nb[0] / sizeof(float)), (int64_t) (b->nb[1] / sizeof(float)),
-                                (float *) dst->data, (int64_t) (dst->nb[1] / sizeof(float)), GMN_OUTER_JB };
+static void gmn_outer_gemm(struct ggml_tensor * dst, const struct gmn_outer_shape * o, int ith, int nth) {
+    const struct gmn_gemm e = { o->M, o->N, o->J, (const float *) dst->src[0]->data, 1, o->lda, (const float *) dst->src[1]->data,
+                                o->sbi, o->sbj, (float *) dst->data, o->ldd, GMN_OUTER_JB };
     gmn_gemm_run(&e, ith, nth);
 }
 
