@@ -122,6 +122,11 @@ int gmn_model_train_keep_optimizer(gmn_model * m, int resume) {
     return GMN_OK;
 }
 
+/* Bounds of the AdamW moments a saved run may hold: a gradient of 1e6 (a squared one of 1e12) has diverged
+ * long before, and larger moments turn the first resumed step into inf weights. */
+#define GMN_MAX_MOMENT1 1e6f
+#define GMN_MAX_MOMENT2 1e12f
+
 /* Host tensor for moment k (0: m, 1: v) of parameter w: F32 of w's shape, named opt.m.<name> / opt.v.<name>. */
 static struct ggml_tensor * gmn_moment_tensor(struct ggml_context * ctx, const struct ggml_tensor * w, int k) {
     struct ggml_tensor * t = ggml_new_tensor(ctx, GGML_TYPE_F32, GGML_MAX_DIMS, w->ne);
@@ -268,8 +273,13 @@ int gmn_optstate_read(gmn_model * m, const struct gguf_context * g, struct ggml_
                 } else {
                     const float * v = t->data;
                     for (int64_t j = 0; j < ggml_nelements(t) && st == GMN_OK; j++) {
-                        if (!isfinite(v[j]) || (k == 1 && v[j] < 0.0f)) {
-                            st = gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s holds invalid values", path, t->name);
+                        const int bad = !isfinite(v[j]) || (k == 0 ? fabsf(v[j]) > GMN_MAX_MOMENT1 :
+                                                                     (v[j] < 0.0f || v[j] > GMN_MAX_MOMENT2));
+                        if (bad) {
+                            st = gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s holds %g at element %lld, %s; the "
+                                          "optimizer state is damaged: fine-tune from the weights with --init (init=) "
+                                          "instead of resuming", path, t->name, (double) v[j], (long long) j,
+                                          k == 0 ? "outside [-1e6, 1e6]" : "outside [0, 1e12]");
                         }
                     }
                 }

@@ -335,7 +335,7 @@ def test_a_missing_output_name_is_asked_for(capsys: pytest.CaptureFixture[str]) 
 
 def test_an_unwritable_output_folder_fails_before_training(files: dict, capsys: pytest.CaptureFixture[str]) -> None:
     err = _error(["fc", "/proc/model.gguf", files["train_images"], files["train_labels"], *FAST], capsys)
-    assert "cannot save to '/proc/model.gguf': directory '/proc' is not writable" in err and "epoch" not in err
+    assert "cannot write OUT '/proc/model.gguf': directory '/proc' is not writable" in err and "epoch" not in err
 
 
 def test_a_mistyped_data_dir_is_not_downloaded_into(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

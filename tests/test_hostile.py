@@ -33,7 +33,9 @@ def test_a_device_is_never_replaced_and_a_symlink_saves_to_its_target(tmp_path: 
         model.save(fifo)
     (tmp_path / "real.gguf").write_bytes(b"old")
     (tmp_path / "link.gguf").symlink_to(tmp_path / "real.gguf")
-    model.save(tmp_path / "link.gguf")
+    with pytest.raises(ModelIOError, match="already exists and is a file of another kind"):
+        model.save(tmp_path / "link.gguf")  # the link's target is not a model: replaced only with force
+    model.save(tmp_path / "link.gguf", force=True)
     assert (tmp_path / "link.gguf").is_symlink() and load(tmp_path / "real.gguf").layers == model.layers
     (tmp_path / "dangling.gguf").symlink_to(tmp_path / "nowhere" / "x.gguf")
     with pytest.raises(ModelIOError, match="is a symbolic link to a missing file"):

@@ -13,6 +13,7 @@ from .config import TrainConfig
 from .data import load_idx_pair, load_mnist, read_idx, write_idx
 from .download import download_dataset, verify_dataset
 from .errors import (
+    CheckpointWarning,
     ChecksumError,
     ConfigError,
     DataError,
@@ -20,8 +21,10 @@ from .errors import (
     DeviceError,
     DownloadError,
     GgmlMnistError,
+    GgmlMnistWarning,
     IdxFormatError,
     ImageError,
+    LoggingWarning,
     ModelFormatError,
     ModelIOError,
     NativeError,
@@ -70,5 +73,5 @@ __all__ = [
     "read_idx", "write_idx", "load_mnist", "load_idx_pair", "download_dataset", "verify_dataset",
     "GgmlMnistError", "ConfigError", "DataError", "IdxFormatError", "DataFileNotFoundError", "DownloadError",
     "ChecksumError", "DeviceError", "ModelFormatError", "ModelIOError", "OutOfMemoryError", "NativeError",
-    "TrainingDivergedError", "ImageError",
+    "TrainingDivergedError", "ImageError", "GgmlMnistWarning", "LoggingWarning", "CheckpointWarning",
 ]

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
@@ -23,11 +24,13 @@ from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
 from .data import has_split, load_mnist, read_idx, validate_dataset
 from .datasets import DATASETS, class_names, dataset_info, preparation
 from .download import identify_dataset
-from .errors import ConfigError, DataError, ModelIOError, TrainingDivergedError
+from .errors import (CheckpointWarning, ConfigError, DataError, GgmlMnistError, ModelIOError,
+                     TrainingDivergedError)
 from .layers import ArchLike, Conv2d, Dense, resolve_layers
 from .model import EXITING, Model, PathLike, check_net
+from .outputs import check_distinct, same_file
 from .progress import ProgressBar
-from .runlog import RunLog
+from .runlog import RunLog, check_log_path
 
 ArrayOrPath = Union[np.ndarray, PathLike]
 _SCHEDULE_CODES = {"constant": 0, "cosine": 1, "linear": 2}
@@ -184,6 +187,10 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
         model = Model.load(start, **{k: v for k, v in threads_device.items() if v is not None})
     else:
         raise ConfigError(f"{what} must be a Model or the path of a GGUF model, got {start!r}")
+    saved = model.metadata.get("config")
+    if resume is not None and (not isinstance(saved, dict) or model.optimizer_steps is None):
+        raise ConfigError("resume: this model holds no optimizer state (it was saved without save_optimizer=True / "
+                          "--save-optimizer); fine-tune it with init= instead")
     arch = model.arch if model.arch != "custom" else tuple(model.layers)
     wanted = options.get("arch")
     if wanted is not None and resolve_layers(wanted, model.n_classes, hidden=options.get("hidden"),
@@ -197,10 +204,6 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
             model = model.dequantize()
         base = config if config is not None else TrainConfig.defaults(arch)
         return model, base.replace(**{**options, "arch": arch}), []
-    saved = model.metadata.get("config")
-    if not isinstance(saved, dict) or model.optimizer_steps is None:
-        raise ConfigError("resume: this model holds no optimizer state (it was saved without save_optimizer=True / "
-                          "--save-optimizer); fine-tune it with init= instead")
     changed = sorted(k for k, v in options.items() if v is not None and k not in ("epochs", "arch", "device", "threads"))
     if config is not None or changed:
         raise ConfigError(f"resume continues the saved run's recipe; only epochs (the new total), device and threads "
@@ -258,6 +261,11 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
                                        or early_stopping < 1):
         raise ConfigError(f"early_stopping is the patience in epochs, a whole number >= 1 (or None), got {early_stopping!r}")
     _check_data_dir(data_dir)
+    check_distinct([("checkpoint", checkpoint), ("metrics", metrics)])
+    start_path = _start_path(resume)
+    saver = _Checkpoints(checkpoint, checkpoint_best_only, start_path) if checkpoint is not None else None
+    if metrics is not None:
+        check_log_path(metrics, [start_path])
     start_model, cfg, history = _resolve_start(config, options, init, resume,
                                                {"device": options.get("device"), "threads": options.get("threads")})
     cfg = cfg.validate()
@@ -294,7 +302,6 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
     if steps_per_epoch < 1:
         raise ConfigError(f"{len(train_idx)} training images are fewer than one batch of {cfg.batch_size}; "
                           "lower batch_size or val_split")
-    saver = _Checkpoints(checkpoint, checkpoint_best_only) if checkpoint is not None else None
     info = {"name": name, "n": int(n), "n_train": int(len(train_idx)), "n_val": n_val, "image_size": [int(h), int(w)],
             "n_classes": n_classes, "source": source}
     log = RunLog(metrics, arch=_arch_label(cfg.arch) if isinstance(cfg.arch, str) else "custom", dataset=name,
@@ -355,7 +362,7 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
                                                                    ("finished" if epoch == cfg.epochs else "running"))
                 model.metadata = run.metadata(status)
                 if saver is not None:
-                    saver.save(model, stats, run.improved)
+                    saver.save(model, stats, run.improved)  # a failure warns: the run and its OUT go on
                 if log is not None:
                     log.epoch(epoch, stats.train_loss, stats.train_acc, stats.val_loss, stats.val_acc, stats.lr,
                               stats.seconds)
@@ -424,21 +431,53 @@ class _Run:
         }
 
 
-class _Checkpoints:
-    """Saves the model into a directory after each epoch (epoch-NNN.gguf) or when it improves (best.gguf)."""
+def _start_path(resume: Any) -> Optional[str]:
+    """The file a resumed run continues from (a path, or the file a Model was loaded from), else None."""
+    if isinstance(resume, Model):
+        return resume.path
+    return os.fspath(resume) if isinstance(resume, (str, os.PathLike)) else None
 
-    def __init__(self, directory: PathLike, best_only: bool) -> None:
-        if not isinstance(directory, (str, os.PathLike)):
-            raise ConfigError(f"checkpoint must be a directory name, got {directory!r}")
+
+class _Checkpoints:
+    """Saves the model into a directory after each epoch (epoch-NNN.gguf) or when it improves (best.gguf).
+
+    A folder that already holds checkpoints belongs to another run and is refused, unless the run resumes from
+    one of them. A checkpoint that cannot be written warns once with CheckpointWarning; training goes on.
+    """
+
+    PATTERNS = ("epoch-[0-9][0-9][0-9]*.gguf", "best.gguf")
+
+    def __init__(self, directory: PathLike, best_only: bool, resumed_from: Optional[str]) -> None:
+        if not isinstance(directory, (str, os.PathLike)) or os.fspath(directory) == "":
+            raise ConfigError(f"checkpoint must be the name of a folder such as checkpoints/, got {directory!r}")
         self.directory = Path(directory)
         self.best_only = best_only
+        self.warned = False
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ModelIOError(f"checkpoint folder '{directory}' is a file; name a folder such as checkpoints/")
+        held = sorted(p.name for pattern in self.PATTERNS for p in self.directory.glob(pattern)) \
+            if self.directory.is_dir() else []
+        inside = resumed_from is not None and same_file(Path(resumed_from).parent, self.directory)
+        if held and not inside:
+            listed = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+            raise ConfigError(f"checkpoint folder '{directory}' already holds another run's checkpoints ({listed}); "
+                              "give a new or empty folder, or continue that run with --resume "
+                              f"{Path(directory) / held[-1]} (resume=)")
         _check_writable_dir(self.directory, "checkpoint")
 
     def save(self, model: Model, stats: EpochStats, improved: bool) -> None:
-        if not self.best_only:
-            model.save(self.directory / f"epoch-{stats.epoch:03d}.gguf")
-        elif improved:
-            model.save(self.directory / "best.gguf")
+        """Save this epoch's checkpoint; warn (once) instead of raising when it cannot be written."""
+        name = f"epoch-{stats.epoch:03d}.gguf" if not self.best_only else ("best.gguf" if improved else None)
+        if name is None:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            model.save(self.directory / name)
+        except (GgmlMnistError, OSError) as exc:
+            if not self.warned:
+                self.warned = True
+                warnings.warn(f"checkpoint {self.directory / name} was not saved ({exc}); training goes on, and later "
+                              "checkpoints are tried again", CheckpointWarning, stacklevel=3)
 
 
 def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,

@@ -6,19 +6,21 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import api, download
 from .augment import LEVELS, PARAMETERS, for_dataset
 from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
-from .data import read_idx_header
-from .errors import ConfigError, GgmlMnistError, ModelIOError
+from .data import read_idx_header, split_files
+from .errors import ConfigError, GgmlMnistError, GgmlMnistWarning
 from .datasets import DATASETS, dataset_info, preparation
 from .layers import canonical_preset, load_layers, preset_names, resolve_layers
 from .model import check_net, summary_lines
+from .outputs import check_distinct, check_output
+from .runlog import check_log_path
 
 
 def _default(field: str) -> str:
@@ -51,7 +53,10 @@ def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPar
         from ._ffi import set_verbose
         set_verbose(True)
     try:
-        return main(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", GgmlMnistWarning)
+            warnings.showwarning = _warning_printer(parser.prog)
+            return main(args)
     except BrokenPipeError:  # output piped into head and the like: stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -61,6 +66,18 @@ def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPar
     except KeyboardInterrupt:
         print(f"{parser.prog}: aborted", file=sys.stderr)
         return 130
+
+
+def _warning_printer(prog: str) -> Callable[..., None]:
+    """showwarning for a console script: our warnings as one 'PROG: warning: ...' line, others as Python prints them."""
+    original = warnings.showwarning
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if issubclass(category, GgmlMnistWarning):
+            print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+    return show
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -189,38 +206,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", metavar="LEVEL|JSON",
                    help=f"training-time augmentation: {', '.join(LEVELS)}, or a JSON object of "
                         f"{', '.join(PARAMETERS)} (optionally with \"level\"); " + _default("augment"))
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing OUT that is not a GGUF model (never one of the run's input files)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
     p.add_argument("--json", action="store_true", help="print one JSON object per epoch and a final one on stdout")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
     return _add_version(p)
-
-
-def _check_output(path: str, inputs: Sequence[str] = ()) -> None:
-    """Raise ModelIOError now, before training, if the model could not be saved at path (tries a file beside it)
-    or would replace one of the input files."""
-    target = Path(path)
-    if target.is_dir():
-        raise ModelIOError(f"{path!r} is a directory; give a file name such as model.gguf")
-    if target.is_symlink():  # the shim saves to the link's target
-        if not target.exists():
-            raise ModelIOError(f"cannot save to {path!r}: it is a symbolic link to a missing file; remove it or save elsewhere")
-        target = target.resolve()
-    for source in inputs:
-        if target.exists() and Path(source).exists() and os.path.samefile(target, source):
-            raise ModelIOError(f"the output {path!r} is the input file {source!r}; saving would destroy it, "
-                               "so give another name such as model.gguf")
-    if target.exists() and not target.is_file():
-        raise ModelIOError(f"{path!r} is not a regular file (a device, FIFO or socket); give the name of a model file")
-    if len(target.name.encode()) > 255:
-        raise ModelIOError(f"cannot save to {path[:64]!r}...: the file name is longer than 255 bytes")
-    if not target.parent.is_dir():
-        raise ModelIOError(f"cannot save to {path!r}: directory '{target.parent}' does not exist; create it first")
-    try:
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".ggml-mnist-check-"):
-            pass
-    except OSError as exc:
-        raise ModelIOError(f"cannot save to {path!r}: directory '{target.parent}' is not writable ({exc.strerror}); "
-                           "choose another place") from None
 
 
 def _positionals(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
@@ -279,6 +270,11 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError("give --init (fine-tune) or --resume (continue exactly), not both")
     start = args.init or args.resume
     start_model = None
+    given_arch = arch
+    outputs = [("OUT", args.output), ("--metrics", args.metrics), ("--checkpoint", args.checkpoint)]
+    check_distinct(outputs)
+    inputs = [p for p in (images, labels, start, args.arch_file, args.val_images, args.val_labels) if p is not None]
+    check_output(args.output, inputs, force=args.force, what="OUT")
     if start is not None:
         start_model = api.load(start, device=device or args.device or DEFAULT_DEVICE, threads=args.threads or 0)
         arch = arch if arch is not None else (start_model.arch if start_model.arch != "custom" else start_model.layers)
@@ -290,15 +286,15 @@ def _train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, val_split=args.val_split, seed=args.seed, device=device or args.device,
         threads=args.threads, hidden=args.hidden, conv_channels=args.conv_channels, augment=_augment_arg(args.augment))
     if args.resume:
-        config = None
-        options = {k: v for k, v in options.items() if k in ("epochs", "device", "threads")}
+        config = None  # train() refuses every option but epochs, device and threads, as for the API
+        options = {k: v for k, v in options.items() if v is not None}
+        options["arch"] = given_arch
     else:
         config = TrainConfig.defaults(arch).replace(**options).validate()  # before any download
         if args.augment is None:
             config = config.replace(augment=for_dataset(config.augment, preparation(args.dataset)))
         # train() refuses an ARCH (with --hidden / --conv-channels) that is not the file's network
         options = dict(arch=arch, hidden=args.hidden, conv_channels=args.conv_channels) if args.init else {}
-    _check_output(args.output, [p for p in (images, labels, start) if p is not None])
     if args.checkpoint_best and not args.checkpoint:
         raise ConfigError("--checkpoint-best needs --checkpoint DIR")
     data_dir = None
@@ -310,6 +306,11 @@ def _train(args: argparse.Namespace) -> int:
                       n_classes, (28, 28))
         data_dir = _dataset_dir(args.data_dir, args.dataset, "train", args.download)
     validation_data = _validation(args, data_dir)
+    if data_dir is not None:  # OUT is never one of the dataset's files, however they were found
+        inputs += split_files(data_dir, dataset_info(args.dataset).prefix)
+        check_output(args.output, inputs, force=args.force, what="OUT")
+    if args.metrics is not None:
+        check_log_path(args.metrics, inputs)
 
     def on_epoch(stats: api.EpochStats, _model: Any) -> None:
         if args.json:
@@ -324,7 +325,7 @@ def _train(args: argparse.Namespace) -> int:
     interrupted = bool(history) and history[-1].interrupted
     # an interrupted run never replaces an existing model: its partial model goes beside it
     saved = _interrupted_name(args.output) if interrupted and Path(args.output).exists() else args.output
-    model.save(saved)
+    model.save(saved, force=args.force)
     seconds = sum(s.seconds for s in history)
     if args.json:
         print(json.dumps({"event": "done", "model": saved, "epochs": len(history), "seconds": seconds,
@@ -474,20 +475,27 @@ def data_parser() -> argparse.ArgumentParser:
         s.add_argument("--dataset", default="mnist", choices=sorted(download.DATASETS), help="which dataset (default: mnist)")
         s.add_argument("--dir", default=DEFAULT_DATA_DIR, help=f"parent directory; files go to DIR/DATASET (default: {DEFAULT_DATA_DIR})")
         s.add_argument("--quiet", action="store_true", help="no progress output")
+        if name == "download":
+            s.add_argument("--force", action="store_true",
+                           help="replace a file of another kind (such as a model saved there by mistake) that sits "
+                                "under a dataset file's name")
     return _add_version(p)
 
 
 def _data(args: argparse.Namespace) -> int:
     if args.command == "download":
-        where = download.download_dataset(args.dataset, args.dir, progress=not args.quiet)
+        where = download.download_dataset(args.dataset, args.dir, progress=not args.quiet, force=args.force)
         if not args.quiet:
             print(f"mnist-data: {args.dataset} is ready in {where}", file=sys.stderr)
         return 0
-    status = download.verify_dataset(args.dataset, args.dir)
+    status = download.dataset_status(args.dataset, args.dir)
     print(f"{args.dataset} in {Path(args.dir) / args.dataset}:")
-    for name, ok in status.items():
-        print(f"{'ok     ' if ok else 'MISSING'} {name}")
-    return 0 if all(status.values()) else 1
+    for name, state in status.items():
+        if state in ("ok", "missing"):
+            print(f"{state.upper() if state == 'missing' else 'ok':7s} {name}")
+        else:
+            print(f"BAD     {name}: {state}; remove it or run `mnist-data download --force`")
+    return 0 if all(state == "ok" for state in status.values()) else 1
 
 
 def data_main(argv: Optional[Sequence[str]] = None) -> int:

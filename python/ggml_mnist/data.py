@@ -405,6 +405,15 @@ def has_split(directory: PathLike, split: str, prefix: str = "") -> bool:
     return any((Path(directory) / name).is_file() for name in _idx_candidates(stem, "images", "idx3"))
 
 
+def split_files(directory: PathLike, prefix: str = "") -> list[Path]:
+    """Every existing file in ``directory`` under one of the names the train and test splits are read from."""
+    found = []
+    for split in _SPLITS:
+        for kind, idx in (("images", "idx3"), ("labels", "idx1")):
+            found += [Path(directory) / n for n in _idx_candidates(_split_stem(split, prefix), kind, idx)]
+    return [path for path in found if path.is_file()]
+
+
 def _idx_candidates(prefix: str, kind: str, idx: str) -> list[str]:
     stems = (f"{prefix}-{kind}-{idx}-ubyte", f"{prefix}-{kind}.{idx}-ubyte")
     return [stem + ext for stem in stems for ext in ("", ".gz")]

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .data import PathLike, atomic_path, uncompressed_sha256
-from .errors import ChecksumError, ConfigError, DownloadError
+from .errors import ChecksumError, ConfigError, DownloadError, ModelIOError
+from .outputs import FOREIGN_KINDS, describe
 
 
 class FileSpec(NamedTuple):
@@ -115,8 +116,36 @@ def verify_dataset(name: str, directory: PathLike) -> dict[str, bool]:
     Returns {file name: True if present with the expected SHA-256}. Raises ConfigError for an
     unknown dataset.
     """
+    return {f: status == "ok" for f, status in dataset_status(name, directory).items()}
+
+
+def dataset_status(name: str, directory: PathLike) -> dict[str, str]:
+    """Say of each file of dataset name in ``directory/name``: "ok", "missing", or what is wrong with it.
+
+    A file that is present with other content is described by its kind ("present but its SHA-256 does not
+    match (it is a GGUF model file)"). Raises ConfigError for an unknown dataset.
+    """
     target = Path(directory) / name
-    return {f: _present(target, f, spec) for f, spec in _dataset(name).files.items()}
+    out = {}
+    for filename, spec in _dataset(name).files.items():
+        if _present(target, filename, spec):
+            out[filename] = "ok"
+            continue
+        found = _foreign_or_damaged(target, filename)
+        out[filename] = "missing" if found is None else (
+            f"present but its SHA-256 does not match (it is {describe(found)})")
+    return out
+
+
+def _foreign_or_damaged(target: Path, filename: str) -> Path | None:
+    """The file present under filename (.gz first, then uncompressed) that did not verify, or None."""
+    return next((p for p in (target / filename, target / filename.removesuffix(".gz")) if p.exists()), None)
+
+
+def _is_foreign(path: Path) -> bool:
+    """True for a file of a known other kind (a model, a picture, a log) that a download must not replace
+    without force; anything else under a dataset name is a damaged download."""
+    return describe(path) in FOREIGN_KINDS
 
 
 def download_dataset(
@@ -126,13 +155,16 @@ def download_dataset(
     mirrors: Iterable[str] | str | None = None,
     progress: bool = True,
     timeout: float = 30.0,
+    force: bool = False,
 ) -> Path:
     """Download the files of dataset name into ``directory/name`` and verify them.
 
     Files already there (``.gz`` or uncompressed) with the right SHA-256 are kept; others are
     fetched from the mirrors in turn and only move to their final name once verified.
     ``mirrors`` (base URLs, or one as a string) replaces the built-in list. Progress goes to
-    stderr when progress is True.
+    stderr when progress is True. A damaged download (gzip or IDX bytes that do not verify) is
+    replaced; a file of another kind under a dataset name (a model saved there by mistake) is
+    only replaced with ``force``, otherwise ModelIOError names it before anything is fetched.
     Returns ``directory/name``. Raises ConfigError for an unknown dataset or an empty mirror
     list, ChecksumError when every mirror served wrong bytes and DownloadError when every
     mirror failed.
@@ -144,6 +176,11 @@ def download_dataset(
     if not mirrors:
         raise ConfigError("no mirrors to download from; pass at least one base URL")
     target = Path(directory) / name
+    for filename, file_spec in spec.files.items():
+        found = _foreign_or_damaged(target, filename)
+        if not force and found is not None and not _present(target, filename, file_spec) and _is_foreign(found):
+            raise ModelIOError(f"'{found}' is present but its SHA-256 does not match (it is {describe(found)}); move "
+                               "it away, or run `mnist-data download --force` (force=True) to replace it")
     created = [p for p in (target, *target.parents) if not p.exists()]
     target.mkdir(parents=True, exist_ok=True)
     try:

@@ -61,3 +61,15 @@ class OutOfMemoryError(GgmlMnistError, MemoryError):
 
 class NativeError(GgmlMnistError, RuntimeError):
     """The native ggml shim reported a failure that matches no more specific class."""
+
+
+class GgmlMnistWarning(UserWarning):
+    """Base class of the warnings ggml_mnist gives about work that goes on (the CLI prints them as one line)."""
+
+
+class LoggingWarning(GgmlMnistWarning):
+    """The run log could not be written; training goes on and the rows are written later."""
+
+
+class CheckpointWarning(GgmlMnistWarning):
+    """A checkpoint could not be saved; training goes on."""

@@ -23,6 +23,7 @@ from .data import validate_images
 from .errors import ConfigError, DataError, DataFileNotFoundError, ImageError, ModelIOError
 from .imaging import SIZE, ImageLike
 from .layers import ArchLike, Dense, Layer, as_int, from_native, preset_layers, preset_names, resolve_layers
+from .outputs import check_output
 
 PathLike = Union[str, "os.PathLike[str]"]
 _LIVE: "weakref.WeakSet[Model]" = weakref.WeakSet()
@@ -86,6 +87,7 @@ class Model:
         self.n_classes: int = lib.gmn_model_n_classes(self._handle)
         self.image_size: tuple[int, int] = (net.image_h, net.image_w)
         self.metadata: dict[str, Any] = {}
+        self.path: Optional[str] = None  # the file the model was loaded from
         self._threads = threads
         return self
 
@@ -127,6 +129,7 @@ class Model:
             _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device, "device"), as_int(threads, "threads"), out))
             model = cls._own(out[0], threads)
         model.metadata = _decode_metadata(model._native_metadata())
+        model.path = path
         return model
 
     # -- properties ---------------------------------------------------------------------------
@@ -343,7 +346,7 @@ class Model:
         return arr.reshape(arr.shape[0], -1), arr.dtype != np.uint8
 
     # -- files ------------------------------------------------------------------------------------
-    def save(self, path: PathLike, metadata: Optional[Mapping[str, Any]] = None) -> None:
+    def save(self, path: PathLike, metadata: Optional[Mapping[str, Any]] = None, *, force: bool = False) -> None:
         """Write the model as GGUF atomically: a failed save leaves any existing file untouched.
 
         The data goes to a hidden ``.NAME.tmp-XXXXXX`` next to ``path`` that is renamed over it when
@@ -353,7 +356,8 @@ class Model:
         ``metadata`` (merged over :attr:`metadata` for this file only; the model is not changed) is
         stored under ``ggml_mnist.<key>`` keys as strings (JSON for non-strings); the keys the file
         uses for the network (n_classes, image_height, image_width, layers.*) are refused with
-        ConfigError. Refuses to replace anything but a regular file (a symlink to one is followed).
+        ConfigError. Refuses to replace anything but a regular file (a symlink to one is followed), and
+        an existing file that is not a GGUF model (a dataset, a picture) unless ``force``.
         Raises ModelIOError if the file cannot be written, OutOfMemoryError when memory for the
         save is lacking.
         """
@@ -363,9 +367,10 @@ class Model:
             keys.append(ffi.new("char[]", _ffi.cstr(str(key))))
             text = json.dumps(value, sort_keys=True)
             values.append(ffi.new("char[]", _ffi.cstr(text)))
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"path must be a file name such as model.gguf, got {path!r}")
         path = os.fspath(path)
-        if os.path.isdir(path):
-            raise ModelIOError(f"{path!r} is a directory; give a file name such as model.gguf")
+        check_output(path, force=force, what="the model file")
         _ffi.check(self.call_native(lib.gmn_model_save, _ffi.cstr(path), len(keys), ffi.new("char *[]", keys) if keys else ffi.NULL,
                                       ffi.new("char *[]", values) if values else ffi.NULL))
 

@@ -8,10 +8,11 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from .cli import _add_version, _check_output, _run
+from .cli import _add_version, _run
 from .config import DEFAULT_DEVICE
 from .errors import ConfigError
 from .model import Model, weight_types
+from .outputs import check_output
 
 
 def quantize_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def quantize_parser() -> argparse.ArgumentParser:
                    help="zero-pad dense weights' rows to whole blocks so every dense layer takes the block type "
                         "(e.g. fc1 784 -> 800 inputs; prediction pads its inputs to match)")
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"device to load the model on (default: {DEFAULT_DEVICE})")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT that is not a GGUF model")
     p.add_argument("--json", action="store_true", help="print the tensors and sizes as one JSON object on stdout")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
     return _add_version(p)
@@ -73,9 +75,9 @@ def _quantize(args: argparse.Namespace) -> int:
         return 0
     if args.type is None:
         raise ConfigError(f"give --type, one of {', '.join(weight_types())}")
-    _check_output(args.output, [args.input])
+    check_output(args.output, [args.input], force=args.force, what="OUT")
     quantized = model.quantize(args.type, pad=args.pad)
-    quantized.save(args.output)
+    quantized.save(args.output, force=args.force)
     rows = storage_rows(quantized, args.type)
     sizes = {"input_bytes": os.path.getsize(args.input), "output_bytes": os.path.getsize(args.output)}
     if args.json:
