@@ -78,7 +78,9 @@ enum gmn_limit {
     GMN_MAX_UNITS      = 65536,     /* dense units */
     GMN_MAX_CHANNELS   = 4096,      /* conv2d output channels */
     GMN_MAX_WINDOW     = 32,        /* conv2d kernel and pooling window side, and strides */
-    GMN_MAX_PARAMS     = 100000000  /* parameters of a whole network (400 MB of f32 weights) */
+    GMN_MAX_PARAMS     = 100000000, /* parameters of a whole network (400 MB of f32 weights) */
+    GMN_MAX_THREADS    = 1024,      /* CPU threads of a model (0 picks every core) */
+    GMN_MAX_BATCH      = 1000000    /* images per optimizer step */
 };
 
 /* One layer. Fields a kind does not use are ignored (set them to 0). */

@@ -26,6 +26,39 @@ static int gmn_default_threads(void) {
     return n > 0 ? (int) n : 1;
 }
 
+struct gmn_thread_gate {
+    pthread_mutex_t lock;
+};
+
+static void * gmn_thread_wait(void * arg) {
+    struct gmn_thread_gate * gate = arg;
+    pthread_mutex_lock(&gate->lock);
+    pthread_mutex_unlock(&gate->lock);
+    return NULL;
+}
+
+/* How many of n threads (the caller's included) can run at once: libgomp exits the whole process when it
+ * cannot start a thread of its team, so a team larger than the cores is tried here first, with threads of
+ * the same default stack size, held together and then joined. */
+static int gmn_threads_startable(int n) {
+    struct gmn_thread_gate gate = { PTHREAD_MUTEX_INITIALIZER };
+    pthread_t * ids = malloc(sizeof(pthread_t) * (size_t) n);
+    if (ids == NULL) {
+        return 1;
+    }
+    pthread_mutex_lock(&gate.lock);
+    int started = 0;
+    while (started < n - 1 && pthread_create(&ids[started], NULL, gmn_thread_wait, &gate) == 0) {
+        started++;
+    }
+    pthread_mutex_unlock(&gate.lock);
+    for (int i = 0; i < started; i++) {
+        pthread_join(ids[i], NULL);
+    }
+    free(ids);
+    return started + 1;
+}
+
 static void gmn_set_backend_threads(ggml_backend_t backend, int n_threads) {
     ggml_backend_dev_t dev = ggml_backend_get_device(backend);
     ggml_backend_reg_t reg = dev ? ggml_backend_dev_backend_reg(dev) : NULL;
@@ -59,8 +92,16 @@ int gmn_model_create(const struct gmn_net * net, const char * device, int n_thre
     if (st != GMN_OK) {
         return st;
     }
-    if (n_threads < 0 || n_threads > 1024) {
-        return gmn_fail(GMN_E_INVALID, "model: n_threads is %d; use 0 (all cores) or 1..1024", n_threads);
+    if (n_threads < 0 || n_threads > GMN_MAX_THREADS) {
+        return gmn_fail(GMN_E_INVALID, "model: n_threads is %d; use 0 (all cores) or 1..%d", n_threads, GMN_MAX_THREADS);
+    }
+    if (n_threads > gmn_default_threads()) {
+        const int can = gmn_threads_startable(n_threads);
+        if (can < n_threads) {
+            return gmn_fail(GMN_E_INVALID, "model: this process cannot start %d threads (only %d: a memory or process "
+                            "limit); use threads=0 (all %d cores) or at most %d", n_threads, can,
+                            gmn_default_threads(), can);
+        }
     }
     ggml_backend_dev_t dev = NULL;
     st = gmn_find_device(device, &dev);

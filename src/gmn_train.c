@@ -150,9 +150,9 @@ static int gmn_check_train_config(const struct gmn_train_config * c) {
     if (c->weight_decay * c->lr > 1.0f) {
         return gmn_fail(GMN_E_INVALID, "train: weight_decay * lr = %g exceeds 1; lower one of them", (double) (c->weight_decay * c->lr));
     }
-    if (c->batch_size <= 0 || c->physical_batch_size <= 0 || c->batch_size > 1000000) {
-        return gmn_fail(GMN_E_INVALID, "train: batch sizes must be in [1, 1000000] (batch %lld, physical %lld)",
-                        (long long) c->batch_size, (long long) c->physical_batch_size);
+    if (c->batch_size <= 0 || c->physical_batch_size <= 0 || c->batch_size > GMN_MAX_BATCH) {
+        return gmn_fail(GMN_E_INVALID, "train: batch sizes must be in [1, %d] (batch %lld, physical %lld)",
+                        GMN_MAX_BATCH, (long long) c->batch_size, (long long) c->physical_batch_size);
     }
     if (c->batch_size % c->physical_batch_size != 0) {
         return gmn_fail(GMN_E_INVALID, "train: batch size %lld is not a multiple of the physical batch size %lld",

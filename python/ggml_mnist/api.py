@@ -23,7 +23,7 @@ from .augment import for_dataset, resolve_augment
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
 from .data import has_split, load_mnist, read_idx, validate_dataset
 from .datasets import DATASETS, class_names, dataset_info, preparation
-from .download import identify_dataset
+from .download import identify_dataset, identify_labels
 from .errors import (CheckpointWarning, ConfigError, DataError, GgmlMnistError, ModelIOError,
                      TrainingDivergedError)
 from .layers import ArchLike, Conv2d, Dense, resolve_layers
@@ -141,10 +141,14 @@ def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath]
     return np.asarray(images), np.asarray(labels)
 
 
-def _dataset_name(images: Optional[ArrayOrPath], data_dir: Optional[PathLike], dataset: Optional[str]) -> Optional[str]:
-    """The known dataset trained on: ``dataset`` when given, else the one a data directory holds (by checksum)."""
+def _dataset_name(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath], data_dir: Optional[PathLike],
+                  dataset: Optional[str]) -> Optional[str]:
+    """The known dataset trained on: ``dataset`` when given, else the one a data directory or a labels file
+    (given as a path) belongs to, by checksum."""
     if dataset is not None:
         return dataset_info(dataset).name
+    if isinstance(labels, (str, os.PathLike)):
+        return identify_labels(labels)
     folder = images if isinstance(images, (str, os.PathLike)) and Path(images).is_dir() else (
         data_dir if images is None else None)
     if folder is None:
@@ -272,7 +276,7 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
     first_epoch = len(history) + 1
     if first_epoch > cfg.epochs:
         raise ConfigError(f"resume: the model has already trained {len(history)} epochs; give epochs > {len(history)}")
-    name = _dataset_name(images, data_dir, dataset)
+    name = _dataset_name(images, labels, data_dir, dataset)
     if config is None and options.get("augment") is None and resume is None:
         # the digits' default distorts a garment's outline and never mirrors it: photos get their own level
         cfg = cfg.replace(augment=for_dataset(cfg.augment, preparation(name)))
@@ -280,6 +284,11 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
         os.fspath(data_dir) if images is None and data_dir is not None else "array")
     images, labels = resolve_dataset(images, labels, "train", data_dir, dataset)
     want_size = start_model.image_size if start_model is not None else None
+    if start_model is not None and np.asarray(labels).size and np.issubdtype(np.asarray(labels).dtype, np.integer) \
+            and int(np.max(labels)) >= start_model.n_classes:
+        raise DataError(f"the labels go up to {int(np.max(labels))} but the model to start from has "
+                        f"{start_model.n_classes} outputs; train a new model (leave out init=/resume=, --init/--resume), "
+                        "which takes its number of classes from the labels")
     images, labels, n_classes = validate_dataset(images, labels, start_model.n_classes if start_model else n_classes,
                                                  image_size=want_size)
     n, h, w = images.shape
@@ -381,6 +390,11 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
     if status == "stopped_early" and restore_best and run.best_weights is not None:
         model.set_weights(run.best_weights)
         model.metadata = {**run.metadata(status), "restored_best_epoch": run.best_epoch}
+    if status == "stopped_early" and progress:
+        why = (f"the validation loss has not improved for {early_stopping} epochs" if early_stopping is not None and
+               history[-1].epoch - run.best_epoch >= early_stopping else "on_epoch returned False")
+        kept = f"; the model holds the weights of epoch {run.best_epoch}" if "restored_best_epoch" in model.metadata else ""
+        print(f"stopped early after epoch {history[-1].epoch} ({why}){kept}", file=sys.stderr)
     return model, history
 
 
@@ -618,9 +632,11 @@ class _Interrupt:
 
 @contextlib.contextmanager
 def _graceful_interrupt() -> Iterator[_Interrupt]:
-    """While active, the first Ctrl-C asks training to stop after the current batch; a second one aborts."""
+    """While active, the first Ctrl-C asks training to stop after the current batch; a second one aborts.
+
+    An ignored SIGINT (a background job started with nohup or ``&`` in a script) stays ignored."""
     state = _Interrupt()
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         yield state
         return
     previous = signal.getsignal(signal.SIGINT)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
 import textwrap
+import types
+import unicodedata
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from . import api, download
 from .augment import LEVELS, PARAMETERS, for_dataset
@@ -19,7 +22,7 @@ from .errors import ConfigError, GgmlMnistError, GgmlMnistWarning
 from .datasets import DATASETS, dataset_info, preparation
 from .layers import canonical_preset, load_layers, preset_names, resolve_layers
 from .model import check_net, summary_lines
-from .outputs import check_distinct, check_output
+from .outputs import check_distinct, check_output, describe
 from .runlog import check_log_path
 
 
@@ -47,7 +50,40 @@ def _add_version(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def _long_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every --option of parser and of its sub-commands."""
+    options = []
+    for action in parser._actions:
+        options += [o for o in action.option_strings if o.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                options += _long_options(sub)
+    return options
+
+
+def _short_errors(parser: argparse.ArgumentParser) -> None:
+    """Make parser (and its sub-commands) report a mistyped option in one line, with the closest real options."""
+    def error(self: argparse.ArgumentParser, message: str) -> NoReturn:
+        words = message.split(": ", 1)[1].split() if message.startswith("unrecognized arguments") else []
+        unknown = [w for w in words if w.startswith("-")]
+        if unknown:
+            options = _long_options(self)
+            hints = []
+            for word in unknown:
+                close = difflib.get_close_matches(word.split("=", 1)[0], options, n=1, cutoff=0.7)
+                hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
+            message = f"unknown option {', '.join(hints)}"
+        self.exit(2, f"{self.prog}: error: {message}; '{self.prog} --help' lists every option\n")
+
+    parser.error = types.MethodType(error, parser)  # type: ignore[method-assign]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _short_errors(sub)
+
+
 def _run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
+    _short_errors(parser)
     args = parser.parse_intermixed_args(argv) if parser.prog != "mnist-data" else parser.parse_args(argv)
     if getattr(args, "verbose", False):
         from ._ffi import set_verbose
@@ -78,6 +114,19 @@ def _warning_printer(prog: str) -> Callable[..., None]:
         else:
             original(message, category, filename, lineno, file, line)
     return show
+
+
+def printable(text: str) -> str:
+    """text with every control or format character (ESC, CR, bidi overrides, ...) written as an escape, so that
+    words from a file or a client never drive the terminal."""
+    return "".join(c if not unicodedata.category(c).startswith("C") else ascii(c)[1:-1] for c in text)
+
+
+def check_model_argument(path: str, usage: str) -> None:
+    """Raise ConfigError when the file given as the model is surely something else (IDX data, a picture, ...),
+    which means the arguments were given in the wrong order; ``usage`` shows the right one."""
+    if os.path.isfile(path) and not describe(path) in ("a GGUF model file", "an empty file", "an unreadable file"):
+        raise ConfigError(f"{path!r} is {describe(path)}, not a GGUF model; the first argument is the model: {usage}")
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -278,7 +327,12 @@ def _train(args: argparse.Namespace) -> int:
     if start is not None:
         start_model = api.load(start, device=device or args.device or DEFAULT_DEVICE, threads=args.threads or 0)
         arch = arch if arch is not None else (start_model.arch if start_model.arch != "custom" else start_model.layers)
-    args.dataset = _eval_dataset(start_model, args.dataset) if start_model is not None else (args.dataset or "mnist")
+    if start_model is not None:
+        args.dataset = _eval_dataset(start_model, args.dataset)
+    elif args.dataset is None and labels is not None:  # explicit files: a known dataset's labels say which it is
+        args.dataset = download.identify_labels(labels) or "mnist"
+    else:
+        args.dataset = args.dataset or "mnist"
     options: dict[str, Any] = dict(
         arch=arch, epochs=args.epochs, batch_size=args.batch_size, physical_batch_size=args.physical_batch_size,
         optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,
@@ -333,9 +387,6 @@ def _train(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(f"mnist-train: trained {model.architecture} on {model.device} for {len(history)} epochs in {seconds:.1f}s; "
               f"saved {saved}", file=sys.stderr)
-        if model.metadata.get("stopped_early"):
-            print(f"mnist-train: stopped early after epoch {len(history)}; the saved weights are those of epoch "
-                  f"{model.metadata.get('restored_best_epoch', len(history))}", file=sys.stderr)
     if interrupted:
         kept = f"; {args.output} is kept as it was" if saved != args.output else ""
         print(f"mnist-train: interrupted in epoch {len(history)}; {saved} holds the model trained so far{kept}",
@@ -397,11 +448,11 @@ def _info(model: Any, as_json: bool) -> int:
     if as_json:
         print(json.dumps(info))
         return 0
-    print(f"architecture: {info['architecture']} ({model.arch})  classes: {model.n_classes}  "
+    print(f"architecture: {printable(info['architecture'])} ({printable(str(model.arch))})  classes: {model.n_classes}  "
           f"image: {model.image_size[0]}x{model.image_size[1]}")
     names = model.metadata.get("class_names")
     if isinstance(names, list) and len(names) == model.n_classes:
-        print("class names: " + ", ".join(f"{i} {name}" for i, name in enumerate(names)))
+        print("class names: " + ", ".join(f"{i} {printable(str(name))}" for i, name in enumerate(names)))
     for line in summary_lines(model.layers, model.n_classes, model.image_size):
         print(line)
     print("tensors (numpy shapes, i.e. ggml's ne reversed):")
@@ -412,7 +463,7 @@ def _info(model: Any, as_json: bool) -> int:
             for entry in value:
                 print(f"  history: {_history_line(entry)}")
         else:
-            print(f"  {key}: {json.dumps(value)}")
+            print(f"  {printable(key)}: {json.dumps(value)}")
     return 0
 
 
@@ -426,6 +477,7 @@ def _history_line(entry: Any) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    check_model_argument(args.model, "mnist-eval MODEL.gguf [IMAGES LABELS] [DEVICE]")
     images, labels, device = _data_args(args.rest, "mnist-eval")
     _check_pair_order(images, labels)
     model = api.load(args.model, device=device or args.device or DEFAULT_DEVICE, threads=args.threads)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import struct
 from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
+from ._ffi import lib
 from .augment import resolve_augment
 from .errors import ConfigError
 from .layers import Layer, Sequential, canonical_preset, layer_from_dict
@@ -122,8 +124,8 @@ class TrainConfig:
         _require(_whole(self.epochs) and 1 <= self.epochs <= MAX_EPOCHS,
                  f"epochs must be a whole number in [1, {MAX_EPOCHS}], got {self.epochs!r}")
         _require(isinstance(self.device, str), f"device must be a name such as 'auto', 'cpu' or 'CUDA0', got {self.device!r}")
-        _require(_whole(self.batch_size) and 1 <= self.batch_size <= 1_000_000,
-                 f"batch_size must be in [1, 1000000], got {self.batch_size!r}")
+        _require(_whole(self.batch_size) and 1 <= self.batch_size <= lib.GMN_MAX_BATCH,
+                 f"batch_size must be in [1, {lib.GMN_MAX_BATCH}], got {self.batch_size!r}")
         _require(self.physical_batch_size is None or (_whole(self.physical_batch_size) and self.physical_batch_size >= 1),
                  f"physical_batch_size must be a whole number >= 1 (or None: the batch size), got {self.physical_batch_size!r}")
         _require(1 <= self.physical <= self.batch_size and self.batch_size % self.physical == 0,
@@ -131,18 +133,22 @@ class TrainConfig:
         _require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _require(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
         _require(_finite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr!r}")
+        _require(_as_f32(self.lr) > 0, f"lr {self.lr!r} is 0 as the 32-bit float the optimizer uses; give at least 1e-30")
         _require(_finite(self.max_loss) and self.max_loss >= 0, f"max_loss must be >= 0 (0 disables it), got {self.max_loss!r}")
         _require(_finite(self.lr_min_ratio) and 0 <= self.lr_min_ratio <= 1, f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio!r}")
         _require(_finite(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.epochs,
                  f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs!r}")
-        _require(_finite(self.beta1) and 0 <= self.beta1 < 1, f"beta1 must be in [0, 1), got {self.beta1!r}")
-        _require(_finite(self.beta2) and 0 <= self.beta2 < 1, f"beta2 must be in [0, 1), got {self.beta2!r}")
+        for name in ("beta1", "beta2"):
+            beta = getattr(self, name)
+            _require(_finite(beta) and 0 <= beta < 1, f"{name} must be in [0, 1), got {beta!r}")
+            _require(_as_f32(beta) < 1, f"{name} {beta!r} is 1 as the 32-bit float the optimizer uses; give at most 0.9999999")
         _require(_finite(self.eps) and self.eps >= 0, f"eps must be >= 0, got {self.eps!r}")
         _require(_finite(self.weight_decay) and 0 <= self.weight_decay <= 1, f"weight_decay must be in [0, 1], got {self.weight_decay!r}")
         _require(self.weight_decay * self.lr <= 1, f"weight_decay * lr = {self.weight_decay * self.lr:g} must not exceed 1")
         _require(_finite(self.val_split) and 0 <= self.val_split < 1, f"val_split must be in [0, 1), got {self.val_split!r}")
         _require(_whole(self.seed) and 0 <= self.seed < 2**64, f"seed must be an integer in [0, 2**64), got {self.seed!r}")
-        _require(_whole(self.threads) and 0 <= self.threads <= 1024, f"threads must be in [0, 1024] (0 = all cores), got {self.threads!r}")
+        _require(_whole(self.threads) and 0 <= self.threads <= lib.GMN_MAX_THREADS,
+                 f"threads must be in [0, {lib.GMN_MAX_THREADS}] (0 = all cores), got {self.threads!r}")
         _require(self.hidden is None or _whole(self.hidden),
                  f"hidden must be a whole number, got {self.hidden!r}")
         _require(self.conv_channels is None or all(_whole(c) for c in self.conv_channels),
@@ -201,6 +207,11 @@ def _plain(value: Any) -> Any:
 
 def _whole(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _as_f32(x: float) -> float:
+    """x as the 32-bit float the shim receives it."""
+    return struct.unpack("f", struct.pack("f", x))[0]
 
 
 def _finite(x: Any) -> bool:

@@ -110,6 +110,17 @@ def identify_dataset(directory: PathLike, split: str) -> str | None:
     return None
 
 
+def identify_labels(path: PathLike) -> str | None:
+    """Name of the known dataset one of whose labels files ``path`` is (raw or .gz, by checksum), or None."""
+    if not Path(path).is_file():
+        return None
+    for name, spec in DATASETS.items():
+        for filename, file_spec in spec.files.items():
+            if "-labels-" in filename and _matches(Path(path), file_spec):
+                return name
+    return None
+
+
 def verify_dataset(name: str, directory: PathLike) -> dict[str, bool]:
     """Check the files of dataset name in ``directory/name`` (each as .gz or uncompressed).
 

@@ -342,6 +342,18 @@ class Model:
         return self.predict_proba(inputs)
 
     def _flatten(self, images: Any) -> tuple[np.ndarray, bool]:
+        picture = isinstance(images, (str, os.PathLike)) or type(images).__module__.startswith("PIL.")
+        shape = getattr(images, "shape", None)
+        if not picture and shape is not None and len(shape) in (2, 3) and tuple(shape[-2:]) != self.image_size \
+                and (len(shape) == 3 and shape[-1] in (3, 4) or
+                     len(shape) == 2 and shape[-1] != self.image_size[0] * self.image_size[1]):
+            picture = True  # one photo as an array: [H, W] or [H, W, RGB(A)]
+        if picture:
+            what = f"{os.fspath(images)!r}" if isinstance(images, (str, os.PathLike)) else "a picture"
+            raise DataError(f"predict() takes arrays of prepared {self.image_size[0]}x{self.image_size[1]} images, not "
+                            f"{what}; for a photo or scan use model.predict_image(picture) (or read_digits for several "
+                            "digits), which crops, centres and scales it as the training images were: plain resizing "
+                            "reads worse")
         arr = validate_images(images, size=self.image_size, single=True)
         return arr.reshape(arr.shape[0], -1), arr.dtype != np.uint8
 

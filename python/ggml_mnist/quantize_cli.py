@@ -88,9 +88,10 @@ def _quantize(args: argparse.Namespace) -> int:
           f"{sizes['input_bytes']:,} -> {sizes['output_bytes']:,} bytes "
           f"({sizes['input_bytes'] / sizes['output_bytes']:.2f}x smaller), architecture {quantized.architecture}")
     _print_table(rows)
-    kept = [r["name"] for r in rows if r["kept"]]
-    if kept:
-        print(f"mnist-quantize: not {args.type}: {', '.join(kept)}", file=sys.stderr)
+    paddable = [r["name"] for r in rows if r["kept"] and "--pad" in r["kept"] and not args.pad]
+    if paddable:  # the table says why each tensor was kept; only this one has a remedy
+        print(f"mnist-quantize: {', '.join(paddable)} stayed f32; add --pad to make {args.type} of them too",
+              file=sys.stderr)
     return 0
 
 
