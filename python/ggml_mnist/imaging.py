@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -31,8 +32,13 @@ _SCRATCH = 80  # a digit is cropped to this longest side to normalise its stroke
 _MIN_CONTRAST = 0.06  # ink must differ from the paper by at least this much (0..1) to count
 _SPECK = 0.04  # components smaller than this fraction of the largest are specks
 _BLOB = 0.15  # ink strokes wider than this fraction of the picture's shorter side are a sheet of paper
-_ALONG = 0.6  # a piece touching an edge along this fraction of it is a frame (dropped when other ink exists)
+_CONTACT = 0.5  # a mark lying against the picture's edge along this fraction of its size is background
+_DUST_MARKS = 30  # this many marks too small for a digit (fewer on small pictures: one per 200 pixels, at least 8), ...
+_DUST_SHARE = 0.5  # ... holding this fraction of all ink, or ...
+_STAND_OUT = 8.0  # ... with no mark this many times larger than the largest of them, are dust or noise
+MAX_PIECES = 1000  # more separate marks than a page of digits holds (dotted or squared paper, a pattern)
 _MIN_EXTENT = 0.04  # a digit spans at least this fraction of the picture's shorter side
+_MIN_SIDE = 8  # and at least this many pixels (MNIST's digits span 20)
 
 
 def describe(image: Any) -> str:
@@ -71,18 +77,30 @@ def open_picture(image: ImageLike) -> Image.Image:
             raise DataFileNotFoundError(f"image file {path!r} does not exist")
         if os.path.isdir(path):
             raise ImageError(f"{path!r} is a directory; give an image file (PNG, JPEG, ...)")
+        if not stat.S_ISREG(os.stat(path).st_mode):  # reading a FIFO or a terminal would wait forever
+            raise ImageError(f"{path!r} is not a regular file (a FIFO, device or socket); give an image file")
         try:
-            with open(path, "rb") as f:
-                return _decode(f, repr(path))
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
         except PermissionError as exc:
             raise ImageError(f"{path!r} cannot be read: {exc.strerror}") from exc
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the check above
+                raise ImageError(f"{path!r} is not a regular file (a FIFO, device or socket); give an image file")
+            return _decode(f, repr(path))
     raise ImageError(f"an image must be a file path, encoded bytes, a PIL image or a numpy array, got {describe(image)}")
 
 
 def _decode(f: Any, name: str) -> Image.Image:
+    img: Optional[Image.Image] = None
     try:
         img = Image.open(f)
+        limit = Image.MAX_IMAGE_PIXELS  # Pillow's own bomb limit, checked on the header before decoding
+        if limit and img.width * img.height > limit:
+            raise ImageError(f"{name} is {img.width}x{img.height} pixels, more than the {limit / 1e6:.0f} megapixels "
+                             "read here; scale it down first")
         img.load()
+    except MemoryError:
+        raise _no_memory(name if img is None else f"{name} ({img.width}x{img.height} pixels)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name} is too large to decode safely ({exc})") from exc
     except UnidentifiedImageError:
@@ -94,6 +112,10 @@ def _decode(f: Any, name: str) -> Image.Image:
         return ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
     except (ValueError, OSError, SyntaxError):
         return img
+
+
+def _no_memory(name: str) -> ImageError:
+    return ImageError(f"the picture {name} does not fit in the memory available; scale it down first")
 
 
 def _pil_gray(img: Image.Image) -> np.ndarray:
@@ -158,7 +180,7 @@ def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _slide(x: np.ndarray, k: int, axis: int, reduce: Any) -> np.ndarray:
     pad = [(0, 0), (0, 0)]
     pad[axis] = (k // 2, k // 2)
-    view = np.lib.stride_tricks.sliding_window_view(np.pad(x, pad, mode="edge"), k, axis=axis)
+    view = np.lib.stride_tricks.sliding_window_view(np.pad(x, pad, mode="symmetric"), k, axis=axis)
     return reduce(view, axis=-1)
 
 
@@ -200,26 +222,34 @@ def _rough_stroke(x: np.ndarray) -> float:
     """Stroke width of the clearly bright marks away from the picture's edges (0 when there are none)."""
     h, w = x.shape
     labels, comps = label(x > max(_MIN_CONTRAST, 0.5 * float(np.percentile(x, 99.5))))
-    inner = [c.label for c in comps if not _at_edge(c, w, h) and c.area >= 4]  # a table or shadow at the edge is no stroke
-    return stroke_width(np.isin(labels, inner)) if inner else 0.0
+    comps = [c for c in comps if c.area >= 4]
+    contact = _edge_contact(labels)
+    for tier in ([c for c in comps if not _at_edge(c, w, h)],  # a table or shadow at the edge is no stroke, ...
+                 [c for c in comps if not _against_edge(c, int(contact[c.label]))],
+                 comps):  # ... but when all ink touches the edge, it is all there is to measure
+        if tier:
+            largest = max(c.area for c in tier)
+            return stroke_width(np.isin(labels, [c.label for c in tier if c.area >= _SPECK * largest]))
+    return 0.0
 
 
 def _at_edge(c: Component, w: int, h: int) -> bool:
     return c.box[0] == 0 or c.box[1] == 0 or c.box[2] == w or c.box[3] == h
 
 
-def _frame(c: Component, w: int, h: int) -> bool:
-    """A piece lying along an edge for most of its length: the edge of the paper, a table, a shadow."""
-    x0, y0, x1, y1 = c.box
-    return ((y0 == 0 or y1 == h) and x1 - x0 >= _ALONG * w) or ((x0 == 0 or x1 == w) and y1 - y0 >= _ALONG * h)
-
-
 def find_ink(image: ImageLike, *, work_side: int = WORK_SIDE) -> Ink:
     """Find the ink in a picture of handwriting on paper (either polarity, uneven light, noise, JPEG artefacts).
 
-    Raises ImageError when the picture holds no ink (blank, uniform, or noise only).
+    Raises ImageError when the picture holds no digit (blank, uniform, noise, dust, specks, a pattern, ink only
+    at the edge) or does not fit in memory.
     """
-    gray = load_gray(image)
+    try:
+        return _find_ink(load_gray(image), work_side)
+    except MemoryError:
+        raise _no_memory(describe(image)) from None
+
+
+def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
     h0, w0 = gray.shape
     scale = max(1.0, max(h0, w0) / work_side)
     g = gray if scale == 1.0 else _resize(gray, (max(1, round(w0 / scale)), max(1, round(h0 / scale))))
@@ -250,16 +280,58 @@ def find_ink(image: ImageLike, *, work_side: int = WORK_SIDE) -> Ink:
     labels, comps = label(smooth > low)
     peak = np.zeros(len(comps) + 1, dtype=np.float32)
     np.maximum.at(peak, labels.ravel(), smooth.ravel())
-    comps = [c for c in comps if peak[c.label] >= high]
-    inside = [c for c in comps if not _frame(c, w, h)]
-    comps = inside or comps
-    min_extent = max(4.0, _MIN_EXTENT * min(h, w))
-    largest = max((c.area for c in comps), default=0)
-    pieces = [c for c in comps if c.area >= _SPECK * largest]
-    if not any(max(c.box[2] - c.box[0], c.box[3] - c.box[1]) >= min_extent for c in pieces):
-        raise ImageError("the image holds no ink large enough to be a digit (only specks); give a picture of a digit")
+    marks = [c for c in comps if peak[c.label] >= high]
+    pieces = _digit_pieces(marks, labels, w, h)
     strength = np.clip(strength / level, 0.0, 1.0)
     return Ink(strength, labels, pieces, scale)
+
+
+def _digit_pieces(marks: list[Component], labels: np.ndarray, w: int, h: int) -> list[Component]:
+    """The marks that make up digits: not the background at the picture's edges, not specks, not dust.
+
+    Raises ImageError naming why no digit is there: only specks, ink that touches the edge, dust or noise
+    all over the picture, or more marks than a page of digits holds (dotted or squared paper)."""
+    contact = _edge_contact(labels)
+    edge = [c for c in marks if _against_edge(c, int(contact[c.label]))]
+    inside = [c for c in marks if not _against_edge(c, int(contact[c.label]))]
+    min_extent = max(_MIN_SIDE, _MIN_EXTENT * min(h, w))
+
+    def digit_sized(c: Component) -> bool:
+        return max(c.box[2] - c.box[0], c.box[3] - c.box[1]) >= min_extent
+
+    largest = max((c.area for c in inside), default=0)
+    pieces = [c for c in inside if c.area >= _SPECK * largest]
+    sized = [c for c in pieces if digit_sized(c)]
+    if not sized:
+        if any(digit_sized(c) for c in edge):
+            raise ImageError("the only ink large enough to be a digit touches the picture's edge (a digit cut off by the "
+                             "edge, or the edge of the paper, a table or a shadow); take the picture with a margin of "
+                             "paper around the digit")
+        raise ImageError("the image holds no ink large enough to be a digit (only specks); give a picture of a digit")
+    clutter = [c for c in inside if not digit_sized(c)]
+    if len(clutter) >= min(_DUST_MARKS, max(8, h * w // 200)) and (sum(c.area for c in clutter) >= _DUST_SHARE * sum(c.area for c in inside)
+                                        or largest < _STAND_OUT * max(c.area for c in clutter)):
+        raise ImageError(f"the image holds {len(clutter)} specks spread over it and no clear digit (dust, grain or "
+                         "noise); give a cleaner picture of a digit")
+    if len(pieces) > MAX_PIECES:
+        raise ImageError(f"the image holds {len(pieces)} separate marks, more than a page of digits ({MAX_PIECES}); "
+                         "dotted or squared paper, a pattern or noise is no handwriting: give a picture of digits on "
+                         "plain paper")
+    return pieces
+
+
+def _edge_contact(labels: np.ndarray) -> np.ndarray:
+    """How many of the picture's border pixels each label covers (index = label)."""
+    border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
+    return np.bincount(border, minlength=int(labels.max()) + 1)
+
+
+def _against_edge(c: Component, contact: int) -> bool:
+    """A mark that lies against the picture's edge along much of its own size: the table or the floor around
+    the paper, a shadow, the paper's edge, or a digit cut off by the edge (a stroke that merely reaches the
+    edge covers only its own width of it)."""
+    return contact >= _CONTACT * max(c.box[2] - c.box[0], c.box[3] - c.box[1])
+
 
 
 # -- one digit -------------------------------------------------------------------------------------
@@ -286,7 +358,9 @@ def _dilate(x: np.ndarray, r: int) -> np.ndarray:
 def digit_input(strength: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """MNIST's preparation of one digit from its ink strength and mask (same shape): crop to the ink,
     bring thin strokes to MNIST's width, fit into 20x20 keeping the aspect ratio, centre by mass in 28x28.
-    Returns uint8 [28, 28], white ink on black."""
+    Returns uint8 [28, 28], white ink on black. Raises ImageError when the mask holds no visible ink."""
+    if not mask.any():
+        raise ImageError("the digit's mask is empty")
     x0, y0, x1, y1 = mask_box(mask)
     ink = np.where(_dilate(mask.astype(np.float32), 1) > 0, strength, 0.0)
     crop = _max_pool(ink[y0:y1, x0:x1], max(y1 - y0, x1 - x0) // _SCRATCH)
@@ -297,6 +371,8 @@ def digit_input(strength: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if width < 0.75 * target:
         big = _dilate(big, max(1, round((target - width) / 2)))
     rows, cols = np.nonzero(big > 0.05)
+    if rows.size == 0:
+        raise ImageError("the digit's ink is too faint to prepare (no mark stands out from the paper)")
     big = big[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     big = np.clip(big / max(float(np.percentile(big[big > 0.05], 90)), 1e-6), 0.0, 1.0)
     small = _fit(big, FIT)
@@ -327,7 +403,10 @@ def prepare_with_box(image: ImageLike, *, preparation: str = "digits") -> tuple[
     if preparation not in PREPARATIONS:
         raise ImageError(f"preparation must be one of {', '.join(PREPARATIONS)}, got {preparation!r}")
     if preparation == "photo":
-        return _photo(load_gray(image))
+        try:
+            return _photo(load_gray(image))
+        except MemoryError:
+            raise _no_memory(describe(image)) from None
     ink = find_ink(image)
     mask = np.isin(ink.labels, [c.label for c in ink.pieces])
     return digit_input(ink.strength, mask), original_box(ink, mask_box(mask))

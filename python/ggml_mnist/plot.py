@@ -18,6 +18,7 @@ import numpy as np
 from .errors import ConfigError, DataError, DataFileNotFoundError
 from .layers import Conv2d, Dropout
 from .model import Model, PathLike
+from .outputs import PNG_SOFTWARE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -43,7 +44,7 @@ def save_png(fig: "Figure", path: PathLike) -> None:
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "xb") as f:  # unlike mkstemp, the file gets the usual permissions (umask)
-            fig.savefig(f, format="png")
+            fig.savefig(f, format="png", metadata={"Software": PNG_SOFTWARE})  # marks the file as ours
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -223,13 +224,17 @@ def activations(model: Model, image: Any, *, path: Optional[PathLike] = None) ->
     axes = np.atleast_1d(fig.subplots(len(heights), 1, height_ratios=heights))
     axes[0].imshow(np.asarray(image), cmap="gray")
     axes[0].set_title("input", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    names = model.class_names
     for ax, (i, layer, a), grid in zip(axes[1:], shown, grids):
         ax.imshow(grid, cmap="viridis", aspect="auto" if a.ndim == 1 else "equal", interpolation="nearest")
         name = getattr(layer, "name", None)
         ax.set_title(f"layer {i}: {name + ' ' if name else ''}{layer.describe()} -> {tuple(a.shape)}", fontsize=9)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        if i == shown[-1][0] and a.shape == (len(names),):  # the output strip: one unit per class
+            ax.set_xticks(range(len(names)), names, fontsize=8, rotation=45 if max(map(len, names)) > 2 else 0,
+                          ha="right" if max(map(len, names)) > 2 else "center")
     return _done(fig, path)
 
 

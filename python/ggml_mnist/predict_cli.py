@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import api
 from .annotate import annotate, save_png
-from .cli import _add_version, _run
+from .cli import _IMAGE_SUFFIXES, _add_version, _run
 from .config import DEFAULT_DEVICE
 from .errors import ConfigError, GgmlMnistError
 from .imaging import text_art
+from .outputs import MAGIC, check_output, describe, same_file
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -31,8 +33,10 @@ def predict_parser() -> argparse.ArgumentParser:
                    help="one JSON object per picture: path, label, class_name, probability, probabilities "
                         "(with --digits: path, text, digits [{box, label, probability}]); failures: path, error")
     p.add_argument("--annotate", metavar="OUT.png",
-                   help="write the picture with boxes and labels drawn on it; with several pictures, OUT is a "
-                        "directory and each goes to OUT/NAME.annotated.png")
+                   help="write the picture with boxes and labels drawn on it; with several pictures or an existing "
+                        "directory, OUT is a directory and each goes to OUT/NAME.annotated.png")
+    p.add_argument("--force", action="store_true",
+                   help="let --annotate replace an existing file that ggml-mnist did not draw (never an input)")
     p.add_argument("--show-input", action="store_true", help="print each prepared 28x28 input as text art")
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})")
     p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all available cores (default: 0)")
@@ -40,19 +44,46 @@ def predict_parser() -> argparse.ArgumentParser:
     return _add_version(p)
 
 
-def _annotation_path(out: str, image: str, several: bool) -> str:
-    return os.path.join(out, f"{Path(image).stem}.annotated.png") if several else out
+def _check_model_first(model: str, images: Sequence[str]) -> None:
+    """Raise ConfigError when the model and the pictures were given the other way round."""
+    if _head(model).startswith(MAGIC["model"]):
+        return
+    model_later = any(i.lower().endswith(".gguf") or _head(i).startswith(MAGIC["model"]) for i in images)
+    kind = describe(model) if os.path.isfile(model) else "a missing file"
+    if model_later or kind in ("a PNG picture", "a JPEG picture") or model.lower().endswith(_IMAGE_SUFFIXES):
+        raise ConfigError(f"the first argument is the model: mnist-predict MODEL.gguf IMAGE…; {model!r} is {kind}")
 
 
-def _check_annotate(out: str, images: Sequence[str]) -> None:
-    if len(images) > 1:
+def _head(path: str) -> bytes:
+    """The first bytes of a regular file (b"" for anything else: a FIFO is never opened)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return b""
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC["model"]))
+    except OSError:
+        return b""
+
+
+def _annotation_paths(out: str, images: Sequence[str], model: str, force: bool) -> dict[str, str]:
+    """Where each picture's annotation goes, checked before the first picture is read: never the model or a
+    picture, never a file ggml-mnist did not draw (unless force), never one name for two pictures."""
+    named = {images[0]: out}
+    if len(images) > 1 or os.path.isdir(out):
         if os.path.exists(out) and not os.path.isdir(out):
             raise ConfigError(f"--annotate {out!r}: with several pictures give a directory, not a file")
+        named, owner = {}, {}
+        for image in images:
+            name = f"{Path(image).stem}.annotated.png"
+            first = owner.setdefault(name.casefold(), image)  # case-blind: two names may be one file on macOS
+            if first != image and not same_file(first, image) and os.path.abspath(first) != os.path.abspath(image):
+                raise ConfigError(f"--annotate: pictures {first!r} and {image!r} would both be annotated as "
+                                  f"{os.path.join(out, name)!r}; annotate them in separate runs or rename one")
+            named[image] = os.path.join(out, name)
         os.makedirs(out, exist_ok=True)
-    for image in images:
-        target = _annotation_path(out, image, len(images) > 1)
-        if os.path.exists(target) and os.path.exists(image) and os.path.samefile(target, image):
-            raise ConfigError(f"--annotate {target!r} is the input picture; writing it would destroy it, give another name")
+    return {image: str(check_output(path, [model, *images], kind="png", force=force, what="--annotate output",
+                                    example="read.png"))
+            for image, path in named.items()}
 
 
 def _one(model: Any, path: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -75,21 +106,22 @@ def _one(model: Any, path: str, args: argparse.Namespace) -> dict[str, Any]:
         for item in found:
             print(f"{item.class_name} at {item.box}:\n{text_art(item.input)}", file=sys.stderr if args.json else sys.stdout)
     if args.annotate:
-        save_png(annotate(path, found), _annotation_path(args.annotate, path, len(args.images) > 1))
+        save_png(annotate(path, found), args.annotation_paths[path])
     return result
 
 
 def _predict(args: argparse.Namespace) -> int:
-    model = api.load(args.model, device=args.device, threads=args.threads)
+    _check_model_first(args.model, args.images)
     if args.annotate:
-        _check_annotate(args.annotate, args.images)
+        args.annotation_paths = _annotation_paths(args.annotate, args.images, args.model, args.force)
+    model = api.load(args.model, device=args.device, threads=args.threads)
     failed = 0
     for path in args.images:
         try:
             _one(model, path, args)
-        except (GgmlMnistError, OSError) as exc:
+        except (GgmlMnistError, OSError, MemoryError) as exc:
             failed += 1
-            message = " ".join(str(exc).split())
+            message = " ".join(str(exc).split()) or "not enough memory"
             print(f"mnist-predict: {path}: {message}", file=sys.stderr, flush=True)
             if args.json:
                 print(json.dumps({"path": path, "error": message}), flush=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .imaging import ImageLike, digit_input, find_ink, original_box, prepare_with_box
+from .errors import ImageError
+from .imaging import MAX_PIECES, ImageLike, digit_input, find_ink, original_box, prepare_with_box
 from .segment import segment
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # uint8 [N, 28, 28] -> probabilities [N, n_classes]
@@ -73,21 +74,32 @@ def predict_images(images: Sequence[ImageLike], predict: Predictor, names: Seque
 
 
 def read_digits(image: ImageLike, predict: Predictor, names: Sequence[str]) -> DigitReading:
-    """Find, prepare and predict every digit on a page; lines top to bottom, digits left to right."""
+    """Find, prepare and predict every digit on a page; lines top to bottom, digits left to right.
+
+    Raises ImageError when the page holds no digit (see find_ink) or more digits than MAX_PIECES.
+    """
     ink = find_ink(image)
 
     def confidence(pieces: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        ok = [i for i, (_, mask) in enumerate(pieces) if mask.any()]
+        inputs = {i: _input_or_none(*piece) for i, piece in enumerate(pieces)}
+        ok = [i for i, arr in inputs.items() if arr is not None]
         out = np.zeros(len(pieces))
         if ok:
-            out[ok] = predict(np.stack([digit_input(*pieces[i]) for i in ok])).max(axis=1)
+            out[ok] = predict(np.stack([inputs[i] for i in ok])).max(axis=1)
         return out
 
-    glyphs = segment(ink, confidence)
-    inputs = []
-    for g in glyphs:
+    glyphs, inputs = [], []
+    for g in segment(ink, confidence):
         x0, y0, x1, y1 = g.box
-        inputs.append(digit_input(ink.strength[y0:y1, x0:x1], g.mask))
+        arr = _input_or_none(ink.strength[y0:y1, x0:x1], g.mask)
+        if arr is not None:  # a piece too faint to prepare is no digit
+            glyphs.append(g)
+            inputs.append(arr)
+    if not inputs:
+        raise ImageError("the image holds no ink clear enough to be a digit; give a picture of digits")
+    if len(inputs) > MAX_PIECES:
+        raise ImageError(f"the image holds {len(inputs)} digit-like marks, more than a page of digits ({MAX_PIECES}); "
+                         "give a picture of digits on plain paper")
     probs = predict(np.stack(inputs))
     digits = []
     for g, arr, p in zip(glyphs, inputs, probs):
@@ -97,3 +109,11 @@ def read_digits(image: ImageLike, predict: Predictor, names: Sequence[str]) -> D
     for d in digits:
         lines[d.line] = lines.get(d.line, "") + d.class_name
     return DigitReading("\n".join(lines[i] for i in sorted(lines)), digits)
+
+
+def _input_or_none(strength: np.ndarray, mask: np.ndarray) -> Optional[np.ndarray]:
+    """digit_input, or None for a piece without visible ink."""
+    try:
+        return digit_input(strength, mask)
+    except ImageError:
+        return None
