@@ -53,7 +53,7 @@ def test_predict_with_a_picture_points_to_predict_image(tmp_path: Path) -> None:
     from PIL import Image
     model = gm.Model.create("fc", hidden=8, threads=1)
     for picture in ("digit.png", Image.new("L", (60, 40)), np.zeros((480, 640, 3), np.uint8), np.zeros((90, 90))):
-        with pytest.raises(gm.DataError, match=r"use model.predict_image\(picture\)"):
+        with pytest.raises(gm.DataError, match=r"model.predict_image\(picture\)"):
             model.predict(picture)
     assert model.predict(np.zeros((3, 784), np.uint8)).shape == (3,)
 

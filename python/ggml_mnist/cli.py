@@ -22,7 +22,7 @@ from .errors import ConfigError, GgmlMnistError, GgmlMnistWarning
 from .datasets import DATASETS, dataset_info, preparation
 from .layers import canonical_preset, load_layers, preset_names, resolve_layers
 from .model import check_net, summary_lines
-from .outputs import check_distinct, check_output, describe
+from .outputs import FOREIGN_KINDS, check_distinct, check_output, describe
 from .runlog import check_log_path
 
 
@@ -72,8 +72,8 @@ def _short_errors(parser: argparse.ArgumentParser) -> None:
             for word in unknown:
                 close = difflib.get_close_matches(word.split("=", 1)[0], options, n=1, cutoff=0.7)
                 hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
-            message = f"unknown option {', '.join(hints)}"
-        self.exit(2, f"{self.prog}: error: {message}; '{self.prog} --help' lists every option\n")
+            self.exit(2, f"{self.prog}: error: unknown option {', '.join(hints)}; '{self.prog} --help' lists every option\n")
+        argparse.ArgumentParser.error(self, message)
 
     parser.error = types.MethodType(error, parser)  # type: ignore[method-assign]
     for action in parser._actions:
@@ -125,7 +125,8 @@ def printable(text: str) -> str:
 def check_model_argument(path: str, usage: str) -> None:
     """Raise ConfigError when the file given as the model is surely something else (IDX data, a picture, ...),
     which means the arguments were given in the wrong order; ``usage`` shows the right one."""
-    if os.path.isfile(path) and not describe(path) in ("a GGUF model file", "an empty file", "an unreadable file"):
+    if os.path.isfile(path) and describe(path) in (*FOREIGN_KINDS, "a gzip file", "an IDX file") \
+            and describe(path) != "a GGUF model file":
         raise ConfigError(f"{path!r} is {describe(path)}, not a GGUF model; the first argument is the model: {usage}")
 
 

@@ -342,18 +342,18 @@ class Model:
         return self.predict_proba(inputs)
 
     def _flatten(self, images: Any) -> tuple[np.ndarray, bool]:
-        picture = isinstance(images, (str, os.PathLike)) or type(images).__module__.startswith("PIL.")
+        hint = ("a photo or scan with model.predict_image(picture) (or read_digits for several digits), which crops, "
+                "centres and scales it as the training images were: plain resizing reads worse")
+        if isinstance(images, (str, os.PathLike)):
+            raise DataError(f"images must be an array of images, not a path ({os.fspath(images)!r}); read an IDX file "
+                            f"with gm.read_idx(path), or {hint}")
         shape = getattr(images, "shape", None)
-        if not picture and shape is not None and len(shape) in (2, 3) and tuple(shape[-2:]) != self.image_size \
-                and (len(shape) == 3 and shape[-1] in (3, 4) or
-                     len(shape) == 2 and shape[-1] != self.image_size[0] * self.image_size[1]):
-            picture = True  # one photo as an array: [H, W] or [H, W, RGB(A)]
-        if picture:
-            what = f"{os.fspath(images)!r}" if isinstance(images, (str, os.PathLike)) else "a picture"
+        photo = shape is not None and tuple(shape[-2:]) != self.image_size and (
+            len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) >= 16 or  # [H, W, RGB(A)]
+            len(shape) == 2 and min(shape) >= 16 and shape[-1] != self.image_size[0] * self.image_size[1])  # [H, W]
+        if photo or type(images).__module__.startswith("PIL."):
             raise DataError(f"predict() takes arrays of prepared {self.image_size[0]}x{self.image_size[1]} images, not "
-                            f"{what}; for a photo or scan use model.predict_image(picture) (or read_digits for several "
-                            "digits), which crops, centres and scales it as the training images were: plain resizing "
-                            "reads worse")
+                            f"a picture; read {hint}")
         arr = validate_images(images, size=self.image_size, single=True)
         return arr.reshape(arr.shape[0], -1), arr.dtype != np.uint8
 
