@@ -268,3 +268,16 @@ def test_bad_multipart_uploads_get_a_message(server: tuple[str, int], parts: lis
     body, built_type = _multipart(parts)
     got, _, raw = _request(server, "POST", "/predict", body, {"Content-Type": content_type or built_type})
     assert got == status and message in _json(raw)["error"]
+
+
+def test_a_mangled_multipart_header_is_a_400_not_a_500(server: tuple[str, int]) -> None:
+    body = (b'--XyZ\r\nContent-Disposition: form-data; name="file"; file*\r\nContent-Type: image/png\r\n\r\n'
+            + _png_digit() + b"\r\n--XyZ--\r\n")  # the email package's header parser raises IndexError on file*
+    status, _, raw = _request(server, "POST", "/predict", body, {"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert status in (200, 400), raw
+    if status == 400:
+        assert "malformed" in _json(raw)["error"] or "no file" in _json(raw)["error"]
+    for boundary in ("*=utf-8''%ff", '=""'):
+        status, _, raw = _request(server, "POST", "/predict", body,
+                                  {"Content-Type": f"multipart/form-data; boundary{boundary}"})
+        assert status == 400 and "no boundary" in _json(raw)["error"]

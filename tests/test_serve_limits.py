@@ -217,7 +217,7 @@ def test_open_connections_are_capped_with_a_503() -> None:
     thread = _start(srv)
     idle = [socket.create_connection(srv.server_address[:2], timeout=10) for _ in range(3)]
     try:
-        for _ in range(200):
+        for _ in range(500):
             if srv.open_connections == 3:
                 break
             threading.Event().wait(0.02)

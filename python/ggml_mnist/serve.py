@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.errors
 import email.parser
 import email.policy
 import errno
@@ -282,7 +283,7 @@ def multipart_file(body: bytes, content_type: str, max_parts: int = MAX_PARTS) -
         boundary = parser.parsebytes(f"Content-Type: {header}\r\n\r\n".encode("latin-1")).get_boundary()
     except (UnicodeEncodeError, ValueError, TypeError):
         boundary = None
-    if not boundary:
+    if not boundary or not boundary.isascii():
         raise RequestError(HTTPStatus.BAD_REQUEST, "the multipart/form-data Content-Type has no boundary; let the "
                            "client build the form (curl -F file=@digit.png, or an HTML form)")
     n_parts = body.count(b"--" + boundary.encode("latin-1")) - 1
@@ -290,14 +291,18 @@ def multipart_file(body: bytes, content_type: str, max_parts: int = MAX_PARTS) -
         raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                            f"the form has {n_parts} parts; the limit is {max_parts}: send only the picture")
     message = parser.parsebytes(f"Content-Type: {header}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1") + body)
-    parts = list(message.iter_parts()) if message.is_multipart() else []
-    chosen = (next((p for p in parts if p.get_filename()), None)
-              or next((p for p in parts if p.get_param("name", header="content-disposition") in ("file", "image")),
-                      None))
+    try:  # the parser records defects, but reading a mangled header can still raise (IndexError in Python 3.11)
+        parts = list(message.iter_parts()) if message.is_multipart() else []
+        chosen = (next((p for p in parts if p.get_filename()), None)
+                  or next((p for p in parts if p.get_param("name", header="content-disposition") in ("file", "image")),
+                          None))
+        data = chosen.get_payload(decode=True) if chosen is not None else None
+    except (LookupError, ValueError, TypeError, AttributeError, email.errors.MessageError) as exc:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"the multipart form is malformed ({type(exc).__name__}: {exc}); "
+                           "let the client build it (curl -F file=@digit.png, or an HTML form)") from None
     if chosen is None:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"the form holds {len(parts)} fields and no file; upload the "
                            "picture as a file field (curl -F file=@digit.png)")
-    data = chosen.get_payload(decode=True)
     if not isinstance(data, bytes) or not data:
         raise RequestError(HTTPStatus.BAD_REQUEST, "the form's file is empty; choose a picture to upload")
     return data
