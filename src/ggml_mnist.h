@@ -42,6 +42,25 @@ enum gmn_schedule  { GMN_SCHEDULE_CONSTANT = 0, GMN_SCHEDULE_COSINE = 1, GMN_SCH
 enum gmn_log_level { GMN_LOG_DEBUG = 1, GMN_LOG_INFO = 2, GMN_LOG_WARN = 3, GMN_LOG_ERROR = 4 };
 enum gmn_phase     { GMN_PHASE_TRAIN = 0, GMN_PHASE_VALIDATION = 1 };
 
+/* Graph forms (gmn_model_set_graph): AUTO picks CPU on the CPU device and PORTABLE elsewhere. CPU is channels-last
+ * with the shim's own CPU ops and kernels; PORTABLE uses ggml ops only, each of which ggml's GPU backends run,
+ * forward and backward. */
+enum gmn_graph     { GMN_GRAPH_AUTO = 0, GMN_GRAPH_CPU = 1, GMN_GRAPH_PORTABLE = 2 };
+/* The shim's CPU kernels, each taking one kind of ggml node of the CPU graph (see gmn_kernel_name). */
+enum gmn_kernel    { GMN_KERNEL_OUTER = 0, GMN_KERNEL_MATMUL, GMN_KERNEL_GET_ROWS, GMN_KERNEL_GET_ROWS_BACK,
+                     GMN_KERNEL_SUM_ROWS_INTO, GMN_KERNEL_ACC_FRONT, GMN_KERNEL_COUNT };
+
+/* A model's backend plan: every choice that depends on the devices it runs on. */
+struct gmn_plan_info {
+    int     graph;                    /* enum gmn_graph: CPU or PORTABLE (never AUTO) */
+    int     kernels;                  /* 1 when the shim's CPU kernels take nodes of the CPU graph */
+    int     accel_products;           /* 1 when an accelerator beside the CPU (BLAS) runs the matrix products */
+    int     llamafile;                /* 1 when ggml's CPU products run llamafile's sgemm (padded shapes pay) */
+    char    why_no_kernels[200];      /* why kernels is 0 ("" when 1) */
+    int64_t taken[GMN_KERNEL_COUNT];  /* nodes each kernel took in the last graph built (training or prediction) */
+    char    ops[2048];                /* the ggml ops of the last graph built, space-separated, sorted */
+};
+
 typedef struct gmn_model   gmn_model;
 typedef struct gmn_dataset gmn_dataset;
 
@@ -190,6 +209,17 @@ int  gmn_model_init(const struct gmn_net * net, const char * device, int n_threa
 /* Load a GGUF file written by us or by ggml's mnist example. */
 int  gmn_model_load(const char * path, const char * device, int n_threads, gmn_model ** out);
 void gmn_model_free(gmn_model * model);
+/* Choose the graph form (enum gmn_graph) before training or predicting; drops the prediction graph. CPU on
+ * another device, or any form with a training run in progress, is GMN_E_INVALID / GMN_E_STATE. */
+int  gmn_model_set_graph(gmn_model * model, int graph);
+/* The model's backend plan. ops: of the training graph (forward, backward and optimizer step) while or after
+ * training, else of the prediction graph (built for one image if none was built yet). */
+int  gmn_model_plan(gmn_model * model, struct gmn_plan_info * out);
+/* The name of a kernel (enum gmn_kernel): "out_prod", "mul_mat", ...; NULL when out of range. */
+const char * gmn_kernel_name(int kernel);
+/* Testing only: the ggml version the kernels' version gate compares with the pin (NULL: the running ggml's).
+ * Applies to plans computed afterwards. */
+void gmn_testing_set_ggml_version(const char * version);
 /* The model's network: image size and layer count into *out, up to cap layers copied into layers
  * (out->layers is set to layers). */
 int  gmn_model_get_net(const gmn_model * model, struct gmn_net * out, struct gmn_layer * layers, int cap);

@@ -62,6 +62,52 @@ struct gmn_train_state;
 struct gmn_optstate;
 struct gmn_opt_tracker;
 
+/* The backend plan (gmn_plan.c): every choice that depends on the devices a model runs on, made once when the
+ * model is created or its graph form chosen. The network builder reads it and never asks about backends. */
+struct gmn_plan {
+    int     asked;            /* enum gmn_graph as chosen (AUTO by default) */
+    int     graph;            /* GMN_GRAPH_CPU or GMN_GRAPH_PORTABLE */
+    int     kernels;          /* the shim's CPU kernels take nodes (CPU graph, no accelerator, version gate passed) */
+    int     accel_products;   /* an accelerator beside the CPU (BLAS) runs the matrix products */
+    int     llamafile;        /* ggml's CPU products run llamafile's sgemm */
+    char    why[200];         /* why kernels is 0 */
+    int64_t taken[GMN_KERNEL_COUNT];       /* nodes each kernel took in the prediction graph */
+    char    ops[2048];                     /* ops of the prediction graph, space-separated and sorted */
+    int64_t train_taken[GMN_KERNEL_COUNT]; /* the same of the training graphs (forward, backward, step) */
+    char    train_ops[2048];
+};
+int     gmn_plan_init(gmn_model * model, int asked);
+/* Whether ggml (not the shim's kernel) runs a matrix product with P columns. */
+int     gmn_plan_ggml_product(const struct gmn_plan * plan, int64_t P);
+/* Row length K of a product's operands, padded with zeros to what ggml's product wants (llamafile: a multiple of 8). */
+int64_t gmn_plan_rows(const struct gmn_plan * plan, int64_t K, int64_t P);
+/* Outputs n of a product, padded to what ggml's product wants (llamafile: a multiple of 4; its dot product runs the
+ * rest one output at a time). */
+int64_t gmn_plan_outputs(const struct gmn_plan * plan, int64_t n, int64_t P);
+/* Record the ops of graph g as the plan's prediction (or training) ops, and zero that graph's kernel counters. */
+void    gmn_plan_record_ops(struct gmn_plan * plan, const struct ggml_cgraph * g, int training);
+/* The ops of the training graph of a batch of B images: forward, loss, backward and optimizer step. */
+int     gmn_plan_training_ops(gmn_model * model, int64_t B, int optimizer);
+
+/* Constant tensors of a graph (index tables, zeros), computed on the host while the graph is built and uploaded
+ * to the model's device once (gmn_consts.c). */
+#define GMN_MAX_CONSTS (4 * GMN_MAX_LAYERS)
+struct gmn_consts {
+    struct ggml_context * ctx;
+    ggml_backend_buffer_t buf;
+    int                   n;
+    struct ggml_tensor  * t[GMN_MAX_CONSTS];
+    void                * host[GMN_MAX_CONSTS];
+    char                  error[200]; /* set when a constant could not be made; the graph is then unusable */
+};
+int  gmn_consts_init(struct gmn_consts * c);
+/* A new 1-D constant of n elements of type (F32 or I32) whose host data (zeroed) the caller fills through *data;
+ * NULL with c->error set when it cannot be made. */
+struct ggml_tensor * gmn_consts_new(struct gmn_consts * c, enum ggml_type type, int64_t n, void ** data);
+/* Allocate the constants on backend, copy their data there and free the host copies; GMN_E_NOMEM on failure. */
+int  gmn_consts_upload(struct gmn_consts * c, ggml_backend_t backend, const char * what);
+void gmn_consts_free(struct gmn_consts * c);
+
 struct gmn_model {
     struct gmn_net   net;                     /* net.layers points at layers */
     struct gmn_layer layers[GMN_MAX_LAYERS];
@@ -89,6 +135,9 @@ struct gmn_model {
     int64_t               eval_batch;
     float               * eval_buf;   /* eval_batch * n_pixels staging floats */
 
+    struct gmn_consts     eval_consts;
+
+    struct gmn_plan          plan;
     struct gmn_train_state * train;
     int                      diverged;
     struct gmn_optstate    * opt;     /* optimizer state saved with the model, or NULL (gmn_optstate.c) */
@@ -158,14 +207,14 @@ int  gmn_net_params(const struct gmn_net * net, struct gmn_param_spec * specs);
 int  gmn_net_activation_ne(const struct gmn_net * net, int layer, int64_t batch, int64_t * ne);
 /* Logits [n_classes, N] of images x [pixels, N]; masks[i] multiplies the input of dropout layer i (NULL: predict). */
 struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x,
-                                 struct ggml_tensor * const * masks);
-/* The output of the first n_layers layers (ne [W, H, C, N] while spatial, [units, N] after a dense layer). */
+                                 struct ggml_tensor * const * masks, struct gmn_consts * consts);
+/* The output of the first n_layers layers (ne [W, H, C, N] while spatial, [units, N] after a dense layer). The
+ * portable graph puts its index tables into consts (uploaded by the caller; check consts->error). */
 struct ggml_tensor * gmn_forward_layers(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x,
-                                        struct ggml_tensor * const * masks, int n_layers);
+                                        struct ggml_tensor * const * masks, int n_layers, struct gmn_consts * consts);
 
 /* Model internals shared by the model, gguf and training files. */
 /* storage: per parameter tensor (gmn_net_params order) its type and shape; NULL for all f32. */
-int  gmn_forward_is_cl(const gmn_model * model);
 /* gmn_ops.c: channels-last CPU ops ([C, W, H, N]); see gmn_forward_cl */
 struct ggml_tensor * gmn_cl_im2col(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int64_t rows);
 /* a [K, O] as the top left of a zero [rows, cols] (rows >= K, cols >= O), with a gradient */
@@ -175,27 +224,20 @@ struct ggml_tensor * gmn_cl_first_outputs(struct ggml_context * ctx, struct ggml
 /* mul_mat of F32 matrices with fewer columns (a few images) stays with ggml: copying the shim's panels would
  * cost more than it saves (gmn_cpu_kernels_adopt) */
 #define GMN_MM_MIN_N 64
-/* whether ggml's own mul_mat runs a product with P columns, rather than the shim's: with an accelerator (BLAS)
- * beside the CPU backend, or under GMN_MM_MIN_N columns; llamafile's sgemm, which then runs it, wants padded
- * shapes, the shim's kernel none */
-static inline int gmn_ggml_runs_product(int n_accel, int64_t P) {
-    return n_accel > 0 || P < GMN_MM_MIN_N;
-}
-/* the number of outputs, n or more, of a product: where ggml runs it, what llamafile's sgemm takes (a multiple of 4) */
-int64_t gmn_sgemm_outputs(int64_t n, int ggml_runs);
 struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int extra);
 struct ggml_tensor * gmn_cl_relayout(struct ggml_context * ctx, struct ggml_tensor * x, int to_cf);
 struct ggml_tensor * gmn_cl_act_linearized(struct ggml_context * ctx, struct ggml_tensor * x, int kind);
 /* the shim's kernels for ggml ops of the CPU training graph (op parameter templates), swapped in before each
  * node runs by gmn_cpu_kernels_adopt: out_prod, mul_mat of F32 matrices, get_rows, get_rows_back, repeat_back onto a vector, acc at 0 */
 struct gmn_cpu_kernels {
-    struct ggml_tensor * outer, * matmul, * get_rows, * get_rows_back, * sum_rows_into, * acc_front;
+    struct ggml_tensor * tmpl[GMN_KERNEL_COUNT]; /* indexed by enum gmn_kernel */
+    int64_t            * taken;                  /* per kernel, nodes taken (the plan's counters) */
 };
-void gmn_cpu_kernels_init(struct ggml_context * ctx, struct gmn_cpu_kernels * k);
+void gmn_cpu_kernels_init(struct ggml_context * ctx, struct gmn_cpu_kernels * k, int64_t * taken);
 int  gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels * k);
 struct ggml_tensor * gmn_cl_maxpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad);
 struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad,
-                                    int n_accel);
+                                    const struct gmn_plan * plan);
 
 int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, const struct gmn_storage * storage,
                       gmn_model ** out);

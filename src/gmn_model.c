@@ -14,6 +14,9 @@ int64_t gmn_image_pixels(const gmn_model * m) {
     return (int64_t) m->net.image_h * m->net.image_w;
 }
 
+static int gmn_eval_prepare(gmn_model * m, int64_t batch);
+static void gmn_eval_free(gmn_model * m);
+
 static int gmn_default_threads(void) {
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof(set), &set) == 0) {
@@ -164,7 +167,56 @@ int gmn_model_create(const struct gmn_net * net, const char * device, int n_thre
         gmn_model_free(m);
         return gmn_fail(GMN_E_NOMEM, "model: could not create the scheduler");
     }
+    gmn_plan_init(m, GMN_GRAPH_AUTO);
     *out = m;
+    return GMN_OK;
+}
+
+int gmn_model_set_graph(gmn_model * m, int graph) {
+    gmn_clear_error();
+    if (m == NULL) {
+        return gmn_fail(GMN_E_INVALID, "set_graph: NULL model");
+    }
+    if (m->train != NULL) {
+        return gmn_fail(GMN_E_STATE, "set_graph: a training run is in progress; choose the graph before training");
+    }
+    const struct gmn_plan before = m->plan;
+    const int st = gmn_plan_init(m, graph);
+    if (st != GMN_OK) {
+        return st;
+    }
+    if (before.graph != m->plan.graph || before.kernels != m->plan.kernels) {
+        gmn_eval_free(m); /* the prediction graph is rebuilt in the new form */
+    } else {
+        memcpy(m->plan.ops, before.ops, sizeof(before.ops));
+        memcpy(m->plan.taken, before.taken, sizeof(before.taken));
+    }
+    memcpy(m->plan.train_ops, before.train_ops, sizeof(before.train_ops));
+    memcpy(m->plan.train_taken, before.train_taken, sizeof(before.train_taken));
+    return GMN_OK;
+}
+
+int gmn_model_plan(gmn_model * m, struct gmn_plan_info * out) {
+    gmn_clear_error();
+    if (m == NULL || out == NULL) {
+        return gmn_fail(GMN_E_INVALID, "plan: NULL argument");
+    }
+    const struct gmn_plan * p = &m->plan;
+    if (p->train_ops[0] == '\0' && m->ctx_eval == NULL) {
+        const int st = gmn_eval_prepare(m, 1);
+        if (st != GMN_OK) {
+            return st;
+        }
+    }
+    memset(out, 0, sizeof(*out));
+    out->graph          = p->graph;
+    out->kernels        = p->kernels;
+    out->accel_products = p->accel_products;
+    out->llamafile      = p->llamafile;
+    snprintf(out->why_no_kernels, sizeof(out->why_no_kernels), "%s", p->why);
+    const int training = p->train_ops[0] != '\0';
+    memcpy(out->taken, training ? p->train_taken : p->taken, sizeof(out->taken));
+    snprintf(out->ops, sizeof(out->ops), "%s", training ? p->train_ops : p->ops);
     return GMN_OK;
 }
 
@@ -255,6 +307,7 @@ int gmn_model_init(const struct gmn_net * net, const char * device, int n_thread
 }
 
 static void gmn_eval_free(gmn_model * m) {
+    gmn_consts_free(&m->eval_consts);
     ggml_free(m->ctx_eval);
     m->ctx_eval   = NULL;
     m->gf_eval    = NULL;
@@ -467,26 +520,35 @@ static int gmn_eval_prepare(gmn_model * m, int64_t batch) {
     m->eval_in = ggml_new_tensor_2d(m->ctx_eval, GGML_TYPE_F32, npix, batch);
     ggml_set_name(m->eval_in, "images");
     ggml_set_input(m->eval_in);
-    m->eval_out = ggml_soft_max(m->ctx_eval, gmn_forward(m, m->ctx_eval, m->eval_in, NULL));
+    int st = gmn_consts_init(&m->eval_consts);
+    if (st != GMN_OK) {
+        gmn_eval_free(m);
+        return st;
+    }
+    m->eval_out = ggml_soft_max(m->ctx_eval, gmn_forward(m, m->ctx_eval, m->eval_in, NULL, &m->eval_consts));
     ggml_set_name(m->eval_out, "probs");
     ggml_set_output(m->eval_out);
     m->gf_eval = ggml_new_graph(m->ctx_eval);
     ggml_build_forward_expand(m->gf_eval, m->eval_out);
-    const int mem = gmn_check_graph_memory(m->dev, m->eval_out, 1.0, "predict", batch);
-    if (mem != GMN_OK) {
-        gmn_eval_free(m);
-        return mem;
+    st = gmn_check_graph_memory(m->dev, m->eval_out, 1.0, "predict", batch);
+    if (st == GMN_OK) {
+        st = gmn_consts_upload(&m->eval_consts, m->backend, "predict");
     }
+    if (st != GMN_OK) {
+        gmn_eval_free(m);
+        return st;
+    }
+    gmn_plan_record_ops(&m->plan, m->gf_eval, 0);
     ggml_backend_sched_reset(m->sched_eval);
     if (!ggml_backend_sched_alloc_graph(m->sched_eval, m->gf_eval)) {
         gmn_eval_free(m);
         return gmn_fail(GMN_E_NOMEM, "predict: could not allocate the compute graph for %lld images", (long long) batch);
     }
-    if (gmn_forward_is_cl(m) && m->n_accel == 0) {
+    if (m->plan.kernels) {
         /* on the CPU, matrix products (and the other ops the shim has kernels for) run the shim's kernels, as in
          * training; the graph is allocated, so changing a node's op no longer changes its memory */
         struct gmn_cpu_kernels k;
-        gmn_cpu_kernels_init(m->ctx_eval, &k);
+        gmn_cpu_kernels_init(m->ctx_eval, &k, m->plan.taken);
         for (int i = 0; i < ggml_graph_n_nodes(m->gf_eval); i++) {
             gmn_cpu_kernels_adopt(ggml_graph_node(m->gf_eval, i), &k);
         }
@@ -595,12 +657,18 @@ int gmn_model_activation(gmn_model * m, const float * x, int layer, float * out,
     if (ctx == NULL) {
         return gmn_fail(GMN_E_NOMEM, "activation: out of memory for the graph");
     }
+    struct gmn_consts consts;
+    if (gmn_consts_init(&consts) != GMN_OK) {
+        ggml_free(ctx);
+        return gmn_fail(GMN_E_NOMEM, "activation: out of memory for the graph");
+    }
     struct ggml_tensor * in = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, npix, 1);
     ggml_set_input(in);
-    struct ggml_tensor * y = ggml_cont(ctx, gmn_forward_layers(m, ctx, in, NULL, layer + 1));
+    struct ggml_tensor * y = ggml_cont(ctx, gmn_forward_layers(m, ctx, in, NULL, layer + 1, &consts));
     ggml_set_output(y);
     if (ggml_nelements(y) != n) {
         const int64_t want = ggml_nelements(y);
+        gmn_consts_free(&consts);
         ggml_free(ctx);
         return gmn_fail(GMN_E_INVALID, "activation: layer %d has %lld values, the buffer holds %lld", layer,
                         (long long) want, (long long) n);
@@ -608,6 +676,9 @@ int gmn_model_activation(gmn_model * m, const float * x, int layer, float * out,
     struct ggml_cgraph * gf = ggml_new_graph(ctx);
     ggml_build_forward_expand(gf, y);
     int st = gmn_check_graph_memory(m->dev, y, 1.0, "activation", 1);
+    if (st == GMN_OK) {
+        st = gmn_consts_upload(&consts, m->backend, "activation");
+    }
     if (st == GMN_OK) {
         ggml_backend_sched_reset(m->sched_eval);
         if (!ggml_backend_sched_alloc_graph(m->sched_eval, gf)) {
@@ -624,6 +695,7 @@ int gmn_model_activation(gmn_model * m, const float * x, int layer, float * out,
         }
     }
     ggml_backend_sched_reset(m->sched_eval);
+    gmn_consts_free(&consts);
     ggml_free(ctx);
     return st;
 }

@@ -2,7 +2,6 @@
  * This is the only file that knows what a layer does. */
 #include "gmn_internal.h"
 
-#include "ggml-cpu.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -489,8 +488,8 @@ static struct ggml_tensor * gmn_pool(struct ggml_context * ctx, struct ggml_tens
 }
 
 struct ggml_tensor * gmn_forward(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,
-                                 struct ggml_tensor * const * masks) {
-    return gmn_forward_layers(m, ctx, x, masks, m->net.n_layers);
+                                 struct ggml_tensor * const * masks, struct gmn_consts * consts) {
+    return gmn_forward_layers(m, ctx, x, masks, m->net.n_layers, consts);
 }
 
 /* ---- channels-last forward graph (CPU) ------------------------------------------------------------ */
@@ -501,21 +500,6 @@ static struct ggml_tensor * gmn_to_cl(struct ggml_context * ctx, struct ggml_ten
 
 static struct ggml_tensor * gmn_to_cf(struct ggml_context * ctx, struct ggml_tensor * x) {
     return x->ne[0] == 1 ? ggml_reshape_4d(ctx, x, x->ne[1], x->ne[2], 1, x->ne[3]) : gmn_cl_relayout(ctx, x, 1);
-}
-
-/* Whether the forward graph runs channels-last with the shim's own CPU ops (gmn_ops.c): on the CPU backend
- * with f32 kernels, unless GGML_MNIST_GRAPH=classic asks for the all-ggml graph that every backend runs. */
-int gmn_forward_is_cl(const gmn_model * m) {
-    const char * env = getenv("GGML_MNIST_GRAPH");
-    if (m->backend_cpu != NULL || (env != NULL && strcmp(env, "classic") == 0)) {
-        return 0;
-    }
-    for (int i = 0; i < m->net.n_layers; i++) {
-        if (m->net.layers[i].kind == GMN_LAYER_CONV2D && m->lw[i][0]->type != GGML_TYPE_F32) {
-            return 0;
-        }
-    }
-    return 1;
 }
 
 /* The same network as gmn_forward_layers computes, with the spatial activations channels-last [C, W, H, N]:
@@ -544,8 +528,8 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                  * (llamafile's) takes only row lengths that are a multiple of 8: the im2col op can pad its columns
                  * with zeros for free, and the kernel gets zero rows to match. Zero terms at the end of each sum
                  * change no bit of the product. */
-                const int ggml_runs = gmn_ggml_runs_product(m->n_accel, OW * OH * h->ne[3]);
-                int64_t Kp = ggml_runs && ggml_cpu_has_llamafile() ? (K + 7) / 8 * 8 : K;
+                const int64_t P = OW * OH * h->ne[3];
+                int64_t Kp = gmn_plan_rows(&m->plan, K, P);
                 int extra = 0; /* gathered columns grow by whole rows of C: the fewest that make K a multiple of 8 */
                 if (needs_grad && Kp > K) {
                     int e = 1;
@@ -566,7 +550,7 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 w = ggml_reshape_2d(ctx, w, K, O);
                 /* and only a multiple of 4 outputs (ggml's dot product runs the rest, one output at a time: 9 % of a
                  * lenet5 epoch for its 6 channels): zero output channels, dropped after the product */
-                const int64_t Op = gmn_sgemm_outputs(O, ggml_runs);
+                const int64_t Op = gmn_plan_outputs(&m->plan, O, P);
                 if (Kp > K || Op > O) {
                     w = gmn_cl_pad(ctx, w, Kp, Op);
                 }
@@ -591,7 +575,7 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 }
                 break;
             case GMN_LAYER_AVGPOOL2D:
-                h = gmn_cl_avgpool(ctx, h, l->k, l->stride, l->pad, needs_grad, m->n_accel);
+                h = gmn_cl_avgpool(ctx, h, l->k, l->stride, l->pad, needs_grad, &m->plan);
                 break;
             case GMN_LAYER_DENSE:
                 if (spatial) {
@@ -623,10 +607,227 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
     return spatial ? gmn_to_cf(ctx, h) : h;
 }
 
+/* ---- portable forward graph (ggml's ops only) ---------------------------------------------------------- */
+/* The same network with ggml ops that ggml's GPU backends run forward and backward: no custom op, no im2col or
+ * pool_2d (whose backward passes run on the CPU only). Activations are channels-last [C, W, H, N], like the CPU
+ * graph, and every window is gathered with get_rows through an index table computed here once per graph:
+ * - a convolution gathers rows of C channels into im2col columns [C*k*k, OW*OH*N] (padding reads a zero row
+ *   appended with set_1d) and multiplies them by the kernel permuted to [C*k*k, O];
+ * - max pooling gathers each window's elements [k*k, C*OW*OH*N] (padding repeats a pixel of the window, which
+ *   cannot change its maximum), takes argmax, looks the winner's index up in the same table (get_rows of I32),
+ *   and gathers the winners, so its backward pass is one scatter (get_rows_back);
+ * - average pooling gathers each window's elements with zeros for padding and sums them (sum_rows, scale). */
+struct gmn_window_idx {
+    int64_t W, H, N, OW, OH;
+    int     k, s, p;
+};
+
+static int64_t gmn_pt_out(int64_t side, int k, int s, int p) {
+    return (side + 2 * p - k) / s + 1;
+}
+
+/* Pixel (x, y, n) of window tap (kx, ky) at output (ox, oy), or -1 in the padding. */
+static int64_t gmn_pt_pixel(const struct gmn_window_idx * w, int64_t ox, int64_t oy, int64_t n, int kx, int ky) {
+    const int64_t ix = ox * w->s - w->p + kx, iy = oy * w->s - w->p + ky;
+    return ix < 0 || iy < 0 || ix >= w->W || iy >= w->H ? -1 : ix + w->W * (iy + w->H * n);
+}
+
+/* An I32 table of n entries, or NULL (consts->error set) when n does not fit the int32 indices get_rows takes. */
+static int32_t * gmn_pt_table(struct gmn_consts * c, int64_t n, int64_t largest, struct ggml_tensor ** t) {
+    void * data = NULL;
+    *t = NULL;
+    if (largest >= INT32_MAX || n >= INT32_MAX) {
+        if (c->error[0] == '\0') {
+            snprintf(c->error, sizeof(c->error), "the portable graph indexes at most 2^31 elements per layer, and this "
+                     "batch needs %lld", (long long) (n > largest ? n : largest));
+        }
+        return NULL;
+    }
+    *t = gmn_consts_new(c, GGML_TYPE_I32, n, &data);
+    return data;
+}
+
+static struct ggml_tensor * gmn_pt_contiguous(struct ggml_context * ctx, struct ggml_tensor * x) {
+    return ggml_is_contiguous(x) ? x : ggml_cont(ctx, x);
+}
+
+/* x with one more row of zeros, [C, rows + 1] (x is [C, rows]); the zeros are a constant, so the gradient
+ * reaches x through set_1d unchanged. */
+static struct ggml_tensor * gmn_pt_zero_row(struct ggml_context * ctx, struct gmn_consts * c, struct ggml_tensor * x2) {
+    void * data = NULL;
+    struct ggml_tensor * z = gmn_consts_new(c, GGML_TYPE_F32, x2->ne[0] * (x2->ne[1] + 1), &data);
+    if (z == NULL) {
+        return x2;
+    }
+    struct ggml_tensor * y = ggml_set_1d(ctx, z, ggml_reshape_1d(ctx, x2, ggml_nelements(x2)), 0);
+    return ggml_reshape_2d(ctx, y, x2->ne[0], x2->ne[1] + 1);
+}
+
+static struct ggml_tensor * gmn_pt_conv(struct ggml_context * ctx, struct gmn_consts * c, struct ggml_tensor * h,
+                                        struct ggml_tensor * kernel, const struct gmn_layer * l) {
+    const int64_t C = h->ne[0];
+    const struct gmn_window_idx w = { h->ne[1], h->ne[2], h->ne[3], gmn_pt_out(h->ne[1], l->k, l->stride, l->pad),
+                                      gmn_pt_out(h->ne[2], l->k, l->stride, l->pad), l->k, l->stride, l->pad };
+    const int64_t KK = (int64_t) l->k * l->k, P = w.OW * w.OH * w.N, rows = w.W * w.H * w.N;
+    struct ggml_tensor * src = ggml_reshape_2d(ctx, gmn_pt_contiguous(ctx, h), C, rows);
+    if (l->pad > 0) {
+        src = gmn_pt_zero_row(ctx, c, src);
+    }
+    struct ggml_tensor * idx;
+    int32_t * t = gmn_pt_table(c, KK * P, rows * C, &idx);
+    if (t == NULL) {
+        return ggml_new_tensor_4d(ctx, GGML_TYPE_F32, l->n_out, w.OW, w.OH, w.N); /* unusable: consts->error says why */
+    }
+    for (int64_t n = 0, p = 0; n < w.N; n++) {
+        for (int64_t oy = 0; oy < w.OH; oy++) {
+            for (int64_t ox = 0; ox < w.OW; ox++, p++) {
+                for (int ky = 0; ky < l->k; ky++) {
+                    for (int kx = 0; kx < l->k; kx++) {
+                        const int64_t px = gmn_pt_pixel(&w, ox, oy, n, kx, ky);
+                        t[p * KK + ky * l->k + kx] = (int32_t) (px < 0 ? rows : px);
+                    }
+                }
+            }
+        }
+    }
+    struct ggml_tensor * cols = ggml_reshape_2d(ctx, ggml_get_rows(ctx, src, idx), C * KK, P);
+    struct ggml_tensor * k2 = kernel; /* [k, k, C, O] as [C, k, k, O]: gathered, so that its gradient is contiguous (a
+                                       * permute's is a strided view, which the optimizer step reads as if it were not) */
+    if (C > 1) {
+        struct ggml_tensor * perm;
+        int32_t * pt = gmn_pt_table(c, C * KK * l->n_out, C * KK * l->n_out, &perm);
+        if (pt != NULL) {
+            for (int64_t o = 0, j = 0; o < l->n_out; o++) {
+                for (int64_t tap = 0; tap < KK; tap++) {
+                    for (int64_t ch = 0; ch < C; ch++, j++) {
+                        pt[j] = (int32_t) (tap + KK * (ch + C * o));
+                    }
+                }
+            }
+            k2 = ggml_get_rows(ctx, ggml_reshape_2d(ctx, kernel, 1, C * KK * l->n_out), perm);
+        }
+    }
+    struct ggml_tensor * y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, k2, C * KK, l->n_out), cols);
+    return ggml_reshape_4d(ctx, y, l->n_out, w.OW, w.OH, w.N);
+}
+
+static struct ggml_tensor * gmn_pt_pool(struct ggml_context * ctx, struct gmn_consts * c, struct ggml_tensor * h,
+                                        const struct gmn_layer * l) {
+    const int64_t C = h->ne[0];
+    const struct gmn_window_idx w = { h->ne[1], h->ne[2], h->ne[3], gmn_pt_out(h->ne[1], l->k, l->stride, l->pad),
+                                      gmn_pt_out(h->ne[2], l->k, l->stride, l->pad), l->k, l->stride, l->pad };
+    const int64_t KK = (int64_t) l->k * l->k, CP = C * w.OW * w.OH * w.N, M = ggml_nelements(h);
+    const int max = l->kind == GMN_LAYER_MAXPOOL2D;
+    struct ggml_tensor * src = ggml_reshape_2d(ctx, gmn_pt_contiguous(ctx, h), 1, M);
+    if (!max && l->pad > 0) {
+        src = gmn_pt_zero_row(ctx, c, src);
+    }
+    struct ggml_tensor * idx;
+    int32_t * t = gmn_pt_table(c, KK * CP, M, &idx);
+    if (t == NULL) {
+        return ggml_new_tensor_4d(ctx, GGML_TYPE_F32, C, w.OW, w.OH, w.N);
+    }
+    for (int64_t n = 0, q = 0; n < w.N; n++) {
+        for (int64_t oy = 0; oy < w.OH; oy++) {
+            for (int64_t ox = 0; ox < w.OW; ox++) {
+                int64_t first = -1; /* a pixel of the window: every window holds one (padding < window) */
+                for (int tap = 0; tap < KK && first < 0; tap++) {
+                    first = gmn_pt_pixel(&w, ox, oy, n, tap % l->k, tap / l->k);
+                }
+                for (int64_t ch = 0; ch < C; ch++, q++) {
+                    for (int tap = 0; tap < KK; tap++) {
+                        const int64_t px = gmn_pt_pixel(&w, ox, oy, n, tap % l->k, tap / l->k);
+                        const int64_t e = px >= 0 ? ch + C * px : (max ? ch + C * first : M);
+                        t[q * KK + tap] = (int32_t) e;
+                    }
+                }
+            }
+        }
+    }
+    struct ggml_tensor * win = ggml_reshape_2d(ctx, ggml_get_rows(ctx, src, idx), KK, CP);
+    struct ggml_tensor * y;
+    if (max) {
+        struct ggml_tensor * tap = ggml_reshape_2d(ctx, ggml_argmax(ctx, win), 1, CP);
+        struct ggml_tensor * at = ggml_get_rows(ctx, ggml_reshape_3d(ctx, idx, 1, KK, CP), tap); /* [1, 1, CP] I32 */
+        y = ggml_get_rows(ctx, src, ggml_reshape_1d(ctx, at, CP));
+    } else {
+        y = ggml_scale(ctx, ggml_sum_rows(ctx, win), 1.0f / (float) KK);
+    }
+    return ggml_reshape_4d(ctx, y, C, w.OW, w.OH, w.N);
+}
+
+
+/* [C, W, H, N] <-> [W, H, C, N] with ggml's permute (its gradient is a permute too) */
+static struct ggml_tensor * gmn_pt_to_cf(struct ggml_context * ctx, struct ggml_tensor * x) {
+    return ggml_cont(ctx, ggml_permute(ctx, x, 2, 0, 1, 3));
+}
+
+static struct ggml_tensor * gmn_pt_to_cl(struct ggml_context * ctx, struct ggml_tensor * x) {
+    return ggml_cont(ctx, ggml_permute(ctx, x, 1, 2, 0, 3));
+}
+
+static struct ggml_tensor * gmn_forward_portable(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,
+                                                 struct ggml_tensor * const * masks, int n_layers, struct gmn_consts * c) {
+    const struct gmn_net * net = &m->net;
+    struct ggml_tensor * h = ggml_reshape_4d(ctx, x, 1, net->image_w, net->image_h, x->ne[1]);
+    int spatial = 1;
+    int pooled = -1;
+    for (int i = 0; i < n_layers; i++) {
+        const struct gmn_layer * l = &net->layers[i];
+        switch (l->kind) {
+            case GMN_LAYER_CONV2D: {
+                h = gmn_pt_conv(ctx, c, h, m->lw[i][0], l);
+                const int pool = gmn_pool_first(net, i);
+                if (pool >= 0 && pool < n_layers) {
+                    h = gmn_pt_pool(ctx, c, h, &net->layers[pool]);
+                    pooled = pool;
+                }
+                /* the bias added to a 2-D view: its gradient is then a repeat_back of a 2-D tensor, which ggml-cuda runs
+                 * for any batch (it takes a 4-D one only while ne2 * ne3 <= 32768) */
+                const int64_t ne[4] = { h->ne[0], h->ne[1], h->ne[2], h->ne[3] };
+                h = ggml_add(ctx, ggml_reshape_2d(ctx, h, ne[0], ne[1] * ne[2] * ne[3]),
+                             ggml_reshape_1d(ctx, m->lw[i][1], l->n_out));
+                h = ggml_reshape_4d(ctx, h, ne[0], ne[1], ne[2], ne[3]);
+                break;
+            }
+            case GMN_LAYER_MAXPOOL2D:
+            case GMN_LAYER_AVGPOOL2D:
+                if (i != pooled) {
+                    h = gmn_pt_pool(ctx, c, h, l);
+                }
+                break;
+            case GMN_LAYER_DENSE:
+                if (spatial) { /* channels-last is the contract's flattening: the weight applies as it is */
+                    h = ggml_reshape_2d(ctx, gmn_pt_contiguous(ctx, h), h->ne[0] * h->ne[1] * h->ne[2], h->ne[3]);
+                }
+                h = gmn_dense(ctx, h, m->lw[i][0], m->lw[i][1], 0);
+                spatial = 0;
+                break;
+            case GMN_LAYER_DROPOUT:
+                if (masks != NULL && masks[i] != NULL) { /* masks are channels-first, as gmn_model_dropout_mask reports */
+                    h = ggml_mul(ctx, h, spatial ? gmn_pt_to_cl(ctx, masks[i]) : masks[i]);
+                }
+                break;
+            default:
+                h = gmn_activation(ctx, h, l->kind);
+                break;
+        }
+    }
+    return spatial ? gmn_pt_to_cf(ctx, h) : h;
+}
+
 struct ggml_tensor * gmn_forward_layers(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,
-                                        struct ggml_tensor * const * masks, int n_layers) {
-    if (gmn_forward_is_cl(m)) {
+                                        struct ggml_tensor * const * masks, int n_layers, struct gmn_consts * consts) {
+    if (m->plan.graph == GMN_GRAPH_CPU) {
         return gmn_forward_cl(m, ctx, x, masks, n_layers);
+    }
+    for (int i = 0; i < m->net.n_layers && consts != NULL; i++) {
+        if (m->net.layers[i].kind == GMN_LAYER_CONV2D && m->lw[i][0]->type != GGML_TYPE_F32) {
+            consts = NULL; /* quantised kernels (prediction only): ggml's im2col and pool_2d run forward anywhere */
+        }
+    }
+    if (consts != NULL) {
+        return gmn_forward_portable(m, ctx, x, masks, n_layers, consts);
     }
     const struct gmn_net * net = &m->net;
     struct ggml_tensor * h = ggml_reshape_4d(ctx, x, net->image_w, net->image_h, 1, x->ne[1]);

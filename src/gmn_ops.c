@@ -8,7 +8,6 @@
  * A window (kernel or pool) is packed into the op's userdata as k | stride << 8 | pad << 16 | extra << 24, so
  * that no pointer to memory outliving the graph is needed. */
 #include "gmn_internal.h"
-#include "ggml-cpu.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -356,10 +355,6 @@ struct ggml_tensor * gmn_cl_pad(struct ggml_context * ctx, struct ggml_tensor * 
 
 struct ggml_tensor * gmn_cl_first_outputs(struct ggml_context * ctx, struct ggml_tensor * y, int64_t n) {
     return ggml_cont(ctx, ggml_view_2d(ctx, y, n, y->ne[1], y->nb[1], 0));
-}
-
-int64_t gmn_sgemm_outputs(int64_t n, int ggml_runs) {
-    return ggml_runs && ggml_cpu_has_llamafile() && n % 4 != 0 ? (n + 3) / 4 * 4 : n;
 }
 
 /* The im2col columns of x [C, W, H, N] gathered with get_rows: [C*(k*k + extra), OW*OH*N], the last C*extra rows
@@ -1098,13 +1093,16 @@ static void gmn_op_acc_front(struct ggml_tensor * dst, int ith, int nth, void * 
     }
 }
 
-void gmn_cpu_kernels_init(struct ggml_context * ctx, struct gmn_cpu_kernels * k) {
-    k->outer         = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_outer, GGML_N_TASKS_MAX, NULL);
-    k->matmul        = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_matmul, GGML_N_TASKS_MAX, NULL);
-    k->get_rows      = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_get_rows, GGML_N_TASKS_MAX, NULL);
-    k->get_rows_back = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_get_rows_back, GGML_N_TASKS_MAX, NULL);
-    k->sum_rows_into = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_sum_rows_into, GGML_N_TASKS_MAX, NULL);
-    k->acc_front     = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, gmn_op_acc_front, GGML_N_TASKS_MAX, NULL);
+void gmn_cpu_kernels_init(struct ggml_context * ctx, struct gmn_cpu_kernels * k, int64_t * taken) {
+    static const ggml_custom_op_t fn[GMN_KERNEL_COUNT] = {
+        [GMN_KERNEL_OUTER] = gmn_op_outer, [GMN_KERNEL_MATMUL] = gmn_op_matmul, [GMN_KERNEL_GET_ROWS] = gmn_op_get_rows,
+        [GMN_KERNEL_GET_ROWS_BACK] = gmn_op_get_rows_back, [GMN_KERNEL_SUM_ROWS_INTO] = gmn_op_sum_rows_into,
+        [GMN_KERNEL_ACC_FRONT] = gmn_op_acc_front,
+    };
+    for (int i = 0; i < GMN_KERNEL_COUNT; i++) {
+        k->tmpl[i] = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, fn[i], GGML_N_TASKS_MAX, NULL);
+    }
+    k->taken = taken;
 }
 
 static int gmn_f32(const struct ggml_tensor * t) {
@@ -1120,9 +1118,10 @@ static int gmn_f32_rows(const struct ggml_tensor * t) {
     return gmn_f32(t) && t->nb[0] == sizeof(float) && t->ne[2] == 1 && t->ne[3] == 1 && t->nb[1] % sizeof(float) == 0;
 }
 
-static int gmn_adopt(struct ggml_tensor * t, const struct ggml_tensor * tmpl) {
-    memcpy(t->op_params, tmpl->op_params, sizeof(t->op_params));
+static int gmn_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels * k, int kernel) {
+    memcpy(t->op_params, k->tmpl[kernel]->op_params, sizeof(t->op_params));
     t->op = GGML_OP_CUSTOM;
+    k->taken[kernel]++;
     return 1;
 }
 
@@ -1139,31 +1138,31 @@ int gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels *
                 t->nb[1] % sizeof(float) != 0 || a->ne[1] != b->ne[1] || t->ne[0] != a->ne[0] || t->ne[1] != b->ne[0]) {
                 return 0;
             }
-            return gmn_adopt(t, k->outer);
+            return gmn_adopt(t, k, GMN_KERNEL_OUTER);
         case GGML_OP_MUL_MAT:
             if (!gmn_f32_rows(a) || !gmn_f32_rows(b) || !gmn_f32_rows(t) || a->ne[0] != b->ne[0] || a->ne[0] == 0 ||
                 t->ne[0] != a->ne[1] || t->ne[1] != b->ne[1] || t->ne[1] < GMN_MM_MIN_N) {
                 return 0;
             }
-            return gmn_adopt(t, k->matmul);
+            return gmn_adopt(t, k, GMN_KERNEL_MATMUL);
         case GGML_OP_GET_ROWS:
             if (!gmn_f32_rows(a) || !gmn_plain_vector_i32(b) || !gmn_f32(t) || !ggml_is_contiguous(t) ||
                 t->ne[0] != a->ne[0] || t->ne[1] != b->ne[0] || ggml_nelements(t) != t->ne[0] * t->ne[1]) {
                 return 0;
             }
-            return gmn_adopt(t, k->get_rows);
+            return gmn_adopt(t, k, GMN_KERNEL_GET_ROWS);
         case GGML_OP_GET_ROWS_BACK:
             if (!gmn_f32_rows(a) || !gmn_plain_vector_i32(b) || !gmn_f32(t) || !ggml_is_contiguous(t) ||
                 t->ne[0] != a->ne[0] || a->ne[1] != b->ne[0] || ggml_nelements(t) != t->ne[0] * t->ne[1]) {
                 return 0;
             }
-            return gmn_adopt(t, k->get_rows_back);
+            return gmn_adopt(t, k, GMN_KERNEL_GET_ROWS_BACK);
         case GGML_OP_REPEAT_BACK:
             if (!gmn_f32(a) || !gmn_f32(t) || !ggml_is_contiguous(a) || !ggml_is_contiguous(t) ||
                 ggml_nelements(t) != t->ne[0] || a->ne[0] != t->ne[0] || t->ne[0] == 0) {
                 return 0;
             }
-            return gmn_adopt(t, k->sum_rows_into);
+            return gmn_adopt(t, k, GMN_KERNEL_SUM_ROWS_INTO);
         case GGML_OP_ACC: {
             const int32_t * p = (const int32_t *) t->op_params; /* nb1, nb2, nb3, offset, inplace */
             if (!gmn_f32(a) || !gmn_f32(b) || !gmn_f32(t) || !ggml_is_contiguous(a) || !ggml_is_contiguous(b) ||
@@ -1182,7 +1181,7 @@ int gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels *
                 return 0;
             }
             const int32_t row_stride = p[0]; /* read before the custom op's parameters overwrite it */
-            gmn_adopt(t, k->acc_front);
+            gmn_adopt(t, k, GMN_KERNEL_ACC_FRONT);
             t->op_params[GMN_ACC_STRIDE_PARAM] = row_stride;
             return 1;
         }
@@ -1193,15 +1192,13 @@ int gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels *
 
 /* Average pooling (zeros in the padding count, as in ggml's pool_2d) of a channels-last x: the window's pixels
  * gathered as im2col columns, times a constant [C*k*k, C] averaging matrix; its backward pass is a matrix
- * product and a scatter, all multi-threaded, with no layout change. Where ggml runs the product (see
- * gmn_ggml_runs_product), llamafile's sgemm takes only products with a multiple of 4 outputs (ggml's dot
- * product runs the rest one output at a time), so the matrix has zero columns up to one (gmn_sgemm_outputs)
- * and the pooled map is the first C channels of the product. */
+ * product and a scatter, all multi-threaded, with no layout change. The matrix has as many columns as the plan
+ * wants a product's outputs padded to (gmn_plan_outputs), and the pooled map is the first C channels of it. */
 struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad,
-                                    int n_accel) {
+                                    const struct gmn_plan * plan) {
     const struct gmn_window w = { k, stride, pad, 0 };
     const int64_t C = x->ne[0], OW = gmn_out_side(x->ne[1], w), OH = gmn_out_side(x->ne[2], w), N = x->ne[3];
-    const int64_t CP = gmn_sgemm_outputs(C, gmn_ggml_runs_product(n_accel, OW * OH * N));
+    const int64_t CP = gmn_plan_outputs(plan, C, OW * OH * N);
     struct ggml_tensor * cols = grad ? gmn_cl_gather_cols(ctx, x, k, stride, pad, 0) : gmn_cl_im2col(ctx, x, k, stride, pad, C * k * k);
     struct ggml_tensor * avg = ggml_custom_4d(ctx, GGML_TYPE_F32, C * k * k, CP, 1, 1, NULL, 0, gmn_op_avg_matrix, GGML_N_TASKS_MAX,
                                               (void *) (intptr_t) C);

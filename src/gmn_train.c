@@ -14,7 +14,9 @@ struct gmn_train_state {
     ggml_backend_sched_t    sched;
     struct gmn_opt_tracker * tracker;    /* optimizer state tracking for exact resume (gmn_optstate.c), or NULL */
     ggml_backend_sched_eval_callback tracker_cb;
-    struct gmn_cpu_kernels  kernels;     /* the shim's kernels for some of ggml's ops (CPU training graph; outer NULL: none) */
+    struct gmn_cpu_kernels  kernels;     /* the shim's kernels for some of ggml's ops (the plan's kernels; else unused) */
+    int                     use_kernels;
+    struct gmn_consts       consts;      /* the portable graph's index tables */
     struct ggml_context   * ctx_in;      /* the statically allocated input tensor */
     ggml_backend_buffer_t   buf_in;
     struct ggml_tensor    * inputs;
@@ -99,6 +101,7 @@ void gmn_train_state_free(struct gmn_train_state * st) {
     ggml_opt_free(st->opt);
     gmn_opt_tracker_free(st->tracker);
     ggml_free(st->ctx_compute);
+    gmn_consts_free(&st->consts);
     if (st->buf_in) {
         ggml_backend_buffer_free(st->buf_in);
     }
@@ -185,7 +188,7 @@ static float gmn_schedule_lr(const struct gmn_train_config * c, int64_t step) {
  * optimizer-state tracker, if any. */
 static bool gmn_train_eval_cb(struct ggml_tensor * t, bool ask, void * ud) {
     struct gmn_train_state * st = ud;
-    if (ask && st->kernels.outer != NULL) {
+    if (ask && st->use_kernels) {
         gmn_cpu_kernels_adopt(t, &st->kernels);
     }
     return st->tracker_cb != NULL ? st->tracker_cb(t, ask, st->tracker) : false;
@@ -295,9 +298,18 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     for (int i = 0; i < m->n_w; i++) {
         ggml_set_param(m->w[i]);
     }
-    struct ggml_tensor * logits = gmn_forward(m, st->ctx_compute, st->inputs, st->masks);
+    rc = gmn_consts_init(&st->consts);
+    struct ggml_tensor * logits = rc == GMN_OK ? gmn_forward(m, st->ctx_compute, st->inputs, st->masks, &st->consts) : NULL;
     /* forward activations, their gradients and the backward temporaries: at most about 3x the forward */
-    rc = gmn_check_graph_memory(m->dev, logits, 3.0, "train_init", B);
+    if (rc == GMN_OK) {
+        rc = gmn_check_graph_memory(m->dev, logits, 3.0, "train_init", B);
+    }
+    if (rc == GMN_OK) {
+        rc = gmn_consts_upload(&st->consts, m->backend, "train_init");
+    }
+    if (rc == GMN_OK) {
+        rc = gmn_plan_training_ops(m, B, config->optimizer);
+    }
     if (rc != GMN_OK) {
         gmn_train_state_free(st);
         return rc;
@@ -313,8 +325,9 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     op.optimizer       = config->optimizer == GMN_OPT_SGD ? GGML_OPT_OPTIMIZER_TYPE_SGD : GGML_OPT_OPTIMIZER_TYPE_ADAMW;
     st->opt    = ggml_opt_init(op);
     st->result = ggml_opt_result_init();
-    if (gmn_forward_is_cl(m) && m->n_accel == 0) {
-        gmn_cpu_kernels_init(st->ctx_compute, &st->kernels);
+    if (m->plan.kernels) {
+        gmn_cpu_kernels_init(st->ctx_compute, &st->kernels, m->plan.train_taken);
+        st->use_kernels = 1;
         ggml_backend_sched_set_eval_callback(st->sched, gmn_train_eval_cb, st);
     }
     if (st->opt == NULL || st->result == NULL) {

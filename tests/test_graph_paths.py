@@ -1,6 +1,6 @@
-"""The two forward graphs: the CPU's channels-last graph with the shim's own ops (the default on the CPU) and
-the all-ggml channels-first graph that every other backend runs (GGML_MNIST_GRAPH=classic). They must compute
-the same predictions and the same gradients for every layer kind, and each must be bit-reproducible."""
+"""The two graph forms: the CPU's channels-last graph with the shim's own ops (graph="cpu", the default on the CPU)
+and the portable graph of ggml's ops that every other backend runs (graph="portable"). They must compute the same
+predictions and the same gradients for every layer kind, and each must be bit-reproducible."""
 
 from __future__ import annotations
 
@@ -29,60 +29,47 @@ def images(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, *size), dtype=np.uint8)
 
 
-def step(monkeypatch: pytest.MonkeyPatch, graph: str | None, arch, size, x, y, optimizer: str = "sgd") -> Model:
-    if graph is None:
-        monkeypatch.delenv("GGML_MNIST_GRAPH", raising=False)
-    else:
-        monkeypatch.setenv("GGML_MNIST_GRAPH", graph)
+def step(graph: str, arch, size, x, y, optimizer: str = "sgd") -> Model:
     model, _ = train(x, y, arch=arch, n_classes=4, epochs=2, batch_size=len(x) // 2, optimizer=optimizer,
-                     lr=0.05, lr_schedule="constant", weight_decay=0.0, seed=5, threads=THREADS, progress=False, augment="none")
+                     lr=0.05, lr_schedule="constant", weight_decay=0.0, seed=5, threads=THREADS, progress=False,
+                     augment="none", graph=graph)
+    assert model.plan["graph"] == graph
     return model
 
 
 @pytest.mark.parametrize("case", list(NETS))
-def test_both_graphs_predict_and_train_alike(monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+def test_both_graphs_predict_and_train_alike(case: str) -> None:
     arch, size = NETS[case]
     x = images(12, size, seed=1)
     y = np.random.default_rng(2).integers(0, 4, size=len(x))
-    for name in ("classic", None):
-        if name:
-            monkeypatch.setenv("GGML_MNIST_GRAPH", name)
-        else:
-            monkeypatch.delenv("GGML_MNIST_GRAPH")
-        probs = Model.create(arch, n_classes=4, image_size=size, seed=7, threads=THREADS).predict_proba(x)
-        if name:
-            classic = probs
-    np.testing.assert_allclose(probs, classic, rtol=1e-5, atol=1e-6)
+    probs = {graph: Model.create(arch, n_classes=4, image_size=size, seed=7, threads=THREADS, graph=graph).predict_proba(x)
+             for graph in ("portable", "cpu")}
+    np.testing.assert_allclose(probs["cpu"], probs["portable"], rtol=1e-5, atol=1e-6)
     # two epochs of two SGD steps: the weights after four gradient steps agree to float rounding
-    a = step(monkeypatch, "classic", arch, size, x, y).get_weights()
-    b = step(monkeypatch, None, arch, size, x, y).get_weights()
+    a = step("portable", arch, size, x, y).get_weights()
+    b = step("cpu", arch, size, x, y).get_weights()
     assert a.keys() == b.keys()
     for k in a:
         assert not np.array_equal(a[k], Model.create(arch, n_classes=4, image_size=size, seed=5).get_weights()[k]), k
         np.testing.assert_allclose(b[k], a[k], rtol=2e-4, atol=2e-6, err_msg=k)
 
 
-@pytest.mark.parametrize("graph", ["classic", None])
-def test_each_graph_is_bit_reproducible(monkeypatch: pytest.MonkeyPatch, graph: str | None) -> None:
+@pytest.mark.parametrize("graph", ["portable", "cpu"])
+def test_each_graph_is_bit_reproducible(graph: str) -> None:
     arch, size = NETS["pool first with tanh, overlapping pools"]
     x = images(16, size, seed=3)
     y = np.random.default_rng(4).integers(0, 4, size=len(x))
-    a = step(monkeypatch, graph, arch, size, x, y, optimizer="adamw").get_weights()
-    b = step(monkeypatch, graph, arch, size, x, y, optimizer="adamw").get_weights()
+    a = step(graph, arch, size, x, y, optimizer="adamw").get_weights()
+    b = step(graph, arch, size, x, y, optimizer="adamw").get_weights()
     for k in a:
         assert np.array_equal(a[k], b[k]), k
 
 
-def test_layer_activations_are_channels_first_on_both_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_layer_activations_are_channels_first_on_both_graphs() -> None:
     image = images(1, (28, 28), seed=5)[0]
-    out = {}
-    for name in ("classic", "default"):
-        if name == "classic":
-            monkeypatch.setenv("GGML_MNIST_GRAPH", name)
-        else:
-            monkeypatch.delenv("GGML_MNIST_GRAPH")
-        out[name] = Model.create("cnn", seed=3, threads=THREADS).activations(image)
-    assert [a.shape for a in out["default"]] == [(8, 28, 28), (8, 28, 28), (8, 14, 14), (16, 14, 14), (16, 14, 14),
-                                                 (16, 7, 7), (10,)]
-    for layer, (a, b) in enumerate(zip(out["classic"], out["default"])):
+    out = {graph: Model.create("cnn", seed=3, threads=THREADS, graph=graph).activations(image)
+           for graph in ("portable", "cpu")}
+    assert [a.shape for a in out["cpu"]] == [(8, 28, 28), (8, 28, 28), (8, 14, 14), (16, 14, 14), (16, 14, 14),
+                                             (16, 7, 7), (10,)]
+    for layer, (a, b) in enumerate(zip(out["portable"], out["cpu"])):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=str(layer))

@@ -97,9 +97,9 @@ class EvalResult:
         return {k: getattr(self, k) for k in ("n", "loss", "loss_unc", "accuracy", "accuracy_unc", "seconds", "images_per_second")}
 
 
-def load(path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0) -> Model:
+def load(path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0, graph: str = "auto") -> Model:
     """Load a GGUF model (ours or ggml's mnist example's). See :meth:`Model.load`."""
-    return Model.load(path, device=device, threads=threads)
+    return Model.load(path, device=device, threads=threads, graph=graph)
 
 
 def _check_data_dir(data_dir: Any) -> None:
@@ -208,10 +208,11 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
             model = model.dequantize()
         base = config if config is not None else TrainConfig.defaults(arch)
         return model, base.replace(**{**options, "arch": arch}), []
-    changed = sorted(k for k, v in options.items() if v is not None and k not in ("epochs", "arch", "device", "threads"))
+    changed = sorted(k for k, v in options.items()
+                     if v is not None and k not in ("epochs", "arch", "device", "threads", "graph"))
     if config is not None or changed:
-        raise ConfigError(f"resume continues the saved run's recipe; only epochs (the new total), device and threads "
-                          f"may be given, not {', '.join(changed) or 'config'}")
+        raise ConfigError(f"resume continues the saved run's recipe; only epochs (the new total), device, graph and "
+                          f"threads may be given, not {', '.join(changed) or 'config'}")
     try:
         base = TrainConfig().replace(**{k: v for k, v in saved.items() if k in _CONFIG_FIELDS})
     except (ConfigError, TypeError, ValueError) as exc:
@@ -219,7 +220,7 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
     keep = {f.name for f in dataclasses.fields(EpochStats)}
     history = [EpochStats(**{k: v for k, v in h.items() if k in keep}) for h in model.metadata.get("history", [])
                if isinstance(h, dict) and keep - {"lr", "interrupted"} <= set(h)]
-    return model, base.replace(**{k: options.get(k) for k in ("epochs", "device", "threads")}), history
+    return model, base.replace(**{k: options.get(k) for k in ("epochs", "device", "threads", "graph")}), history
 
 
 def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
@@ -318,7 +319,8 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
 
     model = start_model or Model.create(cfg.arch, n_classes=n_classes, image_size=(h, w), hidden=cfg.hidden,
                                         conv_channels=cfg.conv_channels, device=cfg.device, threads=cfg.threads,
-                                        seed=cfg.seed)
+                                        seed=cfg.seed, graph=cfg.graph)
+    model.set_graph(cfg.graph)
     dataset_handle = _native_dataset(images.reshape(len(images), h * w), labels, n_classes)
     _ffi.check(model.call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", dict(
         optimizer=0 if cfg.optimizer == "adamw" else 1, lr=cfg.lr, lr_min_ratio=cfg.lr_min_ratio,

@@ -16,7 +16,7 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from . import api, download
 from .augment import LEVELS, PARAMETERS, for_dataset
-from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, OPTIMIZERS, SCHEDULES, TrainConfig
+from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, GRAPHS, OPTIMIZERS, SCHEDULES, TrainConfig
 from .data import read_idx_header, split_files
 from .errors import ConfigError, GgmlMnistError, GgmlMnistWarning
 from .datasets import DATASETS, dataset_info, preparation
@@ -250,6 +250,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="weight init and shuffle seed (bit-identical reruns); " + _default("seed"))
     p.add_argument("--device", help=f"auto, cpu or a ggml device name such as CUDA0 (default: {DEFAULT_DEVICE})")
     p.add_argument("--threads", type=int, help="CPU threads, 0 = all available cores; " + _default("threads"))
+    _add_graph(p)
     p.add_argument("--hidden", type=int, help="units of the network's first hidden dense layer (default: the preset's)")
     p.add_argument("--conv-channels", type=int, nargs="+", metavar="C",
                    help="output channels of the network's convolutions, in order (default: the preset's)")
@@ -262,6 +263,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per epoch and a final one on stdout")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
     return _add_version(p)
+
+
+def _add_graph(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--graph", choices=GRAPHS,
+                   help="graph form: cpu (channels-last, the shim's CPU kernels), portable (ggml's ops only, which GPU "
+                        "backends run forward and backward) or auto (cpu on the CPU, else portable; default)")
 
 
 def _positionals(args: argparse.Namespace) -> tuple[Any, str, list[str]]:
@@ -326,7 +333,8 @@ def _train(args: argparse.Namespace) -> int:
     inputs = [p for p in (images, labels, start, args.arch_file, args.val_images, args.val_labels) if p is not None]
     check_output(args.output, inputs, force=args.force, what="OUT")
     if start is not None:
-        start_model = api.load(start, device=device or args.device or DEFAULT_DEVICE, threads=args.threads or 0)
+        start_model = api.load(start, device=device or args.device or DEFAULT_DEVICE, threads=args.threads or 0,
+                               graph=args.graph or "auto")
         arch = arch if arch is not None else (start_model.arch if start_model.arch != "custom" else start_model.layers)
     if start_model is not None:
         args.dataset = _eval_dataset(start_model, args.dataset)
@@ -339,6 +347,7 @@ def _train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,
         warmup_epochs=args.warmup_epochs, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
         weight_decay=args.weight_decay, val_split=args.val_split, seed=args.seed, device=device or args.device,
+        graph=args.graph,
         threads=args.threads, hidden=args.hidden, conv_channels=args.conv_channels, augment=_augment_arg(args.augment))
     if args.resume:
         config = None  # train() refuses every option but epochs, device and threads, as for the API
@@ -434,6 +443,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet")
     p.add_argument("--device", help=f"auto, cpu or a ggml device name such as CUDA0 (default: {DEFAULT_DEVICE})")
     p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all available cores (default: 0)")
+    _add_graph(p)
     p.add_argument("--batch-size", type=int, default=EVAL_CHUNK, help=f"images per native call (default: {EVAL_CHUNK})")
     p.add_argument("--info", action="store_true", help="print the model's architecture, shapes and training metadata, then exit")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
@@ -445,7 +455,7 @@ def _info(model: Any, as_json: bool) -> int:
     info = {"architecture": model.architecture, "arch": model.arch, "layers": [x.to_dict() for x in model.layers],
             "n_params": model.n_params, "n_classes": model.n_classes, "image_size": list(model.image_size),
             "device": model.device, "tensors": {k: list(v) for k, v in model.tensor_shapes().items()},
-            "metadata": model.metadata}
+            "metadata": model.metadata, "plan": model.plan}
     if as_json:
         print(json.dumps(info))
         return 0
@@ -456,6 +466,10 @@ def _info(model: Any, as_json: bool) -> int:
         print("class names: " + ", ".join(f"{i} {printable(str(name))}" for i, name in enumerate(names)))
     for line in summary_lines(model.layers, model.n_classes, model.image_size):
         print(line)
+    plan = info["plan"]
+    kernels = ", ".join(f"{name} {n}" for name, n in plan["kernels"].items()) or f"off ({plan['kernels_off']})"
+    print(f"plan: graph {plan['graph']} on {plan['device']}; shim kernels: {kernels}")
+    print(f"  prediction graph ops: {' '.join(plan['ops'])}")
     print("tensors (numpy shapes, i.e. ggml's ne reversed):")
     for name, shape in info["tensors"].items():
         print(f"  {name:14s} {shape}")
@@ -481,7 +495,8 @@ def _eval(args: argparse.Namespace) -> int:
     check_model_argument(args.model, "mnist-eval MODEL.gguf [IMAGES LABELS] [DEVICE]")
     images, labels, device = _data_args(args.rest, "mnist-eval")
     _check_pair_order(images, labels)
-    model = api.load(args.model, device=device or args.device or DEFAULT_DEVICE, threads=args.threads)
+    model = api.load(args.model, device=device or args.device or DEFAULT_DEVICE, threads=args.threads,
+                     graph=args.graph or "auto")
     if args.info:
         return _info(model, args.json)
     data_dir = None

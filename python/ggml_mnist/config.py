@@ -17,6 +17,9 @@ from .layers import Layer, Sequential, canonical_preset, layer_from_dict
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant")
+#: Graph forms: "auto" (the CPU graph on the CPU, else the portable one), "cpu" (channels-last with the shim's CPU
+#: kernels) and "portable" (ggml's ops only, which every backend runs forward and backward).
+GRAPHS = ("auto", "cpu", "portable")
 DEFAULT_DATA_DIR = "data"
 DEFAULT_DEVICE = "auto"
 MAX_EPOCHS = 1_000_000
@@ -48,6 +51,7 @@ class TrainConfig:
     val_split: float = 0.0
     seed: int = 42
     device: str = DEFAULT_DEVICE
+    graph: str = "auto"  # one of GRAPHS
     threads: int = 0  # 0: every core this process may run on
     hidden: Optional[int] = None
     conv_channels: Optional[tuple[int, ...]] = None
@@ -131,6 +135,7 @@ class TrainConfig:
         _require(1 <= self.physical <= self.batch_size and self.batch_size % self.physical == 0,
                  f"physical_batch_size {self.physical!r} must divide batch_size {self.batch_size} (e.g. {self.batch_size} or {max(1, self.batch_size // 2)})")
         _require(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _require(self.graph in GRAPHS, f"graph must be one of {', '.join(GRAPHS)}, got {self.graph!r}")
         _require(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
         _require(_finite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr!r}")
         _require(_as_f32(self.lr) > 0, f"lr {self.lr!r} is 0 as the 32-bit float the optimizer uses; give at least 1e-30")

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _ffi, labels, reading
 from ._ffi import ffi, lib
-from .config import DEFAULT_DEVICE, EVAL_CHUNK, check_batch_size
+from .config import DEFAULT_DEVICE, EVAL_CHUNK, GRAPHS, check_batch_size
 from .data import validate_images
 from .errors import ConfigError, DataError, DataFileNotFoundError, ImageError, ModelIOError
 from .imaging import SIZE, ImageLike
@@ -89,17 +89,19 @@ class Model:
         self.metadata: dict[str, Any] = {}
         self.path: Optional[str] = None  # the file the model was loaded from
         self._threads = threads
+        self._graph = "auto"
         return self
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def create(cls, arch: ArchLike = "cnn", *, n_classes: int = 10, image_size: Sequence[int] = (28, 28),
                hidden: Optional[int] = None, conv_channels: Optional[Sequence[int]] = None, device: str = DEFAULT_DEVICE,
-               threads: int = 0, seed: int = 42) -> "Model":
+               threads: int = 0, seed: int = 42, graph: str = "auto") -> "Model":
         """Return a freshly initialised model (PyTorch-style uniform init drawn from ``seed``).
 
         ``arch`` is a preset name (see :func:`ggml_mnist.presets`) or a list of layers; ``hidden`` and
-        ``conv_channels`` edit the preset's first hidden dense layer and its convolutions.
+        ``conv_channels`` edit the preset's first hidden dense layer and its convolutions; ``graph`` is the
+        graph form (see :meth:`set_graph`).
         Raises ConfigError for an impossible network and DeviceError for an unknown device.
         """
         if isinstance(seed, bool) or not (isinstance(seed, numbers.Integral) and 0 <= int(seed) < 2**64):
@@ -111,11 +113,13 @@ class Model:
         out = ffi.new("gmn_model **")
         with _CREATING:
             _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device, "device"), as_int(threads, "threads"), seed, out))
-            return cls._own(out[0], threads)
+            model = cls._own(out[0], threads)
+        model.set_graph(graph)
+        return model
 
     @classmethod
-    def load(cls, path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0) -> "Model":
-        """Load a GGUF model written by ggml-mnist or by ggml's mnist example.
+    def load(cls, path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0, graph: str = "auto") -> "Model":
+        """Load a GGUF model written by ggml-mnist or by ggml's mnist example, to run in graph form ``graph``.
 
         Raises DataFileNotFoundError if the file is missing, ModelFormatError if it is not a valid model.
         """
@@ -130,6 +134,7 @@ class Model:
             model = cls._own(out[0], threads)
         model.metadata = _decode_metadata(model._native_metadata())
         model.path = path
+        model.set_graph(graph)
         return model
 
     # -- properties ---------------------------------------------------------------------------
@@ -147,6 +152,29 @@ class Model:
         """
         with self._lock:
             return fn(self.handle, *args)
+
+    def set_graph(self, graph: str) -> None:
+        """Choose the graph form: "auto" (the default: "cpu" on the CPU device, else "portable"), "cpu" (channels-last,
+        with the shim's own CPU kernels) or "portable" (ggml's ops only, which GPU backends run forward and
+        backward). Raises ConfigError for another name, for "cpu" on another device, or during training."""
+        if graph not in GRAPHS:
+            raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
+        _ffi.check(self.call_native(lib.gmn_model_set_graph, getattr(lib, f"GMN_GRAPH_{graph.upper()}")),
+                   invalid=ConfigError)
+        self._graph = graph
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        """The backend plan: ``graph`` ("cpu" or "portable"), ``device``, ``ops`` (the ggml ops of the training graph
+        once trained, else of the prediction graph), ``kernels`` (per shim kernel, the nodes it took in that graph;
+        empty when the kernels are off, ``kernels_off`` then says why), ``accel_products`` and ``llamafile``."""
+        info = ffi.new("struct gmn_plan_info *")
+        _ffi.check(self.call_native(lib.gmn_model_plan, info))
+        kernels = {ffi.string(lib.gmn_kernel_name(k)).decode(): int(info.taken[k]) for k in range(lib.GMN_KERNEL_COUNT)}
+        why = ffi.string(info.why_no_kernels).decode()
+        return {"graph": "cpu" if info.graph == lib.GMN_GRAPH_CPU else "portable", "device": self.device,
+                "ops": ffi.string(info.ops).decode().split(), "kernels": kernels if info.kernels else {},
+                "kernels_off": why or None, "accel_products": bool(info.accel_products), "llamafile": bool(info.llamafile)}
 
     @property
     def device(self) -> str:
@@ -449,7 +477,9 @@ class Model:
 
     def copy(self) -> "Model":
         """An independent copy: same network, weights and metadata, on the same device (no optimizer state)."""
-        return Model.from_bytes(self.to_bytes(), device=self.device, threads=self._threads)
+        model = Model.from_bytes(self.to_bytes(), device=self.device, threads=self._threads)
+        model.set_graph(self._graph)
+        return model
 
     def __copy__(self) -> "Model":
         return self.copy()
