@@ -12,6 +12,7 @@ from .api import EpochStats, EvalResult, evaluate, export_gguf, load, train
 from .config import TrainConfig
 from .data import load_idx_pair, load_mnist, read_idx, write_idx
 from .download import download_dataset, verify_dataset
+from .ensemble import Ensemble
 from .errors import (
     CheckpointWarning,
     ChecksumError,
@@ -67,6 +68,7 @@ def devices() -> list[Device]:
 __all__ = [
     "__version__", "ggml_version", "build_info", "Device", "devices", "set_verbose",
     "train", "evaluate", "load", "export_gguf", "Model", "TrainConfig", "EpochStats", "EvalResult",
+    "Ensemble",
     "prepare_image", "Prediction", "Digit", "DigitReading",
     "layers", "Sequential", "presets", "load_layers", "augment_images", "plot",
     "TensorStorage", "weight_types",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, GRAPHS, OPTIMI
 from .data import read_idx_header, split_files
 from .errors import ConfigError, GgmlMnistError, GgmlMnistWarning
 from .datasets import DATASETS, dataset_info, preparation
+from .ensemble import Ensemble
 from .layers import canonical_preset, load_layers, preset_names, resolve_layers
 from .model import check_net, summary_lines
 from .outputs import FOREIGN_KINDS, check_distinct, check_output, describe
@@ -432,10 +434,12 @@ def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mnist-eval",
         description="Evaluate a GGUF model (ours or ggml's mnist example's) on labelled IDX images: "
-                    "MODEL.gguf [IMAGES LABELS] [DEVICE].")
+                    "MODEL.gguf [MORE.gguf ...] [IMAGES LABELS] [DEVICE]; several models are evaluated as one "
+                    "ensemble that averages their probabilities.")
     p.add_argument("model", metavar="MODEL.gguf")
-    p.add_argument("rest", nargs="*", metavar="[IMAGES LABELS] [DEVICE]",
-                   help="test IDX files (raw or .gz) and/or a device; without files the test split in --data-dir")
+    p.add_argument("rest", nargs="*", metavar="[MORE.gguf ...] [IMAGES LABELS] [DEVICE]",
+                   help="more models (an ensemble), test IDX files (raw or .gz) and/or a device; without files the test "
+                        "split in --data-dir")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
     p.add_argument("--dataset", choices=list(DATASETS),
@@ -493,10 +497,16 @@ def _history_line(entry: Any) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     check_model_argument(args.model, "mnist-eval MODEL.gguf [IMAGES LABELS] [DEVICE]")
+    models = [args.model]
+    while args.rest and (args.rest[0].lower().endswith(".gguf") or
+                         os.path.isfile(args.rest[0]) and describe(args.rest[0]) == "a GGUF model file"):
+        models.append(args.rest.pop(0))  # more models: the files that are GGUF by their first bytes or their name
     images, labels, device = _data_args(args.rest, "mnist-eval")
     _check_pair_order(images, labels)
-    model = api.load(args.model, device=device or args.device or DEFAULT_DEVICE, threads=args.threads,
-                     graph=args.graph or "auto")
+    where = dict(device=device or args.device or DEFAULT_DEVICE, threads=args.threads, graph=args.graph or "auto")
+    if len(models) > 1 and args.info:
+        raise ConfigError(f"--info describes one model; run it once per file ({len(models)} were given)")
+    model = api.load(args.model, **where) if len(models) == 1 else Ensemble(models, **where)
     if args.info:
         return _info(model, args.json)
     data_dir = None
@@ -504,10 +514,11 @@ def _eval(args: argparse.Namespace) -> int:
     if images is None:
         dataset = _eval_dataset(model, args.dataset)
         data_dir = _dataset_dir(args.data_dir, dataset, "test", args.download)
-    r = api.evaluate(model, images, labels, data_dir=data_dir, dataset=dataset, batch_size=args.batch_size,
-                     keep_probabilities=False)
+    r = (model.evaluate if len(models) > 1 else functools.partial(api.evaluate, model))(
+        images, labels, data_dir=data_dir, dataset=dataset, batch_size=args.batch_size, keep_probabilities=False)
     if args.json:
-        print(json.dumps({"model": args.model, "architecture": model.architecture, "device": model.device, **r.as_dict(),
+        named = {"model": args.model} if len(models) == 1 else {"models": models}
+        print(json.dumps({**named, "architecture": model.architecture, "device": model.device, **r.as_dict(),
                           "us_per_image": 1e6 * r.seconds / r.n}))
         return 0
     print(f"mnist-eval: {model.architecture} on {model.device}: evaluation on {r.n} images took "

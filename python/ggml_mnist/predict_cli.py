@@ -14,6 +14,7 @@ from . import api
 from .annotate import annotate, save_png
 from .cli import _IMAGE_SUFFIXES, _add_version, _run
 from .config import DEFAULT_DEVICE
+from .ensemble import Ensemble
 from .errors import ConfigError, GgmlMnistError
 from .imaging import text_art
 from .outputs import MAGIC, check_output, describe, same_file
@@ -25,9 +26,10 @@ def predict_parser() -> argparse.ArgumentParser:
         prog="mnist-predict",
         description="Predict pictures of handwritten digits (PNG, JPEG, ...; photos and scans, either polarity) "
                     "with a GGUF model. Each picture is prepared as MNIST's digits were: cropped to the ink, "
-                    "fitted into 20x20 and centred in 28x28 (Fashion-MNIST models: the whole picture).")
+                    "fitted into 20x20 and centred in 28x28 (Fashion-MNIST models: the whole picture). Several models "
+                    "(MODEL.gguf MORE.gguf ... IMAGE ...) predict as one ensemble that averages their probabilities.")
     p.add_argument("model", metavar="MODEL.gguf")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="[MORE.gguf ...] IMAGE")
     p.add_argument("--digits", action="store_true", help="read each picture as lines of digits, left to right")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per picture: path, label, class_name, probability, probabilities "
@@ -112,9 +114,16 @@ def _one(model: Any, path: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def _predict(args: argparse.Namespace) -> int:
     _check_model_first(args.model, args.images)
+    models = [args.model]
+    while args.images and (args.images[0].lower().endswith(".gguf") or _head(args.images[0]).startswith(MAGIC["model"])):
+        models.append(args.images.pop(0))  # more models: an ensemble
+    if not args.images:
+        raise ConfigError(f"no picture to read after the {len(models)} models; mnist-predict MODEL.gguf [MORE.gguf ...] "
+                          "IMAGE ...")
     if args.annotate:
         args.annotation_paths = _annotation_paths(args.annotate, args.images, args.model, args.force)
-    model = api.load(args.model, device=args.device, threads=args.threads)
+    model = api.load(args.model, device=args.device, threads=args.threads) if len(models) == 1 else \
+        Ensemble(models, device=args.device, threads=args.threads)
     failed = 0
     for path in args.images:
         try:
