@@ -36,6 +36,7 @@ from .imaging import prepare_image
 from .layers import Sequential, load_layers, presets
 from .model import Model, TensorStorage, weight_types
 from .reading import Digit, DigitReading, Prediction
+from .tune import TuneResult, default_space, tune
 
 __version__ = _ffi_ffi.string(_lib.gmn_version()).decode()
 ggml_version = _ffi_ffi.string(_lib.gmn_ggml_version()).decode()
@@ -68,7 +69,7 @@ def devices() -> list[Device]:
 __all__ = [
     "__version__", "ggml_version", "build_info", "Device", "devices", "set_verbose",
     "train", "evaluate", "load", "export_gguf", "Model", "TrainConfig", "EpochStats", "EvalResult",
-    "Ensemble",
+    "tune", "TuneResult", "default_space", "Ensemble",
     "prepare_image", "Prediction", "Digit", "DigitReading",
     "layers", "Sequential", "presets", "load_layers", "augment_images", "plot",
     "TensorStorage", "weight_types",
