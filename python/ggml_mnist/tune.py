@@ -172,17 +172,33 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Any:
     engine_url = _engine_url(url)
     connect = {"timeout": 60} if engine_url.startswith("sqlite") else (
         {"connect_timeout": 10} if engine_url.startswith("postgresql") else {})
-    try:
-        return optuna.storages.RDBStorage(
-            engine_url, engine_kwargs={"connect_args": connect, "pool_pre_ping": True}, heartbeat_interval=heartbeat,
-            grace_period=GRACE_BEATS * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy, the driver and Optuna each raise their own kinds
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
-        password = re.search(r"://[^:/@]*:([^@/]*)@", url)
-        text = reason[0].replace(password.group(1), "***") if password and password.group(1) else reason[0]
-        raise ConfigError(f"cannot use the study storage {mask_url(url)!r}: {text}; check the URL, that the server "
-                          "runs and that this user may create tables there") from None
+    error: Exception = ConfigError("no attempt")
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                engine_url, engine_kwargs={"connect_args": connect, "pool_pre_ping": True}, heartbeat_interval=heartbeat,
+                grace_period=GRACE_BEATS * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy, the driver and Optuna each raise their own kinds
+            if attempt < 4 and re.search(r"already exists|duplicate key", str(exc)):
+                time.sleep(0.5)  # another worker is creating the same tables in a new database at this moment
+                continue
+            error = exc
+            break
+    raise storage_error(url, error)
+
+
+def storage_error(url: str, error: BaseException) -> ConfigError:
+    """A ConfigError for a storage that refused us: the database's own reason (found under Optuna's and SQLAlchemy's
+    wrappers), the URL and any password in the reason masked."""
+    cause: Optional[BaseException] = error
+    while cause is not None and getattr(cause, "orig", None) is None and (cause.__cause__ or cause.__context__):
+        cause = cause.__cause__ or cause.__context__
+    reason = str(getattr(cause, "orig", None) or cause or error).strip().splitlines() or [type(error).__name__]
+    password = re.search(r"://[^:/@]*:([^@/]*)@", url)
+    text = reason[0].replace(password.group(1), "***") if password and password.group(1) else reason[0]
+    return ConfigError(f"cannot use the study storage {mask_url(url)!r}: {text}; check the URL, that the server runs "
+                       "and that this user may create tables there")
 
 
 @dataclass
@@ -329,12 +345,15 @@ def _join_study(job: _Job) -> Any:
     storage = open_storage(job.storage, job.heartbeat)
     pruner = job.pruner if job.pruner is not None else (
         optuna.pruners.NopPruner() if job.seeds else optuna.pruners.MedianPruner())
-    study = optuna.create_study(storage=storage, study_name=job.study, direction="maximize", load_if_exists=True,
-                                sampler=job.sampler, pruner=pruner)
-    held = study.user_attrs.get("ggml_mnist")
-    if held is None:
-        study.set_user_attr("ggml_mnist", job.identity)
-        held = study.user_attrs.get("ggml_mnist", job.identity)
+    try:
+        study = optuna.create_study(storage=storage, study_name=job.study, direction="maximize", load_if_exists=True,
+                                    sampler=job.sampler, pruner=pruner)
+        held = study.user_attrs.get("ggml_mnist")
+        if held is None:
+            study.set_user_attr("ggml_mnist", job.identity)
+            held = study.user_attrs.get("ggml_mnist", job.identity)
+    except optuna.exceptions.StorageInternalError as exc:
+        raise storage_error(job.storage, exc) from None
     differ = [k for k in job.identity if held.get(k) != job.identity[k]]
     if differ:
         show = "; ".join(f"{k}: {_short(held.get(k))} there, {_short(job.identity[k])} here" for k in differ)
