@@ -220,6 +220,49 @@ const char * gmn_kernel_name(int kernel);
 /* Testing only: the ggml version the kernels' version gate compares with the pin (NULL: the running ggml's).
  * Applies to plans computed afterwards. */
 void gmn_testing_set_ggml_version(const char * version);
+
+/* Testing only: the CPU kernel wing (src/cpu/) one op at a time, for tests that compare each kernel with a plain
+ * loop. An operand or result: ne (ne[0] fastest), element (i0, i1, i2, i3) at data[i0*nb[0] + i1*nb[1] + i2*nb[2] +
+ * i3*nb[3]] (strides in elements), n elements at data, int32 when i32 else float. */
+struct gmn_testing_array {
+    int     i32;
+    int64_t ne[4];
+    int64_t nb[4];
+    void  * data;
+    int64_t n;
+};
+/* What gmn_testing_cpu_op computes from operands in[] and parameters p[] (x: a contiguous f32 [C, W, H, N]). */
+enum gmn_testing_op {
+    GMN_TESTING_OUT_PROD = 0,   /* ggml_out_prod(in0 [M, J], in1 [N, J]): [M, N] */
+    GMN_TESTING_MUL_MAT,        /* ggml_mul_mat(in0 [K, M], in1 [K, N]): [M, N] */
+    GMN_TESTING_GET_ROWS,       /* ggml_get_rows(in0 [nc, R], in1 i32 [n]): [nc, n] */
+    GMN_TESTING_GET_ROWS_BACK,  /* ggml_get_rows_back(in0 [nc, n], in1 i32 [n]) into p0 rows: [nc, p0] */
+    GMN_TESTING_REPEAT_BACK,    /* ggml_repeat_back(in0 [nc, ...] contiguous) onto a vector: [nc] */
+    GMN_TESTING_ACC,            /* ggml_acc(in0 contiguous, in1, rows p0 floats apart, offset 0), in place when p1 */
+    GMN_TESTING_IM2COL,         /* gmn_cl_im2col(x, k p0, stride p1, pad p2, rows p3): [rows, OW*OH*N] */
+    GMN_TESTING_IM2COL_ROWS,    /* gmn_cl_im2col_rows(x, k p0, stride p1, pad p2, extra p3): i32 */
+    GMN_TESTING_GATHER_COLS,    /* gmn_cl_gather_cols(x, k p0, stride p1, pad p2, extra p3) */
+    GMN_TESTING_MAXPOOL,        /* gmn_cl_maxpool(x, k p0, stride p1, pad p2, no gradient): [C, OW, OH, N] */
+    GMN_TESTING_POOL_ARGMAX,    /* gmn_cl_pool_argmax(x, k p0, stride p1, pad p2): i32 [C*OW*OH*N] */
+    GMN_TESTING_AVGPOOL,        /* gmn_cl_avgpool(x, k p0, stride p1, pad p2, gathered when p3, p4 outputs) */
+    GMN_TESTING_AVG_MATRIX,     /* gmn_cl_avg_matrix(C p0, k p1, outputs p2): [C*k*k, outputs] */
+    GMN_TESTING_RELAYOUT,       /* gmn_cl_relayout(in0 contiguous 4-D, to_cf p0) */
+    GMN_TESTING_ACT_VALUES      /* gmn_cl_act_values(in0 contiguous, kind p0: GMN_LAYER_TANH or _GELU): [n, 2] */
+};
+/* Builds op over copies of the n_in operands on ggml's CPU backend; with adopt, lets the shim's kernels take its
+ * nodes as the CPU graph does (taken, if not NULL: GMN_KERNEL_COUNT counters, set); computes it on n_threads
+ * threads; writes the result's shape and contiguous strides into out->ne/nb/i32 and its elements into out->data
+ * (capacity out->n). GMN_E_INVALID for operands, parameters or a capacity that do not fit op. */
+int  gmn_testing_cpu_op(int op, const int64_t * p, int n_p, const struct gmn_testing_array * in, int n_in, int n_threads,
+                        int adopt, struct gmn_testing_array * out, int64_t * taken);
+/* With on, every CPU kernel runs as if its thread's scratch buffer could not be allocated: the matrix products
+ * without panels (out_prod reads its operands in place, mul_mat packs one panel at a time on the stack), im2col one
+ * kernel offset at a time. Set it only while no graph runs. */
+void gmn_testing_cpu_no_scratch(int on);
+/* 1 when the matrix products' clone for this CPU fuses each multiply-add (one rounding per term), else 0. */
+int  gmn_testing_cpu_fma(void);
+/* The fewest columns of a mul_mat that the shim's kernel takes (fewer stay with ggml). */
+int64_t gmn_testing_cpu_mm_min_n(void);
 /* The model's network: image size and layer count into *out, up to cap layers copied into layers
  * (out->layers is set to layers). */
 int  gmn_model_get_net(const gmn_model * model, struct gmn_net * out, struct gmn_layer * layers, int cap);

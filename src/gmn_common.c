@@ -279,3 +279,15 @@ int gmn_check_graph_memory(ggml_backend_dev_t dev, struct ggml_tensor * out, dou
     }
     return GMN_OK;
 }
+
+void gmn_backend_set_threads(ggml_backend_t backend, int n_threads) {
+    ggml_backend_dev_t dev = ggml_backend_get_device(backend);
+    ggml_backend_reg_t reg = dev ? ggml_backend_dev_backend_reg(dev) : NULL;
+    if (reg == NULL) {
+        return;
+    }
+    ggml_backend_set_n_threads_t fn = (ggml_backend_set_n_threads_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads");
+    if (fn != NULL) {
+        fn(backend, n_threads);
+    }
+}

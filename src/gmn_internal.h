@@ -12,6 +12,8 @@
 #include "ggml-backend.h"
 #include "ggml-opt.h"
 
+#include "cpu/gmn_cpu.h"
+
 #define GMN_MAX_TENSORS   (2 * GMN_MAX_LAYERS)
 #define GMN_MAX_ACCEL     4
 #define GMN_EVAL_BATCH    1000
@@ -147,13 +149,6 @@ struct gmn_model {
     char ** meta_values;
 };
 
-/* kernels built twice, for AVX2 + FMA CPUs and for any x86-64, chosen at load time */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define GMN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define GMN_CLONES
-#endif
-
 /* Record a formatted error for gmn_last_error() and return status. */
 int  gmn_fail(int status, const char * fmt, ...);
 /* Clear the thread's last error. */
@@ -187,6 +182,9 @@ uint64_t gmn_host_memory_available(void);
  * device's available memory: ggml aborts or crashes when a compute buffer cannot be allocated. */
 int  gmn_check_graph_memory(ggml_backend_dev_t dev, struct ggml_tensor * out, double factor, const char * what, int64_t batch);
 
+/* Set a backend's thread count through its registry (backends without one keep theirs). */
+void gmn_backend_set_threads(ggml_backend_t backend, int n_threads);
+
 /* Resolve a device name ("auto", "cpu", ggml device name, case-insensitive). */
 int  gmn_find_device(const char * name, ggml_backend_dev_t * out);
 
@@ -215,30 +213,6 @@ struct ggml_tensor * gmn_forward_layers(const gmn_model * model, struct ggml_con
 
 /* Model internals shared by the model, gguf and training files. */
 /* storage: per parameter tensor (gmn_net_params order) its type and shape; NULL for all f32. */
-/* gmn_ops.c: channels-last CPU ops ([C, W, H, N]); see gmn_forward_cl */
-struct ggml_tensor * gmn_cl_im2col(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int64_t rows);
-/* a [K, O] as the top left of a zero [rows, cols] (rows >= K, cols >= O), with a gradient */
-struct ggml_tensor * gmn_cl_pad(struct ggml_context * ctx, struct ggml_tensor * a, int64_t rows, int64_t cols);
-/* the first n outputs of every column of a product y [N, P], as a contiguous [n, P] */
-struct ggml_tensor * gmn_cl_first_outputs(struct ggml_context * ctx, struct ggml_tensor * y, int64_t n);
-/* mul_mat of F32 matrices with fewer columns (a few images) stays with ggml: copying the shim's panels would
- * cost more than it saves (gmn_cpu_kernels_adopt) */
-#define GMN_MM_MIN_N 64
-struct ggml_tensor * gmn_cl_gather_cols(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int extra);
-struct ggml_tensor * gmn_cl_relayout(struct ggml_context * ctx, struct ggml_tensor * x, int to_cf);
-struct ggml_tensor * gmn_cl_act_linearized(struct ggml_context * ctx, struct ggml_tensor * x, int kind);
-/* the shim's kernels for ggml ops of the CPU training graph (op parameter templates), swapped in before each
- * node runs by gmn_cpu_kernels_adopt: out_prod, mul_mat of F32 matrices, get_rows, get_rows_back, repeat_back onto a vector, acc at 0 */
-struct gmn_cpu_kernels {
-    struct ggml_tensor * tmpl[GMN_KERNEL_COUNT]; /* indexed by enum gmn_kernel */
-    int64_t            * taken;                  /* per kernel, nodes taken (the plan's counters) */
-};
-void gmn_cpu_kernels_init(struct ggml_context * ctx, struct gmn_cpu_kernels * k, int64_t * taken);
-int  gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels * k);
-struct ggml_tensor * gmn_cl_maxpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad);
-struct ggml_tensor * gmn_cl_avgpool(struct ggml_context * ctx, struct ggml_tensor * x, int k, int stride, int pad, int grad,
-                                    const struct gmn_plan * plan);
-
 int  gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, const struct gmn_storage * storage,
                       gmn_model ** out);
 /* general.architecture of the model: ggml's names only for its two networks with every tensor f32. */

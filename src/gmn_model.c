@@ -62,18 +62,6 @@ static int gmn_threads_startable(int n) {
     return started + 1;
 }
 
-static void gmn_set_backend_threads(ggml_backend_t backend, int n_threads) {
-    ggml_backend_dev_t dev = ggml_backend_get_device(backend);
-    ggml_backend_reg_t reg = dev ? ggml_backend_dev_backend_reg(dev) : NULL;
-    if (reg == NULL) {
-        return;
-    }
-    ggml_backend_set_n_threads_t fn = (ggml_backend_set_n_threads_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads");
-    if (fn != NULL) {
-        fn(backend, n_threads);
-    }
-}
-
 /* Adds the parameter tensors to the model's weight context, stored as `storage` says (NULL: f32). */
 static void gmn_define_params(gmn_model * m, const struct gmn_storage * storage) {
     struct gmn_param_spec specs[GMN_MAX_TENSORS];
@@ -250,9 +238,9 @@ int gmn_model_use_threads(gmn_model * m, int n_threads) {
     if (n_threads > 1) {
         g_threads_used = 1;
     }
-    gmn_set_backend_threads(m->backend_cpu != NULL ? m->backend_cpu : m->backend, n_threads);
+    gmn_backend_set_threads(m->backend_cpu != NULL ? m->backend_cpu : m->backend, n_threads);
     for (int i = 0; i < m->n_accel; i++) {
-        gmn_set_backend_threads(m->backend_accel[i], n_threads);
+        gmn_backend_set_threads(m->backend_accel[i], n_threads);
     }
     return n_threads;
 }

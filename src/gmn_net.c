@@ -138,6 +138,11 @@ static int gmn_layer_fail(int i, const struct gmn_layer * l, const char * fmt, .
 }
 
 /* Checks a window (kernel or pool) of side k, stride s and padding p over an h x w input. */
+/* The output side of a window (conv2d kernel or pool) of layer l sliding over in pixels. */
+static int64_t gmn_out_side(int64_t in, const struct gmn_layer * l) {
+    return (in + 2 * l->pad - l->k) / l->stride + 1;
+}
+
 static int gmn_check_window(int i, const struct gmn_layer * l, const struct gmn_shape * in, const char * what, int max_pad) {
     if (l->k < 1 || l->k > GMN_MAX_WINDOW) {
         return gmn_layer_fail(i, l, "%s size %d must be in [1, %d]", what, l->k, GMN_MAX_WINDOW);
@@ -226,8 +231,8 @@ int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct g
                 if (st != GMN_OK) {
                     return st;
                 }
-                next.w = (cur.w + 2 * l->pad - l->k) / l->stride + 1;
-                next.h = (cur.h + 2 * l->pad - l->k) / l->stride + 1;
+                next.w = gmn_out_side(cur.w, l);
+                next.h = gmn_out_side(cur.h, l);
                 next.c = l->n_out;
                 next.params = ((int64_t) l->k * l->k * cur.c + 1) * l->n_out;
                 break;
@@ -238,8 +243,8 @@ int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct g
                 if (st != GMN_OK) {
                     return st;
                 }
-                next.w = (cur.w + 2 * l->pad - l->k) / l->stride + 1;
-                next.h = (cur.h + 2 * l->pad - l->k) / l->stride + 1;
+                next.w = gmn_out_side(cur.w, l);
+                next.h = gmn_out_side(cur.h, l);
                 break;
             }
             case GMN_LAYER_DENSE: {
@@ -522,7 +527,7 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
         switch (l->kind) {
             case GMN_LAYER_CONV2D: {
                 const int64_t C = h->ne[0], O = l->n_out;
-                const int64_t OW = (h->ne[1] + 2 * l->pad - l->k) / l->stride + 1, OH = (h->ne[2] + 2 * l->pad - l->k) / l->stride + 1;
+                const int64_t OW = gmn_out_side(h->ne[1], l), OH = gmn_out_side(h->ne[2], l);
                 const int64_t K = C * l->k * l->k;
                 /* The shim's matrix product takes any shape; where ggml runs the product instead, its fast f32 one
                  * (llamafile's) takes only row lengths that are a multiple of 8: the im2col op can pad its columns
@@ -574,9 +579,11 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                     h = gmn_cl_maxpool(ctx, h, l->k, l->stride, l->pad, needs_grad);
                 }
                 break;
-            case GMN_LAYER_AVGPOOL2D:
-                h = gmn_cl_avgpool(ctx, h, l->k, l->stride, l->pad, needs_grad, &m->plan);
+            case GMN_LAYER_AVGPOOL2D: {
+                const int64_t OW = gmn_out_side(h->ne[1], l), OH = gmn_out_side(h->ne[2], l);
+                h = gmn_cl_avgpool(ctx, h, l->k, l->stride, l->pad, needs_grad, gmn_plan_outputs(&m->plan, h->ne[0], OW * OH * h->ne[3]));
                 break;
+            }
             case GMN_LAYER_DENSE:
                 if (spatial) {
                     /* channels-last is the contract's flattening: the weight applies as it is */
