@@ -164,6 +164,20 @@ foreach(_t IN LISTS _gmn_ggml_libs)
     get_target_property(_so ${_t} SOVERSION)
     set_target_properties(${_t} PROPERTIES VERSION "${_so}" INSTALL_RPATH "$ORIGIN")
 endforeach()
+if(TARGET ggml-cuda)
+    # libggml-cuda needs libcudart/libcublas at import time. A toolkit from the package index (nvidia-cuda-runtime,
+    # nvidia-cublas) lies in site-packages/nvidia/cuNN/lib, next to our ggml_mnist/lib: reach it relatively, as in
+    # any environment that installs those packages; any other toolkit by its absolute library directory.
+    find_package(CUDAToolkit REQUIRED)
+    if(CUDAToolkit_LIBRARY_DIR MATCHES "/site-packages/nvidia/(cu[0-9]+)/lib$")
+        set(_gmn_cuda_rpath "$ORIGIN/../../nvidia/${CMAKE_MATCH_1}/lib")
+    else()
+        set(_gmn_cuda_rpath "${CUDAToolkit_LIBRARY_DIR}")
+    endif()
+    set_target_properties(ggml-cuda PROPERTIES INSTALL_RPATH "$ORIGIN;${_gmn_cuda_rpath}")
+    message(STATUS "ggml-mnist: CUDA ${CUDAToolkit_VERSION} from ${CUDAToolkit_LIBRARY_DIR}, "
+                   "architectures ${CMAKE_CUDA_ARCHITECTURES}, libggml-cuda RUNPATH $ORIGIN;${_gmn_cuda_rpath}")
+endif()
 install(TARGETS ${_gmn_ggml_libs}
         LIBRARY DESTINATION ggml_mnist/lib NAMELINK_SKIP COMPONENT ggml_mnist
         PUBLIC_HEADER DESTINATION include EXCLUDE_FROM_ALL)  # the module needs no headers at run time
