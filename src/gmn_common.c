@@ -291,3 +291,9 @@ void gmn_backend_set_threads(ggml_backend_t backend, int n_threads) {
         fn(backend, n_threads);
     }
 }
+
+void gmn_u8_to_f32(float * dst, const uint8_t * src, int64_t n) {
+    for (int64_t j = 0; j < n; j++) {
+        dst[j] = src[j] * (1.0f / 255.0f);
+    }
+}

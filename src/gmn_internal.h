@@ -88,8 +88,6 @@ int64_t gmn_plan_rows(const struct gmn_plan * plan, int64_t K, int64_t P);
 int64_t gmn_plan_outputs(const struct gmn_plan * plan, int64_t n, int64_t P);
 /* Record the ops of graph g as the plan's prediction (or training) ops, and zero that graph's kernel counters. */
 void    gmn_plan_record_ops(struct gmn_plan * plan, const struct ggml_cgraph * g, int training);
-/* The ops of the training graph of a batch of B images: forward, loss, backward and optimizer step. */
-int     gmn_plan_training_ops(gmn_model * model, int64_t B, int optimizer);
 
 /* Constant tensors of a graph (index tables, zeros), computed on the host while the graph is built and uploaded
  * to the model's device once (gmn_consts.c). */
@@ -140,9 +138,13 @@ struct gmn_model {
     struct gmn_consts     eval_consts;
 
     struct gmn_plan          plan;
-    struct gmn_train_state * train;
+    struct gmn_train_state * train;   /* training state, or NULL (gmn_train.c) */
     int                      diverged;
     struct gmn_optstate    * opt;     /* optimizer state saved with the model, or NULL (gmn_optstate.c) */
+    /* How gmn_model_free frees train and opt: set by the files above this one that attach them, so that the model
+     * file calls none of them. */
+    void (*train_free)(struct gmn_train_state * st);
+    void (*opt_free)(struct gmn_optstate * os);
 
     int    n_meta;
     char ** meta_keys;
@@ -157,6 +159,9 @@ void gmn_clear_error(void);
 void gmn_log(int level, const char * fmt, ...);
 /* Install the shim's log sink into ggml once per process. */
 void gmn_ensure_init(void);
+
+/* Pixels / 255 as floats. */
+void gmn_u8_to_f32(float * dst, const uint8_t * src, int64_t n);
 
 /* Deterministic PRNG (splitmix64 seeding, xoshiro256**). */
 struct gmn_rng { uint64_t s[4]; };
@@ -224,8 +229,6 @@ int  gmn_model_use_threads(gmn_model * model, int n_threads); /* returns the thr
 /* A new scheduler over the model's backends (device, accelerators, CPU), or NULL. */
 ggml_backend_sched_t gmn_model_new_sched(const gmn_model * model);
 struct ggml_tensor * gmn_model_tensor(const gmn_model * model, const char * name);
-/* Pixels / 255 as floats. */
-void gmn_u8_to_f32(float * dst, const uint8_t * src, int64_t n);
 int  gmn_predict_rows(gmn_model * model, const gmn_dataset * ds, const int64_t * idx, int64_t n, float * probs);
 void gmn_train_state_free(struct gmn_train_state * st);
 int64_t gmn_image_pixels(const gmn_model * model);
@@ -242,17 +245,17 @@ int64_t gmn_train_steps(const struct gmn_train_state * st);
 int     gmn_train_optimizer(const struct gmn_train_state * st);
 void    gmn_train_get_pos(const struct gmn_train_state * st, struct gmn_train_pos * pos);
 void    gmn_train_set_pos(struct gmn_train_state * st, const struct gmn_train_pos * pos);
-/* Hand tr (freed with the training state) to the state and install cb as its scheduler's eval callback. */
+/* Hand tr (allocated with malloc; the state frees it with free) to the state and install cb as its scheduler's
+ * eval callback. */
 void    gmn_train_set_tracker(struct gmn_train_state * st, struct gmn_opt_tracker * tr, ggml_backend_sched_eval_callback cb);
 const struct gmn_opt_tracker * gmn_train_tracker(const struct gmn_train_state * st);
-void    gmn_opt_tracker_free(struct gmn_opt_tracker * tr);
 void    gmn_optstate_free(struct gmn_optstate * os);
 /* Add the state (if any) to a GGUF being written: key ggml_mnist.opt.position and tensors opt.m.* / opt.v.*. */
 void    gmn_optstate_write(const struct gmn_optstate * os, struct gguf_context * g);
 /* Read a saved optimizer state, if the file has one, into m->opt after the weights. */
 int     gmn_optstate_read(gmn_model * m, const struct gguf_context * g, struct ggml_context * meta, const char * path,
                           FILE * f, long long file_size);
-/* Weight storage (gmn_quant.c). */
+/* Weight storage (gmn_storage.c). */
 /* 1 when a tensor of spec may be stored as type with shape ne; else 0 with the reason in why. */
 int  gmn_storage_allowed(const struct gmn_param_spec * spec, enum ggml_type type, const int64_t * ne, char * why, size_t cap);
 /* Values of the network in each stored row of t, a tensor of spec: fan_in for block types (the rest is padding). */
@@ -261,5 +264,9 @@ int64_t gmn_storage_row(const struct gmn_param_spec * spec, const struct ggml_te
 int  gmn_storage_finite(enum ggml_type type, const void * raw, int64_t ne0, int64_t rows);
 /* Copies tensor t out as floats, dequantised by ggml's to_float, keeping the first ne0 values of each stored row. */
 int  gmn_tensor_get_f32(const struct ggml_tensor * t, int64_t ne0, float * out);
+/* The storage of a tensor of spec in a model quantised to type (pad: rows may be zero-padded to whole blocks). */
+struct gmn_storage gmn_storage_choose(const struct gmn_param_spec * spec, enum ggml_type type, int pad);
+/* The weight type named name ("f32", "q8_0", ...) into *type; else GMN_E_INVALID naming what and the known types. */
+int  gmn_weight_type_parse(const char * name, enum ggml_type * type, const char * what);
 
 #endif

@@ -310,8 +310,12 @@ void gmn_model_free(gmn_model * m) {
     if (m == NULL) {
         return;
     }
-    gmn_train_state_free(m->train);
-    gmn_optstate_free(m->opt);
+    if (m->train != NULL) {
+        m->train_free(m->train);
+    }
+    if (m->opt != NULL) {
+        m->opt_free(m->opt);
+    }
     gmn_eval_free(m);
     if (m->sched_eval) {
         ggml_backend_sched_free(m->sched_eval);
@@ -558,12 +562,6 @@ static int gmn_eval_run(gmn_model * m, int64_t rows, float * probs) {
     }
     ggml_backend_tensor_get(m->eval_out, probs, 0, (size_t) (rows * m->n_classes) * sizeof(float));
     return GMN_OK;
-}
-
-void gmn_u8_to_f32(float * dst, const uint8_t * src, int64_t n) {
-    for (int64_t j = 0; j < n; j++) {
-        dst[j] = src[j] * (1.0f / 255.0f);
-    }
 }
 
 /* Fills eval_buf with images [i0, i0 + rows) of some source; returns a status. */

@@ -43,10 +43,6 @@ void gmn_optstate_free(struct gmn_optstate * os) {
     }
 }
 
-void gmn_opt_tracker_free(struct gmn_opt_tracker * tr) {
-    free(tr);
-}
-
 static int gmn_param_index(const gmn_model * m, const struct ggml_tensor * t) {
     for (int i = 0; i < m->n_w; i++) {
         if (strcmp(t->name, m->w[i]->name) == 0) {
@@ -188,7 +184,8 @@ int gmn_model_optimizer_snapshot(gmn_model * m) {
         }
     }
     gmn_optstate_free(m->opt);
-    m->opt = os;
+    m->opt      = os;
+    m->opt_free = gmn_optstate_free;
     return GMN_OK;
 }
 
@@ -290,6 +287,7 @@ int gmn_optstate_read(gmn_model * m, const struct gguf_context * g, struct ggml_
         gmn_optstate_free(os);
         return st;
     }
-    m->opt = os;
+    m->opt      = os;
+    m->opt_free = gmn_optstate_free;
     return GMN_OK;
 }

@@ -99,7 +99,7 @@ void gmn_train_state_free(struct gmn_train_state * st) {
     }
     ggml_opt_result_free(st->result);
     ggml_opt_free(st->opt);
-    gmn_opt_tracker_free(st->tracker);
+    free(st->tracker);
     ggml_free(st->ctx_compute);
     gmn_consts_free(&st->consts);
     if (st->buf_in) {
@@ -211,6 +211,55 @@ static struct ggml_opt_optimizer_params gmn_opt_params(void * ud) {
     return p;
 }
 
+/* Records in the model's plan the ops of the training graph of a batch of B images: forward, loss, backward and
+ * optimizer step. */
+static int gmn_train_record_ops(gmn_model * m, int64_t B, int optimizer) {
+    struct ggml_init_params ip = { 4 * GGML_DEFAULT_GRAPH_SIZE * ggml_tensor_overhead() +
+                                   ggml_graph_overhead_custom(4 * GGML_DEFAULT_GRAPH_SIZE, true), NULL, true };
+    struct ggml_context * ctx = ggml_init(ip);
+    struct gmn_consts consts;
+    if (ctx == NULL || gmn_consts_init(&consts) != GMN_OK) {
+        ggml_free(ctx);
+        return gmn_fail(GMN_E_NOMEM, "plan: out of memory");
+    }
+    struct ggml_tensor * x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, gmn_image_pixels(m), B);
+    struct ggml_tensor * masks[GMN_MAX_LAYERS] = { NULL };
+    for (int i = 0; i < m->net.n_layers; i++) {
+        if (m->net.layers[i].kind == GMN_LAYER_DROPOUT) {
+            int64_t ne[4];
+            const int nd = gmn_net_activation_ne(&m->net, i, B, ne);
+            masks[i] = ggml_new_tensor(ctx, GGML_TYPE_F32, nd, ne);
+        }
+    }
+    for (int i = 0; i < m->n_w; i++) {
+        ggml_set_param(m->w[i]); /* as training does: ggml's backward pass starts from the parameters */
+    }
+    struct ggml_tensor * logits = gmn_forward(m, ctx, x, masks, &consts);
+    struct ggml_tensor * labels = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, m->n_classes, B);
+    struct ggml_tensor * loss = ggml_cross_entropy_loss(ctx, logits, labels);
+    ggml_set_loss(loss);
+    struct ggml_cgraph * g = ggml_new_graph_custom(ctx, 4 * GGML_DEFAULT_GRAPH_SIZE, true);
+    ggml_build_forward_expand(g, loss);
+    ggml_build_forward_expand(g, ggml_count_equal(ctx, ggml_argmax(ctx, logits), ggml_argmax(ctx, labels)));
+    ggml_build_backward_expand(ctx, g, NULL);
+    /* ggml-opt's hyperparameter tensors: 7 values for AdamW, 2 for SGD */
+    struct ggml_tensor * hyper = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, optimizer == GMN_OPT_SGD ? 2 : 7);
+    for (int i = 0; i < m->n_w; i++) {
+        struct ggml_tensor * grad = ggml_graph_get_grad(g, m->w[i]);
+        if (grad == NULL) {
+            continue;
+        }
+        struct ggml_tensor * step = optimizer == GMN_OPT_SGD
+            ? ggml_opt_step_sgd(ctx, m->w[i], grad, hyper)
+            : ggml_opt_step_adamw(ctx, m->w[i], grad, ggml_dup_tensor(ctx, grad), ggml_dup_tensor(ctx, grad), hyper);
+        ggml_build_forward_expand(g, step);
+    }
+    gmn_plan_record_ops(&m->plan, g, 1);
+    gmn_consts_free(&consts);
+    ggml_free(ctx);
+    return GMN_OK;
+}
+
 int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) {
     gmn_clear_error();
     if (m == NULL || config == NULL) {
@@ -308,7 +357,7 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
         rc = gmn_consts_upload(&st->consts, m->backend, "train_init");
     }
     if (rc == GMN_OK) {
-        rc = gmn_plan_training_ops(m, B, config->optimizer);
+        rc = gmn_train_record_ops(m, B, config->optimizer);
     }
     if (rc != GMN_OK) {
         gmn_train_state_free(st);
@@ -334,7 +383,8 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
         gmn_train_state_free(st);
         return gmn_fail(GMN_E_NOMEM, "train_init: could not create the optimizer");
     }
-    m->train = st;
+    m->train      = st;
+    m->train_free = gmn_train_state_free;
     return GMN_OK;
 }
 
@@ -669,7 +719,7 @@ void gmn_train_set_pos(struct gmn_train_state * st, const struct gmn_train_pos *
 }
 
 void gmn_train_set_tracker(struct gmn_train_state * st, struct gmn_opt_tracker * tr, ggml_backend_sched_eval_callback cb) {
-    gmn_opt_tracker_free(st->tracker);
+    free(st->tracker);
     st->tracker = tr;
     st->tracker_cb = cb;
     ggml_backend_sched_set_eval_callback(st->sched, gmn_train_eval_cb, st);
