@@ -20,6 +20,7 @@ from .errors import (
     DataError,
     DataFileNotFoundError,
     DeviceError,
+    DeviceWarning,
     DownloadError,
     GgmlMnistError,
     GgmlMnistWarning,
@@ -34,7 +35,7 @@ from .errors import (
 )
 from .imaging import prepare_image
 from .layers import Sequential, load_layers, presets
-from .model import Model, TensorStorage, weight_types
+from .model import Model, TensorStorage, _note_cpu_fallback, weight_types
 from .reading import Digit, DigitReading, Prediction
 from .tune import TuneResult, default_space, tune
 
@@ -63,6 +64,8 @@ def devices() -> list[Device]:
         if _lib.gmn_device_get(i, info) == 0:
             out.append(Device(_ffi_ffi.string(info.name).decode(), _ffi_ffi.string(info.description).decode(),
                               _DEVICE_TYPES.get(info.type, "accel"), int(info.memory_free), int(info.memory_total)))
+    if not any(d.type in ("gpu", "igpu") for d in out):
+        _note_cpu_fallback("auto", "CPU")  # a GPU build on a machine whose GPU ggml cannot use says so, once
     return out
 
 
@@ -77,4 +80,5 @@ __all__ = [
     "GgmlMnistError", "ConfigError", "DataError", "IdxFormatError", "DataFileNotFoundError", "DownloadError",
     "ChecksumError", "DeviceError", "ModelFormatError", "ModelIOError", "OutOfMemoryError", "NativeError",
     "TrainingDivergedError", "ImageError", "GgmlMnistWarning", "LoggingWarning", "CheckpointWarning",
+    "DeviceWarning",
 ]

@@ -73,3 +73,7 @@ class LoggingWarning(GgmlMnistWarning):
 
 class CheckpointWarning(GgmlMnistWarning):
     """A checkpoint could not be saved; training goes on."""
+
+
+class DeviceWarning(GgmlMnistWarning):
+    """device="auto" runs on the CPU although this installation was built for a GPU."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import json
 import numbers
@@ -10,6 +11,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
@@ -20,7 +22,7 @@ from . import _ffi, labels, reading
 from ._ffi import ffi, lib
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, GRAPHS, check_batch_size
 from .data import validate_images
-from .errors import ConfigError, DataError, DataFileNotFoundError, ImageError, ModelIOError
+from .errors import ConfigError, DataError, DataFileNotFoundError, DeviceError, DeviceWarning, ImageError
 from .imaging import SIZE, ImageLike
 from .layers import ArchLike, Dense, Layer, as_int, from_native, preset_layers, preset_names, resolve_layers
 from .outputs import check_output
@@ -60,6 +62,45 @@ def _quiesce_at_exit(timeout: float = 30.0) -> None:
 
 
 atexit.register(_quiesce_at_exit)
+
+
+#: ggml backends that drive a GPU; build_info["backends"] lists those this installation was built with.
+GPU_BACKENDS = ("ggml-cuda", "ggml-hip", "ggml-musa", "ggml-vulkan", "ggml-metal", "ggml-sycl", "ggml-opencl")
+_FALLBACK_NOTED: list[bool] = []
+
+
+def gpu_backends_built() -> list[str]:
+    """The GPU backends this installation's ggml was built with (none for the default CPU build)."""
+    from ._build_info import build_info
+    return [b for b in build_info.get("backends") or [] if b in GPU_BACKENDS]
+
+
+def _no_gpu_reason() -> str:
+    return (f"this build has {', '.join(b.removeprefix('ggml-').upper() for b in gpu_backends_built())} but ggml "
+            "found no usable GPU (no driver, an old driver, or none visible: check nvidia-smi and "
+            "CUDA_VISIBLE_DEVICES; gm.set_verbose(True) shows ggml's own reason)")
+
+
+def _note_cpu_fallback(asked: str, got: str) -> None:
+    """Say once per process, as a DeviceWarning, that device="auto" fell back to the CPU in a GPU build."""
+    if str(asked).lower() == "auto" and got == "CPU" and gpu_backends_built() and not _FALLBACK_NOTED:
+        _FALLBACK_NOTED.append(True)
+        warnings.warn(f"{_no_gpu_reason()}; device='auto' runs on the CPU", DeviceWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def _device_errors(device: str) -> Iterator[None]:
+    """Add to a DeviceError for an unknown device what to do about it in this installation."""
+    try:
+        yield
+    except DeviceError as exc:
+        text = str(exc).split(" (for CUDA rebuild", 1)[0]
+        if gpu_backends_built():
+            fix = f"{_no_gpu_reason()}; use device='cpu' or 'auto'"
+        else:
+            fix = ("this installation was built for the CPU only; for an NVIDIA GPU reinstall with "
+                   "CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install . (README: Using a GPU)")
+        raise DeviceError(f"{text}; {fix}") from None
 
 
 class Model:
@@ -112,9 +153,11 @@ class Model:
         net, _keep = native_net(layers, n_classes, image_size)
         out = ffi.new("gmn_model **")
         with _CREATING:
-            _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device, "device"), as_int(threads, "threads"), seed, out))
+            with _device_errors(device):
+                _ffi.check(lib.gmn_model_init(net, _ffi.cstr(device, "device"), as_int(threads, "threads"), seed, out))
             model = cls._own(out[0], threads)
         model.set_graph(graph)
+        _note_cpu_fallback(device, model.device)
         return model
 
     @classmethod
@@ -130,11 +173,14 @@ class Model:
             raise DataFileNotFoundError(f"model file {path!r} does not exist")
         out = ffi.new("gmn_model **")
         with _CREATING:
-            _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device, "device"), as_int(threads, "threads"), out))
+            with _device_errors(device):
+                _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device, "device"), as_int(threads, "threads"),
+                                              out))
             model = cls._own(out[0], threads)
         model.metadata = _decode_metadata(model._native_metadata())
         model.path = path
         model.set_graph(graph)
+        _note_cpu_fallback(device, model.device)
         return model
 
     # -- properties ---------------------------------------------------------------------------
