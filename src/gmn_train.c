@@ -182,10 +182,9 @@ static float gmn_schedule_lr(const struct gmn_train_config * c, int64_t step) {
     return lr > 1e-12f ? lr : 1e-12f; /* ggml-opt requires a positive rate */
 }
 
-/* Sees every node of the training graph before it runs: on the CPU, the backward pass's out_prod nodes are
- * handed to gmn_outer (gmn_ops.c: the same sums, several times faster), and get_rows, get_rows_back,
- * repeat_back and acc to multi-threaded kernels of the shim's with bit-identical results; then the
- * optimizer-state tracker, if any. */
+/* Sees every node of the training graph before it runs: with the plan's kernels, the nodes that the CPU kernel
+ * wing takes (src/cpu/gmn_override.c: matrix and outer products, get_rows, get_rows_back, repeat_back, acc) are
+ * turned into its kernels; then the optimizer-state tracker, if any. */
 static bool gmn_train_eval_cb(struct ggml_tensor * t, bool ask, void * ud) {
     struct gmn_train_state * st = ud;
     if (ask && st->use_kernels) {
