@@ -175,9 +175,7 @@ int gmn_find_device(const char * name, ggml_backend_dev_t * out) {
         size_t len = strlen(names);
         snprintf(names + len, sizeof(names) - len, "%s%s", i ? ", " : "", dn);
     }
-    return gmn_fail(GMN_E_DEVICE,
-        "device: unknown device '%s'; available: auto, cpu, %s (for CUDA rebuild ggml-python with CMAKE_ARGS=\"-DGGML_CUDA=on\")",
-        name, names);
+    return gmn_fail(GMN_E_DEVICE, "device: unknown device '%s'; available: auto, cpu, %s", name, names);
 }
 
 static uint64_t gmn_splitmix64(uint64_t * x) {

@@ -94,16 +94,18 @@ int gmn_plan_init(gmn_model * m, int asked) {
     return GMN_OK;
 }
 
+/* Products the shim's kernel does not take run in ggml: its CPU product (llamafile's sgemm) wants padded shapes,
+ * and so do the small ones an accelerator (BLAS) leaves to the CPU; padding changes no bit of a product. */
 int gmn_plan_ggml_product(const struct gmn_plan * p, int64_t P) {
     return !p->kernels || P < GMN_MM_MIN_N;
 }
 
 int64_t gmn_plan_rows(const struct gmn_plan * p, int64_t K, int64_t P) {
-    return gmn_plan_ggml_product(p, P) && p->llamafile && !p->accel_products ? (K + 7) / 8 * 8 : K;
+    return gmn_plan_ggml_product(p, P) && p->llamafile ? (K + 7) / 8 * 8 : K;
 }
 
 int64_t gmn_plan_outputs(const struct gmn_plan * p, int64_t n, int64_t P) {
-    return gmn_plan_ggml_product(p, P) && p->llamafile && !p->accel_products && n % 4 != 0 ? (n + 3) / 4 * 4 : n;
+    return gmn_plan_ggml_product(p, P) && p->llamafile && n % 4 != 0 ? (n + 3) / 4 * 4 : n;
 }
 
 static int gmn_cmp_str(const void * a, const void * b) {

@@ -94,13 +94,12 @@ def _device_errors(device: str) -> Iterator[None]:
     try:
         yield
     except DeviceError as exc:
-        text = str(exc).split(" (for CUDA rebuild", 1)[0]
         if gpu_backends_built():
             fix = f"{_no_gpu_reason()}; use device='cpu' or 'auto'"
         else:
             fix = ("this installation was built for the CPU only; for an NVIDIA GPU reinstall with "
                    "CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install . (README: Using a GPU)")
-        raise DeviceError(f"{text}; {fix}") from None
+        raise DeviceError(f"{exc}; {fix}") from None
 
 
 class Model:
