@@ -258,3 +258,15 @@ def test_a_checkpoint_folder_of_another_run_is_refused_unless_resuming_from_it(x
     assert sorted(p.name for p in folder.iterdir()) == [f"epoch-00{i}.gguf" for i in range(1, 5)]
     assert len(gm.load(folder / "epoch-004.gguf").metadata["history"]) == 4
 
+
+
+def test_reading_a_run_log_never_creates_a_file(xy, tmp_path: Path, monkeypatch) -> None:
+    from ggml_mnist.plot import history_from_metrics
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "run #3.sqlite"
+    gm.train(*xy, metrics=log, **fc(epochs=2))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rows = history_from_metrics("run #3.sqlite")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    after = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm")))  # SQLite's own
+    assert after == before  # no "run " or any other stray file

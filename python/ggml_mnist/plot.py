@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import math
 import os
-import sqlite3
 import uuid
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import ConfigError, DataError, DataFileNotFoundError
+from .errors import ConfigError, DataError
 from .layers import Conv2d, Dropout
 from .model import Model, PathLike
 from .outputs import PNG_SOFTWARE
+from .runlog import read_epochs
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -81,22 +81,7 @@ def history_from_metrics(path: PathLike, run: Optional[int] = None) -> list[dict
 
     Raises DataFileNotFoundError for a missing file and DataError for a file without that run.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataFileNotFoundError(f"metrics log {path!r} does not exist")
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            if run is None:
-                found = db.execute("SELECT MAX(run_id) FROM runs").fetchone()
-                run = found[0] if found else None
-            rows = db.execute("SELECT epoch, loss, accuracy, val_loss, val_accuracy, lr FROM epochs "
-                              "WHERE run_id = ? ORDER BY epoch", (run,)).fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise DataError(f"{path!r} is not a ggml-mnist metrics log ({exc})") from exc
-    if not rows:
-        raise DataError(f"metrics log {path!r} has no epochs for run {run}")
-    keys = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
-    return history_rows([dict(zip(keys, r)) for r in rows])
+    return history_rows(read_epochs(path, run)[1])
 
 
 def history(history_or_model: HistoryLike, *, path: Optional[PathLike] = None) -> "Figure":

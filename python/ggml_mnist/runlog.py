@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import sqlite3
+import urllib.parse
 import warnings
 from typing import Any, Callable, Optional
 
-from .errors import ConfigError, LoggingWarning, ModelIOError
+from .errors import ConfigError, DataError, DataFileNotFoundError, LoggingWarning, ModelIOError
 from .outputs import check_output, describe, is_ours
 
 _SCHEMA = """
@@ -114,3 +116,31 @@ class RunLog:
                 self._warned = True
                 warnings.warn(f"cannot write the run log {self.path!r} ({exc}); training goes on and the rows are "
                               "written once the log can be written again", LoggingWarning, stacklevel=4)
+
+
+#: The columns of an epoch row, in the order :func:`read_epochs` returns them.
+EPOCH_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
+
+
+def read_epochs(path: Any, run: Optional[int] = None) -> tuple[int, list[dict[str, Any]]]:
+    """(run_id, its epoch rows as dicts of EPOCH_COLUMNS) of one run of a run log (default: the latest), read-only.
+
+    The file is opened read-only through a URI with its name quoted, so no name ('run #3.sqlite') creates a file.
+    Raises DataFileNotFoundError for a missing file and DataError for a file that is not a run log or lacks the run.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataFileNotFoundError(f"metrics log {path!r} does not exist")
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            if run is None:
+                found = db.execute("SELECT MAX(run_id) FROM runs").fetchone()
+                run = found[0] if found else None
+            rows = db.execute(f"SELECT {', '.join(EPOCH_COLUMNS)} FROM epochs WHERE run_id = ? ORDER BY epoch",
+                              (run,)).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{path!r} is not a ggml-mnist metrics log ({exc})") from exc
+    if not rows:
+        raise DataError(f"metrics log {path!r} has no epochs for run {run}")
+    return int(run), [dict(zip(EPOCH_COLUMNS, r)) for r in rows]
