@@ -8,6 +8,75 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* The threads of a training batch. ggml's CPU threads meet at a spinning barrier tens of times a step, so when
+ * another process keeps a core busy, a team of n threads waits on its descheduled member and runs slower than one
+ * thread (a cnn epoch at 2 threads: 5-6 s, against 1.2 s on one). The run therefore times its batches on n threads
+ * and, now and then, on one, and runs on whichever is faster: on a quiet machine that is n. Threads change no bit
+ * of the results (every reduction the graph runs is summed in a fixed order), so neither does this choice. */
+#define GMN_TEAM_PROBE_EVERY 100 /* batches between two probes of the other team size */
+#define GMN_TEAM_PROBE_LEN   3   /* batches a probe lasts */
+#define GMN_TEAM_SAMPLES     5   /* the latest batch times kept per team size; their median is its estimate */
+struct gmn_team {
+    double  t[2][GMN_TEAM_SAMPLES]; /* seconds of the latest batches on n threads [0] and on one [1] (0: none) */
+    int     next[2];
+    int     one;                    /* the faster so far is one thread */
+    int64_t until_probe;            /* batches left before the next probe */
+    int     probing;                /* batches of a probe left */
+};
+
+static double gmn_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
+}
+
+/* The median of the latest batch times of one team size (a hiccup of the machine moves it little), or 0. */
+static double gmn_team_estimate(const struct gmn_team * t, int one) {
+    double v[GMN_TEAM_SAMPLES];
+    int n = 0;
+    for (int i = 0; i < GMN_TEAM_SAMPLES; i++) {
+        if (t->t[one][i] > 0.0) {
+            double x = t->t[one][i];
+            int j = n++;
+            for (; j > 0 && v[j - 1] > x; j--) {
+                v[j] = v[j - 1];
+            }
+            v[j] = x;
+        }
+    }
+    return n == 0 ? 0.0 : v[n / 2];
+}
+
+/* The threads for the next batch, of at most n. */
+static int gmn_team_threads(const struct gmn_team * t, int n) {
+    if (n <= 1) {
+        return n;
+    }
+    return (t->one != (t->probing > 0)) ? 1 : n;
+}
+
+/* Note that a batch on threads took seconds, and plan the next. */
+static void gmn_team_observe(struct gmn_team * t, int threads, int n, double seconds) {
+    if (n <= 1) {
+        return;
+    }
+    const int one = threads == 1;
+    t->t[one][t->next[one]] = seconds;
+    t->next[one] = (t->next[one] + 1) % GMN_TEAM_SAMPLES;
+    if (t->probing > 0) {
+        t->probing--;
+    } else if (--t->until_probe <= 0) {
+        t->probing = GMN_TEAM_PROBE_LEN;
+        t->until_probe = GMN_TEAM_PROBE_EVERY;
+    }
+    const double many_s = gmn_team_estimate(t, 0), one_s = gmn_team_estimate(t, 1);
+    if (one_s > 0.0 && many_s > 0.0 && t->probing == 0) {
+        /* one thread must be clearly faster to take over, and n threads faster to take back */
+        t->one = t->one ? one_s < many_s : one_s < 0.8 * many_s;
+    }
+}
 
 struct gmn_train_state {
     struct gmn_train_config cfg;
@@ -41,6 +110,7 @@ struct gmn_train_state {
     int64_t                 perm_cap;
     float                 * probs;       /* validation scratch */
     int64_t                 probs_cap;
+    struct gmn_team         team;        /* how many threads each batch runs on */
 };
 
 int gmn_dataset_init(const uint8_t * images, const int32_t * labels, int64_t n, int64_t n_pixels, int n_classes, gmn_dataset ** out) {
@@ -617,6 +687,9 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
 
     memset(out, 0, sizeof(*out));
     const int n_threads = gmn_model_use_threads(m, m->n_threads);
+    if (st->team.until_probe == 0 && st->team.probing == 0) {
+        st->team.until_probe = 4; /* the first probe of one thread, after a few batches on n */
+    }
     ggml_opt_result_reset(st->result);
     struct ggml_tensor * labels = ggml_opt_labels(st->opt);
     const int C = m->n_classes;
@@ -624,13 +697,19 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
     int64_t last = 0; /* the last batch trained */
     for (int64_t ib = 0; ib < nbatch; ib++) {
         last = ib;
-        gmn_gather_batch(st, ds, st->perm + ib * B, B, C, n_threads);
+        const int threads = gmn_team_threads(&st->team, n_threads);
+        gmn_model_use_threads(m, threads);
+        const double t0 = gmn_seconds();
+        gmn_gather_batch(st, ds, st->perm + ib * B, B, C, threads);
         ggml_opt_alloc(st->opt, true);
         gmn_fill_masks(m, st);
         st->batches++;
         ggml_backend_tensor_set(st->inputs, st->xbuf, 0, ggml_nbytes(st->inputs));
         ggml_backend_tensor_set(labels, st->ybuf, 0, ggml_nbytes(labels));
         ggml_opt_eval(st->opt, st->result);
+        if (st->batches > 1) { /* the first batch also builds and allocates the graphs */
+            gmn_team_observe(&st->team, threads, n_threads, gmn_seconds() - t0);
+        }
 
         double loss = 0.0, acc = 0.0;
         ggml_opt_result_loss(st->result, &loss, NULL);

@@ -3,6 +3,8 @@ native calls release the GIL so that other Python threads run meanwhile."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -133,3 +135,19 @@ def test_native_calls_release_the_gil() -> None:
     for name, (start, end) in (("predict", predict), ("train_epoch", epoch)):
         assert end - start > 0.05, f"{name} was too short to tell"
         assert ticker.ticks_within(start, end) >= 3, f"no Python ran during {name} ({end - start:.3f}s)"
+
+
+def test_a_busy_core_changes_no_bit_of_training() -> None:
+    """A run on 2 threads times its batches and runs on one thread while that is faster (another process keeping
+    a core busy): the weights are those of a run on one thread, bit for bit, whichever team each batch ran on."""
+    x = np.random.default_rng(3).integers(0, 256, size=(1200, 28, 28), dtype=np.uint8)
+    y = np.arange(1200) % 10
+    options = dict(arch="cnn", conv_channels=(4, 8), epochs=2, batch_size=20, seed=4, progress=False)
+    alone = train(x, y, threads=1, **options)[0].get_weights()
+    hog = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time() + 60\nwhile time.time() < t: pass"])
+    try:
+        busy = train(x, y, threads=2, **options)[0].get_weights()
+    finally:
+        hog.kill()
+        hog.wait()
+    assert all(np.array_equal(alone[k], busy[k]) for k in alone)
