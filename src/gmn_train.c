@@ -11,19 +11,23 @@
 #include <time.h>
 
 /* The threads of a training batch. ggml's CPU threads meet at a spinning barrier tens of times a step, so when
- * another process keeps a core busy, a team of n threads waits on its descheduled member and runs slower than one
- * thread (a cnn epoch at 2 threads: 5-6 s, against 1.2 s on one). The run therefore times its batches on n threads
- * and, now and then, on one, and runs on whichever is faster: on a quiet machine that is n. Threads change no bit
+ * another process keeps a core busy, a team of n threads waits on its descheduled member and can run several times
+ * slower than one thread. The run therefore times its batches on n threads and, now and then (and at once when n
+ * threads slow down), on one, and runs on whichever is faster: on a quiet machine that is n. Threads change no bit
  * of the results (every reduction the graph runs is summed in a fixed order), so neither does this choice. */
-#define GMN_TEAM_PROBE_EVERY 100 /* batches between two probes of the other team size */
-#define GMN_TEAM_PROBE_LEN   3   /* batches a probe lasts */
+#define GMN_TEAM_PROBE_FIRST 4   /* batches on n threads before the first probe of one thread */
+#define GMN_TEAM_PROBE_EVERY 100 /* batches between probes, doubled while the choice holds ... */
+#define GMN_TEAM_PROBE_MAX   800 /* ... up to this */
+#define GMN_TEAM_PROBE_LEN   2   /* batches a probe lasts */
 #define GMN_TEAM_SAMPLES     5   /* the latest batch times kept per team size; their median is its estimate */
 struct gmn_team {
     double  t[2][GMN_TEAM_SAMPLES]; /* seconds of the latest batches on n threads [0] and on one [1] (0: none) */
     int     next[2];
     int     one;                    /* the faster so far is one thread */
     int64_t until_probe;            /* batches left before the next probe */
+    int64_t interval;               /* batches between probes now */
     int     probing;                /* batches of a probe left */
+    double  ref_many;               /* the estimate on n threads when the last probe ended: a rise calls a probe */
 };
 
 static double gmn_seconds(void) {
@@ -62,19 +66,30 @@ static void gmn_team_observe(struct gmn_team * t, int threads, int n, double sec
     if (n <= 1) {
         return;
     }
+    if (t->interval == 0) {
+        t->interval = GMN_TEAM_PROBE_EVERY;
+        t->until_probe = GMN_TEAM_PROBE_FIRST;
+    }
     const int one = threads == 1;
     t->t[one][t->next[one]] = seconds;
     t->next[one] = (t->next[one] + 1) % GMN_TEAM_SAMPLES;
-    if (t->probing > 0) {
-        t->probing--;
-    } else if (--t->until_probe <= 0) {
-        t->probing = GMN_TEAM_PROBE_LEN;
-        t->until_probe = GMN_TEAM_PROBE_EVERY;
-    }
     const double many_s = gmn_team_estimate(t, 0), one_s = gmn_team_estimate(t, 1);
-    if (one_s > 0.0 && many_s > 0.0 && t->probing == 0) {
-        /* one thread must be clearly faster to take over, and n threads faster to take back */
-        t->one = t->one ? one_s < many_s : one_s < 0.8 * many_s;
+    if (t->probing > 0) {
+        if (--t->probing == 0) {
+            /* one thread must be clearly faster to take over, and n threads faster to take back; a choice that
+             * holds is probed less and less often */
+            const int was = t->one;
+            t->one = t->one ? one_s < many_s : one_s < 0.8 * many_s;
+            t->interval = t->one == was && t->interval < GMN_TEAM_PROBE_MAX ? 2 * t->interval : GMN_TEAM_PROBE_EVERY;
+            t->until_probe = t->interval;
+            t->ref_many = many_s;
+        }
+        return;
+    }
+    /* n threads slowing down well past their last estimate (another process took a core) is probed at once */
+    const int slowed = !one && t->ref_many > 0.0 && many_s > 1.5 * t->ref_many;
+    if (--t->until_probe <= 0 || (slowed && t->interval - t->until_probe >= 2 * GMN_TEAM_SAMPLES)) {
+        t->probing = GMN_TEAM_PROBE_LEN;
     }
 }
 
@@ -687,9 +702,6 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
 
     memset(out, 0, sizeof(*out));
     const int n_threads = gmn_model_use_threads(m, m->n_threads);
-    if (st->team.until_probe == 0 && st->team.probing == 0) {
-        st->team.until_probe = 4; /* the first probe of one thread, after a few batches on n */
-    }
     ggml_opt_result_reset(st->result);
     struct ggml_tensor * labels = ggml_opt_labels(st->opt);
     const int C = m->n_classes;
