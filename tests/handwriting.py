@@ -81,12 +81,17 @@ def as_scan(img: Image.Image, *, invert: bool = False, noise: float = 0.0, gradi
         rgb = rgb * (1.0 - gradient * (0.6 * xx / w + 0.4 * yy / h))[..., None]
     if noise:
         rgb = rgb + np.random.default_rng(seed).normal(0, 255 * noise, rgb.shape)
-    out = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
-    if jpeg:
-        buf = io.BytesIO()
-        out.save(buf, "JPEG", quality=jpeg)
-        out = Image.open(io.BytesIO(buf.getvalue()))
-        out.load()
+    return jpeg_round_trip(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB"), jpeg)
+
+
+def jpeg_round_trip(img: Image.Image, quality: Optional[int]) -> Image.Image:
+    """img as a JPEG of that quality decodes it (unchanged when quality is None or 0)."""
+    if not quality:
+        return img
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    out = Image.open(io.BytesIO(buf.getvalue()))
+    out.load()
     return out
 
 

@@ -222,3 +222,16 @@ def reference_net_proba(layers: list, weights: Mapping[str, np.ndarray], images:
                         masks: Optional[Mapping[int, np.ndarray]] = None) -> np.ndarray:
     """Class probabilities of :func:`reference_logits`."""
     return softmax(reference_logits(layers, weights, images, masks))
+
+
+def http_request(addr: Any, method: str, path: str, body: Optional[bytes] = None,
+                 headers: Optional[dict[str, str]] = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one HTTP request to a test server at addr (host, port, ...)."""
+    import http.client
+    conn = http.client.HTTPConnection(*addr[:2], timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        reply = conn.getresponse()
+        return reply.status, dict(reply.getheaders()), reply.read()
+    finally:
+        conn.close()

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import io
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
+
+from handwriting import jpeg_round_trip
 
 Point = tuple[float, float]
 
@@ -47,13 +48,7 @@ def photo_of_sheet(sheet: Image.Image, corners: Sequence[Point], size: tuple[int
     u, v = xx / width, yy / height
     lit = 1.0 - light * (0.6 * u + 0.4 * v) - 0.25 * ((u - 0.5) ** 2 + (v - 0.5) ** 2)
     rgb = rgb * lit[..., None] + rng.normal(0, 255 * grain, rgb.shape)
-    out = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
-    if jpeg:
-        buf = io.BytesIO()
-        out.save(buf, "JPEG", quality=jpeg)
-        out = Image.open(io.BytesIO(buf.getvalue()))
-        out.load()
-    return out
+    return jpeg_round_trip(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB"), jpeg)
 
 
 def sheet_with(writing: Image.Image, *, sheet: tuple[int, int], at: tuple[int, int]) -> Image.Image:

@@ -16,6 +16,7 @@ from PIL import Image
 
 import ggml_mnist as gm
 from ggml_mnist import serve
+from helpers import http_request
 
 MAX_BODY = 64 * 1024
 
@@ -32,15 +33,7 @@ def server() -> Iterator[tuple[str, int]]:
     thread.join(5)
 
 
-def _request(addr: tuple[str, int], method: str, path: str, body: Optional[bytes] = None,
-             headers: Optional[dict[str, str]] = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(*addr, timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        reply = conn.getresponse()
-        return reply.status, dict(reply.getheaders()), reply.read()
-    finally:
-        conn.close()
+_request = http_request
 
 
 def _png_digit() -> bytes:

@@ -25,6 +25,7 @@ from PIL import Image, ImageFile, features
 
 import ggml_mnist as gm
 from ggml_mnist import serve
+from helpers import http_request
 
 HOST = "127.0.0.1"
 SLOW_REQUEST = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
@@ -52,13 +53,7 @@ def server() -> Iterator[serve.Server]:
 
 def _request(addr: Any, method: str, path: str, body: Optional[bytes] = None,
              headers: Optional[dict[str, str]] = None, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(*addr[:2], timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        reply = conn.getresponse()
-        return reply.status, dict(reply.getheaders()), reply.read()
-    finally:
-        conn.close()
+    return http_request(addr, method, path, body, headers, timeout)
 
 
 def _digit(fmt: str = "PNG") -> bytes:
