@@ -535,14 +535,20 @@ def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None
         losses[start:stop] = -np.log(np.maximum(picked, 1e-30))
         if probabilities is not None:
             probabilities[start:stop] = probs
-    correct = predictions == labels
-    accuracy = float(correct.mean())
+    return eval_result(predictions, losses, labels, seconds, probabilities, model.n_classes)
+
+
+def eval_result(predictions: np.ndarray, losses: np.ndarray, labels: np.ndarray, seconds: float,
+                probabilities: Optional[np.ndarray], n_classes: int) -> EvalResult:
+    """The EvalResult of per-image predictions and losses (-log of the true class's probability) against labels."""
+    n = len(labels)
+    accuracy = float((predictions == labels).mean()) if n else float("nan")
     return EvalResult(
         n=n, loss=float(losses.mean()),
         loss_unc=float(losses.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
         accuracy=accuracy, accuracy_unc=float(np.sqrt(accuracy * (1 - accuracy) / (n - 1))) if n > 1 else float("nan"),
         seconds=seconds, images_per_second=n / seconds if seconds > 0 else float("inf"),
-        predictions=predictions, probabilities=probabilities, labels=labels.astype(np.int64), n_classes=model.n_classes)
+        predictions=predictions, probabilities=probabilities, labels=labels.astype(np.int64), n_classes=n_classes)
 
 
 def export_gguf(path: PathLike, arch: ArchLike, weights: Mapping[str, Any], *, layout: str = "ggml",

@@ -109,16 +109,9 @@ class Ensemble:
         results = [api.evaluate(m, images, labels, batch_size=batch_size) for m in self.members]
         probs = (sum(r.probabilities.astype(np.float64) for r in results) / len(self)).astype(np.float32)
         truth = results[0].labels
-        n = len(truth)
-        predictions = probs.argmax(axis=1).astype(np.int64)
-        losses = -np.log(np.maximum(probs[np.arange(n), truth].astype(np.float64), 1e-30))
-        accuracy = float((predictions == truth).mean()) if n else float("nan")
-        seconds = sum(r.seconds for r in results)
-        return api.EvalResult(
-            n=n, loss=float(losses.mean()), loss_unc=float(losses.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
-            accuracy=accuracy, accuracy_unc=float(np.sqrt(accuracy * (1 - accuracy) / (n - 1))) if n > 1 else float("nan"),
-            seconds=seconds, images_per_second=n / seconds if seconds > 0 else float("inf"), predictions=predictions,
-            probabilities=probs if keep_probabilities else None, labels=truth, n_classes=self.n_classes)
+        losses = -np.log(np.maximum(probs[np.arange(len(truth)), truth].astype(np.float64), 1e-30))
+        return api.eval_result(probs.argmax(axis=1).astype(np.int64), losses, truth, sum(r.seconds for r in results),
+                               probs if keep_probabilities else None, self.n_classes)
 
     def predict_image(self, image: Union[ImageLike, Sequence[ImageLike]]
                       ) -> Union[reading.Prediction, list[reading.Prediction]]:
