@@ -270,3 +270,46 @@ def test_reading_a_run_log_never_creates_a_file(xy, tmp_path: Path, monkeypatch)
     assert [r["epoch"] for r in rows] == [1, 2]
     after = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm")))  # SQLite's own
     assert after == before  # no "run " or any other stray file
+
+
+def test_a_resumed_run_keeps_its_best_checkpoint(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, size=(600, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, size=600)  # random labels: the validation loss soon gets worse
+    folder = tmp_path / "ck"
+    saving = dict(threads=1, progress=False, checkpoint=folder, checkpoint_best_only=True, save_optimizer=True)
+    gm.train(x, y, arch="fc", hidden=16, batch_size=20, lr=3e-3, lr_schedule="constant", val_split=0.2, seed=1,
+             epochs=2, **saving)
+    _, history = gm.train(x, y, epochs=3, resume=folder / "best.gguf", **saving)  # the history of all 3 epochs
+    losses = [s.val_loss for s in history]
+    assert losses[2] > losses[1]  # the resumed epoch is worse than the best before it
+    kept = gm.load(folder / "best.gguf")
+    assert kept.metadata["best_epoch"] == 2 and len(kept.metadata["history"]) == 2, losses
+
+
+def test_an_interrupted_run_never_saves_over_an_input(tmp_path: Path) -> None:
+    from ggml_mnist.cli import _interrupted_name
+    out = tmp_path / "model.gguf"
+    gm.Model.create("fc", hidden=8, threads=1).save(out)
+    resumed = tmp_path / "model.interrupted.gguf"
+    gm.Model.create("fc", hidden=8, threads=1).save(resumed)
+    assert _interrupted_name(str(out)) == str(resumed)  # an earlier partial model of ours is replaced
+    assert _interrupted_name(str(out), [str(resumed)]) == str(tmp_path / "model.interrupted-2.gguf")
+    resumed.write_text("notes")
+    assert _interrupted_name(str(out)) == str(tmp_path / "model.interrupted-2.gguf")  # nor a file of another kind
+
+
+def test_rows_lost_at_the_end_of_a_run_are_said(xy, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(runlog, "BUSY_SECONDS", 0.05)
+    log = tmp_path / "run.sqlite"
+    gm.train(*xy, metrics=log, **fc(epochs=1))
+    writer = sqlite3.connect(log, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.warns(gm.LoggingWarning) as caught:
+            gm.train(*xy, metrics=log, **fc(epochs=2))
+    finally:
+        writer.execute("ROLLBACK")
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and "could not be written at the end of the run" in messages[1]
+    assert "rows (and the run's status) are missing" in messages[1]

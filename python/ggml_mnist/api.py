@@ -415,12 +415,21 @@ class _Run:
         self.cfg, self.info, self.history, self.patience = cfg, info, history, patience
         self.best_loss = float("inf")
         self.best_epoch = 0
-        self.best_weights: Optional[dict[str, np.ndarray]] = None
+        self.best_weights: Optional[dict[str, np.ndarray]] = None  # of an epoch of this call (not of a resumed part)
         self.improved = False
+        for stats in history:  # a resumed run's best so far, so that a worse epoch never counts as an improvement
+            loss = self._loss(stats)
+            if np.isfinite(loss) and loss < self.best_loss:
+                self.best_loss, self.best_epoch = loss, stats.epoch
+
+    @staticmethod
+    def _loss(stats: EpochStats) -> float:
+        """The loss that decides improvements: validation loss, else training loss."""
+        return stats.val_loss if stats.val_loss is not None else stats.train_loss
 
     def observe(self, stats: EpochStats, model: Model) -> bool:
         """Note an epoch; return True when early stopping says to stop."""
-        loss = stats.val_loss if stats.val_loss is not None else stats.train_loss
+        loss = self._loss(stats)
         self.improved = bool(np.isfinite(loss) and loss < self.best_loss)
         if self.improved:
             self.best_loss, self.best_epoch = loss, stats.epoch

@@ -19,12 +19,12 @@ from . import api, download
 from .augment import LEVELS, PARAMETERS, for_dataset
 from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK, GRAPHS, OPTIMIZERS, SCHEDULES, TrainConfig
 from .data import read_idx_header, split_files
-from .errors import ConfigError, GgmlMnistError, GgmlMnistWarning
+from .errors import ConfigError, GgmlMnistError, GgmlMnistWarning, ModelIOError
 from .datasets import DATASETS, dataset_info, preparation
 from .ensemble import Ensemble
 from .layers import canonical_preset, load_layers, preset_names, resolve_layers
 from .model import check_net, summary_lines
-from .outputs import FOREIGN_KINDS, check_distinct, check_output, describe
+from .outputs import FOREIGN_KINDS, check_distinct, check_output, describe, is_ours, same_file
 from .runlog import check_log_path
 
 
@@ -390,7 +390,7 @@ def _train(args: argparse.Namespace) -> int:
         save_optimizer=args.save_optimizer, **options)
     interrupted = bool(history) and history[-1].interrupted
     # an interrupted run never replaces an existing model: its partial model goes beside it
-    saved = _interrupted_name(args.output) if interrupted and Path(args.output).exists() else args.output
+    saved = _interrupted_name(args.output, inputs) if interrupted and Path(args.output).exists() else args.output
     model.save(saved, force=args.force)
     seconds = sum(s.seconds for s in history)
     if args.json:
@@ -417,10 +417,16 @@ def _augment_arg(text: Optional[str]) -> Any:
         raise ConfigError(f"--augment {text!r} is not valid JSON ({exc.msg}); write e.g. '{{\"rotate\": 10, \"shift\": 2}}'") from None
 
 
-def _interrupted_name(output: str) -> str:
-    """Where an interrupted run saves beside an existing OUT: model.gguf -> model.interrupted.gguf."""
+def _interrupted_name(output: str, inputs: Sequence[str] = ()) -> str:
+    """Where an interrupted run saves beside an existing OUT: model.gguf -> model.interrupted.gguf, or
+    model.interrupted-2.gguf, ... when that name is one of the run's inputs or a file of another kind."""
     path = Path(output)
-    return str(path.with_name(f"{path.stem}.interrupted{path.suffix or '.gguf'}"))
+    for n in range(1, 1000):
+        name = path.with_name(f"{path.stem}.interrupted{'' if n == 1 else f'-{n}'}{path.suffix or '.gguf'}")
+        if not name.exists() or (is_ours(name, "model") and not any(same_file(name, p) for p in inputs)):
+            return str(name)
+    raise ModelIOError(f"no free name for the interrupted run's model beside {output!r}; remove old "
+                       f"{path.stem}.interrupted*.gguf files")
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:

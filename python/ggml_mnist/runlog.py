@@ -86,6 +86,10 @@ class RunLog:
         self._pending.append(("UPDATE runs SET finished = ?, status = ? WHERE run_id = ?", (_now(), status)))
         self._flush()
         self._db.close()
+        if self._pending:  # said even after an earlier warning: these rows are lost now
+            warnings.warn(f"the run log {self.path!r} could not be written at the end of the run; its last "
+                          f"{len(self._pending)} rows (and the run's status) are missing from it", LoggingWarning,
+                          stacklevel=3)
 
     def _flush(self) -> None:
         """Write the run row (once) and the pending rows in one transaction; on failure keep them and warn once."""
