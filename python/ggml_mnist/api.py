@@ -480,8 +480,8 @@ class _Checkpoints:
         self.warned = False
         if self.directory.exists() and not self.directory.is_dir():
             raise ModelIOError(f"checkpoint folder '{directory}' is a file; name a folder such as checkpoints/")
-        held = sorted(p.name for pattern in self.PATTERNS for p in self.directory.glob(pattern)) \
-            if self.directory.is_dir() else []
+        held = sorted((p.name for pattern in self.PATTERNS for p in self.directory.glob(pattern)),
+                      key=lambda name: (len(name), name)) if self.directory.is_dir() else []  # epoch-999 before -1000
         inside = resumed_from is not None and same_file(Path(resumed_from).parent, self.directory)
         if held and not inside:
             listed = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
