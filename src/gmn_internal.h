@@ -67,7 +67,6 @@ struct gmn_opt_tracker;
 /* The backend plan (gmn_plan.c): every choice that depends on the devices a model runs on, made once when the
  * model is created or its graph form chosen. The network builder reads it and never asks about backends. */
 struct gmn_plan {
-    int     asked;            /* enum gmn_graph as chosen (AUTO by default) */
     int     graph;            /* GMN_GRAPH_CPU or GMN_GRAPH_PORTABLE */
     int     kernels;          /* the shim's CPU kernels take nodes (CPU graph, no accelerator, version gate passed) */
     int     accel_products;   /* an accelerator beside the CPU (BLAS) runs the matrix products */

@@ -168,20 +168,12 @@ int gmn_model_set_graph(gmn_model * m, int graph) {
     if (m->train != NULL) {
         return gmn_fail(GMN_E_STATE, "set_graph: a training run is in progress; choose the graph before training");
     }
-    const struct gmn_plan before = m->plan;
+    const int form = m->plan.graph, kernels = m->plan.kernels;
     const int st = gmn_plan_init(m, graph);
-    if (st != GMN_OK) {
-        return st;
+    if (st == GMN_OK && (form != m->plan.graph || kernels != m->plan.kernels)) {
+        gmn_eval_free(m); /* the prediction graph (and its record in the plan) is rebuilt in the new form */
     }
-    if (before.graph != m->plan.graph || before.kernels != m->plan.kernels) {
-        gmn_eval_free(m); /* the prediction graph is rebuilt in the new form */
-    } else {
-        memcpy(m->plan.ops, before.ops, sizeof(before.ops));
-        memcpy(m->plan.taken, before.taken, sizeof(before.taken));
-    }
-    memcpy(m->plan.train_ops, before.train_ops, sizeof(before.train_ops));
-    memcpy(m->plan.train_taken, before.train_taken, sizeof(before.train_taken));
-    return GMN_OK;
+    return st;
 }
 
 int gmn_model_plan(gmn_model * m, struct gmn_plan_info * out) {

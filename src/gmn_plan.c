@@ -71,9 +71,9 @@ int gmn_plan_init(gmn_model * m, int asked) {
         return gmn_fail(GMN_E_INVALID, "graph 'cpu' runs on the CPU device only, and this model runs on %s; use "
                         "graph='portable' (or 'auto')", ggml_backend_dev_name(m->dev));
     }
-    struct gmn_plan * p = &m->plan;
-    memset(p, 0, sizeof(*p));
-    p->asked          = asked;
+    struct gmn_plan * p = &m->plan; /* the choices only: the records of graphs built stay until they are rebuilt */
+    p->kernels        = 0;
+    p->why[0]         = '\0';
     p->accel_products = m->n_accel > 0;
     p->llamafile      = gmn_cpu_feature("LLAMAFILE");
     const int quantized = gmn_has_quantized_kernel(m);

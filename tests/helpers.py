@@ -235,3 +235,23 @@ def http_request(addr: Any, method: str, path: str, body: Optional[bytes] = None
         return reply.status, dict(reply.getheaders()), reply.read()
     finally:
         conn.close()
+
+
+def check_sgd_gradient(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray], lr: float,
+                       loss: Any, per_tensor: int, rng: np.random.Generator, abs_tol: float) -> int:
+    """Assert that one SGD step from ``before`` to ``after`` moved each of ``per_tensor`` random weights of every
+    tensor by -lr times the central finite difference of ``loss(weights as float64)``; returns how many it checked."""
+    import pytest
+    checked = 0
+    for name, w in before.items():
+        grad = (w - after[name]).astype(np.float64) / lr
+        for flat in rng.choice(w.size, size=min(per_tensor, w.size), replace=False):
+            idx = np.unravel_index(flat, w.shape)
+            plus = {k: v.astype(np.float64) for k, v in before.items()}
+            minus = {k: v.astype(np.float64) for k, v in before.items()}
+            plus[name][idx] += 1e-6
+            minus[name][idx] -= 1e-6
+            numeric = (loss(plus) - loss(minus)) / 2e-6
+            assert grad[idx] == pytest.approx(numeric, rel=2e-2, abs=abs_tol), (name, idx)
+            checked += 1
+    return checked

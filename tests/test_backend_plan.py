@@ -11,7 +11,7 @@ import pytest
 from ggml_mnist import cli
 from ggml_mnist._ffi import ffi, lib
 from ggml_mnist.layers import AvgPool2d, Conv2d, Dense, Dropout, GELU, MaxPool2d, ReLU, SiLU, Tanh
-from helpers import THREADS, reference_net_proba, spread_weights
+from helpers import THREADS, check_sgd_gradient, reference_net_proba, spread_weights
 
 # The ops ggml-cuda runs, from ggml_backend_cuda_device_supports_op in src/ggml-cuda/ggml-cuda.cu of the pinned
 # ggml 0.15.3 (vendor/ggml of the ggml-python 0.0.45 sdist, lines 5054-5456): every case label of the function, as
@@ -102,23 +102,10 @@ def test_portable_gradients_equal_finite_differences() -> None:
     after = after.get_weights()
 
     def loss(weights):
-        probs = reference_net_proba(start.layers, {k: v.astype(np.float64) for k, v in weights.items()}, x)
+        probs = reference_net_proba(start.layers, weights, x)
         return float(-np.log(probs[np.arange(n), y]).mean())
 
-    rng = np.random.default_rng(0)
-    checked = 0
-    for name, w in before.items():
-        grad = (w - after[name]) / lr
-        for flat in rng.choice(w.size, size=min(4, w.size), replace=False):
-            idx = np.unravel_index(flat, w.shape)
-            plus = {k: v.astype(np.float64) for k, v in before.items()}
-            minus = {k: v.astype(np.float64) for k, v in before.items()}
-            plus[name][idx] += 1e-6
-            minus[name][idx] -= 1e-6
-            numeric = (loss(plus) - loss(minus)) / 2e-6
-            assert grad[idx] == pytest.approx(numeric, rel=2e-2, abs=2e-5), (name, idx)
-            checked += 1
-    assert checked >= 30
+    assert check_sgd_gradient(before, after, lr, loss, 4, np.random.default_rng(0), abs_tol=2e-5) >= 30
 
 
 @pytest.mark.parametrize("name", ["fc", "cnn", "best"])

@@ -16,7 +16,7 @@ from ggml_mnist import ConfigError, Model, ModelFormatError, cli, load, train
 from ggml_mnist._ffi import ffi, lib
 from ggml_mnist.layers import (AvgPool2d, Conv2d, Dense, Dropout, GELU, MaxPool2d, ReLU, Sequential, SiLU, Tanh,
                                load_layers)
-from helpers import THREADS, gelu_tanh, read_gguf, reference_logits, reference_net_proba, spread_weights, write_gguf
+from helpers import THREADS, check_sgd_gradient, gelu_tanh, read_gguf, reference_logits, reference_net_proba, spread_weights, write_gguf
 
 PRESETS = ["fc", "cnn", "mlp800", "minerva-mlp", "minerva-cnn", "lenet5", "letters-cnn", "best"]
 
@@ -233,20 +233,8 @@ def check_one_sgd_step(layers: list, size: tuple[int, int], n: int, n_classes: i
     for i, m in (masks or {}).items():
         p = model.layers[i].p
         assert set(np.unique(m)) <= {0.0, np.float32(1 / (1 - p))}
-    after = model.get_weights()
-    checked = 0
-    for name, w in start.items():
-        grad = (w - after[name]).astype(np.float64)
-        for flat in rng.choice(w.size, size=min(5, w.size), replace=False):
-            idx = np.unravel_index(flat, w.shape)
-            plus = {k: v.astype(np.float64) for k, v in start.items()}
-            minus = {k: v.astype(np.float64) for k, v in start.items()}
-            plus[name][idx] += 1e-6
-            minus[name][idx] -= 1e-6
-            numeric = (mean_loss(model.layers, plus, x, y, masks) - mean_loss(model.layers, minus, x, y, masks)) / 2e-6
-            assert grad[idx] == pytest.approx(numeric, rel=2e-2, abs=3e-5), (name, idx)
-            checked += 1
-    return checked
+    return check_sgd_gradient(start, model.get_weights(), 1.0, lambda w: mean_loss(model.layers, w, x, y, masks), 5, rng,
+                              abs_tol=3e-5)
 
 
 @pytest.mark.parametrize("case", list(KINDS))

@@ -285,11 +285,12 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
         os.fspath(data_dir) if images is None and data_dir is not None else "array")
     images, labels = resolve_dataset(images, labels, "train", data_dir, dataset)
     want_size = start_model.image_size if start_model is not None else None
-    if start_model is not None and np.asarray(labels).size and np.issubdtype(np.asarray(labels).dtype, np.integer) \
-            and int(np.max(labels)) >= start_model.n_classes:
-        raise DataError(f"the labels go up to {int(np.max(labels))} but the model to start from has "
-                        f"{start_model.n_classes} outputs; train a new model (leave out init=/resume=, --init/--resume), "
-                        "which takes its number of classes from the labels")
+    if start_model is not None:
+        y = np.asarray(labels)
+        if y.size and np.issubdtype(y.dtype, np.integer) and int(y.max()) >= start_model.n_classes:
+            raise DataError(f"the labels go up to {int(y.max())} but the model to start from has "
+                            f"{start_model.n_classes} outputs; train a new model (leave out init=/resume=, "
+                            "--init/--resume), which takes its number of classes from the labels")
     images, labels, n_classes = validate_dataset(images, labels, start_model.n_classes if start_model else n_classes,
                                                  image_size=want_size)
     n, h, w = images.shape
@@ -317,10 +318,11 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
     log = RunLog(metrics, arch=_arch_label(cfg.arch) if isinstance(cfg.arch, str) else "custom", dataset=name,
                  seed=cfg.seed, config=cfg.as_dict()) if metrics is not None else None
 
+    if start_model is not None:
+        start_model.set_graph(cfg.graph)
     model = start_model or Model.create(cfg.arch, n_classes=n_classes, image_size=(h, w), hidden=cfg.hidden,
                                         conv_channels=cfg.conv_channels, device=cfg.device, threads=cfg.threads,
                                         seed=cfg.seed, graph=cfg.graph)
-    model.set_graph(cfg.graph)
     dataset_handle = _native_dataset(images.reshape(len(images), h * w), labels, n_classes)
     _ffi.check(model.call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", dict(
         optimizer=0 if cfg.optimizer == "adamw" else 1, lr=cfg.lr, lr_min_ratio=cfg.lr_min_ratio,

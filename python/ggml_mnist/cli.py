@@ -127,9 +127,9 @@ def printable(text: str) -> str:
 def check_model_argument(path: str, usage: str) -> None:
     """Raise ConfigError when the file given as the model is surely something else (IDX data, a picture, ...),
     which means the arguments were given in the wrong order; ``usage`` shows the right one."""
-    if os.path.isfile(path) and describe(path) in (*FOREIGN_KINDS, "a gzip file", "an IDX file") \
-            and describe(path) != "a GGUF model file":
-        raise ConfigError(f"{path!r} is {describe(path)}, not a GGUF model; the first argument is the model: {usage}")
+    kind = describe(path) if os.path.isfile(path) else None
+    if kind in (*FOREIGN_KINDS, "a gzip file", "an IDX file") and kind != "a GGUF model file":
+        raise ConfigError(f"{path!r} is {kind}, not a GGUF model; the first argument is the model: {usage}")
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -352,7 +352,7 @@ def _train(args: argparse.Namespace) -> int:
         graph=args.graph,
         threads=args.threads, hidden=args.hidden, conv_channels=args.conv_channels, augment=_augment_arg(args.augment))
     if args.resume:
-        config = None  # train() refuses every option but epochs, device and threads, as for the API
+        config = None  # train() refuses every option but epochs, device, graph and threads, as for the API
         options = {k: v for k, v in options.items() if v is not None}
         options["arch"] = given_arch
     else:
@@ -576,8 +576,8 @@ def _data(args: argparse.Namespace) -> int:
     status = download.dataset_status(args.dataset, args.dir)
     print(f"{args.dataset} in {Path(args.dir) / args.dataset}:")
     for name, state in status.items():
-        if state in ("ok", "missing"):
-            print(f"{state.upper() if state == 'missing' else 'ok':7s} {name}")
+        if state == "ok" or state == "missing":
+            print(f"{'ok' if state == 'ok' else 'MISSING':7s} {name}")
         else:
             print(f"BAD     {name}: {state}; remove it or run `mnist-data download --force`")
     return 0 if all(state == "ok" for state in status.values()) else 1

@@ -23,6 +23,7 @@ PNG_SOFTWARE = "ggml-mnist"
 #: What :func:`describe` calls the files that are surely not a damaged dataset download.
 FOREIGN_KINDS = ("a GGUF model file", "a SQLite database", "a PNG picture", "a JPEG picture")
 _KIND_NAME = {"model": "a GGUF model file", "png": "a picture ggml-mnist drew", "sqlite": "a SQLite run log"}
+_DESCRIBED = {"model": "a GGUF model file", "png": "a PNG picture", "sqlite": "a SQLite database"}  # by describe()
 
 
 def describe(path: PathLike) -> str:
@@ -54,14 +55,10 @@ def is_ours(path: PathLike, kind: str) -> bool:
 
     An empty file counts as ours (a name reserved with ``touch``). A PNG must carry our Software text chunk.
     """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(MAGIC[kind]))
-    except OSError:
-        return False
-    if not head:
+    held = describe(path)
+    if held == "an empty file":
         return True
-    if head != MAGIC[kind]:
+    if held != _DESCRIBED[kind]:
         return False
     if kind != "png":
         return True
