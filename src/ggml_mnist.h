@@ -38,7 +38,9 @@ enum gmn_status {
 };
 
 enum gmn_optimizer { GMN_OPT_ADAMW = 0, GMN_OPT_SGD = 1 };
-enum gmn_schedule  { GMN_SCHEDULE_CONSTANT = 0, GMN_SCHEDULE_COSINE = 1, GMN_SCHEDULE_LINEAR = 2 };
+/* ONECYCLE: the rate rises from lr/25 to lr over the warm-up (warmup_steps, or 30 % of the run when 0), along half a
+ * cosine, then falls along half a cosine to lr*lr_min_ratio (Smith & Topin's one-cycle policy, without momentum cycling). */
+enum gmn_schedule  { GMN_SCHEDULE_CONSTANT = 0, GMN_SCHEDULE_COSINE = 1, GMN_SCHEDULE_LINEAR = 2, GMN_SCHEDULE_ONECYCLE = 3 };
 enum gmn_log_level { GMN_LOG_DEBUG = 1, GMN_LOG_INFO = 2, GMN_LOG_WARN = 3, GMN_LOG_ERROR = 4 };
 enum gmn_phase     { GMN_PHASE_TRAIN = 0, GMN_PHASE_VALIDATION = 1 };
 
@@ -155,6 +157,8 @@ struct gmn_train_config {
     uint64_t seed;           /* shuffle order */
     float    max_loss;       /* > 0: a batch loss above this counts as divergence; 0: only NaN/inf do */
     struct gmn_augment augment; /* training batches only, never validation; its own random stream */
+    float    label_smoothing; /* [0, 1): training targets are (1 - s) one-hot + s / n_classes; validation and
+                               * evaluation losses stay plain cross-entropy */
 };
 
 /* Metrics of one epoch; *_unc are standard errors of the means. n_val is 0 without validation. */

@@ -219,8 +219,12 @@ static int gmn_check_train_config(const struct gmn_train_config * c) {
     if (!(c->lr_min_ratio >= 0.0f && c->lr_min_ratio <= 1.0f)) {
         return gmn_fail(GMN_E_INVALID, "train: lr_min_ratio %g must be in [0, 1]", (double) c->lr_min_ratio);
     }
-    if (c->schedule < GMN_SCHEDULE_CONSTANT || c->schedule > GMN_SCHEDULE_LINEAR) {
-        return gmn_fail(GMN_E_INVALID, "train: unknown schedule code %d (use constant, cosine or linear)", c->schedule);
+    if (c->schedule < GMN_SCHEDULE_CONSTANT || c->schedule > GMN_SCHEDULE_ONECYCLE) {
+        return gmn_fail(GMN_E_INVALID, "train: unknown schedule code %d (use constant, cosine, linear or onecycle)", c->schedule);
+    }
+    if (!(c->label_smoothing >= 0.0f && c->label_smoothing < 1.0f)) {
+        return gmn_fail(GMN_E_INVALID, "train: label_smoothing %g must be in [0, 1) (0.1 is usual; 0 turns it off)",
+                        (double) c->label_smoothing);
     }
     if (c->warmup_steps < 0 || c->total_steps <= 0) {
         return gmn_fail(GMN_E_INVALID, "train: warmup_steps %lld must be >= 0 and total_steps %lld > 0",
@@ -249,7 +253,27 @@ static int gmn_check_train_config(const struct gmn_train_config * c) {
     return GMN_OK;
 }
 
+/* One-cycle: up from lr/25 to lr over the warm-up, then down to lr*lr_min_ratio, each along half a cosine. */
+static float gmn_onecycle_lr(const struct gmn_train_config * c, int64_t step) {
+    const int64_t up = c->warmup_steps > 0 ? c->warmup_steps : (c->total_steps * 3 + 9) / 10;
+    const double lo = c->lr / 25.0, hi = c->lr, end = c->lr * (double) c->lr_min_ratio;
+    double lr;
+    if (step < up) {
+        const double p = (double) step / (double) up;
+        lr = hi + (lo - hi) * 0.5 * (1.0 + cos(M_PI * p));
+    } else {
+        const int64_t span = c->total_steps - up;
+        double p = span > 0 ? (double) (step - up) / (double) span : 1.0;
+        p = p > 1.0 ? 1.0 : p;
+        lr = end + (hi - end) * 0.5 * (1.0 + cos(M_PI * p));
+    }
+    return lr > 1e-12 ? (float) lr : 1e-12f; /* ggml-opt requires a positive rate */
+}
+
 static float gmn_schedule_lr(const struct gmn_train_config * c, int64_t step) {
+    if (c->schedule == GMN_SCHEDULE_ONECYCLE) {
+        return gmn_onecycle_lr(c, step);
+    }
     if (step < c->warmup_steps) {
         return c->lr * (float) (step + 1) / (float) c->warmup_steps;
     }
@@ -488,6 +512,7 @@ static int gmn_check_indices(const gmn_dataset * ds, const int64_t * idx, int64_
 static void gmn_gather_rows(struct gmn_train_state * st, const gmn_dataset * ds, const int64_t * rows, int64_t r0, int64_t r1,
                             int n_classes, struct gmn_aug_ws * ws) {
     const int64_t npix = ds->n_pixels;
+    const float s = st->cfg.label_smoothing, off = s / (float) n_classes, on = 1.0f - s + off;
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t * img = ds->images + rows[r] * npix;
         if (st->augment) {
@@ -496,7 +521,12 @@ static void gmn_gather_rows(struct gmn_train_state * st, const gmn_dataset * ds,
         } else {
             gmn_u8_to_f32(st->xbuf + r * npix, img, npix);
         }
-        st->ybuf[r * n_classes + ds->labels[rows[r]]] = 1.0f;
+        if (s > 0.0f) {
+            for (int k = 0; k < n_classes; k++) {
+                st->ybuf[r * n_classes + k] = off;
+            }
+        }
+        st->ybuf[r * n_classes + ds->labels[rows[r]]] = s > 0.0f ? on : 1.0f;
     }
 }
 

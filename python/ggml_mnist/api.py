@@ -33,7 +33,8 @@ from .progress import ProgressBar
 from .runlog import RunLog, check_log_path
 
 ArrayOrPath = Union[np.ndarray, PathLike]
-_SCHEDULE_CODES = {"constant": 0, "cosine": 1, "linear": 2}
+_SCHEDULE_CODES = {"constant": lib.GMN_SCHEDULE_CONSTANT, "cosine": lib.GMN_SCHEDULE_COSINE,
+                   "linear": lib.GMN_SCHEDULE_LINEAR, "onecycle": lib.GMN_SCHEDULE_ONECYCLE}
 
 
 @dataclass
@@ -54,6 +55,7 @@ class EpochStats:
     n_val: int
     interrupted: bool = False
     lr: float = 0.0  # learning rate of the epoch's last optimizer step
+    time_limit: bool = False  # the epoch ended early at the run's max_seconds
 
     def as_dict(self) -> dict[str, Any]:
         """Return the stats as a JSON-ready dict, with the history names ``loss``, ``accuracy``, ``val_accuracy`` too."""
@@ -67,7 +69,7 @@ class EpochStats:
             line += (f" | val loss {self.val_loss:.4f}±{self.val_loss_unc:.4f} "
                      f"acc {100 * self.val_acc:.2f}±{100 * self.val_acc_unc:.2f}%")
         line += f" | {self.seconds:.2f}s"
-        return line + (" (interrupted)" if self.interrupted else "")
+        return line + (" (interrupted)" if self.interrupted else "") + (" (time limit)" if self.time_limit else "")
 
 
 @dataclass
@@ -219,7 +221,7 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
         raise ConfigError(f"resume: the model's stored config is unusable ({exc})") from None
     keep = {f.name for f in dataclasses.fields(EpochStats)}
     history = [EpochStats(**{k: v for k, v in h.items() if k in keep}) for h in model.metadata.get("history", [])
-               if isinstance(h, dict) and keep - {"lr", "interrupted"} <= set(h)]
+               if isinstance(h, dict) and keep - {"lr", "interrupted", "time_limit"} <= set(h)]
     return model, base.replace(**{k: options.get(k) for k in ("epochs", "device", "threads", "graph")}), history
 
 
@@ -251,7 +253,9 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
       shuffle order, up to ``epochs`` in total.
 
     ``model.metadata`` (saved with the model) holds the config, the history so far, the dataset, its class names
-    and a status ("finished", "interrupted", "stopped_early"), and is up to date whenever ``on_epoch`` runs.
+    and a status ("finished", "interrupted", "stopped_early", "time_limit"), and is up to date whenever ``on_epoch`` runs.
+    With ``max_seconds`` (a TrainConfig field) training stops after the batch that crosses that many seconds since
+    the first batch; the model is kept as trained so far, with status "time_limit".
     ``progress`` draws a bar on stderr. Ctrl-C stops after the current batch and returns the model trained so far.
     Raises ConfigError, DataError, ModelIOError, DeviceError or TrainingDivergedError (loss became NaN/inf).
     """
@@ -329,7 +333,8 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
         schedule=_SCHEDULE_CODES[cfg.lr_schedule], warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
         total_steps=cfg.epochs * steps_per_epoch, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
         weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, physical_batch_size=cfg.physical_on(model.device, any(isinstance(layer, Conv2d) for layer in model.layers)),
-        seed=cfg.seed, max_loss=cfg.max_loss, augment=resolve_augment(cfg.augment)))))
+        seed=cfg.seed, max_loss=cfg.max_loss, augment=resolve_augment(cfg.augment),
+        label_smoothing=cfg.label_smoothing))))
     keep_optimizer = save_optimizer or resume is not None
     if keep_optimizer:
         _ffi.check(model.call_native(lib.gmn_model_train_keep_optimizer, int(resume is not None)), invalid=ConfigError)
@@ -339,7 +344,7 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
     result = ffi.new("struct gmn_epoch_result *")
     status = "interrupted"
     with _graceful_interrupt() as interrupt:
-        clock = {"epoch": first_epoch, "t": 0.0, "loss": 0.0, "acc": 0.0}
+        clock = {"epoch": first_epoch, "t": 0.0, "loss": 0.0, "acc": 0.0, "start": time.perf_counter(), "out_of_time": False}
 
         def on_batch(phase: int, ibatch: int, nbatch: int, loss: float, acc: float) -> bool:
             if phase == lib.GMN_PHASE_TRAIN:
@@ -350,6 +355,9 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
                     log.batch(clock["epoch"], ibatch, loss * ibatch - clock["loss"] * (ibatch - 1),
                               acc * ibatch - clock["acc"] * (ibatch - 1), model.training_lr(), now - clock["t"])
                     clock.update(t=now, loss=loss, acc=acc)
+                if cfg.max_seconds and time.perf_counter() - clock["start"] >= cfg.max_seconds:
+                    clock["out_of_time"] = True
+                    return True
             return interrupt.requested or EXITING.is_set()  # (EXITING: the interpreter is exiting)
 
         hook = _ffi.ProgressHook(on_batch)
@@ -365,14 +373,16 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
                 hook.reraise()
                 _ffi.check(native_status)
                 stats = _epoch_stats(epoch, result, time.perf_counter() - t0, model.training_lr())
+                if clock["out_of_time"] and not interrupt.requested:
+                    stats.interrupted, stats.time_limit = False, True
                 history.append(stats)
                 if bar is not None:
                     bar.end_epoch(stats.summary(cfg.epochs))
                 if keep_optimizer:
                     model.snapshot_optimizer_state()
                 stop = run.observe(stats, model)
-                status = "interrupted" if stats.interrupted else ("stopped_early" if stop else
-                                                                   ("finished" if epoch == cfg.epochs else "running"))
+                status = "interrupted" if stats.interrupted else ("stopped_early" if stop else "time_limit" if stats.time_limit
+                                                                   else ("finished" if epoch == cfg.epochs else "running"))
                 model.metadata = run.metadata(status)
                 if saver is not None:
                     saver.save(model, stats, run.improved)  # a failure warns: the run and its OUT go on

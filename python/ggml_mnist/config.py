@@ -16,7 +16,7 @@ from .errors import ConfigError
 from .layers import Layer, Sequential, canonical_preset, layer_from_dict
 
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "onecycle")
 #: Graph forms: "auto" (the CPU graph on the CPU, else the portable one), "cpu" (channels-last with the shim's CPU
 #: kernels) and "portable" (ggml's ops only, which every backend runs forward and backward).
 GRAPHS = ("auto", "cpu", "portable")
@@ -57,6 +57,8 @@ class TrainConfig:
     conv_channels: Optional[tuple[int, ...]] = None
     max_loss: float = 100.0  # a batch loss above this (nats per image) stops training as diverged; 0: only NaN/inf
     augment: Union[str, dict[str, Any]] = "none"  # a level of augment.LEVELS or a dict of augment.PARAMETERS
+    label_smoothing: float = 0.0  # training targets (1 - s) one-hot + s / classes; 0: plain one-hot
+    max_seconds: float = 0.0  # > 0: stop after the batch that crosses this many seconds of training, keeping the model
 
     def __post_init__(self) -> None:
         # numpy and other number types become int / float; bools stay bools, which validate() refuses
@@ -158,6 +160,10 @@ class TrainConfig:
                  f"hidden must be a whole number, got {self.hidden!r}")
         _require(self.conv_channels is None or all(_whole(c) for c in self.conv_channels),
                  f"conv_channels must be whole numbers, got {self.conv_channels!r}")
+        _require(_finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+                 f"label_smoothing must be in [0, 1) (0.1 is usual; 0 turns it off), got {self.label_smoothing!r}")
+        _require(_finite(self.max_seconds) and self.max_seconds >= 0,
+                 f"max_seconds must be a number of seconds >= 0 (0: no time limit), got {self.max_seconds!r}")
         resolve_augment(self.augment)
         return self
 
