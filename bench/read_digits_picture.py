@@ -5,7 +5,7 @@
 The page holds three lines of MNIST test digits (writers the model never saw), written with uneven
 gaps on tinted paper, then photographed badly: turned a little, lit from one side, noisy and saved as
 JPEG. model.read_digits finds, cuts and reads the digits; the boxes and labels are drawn by
-ggml_mnist.annotate.annotate (green: at least 90 % sure, orange: 60 %, red: less).
+ggml_mnist.pictures.annotate.annotate (green: at least 90 % sure, orange: 60 %, red: less).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import ggml_mnist as gm  # noqa: E402
-from ggml_mnist.annotate import annotate, save_png  # noqa: E402
+from ggml_mnist.pictures.annotate import annotate, save_png  # noqa: E402
 from handwriting import as_scan  # noqa: E402
 
 LINES = (7, 9, 5)  # digits per line

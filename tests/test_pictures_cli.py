@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ggml_mnist import Model
-from ggml_mnist.annotate import layout_labels
+from ggml_mnist.pictures.annotate import layout_labels
 from ggml_mnist.outputs import PNG_SOFTWARE
 from ggml_mnist.predict_cli import predict_main
-from ggml_mnist.reading import Digit
+from ggml_mnist.pictures.read import Digit
 from handwriting import draw_digits
 from helpers import THREADS
 from PIL import Image
@@ -107,7 +107,7 @@ def test_a_fifo_is_refused_without_waiting(model_file: Path, seven: Path, tmp_pa
 def test_one_failing_picture_does_not_stop_the_others(model_file: Path, seven: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    import ggml_mnist.imaging as imaging
+    import ggml_mnist.pictures.prepare as imaging
     real = imaging._find_ink
 
     def starved(gray: np.ndarray, work_side: int) -> imaging.Ink:

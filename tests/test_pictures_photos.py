@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ggml_mnist import ImageError, prepare_image
-from ggml_mnist.imaging import find_ink, prepare_with_box
-from ggml_mnist.segment import segment
+from ggml_mnist.pictures.prepare import find_ink, prepare_with_box
+from ggml_mnist.pictures.segment import segment
 from handwriting import draw_digits
 from photos import photo_of_sheet, sheet_with
 from PIL import Image

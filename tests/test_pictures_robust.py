@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ggml_mnist import ImageError, Model, prepare_image
-from ggml_mnist.imaging import MAX_PIECES, find_ink
+from ggml_mnist.pictures.prepare import MAX_PIECES, find_ink
 from handwriting import draw_digits
 from helpers import THREADS
 from PIL import Image, ImageDraw
@@ -69,7 +69,7 @@ def test_dotted_paper_is_refused_with_a_reason(fc: Model) -> None:
 
 def test_more_marks_than_a_page_holds_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """The bound on the marks considered is checked before segmentation (here lowered to 5 marks)."""
-    import ggml_mnist.imaging as imaging
+    import ggml_mnist.pictures.prepare as imaging
     monkeypatch.setattr(imaging, "MAX_PIECES", 5)
     with pytest.raises(ImageError, match="6 separate marks, more than a page of digits \\(5\\)"):
         find_ink(draw_digits([1, 2, 3, 4, 5, 7], height=60))
@@ -92,7 +92,7 @@ def test_a_picture_above_the_pixel_limit_is_refused_before_decoding(tmp_path: Pa
 
 
 def test_running_out_of_memory_is_an_image_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ggml_mnist.imaging as imaging
+    import ggml_mnist.pictures.prepare as imaging
 
     def starved(*args: object) -> None:
         raise MemoryError

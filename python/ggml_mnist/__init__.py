@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from . import layers, plot
+from . import _moved, layers, plot
 from ._build_info import build_info
 from ._ffi import ffi as _ffi_ffi, lib as _lib, set_verbose
 from .augment import augment_images
@@ -33,16 +34,21 @@ from .errors import (
     OutOfMemoryError,
     TrainingDivergedError,
 )
-from .imaging import prepare_image
 from .layers import Sequential, load_layers, presets
 from .model import Model, TensorStorage, _note_cpu_fallback, weight_types
-from .reading import Digit, DigitReading, Prediction
+from .pictures import Digit, DigitReading, Prediction, prepare_image
 from .tune import TuneResult, default_space, tune
 
 __version__ = _ffi_ffi.string(_lib.gmn_version()).decode()
 ggml_version = _ffi_ffi.string(_lib.gmn_ggml_version()).decode()
 
 _DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+
+_moved.install()  # the old module paths (ggml_mnist.imaging, ggml_mnist.predict_cli, ...) import their new modules
+
+
+def __getattr__(name: str) -> Any:
+    return _moved.module(name)  # ggml_mnist.imaging and the like, without an import of their own
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from . import api, reading
+from . import api
 from .config import DEFAULT_DEVICE, EVAL_CHUNK
 from .errors import ConfigError
-from .imaging import ImageLike
 from .model import Model, PathLike
+from .pictures import read as pictures
+from .pictures.prepare import ImageLike
 
 
 class Ensemble:
@@ -114,21 +115,13 @@ class Ensemble:
                                probs if keep_probabilities else None, self.n_classes)
 
     def predict_image(self, image: Union[ImageLike, Sequence[ImageLike]]
-                      ) -> Union[reading.Prediction, list[reading.Prediction]]:
+                      ) -> Union[pictures.Prediction, list[pictures.Prediction]]:
         """Predict a picture (or a list of them) as :meth:`Model.predict_image` does, with the mean probabilities."""
-        if isinstance(image, (list, tuple)):
-            return reading.predict_images(image, self._predict_pictures, self.class_names, self.preparation) if image else []
-        return reading.predict_images([image], self._predict_pictures, self.class_names, self.preparation)[0]
+        return pictures.predict_image(self, image)
 
-    def read_digits(self, image: ImageLike) -> reading.DigitReading:
+    def read_digits(self, image: ImageLike) -> pictures.DigitReading:
         """Read the handwritten digits on one picture as :meth:`Model.read_digits` does, with the mean probabilities."""
-        if self.preparation != "digits":
-            return self.members[0].read_digits(image)  # raises the Model's ImageError for photo models
-        return reading.read_digits(image, self._predict_pictures, self.class_names)
-
-    def _predict_pictures(self, inputs: np.ndarray) -> np.ndarray:
-        total = sum(m._predict_pictures(inputs).astype(np.float64) for m in self.members)
-        return (total / len(self)).astype(np.float32)
+        return pictures.read_digits(self, image)
 
 
 def _name(model: Model, index: int) -> str:

@@ -18,14 +18,15 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _ffi, labels, reading
+from . import _ffi, labels
 from ._ffi import ffi, lib
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, GRAPHS, check_batch_size
 from .data import validate_images
-from .errors import ConfigError, DataError, DataFileNotFoundError, DeviceError, DeviceWarning, ImageError
-from .imaging import SIZE, ImageLike
+from .errors import ConfigError, DataError, DataFileNotFoundError, DeviceError, DeviceWarning
 from .layers import ArchLike, Dense, Layer, as_int, from_native, preset_layers, preset_names, resolve_layers
 from .outputs import check_output
+from .pictures import read as pictures
+from .pictures.prepare import ImageLike
 
 PathLike = Union[str, "os.PathLike[str]"]
 _LIVE: "weakref.WeakSet[Model]" = weakref.WeakSet()
@@ -386,33 +387,23 @@ class Model:
         """How pictures are prepared for this model: "digits" (MNIST's recipe) or "photo" (Fashion-MNIST)."""
         return labels.preparation(self.metadata)
 
-    def predict_image(self, image: Union[ImageLike, Sequence[ImageLike]]) -> Union[reading.Prediction, list[reading.Prediction]]:
+    def predict_image(self, image: Union[ImageLike, Sequence[ImageLike]]
+                      ) -> Union[pictures.Prediction, list[pictures.Prediction]]:
         """Predict a picture (a path, encoded bytes, a PIL image or an array) prepared by :func:`prepare_image`
         as this model expects (:attr:`preparation`); a list of pictures gives a list of Predictions.
 
         Raises ImageError for a picture that cannot be read or holds no ink, DataFileNotFoundError for a
         missing file.
         """
-        if isinstance(image, (list, tuple)):
-            return reading.predict_images(image, self._predict_pictures, self.class_names, self.preparation) if image else []
-        return reading.predict_images([image], self._predict_pictures, self.class_names, self.preparation)[0]
+        return pictures.predict_image(self, image)
 
-    def read_digits(self, image: ImageLike) -> reading.DigitReading:
+    def read_digits(self, image: ImageLike) -> pictures.DigitReading:
         """Read the handwritten digits (or letters) on one picture: lines top to bottom, left to right.
 
         Returns the text and, per digit, its box in the picture's pixels, label and probability.
         Raises ImageError for a picture without ink or a model that expects photos (Fashion-MNIST).
         """
-        if self.preparation != "digits":
-            raise ImageError(f"read_digits reads handwriting; this model classifies {self.preparation}s "
-                             "(use predict_image for one picture)")
-        return reading.read_digits(image, self._predict_pictures, self.class_names)
-
-    def _predict_pictures(self, inputs: np.ndarray) -> np.ndarray:
-        if self.image_size != (SIZE, SIZE):
-            raise ImageError(f"pictures are prepared as {SIZE}x{SIZE} inputs; this model takes "
-                             f"{self.image_size[0]}x{self.image_size[1]} images")
-        return self.predict_proba(inputs)
+        return pictures.read_digits(self, image)
 
     def _flatten(self, images: Any) -> tuple[np.ndarray, bool]:
         hint = ("a photo or scan with model.predict_image(picture) (or read_digits for several digits), which crops, "

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from . import api
-from .annotate import annotate, save_png
+from .pictures.annotate import annotate, save_png
 from .cli import _IMAGE_SUFFIXES, _add_version, _run
 from .config import DEFAULT_DEVICE
 from .ensemble import Ensemble
 from .errors import ConfigError, GgmlMnistError
-from .imaging import text_art
+from .pictures.prepare import text_art
 from .outputs import MAGIC, check_output, describe, same_file
 
 

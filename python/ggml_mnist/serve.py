@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ConfigError, ImageError
-from .imaging import SIZE, prepare_image
+from .pictures.prepare import SIZE, prepare_image
 from .model import Model
 
 DEFAULT_HOST = "127.0.0.1"

@@ -1,17 +1,37 @@
-"""Predictions on users' pictures: one picture per input, or every digit on a page."""
+"""Predictions on users' pictures: one picture per input, or every digit on a page.
+
+``predict_image`` and ``read_digits`` serve any classifier with ``predict_proba``, ``image_size``,
+``class_names`` and ``preparation`` (a Model, an Ensemble): ``Model.predict_image`` and
+``Model.read_digits`` hand their pictures to them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
-from .errors import ImageError
-from .imaging import MAX_PIECES, ImageLike, digit_input, find_ink, original_box, prepare_with_box
+from ..errors import ImageError
+from .prepare import MAX_PIECES, SIZE, ImageLike, digit_input, find_ink, original_box, prepare_with_box
 from .segment import segment
 
 Predictor = Callable[[np.ndarray], np.ndarray]  # uint8 [N, 28, 28] -> probabilities [N, n_classes]
+
+
+class Classifier(Protocol):
+    """What reading pictures needs of a model: its input size, classes, picture recipe and probabilities."""
+
+    @property
+    def image_size(self) -> tuple[int, int]: ...
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+    @property
+    def preparation(self) -> str: ...
+
+    def predict_proba(self, images: Any) -> np.ndarray: ...
 
 
 @dataclass
@@ -62,6 +82,33 @@ class DigitReading:
         return {"text": self.text, "digits": [d.as_dict() for d in self.digits]}
 
 
+def predict_image(model: Classifier, image: Union[ImageLike, Sequence[ImageLike]]
+                  ) -> Union[Prediction, list[Prediction]]:
+    """Predict a picture (or a list of them) with model, each prepared as the model expects (its preparation)."""
+    if isinstance(image, (list, tuple)):
+        return predict_images(image, predictor(model), model.class_names, model.preparation) if image else []
+    return predict_images([image], predictor(model), model.class_names, model.preparation)[0]
+
+
+def read_digits(model: Classifier, image: ImageLike) -> DigitReading:
+    """Read every digit on one picture with model (see :func:`read_page`).
+
+    Raises ImageError for a model that classifies photos (Fashion-MNIST) rather than handwriting.
+    """
+    if model.preparation != "digits":
+        raise ImageError(f"read_digits reads handwriting; this model classifies {model.preparation}s "
+                         "(use predict_image for one picture)")
+    return read_page(image, predictor(model), model.class_names)
+
+
+def predictor(model: Classifier) -> Predictor:
+    """model's probabilities for prepared 28x28 inputs; raises ImageError for a model of another input size."""
+    if tuple(model.image_size) != (SIZE, SIZE):
+        raise ImageError(f"pictures are prepared as {SIZE}x{SIZE} inputs; this model takes "
+                         f"{model.image_size[0]}x{model.image_size[1]} images")
+    return model.predict_proba
+
+
 def predict_images(images: Sequence[ImageLike], predict: Predictor, names: Sequence[str], preparation: str) -> list[Prediction]:
     """Prepare each picture and predict them in one batch."""
     prepared = [prepare_with_box(image, preparation=preparation) for image in images]
@@ -73,7 +120,7 @@ def predict_images(images: Sequence[ImageLike], predict: Predictor, names: Seque
     return out
 
 
-def read_digits(image: ImageLike, predict: Predictor, names: Sequence[str]) -> DigitReading:
+def read_page(image: ImageLike, predict: Predictor, names: Sequence[str]) -> DigitReading:
     """Find, prepare and predict every digit on a page; lines top to bottom, digits left to right.
 
     Raises ImageError when the page holds no digit (see find_ink) or more digits than MAX_PIECES.

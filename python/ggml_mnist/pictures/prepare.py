@@ -19,9 +19,9 @@ from typing import Any, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import DataFileNotFoundError, ImageError
+from ..labels import PREPARATIONS
 from .components import Component, label
-from .errors import DataFileNotFoundError, ImageError
-from .labels import PREPARATIONS
 
 ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray]
 SIZE = 28  # MNIST's image side

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .imaging import Ink
+from .prepare import Ink
 
 _SAME_LINE = 0.35  # vertical overlap, as a fraction of the shorter of two heights, that puts pieces on one line
 _LINE_GAP = 4.0  # pieces further apart than this many heights start a new line

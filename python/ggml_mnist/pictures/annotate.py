@@ -8,10 +8,10 @@ from typing import Optional, Sequence, Union
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from .errors import ImageError
-from .imaging import ImageLike, open_picture
-from .outputs import PNG_SOFTWARE
-from .reading import Digit, Prediction
+from ..errors import ImageError
+from ..outputs import PNG_SOFTWARE
+from .prepare import ImageLike, open_picture
+from .read import Digit, Prediction
 
 
 Box = tuple[int, int, int, int]
