@@ -35,7 +35,7 @@ from .errors import (
     TrainingDivergedError,
 )
 from .layers import Sequential, load_layers, presets
-from .model import Model, TensorStorage, _note_cpu_fallback, weight_types
+from .model import Model, TensorStorage, _note_cpu_fallback, convert_weights, weight_types
 from .pictures import Digit, DigitReading, Prediction, prepare_image
 from .tune import TuneResult, default_space, tune
 
@@ -81,7 +81,7 @@ __all__ = [
     "tune", "TuneResult", "default_space", "Ensemble",
     "prepare_image", "Prediction", "Digit", "DigitReading",
     "layers", "Sequential", "presets", "load_layers", "augment_images", "plot",
-    "TensorStorage", "weight_types",
+    "TensorStorage", "weight_types", "convert_weights",
     "read_idx", "write_idx", "load_mnist", "load_idx_pair", "download_dataset", "verify_dataset",
     "GgmlMnistError", "ConfigError", "DataError", "IdxFormatError", "DataFileNotFoundError", "DownloadError",
     "ChecksumError", "DeviceError", "ModelFormatError", "ModelIOError", "OutOfMemoryError", "NativeError",

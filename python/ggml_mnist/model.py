@@ -25,6 +25,7 @@ from .data import validate_images
 from .errors import ConfigError, DataError, DataFileNotFoundError, DeviceError, DeviceWarning
 from .layers import ArchLike, Dense, Layer, as_int, from_native, preset_layers, preset_names, resolve_layers
 from .outputs import check_output
+from .weight_layout import check_layout, from_torch, to_torch
 from .pictures import read as pictures
 from .pictures.prepare import ImageLike
 
@@ -269,21 +270,37 @@ class Model:
             shapes[ffi.string(name).decode()] = tuple(reversed(dims))
         return shapes
 
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """Return copies of all parameters as float32 arrays in numpy (row-major) order."""
+    def get_weights(self, layout: str = "ggml") -> dict[str, np.ndarray]:
+        """Return copies of all parameters as float32 arrays.
+
+        ``layout="ggml"`` (the default) gives the shapes of :meth:`tensor_shapes` (cnn's conv bias ``[8, 1, 1]``, a
+        dense layer after convolutions reading its inputs height-width-channel); ``layout="torch"`` gives PyTorch's
+        ``state_dict`` shapes and order (``[out, in, k, k]`` kernels, ``[out]`` biases, ``[out, in]`` dense weights
+        reading channel-first inputs). :meth:`set_weights` takes either back; see :func:`convert_weights`.
+        """
+        check_layout(layout)
         out = {}
         for name, shape in self.tensor_shapes().items():
             arr = np.empty(shape, dtype=np.float32)
             _ffi.check(self.call_native(lib.gmn_model_get_tensor, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
             out[name] = arr
-        return out
+        return to_torch(out, self.layers, self._layer_inputs()) if layout == "torch" else out
 
-    def set_weights(self, weights: Mapping[str, Any]) -> None:
-        """Overwrite parameters from arrays with exactly the shapes of :meth:`tensor_shapes`.
+    def _layer_inputs(self) -> list[tuple[int, int, int]]:
+        """Per layer: height, width and channels of its input."""
+        outputs = [(h, w, c) for h, w, c, _params in self.layer_info()]
+        return [(self.image_size[0], self.image_size[1], 1), *outputs[:-1]]
+
+    def set_weights(self, weights: Mapping[str, Any], *, layout: str = "ggml") -> None:
+        """Overwrite parameters from arrays in ``layout`` (see :meth:`get_weights`): with ``"ggml"`` the shapes of
+        :meth:`tensor_shapes` (a shape that differs only by 1s, such as a torch bias ``[8]``, is accepted too),
+        with ``"torch"`` exactly PyTorch's shapes.
 
         Raises ConfigError for an unknown name, a wrong shape or non-finite values; then nothing is changed.
         """
         shapes = self.tensor_shapes()
+        if check_layout(layout) == "torch":
+            weights = from_torch(weights, self.layers, self._layer_inputs(), shapes)
         checked: dict[str, np.ndarray] = {}
         for name, value in weights.items():
             if name not in shapes:
@@ -357,6 +374,18 @@ class Model:
     def predict(self, images: Any, *, batch_size: int = EVAL_CHUNK) -> np.ndarray:
         """Return the predicted class of each image as an int64 array of shape [N]."""
         return self.predict_proba(images, batch_size=batch_size).argmax(axis=1)
+
+    def evaluate(self, images: Any = None, labels: Any = None, *, data_dir: Optional[PathLike] = None,
+                 dataset: Optional[str] = None, batch_size: int = EVAL_CHUNK, keep_probabilities: bool = True) -> Any:
+        """Loss, accuracy (with standard errors) and predictions on labelled images: ``gm.evaluate(model, ...)``.
+
+        ``images``/``labels`` are arrays or IDX paths, or ``images`` a dataset directory; without them the test split
+        of ``data_dir`` is read (``dataset`` defaults to the one the model was trained on). Returns an EvalResult.
+        """
+        from .api import evaluate  # the data resolution lives with the API
+
+        return evaluate(self, images, labels, data_dir=data_dir, dataset=dataset, batch_size=batch_size,
+                        keep_probabilities=keep_probabilities)
 
     def activations(self, image: Any) -> list[np.ndarray]:
         """Return, per layer, its output for one image ([H, W] uint8 or floats in [0, 1]) as float32.
@@ -587,6 +616,24 @@ def check_net(layers: Sequence[Layer], n_classes: int,
     _ffi.check(lib.gmn_net_check(net, out, info, ffi.NULL))
     shapes = [tuple(int(info[4 * i + j]) for j in range(4)) for i in range(len(layers))]
     return [from_native(out[i]) for i in range(len(layers))], shapes  # type: ignore[return-value]
+
+
+def convert_weights(weights: Mapping[str, Any], net: Union[Model, ArchLike], *, to: str,
+                    image_size: Sequence[int] = (28, 28), n_classes: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Convert the weights of a network between layouts (see :meth:`Model.get_weights`): ``to="torch"`` from the
+    ggml layout, ``to="ggml"`` from PyTorch's. ``net`` is a Model, or a preset name or list of layers on
+    ``image_size`` images with ``n_classes`` outputs (default: the rows of the last layer's weight).
+    Raises ConfigError for an unknown layout or a shape that does not fit the network.
+    """
+    if check_layout(to) and not isinstance(net, Model):
+        if n_classes is None:
+            last = check_net(resolve_layers(net, 10), 10, image_size)[0][-1]
+            rows = np.shape(weights.get(f"{getattr(last, 'name', '')}.weight", ()))
+            n_classes = int(rows[0]) if len(rows) == 2 else 10
+        net = Model.create(net, n_classes=n_classes, image_size=image_size, device="cpu", threads=1)
+    if to == "torch":
+        return to_torch(weights, net.layers, net._layer_inputs())
+    return from_torch(weights, net.layers, net._layer_inputs(), net.tensor_shapes())
 
 
 def net_info(layers: Sequence[Layer], n_classes: int, image_size: Sequence[int]) -> list[tuple[int, int, int, int]]:

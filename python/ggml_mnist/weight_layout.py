@@ -1,0 +1,109 @@
+"""Weight layouts: the shapes :meth:`Model.get_weights` gives and :meth:`Model.set_weights` takes.
+
+- ``"ggml"`` (the default): ggml's tensor shapes in numpy order (ggml's ``ne`` reversed) with ggml's trailing 1s
+  dropped, as :meth:`Model.tensor_shapes` and GGUF files have them: cnn's conv bias is ``[8, 1, 1]``, a 1-in
+  1-out conv kernel ``[k, k]``, and a dense layer after convolutions reads its inputs height-width-channel,
+  channels fastest (ggml's flatten).
+- ``"torch"``: PyTorch's ``state_dict`` shapes and order: a Conv2d kernel is ``[out, in, k, k]`` and its bias
+  ``[out]``, a Linear weight ``[out, in]`` and its bias ``[out]``, and a dense layer after convolutions reads
+  its inputs channel-first (C, H, W), as after ``torch.flatten``. Other parameters are plain vectors.
+
+Both hold the same numbers; only shapes (and the first dense layer's input order) differ.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+from .layers import Conv2d, Dense, Layer
+
+#: The layouts get_weights/set_weights/convert_weights know.
+LAYOUTS = ("ggml", "torch")
+
+Shape = tuple[int, ...]
+
+
+def check_layout(layout: Any) -> str:
+    """``layout`` if it is one of LAYOUTS; raises ConfigError otherwise."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+    return layout
+
+
+def _roles(layers: Sequence[Layer]) -> dict[str, tuple[int, str]]:
+    """Tensor name -> (layer index, "kernel" / "weight" / "bias") for the conv and dense layers."""
+    roles: dict[str, tuple[int, str]] = {}
+    for i, layer in enumerate(layers):
+        if isinstance(layer, (Conv2d, Dense)):
+            roles[f"{layer.name}.{'kernel' if isinstance(layer, Conv2d) else 'weight'}"] = (i, "weight")
+            roles[f"{layer.name}.bias"] = (i, "bias")
+    return roles
+
+
+def _reads_spatial(layers: Sequence[Layer], i: int) -> bool:
+    """Whether dense layer i flattens a spatial input of several channels (the input order differs then)."""
+    return i > 0 and not any(isinstance(x, Dense) for x in layers[:i])
+
+
+def torch_shapes(layers: Sequence[Layer], inputs: Sequence[Shape], ggml_shapes: Mapping[str, Shape]) -> dict[str, Shape]:
+    """The torch-layout shape of each tensor; ``inputs[i]`` is (height, width, channels) entering layer i."""
+    roles = _roles(layers)
+    out: dict[str, Shape] = {}
+    for name, shape in ggml_shapes.items():
+        if name not in roles:
+            out[name] = tuple(d for d in shape if d != 1) or (1,)
+            continue
+        i, role = roles[name]
+        layer = layers[i]
+        h, w, c = inputs[i]
+        width = int(layer.out_channels if isinstance(layer, Conv2d) else layer.units)  # type: ignore[attr-defined]
+        if role == "bias":
+            out[name] = (width,)
+        elif isinstance(layer, Conv2d):
+            out[name] = (width, c, layer.kernel_size, layer.kernel_size)
+        else:
+            out[name] = (width, h * w * c)
+    return out
+
+
+def to_torch(weights: Mapping[str, np.ndarray], layers: Sequence[Layer], inputs: Sequence[Shape]) -> dict[str, np.ndarray]:
+    """Weights in the ggml layout as the torch layout (new arrays)."""
+    shapes = torch_shapes(layers, inputs, {k: np.shape(v) for k, v in weights.items()})
+    roles = _roles(layers)
+    out = {}
+    for name, value in weights.items():
+        arr = np.asarray(value)
+        if arr.size != int(np.prod(shapes[name])):
+            raise ConfigError(f"tensor {name!r} has {arr.size} values; this network's has {int(np.prod(shapes[name]))}")
+        if name in roles and roles[name][1] == "weight" and isinstance(layers[roles[name][0]], Dense) and \
+                _reads_spatial(layers, roles[name][0]):
+            h, w, c = inputs[roles[name][0]]
+            arr = arr.reshape(-1, h, w, c).transpose(0, 3, 1, 2)
+        out[name] = np.ascontiguousarray(arr).reshape(shapes[name]).copy()
+    return out
+
+
+def from_torch(weights: Mapping[str, Any], layers: Sequence[Layer], inputs: Sequence[Shape],
+               ggml_shapes: Mapping[str, Shape]) -> dict[str, np.ndarray]:
+    """Weights in the torch layout as the ggml layout (float32). Names this network lacks pass through unchanged;
+    raises ConfigError for an array whose shape is not the torch layout's."""
+    expected = torch_shapes(layers, inputs, ggml_shapes)
+    roles = _roles(layers)
+    out: dict[str, np.ndarray] = {}
+    for name, value in weights.items():
+        if name not in ggml_shapes:
+            out[name] = value
+            continue
+        arr = np.asarray(value, dtype=np.float32)
+        if arr.shape != expected[name]:
+            raise ConfigError(f"tensor {name!r} must have shape {expected[name]} in the torch layout, got {arr.shape} "
+                              "(give layout='ggml' for the shapes of tensor_shapes())")
+        if name in roles and roles[name][1] == "weight" and isinstance(layers[roles[name][0]], Dense) and \
+                _reads_spatial(layers, roles[name][0]):
+            h, w, c = inputs[roles[name][0]]
+            arr = arr.reshape(-1, c, h, w).transpose(0, 2, 3, 1)
+        out[name] = np.ascontiguousarray(arr).reshape(ggml_shapes[name])
+    return out
