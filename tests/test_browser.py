@@ -45,7 +45,7 @@ def model_file(real_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def page_url(model_file: Path) -> Iterator[str]:
     script = Path(sys.executable).with_name("mnist-serve")
     cmd = [str(script)] if script.exists() else [sys.executable, "-c",
-                                                  "import sys; from ggml_mnist.serve_cli import serve_main; sys.exit(serve_main())"]
+                                                  "import sys; from ggml_mnist.cli.serve import serve_main; sys.exit(serve_main())"]
     proc = subprocess.Popen(cmd + [str(model_file), "--port", "0", "--quiet"], stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # "mnist-serve: fc model on http://127.0.0.1:PORT/ (Ctrl-C to stop)"

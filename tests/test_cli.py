@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ggml_mnist import Model, TrainConfig, cli, evaluate, load, load_mnist, train
+from ggml_mnist import Model, TrainConfig, cli, download, evaluate, load, load_mnist, train
+from ggml_mnist.cli.common import dataset_dir
 from helpers import conv_channels_of, hidden_of
 from synthetic import SPLIT_FILES, make_synthetic
 
@@ -45,7 +46,7 @@ def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI must never need the network in these tests."""
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the CLI tried to download a dataset")
-    monkeypatch.setattr(cli.download, "download_dataset", refuse)
+    monkeypatch.setattr(download, "download_dataset", refuse)
 
 
 def console_script(name: str) -> str:
@@ -384,8 +385,8 @@ def test_the_dataset_folder_is_found_beside_another_dataset(real_mnist: Path, tm
     for f in real_mnist.glob("*-ubyte.gz"):
         (root / f.name).symlink_to(f)
     (root / "fashion-mnist").symlink_to(fashion)
-    assert cli._dataset_dir(str(root), "fashion-mnist", "test", False) == root / "fashion-mnist"
-    assert cli._dataset_dir(str(root), "mnist", "test", False) == root
+    assert dataset_dir(str(root), "fashion-mnist", "test", False) == root / "fashion-mnist"
+    assert dataset_dir(str(root), "mnist", "test", False) == root
 
 
 def test_output_piped_into_head_stops_quietly(tmp_path: Path) -> None:

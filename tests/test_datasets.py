@@ -8,7 +8,7 @@ from pathlib import Path
 import ggml_mnist as gm
 import numpy as np
 import pytest
-from ggml_mnist import cli
+from ggml_mnist import cli, download
 from ggml_mnist.datasets import class_names, dataset_info, preparation
 from synthetic import make_synthetic
 
@@ -19,7 +19,7 @@ FAST = ["--epochs", "1", "--hidden", "16", "--batch-size", "20", "--threads", "1
 def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("tried to download a dataset")
-    monkeypatch.setattr(cli.download, "download_dataset", refuse)
+    monkeypatch.setattr(download, "download_dataset", refuse)
 
 
 def upright_letters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

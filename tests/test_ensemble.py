@@ -10,7 +10,7 @@ import pytest
 
 import ggml_mnist as gm
 from ggml_mnist.cli import eval_main
-from ggml_mnist.predict_cli import predict_main
+from ggml_mnist.cli.predict import predict_main
 from handwriting import draw_digits
 from helpers import THREADS
 from synthetic import make_synthetic

@@ -13,7 +13,7 @@ import ggml_mnist as gm
 import numpy as np
 import pytest
 from ggml_mnist import cli
-from ggml_mnist.quantize_cli import quantize_main
+from ggml_mnist.cli.quantize import quantize_main
 from synthetic import SPLIT_FILES, make_synthetic
 
 FAST = ["--hidden", "16", "--batch-size", "20", "--threads", "1", "--quiet"]

@@ -23,7 +23,7 @@ FAST = ["--hidden", "16", "--batch-size", "20", "--threads", "1", "--lr", "3e-3"
 def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("tried to download a dataset")
-    monkeypatch.setattr(cli.download, "download_dataset", refuse)
+    monkeypatch.setattr(download, "download_dataset", refuse)
 
 
 @pytest.fixture()
@@ -288,7 +288,7 @@ def test_a_resumed_run_keeps_its_best_checkpoint(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_run_never_saves_over_an_input(tmp_path: Path) -> None:
-    from ggml_mnist.cli import _interrupted_name
+    from ggml_mnist.cli.train import _interrupted_name
     out = tmp_path / "model.gguf"
     gm.Model.create("fc", hidden=8, threads=1).save(out)
     resumed = tmp_path / "model.interrupted.gguf"

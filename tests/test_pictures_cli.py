@@ -11,7 +11,7 @@ import pytest
 from ggml_mnist import Model
 from ggml_mnist.pictures.annotate import layout_labels
 from ggml_mnist.outputs import PNG_SOFTWARE
-from ggml_mnist.predict_cli import predict_main
+from ggml_mnist.cli.predict import predict_main
 from ggml_mnist.pictures.read import Digit
 from handwriting import draw_digits
 from helpers import THREADS

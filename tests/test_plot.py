@@ -17,7 +17,7 @@ pytest.importorskip("matplotlib", reason='matplotlib is missing: pip install "gg
 from PIL import Image  # noqa: E402
 
 from ggml_mnist import plot  # noqa: E402
-from ggml_mnist.plot_cli import plot_main  # noqa: E402
+from ggml_mnist.cli.plot import plot_main  # noqa: E402
 
 HISTORY = [
     {"epoch": 1, "loss": 1.5, "accuracy": 0.55, "val_loss": 1.2, "val_accuracy": 0.61, "lr": 1e-3},

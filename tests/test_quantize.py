@@ -14,7 +14,7 @@ from ggml_mnist import ConfigError, Model, NativeError, evaluate, load_mnist, tr
 from ggml_mnist import _ffi
 from ggml_mnist._ffi import ffi, lib
 from ggml_mnist.layers import Conv2d, Dense, MaxPool2d, ReLU
-from ggml_mnist.quantize_cli import quantize_main
+from ggml_mnist.cli.quantize import quantize_main
 from helpers import THREADS
 
 BLOCK = 32  # values per block of q8_0, q5_0 and q4_0 (ggml-common.h: QK8_0, QK5_0, QK4_0)

@@ -15,7 +15,7 @@ import pytest
 
 import ggml_mnist as gm
 from ggml_mnist import serve
-from ggml_mnist.serve_cli import serve_main
+from ggml_mnist.cli.serve import serve_main
 
 
 @pytest.fixture(scope="module")

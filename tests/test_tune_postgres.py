@@ -87,7 +87,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 def worker(files: list[str], storage: str, study: str, run: Path, *options: str) -> subprocess.Popen:
     """One `mnist-tune` process, as another machine would run it."""
-    return subprocess.Popen([sys.executable, "-m", "ggml_mnist.tune_cli", "fc", *files, "--storage", storage,
+    return subprocess.Popen([sys.executable, "-m", "ggml_mnist.cli.tune", "fc", *files, "--storage", storage,
                              "--study", study, "--dir", str(run), "--threads", "1", "--heartbeat", "1", "--quiet",
                              "--no-export", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -173,7 +173,7 @@ def test_a_study_on_postgresql_is_joined_and_another_presets_refused(postgres: d
     finish([worker(files, postgres["url"], "join", tmp_path, "--trials", "1", "--epochs", "1", "--space", SPACE)])
     finish([worker(files, postgres["url"], "join", tmp_path, "--trials", "2", "--epochs", "1", "--space", SPACE)])
     assert len(trials_of(postgres["url"], "join")) == 2
-    p = subprocess.run([sys.executable, "-m", "ggml_mnist.tune_cli", "cnn", *files, "--storage", postgres["url"],
+    p = subprocess.run([sys.executable, "-m", "ggml_mnist.cli.tune", "cnn", *files, "--storage", postgres["url"],
                         "--study", "join", "--dir", str(tmp_path), "--trials", "1", "--space", '{"batch_size": 20}'],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "is another search (arch" in p.stderr and "tuner:***@" in p.stderr

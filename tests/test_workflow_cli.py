@@ -8,7 +8,7 @@ from pathlib import Path
 
 import ggml_mnist as gm
 import pytest
-from ggml_mnist import cli
+from ggml_mnist import cli, download
 from synthetic import SPLIT_FILES, make_synthetic
 
 FAST = ["--hidden", "16", "--batch-size", "20", "--threads", "1", "--lr", "3e-3"]
@@ -18,7 +18,7 @@ FAST = ["--hidden", "16", "--batch-size", "20", "--threads", "1", "--lr", "3e-3"
 def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("tried to download a dataset")
-    monkeypatch.setattr(cli.download, "download_dataset", refuse)
+    monkeypatch.setattr(download, "download_dataset", refuse)
 
 
 @pytest.fixture(scope="module")

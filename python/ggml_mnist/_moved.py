@@ -24,6 +24,11 @@ MOVED = {
     "segment": "pictures.segment",
     "reading": "pictures.read",
     "annotate": "pictures.annotate",
+    "predict_cli": "cli.predict",
+    "plot_cli": "cli.plot",
+    "serve_cli": "cli.serve",
+    "quantize_cli": "cli.quantize",
+    "tune_cli": "cli.tune",
 }
 
 

@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import api, serve
-from .cli import _add_version, _run
-from .config import DEFAULT_DEVICE
+from .. import api, serve
+from ..config import DEFAULT_DEVICE
+from .common import add_version, run
 
 
 def _port(text: str) -> int:
@@ -54,7 +54,7 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all available cores (default: 0)")
     p.add_argument("--quiet", action="store_true", help="do not log each request on stderr")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
-    return _add_version(p)
+    return add_version(p)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -77,4 +77,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def serve_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of mnist-serve."""
-    return _run(_serve, serve_parser(), argv)
+    return run(_serve, serve_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main())

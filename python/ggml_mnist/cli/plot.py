@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import api, download, plot
-from .cli import _add_version, _dataset_dir, _run
-from .config import DEFAULT_DATA_DIR, DEFAULT_DEVICE
-from .errors import ConfigError, DataError
-from .layers import Conv2d
+from .. import api, download, plot
+from ..config import DEFAULT_DATA_DIR, DEFAULT_DEVICE
+from ..errors import ConfigError, DataError
+from ..layers import Conv2d
+from .common import add_version, dataset_dir, run
 
 
 def plot_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def plot_parser() -> argparse.ArgumentParser:
     p.add_argument("--mistakes", type=int, default=24, metavar="N", help="how many mistakes to show (default: 24)")
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
-    return _add_version(p)
+    return add_version(p)
 
 
 def _dataset_name(model: api.Model, given: Optional[str]) -> str:
@@ -57,7 +57,7 @@ def _plot(args: argparse.Namespace) -> int:
     else:
         plot.history(history, path=out / "history.png")
         written.append("history.png")
-    data_dir = _dataset_dir(args.data_dir, _dataset_name(model, args.dataset), "test", args.download)
+    data_dir = dataset_dir(args.data_dir, _dataset_name(model, args.dataset), "test", args.download)
     images, labels = api.resolve_dataset(None, None, "test", data_dir)
     result = api.evaluate(model, images, labels)
     names = model.class_names
@@ -77,7 +77,11 @@ def _plot(args: argparse.Namespace) -> int:
 def plot_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of mnist-plot."""
     try:
-        return _run(_plot, plot_parser(), argv)
+        return run(_plot, plot_parser(), argv)
     except ImportError as exc:  # matplotlib, the optional extra, is missing
         print(f"mnist-plot: error: {exc}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(plot_main())

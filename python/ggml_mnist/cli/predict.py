@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import api
-from .pictures.annotate import annotate, save_png
-from .cli import _IMAGE_SUFFIXES, _add_version, _run
-from .config import DEFAULT_DEVICE
-from .ensemble import Ensemble
-from .errors import ConfigError, GgmlMnistError
-from .pictures.prepare import text_art
-from .outputs import MAGIC, check_output, describe, same_file
+from .. import api
+from ..config import DEFAULT_DEVICE
+from ..ensemble import Ensemble
+from ..errors import ConfigError, GgmlMnistError
+from ..outputs import MAGIC, check_output, describe, same_file
+from ..pictures.annotate import annotate, save_png
+from ..pictures.prepare import text_art
+from .common import IMAGE_SUFFIXES, add_version, run
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,7 @@ def predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})")
     p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all available cores (default: 0)")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
-    return _add_version(p)
+    return add_version(p)
 
 
 def _check_model_first(model: str, images: Sequence[str]) -> None:
@@ -52,7 +52,7 @@ def _check_model_first(model: str, images: Sequence[str]) -> None:
         return
     model_later = any(i.lower().endswith(".gguf") or _head(i).startswith(MAGIC["model"]) for i in images)
     kind = describe(model) if os.path.isfile(model) else "a missing file"
-    if model_later or kind in ("a PNG picture", "a JPEG picture") or model.lower().endswith(_IMAGE_SUFFIXES):
+    if model_later or kind in ("a PNG picture", "a JPEG picture") or model.lower().endswith(IMAGE_SUFFIXES):
         raise ConfigError(f"the first argument is the model: mnist-predict MODEL.gguf IMAGE…; {model!r} is {kind}")
 
 
@@ -141,4 +141,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def predict_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of mnist-predict."""
-    return _run(_predict, predict_parser(), argv)
+    return run(_predict, predict_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(predict_main())

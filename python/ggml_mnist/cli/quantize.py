@@ -8,11 +8,11 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from .cli import _add_version, _run
-from .config import DEFAULT_DEVICE
-from .errors import ConfigError
-from .model import Model, weight_types
-from .outputs import check_output
+from ..config import DEFAULT_DEVICE
+from ..errors import ConfigError
+from ..model import Model, weight_types
+from ..outputs import check_output
+from .common import add_version, run
 
 
 def quantize_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def quantize_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing OUT that is not a GGUF model")
     p.add_argument("--json", action="store_true", help="print the tensors and sizes as one JSON object on stdout")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
-    return _add_version(p)
+    return add_version(p)
 
 
 def storage_rows(model: Model, wanted: Optional[str]) -> list[dict[str, Any]]:
@@ -97,4 +97,8 @@ def _quantize(args: argparse.Namespace) -> int:
 
 def quantize_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of mnist-quantize."""
-    return _run(_quantize, quantize_parser(), argv)
+    return run(_quantize, quantize_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(quantize_main())

@@ -9,20 +9,29 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import api
-from .tune import (DEFAULT_DIR, GRACE_BEATS, HEARTBEAT, VAL_SPLIT, default_space, load_study, require_optuna,
-                   summarize, tune)
-from .cli import _HelpFormatter, _add_version, _data_args, _dataset_dir, _run
-from .config import DEFAULT_DATA_DIR
-from .datasets import DATASETS
-from .errors import ConfigError
-from .layers import preset_names
+from .. import api
+from ..config import DEFAULT_DATA_DIR
+from ..datasets import DATASETS
+from ..errors import ConfigError
+from ..layers import preset_names
+from ..tune import (
+    DEFAULT_DIR,
+    GRACE_BEATS,
+    HEARTBEAT,
+    VAL_SPLIT,
+    default_space,
+    load_study,
+    require_optuna,
+    summarize,
+    tune,
+)
+from .common import HelpFormatter, add_version, data_args, dataset_dir, run
 
 
 def tune_parser() -> argparse.ArgumentParser:
     """The argument parser of mnist-tune."""
     p = argparse.ArgumentParser(
-        prog="mnist-tune", formatter_class=_HelpFormatter,
+        prog="mnist-tune", formatter_class=HelpFormatter,
         description="Search training recipes (or train one recipe over several seeds) with Optuna: every trial trains "
                     "on the training images less a validation split and is scored on that split, never on the test set. "
                     "Several processes (--workers) and machines (the same command with one --storage URL) share a "
@@ -65,7 +74,7 @@ def tune_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=list(DATASETS), default="mnist", help="dataset for --data-dir (default: mnist)")
     p.add_argument("--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet")
     p.add_argument("--quiet", action="store_true", help="no line per trial")
-    return _add_version(p)
+    return add_version(p)
 
 
 def _space_arg(text: Optional[str]) -> Any:
@@ -93,13 +102,13 @@ def _tune(args: argparse.Namespace) -> int:
     if args.test and args.seeds is None:
         raise ConfigError("--test measures a seed study's models on the test split; a search never looks at it, so "
                           "give --seeds K or leave --test out")
-    images, labels, device = _data_args(args.rest, "mnist-tune")
+    images, labels, device = data_args(args.rest, "mnist-tune")
     if device is not None:
         raise ConfigError(f"unexpected argument {device!r}: give IMAGES and LABELS, in that order")
     data_dir = test_data = None
     dataset = args.dataset
     if images is None:
-        data_dir = _dataset_dir(args.data_dir, args.dataset, "train", args.download)
+        data_dir = dataset_dir(args.data_dir, args.dataset, "train", args.download)
         if args.test:
             test_data = api.resolve_dataset(None, None, "test", data_dir, args.dataset)
     elif args.test:
@@ -133,7 +142,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def tune_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of mnist-tune."""
-    return _run(_tune, tune_parser(), argv)
+    return run(_tune, tune_parser(), argv)
 
 
 if __name__ == "__main__":
