@@ -353,6 +353,16 @@ void    gmn_model_optimizer_drop(gmn_model * model);
 /* Learning rate of the last optimizer step (0 before the first or without training state). */
 double  gmn_model_train_lr(const gmn_model * model);
 
+/* Where the time of the current training went, in seconds since gmn_model_train_init: gathering batches (8-bit
+ * pixels to floats, augmentation, labels), running the training graph (forward, backward and optimizer step) for
+ * the first graph run (which also builds and allocates the graphs) and for all later ones, the progress callback
+ * (the caller's code, e.g. Python), and the end-of-epoch check of the final weights. */
+struct gmn_train_timing {
+    double  data, first_graph, graph, callback, check;
+    int64_t graph_runs;
+};
+int     gmn_model_train_timing(const gmn_model * model, struct gmn_train_timing * out);
+
 /* GMN_CDEF_END */
 
 #ifdef __cplusplus

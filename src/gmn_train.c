@@ -95,6 +95,7 @@ static void gmn_team_observe(struct gmn_team * t, int threads, int n, double sec
 
 struct gmn_train_state {
     struct gmn_train_config cfg;
+    struct gmn_train_timing timing;      /* where the time of this training went (gmn_model_train_timing) */
     ggml_backend_sched_t    sched;
     struct gmn_opt_tracker * tracker;    /* optimizer state tracking for exact resume (gmn_optstate.c), or NULL */
     ggml_backend_sched_eval_callback tracker_cb;
@@ -743,15 +744,22 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
         gmn_model_use_threads(m, threads);
         const double t0 = gmn_seconds();
         gmn_gather_batch(st, ds, st->perm + ib * B, B, C, threads);
+        const double t_gathered = gmn_seconds();
+        st->timing.data += t_gathered - t0;
         ggml_opt_alloc(st->opt, true);
         gmn_fill_masks(m, st);
         st->batches++;
         ggml_backend_tensor_set(st->inputs, st->xbuf, 0, ggml_nbytes(st->inputs));
         ggml_backend_tensor_set(labels, st->ybuf, 0, ggml_nbytes(labels));
         ggml_opt_eval(st->opt, st->result);
+        const double t_done = gmn_seconds();
         if (st->batches > 1) { /* the first batch also builds and allocates the graphs */
-            gmn_team_observe(&st->team, threads, n_threads, gmn_seconds() - t0);
+            gmn_team_observe(&st->team, threads, n_threads, t_done - t0);
+            st->timing.graph += t_done - t_gathered;
+        } else {
+            st->timing.first_graph += t_done - t_gathered;
         }
+        st->timing.graph_runs++;
 
         double loss = 0.0, acc = 0.0;
         ggml_opt_result_loss(st->result, &loss, NULL);
@@ -778,11 +786,17 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
         }
         /* progress and stopping go by optimizer steps (whole batches), however many graph runs each one takes;
          * the running mean over equal parts is the running mean over batches */
-        if (progress != NULL && (ib + 1) % parts == 0 && progress(ud, GMN_PHASE_TRAIN, (ib + 1) / parts, nb_logical, loss, acc) != 0) {
-            out->stopped = 1;
-            break;
+        if (progress != NULL && (ib + 1) % parts == 0) {
+            const double t_cb = gmn_seconds();
+            const int stop = progress(ud, GMN_PHASE_TRAIN, (ib + 1) / parts, nb_logical, loss, acc);
+            st->timing.callback += gmn_seconds() - t_cb;
+            if (stop != 0) {
+                out->stopped = 1;
+                break;
+            }
         }
     }
+    const double t_check = gmn_seconds();
     {
         /* the last optimizer step (also of a run stopped early) is not seen by any batch loss: check the
          * final weights on the last batch */
@@ -799,6 +813,7 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
                             final_loss, (double) st->cfg.lr);
         }
     }
+    st->timing.check += gmn_seconds() - t_check;
     int64_t nd = 0;
     ggml_opt_result_ndata(st->result, &nd);
     out->n_train = nd;
@@ -854,4 +869,16 @@ double gmn_model_train_lr(const gmn_model * m) {
         return 0.0;
     }
     return gmn_schedule_lr(&m->train->cfg, m->train->step - 1);
+}
+
+int gmn_model_train_timing(const gmn_model * m, struct gmn_train_timing * out) {
+    gmn_clear_error();
+    if (m == NULL || out == NULL) {
+        return gmn_fail(GMN_E_INVALID, "train_timing: NULL argument");
+    }
+    if (m->train == NULL) {
+        return gmn_fail(GMN_E_STATE, "train_timing: the model is not training (call it while train() runs, e.g. from on_epoch)");
+    }
+    *out = m->train->timing;
+    return GMN_OK;
 }

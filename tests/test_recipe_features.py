@@ -130,3 +130,23 @@ def test_the_shim_refuses_a_bad_smoothing_or_schedule_itself() -> None:
         assert model.call_native(lib.gmn_model_train_init,
                                  ffi.new("struct gmn_train_config *", {**base, **bad})) == lib.GMN_E_INVALID
         assert text in ffi.string(lib.gmn_last_error()).decode()
+
+
+def test_the_shim_says_where_the_training_time_went(data) -> None:
+    x, y = data  # 15 batches of 20 an epoch; physical batch = batch: one graph run per batch
+    seen = []
+
+    def on_epoch(_stats, model):
+        t = ffi.new("struct gmn_train_timing *")
+        assert lib.gmn_model_train_timing(model.handle, t) == 0
+        seen.append((t.graph_runs, t.data, t.first_graph, t.graph, t.callback, t.check))
+
+    model, _ = gm.train(x, y, on_epoch=on_epoch, **small_options("fc", epochs=2))
+    assert [s[0] for s in seen] == [15, 30]
+    for runs, *seconds in seen:
+        assert all(s > 0 for s in seconds)
+    assert all(b >= a for a, b in zip(seen[0][1:], seen[1][1:]))  # running totals
+    assert seen[0][2] == seen[1][2]  # the first graph run is counted once
+    t = ffi.new("struct gmn_train_timing *")
+    assert lib.gmn_model_train_timing(model.handle, t) == lib.GMN_E_STATE  # train() has released its state
+    assert "not training" in ffi.string(lib.gmn_last_error()).decode()
