@@ -52,6 +52,9 @@ static const struct gmn_preset GMN_PRESETS[] = {
     { "fc", 3, { DENSE("fc1", 500), ACT(GMN_LAYER_RELU), DENSE("fc2", CLASSES) } },
     { "cnn", 7, { CONV("conv1", 8, 3, 1, 1), ACT(GMN_LAYER_RELU), MAXPOOL(2, 2, 0),
                   CONV("conv2", 16, 3, 1, 1), ACT(GMN_LAYER_RELU), MAXPOOL(2, 2, 0), DENSE("dense", CLASSES) } },
+    /* cnn's network under its own recipe (config.py ARCH_DEFAULTS["fast"]): it saves as mnist-cnn */
+    { "fast", 7, { CONV("conv1", 8, 3, 1, 1), ACT(GMN_LAYER_RELU), MAXPOOL(2, 2, 0),
+                   CONV("conv2", 16, 3, 1, 1), ACT(GMN_LAYER_RELU), MAXPOOL(2, 2, 0), DENSE("dense", CLASSES) } },
     { "mlp800", 3, { DENSE("fc1", 800), ACT(GMN_LAYER_RELU), DENSE("fc2", CLASSES) } },
     { "minerva-mlp", 3, { DENSE("fc1", 256), ACT(GMN_LAYER_RELU), DENSE("fc2", CLASSES) } },
     { "minerva-cnn", 7, { CONV("conv1", 16, 5, 1, 0), ACT(GMN_LAYER_RELU), MAXPOOL(2, 2, 0),

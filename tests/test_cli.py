@@ -296,7 +296,7 @@ def test_console_scripts_end_to_end(files: dict, tmp_path: Path) -> None:
     bad = subprocess.run([console_script("mnist-train"), "resnet", str(tmp_path / "x.gguf"), files["train_images"],
                           files["train_labels"]], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stdout == ""
-    assert bad.stderr == ("mnist-train: error: unknown network 'resnet'; use a preset (fc, cnn, mlp800, minerva-mlp, minerva-cnn, lenet5, "
+    assert bad.stderr == ("mnist-train: error: unknown network 'resnet'; use a preset (fc, cnn, fast, mlp800, minerva-mlp, minerva-cnn, lenet5, "
                           "letters-cnn, best, or ggml's mnist-fc and mnist-cnn) or a list of layers\n")
 
 

@@ -18,7 +18,7 @@ from ggml_mnist.layers import (AvgPool2d, Conv2d, Dense, Dropout, GELU, MaxPool2
                                load_layers)
 from helpers import THREADS, check_sgd_gradient, gelu_tanh, read_gguf, reference_logits, reference_net_proba, spread_weights, write_gguf
 
-PRESETS = ["fc", "cnn", "mlp800", "minerva-mlp", "minerva-cnn", "lenet5", "letters-cnn", "best"]
+PRESETS = ["fc", "cnn", "fast", "mlp800", "minerva-mlp", "minerva-cnn", "lenet5", "letters-cnn", "best"]
 
 # Small networks that between them use every layer kind and option: strided and padded convolutions,
 # max and average pooling with padding, every activation and dropout on spatial and flat inputs.
@@ -48,6 +48,7 @@ def test_presets_are_listed_with_their_layers() -> None:
     assert table["fc"] == [Dense(500, name="fc1"), ReLU(), Dense(10, name="fc2")]
     assert table["cnn"] == [Conv2d(8, 3, 1, 1, name="conv1"), ReLU(), MaxPool2d(2, 2, 0), Conv2d(16, 3, 1, 1, name="conv2"),
                             ReLU(), MaxPool2d(2, 2, 0), Dense(10, name="dense")]
+    assert table["fast"] == table["cnn"]  # cnn's network under the 10-second recipe
     assert gm.presets(n_classes=26)["lenet5"][-1] == Dense(26, name="fc3")
     assert [x.kind for x in table["letters-cnn"]][:3] == ["conv2d", "maxpool2d", "gelu"]
 
@@ -91,8 +92,8 @@ def test_every_preset_matches_the_numpy_reference_and_round_trips(name: str, tmp
     np.testing.assert_allclose(probs, reference, atol=2e-5, rtol=0)
     model.save(tmp_path / "m.gguf")
     loaded = load(tmp_path / "m.gguf", threads=THREADS)
-    assert loaded.layers == model.layers and loaded.arch == name
-    assert loaded.architecture == {"fc": "mnist-fc", "cnn": "mnist-cnn"}.get(name, "ggml-mnist")
+    assert loaded.layers == model.layers and loaded.arch == {"fast": "cnn"}.get(name, name)  # fast is cnn's network
+    assert loaded.architecture == {"fc": "mnist-fc", "cnn": "mnist-cnn", "fast": "mnist-cnn"}.get(name, "ggml-mnist")
     assert np.array_equal(loaded.predict_proba(x), probs)
 
 

@@ -229,7 +229,7 @@ def test_predict_rejects_bad_batch_sizes(batch_size: object) -> None:
 
 
 @pytest.mark.parametrize("arch, kwargs, match", [
-    ("resnet", {}, r"unknown network 'resnet'; use a preset \(fc, cnn, mlp800, .*\) or a list of layers"),
+    ("resnet", {}, r"unknown network 'resnet'; use a preset \(fc, cnn, fast, mlp800, .*\) or a list of layers"),
     ("fc", dict(n_classes=1), r"n_classes is 1; it must be in \[2, 1000\]"),
     ("fc", dict(n_classes=1001), r"n_classes is 1001"),
     ("fc", dict(hidden=0), r"network: layer 0 \(dense fc1\): 0 units; use 1 to 65536"),
