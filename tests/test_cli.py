@@ -89,8 +89,8 @@ def test_train_help_shows_the_config_defaults(capsys: pytest.CaptureFixture[str]
         cli.train_main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     fc, cnn = TrainConfig.defaults("fc"), TrainConfig.defaults("cnn")
-    assert re.search(rf"--epochs EPOCHS default: .*{fc.epochs} \((\S+ )*fc[ )]", text)
-    assert re.search(rf"--epochs EPOCHS default: .*{cnn.epochs} \((\S+ )*cnn[ )]", text)
+    assert re.search(rf"--epochs EPOCHS [^;]*; default: .*{fc.epochs} \((\S+ )*fc[ )]", text)
+    assert re.search(rf"--epochs EPOCHS [^;]*; default: .*{cnn.epochs} \((\S+ )*cnn[ )]", text)
     assert re.search(rf"peak learning rate; default: .*{fc.lr} \(fc[ )].*{cnn.lr} \((\S+ )*cnn[ )]", text)
     assert f"default: {fc.batch_size}" in text and "first hidden dense layer (default: the preset's)" in text
     assert "convolutions, in order (default: the preset's)" in text

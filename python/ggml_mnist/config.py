@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Optional, Union
 
 from ._ffi import lib
-from .augment import resolve_augment
+from .augment import LEVELS, PARAMETERS, resolve_augment
 from .errors import ConfigError
 from .layers import Layer, Sequential, canonical_preset, layer_from_dict
 
@@ -27,38 +27,64 @@ CPU_PHYSICAL_BATCH = 128  # the most images per graph run when training on a CPU
 EVAL_CHUNK = 10000  # images converted and predicted per native call when evaluating
 
 
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A TrainConfig field with its help text, written once: mnist-train makes one flag of each field (--batch-size
+    for batch_size), typed by the field's annotation and helped by this text, which gets the defaults per network
+    appended unless it names its default itself. ``cli`` says more about the flag: ``choices``, ``metavar``,
+    ``example`` (a JSON value, for a field that takes a dict) or ``flag=False`` (no flag)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """A complete training recipe. ``TrainConfig.defaults(arch)`` gives the tuned default for a network.
 
     ``arch`` is a preset name or a tuple of layers (``gm.layers``); ``hidden`` and ``conv_channels``
-    edit the preset (None keeps its own widths).
+    edit the preset (None keeps its own widths). Each field's help text is in its metadata
+    (``TrainConfig.help(name)``); mnist-train's recipe flags are made from the fields.
     """
 
-    arch: Union[str, tuple[Layer, ...]] = "cnn"
-    epochs: int = 20
-    batch_size: int = 100
-    physical_batch_size: Optional[int] = None  # None: automatic (CPU: at most CPU_PHYSICAL_BATCH images per graph run)
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    lr_schedule: str = "cosine"
-    lr_min_ratio: float = 0.0
-    warmup_epochs: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    val_split: float = 0.0
-    seed: int = 42
-    device: str = DEFAULT_DEVICE
-    graph: str = "auto"  # one of GRAPHS
-    threads: int = 0  # 0: every core this process may run on
-    hidden: Optional[int] = None
-    conv_channels: Optional[tuple[int, ...]] = None
-    max_loss: float = 100.0  # a batch loss above this (nats per image) stops training as diverged; 0: only NaN/inf
-    augment: Union[str, dict[str, Any]] = "none"  # a level of augment.LEVELS or a dict of augment.PARAMETERS
-    label_smoothing: float = 0.0  # training targets (1 - s) one-hot + s / classes; 0: plain one-hot
-    max_seconds: float = 0.0  # > 0: stop after the batch that crosses this many seconds of training, keeping the model
+    arch: Union[str, tuple[Layer, ...]] = option("cnn", "a preset name or a tuple of layers (gm.layers)", flag=False)
+    epochs: int = option(20, "passes over the training images")
+    batch_size: int = option(100, "images per optimizer step")
+    physical_batch_size: Optional[int] = option(
+        None, "images per graph evaluation, a divisor of the batch size (gradient accumulation); default: for a "
+              f"network with convolutions on a CPU, the largest divisor of the batch size up to {CPU_PHYSICAL_BATCH}, "
+              "otherwise the batch size")
+    optimizer: str = option("adamw", "AdamW (decoupled weight decay) or plain SGD", choices=OPTIMIZERS)
+    lr: float = option(1e-3, "peak learning rate")
+    lr_schedule: str = option("cosine", "how the learning rate falls to lr * lr_min_ratio after the warm-up "
+                                        "(onecycle: it first rises from lr/25 over the warm-up)", choices=SCHEDULES)
+    lr_min_ratio: float = option(0.0, "final learning rate as a fraction of the peak lr")
+    warmup_epochs: float = option(0.0, "warm-up length in epochs")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.999, "AdamW beta2")
+    eps: float = option(1e-8, "AdamW epsilon")
+    weight_decay: float = option(0.0, "decoupled weight decay")
+    val_split: float = option(0.0, "fraction held out for validation")
+    seed: int = option(42, "weight init and shuffle seed (bit-identical reruns)")
+    device: str = option(DEFAULT_DEVICE, f"auto, cpu or a ggml device name such as CUDA0 (default: {DEFAULT_DEVICE})")
+    graph: str = option("auto", "graph form: cpu (channels-last, the shim's CPU kernels), portable (ggml's ops only, "
+                                "which GPU backends run forward and backward) or auto (cpu on the CPU, else portable; "
+                                "default)", choices=GRAPHS)
+    threads: int = option(0, "CPU threads, 0 = all available cores")
+    hidden: Optional[int] = option(None, "units of the network's first hidden dense layer (default: the preset's)")
+    conv_channels: Optional[tuple[int, ...]] = option(
+        None, "output channels of the network's convolutions, in order (default: the preset's)", metavar="C")
+    max_loss: float = option(100.0, "a batch loss above this (nats per image) stops training as diverged; 0: only "
+                                    "NaN or infinity")
+    augment: Union[str, dict[str, Any]] = option(
+        "none", f"training-time augmentation: {', '.join(LEVELS)}, or a JSON object of {', '.join(PARAMETERS)} "
+                "(optionally with \"level\")", metavar="LEVEL|JSON", example={"rotate": 10, "shift": 2})
+    label_smoothing: float = option(0.0, "train against (1 - s) one-hot targets + s / classes (0.1 is usual; 0: "
+                                         "plain one-hot)")
+    max_seconds: float = option(0.0, "stop after the batch that crosses this many seconds of training and keep the "
+                                     "model (0: no time limit)")
+
+    @staticmethod
+    def help(name: str) -> str:
+        """The help text of field ``name``."""
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}[name]
 
     def __post_init__(self) -> None:
         # numpy and other number types become int / float; bools stay bools, which validate() refuses

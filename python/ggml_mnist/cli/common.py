@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from .. import download
-from ..config import DEFAULT_DATA_DIR, GRAPHS
+from ..config import DEFAULT_DATA_DIR, GRAPHS, TrainConfig
 from ..data import read_idx_header
 from ..datasets import DATASETS, dataset_info
 from ..errors import ConfigError, GgmlMnistError, GgmlMnistWarning
@@ -181,9 +181,8 @@ def dataset_dir(data_dir: str, dataset: str, split: str, allow_download: bool) -
 
 
 def add_graph(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--graph", choices=GRAPHS,
-                   help="graph form: cpu (channels-last, the shim's CPU kernels), portable (ggml's ops only, which GPU "
-                        "backends run forward and backward) or auto (cpu on the CPU, else portable; default)")
+    """--graph as TrainConfig.graph describes it (for scripts that load a model; mnist-train has it as a recipe flag)."""
+    p.add_argument("--graph", choices=GRAPHS, help=TrainConfig.help("graph"))
 
 
 def model_dataset(model: Any, asked: Optional[str]) -> str:

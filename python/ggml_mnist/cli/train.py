@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .. import api, download
-from ..augment import LEVELS, PARAMETERS, for_dataset
-from ..config import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_DEVICE,
-    OPTIMIZERS,
-    SCHEDULES,
-    TrainConfig,
-)
+from ..augment import for_dataset
+from ..config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, TrainConfig
 from ..data import split_files
 from ..datasets import DATASETS, dataset_info, preparation
 from ..errors import ConfigError, ModelIOError
@@ -24,16 +20,7 @@ from ..layers import canonical_preset, load_layers, preset_names, resolve_layers
 from ..model import check_net
 from ..outputs import check_distinct, check_output, is_ours, same_file
 from ..runlog import check_log_path
-from .common import (
-    HelpFormatter,
-    add_graph,
-    add_version,
-    check_pair_order,
-    data_args,
-    dataset_dir,
-    model_dataset,
-    run,
-)
+from .common import HelpFormatter, add_version, check_pair_order, data_args, dataset_dir, model_dataset, run
 
 
 def _default(field: str) -> str:
@@ -44,6 +31,67 @@ def _default(field: str) -> str:
     if len(by_value) == 1:
         return f"default: {next(iter(by_value))}"
     return "default: " + ", ".join(f"{value} ({' '.join(names)})" for value, names in by_value.items())
+
+
+def recipe_fields() -> list[dataclasses.Field]:
+    """The TrainConfig fields that are mnist-train flags: all but those marked flag=False (arch, a positional)."""
+    return [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("flag", True)]
+
+
+def _flag(field: dataclasses.Field) -> str:
+    return "--" + field.name.replace("_", "-")
+
+
+def _takes_json(hint: Any) -> bool:
+    """Whether a field's type takes a dict, which the command line gives as JSON text."""
+    return typing.get_origin(hint) is dict or any(_takes_json(h) for h in typing.get_args(hint))
+
+
+def _argparse_type(name: str, hint: Any) -> dict[str, Any]:
+    """add_argument's type (and nargs or action) for a field's type hint: int, float, str, bool, Optional[X],
+    tuple[X, ...] (one or more values), or a union with a dict (text: a name, or a JSON object)."""
+    members = [h for h in typing.get_args(hint) if h is not type(None)]
+    if typing.get_origin(hint) is typing.Union:
+        if _takes_json(hint):
+            return {"type": str}
+        if len(members) == 1:
+            return _argparse_type(name, members[0])
+    elif hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    elif hint in (int, float, str):
+        return {"type": hint}
+    elif typing.get_origin(hint) is tuple and members[-1] is Ellipsis:
+        return {"type": members[0], "nargs": "+"}
+    raise TypeError(f"TrainConfig.{name}: no command-line form for {hint!r}; give its option() flag=False or a "
+                    "plain type")
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, in the fields' order: --batch-size for batch_size, typed by the field's type,
+    with the field's help text and, unless that text names its default, the defaults per network."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in recipe_fields():
+        text = field.metadata["help"]
+        extra = {k: field.metadata[k] for k in ("choices", "metavar") if k in field.metadata}
+        p.add_argument(_flag(field), **_argparse_type(field.name, hints[field.name]), **extra,
+                       help=text if "default" in text else f"{text}; {_default(field.name)}")
+
+
+def recipe_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Every recipe flag's value by its TrainConfig field name (None: not given); JSON text as its object."""
+    hints = typing.get_type_hints(TrainConfig)
+    options = {}
+    for field in recipe_fields():
+        value = getattr(args, field.name)
+        if _takes_json(hints[field.name]) and isinstance(value, str) and value.lstrip().startswith("{"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                example = json.dumps(field.metadata.get("example", {}))
+                raise ConfigError(f"{_flag(field)} {value!r} is not valid JSON ({exc.msg}); write e.g. "
+                                  f"'{example}'") from None
+        options[field.name] = value
+    return options
 
 
 
@@ -85,31 +133,7 @@ def train_parser() -> argparse.ArgumentParser:
                         "default: none)")
     p.add_argument("--save-optimizer", action="store_true",
                    help="store the AdamW moments and schedule position in the saved model(s), for --resume")
-    p.add_argument("--epochs", type=int, help=_default("epochs"))
-    p.add_argument("--batch-size", type=int, help="images per optimizer step; " + _default("batch_size"))
-    p.add_argument("--physical-batch-size", type=int,
-                   help="images per graph evaluation, divides --batch-size (gradient accumulation); default: for a network with "
-                        "convolutions on a CPU, the largest divisor of the batch size up to 128, otherwise the batch size")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help=_default("optimizer"))
-    p.add_argument("--lr", type=float, help="peak learning rate; " + _default("lr"))
-    p.add_argument("--lr-schedule", choices=SCHEDULES, help=_default("lr_schedule"))
-    p.add_argument("--lr-min-ratio", type=float, help="final lr as a fraction of --lr; " + _default("lr_min_ratio"))
-    p.add_argument("--warmup-epochs", type=float, help="linear warm-up length in epochs; " + _default("warmup_epochs"))
-    p.add_argument("--beta1", type=float, help="AdamW beta1; " + _default("beta1"))
-    p.add_argument("--beta2", type=float, help="AdamW beta2; " + _default("beta2"))
-    p.add_argument("--eps", type=float, help="AdamW epsilon; " + _default("eps"))
-    p.add_argument("--weight-decay", type=float, help="decoupled weight decay; " + _default("weight_decay"))
-    p.add_argument("--val-split", type=float, help="fraction held out for validation; " + _default("val_split"))
-    p.add_argument("--seed", type=int, help="weight init and shuffle seed (bit-identical reruns); " + _default("seed"))
-    p.add_argument("--device", help=f"auto, cpu or a ggml device name such as CUDA0 (default: {DEFAULT_DEVICE})")
-    p.add_argument("--threads", type=int, help="CPU threads, 0 = all available cores; " + _default("threads"))
-    add_graph(p)
-    p.add_argument("--hidden", type=int, help="units of the network's first hidden dense layer (default: the preset's)")
-    p.add_argument("--conv-channels", type=int, nargs="+", metavar="C",
-                   help="output channels of the network's convolutions, in order (default: the preset's)")
-    p.add_argument("--augment", metavar="LEVEL|JSON",
-                   help=f"training-time augmentation: {', '.join(LEVELS)}, or a JSON object of "
-                        f"{', '.join(PARAMETERS)} (optionally with \"level\"); " + _default("augment"))
+    add_recipe_options(p)
     p.add_argument("--force", action="store_true",
                    help="replace an existing OUT that is not a GGUF model (never one of the run's input files)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
@@ -191,13 +215,7 @@ def _train(args: argparse.Namespace) -> int:
         args.dataset = download.identify_labels(labels) or "mnist"
     else:
         args.dataset = args.dataset or "mnist"
-    options: dict[str, Any] = dict(
-        arch=arch, epochs=args.epochs, batch_size=args.batch_size, physical_batch_size=args.physical_batch_size,
-        optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio,
-        warmup_epochs=args.warmup_epochs, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
-        weight_decay=args.weight_decay, val_split=args.val_split, seed=args.seed, device=device or args.device,
-        graph=args.graph,
-        threads=args.threads, hidden=args.hidden, conv_channels=args.conv_channels, augment=_augment_arg(args.augment))
+    options: dict[str, Any] = {"arch": arch, **recipe_options(args), "device": device or args.device}
     if args.resume:
         config = None  # train() refuses every option but epochs, device, graph and threads, as for the API
         options = {k: v for k, v in options.items() if v is not None}
@@ -252,16 +270,6 @@ def _train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     return 0
-
-
-def _augment_arg(text: Optional[str]) -> Any:
-    """--augment's value: a level name, or a JSON object of parameters."""
-    if text is None or not text.lstrip().startswith("{"):
-        return text
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--augment {text!r} is not valid JSON ({exc.msg}); write e.g. '{{\"rotate\": 10, \"shift\": 2}}'") from None
 
 
 def _interrupted_name(output: str, inputs: Sequence[str] = ()) -> str:
