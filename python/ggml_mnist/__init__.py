@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import _moved, layers, plot
+from . import _moved, callbacks, layers, plot
 from ._build_info import build_info
 from ._ffi import ffi as _ffi_ffi, lib as _lib, set_verbose
 from .augment import augment_images
@@ -80,7 +80,7 @@ __all__ = [
     "train", "evaluate", "load", "export_gguf", "Model", "TrainConfig", "EpochStats", "EvalResult",
     "tune", "TuneResult", "default_space", "Ensemble",
     "prepare_image", "Prediction", "Digit", "DigitReading",
-    "layers", "Sequential", "presets", "load_layers", "augment_images", "plot",
+    "callbacks", "layers", "Sequential", "presets", "load_layers", "augment_images", "plot",
     "TensorStorage", "weight_types", "convert_weights",
     "read_idx", "write_idx", "load_mnist", "load_idx_pair", "download_dataset", "verify_dataset",
     "GgmlMnistError", "ConfigError", "DataError", "IdxFormatError", "DataFileNotFoundError", "DownloadError",

@@ -2,74 +2,30 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import signal
-import sys
-import tempfile
-import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import _ffi
-from ._ffi import ffi, lib
-from .augment import for_dataset, resolve_augment
+from . import callbacks as _callbacks
+from .augment import for_dataset
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
 from .data import has_split, load_mnist, read_idx, validate_dataset
-from .datasets import DATASETS, class_names, dataset_info, preparation
+from .datasets import DATASETS, dataset_info, preparation
 from .download import identify_dataset, identify_labels
-from .errors import (CheckpointWarning, ConfigError, DataError, GgmlMnistError, ModelIOError,
-                     TrainingDivergedError)
+from .errors import ConfigError, DataError
 from .layers import ArchLike, Conv2d, Dense, resolve_layers
-from .model import EXITING, Model, PathLike, check_net
-from .outputs import check_distinct, same_file
-from .progress import ProgressBar
-from .runlog import RunLog, check_log_path
+from .model import Model, PathLike, check_net
+from .outputs import check_distinct
+from .progress import ProgressBar  # noqa: F401 (its old home here: ggml_mnist.api.ProgressBar)
+from .runlog import check_log_path
+from .training import EpochStats, TrainingRun, as_uint8, check_callbacks
 
 ArrayOrPath = Union[np.ndarray, PathLike]
-_SCHEDULE_CODES = {"constant": lib.GMN_SCHEDULE_CONSTANT, "cosine": lib.GMN_SCHEDULE_COSINE,
-                   "linear": lib.GMN_SCHEDULE_LINEAR, "onecycle": lib.GMN_SCHEDULE_ONECYCLE}
-
-
-@dataclass
-class EpochStats:
-    """Metrics of one training epoch; ``*_unc`` are standard errors, val_* are None without validation."""
-
-    epoch: int
-    train_loss: float
-    train_loss_unc: float
-    train_acc: float
-    train_acc_unc: float
-    val_loss: Optional[float]
-    val_loss_unc: Optional[float]
-    val_acc: Optional[float]
-    val_acc_unc: Optional[float]
-    seconds: float
-    n_train: int
-    n_val: int
-    interrupted: bool = False
-    lr: float = 0.0  # learning rate of the epoch's last optimizer step
-    time_limit: bool = False  # the epoch ended early at the run's max_seconds
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the stats as a JSON-ready dict, with the history names ``loss``, ``accuracy``, ``val_accuracy`` too."""
-        return {**dataclasses.asdict(self), "loss": self.train_loss, "accuracy": self.train_acc,
-                "val_accuracy": self.val_acc}
-
-    def summary(self, epochs: int) -> str:
-        """One human-readable line, as printed after each epoch."""
-        line = (f"epoch {self.epoch}/{epochs}: train loss {self.train_loss:.4f} acc {100 * self.train_acc:.2f}%")
-        if self.val_loss is not None:
-            line += (f" | val loss {self.val_loss:.4f}±{self.val_loss_unc:.4f} "
-                     f"acc {100 * self.val_acc:.2f}±{100 * self.val_acc_unc:.2f}%")
-        line += f" | {self.seconds:.2f}s"
-        return line + (" (interrupted)" if self.interrupted else "") + (" (time limit)" if self.time_limit else "")
 
 
 @dataclass
@@ -227,7 +183,8 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
 
 def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
           config: Optional[TrainConfig] = None, n_classes: Optional[int] = None, data_dir: Optional[PathLike] = None,
-          progress: bool = True, on_epoch: Optional[Callable[[EpochStats, Model], Optional[bool]]] = None,
+          progress: bool = True, callbacks: Optional[Sequence[Any]] = None,
+          on_epoch: Optional[Callable[[EpochStats, Model], Optional[bool]]] = None,
           validation_data: Any = None, early_stopping: Optional[int] = None, restore_best: bool = True,
           checkpoint: Optional[PathLike] = None, checkpoint_best_only: bool = False, metrics: Optional[PathLike] = None,
           init: Union[Model, PathLike, None] = None, resume: Union[Model, PathLike, None] = None,
@@ -242,18 +199,24 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
 
     - ``validation_data=(images, labels)`` (arrays or IDX paths) is evaluated after every epoch, like
       ``val_split`` but without taking training images.
-    - ``on_epoch(stats, model)`` is called after each epoch; returning False stops training there.
+    - ``callbacks=[...]``: Keras-style callbacks (:mod:`ggml_mnist.callbacks`): ``gm.callbacks.EarlyStopping``,
+      ``ModelCheckpoint``, ``RunLog`` or any object with ``on_epoch_end(stats, model)`` (and optionally
+      ``on_train_begin``, ``on_epoch_begin``, ``on_batch_end`` (throttled), ``on_train_end``). The keywords below
+      are shorthands that build those callbacks; they run first, in this order:
     - ``early_stopping=patience`` stops when the validation loss has not improved for that many epochs and,
-      with ``restore_best``, puts back the weights of the best epoch.
+      with ``restore_best``, puts back the weights of the best epoch (``EarlyStopping``).
     - ``checkpoint="dir/"`` saves ``dir/epoch-NNN.gguf`` after every epoch, or only ``dir/best.gguf`` when the
-      validation loss (the training loss without validation) improves with ``checkpoint_best_only``.
-    - ``metrics="run.sqlite"`` appends the run, its epochs and its batches to a SQLite run log.
+      validation loss (the training loss without validation) improves with ``checkpoint_best_only``
+      (``ModelCheckpoint``).
+    - ``metrics="run.sqlite"`` appends the run, its epochs and its batches to a SQLite run log (``RunLog``).
+    - ``on_epoch(stats, model)`` is called after each epoch; returning False stops training there.
     - ``init=model_or_path`` fine-tunes saved weights (the network comes from the model). ``resume=model_or_path``
       continues a run saved with ``save_optimizer=True`` exactly: same recipe, AdamW moments, schedule position and
       shuffle order, up to ``epochs`` in total.
 
     ``model.metadata`` (saved with the model) holds the config, the history so far, the dataset, its class names
-    and a status ("finished", "interrupted", "stopped_early", "time_limit"), and is up to date whenever ``on_epoch`` runs.
+    and a status ("finished", "interrupted", "stopped_early", "time_limit"), and is up to date whenever a callback's
+    ``on_epoch_end`` runs.
     With ``max_seconds`` (a TrainConfig field) training stops after the batch that crosses that many seconds since
     the first batch; the model is kept as trained so far, with status "time_limit".
     ``progress`` draws a bar on stderr. Ctrl-C stops after the current batch and returns the model trained so far.
@@ -270,11 +233,18 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
                                        or early_stopping < 1):
         raise ConfigError(f"early_stopping is the patience in epochs, a whole number >= 1 (or None), got {early_stopping!r}")
     _check_data_dir(data_dir)
-    check_distinct([("checkpoint", checkpoint), ("metrics", metrics)])
+    run_callbacks = _callbacks.from_keywords(
+        early_stopping=early_stopping, restore_best=restore_best, checkpoint=checkpoint,
+        checkpoint_best_only=checkpoint_best_only, metrics=metrics, on_epoch=on_epoch) + check_callbacks(callbacks)
+    check_distinct([(cb.what, cb.directory if isinstance(cb, _callbacks.ModelCheckpoint) else cb.path)
+                    for cb in run_callbacks if isinstance(cb, (_callbacks.ModelCheckpoint, _callbacks.RunLog))])
     start_path = _start_path(resume)
-    saver = _Checkpoints(checkpoint, checkpoint_best_only, start_path) if checkpoint is not None else None
-    if metrics is not None:
-        check_log_path(metrics, [start_path])
+    for cb in run_callbacks:  # before any work: the folders and files the callbacks will write
+        if isinstance(cb, _callbacks.ModelCheckpoint):
+            cb.prepare(start_path)
+    for cb in run_callbacks:
+        if isinstance(cb, _callbacks.RunLog):
+            check_log_path(cb.path, [start_path])
     start_model, cfg, history = _resolve_start(config, options, init, resume,
                                                {"device": options.get("device"), "threads": options.get("threads")})
     cfg = cfg.validate()
@@ -307,11 +277,11 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
         if n_val:
             raise ConfigError("give validation_data or val_split, not both")
         x_val, y_val = _validation_arrays(validation_data, (h, w), n_classes)
-        images = np.concatenate([_as_uint8(images), _as_uint8(x_val)])  # the native dataset holds 8-bit pixels
+        images = np.concatenate([as_uint8(images), as_uint8(x_val)])  # the native dataset holds 8-bit pixels
         labels = np.concatenate([labels, y_val])
         val_idx = np.arange(n, n + len(y_val), dtype=np.int64)
         n_val = len(y_val)
-    if early_stopping is not None and n_val == 0:
+    if n_val == 0 and any(isinstance(cb, _callbacks.EarlyStopping) for cb in run_callbacks):
         raise ConfigError("early_stopping watches the validation loss: give validation_data or val_split too")
     steps_per_epoch = len(train_idx) // cfg.batch_size
     if steps_per_epoch < 1:
@@ -319,153 +289,17 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
                           "lower batch_size or val_split")
     info = {"name": name, "n": int(n), "n_train": int(len(train_idx)), "n_val": n_val, "image_size": [int(h), int(w)],
             "n_classes": n_classes, "source": source}
-    log = RunLog(metrics, arch=_arch_label(cfg.arch) if isinstance(cfg.arch, str) else "custom", dataset=name,
-                 seed=cfg.seed, config=cfg.as_dict()) if metrics is not None else None
-
     if start_model is not None:
         start_model.set_graph(cfg.graph)
     model = start_model or Model.create(cfg.arch, n_classes=n_classes, image_size=(h, w), hidden=cfg.hidden,
                                         conv_channels=cfg.conv_channels, device=cfg.device, threads=cfg.threads,
                                         seed=cfg.seed, graph=cfg.graph)
-    dataset_handle = _native_dataset(images.reshape(len(images), h * w), labels, n_classes)
-    _ffi.check(model.call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", dict(
-        optimizer=0 if cfg.optimizer == "adamw" else 1, lr=cfg.lr, lr_min_ratio=cfg.lr_min_ratio,
-        schedule=_SCHEDULE_CODES[cfg.lr_schedule], warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
-        total_steps=cfg.epochs * steps_per_epoch, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
-        weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, physical_batch_size=cfg.physical_on(model.device, any(isinstance(layer, Conv2d) for layer in model.layers)),
-        seed=cfg.seed, max_loss=cfg.max_loss, augment=resolve_augment(cfg.augment),
-        label_smoothing=cfg.label_smoothing))))
-    keep_optimizer = save_optimizer or resume is not None
-    if keep_optimizer:
-        _ffi.check(model.call_native(lib.gmn_model_train_keep_optimizer, int(resume is not None)), invalid=ConfigError)
-
-    run = _Run(cfg, info, history, early_stopping)
-    bar = ProgressBar(cfg.epochs) if progress else None
-    result = ffi.new("struct gmn_epoch_result *")
-    status = "interrupted"
-    with _graceful_interrupt() as interrupt:
-        clock = {"epoch": first_epoch, "t": 0.0, "loss": 0.0, "acc": 0.0, "start": time.perf_counter(), "out_of_time": False}
-
-        def on_batch(phase: int, ibatch: int, nbatch: int, loss: float, acc: float) -> bool:
-            if phase == lib.GMN_PHASE_TRAIN:
-                if bar is not None:
-                    bar.update(ibatch, nbatch, loss, acc)
-                if log is not None:
-                    now = time.perf_counter()
-                    log.batch(clock["epoch"], ibatch, loss * ibatch - clock["loss"] * (ibatch - 1),
-                              acc * ibatch - clock["acc"] * (ibatch - 1), model.training_lr(), now - clock["t"])
-                    clock.update(t=now, loss=loss, acc=acc)
-                if cfg.max_seconds and time.perf_counter() - clock["start"] >= cfg.max_seconds:
-                    clock["out_of_time"] = True
-                    return True
-            return interrupt.requested or EXITING.is_set()  # (EXITING: the interpreter is exiting)
-
-        hook = _ffi.ProgressHook(on_batch)
-        try:
-            for epoch in range(first_epoch, cfg.epochs + 1):
-                if bar is not None:
-                    bar.start_epoch(epoch)
-                t0 = time.perf_counter()
-                clock.update(epoch=epoch, t=t0, loss=0.0, acc=0.0)
-                native_status = model.call_native(
-                    lib.gmn_model_train_epoch, dataset_handle, _ffi.ptr(train_idx, "int64_t *"), len(train_idx),
-                    _ffi.ptr(val_idx, "int64_t *") if n_val else ffi.NULL, n_val, hook.callback, ffi.NULL, result)
-                hook.reraise()
-                _ffi.check(native_status)
-                stats = _epoch_stats(epoch, result, time.perf_counter() - t0, model.training_lr())
-                if clock["out_of_time"] and not interrupt.requested:
-                    stats.interrupted, stats.time_limit = False, True
-                history.append(stats)
-                if bar is not None:
-                    bar.end_epoch(stats.summary(cfg.epochs))
-                if keep_optimizer:
-                    model.snapshot_optimizer_state()
-                stop = run.observe(stats, model)
-                status = "interrupted" if stats.interrupted else ("stopped_early" if stop else "time_limit" if stats.time_limit
-                                                                   else ("finished" if epoch == cfg.epochs else "running"))
-                model.metadata = run.metadata(status)
-                if saver is not None:
-                    saver.save(model, stats, run.improved)  # a failure warns: the run and its OUT go on
-                if log is not None:
-                    log.epoch(epoch, stats.train_loss, stats.train_acc, stats.val_loss, stats.val_acc, stats.lr,
-                              stats.seconds)
-                if on_epoch is not None and on_epoch(stats, model) is False and status == "running":
-                    status = "stopped_early"
-                    model.metadata = run.metadata(status)
-                if status != "running":
-                    break
-        except TrainingDivergedError:
-            status = "diverged"
-            raise
-        finally:
-            model.release_training_state()
-            if log is not None:
-                log.finish(status if status != "running" else "interrupted")
-    if status == "stopped_early" and restore_best and run.best_weights is not None:
-        model.set_weights(run.best_weights)
-        model.metadata = {**run.metadata(status), "restored_best_epoch": run.best_epoch}
-    if status == "stopped_early" and progress:
-        why = (f"the validation loss has not improved for {early_stopping} epochs" if early_stopping is not None and
-               history[-1].epoch - run.best_epoch >= early_stopping else "on_epoch returned False")
-        kept = f"; the model holds the weights of epoch {run.best_epoch}" if "restored_best_epoch" in model.metadata else ""
-        print(f"stopped early after epoch {history[-1].epoch} ({why}){kept}", file=sys.stderr)
-    return model, history
+    run = TrainingRun(model, cfg, images, labels, n_classes, train_idx, val_idx, info, history,
+                      keep_optimizer=save_optimizer or resume is not None, exact_resume=resume is not None)
+    return model, run.fit(run_callbacks, progress=progress)
 
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def _as_uint8(images: np.ndarray) -> np.ndarray:
-    """uint8 images unchanged; floats in [0, 1] as 8-bit pixels, the way the native dataset stores them."""
-    return images if images.dtype == np.uint8 else np.rint(images * np.float32(255.0)).astype(np.uint8)
-
-
-class _Run:
-    """The bookkeeping of one training run: history, best validation loss, early stopping and metadata."""
-
-    def __init__(self, cfg: TrainConfig, info: dict[str, Any], history: list[EpochStats], patience: Optional[int]) -> None:
-        self.cfg, self.info, self.history, self.patience = cfg, info, history, patience
-        self.best_loss = float("inf")
-        self.best_epoch = 0
-        self.best_weights: Optional[dict[str, np.ndarray]] = None  # of an epoch of this call (not of a resumed part)
-        self.improved = False
-        for stats in history:  # a resumed run's best so far, so that a worse epoch never counts as an improvement
-            loss = self._loss(stats)
-            if np.isfinite(loss) and loss < self.best_loss:
-                self.best_loss, self.best_epoch = loss, stats.epoch
-
-    @staticmethod
-    def _loss(stats: EpochStats) -> float:
-        """The loss that decides improvements: validation loss, else training loss."""
-        return stats.val_loss if stats.val_loss is not None else stats.train_loss
-
-    def observe(self, stats: EpochStats, model: Model) -> bool:
-        """Note an epoch; return True when early stopping says to stop."""
-        loss = self._loss(stats)
-        self.improved = bool(np.isfinite(loss) and loss < self.best_loss)
-        if self.improved:
-            self.best_loss, self.best_epoch = loss, stats.epoch
-            if self.patience is not None:
-                self.best_weights = model.get_weights()
-        return self.patience is not None and stats.epoch - self.best_epoch >= self.patience
-
-    def metadata(self, status: str) -> dict[str, Any]:
-        """The model's metadata after the epochs so far (saved with it by checkpoints, callbacks and the CLI)."""
-        name = self.info["name"]
-        return {
-            "config": self.cfg.as_dict(),
-            "history": [s.as_dict() for s in self.history],
-            "seed": self.cfg.seed,
-            "dataset": {k: v for k, v in self.info.items() if v is not None},
-            "class_names": class_names(name, self.info["n_classes"]),
-            "preparation": preparation(name),
-            "status": status,
-            "interrupted": status == "interrupted",
-            "stopped_early": status == "stopped_early",
-            "best_epoch": self.best_epoch,
-            "ggml_version": ffi.string(lib.gmn_ggml_version()).decode(),
-            "version": ffi.string(lib.gmn_version()).decode(),
-        }
 
 
 def _start_path(resume: Any) -> Optional[str]:
@@ -473,48 +307,6 @@ def _start_path(resume: Any) -> Optional[str]:
     if isinstance(resume, Model):
         return resume.path
     return os.fspath(resume) if isinstance(resume, (str, os.PathLike)) else None
-
-
-class _Checkpoints:
-    """Saves the model into a directory after each epoch (epoch-NNN.gguf) or when it improves (best.gguf).
-
-    A folder that already holds checkpoints belongs to another run and is refused, unless the run resumes from
-    one of them. A checkpoint that cannot be written warns once with CheckpointWarning; training goes on.
-    """
-
-    PATTERNS = ("epoch-[0-9][0-9][0-9]*.gguf", "best.gguf")
-
-    def __init__(self, directory: PathLike, best_only: bool, resumed_from: Optional[str]) -> None:
-        if not isinstance(directory, (str, os.PathLike)) or os.fspath(directory) == "":
-            raise ConfigError(f"checkpoint must be the name of a folder such as checkpoints/, got {directory!r}")
-        self.directory = Path(directory)
-        self.best_only = best_only
-        self.warned = False
-        if self.directory.exists() and not self.directory.is_dir():
-            raise ModelIOError(f"checkpoint folder '{directory}' is a file; name a folder such as checkpoints/")
-        held = sorted((p.name for pattern in self.PATTERNS for p in self.directory.glob(pattern)),
-                      key=lambda name: (len(name), name)) if self.directory.is_dir() else []  # epoch-999 before -1000
-        inside = resumed_from is not None and same_file(Path(resumed_from).parent, self.directory)
-        if held and not inside:
-            listed = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
-            raise ConfigError(f"checkpoint folder '{directory}' already holds another run's checkpoints ({listed}); "
-                              "give a new or empty folder, or continue that run with --resume "
-                              f"{Path(directory) / held[-1]} (resume=)")
-        _check_writable_dir(self.directory, "checkpoint")
-
-    def save(self, model: Model, stats: EpochStats, improved: bool) -> None:
-        """Save this epoch's checkpoint; warn (once) instead of raising when it cannot be written."""
-        name = f"epoch-{stats.epoch:03d}.gguf" if not self.best_only else ("best.gguf" if improved else None)
-        if name is None:
-            return
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            model.save(self.directory / name)
-        except (GgmlMnistError, OSError) as exc:
-            if not self.warned:
-                self.warned = True
-                warnings.warn(f"checkpoint {self.directory / name} was not saved ({exc}); training goes on, and later "
-                              "checkpoints are tried again", CheckpointWarning, stacklevel=3)
 
 
 def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
@@ -623,60 +415,3 @@ def export_gguf(path: PathLike, arch: ArchLike, weights: Mapping[str, Any], *, l
 
 def _arch_label(arch: ArchLike) -> str:
     return arch if isinstance(arch, str) else "(layer list)"
-
-
-def _native_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int) -> Any:
-    images = np.ascontiguousarray(_as_uint8(images))
-    labels32 = np.ascontiguousarray(labels, dtype=np.int32)
-    out = ffi.new("gmn_dataset **")
-    _ffi.check(lib.gmn_dataset_init(_ffi.ptr(images, "uint8_t *"), _ffi.ptr(labels32, "int32_t *"), images.shape[0],
-                                    images.shape[1], n_classes, out), invalid=DataError)
-    return ffi.gc(out[0], lib.gmn_dataset_free)
-
-
-def _check_writable_dir(directory: Path, what: str) -> None:
-    """Create ``directory`` if needed and make sure files can be written into it; raise ModelIOError otherwise."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".ggml-mnist-check-"):
-            pass
-    except OSError as exc:
-        raise ModelIOError(f"{what} directory '{directory}' cannot be written ({exc.strerror or exc}); "
-                           "choose another place") from None
-
-
-def _epoch_stats(epoch: int, r: Any, seconds: float, lr: float) -> EpochStats:
-    has_val = r.n_val > 0
-    return EpochStats(
-        epoch=epoch, train_loss=r.train_loss, train_loss_unc=r.train_loss_unc, train_acc=r.train_acc,
-        train_acc_unc=r.train_acc_unc, val_loss=r.val_loss if has_val else None,
-        val_loss_unc=r.val_loss_unc if has_val else None, val_acc=r.val_acc if has_val else None,
-        val_acc_unc=r.val_acc_unc if has_val else None, seconds=seconds, n_train=int(r.n_train), n_val=int(r.n_val),
-        interrupted=bool(r.stopped), lr=lr)
-
-
-class _Interrupt:
-    requested = False
-
-
-@contextlib.contextmanager
-def _graceful_interrupt() -> Iterator[_Interrupt]:
-    """While active, the first Ctrl-C asks training to stop after the current batch; a second one aborts.
-
-    An ignored SIGINT (a background job started with nohup or ``&`` in a script) stays ignored."""
-    state = _Interrupt()
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        yield state
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: Any) -> None:
-        state.requested = True
-        sys.stderr.write("\nstopping after the current batch (Ctrl-C again to abort)\n")
-        signal.signal(signal.SIGINT, previous)
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield state
-    finally:
-        signal.signal(signal.SIGINT, previous)
