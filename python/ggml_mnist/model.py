@@ -185,20 +185,30 @@ class Model:
         return model
 
     # -- properties ---------------------------------------------------------------------------
+    def _call_native(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Return ``fn(handle, *args)`` for a shim function, one call per model at a time (other threads wait).
+
+        Raises ValueError when the model is closed, so a handle is never used after it is freed. Only this module
+        and the training run (training.py) call the library with a model's handle (``_handle``, None once closed).
+        """
+        with self._lock:
+            if self._handle is None:
+                raise ValueError("this Model has been closed")
+            return fn(self._handle, *args)
+
     @property
     def handle(self) -> Any:
-        """The native handle; raises ValueError once the model is closed. Prefer :meth:`call_native`."""
+        """Deprecated: the native handle is private (``_handle``); it still works, with a DeprecationWarning."""
+        warnings.warn("Model.handle is private now (Model._handle); the Model's methods cover what it was used for",
+                      DeprecationWarning, stacklevel=2)
         if self._handle is None:
             raise ValueError("this Model has been closed")
         return self._handle
 
     def call_native(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Return ``fn(handle, *args)`` for a shim function, one call per model at a time (other threads wait).
-
-        Raises ValueError when the model is closed, so a handle is never used after it is freed.
-        """
-        with self._lock:
-            return fn(self.handle, *args)
+        """Deprecated: private now (``_call_native``); it still works, with a DeprecationWarning."""
+        warnings.warn("Model.call_native is private now (Model._call_native)", DeprecationWarning, stacklevel=2)
+        return self._call_native(fn, *args)
 
     def set_graph(self, graph: str) -> None:
         """Choose the graph form: "auto" (the default: "cpu" on the CPU device, else "portable"), "cpu" (channels-last,
@@ -206,7 +216,7 @@ class Model:
         backward). Raises ConfigError for another name, for "cpu" on another device, or during training."""
         if graph not in GRAPHS:
             raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
-        _ffi.check(self.call_native(lib.gmn_model_set_graph, getattr(lib, f"GMN_GRAPH_{graph.upper()}")),
+        _ffi.check(self._call_native(lib.gmn_model_set_graph, getattr(lib, f"GMN_GRAPH_{graph.upper()}")),
                    invalid=ConfigError)
         self._graph = graph
 
@@ -216,7 +226,7 @@ class Model:
         once trained, else of the prediction graph), ``kernels`` (per shim kernel, the nodes it took in that graph;
         empty when the kernels are off, ``kernels_off`` then says why), ``accel_products`` and ``llamafile``."""
         info = ffi.new("struct gmn_plan_info *")
-        _ffi.check(self.call_native(lib.gmn_model_plan, info))
+        _ffi.check(self._call_native(lib.gmn_model_plan, info))
         kernels = {ffi.string(lib.gmn_kernel_name(k)).decode(): int(info.taken[k]) for k in range(lib.GMN_KERNEL_COUNT)}
         why = ffi.string(info.why_no_kernels).decode()
         return {"graph": "cpu" if info.graph == lib.GMN_GRAPH_CPU else "portable", "device": self.device,
@@ -227,7 +237,7 @@ class Model:
     def device(self) -> str:
         """Name of the ggml device the model runs on (e.g. "CPU", "CUDA0")."""
         buf = ffi.new("char[128]")
-        _ffi.check(self.call_native(lib.gmn_model_device, buf, 128))
+        _ffi.check(self._call_native(lib.gmn_model_device, buf, 128))
         return ffi.string(buf).decode()
 
     @property
@@ -255,15 +265,15 @@ class Model:
     @property
     def architecture(self) -> str:
         """The GGUF ``general.architecture`` this model is saved under."""
-        return ffi.string(self.call_native(lib.gmn_model_architecture)).decode()
+        return ffi.string(self._call_native(lib.gmn_model_architecture)).decode()
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Map each parameter name to its numpy shape (ggml's ne reversed, trailing 1s dropped)."""
         shapes = {}
         name = ffi.new("char[64]")
         ne = ffi.new("int64_t[4]")
-        for i in range(self.call_native(lib.gmn_model_n_tensors)):
-            _ffi.check(self.call_native(lib.gmn_model_tensor_info, i, name, 64, ne))
+        for i in range(self._call_native(lib.gmn_model_n_tensors)):
+            _ffi.check(self._call_native(lib.gmn_model_tensor_info, i, name, 64, ne))
             dims = [int(ne[d]) for d in range(4)]
             while len(dims) > 1 and dims[-1] == 1:
                 dims.pop()
@@ -282,7 +292,7 @@ class Model:
         out = {}
         for name, shape in self.tensor_shapes().items():
             arr = np.empty(shape, dtype=np.float32)
-            _ffi.check(self.call_native(lib.gmn_model_get_tensor, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
+            _ffi.check(self._call_native(lib.gmn_model_get_tensor, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
             out[name] = arr
         return to_torch(out, self.layers, self._layer_inputs()) if layout == "torch" else out
 
@@ -315,7 +325,7 @@ class Model:
                 raise ConfigError(f"tensor {name!r} holds NaN or infinite values")
             checked[name] = arr
         for name, arr in checked.items():  # everything is valid: a failed call above changed nothing
-            _ffi.check(self.call_native(lib.gmn_model_set_tensor, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
+            _ffi.check(self._call_native(lib.gmn_model_set_tensor, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
 
     # -- quantisation -----------------------------------------------------------------------------
     def quantize(self, type: str, /, *, pad: bool = False) -> "Model":
@@ -329,7 +339,7 @@ class Model:
         """
         out = ffi.new("gmn_model **")
         with _CREATING:
-            _ffi.check(self.call_native(lib.gmn_model_quantize, _ffi.cstr(type, "type"), 1 if pad else 0, out))
+            _ffi.check(self._call_native(lib.gmn_model_quantize, _ffi.cstr(type, "type"), 1 if pad else 0, out))
             model = Model._own(out[0], self._threads)
         model.metadata = copy.deepcopy(self.metadata)
         return model
@@ -345,7 +355,7 @@ class Model:
         row_len = ffi.new("int64_t *")
         nbytes = ffi.new("int64_t *")
         for i, name in enumerate(self.tensor_shapes()):
-            _ffi.check(self.call_native(lib.gmn_model_tensor_storage, i, type_, row_len, nbytes))
+            _ffi.check(self._call_native(lib.gmn_model_tensor_storage, i, type_, row_len, nbytes))
             out[name] = TensorStorage(ffi.string(type_[0]).decode(), int(row_len[0]), int(nbytes[0]))
         return out
 
@@ -367,7 +377,7 @@ class Model:
         for start, chunk in _chunks(flat, batch_size):
             chunk = np.ascontiguousarray(chunk)
             out = probs[start:start + chunk.shape[0]]
-            _ffi.check(self.call_native(lib.gmn_model_predict, _ffi.ptr(chunk, "void *"), int(is_float), chunk.shape[0],
+            _ffi.check(self._call_native(lib.gmn_model_predict, _ffi.ptr(chunk, "void *"), int(is_float), chunk.shape[0],
                                              _ffi.ptr(out, "float *")), invalid=DataError)
         return probs
 
@@ -401,7 +411,7 @@ class Model:
         for i, (h, w, c, _params) in enumerate(self.layer_info()):
             flat_out = h == 1 and w == 1 and any(isinstance(layer, Dense) for layer in self.layers[:i + 1])
             arr = np.empty(c if flat_out else (c, h, w), dtype=np.float32)
-            _ffi.check(self.call_native(lib.gmn_model_activation, _ffi.ptr(x, "float *"), i, _ffi.ptr(arr, "float *"),
+            _ffi.check(self._call_native(lib.gmn_model_activation, _ffi.ptr(x, "float *"), i, _ffi.ptr(arr, "float *"),
                                         arr.size), invalid=DataError)
             out.append(arr)
         return out
@@ -476,34 +486,30 @@ class Model:
             raise ConfigError(f"path must be a file name such as model.gguf, got {path!r}")
         path = os.fspath(path)
         check_output(path, force=force, what="the model file")
-        _ffi.check(self.call_native(lib.gmn_model_save, _ffi.cstr(path), len(keys), ffi.new("char *[]", keys) if keys else ffi.NULL,
+        _ffi.check(self._call_native(lib.gmn_model_save, _ffi.cstr(path), len(keys), ffi.new("char *[]", keys) if keys else ffi.NULL,
                                       ffi.new("char *[]", values) if values else ffi.NULL))
 
     def _native_metadata(self) -> Iterator[tuple[str, str]]:
         key = ffi.new("const char **")
         value = ffi.new("const char **")
-        for i in range(self.call_native(lib.gmn_model_meta_count)):
-            _ffi.check(self.call_native(lib.gmn_model_meta_get, i, key, value))
+        for i in range(self._call_native(lib.gmn_model_meta_count)):
+            _ffi.check(self._call_native(lib.gmn_model_meta_get, i, key, value))
             yield ffi.string(key[0]).decode("utf-8", "replace"), ffi.string(value[0]).decode("utf-8", "replace")
 
     # -- optimizer state (exact resume) -----------------------------------------------------------
     @property
     def optimizer_steps(self) -> Optional[int]:
         """Optimizer steps of the saved optimizer state this model carries (written by :meth:`save`), or None."""
-        steps = int(self.call_native(lib.gmn_model_optimizer_steps))
+        steps = int(self._call_native(lib.gmn_model_optimizer_steps))
         return steps if steps >= 0 else None
 
     def drop_optimizer_state(self) -> None:
         """Forget the optimizer state, so that :meth:`save` writes the weights and metadata only."""
-        self.call_native(lib.gmn_model_optimizer_drop)
-
-    def snapshot_optimizer_state(self) -> None:
-        """During training with the optimizer tracked: keep the current optimizer state for the next save (internal)."""
-        _ffi.check(self.call_native(lib.gmn_model_optimizer_snapshot))
+        self._call_native(lib.gmn_model_optimizer_drop)
 
     def training_lr(self) -> float:
         """The learning rate of the last optimizer step of the current training (0.0 before the first)."""
-        return float(self.call_native(lib.gmn_model_train_lr))
+        return float(self._call_native(lib.gmn_model_train_lr))
 
     # -- lifetime -----------------------------------------------------------------------------------
     def release_training_state(self) -> None:

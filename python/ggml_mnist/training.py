@@ -199,7 +199,7 @@ class TrainingRun:
         cfg = config
         steps_per_epoch = len(self._train_idx) // cfg.batch_size
         physical = cfg.physical_on(model.device, any(isinstance(layer, Conv2d) for layer in model.layers))
-        _ffi.check(model.call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", dict(
+        _ffi.check(model._call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", dict(
             optimizer=0 if cfg.optimizer == "adamw" else 1, lr=cfg.lr, lr_min_ratio=cfg.lr_min_ratio,
             schedule=_SCHEDULE_CODES[cfg.lr_schedule], warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
             total_steps=cfg.epochs * steps_per_epoch, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
@@ -207,7 +207,7 @@ class TrainingRun:
             max_loss=cfg.max_loss, augment=resolve_augment(cfg.augment), label_smoothing=cfg.label_smoothing))))
         if keep_optimizer:
             try:
-                _ffi.check(model.call_native(lib.gmn_model_train_keep_optimizer, int(exact_resume)),
+                _ffi.check(model._call_native(lib.gmn_model_train_keep_optimizer, int(exact_resume)),
                            invalid=ConfigError)
             except BaseException:
                 model.release_training_state()
@@ -269,7 +269,7 @@ class TrainingRun:
                     for cb in callbacks:
                         _call(cb, "on_epoch_begin", epoch, model)
                     clock.start_epoch(epoch)
-                    native_status = model.call_native(
+                    native_status = model._call_native(
                         lib.gmn_model_train_epoch, self._native_dataset, _ffi.ptr(self._train_idx, "int64_t *"),
                         len(self._train_idx), _ffi.ptr(self._val_idx, "int64_t *") if n_val else ffi.NULL, n_val,
                         hook.callback, ffi.NULL, result)
@@ -284,7 +284,7 @@ class TrainingRun:
                     if bar is not None:
                         bar.end_epoch(stats.summary(cfg.epochs))
                     if self._keep_optimizer:
-                        _ffi.check(model.call_native(lib.gmn_model_optimizer_snapshot))
+                        _ffi.check(model._call_native(lib.gmn_model_optimizer_snapshot))
                     self._best.update(stats)
                     self.status = "interrupted" if stats.interrupted else "time_limit" if stats.time_limit else (
                         "finished" if epoch == cfg.epochs else "running")
