@@ -142,7 +142,7 @@ def _last_batches(images, labels, batch_size, **options) -> list[tuple[np.ndarra
     def on_epoch(_stats, model):
         batch = np.empty((batch_size, 28, 28), np.float32)
         onehot = np.empty((batch_size, 10), np.float32)
-        assert lib.gmn_model_last_batch(model.handle, ffi.cast("float *", batch.ctypes.data), batch.size,
+        assert lib.gmn_model_last_batch(model._handle, ffi.cast("float *", batch.ctypes.data), batch.size,
                                         ffi.cast("float *", onehot.ctypes.data), onehot.size) == 0
         seen.append((batch, onehot))
 

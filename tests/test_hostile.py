@@ -80,7 +80,7 @@ def test_a_save_without_memory_for_it_raises_instead_of_aborting() -> None:
 def test_the_model_class_takes_no_raw_handles() -> None:
     model = Model.create("fc", hidden=4, threads=THREADS)
     with pytest.raises(TypeError, match=r"use gm.Model.create\(...\), gm.Model.load\(path\) or gm.train\(...\)"):
-        Model(model.handle)
+        Model(model._handle)
 
 
 # ---- CLI outputs ------------------------------------------------------------------------------------------
@@ -152,11 +152,11 @@ def test_a_run_stopped_on_a_ruinous_step_is_divergence_and_nan_weights_never_sav
     cfg = ffi.new("struct gmn_train_config *", dict(optimizer=1, lr=1e20, lr_min_ratio=0, schedule=0, warmup_steps=0,
                                                     total_steps=6, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0,
                                                     batch_size=10, physical_batch_size=10, seed=1, max_loss=100))
-    assert lib.gmn_model_train_init(model.handle, cfg) == 0
+    assert lib.gmn_model_train_init(model._handle, cfg) == 0
     stop = ffi.callback("int(void *, int, int64_t, int64_t, double, double)", lambda *a: 1)  # stop after batch 1
     idx = np.arange(60, dtype=np.int64)
     result = ffi.new("struct gmn_epoch_result *")
-    status = lib.gmn_model_train_epoch(model.handle, ds[0], ffi.cast("int64_t *", ffi.from_buffer(idx)), 60, ffi.NULL, 0,
+    status = lib.gmn_model_train_epoch(model._handle, ds[0], ffi.cast("int64_t *", ffi.from_buffer(idx)), 60, ffi.NULL, 0,
                                        stop, ffi.NULL, result)
     lib.gmn_dataset_free(ds[0])
     assert status == lib.GMN_E_DIVERGED

@@ -209,7 +209,7 @@ def dropout_masks(model: Model, batch: int) -> dict[int, np.ndarray]:
         if isinstance(layer, Dropout):
             flat = len(shape) == 1
             mask = np.empty(batch * int(np.prod(shape)), np.float32)
-            assert lib.gmn_model_dropout_mask(model.handle, i, ffi.cast("float *", ffi.from_buffer(mask)), mask.size) == 0
+            assert lib.gmn_model_dropout_mask(model._handle, i, ffi.cast("float *", ffi.from_buffer(mask)), mask.size) == 0
             masks[i] = mask.reshape(batch, *shape) if flat else mask.reshape(batch, shape[2], shape[0], shape[1]).transpose(0, 2, 3, 1)
         shape = (info[2],) if isinstance(layer, Dense) or len(shape) == 1 else (info[0], info[1], info[2])
     return masks
@@ -275,8 +275,8 @@ def test_dropout_mask_outside_training_is_a_state_error() -> None:
     for model in (Model.create(layers, n_classes=4, image_size=(6, 6), threads=THREADS),
                   train(images(10, (6, 6)), np.arange(10) % 4, arch=layers, epochs=1, batch_size=10, threads=THREADS,
                         progress=False)[0]):  # train() has released its state
-        assert lib.gmn_model_dropout_mask(model.handle, 2, ffi.cast("float *", ffi.from_buffer(buf)), 9) == lib.GMN_E_STATE
-        assert lib.gmn_model_dropout_mask(model.handle, 1, ffi.cast("float *", ffi.from_buffer(buf)), 9) == lib.GMN_E_INVALID
+        assert lib.gmn_model_dropout_mask(model._handle, 2, ffi.cast("float *", ffi.from_buffer(buf)), 9) == lib.GMN_E_STATE
+        assert lib.gmn_model_dropout_mask(model._handle, 1, ffi.cast("float *", ffi.from_buffer(buf)), 9) == lib.GMN_E_INVALID
 
 
 # ---- refusals ---------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def new_dataset(n: int = 50, n_pixels: int = 784, n_classes: int = 10, labels: A
 def run_epoch(model: Model, dataset: Any, train_idx: np.ndarray, val_idx: np.ndarray | None = None) -> int:
     result = ffi.new("struct gmn_epoch_result *")
     val = ptr(val_idx, "int64_t *") if val_idx is not None else ffi.NULL
-    return lib.gmn_model_train_epoch(model.handle, dataset, ptr(train_idx, "int64_t *"), len(train_idx), val,
+    return lib.gmn_model_train_epoch(model._handle, dataset, ptr(train_idx, "int64_t *"), len(train_idx), val,
                                      0 if val_idx is None else len(val_idx), ffi.NULL, ffi.NULL, result)
 
 
@@ -96,7 +96,7 @@ def test_last_error_is_per_thread_and_cleared_by_success(model: Model) -> None:
 
     def other() -> None:
         seen["before"] = last_error()
-        lib.gmn_model_predict(model.handle, ffi.NULL, 0, 1, ffi.NULL)
+        lib.gmn_model_predict(model._handle, ffi.NULL, 0, 1, ffi.NULL)
         seen["after"] = last_error()
 
     thread = threading.Thread(target=other)
@@ -104,7 +104,7 @@ def test_last_error_is_per_thread_and_cleared_by_success(model: Model) -> None:
     thread.join()
     assert seen == {"before": "", "after": "predict: NULL argument"}
     assert last_error() == main_message
-    assert lib.gmn_model_get_net(model.handle, ffi.new("struct gmn_net *"), ffi.NULL, 0) == lib.GMN_OK
+    assert lib.gmn_model_get_net(model._handle, ffi.new("struct gmn_net *"), ffi.NULL, 0) == lib.GMN_OK
     assert last_error() == ""
 
 
@@ -146,12 +146,12 @@ def test_status_codes_map_to_exceptions() -> None:
     (dict(physical_batch_size=3), r"batch size 10 is not a multiple of the physical batch size 3"),
 ])
 def test_train_init_refuses_what_ggml_would_assert_on(model: Model, changes: dict, match: str) -> None:
-    assert lib.gmn_model_train_init(model.handle, train_config(**changes)) == lib.GMN_E_INVALID
+    assert lib.gmn_model_train_init(model._handle, train_config(**changes)) == lib.GMN_E_INVALID
     assert re.search(match, last_error()), last_error()
     _, dataset = new_dataset()
     assert run_epoch(model, dataset, np.arange(50, dtype=np.int64)) == lib.GMN_E_STATE  # nothing was set up
     assert last_error() == "train_epoch: call train_init first"
-    assert lib.gmn_model_train_init(model.handle, train_config()) == lib.GMN_OK
+    assert lib.gmn_model_train_init(model._handle, train_config()) == lib.GMN_OK
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -171,7 +171,7 @@ def test_dataset_init_validates(kwargs: dict, match: str) -> None:
 
 
 def test_train_epoch_validates_its_arguments(model: Model) -> None:
-    assert lib.gmn_model_train_init(model.handle, train_config()) == lib.GMN_OK
+    assert lib.gmn_model_train_init(model._handle, train_config()) == lib.GMN_OK
     idx = np.arange(50, dtype=np.int64)
     _, small_images = new_dataset(n_pixels=100)
     assert run_epoch(model, small_images, idx) == lib.GMN_E_INVALID
@@ -194,27 +194,27 @@ def test_train_epoch_validates_its_arguments(model: Model) -> None:
 def test_predict_validates_its_arguments(model: Model) -> None:
     probs = np.empty((2, 10), np.float32)
     pixels = np.zeros((2, 784), np.float32)
-    assert lib.gmn_model_predict(model.handle, ptr(pixels, "void *"), 1, 0, ptr(probs, "float *")) == lib.GMN_E_INVALID
+    assert lib.gmn_model_predict(model._handle, ptr(pixels, "void *"), 1, 0, ptr(probs, "float *")) == lib.GMN_E_INVALID
     assert last_error() == "predict: need at least one image, got 0"
     pixels[1, 300] = np.nan
-    assert lib.gmn_model_predict(model.handle, ptr(pixels, "void *"), 1, 2, ptr(probs, "float *")) == lib.GMN_E_INVALID
+    assert lib.gmn_model_predict(model._handle, ptr(pixels, "void *"), 1, 2, ptr(probs, "float *")) == lib.GMN_E_INVALID
     assert last_error() == "predict: image 1 has a non-finite pixel"
     pixels[1, 300] = 0.5
-    assert lib.gmn_model_predict(model.handle, ptr(pixels, "void *"), 1, 2, ptr(probs, "float *")) == lib.GMN_OK
+    assert lib.gmn_model_predict(model._handle, ptr(pixels, "void *"), 1, 2, ptr(probs, "float *")) == lib.GMN_OK
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
 
 
 def test_tensor_and_metadata_access_validate(model: Model) -> None:
     name, ne = ffi.new("char[64]"), ffi.new("int64_t[4]")
-    assert lib.gmn_model_tensor_info(model.handle, 4, name, 64, ne) == lib.GMN_E_INVALID
+    assert lib.gmn_model_tensor_info(model._handle, 4, name, 64, ne) == lib.GMN_E_INVALID
     assert last_error() == "model_tensor_info: index 4 out of range [0, 4)"
     buf = np.empty(10, np.float32)
-    assert lib.gmn_model_get_tensor(model.handle, b"dense.weight", ptr(buf, "float *"), 10) == lib.GMN_E_INVALID
+    assert lib.gmn_model_get_tensor(model._handle, b"dense.weight", ptr(buf, "float *"), 10) == lib.GMN_E_INVALID
     assert last_error() == "tensor access: the ggml-mnist model has no tensor 'dense.weight'"
-    assert lib.gmn_model_get_tensor(model.handle, b"fc2.bias", ptr(buf, "float *"), 9) == lib.GMN_E_INVALID
+    assert lib.gmn_model_get_tensor(model._handle, b"fc2.bias", ptr(buf, "float *"), 9) == lib.GMN_E_INVALID
     assert last_error() == "tensor access: 'fc2.bias' has 10 elements, got 9"
     key, value = ffi.new("const char **"), ffi.new("const char **")
-    assert lib.gmn_model_meta_get(model.handle, 0, key, value) == lib.GMN_E_INVALID
+    assert lib.gmn_model_meta_get(model._handle, 0, key, value) == lib.GMN_E_INVALID
     assert last_error() == "model_meta_get: index 0 out of range [0, 0)"
 
 
@@ -222,11 +222,11 @@ def test_save_validates_metadata(model: Model, tmp_path: Path) -> None:
     path = str(tmp_path / "m.gguf").encode()
     keys = [ffi.new("char[]", b"ok_key"), ffi.new("char[]", b"Bad-Key")]
     values = [ffi.new("char[]", b"1"), ffi.new("char[]", b"2")]
-    assert lib.gmn_model_save(model.handle, path, 2, ffi.new("char *[]", keys), ffi.new("char *[]", values)) == lib.GMN_E_INVALID
+    assert lib.gmn_model_save(model._handle, path, 2, ffi.new("char *[]", keys), ffi.new("char *[]", values)) == lib.GMN_E_INVALID
     assert last_error() == "model_save: metadata key 'Bad-Key' must be 1-200 chars of [a-z0-9_.] with a value"
-    assert lib.gmn_model_save(model.handle, path, -1, ffi.NULL, ffi.NULL) == lib.GMN_E_INVALID
-    assert lib.gmn_model_save(model.handle, path, 1, ffi.NULL, ffi.NULL) == lib.GMN_E_INVALID
-    assert lib.gmn_model_save(model.handle, b"", 0, ffi.NULL, ffi.NULL) == lib.GMN_E_INVALID
+    assert lib.gmn_model_save(model._handle, path, -1, ffi.NULL, ffi.NULL) == lib.GMN_E_INVALID
+    assert lib.gmn_model_save(model._handle, path, 1, ffi.NULL, ffi.NULL) == lib.GMN_E_INVALID
+    assert lib.gmn_model_save(model._handle, b"", 0, ffi.NULL, ffi.NULL) == lib.GMN_E_INVALID
     assert list(tmp_path.iterdir()) == []
 
 
@@ -236,7 +236,7 @@ def test_a_diverged_model_refuses_to_be_saved(model: Model, tmp_path: Path) -> N
     before = path.read_bytes()
     huge = {name: np.full(shape, 1e30, np.float32) for name, shape in model.tensor_shapes().items()}
     model.set_weights(huge)  # finite, but the logits overflow
-    assert lib.gmn_model_train_init(model.handle, train_config(optimizer=1)) == lib.GMN_OK
+    assert lib.gmn_model_train_init(model._handle, train_config(optimizer=1)) == lib.GMN_OK
     _, dataset = new_dataset()
     status = run_epoch(model, dataset, np.arange(50, dtype=np.int64))
     assert status == lib.GMN_E_DIVERGED

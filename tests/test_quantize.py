@@ -202,9 +202,9 @@ def test_training_a_quantised_model_is_refused_and_its_dequantised_copy_trains(f
     q = fc.quantize("q8_0", pad=True)
     with pytest.raises(NativeError, match=r"quantised \(fc1.weight is q8_0\) and cannot be trained; fine-tune its "
                                           r"dequantised weights instead \(Model.dequantize\(\), or mnist-train --init FILE\)"):
-        _ffi.check(q.call_native(lib.gmn_model_train_init, config))
+        _ffi.check(q._call_native(lib.gmn_model_train_init, config))
     dq = q.dequantize()
-    _ffi.check(dq.call_native(lib.gmn_model_train_init, config))
+    _ffi.check(dq._call_native(lib.gmn_model_train_init, config))
     dq.release_training_state()
 
 

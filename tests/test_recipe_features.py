@@ -53,7 +53,7 @@ def _last_targets(x, y, **options) -> np.ndarray:
     def on_epoch(_stats, model):
         images = np.empty((20, 28, 28), np.float32)
         targets = np.empty((20, 10), np.float32)
-        assert lib.gmn_model_last_batch(model.handle, ffi.cast("float *", images.ctypes.data), images.size,
+        assert lib.gmn_model_last_batch(model._handle, ffi.cast("float *", images.ctypes.data), images.size,
                                         ffi.cast("float *", targets.ctypes.data), targets.size) == 0
         seen.append(targets)
 
@@ -123,11 +123,11 @@ def test_the_shim_refuses_a_bad_smoothing_or_schedule_itself() -> None:
     base = dict(optimizer=0, lr=1e-3, lr_min_ratio=0.0, schedule=lib.GMN_SCHEDULE_ONECYCLE, warmup_steps=0,
                 total_steps=10, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, batch_size=10,
                 physical_batch_size=10, seed=1, max_loss=0.0)
-    assert model.call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", base)) == 0
+    assert model._call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", base)) == 0
     model.release_training_state()
     for bad, text in ((dict(label_smoothing=1.5), "label_smoothing 1.5 must be in [0, 1)"),
                       (dict(schedule=4), "unknown schedule code 4")):
-        assert model.call_native(lib.gmn_model_train_init,
+        assert model._call_native(lib.gmn_model_train_init,
                                  ffi.new("struct gmn_train_config *", {**base, **bad})) == lib.GMN_E_INVALID
         assert text in ffi.string(lib.gmn_last_error()).decode()
 
@@ -138,7 +138,7 @@ def test_the_shim_says_where_the_training_time_went(data) -> None:
 
     def on_epoch(_stats, model):
         t = ffi.new("struct gmn_train_timing *")
-        assert lib.gmn_model_train_timing(model.handle, t) == 0
+        assert lib.gmn_model_train_timing(model._handle, t) == 0
         seen.append((t.graph_runs, t.data, t.first_graph, t.graph, t.callback, t.check))
 
     model, _ = gm.train(x, y, on_epoch=on_epoch, **small_options("fc", epochs=2))
@@ -148,5 +148,5 @@ def test_the_shim_says_where_the_training_time_went(data) -> None:
     assert all(b >= a for a, b in zip(seen[0][1:], seen[1][1:]))  # running totals
     assert seen[0][2] == seen[1][2]  # the first graph run is counted once
     t = ffi.new("struct gmn_train_timing *")
-    assert lib.gmn_model_train_timing(model.handle, t) == lib.GMN_E_STATE  # train() has released its state
+    assert lib.gmn_model_train_timing(model._handle, t) == lib.GMN_E_STATE  # train() has released its state
     assert "not training" in ffi.string(lib.gmn_last_error()).decode()

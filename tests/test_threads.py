@@ -125,12 +125,12 @@ def test_native_calls_release_the_gil() -> None:
     config = ffi.new("struct gmn_train_config *", dict(
         optimizer=0, lr=1e-3, lr_min_ratio=0.0, schedule=0, warmup_steps=0, total_steps=100, beta1=0.9, beta2=0.999,
         eps=1e-8, weight_decay=0.0, batch_size=500, physical_batch_size=500, seed=1, max_loss=0.0))
-    assert lib.gmn_model_train_init(model.handle, config) == lib.GMN_OK
+    assert lib.gmn_model_train_init(model._handle, config) == lib.GMN_OK
     idx = np.arange(n, dtype=np.int64)
     result = ffi.new("struct gmn_epoch_result *")
     with Ticker() as ticker:
-        predict = timed(lambda: lib.gmn_model_predict(model.handle, ptr(images, "void *"), 0, n, ptr(probs, "float *")))
-        epoch = timed(lambda: lib.gmn_model_train_epoch(model.handle, dataset, ptr(idx, "int64_t *"), n, ffi.NULL, 0,
+        predict = timed(lambda: lib.gmn_model_predict(model._handle, ptr(images, "void *"), 0, n, ptr(probs, "float *")))
+        epoch = timed(lambda: lib.gmn_model_train_epoch(model._handle, dataset, ptr(idx, "int64_t *"), n, ffi.NULL, 0,
                                                         ffi.NULL, ffi.NULL, result))  # no callback: one native call
     for name, (start, end) in (("predict", predict), ("train_epoch", epoch)):
         assert end - start > 0.05, f"{name} was too short to tell"
