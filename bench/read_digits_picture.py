@@ -20,7 +20,7 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import ggml_mnist as gm  # noqa: E402
 from ggml_mnist.pictures.annotate import annotate, save_png  # noqa: E402
-from handwriting import as_scan  # noqa: E402
+from support.handwriting import as_scan  # noqa: E402
 
 LINES = (7, 9, 5)  # digits per line
 

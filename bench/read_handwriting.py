@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import ggml_mnist as gm  # noqa: E402
-from handwriting import as_scan, draw_digits, mnist_scan  # noqa: E402
+from support.handwriting import as_scan, draw_digits, mnist_scan  # noqa: E402
 
 PAPERS = [(255, 255, 255), (240, 232, 210), (225, 225, 230)]
 INKS = [(0, 0, 0), (20, 30, 120), (60, 60, 60)]

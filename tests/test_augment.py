@@ -10,13 +10,9 @@ import ggml_mnist as gm
 from ggml_mnist import cli
 from ggml_mnist._ffi import ffi, lib
 from ggml_mnist.augment import LEVELS, resolve_augment
-from helpers import THREADS, small_options
+from support.helpers import THREADS, images, small_options
 
 SCALE = np.float32(1.0 / 255.0)  # how the shim turns uint8 pixels into floats
-
-
-def _images(n: int = 6, h: int = 28, w: int = 28, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(n, h, w), dtype=np.uint8)
 
 
 def _warp(image: np.ndarray, a: list[float]) -> np.ndarray:
@@ -30,12 +26,12 @@ def _warp(image: np.ndarray, a: list[float]) -> np.ndarray:
 
 @pytest.mark.parametrize("spec", ["none", {}, {"rotate": 0, "shift": 0.0, "elastic": 0}, None])
 def test_identity_reproduces_the_input_exactly(spec):
-    x = _images(h=28, w=20)
+    x = images(6, (28, 20))
     assert np.array_equal(gm.augment_images(x, spec), x * SCALE)
 
 
 def test_right_angle_rotations_are_exact_and_four_make_the_identity():
-    image = _images(1, 28, 28)[0] * SCALE
+    image = images(1)[0] * SCALE
     quarter = [0.0, -1.0, 0.0, 1.0, 0.0, 0.0]  # samples in(cx - (y - cy), cy + (x - cx))
     once = _warp(image, quarter)
     assert np.array_equal(once, np.rot90(image, 1))
@@ -46,20 +42,20 @@ def test_right_angle_rotations_are_exact_and_four_make_the_identity():
 
 
 def test_flip_mirrors_exactly_and_with_its_probability():
-    images = _images(400, 28, 28, seed=4)
-    mirrored = gm.augment_images(images, {"flip": 1.0}, seed=1)
-    assert np.array_equal(mirrored, images[:, :, ::-1] * SCALE)
-    assert np.array_equal(gm.augment_images(images, {"flip": 0.0}, seed=1), images * SCALE)
-    half = gm.augment_images(images, {"flip": 0.5}, seed=2)
+    pictures = images(400, seed=4)
+    mirrored = gm.augment_images(pictures, {"flip": 1.0}, seed=1)
+    assert np.array_equal(mirrored, pictures[:, :, ::-1] * SCALE)
+    assert np.array_equal(gm.augment_images(pictures, {"flip": 0.0}, seed=1), pictures * SCALE)
+    half = gm.augment_images(pictures, {"flip": 0.5}, seed=2)
     flipped = [np.array_equal(h, m) for h, m in zip(half, mirrored)]
-    kept = [np.array_equal(h, x * SCALE) for h, x in zip(half, images)]
+    kept = [np.array_equal(h, x * SCALE) for h, x in zip(half, pictures)]
     assert all(f != k for f, k in zip(flipped, kept))  # each image is either mirrored or untouched
     assert 160 <= sum(flipped) <= 240
 
 
 def test_fashion_mnist_defaults_to_the_clothes_level(tmp_path):
     """Digits' rotations and shears distort a garment; a model of a "photo" dataset gets shifts and mirroring."""
-    from synthetic import make_synthetic
+    from support.synthetic import make_synthetic
     make_synthetic(tmp_path / "fashion-mnist", n_train=60, n_test=20)
     options = small_options("fc", augment=None)
     del options["augment"]  # as when nothing is said: the preset's default ("light") applies to digits
@@ -91,7 +87,7 @@ def test_half_pixel_shift_averages_neighbours():
 
 
 def test_same_seed_same_images_other_seed_other_images():
-    x = _images(20)
+    x = images(20)
     a = gm.augment_images(x, "strong", seed=7)
     assert np.array_equal(a, gm.augment_images(x, "strong", seed=7))
     assert not np.array_equal(a, gm.augment_images(x, "strong", seed=8))

@@ -3,7 +3,7 @@ and backward, the CPU kernels' counters, and the version gate in front of them."
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import ggml_mnist as gm
 import numpy as np
@@ -11,7 +11,7 @@ import pytest
 from ggml_mnist import cli
 from ggml_mnist._ffi import ffi, lib
 from ggml_mnist.layers import AvgPool2d, Conv2d, Dense, Dropout, GELU, MaxPool2d, ReLU, SiLU, Tanh
-from helpers import THREADS, check_sgd_gradient, reference_net_proba, spread_weights
+from support.helpers import THREADS, check_sgd_gradient, images, reference_net_proba, spread_weights
 
 # The ops ggml-cuda runs, from ggml_backend_cuda_device_supports_op in src/ggml-cuda/ggml-cuda.cu of the pinned
 # ggml 0.15.3 (vendor/ggml of the ggml-python 0.0.45 sdist, lines 5054-5456): every case label of the function, as
@@ -31,10 +31,6 @@ OPT_STEP_SGD FILL CUMSUM TRI DIAG SOLVE_TRI
 
 EVERY_KIND = ([Conv2d(3, 3, stride=2, padding=1), SiLU(), AvgPool2d(3, 2, 1), Conv2d(4, 3, padding=1), Tanh(),
                MaxPool2d(2, 2, 1), GELU(), Dense(6), ReLU(), Dropout(0.0), Dense()], (15, 13))
-
-
-def images(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(n, *size), dtype=np.uint8)
 
 
 def tiny_train(arch, graph: str, size=(28, 28), n_classes: int = 10, **options):
@@ -149,9 +145,8 @@ def test_eval_info_prints_the_plan(tmp_path, capsys) -> None:
     assert "plan: graph portable on CPU; shim kernels: off (the portable graph asks for ggml's ops only)" in out
 
 
-@pytest.mark.skipif(not os.environ.get("GGML_MNIST_DATA"), reason="needs the real MNIST: set GGML_MNIST_DATA")
-def test_a_seeded_cnn_epoch_reaches_the_same_accuracy_in_both_forms() -> None:
-    data = os.environ["GGML_MNIST_DATA"]
+def test_a_seeded_cnn_epoch_reaches_the_same_accuracy_in_both_forms(real_mnist: Path) -> None:
+    data = str(real_mnist)
     accuracy = {}
     for graph in ("cpu", "portable"):
         model, _ = gm.train(data_dir=data, arch="cnn", epochs=1, seed=1, graph=graph, progress=False, augment="none")

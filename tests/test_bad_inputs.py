@@ -19,7 +19,7 @@ from ggml_mnist import (
     evaluate,
     train,
 )
-from helpers import THREADS, small_options
+from support.helpers import THREADS, small_options
 
 N = 100
 rng = np.random.default_rng(0)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from ggml_mnist import Model, TrainConfig, cli, download, evaluate, load, load_mnist, train
 from ggml_mnist.cli.common import dataset_dir
-from helpers import conv_channels_of, hidden_of
-from synthetic import SPLIT_FILES, make_synthetic
+from support.helpers import conv_channels_of, hidden_of
+from support.synthetic import SPLIT_FILES, make_synthetic
 
 FAST = ["--epochs", "1", "--hidden", "16", "--batch-size", "20", "--threads", "1"]
 
@@ -379,7 +379,8 @@ def test_the_dataset_folder_is_found_beside_another_dataset(real_mnist: Path, tm
     """MNIST's files directly in DATA_DIR and Fashion-MNIST in DATA_DIR/fashion-mnist: --dataset picks the right one."""
     fashion = real_mnist.parent / "fashion-mnist"
     if not (fashion / "t10k-labels-idx1-ubyte.gz").is_file():
-        pytest.skip(f"no Fashion-MNIST beside {real_mnist}")
+        pytest.skip(f"Fashion-MNIST not found beside {real_mnist}: run `mnist-data download --dataset fashion-mnist "
+                    f"--dir {real_mnist.parent}` to run this test")
     root = tmp_path / "data"
     root.mkdir()
     for f in real_mnist.glob("*-ubyte.gz"):

@@ -12,7 +12,7 @@ import ggml_mnist.cli.train as train_cli
 import pytest
 from ggml_mnist import TrainConfig, load
 from ggml_mnist.config import option
-from synthetic import SPLIT_FILES, make_synthetic
+from support.synthetic import SPLIT_FILES, make_synthetic
 
 FAST = ["--epochs", "1", "--hidden", "16", "--batch-size", "20", "--threads", "1", "--quiet"]
 

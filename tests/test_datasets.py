@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ggml_mnist import cli, download
 from ggml_mnist.datasets import class_names, dataset_info, preparation
-from synthetic import make_synthetic
+from support.synthetic import make_synthetic
 
 FAST = ["--epochs", "1", "--hidden", "16", "--batch-size", "20", "--threads", "1", "--quiet"]
 

@@ -83,7 +83,7 @@ def mirror(tmp_path, monkeypatch) -> Path:
     Returns the directory holding its files, for serving. The dataset's built-in mirror is a
     closed local port, so a test that forgets mirrors=... still never reaches the network.
     """
-    from synthetic import make_synthetic
+    from support.synthetic import make_synthetic
 
     source = make_synthetic(tmp_path / "mirror", n_train=60, n_test=20, gz=True)
     files = {
@@ -385,7 +385,8 @@ def test_dataset_table():
 def test_dataset_table_matches_reference_sums(real_mnist, name):
     sums = real_mnist.parent / name / "SHA256SUMS"
     if not sums.is_file():
-        pytest.skip(f"no {sums}")
+        pytest.skip(f"{sums} not found: run `mnist-data download --dataset {name} --dir {real_mnist.parent}` "
+                    "(it writes the dataset's SHA256SUMS) to check the table against it")
     expected = dict(
         reversed(line.split()) for line in sums.read_text().splitlines() if line.strip()
     )
@@ -394,7 +395,8 @@ def test_dataset_table_matches_reference_sums(real_mnist, name):
 
 def test_download_real_mnist(serve, real_mnist, tmp_path):
     if not all((real_mnist / name).is_file() for name in MNIST_FILES):
-        pytest.skip(f"{real_mnist} lacks the MNIST .gz files")
+        pytest.skip(f"{real_mnist} lacks the MNIST .gz files: point GGML_MNIST_DATA at the folder with the four "
+                    "*-ubyte.gz files (as `mnist-data download` writes them) to run this test")
     target = download_dataset("mnist", tmp_path, mirrors=[serve(real_mnist)], progress=False)
     assert verify_dataset("mnist", tmp_path) == {name: True for name in MNIST_FILES}
     for name in MNIST_FILES:

@@ -11,9 +11,9 @@ import pytest
 import ggml_mnist as gm
 from ggml_mnist.cli import eval_main
 from ggml_mnist.cli.predict import predict_main
-from handwriting import draw_digits
-from helpers import THREADS
-from synthetic import make_synthetic
+from support.handwriting import draw_digits
+from support.helpers import THREADS
+from support.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")

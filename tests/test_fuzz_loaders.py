@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import fuzz_loaders as fz
+from support import fuzz_loaders as fz
 import pytest
 from hypothesis import given
 

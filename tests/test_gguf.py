@@ -8,17 +8,13 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 from ggml_mnist import ConfigError, DataError, GgmlMnistError, Model, ModelFormatError, export_gguf, load
-from helpers import SMALL, THREADS, conv_channels_of, hidden_of, contract_weights, gguf_module, read_gguf, reference_proba, tmp_leftovers, write_gguf
+from support.helpers import SMALL, THREADS, contract_weights, conv_channels_of, gguf_module, hidden_of, images, read_gguf, reference_proba, tmp_leftovers, write_gguf
 
 CONTRACT_NE = {
     "fc": {"fc1.weight": [784, 500], "fc1.bias": [500], "fc2.weight": [500, 10], "fc2.bias": [10]},
     "cnn": {"conv1.kernel": [3, 3, 1, 8], "conv1.bias": [1, 1, 8, 1], "conv2.kernel": [3, 3, 8, 16],
             "conv2.bias": [1, 1, 16, 1], "dense.weight": [784, 10], "dense.bias": [10]},
 }
-
-
-def images(n: int = 20, size: tuple[int, int] = (28, 28)) -> np.ndarray:
-    return np.random.default_rng(2).integers(0, 256, size=(n, *size), dtype=np.uint8)
 
 
 def strip_ones(ne: list[int]) -> list[int]:
@@ -41,7 +37,7 @@ def test_ggml_example_files_load_and_predict_like_our_model(arch: str, tmp_path:
     ours.set_weights(weights)
     for name, value in loaded.get_weights().items():
         assert np.array_equal(value.reshape(weights[name].shape), weights[name]), name
-    x = images()
+    x = images(20, seed=2)
     probs = loaded.predict_proba(x)
     assert np.array_equal(probs, ours.predict_proba(x))
     np.testing.assert_allclose(probs, reference_proba(arch, weights, x), atol=1e-5)
@@ -210,7 +206,7 @@ def test_export_fc_round_trip(tmp_path: Path) -> None:
     assert model.architecture == "ggml-mnist" and (hidden_of(model), model.n_classes) == (40, 7)
     assert model.metadata == {"origin": "numpy", "source": "export_gguf"}
     assert all(np.array_equal(model.get_weights()[k], v) for k, v in weights.items())
-    x = images()
+    x = images(20, seed=2)
     np.testing.assert_allclose(model.predict_proba(x), reference_proba("fc", weights, x), atol=1e-5)
     assert np.array_equal(returned.predict_proba(x), model.predict_proba(x))
     assert tmp_leftovers(tmp_path) == []
@@ -231,7 +227,7 @@ def torch_order_cnn(c1: int, c2: int, n_classes: int, side: int, seed: int = 3) 
 @pytest.mark.parametrize("c1, c2, n_classes", [(8, 16, 10), (3, 5, 4)])
 def test_export_cnn_from_torch_layout(c1: int, c2: int, n_classes: int, tmp_path: Path) -> None:
     weights = torch_order_cnn(c1, c2, n_classes, 28)
-    x = images()
+    x = images(20, seed=2)
     torch_reference = reference_proba("cnn", weights, x, flatten="chw")
     export_gguf(tmp_path / "torch.gguf", "cnn", weights, layout="torch")
     model = load(tmp_path / "torch.gguf", threads=THREADS)
@@ -257,7 +253,7 @@ def test_export_from_a_real_torch_module(tmp_path: Path) -> None:
                "conv2.bias": state["3.bias"], "dense.weight": state["7.weight"], "dense.bias": state["7.bias"]}
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     with torch.no_grad():
-        x = images()
+        x = images(20, seed=2)
         expected = torch.softmax(net(torch.from_numpy(x[:, None] / np.float32(255))), dim=1).numpy()
     export_gguf(tmp_path / "net.gguf", "cnn", weights, layout="torch")
     np.testing.assert_allclose(load(tmp_path / "net.gguf", threads=THREADS).predict_proba(x), expected, atol=1e-5)

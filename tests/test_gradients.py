@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ggml_mnist import Model, train
-from helpers import SMALL, THREADS, reference_proba
+from support.helpers import SMALL, THREADS, reference_proba
 
 LR = 1.0
 N = 16

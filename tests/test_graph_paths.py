@@ -9,7 +9,7 @@ import pytest
 
 from ggml_mnist import Model, train
 from ggml_mnist.layers import AvgPool2d, Conv2d, Dense, Dropout, GELU, MaxPool2d, ReLU, SiLU, Tanh
-from helpers import THREADS
+from support.helpers import THREADS, images
 
 NETS = {
     "cnn": ("cnn", (28, 28)),
@@ -23,10 +23,6 @@ NETS = {
         [Conv2d(5, 3, padding=1), Tanh(), MaxPool2d(3, 2, 1), Conv2d(6, 3, stride=2), ReLU(), MaxPool2d(2, 2), Dense(8), ReLU(),
          Dropout(0.0), Dense()], (16, 16)),
 }
-
-
-def images(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(n, *size), dtype=np.uint8)
 
 
 def step(graph: str, arch, size, x, y, optimizer: str = "sgd") -> Model:

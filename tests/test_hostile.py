@@ -14,7 +14,7 @@ import pytest
 
 import ggml_mnist as gm
 from ggml_mnist import ConfigError, Model, ModelIOError, TrainingDivergedError, cli, load, read_idx, train, write_idx
-from helpers import THREADS, small_options
+from support.helpers import THREADS, small_options
 
 RNG = np.random.default_rng(0)
 X = RNG.integers(0, 256, size=(60, 28, 28), dtype=np.uint8)

@@ -29,7 +29,7 @@ from ggml_mnist.errors import (
     GgmlMnistError,
     IdxFormatError,
 )
-from synthetic import SPLIT_FILES, make_synthetic
+from support.synthetic import SPLIT_FILES, make_synthetic
 
 DTYPES = ["uint8", "int8", "int16", "int32", "float32", "float64"]
 
@@ -300,15 +300,15 @@ def test_uncompressed_sha256(tmp_path):
 # --- validation -----------------------------------------------------------------------------
 
 
-def images(n: int, h: int = 28, w: int = 28) -> np.ndarray:
+def blank_images(n: int, h: int = 28, w: int = 28) -> np.ndarray:
     return np.zeros((n, h, w), np.uint8)
 
 
 def test_validate_dataset_ok_and_infers_classes():
-    x, y, n = validate_dataset(images(5), np.array([0, 1, 4, 2, 1], np.uint8))
+    x, y, n = validate_dataset(blank_images(5), np.array([0, 1, 4, 2, 1], np.uint8))
     assert x.shape == (5, 28, 28) and y.tolist() == [0, 1, 4, 2, 1] and n == 5
-    assert validate_dataset(images(2), np.zeros(2, np.int64))[2] == 2
-    assert validate_dataset(images(2), np.array([0, 1]), n_classes=10)[2] == 10
+    assert validate_dataset(blank_images(2), np.zeros(2, np.int64))[2] == 2
+    assert validate_dataset(blank_images(2), np.array([0, 1]), n_classes=10)[2] == 10
 
 
 def test_count_mismatch():
@@ -322,9 +322,9 @@ def test_wrong_image_size():
     with pytest.raises(
         DataError, match=r"^images are 32x32; this model needs 28x28 — resize them first$"
     ):
-        validate_dataset(images(3, 32, 32), np.zeros(3, np.uint8))
-    assert validate_images(images(3, 32, 32), size=None).shape == (3, 32, 32)
-    assert validate_images(images(3, 32, 32), size=(32, 32)).shape == (3, 32, 32)
+        validate_dataset(blank_images(3, 32, 32), np.zeros(3, np.uint8))
+    assert validate_images(blank_images(3, 32, 32), size=None).shape == (3, 32, 32)
+    assert validate_images(blank_images(3, 32, 32), size=(32, 32)).shape == (3, 32, 32)
 
 
 def test_flat_images_are_reshaped_without_copy():

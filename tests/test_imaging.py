@@ -11,7 +11,7 @@ from ggml_mnist import DataFileNotFoundError, ImageError, prepare_image
 from ggml_mnist.pictures.components import label
 from ggml_mnist.pictures.prepare import find_ink, stroke_width, text_art
 from ggml_mnist.pictures.segment import segment
-from handwriting import as_scan, draw_digits
+from support.handwriting import as_scan, draw_digits
 from PIL import Image, ImageDraw
 
 

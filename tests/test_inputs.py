@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ggml_mnist import ConfigError, DataError, Model, TrainConfig, evaluate, train
-from helpers import SMALL, THREADS, small_options, spread_weights
+from support.helpers import SMALL, THREADS, small_options, spread_weights
 
 RNG = np.random.default_rng(0)
 X = RNG.integers(0, 256, size=(60, 28, 28), dtype=np.uint8)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ggml_mnist import Model, load
-from helpers import THREADS, tmp_leftovers
-from reliability import age, kill_campaign
-from synthetic import SPLIT_FILES, make_synthetic
+from support.helpers import THREADS, tmp_leftovers
+from support.reliability import age, kill_campaign
+from support.synthetic import SPLIT_FILES, make_synthetic
 
 
 @pytest.fixture(scope="module")

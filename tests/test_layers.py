@@ -16,7 +16,7 @@ from ggml_mnist import ConfigError, Model, ModelFormatError, cli, load, train
 from ggml_mnist._ffi import ffi, lib
 from ggml_mnist.layers import (AvgPool2d, Conv2d, Dense, Dropout, GELU, MaxPool2d, ReLU, Sequential, SiLU, Tanh,
                                load_layers)
-from helpers import THREADS, check_sgd_gradient, gelu_tanh, read_gguf, reference_logits, reference_net_proba, spread_weights, write_gguf
+from support.helpers import THREADS, check_sgd_gradient, gelu_tanh, images, read_gguf, reference_logits, reference_net_proba, spread_weights, summary_rows, write_gguf
 
 PRESETS = ["fc", "cnn", "fast", "mlp800", "minerva-mlp", "minerva-cnn", "lenet5", "letters-cnn", "best"]
 
@@ -35,10 +35,6 @@ DROPOUT = {
     "dropout after dense": ([Dense(9), ReLU(), Dropout(0.5), Dense()], (6, 6)),
     "dropout on a feature map": ([Conv2d(3, 3, padding=1), Dropout(0.3), MaxPool2d(2), Dense()], (8, 8)),
 }
-
-
-def images(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(n, *size), dtype=np.uint8)
 
 
 # ---- presets -------------------------------------------------------------------------------------
@@ -71,10 +67,10 @@ def test_preset_shapes_and_parameter_counts(name: str, n_params: int, shapes: li
     lines: list[str] = []
     model.summary(print_fn=lines.append)
     assert lines[-1] == f"Total params: {n_params:,}"
-    printed = [line.split("  ")[0].strip() for line in lines[3:-2]]
-    assert len(printed) == len(model.layers)
+    rows = summary_rows(lines)
+    assert len(rows) == len(model.layers)
     changes = []  # the distinct shapes along the network, as the summary prints them
-    for line in lines[3:-2]:
+    for line in rows:
         shape = tuple(int(v) for v in re.findall(r"\((\d+(?:, \d+)*),?\)", line)[-1].split(", "))
         if not changes or changes[-1] != shape:
             changes.append(shape)

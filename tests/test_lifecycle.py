@@ -16,11 +16,7 @@ import pytest
 
 from ggml_mnist import Model, train
 from ggml_mnist._ffi import lib
-from helpers import SMALL, THREADS, spread_weights
-
-
-def images(n: int = 8) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+from support.helpers import SMALL, THREADS, images, spread_weights
 
 
 @pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle", "method"])

@@ -3,7 +3,7 @@ of images in bounded memory, and training copies its dataset once, as uint8."""
 
 from __future__ import annotations
 
-from reliability import FIXED_MMAP_THRESHOLD, eval_memory, rss_per_cycle, train_memory
+from support.reliability import FIXED_MMAP_THRESHOLD, eval_memory, rss_per_cycle, train_memory
 
 MB = 1e6
 

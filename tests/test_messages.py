@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from ggml_mnist import cli
 from ggml_mnist.cli.quantize import quantize_main
-from synthetic import SPLIT_FILES, make_synthetic
+from support.synthetic import SPLIT_FILES, make_synthetic
 
 FAST = ["--hidden", "16", "--batch-size", "20", "--threads", "1", "--quiet"]
 

@@ -9,7 +9,7 @@ import ggml_mnist
 import numpy as np
 import pytest
 from ggml_mnist import ConfigError, DataError, DeviceError, Model
-from helpers import THREADS, conv_channels_of, hidden_of, reference_proba, spread_weights
+from support.helpers import THREADS, conv_channels_of, hidden_of, reference_proba, spread_weights
 
 FC_DEFAULT_SHAPES = {"fc1.weight": (500, 784), "fc1.bias": (500,), "fc2.weight": (10, 500), "fc2.bias": (10,)}
 CNN_DEFAULT_SHAPES = {"conv1.kernel": (8, 1, 3, 3), "conv1.bias": (8, 1, 1), "conv2.kernel": (16, 8, 3, 3),

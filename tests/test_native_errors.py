@@ -24,7 +24,7 @@ from ggml_mnist import (
     set_verbose,
 )
 from ggml_mnist._ffi import check, ffi, last_error, lib, ptr
-from helpers import THREADS
+from support.helpers import THREADS
 
 GOOD_TRAIN = dict(optimizer=0, lr=1e-3, lr_min_ratio=0.0, schedule=1, warmup_steps=0, total_steps=10, beta1=0.9,
                   beta2=0.999, eps=1e-8, weight_decay=0.0, batch_size=10, physical_batch_size=10, seed=1)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from ggml_mnist import cli, download, runlog
 from ggml_mnist.download import download_dataset as real_download
-from helpers import gguf_module
-from synthetic import SPLIT_FILES, make_synthetic
+from support.helpers import gguf_module
+from support.synthetic import SPLIT_FILES, make_synthetic
 
 FAST = ["--hidden", "16", "--batch-size", "20", "--threads", "1", "--lr", "3e-3", "--quiet"]
 

@@ -13,8 +13,8 @@ from ggml_mnist.pictures.annotate import layout_labels
 from ggml_mnist.outputs import PNG_SOFTWARE
 from ggml_mnist.cli.predict import predict_main
 from ggml_mnist.pictures.read import Digit
-from handwriting import draw_digits
-from helpers import THREADS
+from support.handwriting import draw_digits
+from support.helpers import THREADS
 from PIL import Image
 
 

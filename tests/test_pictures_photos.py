@@ -8,8 +8,8 @@ import pytest
 from ggml_mnist import ImageError, prepare_image
 from ggml_mnist.pictures.prepare import find_ink, prepare_with_box
 from ggml_mnist.pictures.segment import segment
-from handwriting import draw_digits
-from photos import photo_of_sheet, sheet_with
+from support.handwriting import draw_digits
+from support.photos import photo_of_sheet, sheet_with
 from PIL import Image
 
 SHEET = (1000, 1400)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ggml_mnist import Model
 from ggml_mnist.outputs import PNG_SOFTWARE
-from helpers import THREADS
+from support.helpers import THREADS
 from PIL import Image
 
 pytest.importorskip("matplotlib")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from ggml_mnist import ImageError, Model, prepare_image
 from ggml_mnist.pictures.prepare import MAX_PIECES, find_ink
-from handwriting import draw_digits
-from helpers import THREADS
+from support.handwriting import draw_digits
+from support.helpers import THREADS
 from PIL import Image, ImageDraw
 
 

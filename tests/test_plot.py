@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import make_synthetic
+from support.synthetic import make_synthetic
 
 import ggml_mnist as gm
 

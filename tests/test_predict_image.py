@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from ggml_mnist import Digit, DigitReading, ImageError, Model, Prediction, prepare_image
 from ggml_mnist.cli.predict import predict_main
-from handwriting import as_scan, draw_digits
-from helpers import THREADS
+from support.handwriting import as_scan, draw_digits
+from support.helpers import THREADS
 from PIL import Image
 
 

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-import fuzz_loaders as fz
+from support import fuzz_loaders as fz
 import numpy as np
 import pytest
 from ggml_mnist import ConfigError, Model, NativeError, evaluate, load_mnist, train, weight_types
@@ -15,7 +15,7 @@ from ggml_mnist import _ffi
 from ggml_mnist._ffi import ffi, lib
 from ggml_mnist.layers import Conv2d, Dense, MaxPool2d, ReLU
 from ggml_mnist.cli.quantize import quantize_main
-from helpers import THREADS
+from support.helpers import THREADS
 
 BLOCK = 32  # values per block of q8_0, q5_0 and q4_0 (ggml-common.h: QK8_0, QK5_0, QK4_0)
 F16_EPS = 2.0**-11  # unit roundoff of f16: the scales of the block types are f16 too

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 from ggml_mnist import Model, load_mnist, train
-from handwriting import as_scan, draw_digits, mnist_scan
-from helpers import THREADS
+from support.handwriting import as_scan, draw_digits, mnist_scan
+from support.helpers import THREADS
 from PIL import Image
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from ggml_mnist import Model, augment_images, cli, evaluate, load, load_mnist, train
-from helpers import THREADS
+from support.helpers import THREADS
 
 
 @pytest.fixture(scope="module")

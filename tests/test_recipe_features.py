@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from ggml_mnist import ConfigError, TrainConfig
 from ggml_mnist._ffi import ffi, lib
-from helpers import small_options
-from synthetic import make_synthetic
+from support.helpers import small_options
+from support.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ggml_mnist import ConfigError, DataFileNotFoundError, Model, ModelIOError, load, train
-from helpers import THREADS, conv_channels_of, hidden_of, read_gguf, small_options, spread_weights, tmp_leftovers
-from synthetic import make_synthetic
+from support.helpers import THREADS, conv_channels_of, hidden_of, read_gguf, small_options, spread_weights, tmp_leftovers
+from support.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from PIL import Image
 
 import ggml_mnist as gm
 from ggml_mnist import serve
-from helpers import http_request
+from support.helpers import http_request
 
 MAX_BODY = 64 * 1024
 

@@ -25,7 +25,7 @@ from PIL import Image, ImageFile, features
 
 import ggml_mnist as gm
 from ggml_mnist import serve
-from helpers import http_request
+from support.helpers import http_request
 
 HOST = "127.0.0.1"
 SLOW_REQUEST = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"

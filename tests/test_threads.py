@@ -1,20 +1,19 @@
 """Threads: distinct models train concurrently with the same results as one after the other, and the
-native calls release the GIL so that other Python threads run meanwhile."""
+native calls release the GIL so that other Python threads run meanwhile. Nothing here measures time."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import threading
-import time
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 from ggml_mnist import EpochStats, Model, load_mnist, train
 from ggml_mnist._ffi import ffi, lib, ptr
-from helpers import SMALL, THREADS, small_options
-from synthetic import make_synthetic
+from support.helpers import SMALL, THREADS, small_options
+from support.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +28,16 @@ def history_without_time(history: list[EpochStats]) -> list[dict[str, Any]]:
     return [{k: v for k, v in s.as_dict().items() if k != "seconds"} for s in history]
 
 
-def run_in_threads(fns: list[Callable[[], Any]]) -> tuple[list[Any], list[tuple[float, float]]]:
-    """Start fns together in threads; return their results and (start, end) times."""
+def run_in_threads(fns: list[Callable[[], Any]]) -> list[Any]:
+    """Start fns together in threads; return their results."""
     results: list[Any] = [None] * len(fns)
-    spans: list[tuple[float, float]] = [(0.0, 0.0)] * len(fns)
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(fns))
 
     def run(i: int) -> None:
         try:
             barrier.wait()
-            t0 = time.perf_counter()
             results[i] = fns[i]()
-            spans[i] = (t0, time.perf_counter())
         except BaseException as e:  # re-raised in the test's thread
             errors.append(e)
 
@@ -52,64 +48,70 @@ def run_in_threads(fns: list[Callable[[], Any]]) -> tuple[list[Any], list[tuple[
         t.join(timeout=300)
     if errors:
         raise errors[0]
-    return results, spans
+    return results
 
 
 def test_concurrent_training_is_bit_identical_to_sequential(data: tuple) -> None:
     x, y = data
     sequential = [train(x, y, **job) for job in JOBS]
-    concurrent, spans = run_in_threads([lambda job=job: train(x, y, **job) for job in JOBS])
+    # each run waits after its first epoch until the other has one too: both must be inside train() at once
+    meet = threading.Barrier(len(JOBS), timeout=300)
+    met: list[int] = []
+
+    def meet_once(stats: EpochStats, _model: Any) -> None:
+        if stats.epoch == 1:
+            meet.wait()  # BrokenBarrierError (the test fails) if the other run cannot get going meanwhile
+            met.append(stats.epoch)
+
+    concurrent = run_in_threads([lambda job=job: train(x, y, on_epoch=meet_once, **job) for job in JOBS])
+    assert met == [1, 1]  # the two trainings overlapped
     for (model_a, history_a), (model_b, history_b) in zip(sequential, concurrent):
         wa, wb = model_a.get_weights(), model_b.get_weights()
         assert all(np.array_equal(wa[name], wb[name]) for name in wa)
         assert history_without_time(history_a) == history_without_time(history_b)
-    assert max(s for s, _ in spans) < min(e for _, e in spans)  # the two trainings overlapped in time
 
 
 def test_a_model_per_thread_predicts_like_alone(data: tuple) -> None:
     x, _ = data
     models = [Model.create(arch, threads=THREADS, seed=i, **SMALL[arch]) for i, arch in enumerate(["fc", "cnn", "fc", "cnn"])]
     alone = [m.predict_proba(x) for m in models]
-    together, _ = run_in_threads([lambda m=m: [m.predict_proba(x) for _ in range(5)] for m in models])
+    together = run_in_threads([lambda m=m: [m.predict_proba(x) for _ in range(5)] for m in models])
     for expected, runs in zip(alone, together):
         assert all(np.array_equal(expected, r) for r in runs)
 
 
-class Ticker:
-    """A pure-Python thread that records the time every few thousand loop iterations."""
+def python_runs_during(call: Callable[[], int], rounds: int = 20) -> bool:
+    """Whether this thread runs Python while another thread is inside ``call`` (a native call), repeated up to
+    ``rounds`` times until it does.
 
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
+    The switch interval is made so long that the worker keeps the GIL from its start until it blocks or a native
+    call releases it: this thread, waiting in ``start()`` for the worker to begin, runs again during a call only if
+    the call released the GIL, and otherwise only after the worker is done. No clock is read.
+    """
+    inside, seen, done = threading.Event(), threading.Event(), threading.Event()
+    statuses: list[int] = []
 
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            if n % 2000 == 0:
-                self.times.append(time.perf_counter())
+    def work() -> None:
+        for _ in range(rounds):
+            inside.set()
+            statuses.append(call())
+            inside.clear()
+            if seen.is_set():
+                break
+        done.set()
 
-    def __enter__(self) -> "Ticker":
-        self._thread.start()
-        while not self.times:
-            time.sleep(0.001)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def ticks_within(self, start: float, end: float) -> int:
-        """Ticks in the middle half of [start, end]: a thread that held the GIL for the whole span allows none."""
-        quarter = (end - start) / 4
-        return sum(start + quarter <= t <= end - quarter for t in self.times)
-
-
-def timed(call: Callable[[], int]) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    assert call() == lib.GMN_OK
-    return t0, time.perf_counter()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        worker = threading.Thread(target=work)
+        worker.start()  # returns once the worker lets go of the GIL: inside a call that releases it, or done
+        if inside.is_set() and not done.is_set():
+            seen.set()
+        worker.join(timeout=300)
+    finally:
+        sys.setswitchinterval(interval)
+    assert statuses and all(s == lib.GMN_OK for s in statuses), statuses
+    return seen.is_set()
 
 
 def test_native_calls_release_the_gil() -> None:
@@ -128,13 +130,22 @@ def test_native_calls_release_the_gil() -> None:
     assert lib.gmn_model_train_init(model._handle, config) == lib.GMN_OK
     idx = np.arange(n, dtype=np.int64)
     result = ffi.new("struct gmn_epoch_result *")
-    with Ticker() as ticker:
-        predict = timed(lambda: lib.gmn_model_predict(model._handle, ptr(images, "void *"), 0, n, ptr(probs, "float *")))
-        epoch = timed(lambda: lib.gmn_model_train_epoch(model._handle, dataset, ptr(idx, "int64_t *"), n, ffi.NULL, 0,
-                                                        ffi.NULL, ffi.NULL, result))  # no callback: one native call
-    for name, (start, end) in (("predict", predict), ("train_epoch", epoch)):
-        assert end - start > 0.05, f"{name} was too short to tell"
-        assert ticker.ticks_within(start, end) >= 3, f"no Python ran during {name} ({end - start:.3f}s)"
+    assert python_runs_during(lambda: lib.gmn_model_predict(model._handle, ptr(images, "void *"), 0, n,
+                                                            ptr(probs, "float *"))), "no Python ran during predict"
+    assert python_runs_during(lambda: lib.gmn_model_train_epoch(
+        model._handle, dataset, ptr(idx, "int64_t *"), n, ffi.NULL, 0, ffi.NULL, ffi.NULL, result)
+    ), "no Python ran during train_epoch"  # no callback: one native call
+
+
+def test_the_gil_check_can_fail() -> None:
+    """python_runs_during tells a call that holds the GIL: a pure-Python loop (it never releases it)."""
+    def busy() -> int:
+        total = 0
+        for i in range(200_000):
+            total += i
+        return lib.GMN_OK
+
+    assert not python_runs_during(busy, rounds=3)
 
 
 def test_a_busy_core_changes_no_bit_of_training() -> None:

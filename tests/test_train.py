@@ -12,8 +12,8 @@ import ggml_mnist
 import numpy as np
 import pytest
 from ggml_mnist import EpochStats, Model, TrainConfig, TrainingDivergedError, evaluate, load_mnist, train
-from helpers import THREADS, conv_channels_of, hidden_of, small_options
-from synthetic import SPLIT_FILES, make_synthetic
+from support.helpers import THREADS, conv_channels_of, hidden_of, small_options
+from support.synthetic import SPLIT_FILES, make_synthetic
 
 
 @pytest.fixture(scope="module")

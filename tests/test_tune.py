@@ -13,7 +13,7 @@ import pytest
 import ggml_mnist as gm
 from ggml_mnist.tune import INSTALL_HINT
 from ggml_mnist.cli.tune import tune_main
-from synthetic import make_synthetic
+from support.synthetic import make_synthetic
 
 optuna = pytest.importorskip("optuna", reason="the tune extra is not installed: pip install 'ggml-mnist[tune]'")
 

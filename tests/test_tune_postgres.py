@@ -21,7 +21,7 @@ import pytest
 
 import ggml_mnist as gm
 from ggml_mnist.tune import load_study
-from synthetic import make_synthetic
+from support.synthetic import make_synthetic
 
 optuna = pytest.importorskip("optuna", reason="the tune extra is not installed: pip install 'ggml-mnist[tune]'")
 psycopg = pytest.importorskip("psycopg", reason="psycopg is missing: pip install 'ggml-mnist[tune]'")

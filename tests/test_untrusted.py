@@ -11,12 +11,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import fuzz_loaders as fz
+from support import fuzz_loaders as fz
 import numpy as np
 import pytest
 from ggml_mnist import Model, cli, load, write_idx
-from helpers import THREADS
-from reliability import run_child
+from support.helpers import THREADS
+from support.reliability import run_child
 
 # The child caps its address space at what it uses after importing, plus 256 MB: a loader that tried a
 # huge allocation would fail with MemoryError/OutOfMemoryError instead of the expected format error.

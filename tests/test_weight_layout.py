@@ -8,7 +8,7 @@ import pytest
 import ggml_mnist as gm
 from ggml_mnist import ConfigError, Model
 from ggml_mnist.layers import Conv2d, Dense, MaxPool2d, ReLU
-from helpers import THREADS, spread_weights
+from support.helpers import THREADS, spread_weights
 
 # a 1-in 1-out convolution (ggml layout [k, k]), a strided padded one, pooling, a hidden dense layer
 CUSTOM = [Conv2d(1, 3, name="pre"), ReLU(), Conv2d(5, 3, stride=2, padding=1), ReLU(), MaxPool2d(2), Dense(7),

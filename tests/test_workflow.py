@@ -10,8 +10,8 @@ import ggml_mnist as gm
 import numpy as np
 import pytest
 from ggml_mnist import layers as L
-from helpers import read_gguf, small_options
-from synthetic import make_synthetic
+from support.helpers import read_gguf, small_options
+from support.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")

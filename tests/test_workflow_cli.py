@@ -9,7 +9,7 @@ from pathlib import Path
 import ggml_mnist as gm
 import pytest
 from ggml_mnist import cli, download
-from synthetic import SPLIT_FILES, make_synthetic
+from support.synthetic import SPLIT_FILES, make_synthetic
 
 FAST = ["--hidden", "16", "--batch-size", "20", "--threads", "1", "--lr", "3e-3"]
 

@@ -2,7 +2,7 @@
 
     python tests/long/reliability_long.py [--parts fuzz,cycles,scale,kills] [--json OUT]
 
-- fuzz:   tests/fuzz_loaders.py with --cases per kind (default 5000 each, plus truncation sweeps and the corpus)
+- fuzz:   tests/support/fuzz_loaders.py with --cases per kind (default 5000 each, plus truncation sweeps and the corpus)
 - cycles: 200 train/evaluate/save/load cycles of a tiny fc and cnn; RSS growth from cycle 20 to 200, with glibc's
           default malloc settings and with a fixed mmap threshold (the CI test uses the latter)
 - scale:  evaluate 1 000 000 images (and --eval-images more) with keep_probabilities=False; train on 200 000
@@ -25,7 +25,7 @@ from typing import Any, Callable
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
-import reliability as rel  # noqa: E402
+from support import reliability as rel  # noqa: E402
 
 MB = 1e6
 
@@ -33,7 +33,7 @@ MB = 1e6
 def fuzz(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "fuzz.json"
-        run = subprocess.run([sys.executable, str(TESTS / "fuzz_loaders.py"), "--cases", str(args.cases), "--json", str(out),
+        run = subprocess.run([sys.executable, str(TESTS / "support" / "fuzz_loaders.py"), "--cases", str(args.cases), "--json", str(out),
                               "--time-limit", str(args.fuzz_time_limit)], capture_output=True, text=True)
         report = json.loads(out.read_text())
     report["log"] = run.stdout.strip().splitlines()

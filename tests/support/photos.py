@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from handwriting import jpeg_round_trip
+from .handwriting import jpeg_round_trip
 
 Point = tuple[float, float]
 

@@ -17,12 +17,12 @@ Mutated files run in worker subprocesses that journal each case before running i
 (a signal such as SIGABRT from a GGML_ASSERT) names the recipe that caused it. Workers also run
 under an address-space limit, so a loader that tries a large allocation fails the property.
 
-    python tests/fuzz_loaders.py --cases 5000             # 5000 generated cases per kind, plus sweeps
-    python tests/fuzz_loaders.py --kind gguf --cases 300 --derandomize
-    python tests/fuzz_loaders.py --replay recipes.json    # a JSON list of recipes
+    python tests/support/fuzz_loaders.py --cases 5000             # 5000 generated cases per kind, plus sweeps
+    python tests/support/fuzz_loaders.py --kind gguf --cases 300 --derandomize
+    python tests/support/fuzz_loaders.py --replay recipes.json    # a JSON list of recipes
 
 tests/test_fuzz_loaders.py runs bounded, derandomized versions in CI together with the
-regression corpus tests/fuzz_corpus.json.
+regression corpus tests/support/fuzz_corpus.json.
 """
 
 from __future__ import annotations

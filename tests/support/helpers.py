@@ -17,6 +17,23 @@ import pytest
 # while they wait, which makes two threads on a busy machine many times slower than one.
 THREADS = 1
 SMALL = {"fc": {"hidden": 32}, "cnn": {"conv_channels": (2, 4)}}
+#: Why a test that needs the real MNIST skips, and what to do about it.
+NO_REAL_MNIST = ("real MNIST not found: set GGML_MNIST_DATA=/path/to/mnist (the folder with the IDX .gz files), or run "
+                 "`mnist-data download` (into data/mnist), to run these tests")
+
+
+def summary_rows(lines: list[str]) -> list[str]:
+    """The layer rows of a printed model summary: the lines between its two rules of dashes, less the input row."""
+    rules = [i for i, line in enumerate(lines) if line and set(line) == {"-"}]
+    assert len(rules) == 2, "a summary has a rule under its header and one above its total:\n" + "\n".join(lines)
+    rows = lines[rules[0] + 1:rules[1]]
+    assert rows and rows[0].startswith("input "), rows
+    return rows[1:]
+
+
+def images(n: int = 8, size: tuple[int, int] = (28, 28), seed: int = 0) -> np.ndarray:
+    """``n`` random uint8 images of ``size`` (height, width); the same ones for the same seed."""
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *size), dtype=np.uint8)
 
 
 def small_options(arch: str, **overrides: Any) -> dict[str, Any]:
