@@ -85,7 +85,13 @@ enum gmn_layer_kind {
     GMN_LAYER_SILU      = 6,
     GMN_LAYER_GELU      = 7, /* tanh approximation 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))) */
     GMN_LAYER_TANH      = 8,
-    GMN_LAYER_DROPOUT   = 9  /* drops with probability p while training (seeded masks); identity when predicting */
+    GMN_LAYER_DROPOUT   = 9, /* drops with probability p while training (seeded masks); identity when predicting */
+    GMN_LAYER_BATCHNORM = 10 /* batch normalisation per channel (spatial input: over the batch and every position) or
+                              * per unit (flat input: over the batch), with eps and momentum. Training normalises with
+                              * the physical batch's mean and biased variance and updates name.running_mean and
+                              * name.running_var (the unbiased variance) after every physical batch, like PyTorch;
+                              * prediction uses the running statistics. Learnable name.weight (scale, starts at 1)
+                              * and name.bias (shift, starts at 0); the running statistics are not trained. */
 };
 
 /* Limits of networks and data, checked before ggml sees anything. */
@@ -104,13 +110,15 @@ enum gmn_limit {
     GMN_MAX_BATCH      = 1000000    /* images per optimizer step */
 };
 
-/* One layer. Fields a kind does not use are ignored (set them to 0). */
+/* One layer. Fields a kind does not use are ignored (set them to 0); batchnorm has no defaults in C: set its eps. */
 struct gmn_layer {
     int   kind;               /* enum gmn_layer_kind */
-    char  name[GMN_NAME_CAP]; /* conv2d/dense: tensor prefix of [A-Za-z0-9_], unique; "" picks convN / fcN */
+    char  name[GMN_NAME_CAP]; /* conv2d/dense/batchnorm: tensor prefix of [A-Za-z0-9_], unique; "" picks convN / fcN / bnN */
     int   n_out;              /* conv2d: output channels; dense: units */
     int   k, stride, pad;     /* conv2d, pools: square window side, stride (>= 1), padding per side */
     float p;                  /* dropout: drop probability in [0, 1) */
+    float momentum;           /* batchnorm: weight of each batch in the running statistics, [0, 1] (PyTorch's 0.1) */
+    float eps;                /* batchnorm: added to the variance, (0, 1] (PyTorch's 1e-5) */
 };
 
 /* A network for image_h x image_w single-channel images. The last layer is a dense layer whose
@@ -199,7 +207,8 @@ void gmn_dataset_free(gmn_dataset * ds);
 const char * gmn_layer_kind_name(int kind);
 /* Validate net; on success write its layers with empty names filled in (n_layers), per layer its output
  * height, width, channels and parameter count (4 * n_layers int64; flat outputs have height = width = 1)
- * and the total parameter count. Any output may be NULL. The error names the first bad layer and the fix. */
+ * and the total parameter count. Parameters are the trained values: a batchnorm layer counts its weight and bias,
+ * not its running statistics (which gmn_model_n_tensors lists as tensors all the same). Any output may be NULL. The error names the first bad layer and the fix. */
 int  gmn_net_check(const struct gmn_net * net, struct gmn_layer * layers, int64_t * layer_info, int64_t * n_params);
 /* Built-in networks: count, name of preset i (NULL when out of range), and the layer list of a preset
  * for n_classes classes copied into layers (capacity cap); *n_layers receives its length. */

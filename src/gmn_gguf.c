@@ -86,6 +86,18 @@ static int gmn_read_layers(const struct gguf_context * g, const char * path, str
     const int32_t * stride = gguf_get_arr_data(g, sid);
     const int32_t * pad = gguf_get_arr_data(g, pid);
     const float * drop = gguf_get_arr_data(g, did);
+    /* batchnorm's settings: in files with a batchnorm layer only (older files and other networks have no such keys) */
+    int bn = 0;
+    for (int64_t i = 0; i < n && !bn; i++) {
+        bn = strcmp(gguf_get_arr_str(g, kid, (size_t) i), gmn_layer_kind_name(GMN_LAYER_BATCHNORM)) == 0;
+    }
+    const int64_t mid = bn ? gmn_layer_array(g, path, "momentum", GGUF_TYPE_FLOAT32, n) : -1;
+    const int64_t eid = mid < 0 ? -1 : gmn_layer_array(g, path, "eps", GGUF_TYPE_FLOAT32, n);
+    if (bn && eid < 0) {
+        return GMN_E_FORMAT;
+    }
+    const float * momentum = bn ? gguf_get_arr_data(g, mid) : NULL;
+    const float * eps = bn ? gguf_get_arr_data(g, eid) : NULL;
     for (int64_t i = 0; i < n; i++) {
         struct gmn_layer * l = &layers[i];
         memset(l, 0, sizeof(*l));
@@ -105,6 +117,8 @@ static int gmn_read_layers(const struct gguf_context * g, const char * path, str
         l->stride = stride[i];
         l->pad = pad[i];
         l->p = drop[i];
+        l->momentum = bn ? momentum[i] : 0.0f;
+        l->eps = bn ? eps[i] : 0.0f;
     }
     *n_layers = (int) n;
     return GMN_OK;
@@ -435,13 +449,15 @@ static int gmn_valid_meta_key(const char * k) {
     return 1;
 }
 
-/* Stores the layer list as typed arrays ggml_mnist.layers.{kind,name,units,kernel,stride,padding,dropout}. */
+/* Stores the layer list as typed arrays ggml_mnist.layers.{kind,name,units,kernel,stride,padding,dropout}, and
+ * .{momentum,eps} when a layer is batchnorm (so that the files of other networks stay as they were). */
 static void gmn_write_layers(struct gguf_context * g, const struct gmn_net * net) {
     const int n = net->n_layers;
     const char * kinds[GMN_MAX_LAYERS];
     const char * names[GMN_MAX_LAYERS];
     int32_t units[GMN_MAX_LAYERS], kernel[GMN_MAX_LAYERS], stride[GMN_MAX_LAYERS], pad[GMN_MAX_LAYERS];
-    float drop[GMN_MAX_LAYERS];
+    float drop[GMN_MAX_LAYERS], momentum[GMN_MAX_LAYERS], eps[GMN_MAX_LAYERS];
+    int bn = 0;
     for (int i = 0; i < n; i++) {
         const struct gmn_layer * l = &net->layers[i];
         kinds[i] = gmn_layer_kind_name(l->kind);
@@ -451,6 +467,9 @@ static void gmn_write_layers(struct gguf_context * g, const struct gmn_net * net
         stride[i] = l->stride;
         pad[i] = l->pad;
         drop[i] = l->p;
+        momentum[i] = l->kind == GMN_LAYER_BATCHNORM ? l->momentum : 0.0f;
+        eps[i] = l->kind == GMN_LAYER_BATCHNORM ? l->eps : 0.0f;
+        bn |= l->kind == GMN_LAYER_BATCHNORM;
     }
     gguf_set_arr_str(g, GMN_KEY_LAYERS "kind", kinds, (size_t) n);
     gguf_set_arr_str(g, GMN_KEY_LAYERS "name", names, (size_t) n);
@@ -459,6 +478,10 @@ static void gmn_write_layers(struct gguf_context * g, const struct gmn_net * net
     gguf_set_arr_data(g, GMN_KEY_LAYERS "stride", GGUF_TYPE_INT32, stride, (size_t) n);
     gguf_set_arr_data(g, GMN_KEY_LAYERS "padding", GGUF_TYPE_INT32, pad, (size_t) n);
     gguf_set_arr_data(g, GMN_KEY_LAYERS "dropout", GGUF_TYPE_FLOAT32, drop, (size_t) n);
+    if (bn) {
+        gguf_set_arr_data(g, GMN_KEY_LAYERS "momentum", GGUF_TYPE_FLOAT32, momentum, (size_t) n);
+        gguf_set_arr_data(g, GMN_KEY_LAYERS "eps", GGUF_TYPE_FLOAT32, eps, (size_t) n);
+    }
 }
 
 /* Builds the gguf context: metadata plus host copies of the weights held in ctx_host. */

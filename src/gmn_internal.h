@@ -14,7 +14,8 @@
 
 #include "cpu/gmn_cpu.h"
 
-#define GMN_MAX_TENSORS   (2 * GMN_MAX_LAYERS)
+#define GMN_MAX_TENSORS   (4 * GMN_MAX_LAYERS) /* a batchnorm layer has four */
+#define GMN_LAYER_TENSORS 4
 #define GMN_MAX_ACCEL     4
 #define GMN_EVAL_BATCH    1000
 #define GMN_SMALL_BATCH   64   /* prediction batches below this run on one CPU thread */
@@ -34,14 +35,21 @@ struct gmn_shape {
  * (conv kernels and dense weights, whose rows of fan_in values meet the layer's inputs in a matrix product). */
 enum gmn_store { GMN_STORE_F32 = 0, GMN_STORE_ANY = 1 };
 
-/* One parameter tensor of a network: its layer, 0 weight / 1 bias, GGUF name, ggml shape, fan-in and storage. */
+/* How a new model fills a tensor: PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) from the seed, or a constant. */
+enum gmn_init { GMN_INIT_UNIFORM = 0, GMN_INIT_ZEROS = 1, GMN_INIT_ONES = 2 };
+
+/* One tensor of a network: its layer, which of the layer's tensors (0 weight or kernel, 1 bias, 2 running mean,
+ * 3 running variance), GGUF name, ggml shape, fan-in, storage, whether the optimizer trains it (running statistics
+ * are not trained: no gradient, no optimizer step, no weight decay, no moments) and its initial values. */
 struct gmn_param_spec {
     int     layer;
     int     which;
     char    name[GGML_MAX_NAME];
     int64_t ne[4];
     int64_t fan_in;
-    int     store; /* enum gmn_store */
+    int     store;     /* enum gmn_store */
+    int     trainable;
+    int     init;      /* enum gmn_init */
 };
 
 /* How a parameter tensor is held: its ggml type and shape. f32 and f16 tensors have the network's shape; a block-type
@@ -121,9 +129,11 @@ struct gmn_model {
 
     struct ggml_context * ctx_w;      /* parameter tensors, allocated in buf_w */
     ggml_backend_buffer_t buf_w;
-    struct ggml_tensor  * w[GMN_MAX_TENSORS]; /* every parameter, in layer order */
+    struct ggml_tensor  * w[GMN_MAX_TENSORS]; /* every tensor of the network (parameters and running statistics), in layer order */
     int                   n_w;
-    struct ggml_tensor  * lw[GMN_MAX_LAYERS][2]; /* per layer: weight (or kernel) and bias; NULL without */
+    unsigned char         trainable[GMN_MAX_TENSORS]; /* per w: 1 for a parameter the optimizer trains */
+    struct ggml_tensor  * lw[GMN_MAX_LAYERS][GMN_LAYER_TENSORS]; /* per layer: weight (or kernel), bias, running mean
+                                                                   * and variance (batchnorm); NULL without */
 
     /* forward graph for prediction, rebuilt when the batch size changes */
     ggml_backend_sched_t  sched_eval;
@@ -207,7 +217,17 @@ const char * gmn_net_arch_name(const struct gmn_net * net);
 int  gmn_net_params(const struct gmn_net * net, struct gmn_param_spec * specs);
 /* ggml shape (ne) of the activation entering layer `layer` for a batch; returns its dimensions (2 or 4). */
 int  gmn_net_activation_ne(const struct gmn_net * net, int layer, int64_t batch, int64_t * ne);
-/* Logits [n_classes, N] of images x [pixels, N]; masks[i] multiplies the input of dropout layer i (NULL: predict). */
+/* The training graph's per-layer tensors for physical batches of B images, new in ctx (masks: GMN_MAX_LAYERS, NULL
+ * for the other layers): a dropout layer's mask (the shape of its input, channels-first) and a batchnorm layer's
+ * statistics [C, 2] (batch mean, then biased variance). GMN_E_INVALID when a batchnorm layer would see fewer than two
+ * values per channel. */
+int  gmn_net_train_inputs(const struct gmn_net * net, struct ggml_context * ctx, int64_t B, struct ggml_tensor ** masks);
+/* After a training batch of B images: moves each batchnorm layer's running statistics towards the batch statistics
+ * its masks[i] holds (PyTorch's update, with the unbiased variance). */
+int  gmn_net_update_running_stats(gmn_model * model, struct ggml_tensor * const * masks, int64_t B);
+/* Logits [n_classes, N] of images x [pixels, N]. masks: the training graph's per-layer tensors from
+ * gmn_net_train_inputs (NULL: the prediction graph): masks[i] multiplies the input of dropout layer i, and batchnorm
+ * layer i writes its batch mean and biased variance into masks[i] (when not NULL) as the graph runs. */
 struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x,
                                  struct ggml_tensor * const * masks, struct gmn_consts * consts);
 /* The output of the first n_layers layers (ne [W, H, C, N] while spatial, [units, N] after a dense layer). The

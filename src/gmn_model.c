@@ -70,6 +70,7 @@ static void gmn_define_params(gmn_model * m, const struct gmn_storage * storage)
         struct ggml_tensor * t = storage != NULL ? ggml_new_tensor(m->ctx_w, storage[i].type, 4, storage[i].ne)
                                                  : ggml_new_tensor(m->ctx_w, GGML_TYPE_F32, 4, specs[i].ne);
         ggml_set_name(t, specs[i].name);
+        m->trainable[m->n_w] = (unsigned char) specs[i].trainable;
         m->w[m->n_w++] = t;
         m->lw[specs[i].layer][specs[i].which] = t;
     }
@@ -264,7 +265,9 @@ int gmn_model_init(const struct gmn_net * net, const char * device, int n_thread
     }
     struct gmn_param_spec specs[GMN_MAX_TENSORS];
     gmn_net_params(&m->net, specs);
-    /* PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases. */
+    /* PyTorch's defaults: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the weights and biases of convolutions and dense
+     * layers (drawn in tensor order from one stream), constants for batch normalisation (weight and running variance
+     * 1, bias and running mean 0) */
     struct gmn_rng rng;
     gmn_rng_seed(&rng, seed);
     for (int i = 0; i < m->n_w; i++) {
@@ -277,7 +280,9 @@ int gmn_model_init(const struct gmn_net * net, const char * device, int n_thread
         }
         const double bound = 1.0 / sqrt((double) specs[i].fan_in);
         for (int64_t j = 0; j < ne; j++) {
-            buf[j] = (float) ((2.0 * gmn_rng_uniform(&rng) - 1.0) * bound);
+            buf[j] = specs[i].init == GMN_INIT_ONES  ? 1.0f
+                   : specs[i].init == GMN_INIT_ZEROS ? 0.0f
+                   : (float) ((2.0 * gmn_rng_uniform(&rng) - 1.0) * bound);
         }
         ggml_backend_tensor_set(t, buf, 0, ggml_nbytes(t));
         free(buf);

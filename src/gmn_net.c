@@ -12,7 +12,7 @@
 static const char * const GMN_KIND_NAMES[] = {
     [GMN_LAYER_CONV2D] = "conv2d", [GMN_LAYER_MAXPOOL2D] = "maxpool2d", [GMN_LAYER_AVGPOOL2D] = "avgpool2d",
     [GMN_LAYER_DENSE] = "dense", [GMN_LAYER_RELU] = "relu", [GMN_LAYER_SILU] = "silu", [GMN_LAYER_GELU] = "gelu",
-    [GMN_LAYER_TANH] = "tanh", [GMN_LAYER_DROPOUT] = "dropout",
+    [GMN_LAYER_TANH] = "tanh", [GMN_LAYER_DROPOUT] = "dropout", [GMN_LAYER_BATCHNORM] = "batchnorm",
 };
 #define GMN_N_KINDS ((int) (sizeof(GMN_KIND_NAMES) / sizeof(GMN_KIND_NAMES[0])))
 
@@ -30,7 +30,7 @@ int gmn_layer_kind_from_name(const char * name) {
 }
 
 int gmn_layer_has_params(int kind) {
-    return kind == GMN_LAYER_CONV2D || kind == GMN_LAYER_DENSE;
+    return kind == GMN_LAYER_CONV2D || kind == GMN_LAYER_DENSE || kind == GMN_LAYER_BATCHNORM;
 }
 
 /* ---- presets ----------------------------------------------------------------------------------- */
@@ -199,12 +199,16 @@ int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct g
     memcpy(out, net->layers, (size_t) net->n_layers * sizeof(struct gmn_layer));
     struct gmn_shape cur = { net->image_w, net->image_h, 1, 0, 0 };
     int64_t total = 0;
-    int n_conv = 0, n_dense = 0;
+    int n_conv = 0, n_dense = 0, n_bn = 0;
     for (int i = 0; i < net->n_layers; i++) {
         struct gmn_layer * l = &out[i];
         if (gmn_layer_kind_name(l->kind)[0] == '\0') {
             return gmn_fail(GMN_E_INVALID, "network: layer %d has unknown kind %d; use conv2d, maxpool2d, avgpool2d, dense, "
-                            "relu, silu, gelu, tanh or dropout", i, l->kind);
+                            "relu, silu, gelu, tanh, dropout or batchnorm", i, l->kind);
+        }
+        if (l->kind != GMN_LAYER_BATCHNORM) {
+            l->momentum = 0.0f;
+            l->eps = 0.0f;
         }
         if (!gmn_layer_has_params(l->kind)) {
             memset(l->name, 0, sizeof(l->name));
@@ -212,8 +216,8 @@ int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct g
             l->name[GMN_NAME_CAP - 1] = '\0';
             return gmn_layer_fail(i, l, "its name is longer than %d characters", GMN_NAME_CAP - 1);
         } else if (l->name[0] == '\0') {
-            gmn_default_name(net, out, i, l->kind == GMN_LAYER_CONV2D ? "conv" : "fc",
-                             l->kind == GMN_LAYER_CONV2D ? n_conv + 1 : n_dense + 1);
+            gmn_default_name(net, out, i, l->kind == GMN_LAYER_CONV2D ? "conv" : l->kind == GMN_LAYER_DENSE ? "fc" : "bn",
+                             l->kind == GMN_LAYER_CONV2D ? n_conv + 1 : l->kind == GMN_LAYER_DENSE ? n_dense + 1 : n_bn + 1);
         } else if (!gmn_valid_name(l->name)) {
             return gmn_layer_fail(i, l, "name '%s' must be 1-%d characters of A-Z, a-z, 0-9 and _", l->name, GMN_NAME_CAP - 1);
         }
@@ -264,6 +268,24 @@ int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct g
                 if (!(l->p >= 0.0f && l->p < 1.0f)) {
                     return gmn_layer_fail(i, l, "drop probability %g must be in [0, 1)", (double) l->p);
                 }
+                break;
+            case GMN_LAYER_BATCHNORM:
+                n_bn++;
+                if (i == 0) {
+                    return gmn_layer_fail(i, l, "it is the first layer; batch normalisation goes after a conv2d, pooling "
+                                          "or dense layer (the images themselves are not normalised)");
+                }
+                if (i == net->n_layers - 1) {
+                    return gmn_layer_fail(i, l, "it is the last layer; the network ends in the dense layer with one unit "
+                                          "per class (the logits are not normalised), so put batchnorm before it");
+                }
+                if (!(l->momentum >= 0.0f && l->momentum <= 1.0f)) {
+                    return gmn_layer_fail(i, l, "momentum %g must be in [0, 1] (PyTorch's default is 0.1)", (double) l->momentum);
+                }
+                if (!(l->eps > 0.0f && l->eps <= 1.0f)) {
+                    return gmn_layer_fail(i, l, "eps %g must be in (0, 1] (PyTorch's default is 1e-5)", (double) l->eps);
+                }
+                next.params = 2 * cur.c; /* weight and bias; the running statistics are not trained */
                 break;
             default:
                 break;
@@ -318,7 +340,7 @@ int gmn_net_classes(const struct gmn_net * net) {
 
 static int gmn_layers_equal(const struct gmn_layer * a, const struct gmn_layer * b) {
     return a->kind == b->kind && strcmp(a->name, b->name) == 0 && a->n_out == b->n_out && a->k == b->k &&
-           a->stride == b->stride && a->pad == b->pad && a->p == b->p;
+           a->stride == b->stride && a->pad == b->pad && a->p == b->p && a->momentum == b->momentum && a->eps == b->eps;
 }
 
 int gmn_net_is_preset(const struct gmn_net * net, const char * name, int n_classes) {
@@ -358,16 +380,24 @@ int gmn_net_params(const struct gmn_net * net, struct gmn_param_spec * specs) {
         const struct gmn_layer * l = &net->layers[i];
         if (l->kind == GMN_LAYER_CONV2D) {
             const int64_t fan_in = (int64_t) l->k * l->k * cur.c;
-            specs[n++] = (struct gmn_param_spec) { i, 0, "", { l->k, l->k, cur.c, l->n_out }, fan_in, GMN_STORE_ANY };
+            specs[n++] = (struct gmn_param_spec) { i, 0, "", { l->k, l->k, cur.c, l->n_out }, fan_in, GMN_STORE_ANY, 1, GMN_INIT_UNIFORM };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.kernel", l->name);
-            specs[n++] = (struct gmn_param_spec) { i, 1, "", { 1, 1, l->n_out, 1 }, fan_in, GMN_STORE_F32 };
+            specs[n++] = (struct gmn_param_spec) { i, 1, "", { 1, 1, l->n_out, 1 }, fan_in, GMN_STORE_F32, 1, GMN_INIT_UNIFORM };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.bias", l->name);
         } else if (l->kind == GMN_LAYER_DENSE) {
             const int64_t fan_in = cur.w * cur.h * cur.c;
-            specs[n++] = (struct gmn_param_spec) { i, 0, "", { fan_in, l->n_out, 1, 1 }, fan_in, GMN_STORE_ANY };
+            specs[n++] = (struct gmn_param_spec) { i, 0, "", { fan_in, l->n_out, 1, 1 }, fan_in, GMN_STORE_ANY, 1, GMN_INIT_UNIFORM };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.weight", l->name);
-            specs[n++] = (struct gmn_param_spec) { i, 1, "", { l->n_out, 1, 1, 1 }, fan_in, GMN_STORE_F32 };
+            specs[n++] = (struct gmn_param_spec) { i, 1, "", { l->n_out, 1, 1, 1 }, fan_in, GMN_STORE_F32, 1, GMN_INIT_UNIFORM };
             snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.bias", l->name);
+        } else if (l->kind == GMN_LAYER_BATCHNORM) {
+            /* one value per channel (unit), all f32 */
+            static const char * const suffix[GMN_LAYER_TENSORS] = { "weight", "bias", "running_mean", "running_var" };
+            static const int init[GMN_LAYER_TENSORS] = { GMN_INIT_ONES, GMN_INIT_ZEROS, GMN_INIT_ZEROS, GMN_INIT_ONES };
+            for (int k = 0; k < GMN_LAYER_TENSORS; k++) {
+                specs[n++] = (struct gmn_param_spec) { i, k, "", { cur.c, 1, 1, 1 }, cur.c, GMN_STORE_F32, k < 2, init[k] };
+                snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.%s", l->name, suffix[k]);
+            }
         }
         cur = shapes[i];
     }
@@ -495,6 +525,122 @@ static struct ggml_tensor * gmn_pool(struct ggml_context * ctx, struct ggml_tens
                         l->k, l->k, l->stride, l->stride, (float) l->pad, (float) l->pad);
 }
 
+/* The rows of a [C, M] activation that batch normalisation works on: k positions a row ([C*k, M/k], k a divisor of
+ * M), as many as make rows of at most 1024 values. ggml's element-wise ops pay per row, and a row of 8 or 16 channels
+ * costs several times its work; the [C] vectors are tiled k times to meet the longer rows. */
+static int64_t gmn_bn_fold(int64_t C, int64_t M) {
+    int64_t k = 1;
+    for (int64_t d = 2; d <= M && C * d <= 1024; d++) {
+        if (M % d == 0) {
+            k = d;
+        }
+    }
+    return k;
+}
+
+/* Batch normalisation in training: x (channels or units along ne[0]: channels-last or flat) normalised per channel
+ * with the batch's mean and biased variance over everything else, then scaled by weight lw[0] and shifted by bias
+ * lw[1]. Composed of ops with a backward pass in ggml, each of which ggml-cuda runs forward and backward: the sums
+ * over the batch are repeat_back onto a vector (backward: repeat); a vector meets the activations only as the second
+ * operand of add or mul, whose backward passes sum the broadcast gradient (ggml's sub and div do not);
+ * 1/sqrt(var + eps) is exp(-log(var + eps) / 2). When stats is not NULL, the mean and variance pass through a copy
+ * into it (its first and second row), so that the host can read them after the batch. */
+static struct ggml_tensor * gmn_bn_train(struct ggml_context * ctx, struct ggml_tensor * x, struct ggml_tensor * const * lw,
+                                         const struct gmn_layer * l, struct ggml_tensor * stats) {
+    const int64_t C = x->ne[0], M = ggml_nelements(x) / C, k = gmn_bn_fold(C, M);
+    struct ggml_tensor * x2 = ggml_reshape_2d(ctx, ggml_is_contiguous(x) ? x : ggml_cont(ctx, x), C * k, M / k);
+    struct ggml_tensor * row = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, C * k); /* a shape only, never computed */
+    /* the sum over the batch of a [C*k, M/k] tensor, as a [C] vector */
+    #define GMN_BN_SUM(t) (k > 1 ? ggml_repeat_back(ctx, ggml_reshape_2d(ctx, ggml_repeat_back(ctx, (t), row), C, k), lw[0]) \
+                                 : ggml_repeat_back(ctx, (t), lw[0]))
+    /* a [C] vector tiled along a row */
+    #define GMN_BN_ROW(v) (k > 1 ? ggml_repeat(ctx, (v), row) : (v))
+    struct ggml_tensor * mean = ggml_scale(ctx, GMN_BN_SUM(x2), 1.0f / (float) M);
+    if (stats != NULL) {
+        mean = ggml_cpy(ctx, mean, ggml_view_1d(ctx, stats, C, 0));
+    }
+    struct ggml_tensor * xc = ggml_add(ctx, x2, GMN_BN_ROW(ggml_scale(ctx, mean, -1.0f)));
+    struct ggml_tensor * var = ggml_scale(ctx, GMN_BN_SUM(ggml_sqr(ctx, xc)), 1.0f / (float) M);
+    if (stats != NULL) {
+        var = ggml_cpy(ctx, var, ggml_view_1d(ctx, stats, C, (size_t) C * sizeof(float)));
+    }
+    struct ggml_tensor * inv = ggml_exp(ctx, ggml_scale(ctx, ggml_log(ctx, ggml_scale_bias(ctx, var, 1.0f, l->eps)), -0.5f));
+    struct ggml_tensor * y = ggml_add(ctx, ggml_mul(ctx, xc, GMN_BN_ROW(ggml_mul(ctx, inv, lw[0]))), GMN_BN_ROW(lw[1]));
+    #undef GMN_BN_SUM
+    #undef GMN_BN_ROW
+    return ggml_reshape(ctx, y, x);
+}
+
+/* Batch normalisation when predicting: x * a + b per channel with a = weight / sqrt(running_var + eps) and
+ * b = bias - running_mean * a. The channels of x run along ne[cdim]: 0 (channels-last or flat) or 2 ([W, H, C, N]). */
+static struct ggml_tensor * gmn_bn_predict(struct ggml_context * ctx, struct ggml_tensor * x, struct ggml_tensor * const * lw,
+                                           const struct gmn_layer * l, int cdim) {
+    struct ggml_tensor * a = ggml_div(ctx, lw[0], ggml_sqrt(ctx, ggml_scale_bias(ctx, lw[3], 1.0f, l->eps)));
+    struct ggml_tensor * b = ggml_sub(ctx, lw[1], ggml_mul(ctx, lw[2], a));
+    if (cdim == 2) {
+        a = ggml_reshape_4d(ctx, a, 1, 1, a->ne[0], 1);
+        b = ggml_reshape_4d(ctx, b, 1, 1, b->ne[0], 1);
+    }
+    return ggml_add(ctx, ggml_mul(ctx, ggml_is_contiguous(x) ? x : ggml_cont(ctx, x), a), b);
+}
+
+/* The channels (units) of batchnorm layer i's input and how many values of a batch of B images each one has. */
+static void gmn_bn_counts(const struct gmn_net * net, int i, int64_t B, int64_t * C, int64_t * per) {
+    int64_t ne[4];
+    const int nd = gmn_net_activation_ne(net, i, B, ne);
+    *C = nd == 4 ? ne[2] : ne[0];
+    *per = nd == 4 ? ne[0] * ne[1] * B : B;
+}
+
+int gmn_net_train_inputs(const struct gmn_net * net, struct ggml_context * ctx, int64_t B, struct ggml_tensor ** masks) {
+    for (int i = 0; i < net->n_layers; i++) {
+        const struct gmn_layer * l = &net->layers[i];
+        masks[i] = NULL;
+        if (l->kind == GMN_LAYER_DROPOUT) {
+            int64_t ne[4];
+            const int nd = gmn_net_activation_ne(net, i, B, ne);
+            masks[i] = ggml_new_tensor(ctx, GGML_TYPE_F32, nd, ne);
+        } else if (l->kind == GMN_LAYER_BATCHNORM) {
+            int64_t C, per;
+            gmn_bn_counts(net, i, B, &C, &per);
+            if (per < 2) {
+                return gmn_fail(GMN_E_INVALID, "train: layer %d (batchnorm %s) normalises each unit over the %lld image%s of "
+                                "a physical batch; batch statistics need at least 2 values: raise the physical batch size",
+                                i, l->name, (long long) per, per == 1 ? "" : "s");
+            }
+            masks[i] = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, C, 2);
+        }
+    }
+    return GMN_OK;
+}
+
+int gmn_net_update_running_stats(gmn_model * m, struct ggml_tensor * const * masks, int64_t B) {
+    for (int i = 0; i < m->net.n_layers; i++) {
+        const struct gmn_layer * l = &m->net.layers[i];
+        if (l->kind != GMN_LAYER_BATCHNORM || masks[i] == NULL) {
+            continue;
+        }
+        int64_t C, per;
+        gmn_bn_counts(&m->net, i, B, &C, &per);
+        float * v = malloc((size_t) (4 * C) * sizeof(float)); /* batch mean, batch variance, running mean, running var */
+        if (v == NULL) {
+            return gmn_fail(GMN_E_NOMEM, "train: out of memory for the running statistics");
+        }
+        ggml_backend_tensor_get(masks[i], v, 0, (size_t) (2 * C) * sizeof(float));
+        ggml_backend_tensor_get(m->lw[i][2], v + 2 * C, 0, (size_t) C * sizeof(float));
+        ggml_backend_tensor_get(m->lw[i][3], v + 3 * C, 0, (size_t) C * sizeof(float));
+        const double mom = l->momentum, unbias = (double) per / (double) (per - 1);
+        for (int64_t c = 0; c < C; c++) {
+            v[2 * C + c] = (float) ((1.0 - mom) * v[2 * C + c] + mom * v[c]);
+            v[3 * C + c] = (float) ((1.0 - mom) * v[3 * C + c] + mom * v[C + c] * unbias);
+        }
+        ggml_backend_tensor_set(m->lw[i][2], v + 2 * C, 0, (size_t) C * sizeof(float));
+        ggml_backend_tensor_set(m->lw[i][3], v + 3 * C, 0, (size_t) C * sizeof(float));
+        free(v);
+    }
+    return GMN_OK;
+}
+
 struct ggml_tensor * gmn_forward(const gmn_model * m, struct ggml_context * ctx, struct ggml_tensor * x,
                                  struct ggml_tensor * const * masks, struct gmn_consts * consts) {
     return gmn_forward_layers(m, ctx, x, masks, m->net.n_layers, consts);
@@ -604,6 +750,10 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                     /* masks are laid out channels-first, like the activations gmn_model_dropout_mask reports */
                     h = ggml_mul(ctx, h, spatial ? gmn_to_cl(ctx, masks[i]) : masks[i]);
                 }
+                break;
+            case GMN_LAYER_BATCHNORM:
+                h = training ? gmn_bn_train(ctx, h, m->lw[i], l, masks[i]) : gmn_bn_predict(ctx, h, m->lw[i], l, 0);
+                needs_grad = training;
                 break;
             default:
                 if (training && (l->kind == GMN_LAYER_TANH || l->kind == GMN_LAYER_GELU) && ggml_is_contiguous(h)) {
@@ -818,6 +968,9 @@ static struct ggml_tensor * gmn_forward_portable(const gmn_model * m, struct ggm
                     h = ggml_mul(ctx, h, spatial ? gmn_pt_to_cl(ctx, masks[i]) : masks[i]);
                 }
                 break;
+            case GMN_LAYER_BATCHNORM:
+                h = masks != NULL ? gmn_bn_train(ctx, h, m->lw[i], l, masks[i]) : gmn_bn_predict(ctx, h, m->lw[i], l, 0);
+                break;
             default:
                 h = gmn_activation(ctx, h, l->kind);
                 break;
@@ -870,6 +1023,9 @@ struct ggml_tensor * gmn_forward_layers(const gmn_model * m, struct ggml_context
                 if (masks != NULL && masks[i] != NULL) {
                     h = ggml_mul(ctx, h, masks[i]);
                 }
+                break;
+            case GMN_LAYER_BATCHNORM: /* this form only predicts (quantised kernels cannot be trained) */
+                h = gmn_bn_predict(ctx, h, m->lw[i], l, spatial ? 2 : 0);
                 break;
             default:
                 h = gmn_activation(ctx, h, l->kind);

@@ -22,9 +22,9 @@
 struct gmn_optstate {
     int                   optimizer;  /* enum gmn_optimizer */
     struct gmn_train_pos  pos;
-    int                   n;          /* parameter tensors with moments (0 for SGD) */
+    int                   n;          /* the model's tensors (0 for SGD) */
     struct ggml_context * ctx;        /* host tensors opt.m.<param>, opt.v.<param>, in parameter order */
-    struct ggml_tensor  * mom[GMN_MAX_TENSORS][2];
+    struct ggml_tensor  * mom[GMN_MAX_TENSORS][2]; /* per model tensor; NULL for those not trained (running statistics) */
 };
 
 struct gmn_opt_tracker {
@@ -133,7 +133,7 @@ static struct ggml_tensor * gmn_moment_tensor(struct ggml_context * ctx, const s
 /* The moments of an AdamW run must have been seen for every parameter, i.e. after at least one step. */
 static int gmn_tracker_complete(const gmn_model * m, const struct gmn_opt_tracker * tr) {
     for (int i = 0; i < m->n_w; i++) {
-        if (!tr->have[i]) {
+        if (m->trainable[i] && !tr->have[i]) {
             return 0;
         }
     }
@@ -172,7 +172,7 @@ int gmn_model_optimizer_snapshot(gmn_model * m) {
         }
         os->n = m->n_w;
         for (int i = 0; i < m->n_w; i++) {
-            for (int k = 0; k < 2; k++) {
+            for (int k = 0; k < 2 && m->trainable[i]; k++) {
                 struct ggml_tensor * t = gmn_moment_tensor(os->ctx, m->w[i], k);
                 if (tr->have[i]) {
                     ggml_backend_tensor_get(&tr->seen[i][k], t->data, 0, ggml_nbytes(t));
@@ -211,8 +211,10 @@ void gmn_optstate_write(const struct gmn_optstate * os, struct gguf_context * g)
     words[12] = os->pos.aug_count;
     gguf_set_arr_data(g, GMN_OPT_KEY, GGUF_TYPE_UINT64, words, GMN_OPT_POS_WORDS);
     for (int i = 0; i < os->n; i++) {
-        gguf_add_tensor(g, os->mom[i][0]);
-        gguf_add_tensor(g, os->mom[i][1]);
+        if (os->mom[i][0] != NULL) {
+            gguf_add_tensor(g, os->mom[i][0]);
+            gguf_add_tensor(g, os->mom[i][1]);
+        }
     }
 }
 
@@ -255,7 +257,7 @@ int gmn_optstate_read(gmn_model * m, const struct gguf_context * g, struct ggml_
         os->n = m->n_w;
         const size_t data_off = gguf_get_data_offset(g);
         for (int i = 0; i < m->n_w && st == GMN_OK; i++) {
-            for (int k = 0; k < 2 && st == GMN_OK; k++) {
+            for (int k = 0; k < 2 && st == GMN_OK && m->trainable[i]; k++) {
                 struct ggml_tensor * t = gmn_moment_tensor(os->ctx, m->w[i], k);
                 os->mom[i][k] = t;
                 const int64_t tid = gguf_find_tensor(g, t->name);

@@ -333,15 +333,11 @@ static int gmn_train_record_ops(gmn_model * m, int64_t B, int optimizer) {
     }
     struct ggml_tensor * x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, gmn_image_pixels(m), B);
     struct ggml_tensor * masks[GMN_MAX_LAYERS] = { NULL };
-    for (int i = 0; i < m->net.n_layers; i++) {
-        if (m->net.layers[i].kind == GMN_LAYER_DROPOUT) {
-            int64_t ne[4];
-            const int nd = gmn_net_activation_ne(&m->net, i, B, ne);
-            masks[i] = ggml_new_tensor(ctx, GGML_TYPE_F32, nd, ne);
-        }
-    }
+    gmn_net_train_inputs(&m->net, ctx, B, masks); /* checked by the caller */
     for (int i = 0; i < m->n_w; i++) {
-        ggml_set_param(m->w[i]); /* as training does: ggml's backward pass starts from the parameters */
+        if (m->trainable[i]) {
+            ggml_set_param(m->w[i]); /* as training does: ggml's backward pass starts from the parameters */
+        }
     }
     struct ggml_tensor * logits = gmn_forward(m, ctx, x, masks, &consts);
     struct ggml_tensor * labels = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, m->n_classes, B);
@@ -433,12 +429,15 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
     st->inputs = ggml_new_tensor_2d(st->ctx_in, GGML_TYPE_F32, npix, B);
     ggml_set_name(st->inputs, "images");
     ggml_set_input(st->inputs);
+    /* dropout masks (inputs) and batchnorm statistics (written by the graph, read after each batch) */
+    rc = gmn_net_train_inputs(&m->net, st->ctx_in, B, st->masks);
+    if (rc != GMN_OK) {
+        gmn_train_state_free(st);
+        return rc;
+    }
     int64_t mask_max = 0;
     for (int i = 0; i < m->net.n_layers; i++) {
         if (m->layers[i].kind == GMN_LAYER_DROPOUT) {
-            int64_t ne[4];
-            const int nd = gmn_net_activation_ne(&m->net, i, B, ne);
-            st->masks[i] = ggml_new_tensor(st->ctx_in, GGML_TYPE_F32, nd, ne);
             ggml_set_input(st->masks[i]);
             mask_max = ggml_nelements(st->masks[i]) > mask_max ? ggml_nelements(st->masks[i]) : mask_max;
         }
@@ -454,7 +453,9 @@ int gmn_model_train_init(gmn_model * m, const struct gmn_train_config * config) 
         return gmn_fail(GMN_E_NOMEM, "train_init: could not allocate a batch of %lld images on the device", (long long) B);
     }
     for (int i = 0; i < m->n_w; i++) {
-        ggml_set_param(m->w[i]);
+        if (m->trainable[i]) { /* batchnorm's running statistics are not */
+            ggml_set_param(m->w[i]);
+        }
     }
     rc = gmn_consts_init(&st->consts);
     struct ggml_tensor * logits = rc == GMN_OK ? gmn_forward(m, st->ctx_compute, st->inputs, st->masks, &st->consts) : NULL;
@@ -562,7 +563,7 @@ static void gmn_gather_batch(struct gmn_train_state * st, const gmn_dataset * ds
 /* Draws every dropout mask for the next batch: 0 with probability p, else 1/(1-p). */
 static void gmn_fill_masks(gmn_model * m, struct gmn_train_state * st) {
     for (int i = 0; i < m->net.n_layers; i++) {
-        if (st->masks[i] == NULL) {
+        if (st->masks[i] == NULL || m->layers[i].kind != GMN_LAYER_DROPOUT) {
             continue;
         }
         const double p = m->layers[i].p;
@@ -753,6 +754,12 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
         ggml_backend_tensor_set(labels, st->ybuf, 0, ggml_nbytes(labels));
         ggml_opt_eval(st->opt, st->result);
         const double t_done = gmn_seconds();
+        /* batchnorm's running statistics follow every physical batch (with gradient accumulation, each part of a
+         * batch counts as a batch of its own, as in PyTorch) */
+        rc = gmn_net_update_running_stats(m, st->masks, B);
+        if (rc != GMN_OK) {
+            return rc;
+        }
         if (st->batches > 1) { /* the first batch also builds and allocates the graphs */
             gmn_team_observe(&st->team, threads, n_threads, t_done - t0);
             st->timing.graph += t_done - t_gathered;

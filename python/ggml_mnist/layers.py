@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Iterator, Optional, Sequence, Union
 
@@ -19,7 +20,7 @@ from ._ffi import ffi, lib
 from .errors import ConfigError
 
 __all__ = ["Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "Dense", "Linear", "ReLU", "SiLU", "GELU", "Tanh", "Dropout",
-           "Sequential", "presets", "preset_layers", "resolve_layers", "load_layers", "kind_name"]
+           "BatchNorm", "Sequential", "presets", "preset_layers", "resolve_layers", "load_layers", "kind_name"]
 
 
 def kind_name(code: int) -> str:
@@ -168,7 +169,39 @@ class Dropout(Layer):
         return f"dropout p={self.p:g}"
 
 
-_CLASSES: dict[int, type[Layer]] = {c.code: c for c in (Conv2d, MaxPool2d, AvgPool2d, Dense, ReLU, SiLU, GELU, Tanh, Dropout)}
+@dataclass(frozen=True)
+class BatchNorm(Layer):
+    """Batch normalisation, as PyTorch's BatchNorm2d after a convolution or pooling (per channel, over the batch and
+    every position) and BatchNorm1d after a dense layer (per unit, over the batch).
+
+    Training normalises with the batch's mean and biased variance, then scales by the learnable ``name.weight``
+    (starts at 1) and shifts by ``name.bias`` (starts at 0). After every physical batch the running statistics
+    ``name.running_mean`` and ``name.running_var`` (the unbiased variance) move towards the batch's by ``momentum``
+    (PyTorch's meaning: new = (1 - momentum) * old + momentum * batch); prediction and validation normalise with them.
+    They are saved in the GGUF file and are not trained (no gradient, no weight decay). With gradient accumulation
+    (a physical batch smaller than the batch) each physical batch is normalised with its own statistics and updates
+    the running ones, as in PyTorch. ``eps`` is added to the variance.
+    """
+
+    momentum: float = 0.1
+    eps: float = 1e-5
+    name: Optional[str] = None
+    code: ClassVar[int] = lib.GMN_LAYER_BATCHNORM
+
+    def native(self, n_classes: int) -> dict[str, Any]:
+        for what, value, rule in (("momentum", self.momentum, "[0, 1]"), ("eps", self.eps, "(0, 1]")):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ConfigError(f"BatchNorm {what} must be a number in {rule}, got {value!r}")
+        return dict(kind=self.code, name=_name(self.name), momentum=float(self.momentum), eps=float(self.eps))
+
+    def describe(self) -> str:
+        settings = (("momentum", self.momentum, 0.1), ("eps", self.eps, 1e-5))
+        return "batchnorm" + "".join(f" {k}={v:g}" for k, v, default in settings if v != default)
+
+
+_CLASSES: dict[int, type[Layer]] = {
+    c.code: c for c in (Conv2d, MaxPool2d, AvgPool2d, Dense, ReLU, SiLU, GELU, Tanh, Dropout, BatchNorm)
+}
 _BY_NAME: dict[str, type[Layer]] = {kind_name(code): c for code, c in _CLASSES.items()}
 
 
@@ -208,6 +241,8 @@ def from_native(layer: Any) -> Layer:
         return Dense(layer.n_out, name=name)
     if cls is Dropout:
         return Dropout(round(float(layer.p), 6))
+    if cls is BatchNorm:
+        return BatchNorm(_from_f32(layer.momentum), _from_f32(layer.eps), name=name)
     return cls()
 
 
@@ -308,6 +343,16 @@ def canonical_preset(name: str) -> str:
         raise ConfigError(f"unknown network {name!r}; use a preset ({', '.join(preset_names())}, or ggml's mnist-fc and "
                           "mnist-cnn) or a list of layers")
     return key
+
+
+def _from_f32(value: float) -> float:
+    """The shortest decimal that a float32 field came from: 0.1 stored as float32 reads back as 0.1."""
+    stored = struct.unpack("f", struct.pack("f", value))[0]
+    for digits in range(1, 10):
+        short = float(f"{stored:.{digits}g}")
+        if struct.unpack("f", struct.pack("f", short))[0] == stored:
+            return short
+    return float(stored)
 
 
 def _name(name: Optional[str]) -> bytes:

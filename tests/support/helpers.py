@@ -195,11 +195,15 @@ def _windows(x: np.ndarray, k: int, stride: int) -> np.ndarray:
 
 
 def reference_logits(layers: list, weights: Mapping[str, np.ndarray], images: np.ndarray,
-                     masks: Optional[Mapping[int, np.ndarray]] = None) -> np.ndarray:
+                     masks: Optional[Mapping[int, np.ndarray]] = None,
+                     batch_stats: Optional[dict[int, tuple[np.ndarray, np.ndarray, int]]] = None) -> np.ndarray:
     """Logits [N, classes] in float64 of a network given as gm.layers objects (with their names), interpreted in numpy.
 
     Activations are [N, H, W, C]; a dense layer flattens height-width-channel with channels fastest.
     masks[i] (numpy layout of the activation entering dropout layer i) multiplies it; without, dropout is identity.
+    Batch normalisation uses the running statistics, or with ``batch_stats`` (a dict, training mode) the batch's mean
+    and biased variance over every axis but the channels, which it records as batch_stats[i] = (mean, biased
+    variance, values per channel).
     """
     from ggml_mnist import layers as L
 
@@ -230,15 +234,24 @@ def reference_logits(layers: list, weights: Mapping[str, np.ndarray], images: np
         elif isinstance(layer, L.Dropout):
             if masks is not None:
                 x = x * masks[i]
+        elif isinstance(layer, L.BatchNorm):
+            axes = tuple(range(x.ndim - 1))
+            if batch_stats is not None:
+                mean, var = x.mean(axis=axes), x.var(axis=axes)
+                batch_stats[i] = (mean, var, x.size // x.shape[-1])
+            else:
+                mean, var = w[f"{layer.name}.running_mean"], w[f"{layer.name}.running_var"]
+            x = (x - mean) / np.sqrt(var + layer.eps) * w[f"{layer.name}.weight"] + w[f"{layer.name}.bias"]
         else:
             raise AssertionError(f"no reference for {layer!r}")
     return x
 
 
 def reference_net_proba(layers: list, weights: Mapping[str, np.ndarray], images: np.ndarray,
-                        masks: Optional[Mapping[int, np.ndarray]] = None) -> np.ndarray:
+                        masks: Optional[Mapping[int, np.ndarray]] = None,
+                        batch_stats: Optional[dict[int, tuple[np.ndarray, np.ndarray, int]]] = None) -> np.ndarray:
     """Class probabilities of :func:`reference_logits`."""
-    return softmax(reference_logits(layers, weights, images, masks))
+    return softmax(reference_logits(layers, weights, images, masks, batch_stats))
 
 
 def http_request(addr: Any, method: str, path: str, body: Optional[bytes] = None,

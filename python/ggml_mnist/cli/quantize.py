@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 
 from ..config import DEFAULT_DEVICE
 from ..errors import ConfigError
+from ..layers import BatchNorm
 from ..model import Model, weight_types
 from ..outputs import check_output
 from .common import add_version, run
@@ -40,10 +41,13 @@ def storage_rows(model: Model, wanted: Optional[str]) -> list[dict[str, Any]]:
     """Per tensor: name, shape, stored type, row length, bytes, and why it is not of type ``wanted`` (or None)."""
     rows = []
     shapes = model.tensor_shapes()
+    norms = tuple(f"{x.name}." for x in model.layers if isinstance(x, BatchNorm))
     for name, s in model.tensor_storage().items():
         kept = None
         if wanted is not None and s.type != wanted:
-            if name.endswith(".bias"):
+            if name.startswith(norms):
+                kept = "batch normalisation tensors stay f32"
+            elif name.endswith(".bias"):
                 kept = "biases stay f32"
             elif name.endswith(".kernel"):
                 kept = "conv kernel rows are one kernel row, too short for a block"
