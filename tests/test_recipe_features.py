@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import ggml_mnist as gm
@@ -150,3 +151,23 @@ def test_the_shim_says_where_the_training_time_went(data) -> None:
     t = ffi.new("struct gmn_train_timing *")
     assert lib.gmn_model_train_timing(model._handle, t) == lib.GMN_E_STATE  # train() has released its state
     assert "not training" in ffi.string(lib.gmn_last_error()).decode()
+
+
+def test_mnist_train_max_seconds_saves_to_out_and_says_why_it_stopped(tmp_path, capsys) -> None:
+    from ggml_mnist import cli
+    from support.synthetic import SPLIT_FILES
+    data = make_synthetic(tmp_path / "data", n_train=200, n_test=20)
+    images, labels = (str(data / name) for name in SPLIT_FILES["train"])
+    out = tmp_path / "m.gguf"
+    gm.Model.create("fc", hidden=8, threads=1).save(out)  # an existing model: a run cut by its time limit replaces it
+    assert cli.train_main(["fc", str(out), images, labels, "--epochs", "3", "--hidden", "16", "--batch-size", "20",
+                           "--threads", "1", "--max-seconds", "1e-9"]) == 0
+    err = capsys.readouterr().err
+    assert "stopped at the time limit (--max-seconds 1e-09) in epoch 1 of 3" in err
+    assert not list(tmp_path.glob("m.interrupted*"))
+    model = gm.load(out)
+    assert model.metadata["status"] == "time_limit" and len(model.metadata["history"]) == 1
+    assert cli.train_main(["fc", str(tmp_path / "j.gguf"), images, labels, "--epochs", "2", "--hidden", "16",
+                           "--batch-size", "20", "--threads", "1", "--max-seconds", "1e-9", "--json"]) == 0
+    done = [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
+    assert done["event"] == "done" and done["time_limit"] is True and done["interrupted"] is False

@@ -260,10 +260,16 @@ def _train(args: argparse.Namespace) -> int:
     seconds = sum(s.seconds for s in history)
     if args.json:
         print(json.dumps({"event": "done", "model": saved, "epochs": len(history), "seconds": seconds,
-                          "device": model.device, "architecture": model.architecture, "interrupted": interrupted}), flush=True)
+                          "device": model.device, "architecture": model.architecture, "interrupted": interrupted,
+                          "time_limit": bool(history) and history[-1].time_limit}), flush=True)
     elif not args.quiet:
         print(f"mnist-train: trained {model.architecture} on {model.device} for {len(history)} epochs in {seconds:.1f}s; "
               f"saved {saved}", file=sys.stderr)
+        if history and history[-1].time_limit:
+            recipe = model.metadata.get("config", {})
+            print(f"mnist-train: stopped at the time limit (--max-seconds {recipe.get('max_seconds', 0):g}) in epoch "
+                  f"{history[-1].epoch} of {recipe.get('epochs')}, before the learning rate finished its schedule; "
+                  "for the full recipe give fewer --epochs or more seconds", file=sys.stderr)
     if interrupted:
         kept = f"; {args.output} is kept as it was" if saved != args.output else ""
         print(f"mnist-train: interrupted in epoch {len(history)}; {saved} holds the model trained so far{kept}",
