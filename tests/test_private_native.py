@@ -21,13 +21,14 @@ def test_the_old_names_warn_and_still_work() -> None:
     with pytest.raises(ValueError, match="this Model has been closed"):
         model._call_native(lib.gmn_model_n_classes)
     with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="this Model has been closed"):
-        model.handle
+        _ = model.handle
 
 
 def test_only_the_model_and_the_training_run_call_the_library() -> None:
     """api.py and the other modules reach the native library through Model and TrainingRun only."""
-    import ggml_mnist.api as api
     import inspect
+
+    import ggml_mnist.api as api
 
     source = inspect.getsource(api)
     assert "lib." not in source and "_call_native" not in source and "call_native" not in source

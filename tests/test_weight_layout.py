@@ -7,27 +7,66 @@ import pytest
 
 import ggml_mnist as gm
 from ggml_mnist import ConfigError, Model
-from ggml_mnist.layers import Conv2d, Dense, MaxPool2d, ReLU
+from ggml_mnist.layers import BatchNorm, Conv2d, Dense, MaxPool2d, ReLU
 from support.helpers import THREADS, spread_weights
 
 # a 1-in 1-out convolution (ggml layout [k, k]), a strided padded one, pooling, a hidden dense layer
-CUSTOM = [Conv2d(1, 3, name="pre"), ReLU(), Conv2d(5, 3, stride=2, padding=1), ReLU(), MaxPool2d(2), Dense(7),
-          ReLU(), Dense()]
+CUSTOM = [
+    Conv2d(1, 3, name="pre"),
+    ReLU(),
+    Conv2d(5, 3, stride=2, padding=1),
+    ReLU(),
+    MaxPool2d(2),
+    Dense(7),
+    ReLU(),
+    Dense(),
+]
 TORCH_SHAPES = {
     "fc": {"fc1.weight": (500, 784), "fc1.bias": (500,), "fc2.weight": (10, 500), "fc2.bias": (10,)},
-    "cnn": {"conv1.kernel": (8, 1, 3, 3), "conv1.bias": (8,), "conv2.kernel": (16, 8, 3, 3), "conv2.bias": (16,),
-            "dense.weight": (10, 784), "dense.bias": (10,)},
-    "custom": {"pre.kernel": (1, 1, 3, 3), "pre.bias": (1,), "conv2.kernel": (5, 1, 3, 3), "conv2.bias": (5,),
-               "fc1.weight": (7, 6 * 6 * 5), "fc1.bias": (7,), "fc2.weight": (4, 7), "fc2.bias": (4,)},
+    "cnn": {
+        "conv1.kernel": (8, 1, 3, 3),
+        "conv1.bias": (8,),
+        "conv2.kernel": (16, 8, 3, 3),
+        "conv2.bias": (16,),
+        "dense.weight": (10, 784),
+        "dense.bias": (10,),
+    },
+    "custom": {
+        "pre.kernel": (1, 1, 3, 3),
+        "pre.bias": (1,),
+        "conv2.kernel": (5, 1, 3, 3),
+        "conv2.bias": (5,),
+        "fc1.weight": (7, 6 * 6 * 5),
+        "fc1.bias": (7,),
+        "fc2.weight": (4, 7),
+        "fc2.bias": (4,),
+    },
+    "bn": {
+        "conv1.kernel": (3, 1, 3, 3),
+        "conv1.bias": (3,),
+        **{f"bn1.{k}": (3,) for k in ("weight", "bias", "running_mean", "running_var")},
+        "fc1.weight": (6, 5 * 5 * 3),
+        "fc1.bias": (6,),
+        **{f"bn2.{k}": (6,) for k in ("weight", "bias", "running_mean", "running_var")},
+        "fc2.weight": (4, 6),
+        "fc2.bias": (4,),
+    },
 }
 
 
+# batch normalisation after a convolution (BatchNorm2d) and after a dense layer (BatchNorm1d): plain vectors
+WITH_BN = [Conv2d(3, 3), BatchNorm(), ReLU(), MaxPool2d(2), Dense(6), BatchNorm(), ReLU(), Dense()]
+
+
 def make(arch: str) -> Model:
-    if arch == "custom":
-        model = Model.create(CUSTOM, n_classes=4, image_size=(26, 26), seed=3, threads=THREADS)
+    if arch in ("custom", "bn"):
+        net, size = (CUSTOM, (26, 26)) if arch == "custom" else (WITH_BN, (12, 12))
+        model = Model.create(net, n_classes=4, image_size=size, seed=3, threads=THREADS)
     else:
         model = Model.create(arch, seed=3, threads=THREADS)
-    spread_weights(model, scale=2.0)
+    weights = spread_weights(model, scale=2.0)
+    variances = {k: np.abs(v) + 0.5 for k, v in weights.items() if k.endswith(".running_var")}
+    model.set_weights(variances)  # a variance is positive
     return model
 
 
@@ -50,6 +89,11 @@ def torch_forward(layers: list, weights: dict, x: np.ndarray) -> np.ndarray:
                 h = h + w[f"{layer.name}.bias"][None, :, None, None]
         elif isinstance(layer, Dense):
             h = h.reshape(h.shape[0], -1) @ w[f"{layer.name}.weight"].T + w[f"{layer.name}.bias"]
+        elif isinstance(layer, BatchNorm):
+            shape = (1, -1, 1, 1) if h.ndim == 4 else (1, -1)
+            mean, var = (w[f"{layer.name}.running_{s}"].reshape(shape) for s in ("mean", "var"))
+            h = (h - mean) / np.sqrt(var + layer.eps) * w[f"{layer.name}.weight"].reshape(shape)
+            h = h + w[f"{layer.name}.bias"].reshape(shape)
         elif isinstance(layer, ReLU):
             h = np.maximum(h, 0.0)
         else:
@@ -58,7 +102,7 @@ def torch_forward(layers: list, weights: dict, x: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("arch", ["fc", "cnn", "custom"])
+@pytest.mark.parametrize("arch", ["fc", "cnn", "custom", "bn"])
 def test_the_torch_layout_has_pytorchs_shapes_and_computes_what_the_model_does(arch: str) -> None:
     model = make(arch)
     torch = model.get_weights(layout="torch")
@@ -71,12 +115,11 @@ def test_the_torch_layout_has_pytorchs_shapes_and_computes_what_the_model_does(a
         assert np.abs(torch_forward(model.layers, wrong, x) - model.predict_proba(x)).max() > 1e-2
 
 
-@pytest.mark.parametrize("arch", ["fc", "cnn", "custom"])
+@pytest.mark.parametrize("arch", ["fc", "cnn", "custom", "bn"])
 @pytest.mark.parametrize("layout", ["ggml", "torch"])
 def test_set_weights_takes_back_what_get_weights_gives(arch: str, layout: str) -> None:
     model = make(arch)
-    other = Model.create(model.layers, n_classes=model.n_classes, image_size=model.image_size, seed=99,
-                         threads=THREADS)
+    other = Model.create(model.layers, n_classes=model.n_classes, image_size=model.image_size, seed=99, threads=THREADS)
     other.set_weights(model.get_weights(layout=layout), layout=layout)
     for name, value in model.get_weights().items():
         assert np.array_equal(other.get_weights()[name], value), name
@@ -95,8 +138,9 @@ def test_the_flatten_order_differs_between_the_layouts() -> None:
     model = make("cnn")
     ggml, torch = model.get_weights(), model.get_weights(layout="torch")
     # dense input (h, w, c) in ggml's order is input c * 49 + h * 7 + w in PyTorch's
-    assert np.array_equal(ggml["dense.weight"].reshape(10, 7, 7, 16).transpose(0, 3, 1, 2).reshape(10, 784),
-                          torch["dense.weight"])
+    assert np.array_equal(
+        ggml["dense.weight"].reshape(10, 7, 7, 16).transpose(0, 3, 1, 2).reshape(10, 784), torch["dense.weight"]
+    )
     assert not np.array_equal(ggml["dense.weight"], torch["dense.weight"])
     assert np.array_equal(ggml["conv2.kernel"], torch["conv2.kernel"])  # already [O, C, k, k]
 

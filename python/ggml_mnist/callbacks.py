@@ -33,8 +33,16 @@ from .outputs import same_file
 from .runlog import RunLog as _RunLogFile
 from .training import BatchStats, BestEpoch, Callback, EpochStats, StopTraining, TrainingRun
 
-__all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "RunLog", "StopTraining", "EpochStats", "BatchStats",
-           "TrainingRun"]
+__all__ = [
+    "Callback",
+    "EarlyStopping",
+    "ModelCheckpoint",
+    "RunLog",
+    "StopTraining",
+    "EpochStats",
+    "BatchStats",
+    "TrainingRun",
+]
 
 
 class EarlyStopping(Callback):
@@ -96,14 +104,22 @@ class ModelCheckpoint(Callback):
         directory = self.directory
         if directory.exists() and not directory.is_dir():
             raise ModelIOError(f"checkpoint folder '{directory}' is a file; name a folder such as checkpoints/")
-        held = sorted((p.name for pattern in self.PATTERNS for p in directory.glob(pattern)),
-                      key=lambda name: (len(name), name)) if directory.is_dir() else []  # epoch-999 before -1000
+        held = (
+            sorted(
+                (p.name for pattern in self.PATTERNS for p in directory.glob(pattern)),
+                key=lambda name: (len(name), name),
+            )
+            if directory.is_dir()
+            else []
+        )  # epoch-999 before -1000
         inside = resumed_from is not None and same_file(Path(resumed_from).parent, directory)
         if held and not inside:
             listed = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
-            raise ConfigError(f"checkpoint folder '{directory}' already holds another run's checkpoints ({listed}); "
-                              "give a new or empty folder, or continue that run with --resume "
-                              f"{directory / held[-1]} (resume=)")
+            raise ConfigError(
+                f"checkpoint folder '{directory}' already holds another run's checkpoints ({listed}); "
+                "give a new or empty folder, or continue that run with --resume "
+                f"{directory / held[-1]} (resume=)"
+            )
         _check_writable_dir(directory, "checkpoint")
         self._prepared = True
 
@@ -125,8 +141,12 @@ class ModelCheckpoint(Callback):
         except (GgmlMnistError, OSError) as exc:  # a failure warns: the run and its output go on
             if not self._warned:
                 self._warned = True
-                warnings.warn(f"checkpoint {self.directory / name} was not saved ({exc}); training goes on, and later "
-                              "checkpoints are tried again", CheckpointWarning, stacklevel=4)
+                warnings.warn(
+                    f"checkpoint {self.directory / name} was not saved ({exc}); training goes on, and later "
+                    "checkpoints are tried again",
+                    CheckpointWarning,
+                    stacklevel=4,
+                )
 
 
 class RunLog(Callback):
@@ -147,8 +167,13 @@ class RunLog(Callback):
 
     def on_train_begin(self, run: TrainingRun) -> None:
         cfg = run.config
-        self._log = _RunLogFile(self.path, arch=cfg.arch if isinstance(cfg.arch, str) else "custom",
-                                dataset=run.dataset["name"], seed=cfg.seed, config=cfg.as_dict())
+        self._log = _RunLogFile(
+            self.path,
+            arch=cfg.arch if isinstance(cfg.arch, str) else "custom",
+            dataset=run.dataset["name"],
+            seed=cfg.seed,
+            config=cfg.as_dict(),
+        )
         self.run_id = self._log.run_id
 
     def on_epoch_begin(self, epoch: int, model: Model) -> None:
@@ -159,14 +184,21 @@ class RunLog(Callback):
             return
         loss, acc, seconds = self._last
         b = batch.batch  # the batch's own loss and accuracy, from the epoch's running means
-        self._log.batch(batch.epoch, b, batch.loss * b - loss * (b - 1), batch.accuracy * b - acc * (b - 1), batch.lr,
-                        batch.seconds - seconds)
+        self._log.batch(
+            batch.epoch,
+            b,
+            batch.loss * b - loss * (b - 1),
+            batch.accuracy * b - acc * (b - 1),
+            batch.lr,
+            batch.seconds - seconds,
+        )
         self._last = (batch.loss, batch.accuracy, batch.seconds)
 
     def on_epoch_end(self, stats: EpochStats, model: Model) -> None:
         if self._log is not None:
-            self._log.epoch(stats.epoch, stats.train_loss, stats.train_acc, stats.val_loss, stats.val_acc, stats.lr,
-                            stats.seconds)
+            self._log.epoch(
+                stats.epoch, stats.train_loss, stats.train_acc, stats.val_loss, stats.val_acc, stats.lr, stats.seconds
+            )
 
     def on_train_end(self, run: TrainingRun) -> None:
         log, self._log = self._log, None
@@ -187,8 +219,15 @@ class _OnEpoch(Callback):
         return self.fn(stats, model)
 
 
-def from_keywords(*, early_stopping: Optional[int], restore_best: bool, checkpoint: Any, checkpoint_best_only: bool,
-                  metrics: Any, on_epoch: Any) -> list[Callback]:
+def from_keywords(
+    *,
+    early_stopping: Optional[int],
+    restore_best: bool,
+    checkpoint: Any,
+    checkpoint_best_only: bool,
+    metrics: Any,
+    on_epoch: Any,
+) -> list[Callback]:
     """The callbacks that train()'s shorthand keywords stand for, in the order they run."""
     built: list[Callback] = []
     if early_stopping is not None:
@@ -209,5 +248,6 @@ def _check_writable_dir(directory: Path, what: str) -> None:
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".ggml-mnist-check-"):
             pass
     except OSError as exc:
-        raise ModelIOError(f"{what} directory '{directory}' cannot be written ({exc.strerror or exc}); "
-                           "choose another place") from None
+        raise ModelIOError(
+            f"{what} directory '{directory}' cannot be written ({exc.strerror or exc}); choose another place"
+        ) from None

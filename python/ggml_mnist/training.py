@@ -15,8 +15,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -32,8 +33,12 @@ from .progress import ProgressBar
 
 __all__ = ["EpochStats", "BatchStats", "Callback", "StopTraining", "TrainingRun", "BATCH_INTERVAL"]
 
-_SCHEDULE_CODES = {"constant": lib.GMN_SCHEDULE_CONSTANT, "cosine": lib.GMN_SCHEDULE_COSINE,
-                   "linear": lib.GMN_SCHEDULE_LINEAR, "onecycle": lib.GMN_SCHEDULE_ONECYCLE}
+_SCHEDULE_CODES = {
+    "constant": lib.GMN_SCHEDULE_CONSTANT,
+    "cosine": lib.GMN_SCHEDULE_COSINE,
+    "linear": lib.GMN_SCHEDULE_LINEAR,
+    "onecycle": lib.GMN_SCHEDULE_ONECYCLE,
+}
 
 #: The default least time in seconds between two calls of a callback's ``on_batch_end`` (its ``batch_interval``
 #: attribute overrides it; 0 calls it after every batch).
@@ -64,16 +69,22 @@ class EpochStats:
     time_limit: bool = False  # the epoch ended early at the run's max_seconds
 
     def as_dict(self) -> dict[str, Any]:
-        """Return the stats as a JSON-ready dict, with the history names ``loss``, ``accuracy``, ``val_accuracy`` too."""
-        return {**dataclasses.asdict(self), "loss": self.train_loss, "accuracy": self.train_acc,
-                "val_accuracy": self.val_acc}
+        """The stats as a JSON-ready dict, with the history names ``loss``, ``accuracy``, ``val_accuracy`` too."""
+        return {
+            **dataclasses.asdict(self),
+            "loss": self.train_loss,
+            "accuracy": self.train_acc,
+            "val_accuracy": self.val_acc,
+        }
 
     def summary(self, epochs: int) -> str:
         """One human-readable line, as printed after each epoch."""
-        line = (f"epoch {self.epoch}/{epochs}: train loss {self.train_loss:.4f} acc {100 * self.train_acc:.2f}%")
+        line = f"epoch {self.epoch}/{epochs}: train loss {self.train_loss:.4f} acc {100 * self.train_acc:.2f}%"
         if self.val_loss is not None:
-            line += (f" | val loss {self.val_loss:.4f}±{self.val_loss_unc:.4f} "
-                     f"acc {100 * self.val_acc:.2f}±{100 * self.val_acc_unc:.2f}%")
+            line += (
+                f" | val loss {self.val_loss:.4f}±{self.val_loss_unc:.4f} "
+                f"acc {100 * self.val_acc:.2f}±{100 * self.val_acc_unc:.2f}%"
+            )
         line += f" | {self.seconds:.2f}s"
         return line + (" (interrupted)" if self.interrupted else "") + (" (time limit)" if self.time_limit else "")
 
@@ -111,7 +122,7 @@ class Callback:
     #: The least time in seconds between two calls of :meth:`on_batch_end` (0: after every batch).
     batch_interval: float = BATCH_INTERVAL
 
-    def on_train_begin(self, run: "TrainingRun") -> None:
+    def on_train_begin(self, run: TrainingRun) -> None:
         """Called once before the first epoch."""
 
     def on_epoch_begin(self, epoch: int, model: Model) -> None:
@@ -125,7 +136,7 @@ class Callback:
         """Called after each epoch; False stops the run here."""
         return None
 
-    def on_train_end(self, run: "TrainingRun") -> None:
+    def on_train_end(self, run: TrainingRun) -> None:
         """Called once when the run ends, however it ends (``run.status`` says how)."""
 
 
@@ -162,13 +173,17 @@ def check_callbacks(callbacks: Any) -> list[Any]:
     if callbacks is None:
         return []
     if not isinstance(callbacks, (list, tuple)):
-        raise ConfigError(f"callbacks must be a list of callback objects such as gm.callbacks.EarlyStopping(3), got "
-                          f"{type(callbacks).__name__}")
+        raise ConfigError(
+            f"callbacks must be a list of callback objects such as gm.callbacks.EarlyStopping(3), got "
+            f"{type(callbacks).__name__}"
+        )
     for cb in callbacks:
         if isinstance(cb, type) or not any(callable(getattr(cb, hook, None)) for hook in HOOKS):
             hint = "; give a function as on_epoch= instead" if callable(cb) and not isinstance(cb, type) else ""
-            raise ConfigError(f"each callback needs an on_epoch_end(stats, model) method (or another of "
-                              f"{', '.join(HOOKS)}), got {cb!r}{hint}")
+            raise ConfigError(
+                f"each callback needs an on_epoch_end(stats, model) method (or another of "
+                f"{', '.join(HOOKS)}), got {cb!r}{hint}"
+            )
         interval = getattr(cb, "batch_interval", BATCH_INTERVAL)
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval >= 0:
             raise ConfigError(f"{type(cb).__name__}.batch_interval must be a number of seconds >= 0, got {interval!r}")
@@ -184,9 +199,21 @@ class TrainingRun:
     "stopped_early", "time_limit", "interrupted" or "diverged"), ``stop_reason`` and ``best_epoch``.
     """
 
-    def __init__(self, model: Model, config: TrainConfig, images: np.ndarray, labels: np.ndarray, n_classes: int,
-                 train_idx: np.ndarray, val_idx: np.ndarray, dataset: dict[str, Any], history: list[EpochStats], *,
-                 keep_optimizer: bool = False, exact_resume: bool = False) -> None:
+    def __init__(
+        self,
+        model: Model,
+        config: TrainConfig,
+        images: np.ndarray,
+        labels: np.ndarray,
+        n_classes: int,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        dataset: dict[str, Any],
+        history: list[EpochStats],
+        *,
+        keep_optimizer: bool = False,
+        exact_resume: bool = False,
+    ) -> None:
         self.model, self.config, self.dataset, self.history = model, config, dataset, history
         self.first_epoch = len(history) + 1
         self.status = "running"
@@ -199,16 +226,37 @@ class TrainingRun:
         cfg = config
         steps_per_epoch = len(self._train_idx) // cfg.batch_size
         physical = cfg.physical_on(model.device, any(isinstance(layer, Conv2d) for layer in model.layers))
-        _ffi.check(model._call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", dict(
-            optimizer=0 if cfg.optimizer == "adamw" else 1, lr=cfg.lr, lr_min_ratio=cfg.lr_min_ratio,
-            schedule=_SCHEDULE_CODES[cfg.lr_schedule], warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
-            total_steps=cfg.epochs * steps_per_epoch, beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps,
-            weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, physical_batch_size=physical, seed=cfg.seed,
-            max_loss=cfg.max_loss, augment=resolve_augment(cfg.augment), label_smoothing=cfg.label_smoothing))))
+        _ffi.check(
+            model._call_native(
+                lib.gmn_model_train_init,
+                ffi.new(
+                    "struct gmn_train_config *",
+                    dict(
+                        optimizer=0 if cfg.optimizer == "adamw" else 1,
+                        lr=cfg.lr,
+                        lr_min_ratio=cfg.lr_min_ratio,
+                        schedule=_SCHEDULE_CODES[cfg.lr_schedule],
+                        warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
+                        total_steps=cfg.epochs * steps_per_epoch,
+                        beta1=cfg.beta1,
+                        beta2=cfg.beta2,
+                        eps=cfg.eps,
+                        weight_decay=cfg.weight_decay,
+                        batch_size=cfg.batch_size,
+                        physical_batch_size=physical,
+                        seed=cfg.seed,
+                        max_loss=cfg.max_loss,
+                        augment=resolve_augment(cfg.augment),
+                        label_smoothing=cfg.label_smoothing,
+                    ),
+                ),
+            )
+        )
         if keep_optimizer:
             try:
-                _ffi.check(model._call_native(lib.gmn_model_train_keep_optimizer, int(exact_resume)),
-                           invalid=ConfigError)
+                _ffi.check(
+                    model._call_native(lib.gmn_model_train_keep_optimizer, int(exact_resume)), invalid=ConfigError
+                )
             except BaseException:
                 model.release_training_state()
                 raise
@@ -270,9 +318,16 @@ class TrainingRun:
                         _call(cb, "on_epoch_begin", epoch, model)
                     clock.start_epoch(epoch)
                     native_status = model._call_native(
-                        lib.gmn_model_train_epoch, self._native_dataset, _ffi.ptr(self._train_idx, "int64_t *"),
-                        len(self._train_idx), _ffi.ptr(self._val_idx, "int64_t *") if n_val else ffi.NULL, n_val,
-                        hook.callback, ffi.NULL, result)
+                        lib.gmn_model_train_epoch,
+                        self._native_dataset,
+                        _ffi.ptr(self._train_idx, "int64_t *"),
+                        len(self._train_idx),
+                        _ffi.ptr(self._val_idx, "int64_t *") if n_val else ffi.NULL,
+                        n_val,
+                        hook.callback,
+                        ffi.NULL,
+                        result,
+                    )
                     hook.reraise()
                     _ffi.check(native_status)
                     stats = _epoch_stats(epoch, result, time.perf_counter() - clock.t0, model.training_lr())
@@ -286,8 +341,13 @@ class TrainingRun:
                     if self._keep_optimizer:
                         _ffi.check(model._call_native(lib.gmn_model_optimizer_snapshot))
                     self._best.update(stats)
-                    self.status = "interrupted" if stats.interrupted else "time_limit" if stats.time_limit else (
-                        "finished" if epoch == cfg.epochs else "running")
+                    self.status = (
+                        "interrupted"
+                        if stats.interrupted
+                        else "time_limit"
+                        if stats.time_limit
+                        else ("finished" if epoch == cfg.epochs else "running")
+                    )
                     model.metadata = self.metadata()
                     if clock.stopped_by is not None:
                         self.stop(clock.stopped_by, ended=True)
@@ -311,8 +371,11 @@ class TrainingRun:
                 self._native_dataset = None
                 _end(callbacks, self)
         if self.status == "stopped_early" and progress:
-            kept = (f"; the model holds the weights of epoch {model.metadata['restored_best_epoch']}"
-                    if "restored_best_epoch" in model.metadata else "")
+            kept = (
+                f"; the model holds the weights of epoch {model.metadata['restored_best_epoch']}"
+                if "restored_best_epoch" in model.metadata
+                else ""
+            )
             print(f"stopped early after epoch {self.history[-1].epoch} ({self.stop_reason}){kept}", file=sys.stderr)
         return self.history
 
@@ -343,16 +406,19 @@ class _Clock:
         self.t0 = self.start
         self.out_of_time = False
         self.stopped_by: Optional[str] = None  # the reason an on_batch_end stopped the run
-        self.batch_callbacks = [[cb, float(getattr(cb, "batch_interval", BATCH_INTERVAL)), -float("inf")]
-                                for cb in callbacks if callable(getattr(cb, "on_batch_end", None))
-                                and getattr(type(cb), "on_batch_end", None) is not Callback.on_batch_end]
+        self.batch_callbacks = [
+            [cb, float(getattr(cb, "batch_interval", BATCH_INTERVAL)), -float("inf")]
+            for cb in callbacks
+            if callable(getattr(cb, "on_batch_end", None))
+            and getattr(type(cb), "on_batch_end", None) is not Callback.on_batch_end
+        ]
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.t0 = time.perf_counter()
 
 
-def _batch_hook(model: Model, cfg: TrainConfig, bar: Optional[ProgressBar], clock: _Clock, interrupt: "_Interrupt"):
+def _batch_hook(model: Model, cfg: TrainConfig, bar: Optional[ProgressBar], clock: _Clock, interrupt: _Interrupt):
     """The function the shim calls after every optimizer step (and once with the validation result): draws the bar,
     calls the callbacks' on_batch_end as their batch_interval allows, and says whether to stop."""
 
@@ -368,13 +434,22 @@ def _batch_hook(model: Model, cfg: TrainConfig, bar: Optional[ProgressBar], cloc
                     if ibatch < nbatch and interval > 0 and now - last < interval:
                         continue
                     if batch is None:
-                        batch = BatchStats(clock.epoch, int(ibatch), int(nbatch), float(loss), float(acc),
-                                           model.training_lr(), now - clock.t0)
+                        batch = BatchStats(
+                            clock.epoch,
+                            int(ibatch),
+                            int(nbatch),
+                            float(loss),
+                            float(acc),
+                            model.training_lr(),
+                            now - clock.t0,
+                        )
                     try:
                         keep_going = cb.on_batch_end(batch, model)
                     except StopTraining as exc:
-                        keep_going, clock.stopped_by = True, clock.stopped_by or str(exc) or \
-                            f"{type(cb).__name__} raised StopTraining"
+                        keep_going, clock.stopped_by = (
+                            True,
+                            clock.stopped_by or str(exc) or f"{type(cb).__name__} raised StopTraining",
+                        )
                     if keep_going is False:
                         clock.stopped_by = clock.stopped_by or f"{type(cb).__name__}.on_batch_end returned False"
                     entry[2] = time.perf_counter()
@@ -392,19 +467,38 @@ def _native_dataset(images: np.ndarray, labels: np.ndarray, n_classes: int) -> A
     images = np.ascontiguousarray(as_uint8(images))
     labels32 = np.ascontiguousarray(labels, dtype=np.int32)
     out = ffi.new("gmn_dataset **")
-    _ffi.check(lib.gmn_dataset_init(_ffi.ptr(images, "uint8_t *"), _ffi.ptr(labels32, "int32_t *"), images.shape[0],
-                                    images.shape[1], n_classes, out), invalid=DataError)
+    _ffi.check(
+        lib.gmn_dataset_init(
+            _ffi.ptr(images, "uint8_t *"),
+            _ffi.ptr(labels32, "int32_t *"),
+            images.shape[0],
+            images.shape[1],
+            n_classes,
+            out,
+        ),
+        invalid=DataError,
+    )
     return ffi.gc(out[0], lib.gmn_dataset_free)
 
 
 def _epoch_stats(epoch: int, r: Any, seconds: float, lr: float) -> EpochStats:
     has_val = r.n_val > 0
     return EpochStats(
-        epoch=epoch, train_loss=r.train_loss, train_loss_unc=r.train_loss_unc, train_acc=r.train_acc,
-        train_acc_unc=r.train_acc_unc, val_loss=r.val_loss if has_val else None,
-        val_loss_unc=r.val_loss_unc if has_val else None, val_acc=r.val_acc if has_val else None,
-        val_acc_unc=r.val_acc_unc if has_val else None, seconds=seconds, n_train=int(r.n_train), n_val=int(r.n_val),
-        interrupted=bool(r.stopped), lr=lr)
+        epoch=epoch,
+        train_loss=r.train_loss,
+        train_loss_unc=r.train_loss_unc,
+        train_acc=r.train_acc,
+        train_acc_unc=r.train_acc_unc,
+        val_loss=r.val_loss if has_val else None,
+        val_loss_unc=r.val_loss_unc if has_val else None,
+        val_acc=r.val_acc if has_val else None,
+        val_acc_unc=r.val_acc_unc if has_val else None,
+        seconds=seconds,
+        n_train=int(r.n_train),
+        n_val=int(r.n_val),
+        interrupted=bool(r.stopped),
+        lr=lr,
+    )
 
 
 class _Interrupt:

@@ -13,7 +13,8 @@ Both hold the same numbers; only shapes (and the first dense layer's input order
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,9 @@ def _reads_spatial(layers: Sequence[Layer], i: int) -> bool:
     return i > 0 and not any(isinstance(x, Dense) for x in layers[:i])
 
 
-def torch_shapes(layers: Sequence[Layer], inputs: Sequence[Shape], ggml_shapes: Mapping[str, Shape]) -> dict[str, Shape]:
+def torch_shapes(
+    layers: Sequence[Layer], inputs: Sequence[Shape], ggml_shapes: Mapping[str, Shape]
+) -> dict[str, Shape]:
     """The torch-layout shape of each tensor; ``inputs[i]`` is (height, width, channels) entering layer i."""
     roles = _roles(layers)
     out: dict[str, Shape] = {}
@@ -69,7 +72,9 @@ def torch_shapes(layers: Sequence[Layer], inputs: Sequence[Shape], ggml_shapes: 
     return out
 
 
-def to_torch(weights: Mapping[str, np.ndarray], layers: Sequence[Layer], inputs: Sequence[Shape]) -> dict[str, np.ndarray]:
+def to_torch(
+    weights: Mapping[str, np.ndarray], layers: Sequence[Layer], inputs: Sequence[Shape]
+) -> dict[str, np.ndarray]:
     """Weights in the ggml layout as the torch layout (new arrays)."""
     shapes = torch_shapes(layers, inputs, {k: np.shape(v) for k, v in weights.items()})
     roles = _roles(layers)
@@ -78,16 +83,21 @@ def to_torch(weights: Mapping[str, np.ndarray], layers: Sequence[Layer], inputs:
         arr = np.asarray(value)
         if arr.size != int(np.prod(shapes[name])):
             raise ConfigError(f"tensor {name!r} has {arr.size} values; this network's has {int(np.prod(shapes[name]))}")
-        if name in roles and roles[name][1] == "weight" and isinstance(layers[roles[name][0]], Dense) and \
-                _reads_spatial(layers, roles[name][0]):
+        if (
+            name in roles
+            and roles[name][1] == "weight"
+            and isinstance(layers[roles[name][0]], Dense)
+            and _reads_spatial(layers, roles[name][0])
+        ):
             h, w, c = inputs[roles[name][0]]
             arr = arr.reshape(-1, h, w, c).transpose(0, 3, 1, 2)
         out[name] = np.ascontiguousarray(arr).reshape(shapes[name]).copy()
     return out
 
 
-def from_torch(weights: Mapping[str, Any], layers: Sequence[Layer], inputs: Sequence[Shape],
-               ggml_shapes: Mapping[str, Shape]) -> dict[str, np.ndarray]:
+def from_torch(
+    weights: Mapping[str, Any], layers: Sequence[Layer], inputs: Sequence[Shape], ggml_shapes: Mapping[str, Shape]
+) -> dict[str, np.ndarray]:
     """Weights in the torch layout as the ggml layout (float32). Names this network lacks pass through unchanged;
     raises ConfigError for an array whose shape is not the torch layout's."""
     expected = torch_shapes(layers, inputs, ggml_shapes)
@@ -99,10 +109,16 @@ def from_torch(weights: Mapping[str, Any], layers: Sequence[Layer], inputs: Sequ
             continue
         arr = np.asarray(value, dtype=np.float32)
         if arr.shape != expected[name]:
-            raise ConfigError(f"tensor {name!r} must have shape {expected[name]} in the torch layout, got {arr.shape} "
-                              "(give layout='ggml' for the shapes of tensor_shapes())")
-        if name in roles and roles[name][1] == "weight" and isinstance(layers[roles[name][0]], Dense) and \
-                _reads_spatial(layers, roles[name][0]):
+            raise ConfigError(
+                f"tensor {name!r} must have shape {expected[name]} in the torch layout, got {arr.shape} "
+                "(give layout='ggml' for the shapes of tensor_shapes())"
+            )
+        if (
+            name in roles
+            and roles[name][1] == "weight"
+            and isinstance(layers[roles[name][0]], Dense)
+            and _reads_spatial(layers, roles[name][0])
+        ):
             h, w, c = inputs[roles[name][0]]
             arr = arr.reshape(-1, c, h, w).transpose(0, 2, 3, 1)
         out[name] = np.ascontiguousarray(arr).reshape(ggml_shapes[name])
