@@ -86,12 +86,16 @@ enum gmn_layer_kind {
     GMN_LAYER_GELU      = 7, /* tanh approximation 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))) */
     GMN_LAYER_TANH      = 8,
     GMN_LAYER_DROPOUT   = 9, /* drops with probability p while training (seeded masks); identity when predicting */
-    GMN_LAYER_BATCHNORM = 10 /* batch normalisation per channel (spatial input: over the batch and every position) or
-                              * per unit (flat input: over the batch), with eps and momentum. Training normalises with
-                              * the physical batch's mean and biased variance and updates name.running_mean and
-                              * name.running_var (the unbiased variance) after every physical batch, like PyTorch;
-                              * prediction uses the running statistics. Learnable name.weight (scale, starts at 1)
-                              * and name.bias (shift, starts at 0); the running statistics are not trained. */
+    GMN_LAYER_BATCHNORM = 10, /* batch normalisation per channel (spatial input: over the batch and every position) or
+                               * per unit (flat input: over the batch), with eps and momentum. Training normalises with
+                               * the physical batch's mean and biased variance and updates name.running_mean and
+                               * name.running_var (the unbiased variance) after every physical batch, like PyTorch;
+                               * prediction uses the running statistics. Learnable name.weight (scale, starts at 1)
+                               * and name.bias (shift, starts at 0); the running statistics are not trained. */
+    GMN_LAYER_RESIDUAL  = 11  /* ends a residual block: adds the input of the `body` layers before it (the block's
+                               * input) to their output. Where the body changes the shape, the input passes through a
+                               * projection first: a 1x1 convolution name.kernel, name.bias with the stride that gives
+                               * the body's output size (spatial), or a dense layer name.weight, name.bias (flat). */
 };
 
 /* Limits of networks and data, checked before ggml sees anything. */
@@ -113,12 +117,14 @@ enum gmn_limit {
 /* One layer. Fields a kind does not use are ignored (set them to 0); batchnorm has no defaults in C: set its eps. */
 struct gmn_layer {
     int   kind;               /* enum gmn_layer_kind */
-    char  name[GMN_NAME_CAP]; /* conv2d/dense/batchnorm: tensor prefix of [A-Za-z0-9_], unique; "" picks convN / fcN / bnN */
+    char  name[GMN_NAME_CAP]; /* conv2d/dense/batchnorm/residual: tensor prefix of [A-Za-z0-9_], unique; "" picks
+                               * convN / fcN / bnN / resN */
     int   n_out;              /* conv2d: output channels; dense: units */
     int   k, stride, pad;     /* conv2d, pools: square window side, stride (>= 1), padding per side */
     float p;                  /* dropout: drop probability in [0, 1) */
     float momentum;           /* batchnorm: weight of each batch in the running statistics, [0, 1] (PyTorch's 0.1) */
     float eps;                /* batchnorm: added to the variance, (0, 1] (PyTorch's 1e-5) */
+    int   body;               /* residual: how many layers before it form the block's body, >= 1 */
 };
 
 /* A network for image_h x image_w single-channel images. The last layer is a dense layer whose

@@ -98,6 +98,16 @@ static int gmn_read_layers(const struct gguf_context * g, const char * path, str
     }
     const float * momentum = bn ? gguf_get_arr_data(g, mid) : NULL;
     const float * eps = bn ? gguf_get_arr_data(g, eid) : NULL;
+    /* and the residual blocks' bodies, in files with a residual layer only */
+    int res = 0;
+    for (int64_t i = 0; i < n && !res; i++) {
+        res = strcmp(gguf_get_arr_str(g, kid, (size_t) i), gmn_layer_kind_name(GMN_LAYER_RESIDUAL)) == 0;
+    }
+    const int64_t bid = res ? gmn_layer_array(g, path, "body", GGUF_TYPE_INT32, n) : -1;
+    if (res && bid < 0) {
+        return GMN_E_FORMAT;
+    }
+    const int32_t * body = res ? gguf_get_arr_data(g, bid) : NULL;
     for (int64_t i = 0; i < n; i++) {
         struct gmn_layer * l = &layers[i];
         memset(l, 0, sizeof(*l));
@@ -119,6 +129,7 @@ static int gmn_read_layers(const struct gguf_context * g, const char * path, str
         l->p = drop[i];
         l->momentum = bn ? momentum[i] : 0.0f;
         l->eps = bn ? eps[i] : 0.0f;
+        l->body = res ? body[i] : 0;
     }
     *n_layers = (int) n;
     return GMN_OK;
@@ -449,15 +460,17 @@ static int gmn_valid_meta_key(const char * k) {
     return 1;
 }
 
-/* Stores the layer list as typed arrays ggml_mnist.layers.{kind,name,units,kernel,stride,padding,dropout}, and
- * .{momentum,eps} when a layer is batchnorm (so that the files of other networks stay as they were). */
+/* Stores the layer list as typed arrays ggml_mnist.layers.{kind,name,units,kernel,stride,padding,dropout}, with
+ * .{momentum,eps} when a layer is batchnorm and .body when one is residual (so that the files of other networks stay
+ * as they were). */
 static void gmn_write_layers(struct gguf_context * g, const struct gmn_net * net) {
     const int n = net->n_layers;
     const char * kinds[GMN_MAX_LAYERS];
     const char * names[GMN_MAX_LAYERS];
     int32_t units[GMN_MAX_LAYERS], kernel[GMN_MAX_LAYERS], stride[GMN_MAX_LAYERS], pad[GMN_MAX_LAYERS];
     float drop[GMN_MAX_LAYERS], momentum[GMN_MAX_LAYERS], eps[GMN_MAX_LAYERS];
-    int bn = 0;
+    int32_t body[GMN_MAX_LAYERS];
+    int bn = 0, res = 0;
     for (int i = 0; i < n; i++) {
         const struct gmn_layer * l = &net->layers[i];
         kinds[i] = gmn_layer_kind_name(l->kind);
@@ -470,6 +483,8 @@ static void gmn_write_layers(struct gguf_context * g, const struct gmn_net * net
         momentum[i] = l->kind == GMN_LAYER_BATCHNORM ? l->momentum : 0.0f;
         eps[i] = l->kind == GMN_LAYER_BATCHNORM ? l->eps : 0.0f;
         bn |= l->kind == GMN_LAYER_BATCHNORM;
+        body[i] = l->kind == GMN_LAYER_RESIDUAL ? l->body : 0;
+        res |= l->kind == GMN_LAYER_RESIDUAL;
     }
     gguf_set_arr_str(g, GMN_KEY_LAYERS "kind", kinds, (size_t) n);
     gguf_set_arr_str(g, GMN_KEY_LAYERS "name", names, (size_t) n);
@@ -481,6 +496,9 @@ static void gmn_write_layers(struct gguf_context * g, const struct gmn_net * net
     if (bn) {
         gguf_set_arr_data(g, GMN_KEY_LAYERS "momentum", GGUF_TYPE_FLOAT32, momentum, (size_t) n);
         gguf_set_arr_data(g, GMN_KEY_LAYERS "eps", GGUF_TYPE_FLOAT32, eps, (size_t) n);
+    }
+    if (res) {
+        gguf_set_arr_data(g, GMN_KEY_LAYERS "body", GGUF_TYPE_INT32, body, (size_t) n);
     }
 }
 

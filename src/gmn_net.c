@@ -13,6 +13,7 @@ static const char * const GMN_KIND_NAMES[] = {
     [GMN_LAYER_CONV2D] = "conv2d", [GMN_LAYER_MAXPOOL2D] = "maxpool2d", [GMN_LAYER_AVGPOOL2D] = "avgpool2d",
     [GMN_LAYER_DENSE] = "dense", [GMN_LAYER_RELU] = "relu", [GMN_LAYER_SILU] = "silu", [GMN_LAYER_GELU] = "gelu",
     [GMN_LAYER_TANH] = "tanh", [GMN_LAYER_DROPOUT] = "dropout", [GMN_LAYER_BATCHNORM] = "batchnorm",
+    [GMN_LAYER_RESIDUAL] = "residual",
 };
 #define GMN_N_KINDS ((int) (sizeof(GMN_KIND_NAMES) / sizeof(GMN_KIND_NAMES[0])))
 
@@ -29,8 +30,19 @@ int gmn_layer_kind_from_name(const char * name) {
     return 0;
 }
 
+/* Kinds whose layers have a name: those with tensors (a residual block's only when it needs a projection). */
 int gmn_layer_has_params(int kind) {
-    return kind == GMN_LAYER_CONV2D || kind == GMN_LAYER_DENSE || kind == GMN_LAYER_BATCHNORM;
+    return kind == GMN_LAYER_CONV2D || kind == GMN_LAYER_DENSE || kind == GMN_LAYER_BATCHNORM || kind == GMN_LAYER_RESIDUAL;
+}
+
+/* The prefix of the default names of a kind's layers (conv1, fc1, bn1, res1). */
+static const char * gmn_name_prefix(int kind) {
+    switch (kind) {
+        case GMN_LAYER_CONV2D:    return "conv";
+        case GMN_LAYER_DENSE:     return "fc";
+        case GMN_LAYER_BATCHNORM: return "bn";
+        default:                  return "res";
+    }
 }
 
 /* ---- presets ----------------------------------------------------------------------------------- */
@@ -146,6 +158,17 @@ static int64_t gmn_out_side(int64_t in, const struct gmn_layer * l) {
     return (in + 2 * l->pad - l->k) / l->stride + 1;
 }
 
+/* The stride of the 1x1 convolution that takes a w x h feature map to ow x oh (the first of every stride-th row and
+ * column), or 0 when none does. */
+static int gmn_residual_stride(int64_t w, int64_t h, int64_t ow, int64_t oh) {
+    for (int s = 1; s <= GMN_MAX_WINDOW; s++) {
+        if ((w - 1) / s + 1 == ow && (h - 1) / s + 1 == oh) {
+            return s;
+        }
+    }
+    return 0;
+}
+
 static int gmn_check_window(int i, const struct gmn_layer * l, const struct gmn_shape * in, const char * what, int max_pad) {
     if (l->k < 1 || l->k > GMN_MAX_WINDOW) {
         return gmn_layer_fail(i, l, "%s size %d must be in [1, %d]", what, l->k, GMN_MAX_WINDOW);
@@ -199,16 +222,20 @@ int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct g
     memcpy(out, net->layers, (size_t) net->n_layers * sizeof(struct gmn_layer));
     struct gmn_shape cur = { net->image_w, net->image_h, 1, 0, 0 };
     int64_t total = 0;
-    int n_conv = 0, n_dense = 0, n_bn = 0;
+    struct gmn_shape ins[GMN_MAX_LAYERS]; /* the shape entering each layer */
+    int starts[GMN_MAX_LAYERS];           /* residual layers: the first layer of their body */
     for (int i = 0; i < net->n_layers; i++) {
         struct gmn_layer * l = &out[i];
         if (gmn_layer_kind_name(l->kind)[0] == '\0') {
             return gmn_fail(GMN_E_INVALID, "network: layer %d has unknown kind %d; use conv2d, maxpool2d, avgpool2d, dense, "
-                            "relu, silu, gelu, tanh, dropout or batchnorm", i, l->kind);
+                            "relu, silu, gelu, tanh, dropout, batchnorm or residual", i, l->kind);
         }
         if (l->kind != GMN_LAYER_BATCHNORM) {
             l->momentum = 0.0f;
             l->eps = 0.0f;
+        }
+        if (l->kind != GMN_LAYER_RESIDUAL) {
+            l->body = 0;
         }
         if (!gmn_layer_has_params(l->kind)) {
             memset(l->name, 0, sizeof(l->name));
@@ -216,8 +243,11 @@ int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct g
             l->name[GMN_NAME_CAP - 1] = '\0';
             return gmn_layer_fail(i, l, "its name is longer than %d characters", GMN_NAME_CAP - 1);
         } else if (l->name[0] == '\0') {
-            gmn_default_name(net, out, i, l->kind == GMN_LAYER_CONV2D ? "conv" : l->kind == GMN_LAYER_DENSE ? "fc" : "bn",
-                             l->kind == GMN_LAYER_CONV2D ? n_conv + 1 : l->kind == GMN_LAYER_DENSE ? n_dense + 1 : n_bn + 1);
+            int before = 0; /* layers of this kind before it */
+            for (int j = 0; j < i; j++) {
+                before += out[j].kind == l->kind;
+            }
+            gmn_default_name(net, out, i, gmn_name_prefix(l->kind), before + 1);
         } else if (!gmn_valid_name(l->name)) {
             return gmn_layer_fail(i, l, "name '%s' must be 1-%d characters of A-Z, a-z, 0-9 and _", l->name, GMN_NAME_CAP - 1);
         }
@@ -228,9 +258,9 @@ int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct g
         }
         struct gmn_shape next = cur;
         next.params = 0;
+        ins[i] = cur;
         switch (l->kind) {
             case GMN_LAYER_CONV2D: {
-                n_conv++;
                 if (l->n_out < 1 || l->n_out > GMN_MAX_CHANNELS) {
                     return gmn_layer_fail(i, l, "%d output channels; use 1 to %d", l->n_out, GMN_MAX_CHANNELS);
                 }
@@ -255,7 +285,6 @@ int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct g
                 break;
             }
             case GMN_LAYER_DENSE: {
-                n_dense++;
                 if (l->n_out < 1 || l->n_out > GMN_MAX_UNITS) {
                     return gmn_layer_fail(i, l, "%d units; use 1 to %d", l->n_out, GMN_MAX_UNITS);
                 }
@@ -269,8 +298,36 @@ int gmn_net_prepare(const struct gmn_net * net, struct gmn_layer * out, struct g
                     return gmn_layer_fail(i, l, "drop probability %g must be in [0, 1)", (double) l->p);
                 }
                 break;
+            case GMN_LAYER_RESIDUAL: {
+                if (l->body < 1 || l->body > i) {
+                    return gmn_layer_fail(i, l, "its body of %d layers must be 1 to the %d layers before it", l->body, i);
+                }
+                const int start = i - l->body;
+                for (int j = start; j < i; j++) {
+                    if (out[j].kind == GMN_LAYER_RESIDUAL && starts[j] < start) {
+                        return gmn_layer_fail(i, l, "its body (layers %d to %d) cuts through the block that layer %d ends "
+                                              "(layers %d to %d); blocks must nest", start, i - 1, j, starts[j], j - 1);
+                    }
+                }
+                starts[i] = start;
+                const struct gmn_shape * in = &ins[start];
+                if (in->flat != cur.flat) {
+                    return gmn_layer_fail(i, l, "its body flattens its input (it holds a dense layer); a residual block's "
+                                          "output must be a feature map when its input is one");
+                }
+                if (in->w == cur.w && in->h == cur.h && in->c == cur.c) {
+                    break; /* the input itself is added */
+                }
+                if (!cur.flat && gmn_residual_stride(in->w, in->h, cur.w, cur.h) == 0) {
+                    return gmn_layer_fail(i, l, "its body turns a %lldx%lld input into %lldx%lld, which no strided 1x1 "
+                                          "convolution of the input matches; pad the body's convolutions (padding = "
+                                          "kernel_size // 2) and downsample with strides", (long long) in->h,
+                                          (long long) in->w, (long long) cur.h, (long long) cur.w);
+                }
+                next.params = (in->c + 1) * cur.c; /* the projection: 1x1 convolution or dense layer, and its bias */
+                break;
+            }
             case GMN_LAYER_BATCHNORM:
-                n_bn++;
                 if (i == 0) {
                     return gmn_layer_fail(i, l, "it is the first layer; batch normalisation goes after a conv2d, pooling "
                                           "or dense layer (the images themselves are not normalised)");
@@ -340,7 +397,8 @@ int gmn_net_classes(const struct gmn_net * net) {
 
 static int gmn_layers_equal(const struct gmn_layer * a, const struct gmn_layer * b) {
     return a->kind == b->kind && strcmp(a->name, b->name) == 0 && a->n_out == b->n_out && a->k == b->k &&
-           a->stride == b->stride && a->pad == b->pad && a->p == b->p && a->momentum == b->momentum && a->eps == b->eps;
+           a->stride == b->stride && a->pad == b->pad && a->p == b->p && a->momentum == b->momentum && a->eps == b->eps &&
+           a->body == b->body;
 }
 
 int gmn_net_is_preset(const struct gmn_net * net, const char * name, int n_classes) {
@@ -398,6 +456,21 @@ int gmn_net_params(const struct gmn_net * net, struct gmn_param_spec * specs) {
                 specs[n++] = (struct gmn_param_spec) { i, k, "", { cur.c, 1, 1, 1 }, cur.c, GMN_STORE_F32, k < 2, init[k] };
                 snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.%s", l->name, suffix[k]);
             }
+        } else if (l->kind == GMN_LAYER_RESIDUAL && shapes[i].params > 0) {
+            /* the projection of the block's input, kept f32 (a few values a channel): a 1x1 convolution or a dense layer */
+            const int start = i - l->body;
+            const struct gmn_shape in = start > 0 ? shapes[start - 1] : (struct gmn_shape) { net->image_w, net->image_h, 1, 0, 0 };
+            const int64_t O = shapes[i].c;
+            if (in.flat) {
+                specs[n++] = (struct gmn_param_spec) { i, 0, "", { in.c, O, 1, 1 }, in.c, GMN_STORE_F32, 1, GMN_INIT_UNIFORM };
+                snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.weight", l->name);
+                specs[n++] = (struct gmn_param_spec) { i, 1, "", { O, 1, 1, 1 }, in.c, GMN_STORE_F32, 1, GMN_INIT_UNIFORM };
+            } else {
+                specs[n++] = (struct gmn_param_spec) { i, 0, "", { 1, 1, in.c, O }, in.c, GMN_STORE_F32, 1, GMN_INIT_UNIFORM };
+                snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.kernel", l->name);
+                specs[n++] = (struct gmn_param_spec) { i, 1, "", { 1, 1, O, 1 }, in.c, GMN_STORE_F32, 1, GMN_INIT_UNIFORM };
+            }
+            snprintf(specs[n - 1].name, sizeof(specs[n - 1].name), "%s.bias", l->name);
         }
         cur = shapes[i];
     }
@@ -448,6 +521,11 @@ static struct ggml_tensor * gmn_conv2d(struct ggml_context * ctx, struct ggml_te
 static int gmn_pool_first(const struct gmn_net * net, int conv) {
     for (int j = conv + 1; j < net->n_layers; j++) {
         const int kind = net->layers[j].kind;
+        for (int r = j; r < net->n_layers; r++) {
+            if (net->layers[r].kind == GMN_LAYER_RESIDUAL && r - net->layers[r].body == j) {
+                return -1; /* a residual block starts at layer j and adds the input of j itself */
+            }
+        }
         if (kind == GMN_LAYER_MAXPOOL2D) {
             return j;
         }
@@ -584,6 +662,36 @@ static struct ggml_tensor * gmn_bn_predict(struct ggml_context * ctx, struct ggm
     return ggml_add(ctx, ggml_mul(ctx, ggml_is_contiguous(x) ? x : ggml_cont(ctx, x), a), b);
 }
 
+/* The end of a residual block: h (the body's output) plus its input x, projected when lw holds a projection (a 1x1
+ * convolution lw[0] [1, 1, C, O] with the stride that gives h's size, or a dense layer lw[0] [C, O]) and its bias lw[1].
+ * cf: channels-first [W, H, C, N] (prediction only); else channels-last [C, W, H, N] or flat [C, N]. */
+static struct ggml_tensor * gmn_residual(struct ggml_context * ctx, struct ggml_tensor * h, struct ggml_tensor * x,
+                                         struct ggml_tensor * const * lw, int spatial, int cf) {
+    if (lw[0] == NULL) {
+        return ggml_add(ctx, h, x);
+    }
+    struct ggml_tensor * y;
+    if (!spatial) {
+        y = ggml_add(ctx, ggml_mul_mat(ctx, lw[0], x), lw[1]);
+    } else if (cf) {
+        const struct gmn_layer one = { .kind = GMN_LAYER_CONV2D, .n_out = (int) lw[0]->ne[3], .k = 1, .pad = 0,
+                                       .stride = gmn_residual_stride(x->ne[0], x->ne[1], h->ne[0], h->ne[1]) };
+        y = ggml_add(ctx, gmn_conv2d(ctx, x, lw[0], &one), lw[1]);
+    } else {
+        const int s = gmn_residual_stride(x->ne[1], x->ne[2], h->ne[1], h->ne[2]);
+        const int64_t C = x->ne[0], O = h->ne[0], P = ggml_nelements(h) / O;
+        if (!ggml_is_contiguous(x)) {
+            x = ggml_cont(ctx, x);
+        }
+        if (s > 1) { /* every s-th column and row */
+            x = ggml_cont(ctx, ggml_view_4d(ctx, x, C, h->ne[1], h->ne[2], h->ne[3], x->nb[1] * s, x->nb[2] * s, x->nb[3], 0));
+        }
+        y = ggml_mul_mat(ctx, ggml_reshape_2d(ctx, lw[0], C, O), ggml_reshape_2d(ctx, x, C, P));
+        y = ggml_reshape(ctx, ggml_add(ctx, y, ggml_reshape_1d(ctx, lw[1], O)), h);
+    }
+    return ggml_add(ctx, h, y);
+}
+
 /* The channels (units) of batchnorm layer i's input and how many values of a batch of B images each one has. */
 static void gmn_bn_counts(const struct gmn_net * net, int i, int64_t B, int64_t * C, int64_t * per) {
     int64_t ne[4];
@@ -671,8 +779,10 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
     const int training = masks != NULL; /* the training graph passes its (possibly empty) mask array */
     int spatial = 1, needs_grad = 0;
     int pooled = -1;
+    struct ggml_tensor * ins[GMN_MAX_LAYERS]; /* the input of each layer, for the residual blocks that start there */
     for (int i = 0; i < n_layers; i++) {
         const struct gmn_layer * l = &net->layers[i];
+        ins[i] = h;
         switch (l->kind) {
             case GMN_LAYER_CONV2D: {
                 const int64_t C = h->ne[0], O = l->n_out;
@@ -753,6 +863,10 @@ static struct ggml_tensor * gmn_forward_cl(const gmn_model * m, struct ggml_cont
                 break;
             case GMN_LAYER_BATCHNORM:
                 h = training ? gmn_bn_train(ctx, h, m->lw[i], l, masks[i]) : gmn_bn_predict(ctx, h, m->lw[i], l, 0);
+                needs_grad = training;
+                break;
+            case GMN_LAYER_RESIDUAL:
+                h = gmn_residual(ctx, h, ins[i - l->body], m->lw[i], spatial, 0);
                 needs_grad = training;
                 break;
             default:
@@ -932,8 +1046,10 @@ static struct ggml_tensor * gmn_forward_portable(const gmn_model * m, struct ggm
     struct ggml_tensor * h = ggml_reshape_4d(ctx, x, 1, net->image_w, net->image_h, x->ne[1]);
     int spatial = 1;
     int pooled = -1;
+    struct ggml_tensor * ins[GMN_MAX_LAYERS]; /* the input of each layer, for the residual blocks that start there */
     for (int i = 0; i < n_layers; i++) {
         const struct gmn_layer * l = &net->layers[i];
+        ins[i] = h;
         switch (l->kind) {
             case GMN_LAYER_CONV2D: {
                 h = gmn_pt_conv(ctx, c, h, m->lw[i][0], l);
@@ -971,6 +1087,9 @@ static struct ggml_tensor * gmn_forward_portable(const gmn_model * m, struct ggm
             case GMN_LAYER_BATCHNORM:
                 h = masks != NULL ? gmn_bn_train(ctx, h, m->lw[i], l, masks[i]) : gmn_bn_predict(ctx, h, m->lw[i], l, 0);
                 break;
+            case GMN_LAYER_RESIDUAL:
+                h = gmn_residual(ctx, h, ins[i - l->body], m->lw[i], spatial, 0);
+                break;
             default:
                 h = gmn_activation(ctx, h, l->kind);
                 break;
@@ -996,8 +1115,10 @@ struct ggml_tensor * gmn_forward_layers(const gmn_model * m, struct ggml_context
     struct ggml_tensor * h = ggml_reshape_4d(ctx, x, net->image_w, net->image_h, 1, x->ne[1]);
     int spatial = 1;
     int pooled = -1; /* a max-pool layer already applied ahead of its turn */
+    struct ggml_tensor * ins[GMN_MAX_LAYERS]; /* the input of each layer, for the residual blocks that start there */
     for (int i = 0; i < n_layers; i++) {
         const struct gmn_layer * l = &net->layers[i];
+        ins[i] = h;
         switch (l->kind) {
             case GMN_LAYER_CONV2D: {
                 h = gmn_conv2d(ctx, h, m->lw[i][0], l);
@@ -1026,6 +1147,9 @@ struct ggml_tensor * gmn_forward_layers(const gmn_model * m, struct ggml_context
                 break;
             case GMN_LAYER_BATCHNORM: /* this form only predicts (quantised kernels cannot be trained) */
                 h = gmn_bn_predict(ctx, h, m->lw[i], l, spatial ? 2 : 0);
+                break;
+            case GMN_LAYER_RESIDUAL:
+                h = gmn_residual(ctx, h, ins[i - l->body], m->lw[i], spatial, 1);
                 break;
             default:
                 h = gmn_activation(ctx, h, l->kind);

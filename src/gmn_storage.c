@@ -53,7 +53,7 @@ int gmn_storage_allowed(const struct gmn_param_spec * s, enum ggml_type type, co
     if (type != GGML_TYPE_F32 && s->store == GMN_STORE_F32) {
         const size_t n = strlen(s->name);
         const int bias = n >= 5 && strcmp(s->name + n - 5, ".bias") == 0;
-        snprintf(why, cap, "has type %s; %s are stored as f32", ggml_type_name(type), bias ? "biases" : "batch normalisation tensors");
+        snprintf(why, cap, "has type %s; %s are stored as f32", ggml_type_name(type), bias ? "biases" : "batch normalisation and residual projection tensors");
         return 0;
     }
     const int64_t block = ggml_blck_size(type);

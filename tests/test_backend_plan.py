@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ggml_mnist import cli
 from ggml_mnist._ffi import ffi, lib
-from ggml_mnist.layers import AvgPool2d, BatchNorm, Conv2d, Dense, Dropout, GELU, MaxPool2d, ReLU, SiLU, Tanh
+from ggml_mnist.layers import AvgPool2d, BatchNorm, Conv2d, Dense, Dropout, GELU, MaxPool2d, ReLU, SiLU, Tanh, residual
 from support.helpers import THREADS, check_sgd_gradient, images, reference_net_proba, spread_weights
 
 # The ops ggml-cuda runs, from ggml_backend_cuda_device_supports_op in src/ggml-cuda/ggml-cuda.cu of the pinned
@@ -70,12 +70,14 @@ def test_every_preset_trains_in_the_portable_graph_with_ops_ggml_cuda_runs(name:
         assert "CUSTOM" in tiny_train(name, "cpu").plan["ops"]  # the CPU graph is another form
 
 
-def test_batchnorm_trains_and_predicts_in_the_portable_graph_with_ops_ggml_cuda_runs() -> None:
-    """Batch normalisation after a convolution and after a dense layer: training (batch statistics, copied out for the
-    running ones) and prediction (running statistics) stay within ggml-cuda's ops."""
-    arch = [Conv2d(4, 3, padding=1), BatchNorm(), ReLU(), MaxPool2d(2), Dense(16), BatchNorm(), ReLU(), Dense()]
+def test_batchnorm_and_residual_blocks_train_and_predict_in_the_portable_graph_with_ops_ggml_cuda_runs() -> None:
+    """Batch normalisation after a convolution and after a dense layer (training: batch statistics, copied out for the
+    running ones; prediction: running statistics), and residual blocks with a strided 1x1 projection and a dense one,
+    stay within ggml-cuda's ops."""
+    arch = [Conv2d(4, 3, padding=1), BatchNorm(), ReLU(), *residual([Conv2d(8, 3, stride=2, padding=1), ReLU()]),
+            MaxPool2d(2), Dense(16), BatchNorm(), ReLU(), *residual([Dense(8)]), Dense()]
     ops = set(tiny_train(arch, "portable").plan["ops"])
-    assert {"REPEAT_BACK", "REPEAT", "LOG", "EXP", "CPY", "OPT_STEP_ADAMW"} <= ops
+    assert {"REPEAT_BACK", "REPEAT", "LOG", "EXP", "CPY", "ACC", "OPT_STEP_ADAMW"} <= ops
     assert not ops & {"CUSTOM", "IM2COL_BACK", "POOL_2D_BACK", "IM2COL", "POOL_2D"}
     assert ops <= CUDA_OPS, ops - CUDA_OPS
     ops = set(gm.Model.create(arch, threads=THREADS, graph="portable").plan["ops"])  # the prediction graph

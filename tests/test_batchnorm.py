@@ -508,7 +508,7 @@ def test_a_quantised_batchnorm_tensor_in_a_file_is_refused(tmp_path: Path) -> No
     )
     with pytest.raises(
         ModelFormatError,
-        match=r"tensor n.running_var has type f16; batch normalisation tensors are "
+        match=r"tensor n.running_var has type f16; batch normalisation and residual projection tensors are "
         r"stored as f32",
     ):
         load(path, threads=THREADS)

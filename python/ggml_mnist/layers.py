@@ -20,7 +20,7 @@ from ._ffi import ffi, lib
 from .errors import ConfigError
 
 __all__ = ["Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "Dense", "Linear", "ReLU", "SiLU", "GELU", "Tanh", "Dropout",
-           "BatchNorm", "Sequential", "presets", "preset_layers", "resolve_layers", "load_layers", "kind_name"]
+           "BatchNorm", "Residual", "residual", "Sequential", "presets", "preset_layers", "resolve_layers", "load_layers", "kind_name"]
 
 
 def kind_name(code: int) -> str:
@@ -199,8 +199,45 @@ class BatchNorm(Layer):
         return "batchnorm" + "".join(f" {k}={v:g}" for k, v, default in settings if v != default)
 
 
+@dataclass(frozen=True)
+class Residual(Layer):
+    """Ends a residual block: adds the block's input, the input of the ``body`` layers before this one, to their
+    output. Where the body changes the shape (channels, or the size through strides), the input is projected first:
+    by a 1x1 convolution ``name.kernel`` (stride: the body's downsampling) and ``name.bias`` on a feature map, by a
+    dense layer ``name.weight``, ``name.bias`` on a flat input. :func:`residual` writes a block as its body and this
+    layer; blocks nest, and the body must keep a feature map a feature map.
+    """
+
+    body: int
+    name: Optional[str] = None
+    code: ClassVar[int] = lib.GMN_LAYER_RESIDUAL
+
+    def native(self, n_classes: int) -> dict[str, Any]:
+        return dict(kind=self.code, name=_name(self.name), body=as_int(self.body, "Residual body"))
+
+    def describe(self) -> str:
+        return f"residual over {self.body} layer{'s' if self.body != 1 else ''}"
+
+
+def residual(body: Iterable[Union[Layer, Sequence[Layer]]], name: Optional[str] = None) -> list[Layer]:
+    """A residual block as a layer list, output = body(x) + x (x projected where the body changes its shape):
+    ``[Conv2d(16, 3, padding=1), *residual([Conv2d(16, 3, padding=1), BatchNorm(), ReLU()]), Dense()]``.
+    ``body`` may hold blocks made by this function (nested lists are flattened). Raises ConfigError."""
+    flat: list[Layer] = []
+    for item in body:
+        if isinstance(item, Layer):
+            flat.append(item)
+        elif isinstance(item, (list, tuple)) and all(isinstance(x, Layer) for x in item):
+            flat.extend(item)
+        else:
+            raise ConfigError(f"a residual block's body holds layers such as gm.layers.Conv2d(8, 3); got {item!r}")
+    if not flat:
+        raise ConfigError("a residual block needs at least one layer in its body")
+    return [*flat, Residual(len(flat), name=name)]
+
+
 _CLASSES: dict[int, type[Layer]] = {
-    c.code: c for c in (Conv2d, MaxPool2d, AvgPool2d, Dense, ReLU, SiLU, GELU, Tanh, Dropout, BatchNorm)
+    c.code: c for c in (Conv2d, MaxPool2d, AvgPool2d, Dense, ReLU, SiLU, GELU, Tanh, Dropout, BatchNorm, Residual)
 }
 _BY_NAME: dict[str, type[Layer]] = {kind_name(code): c for code, c in _CLASSES.items()}
 
@@ -243,6 +280,8 @@ def from_native(layer: Any) -> Layer:
         return Dropout(round(float(layer.p), 6))
     if cls is BatchNorm:
         return BatchNorm(_from_f32(layer.momentum), _from_f32(layer.eps), name=name)
+    if cls is Residual:
+        return Residual(layer.body, name=name)
     return cls()
 
 
@@ -265,8 +304,24 @@ def layer_from_dict(entry: Any) -> Layer:
         raise ConfigError(f"{kind} layer: {exc}") from None
 
 
+def layers_from_dicts(entries: Sequence[Any]) -> list[Layer]:
+    """Layers from their JSON forms, where a residual block may also be written with its body inside,
+    ``{"type": "residual", "layers": [...], "name": ...}`` (expanded to the body and a Residual layer)."""
+    out: list[Layer] = []
+    for entry in entries:
+        if isinstance(entry, dict) and str(entry.get("type", "")).lower() == "residual" and "layers" in entry:
+            unknown = sorted(set(entry) - {"type", "layers", "name"})
+            if unknown or not isinstance(entry["layers"], list):
+                raise ConfigError(f"residual block: it takes a list \"layers\" and a \"name\", got {entry!r}")
+            out.extend(residual(layers_from_dicts(entry["layers"]), name=entry.get("name")))
+        else:
+            out.append(layer_from_dict(entry))
+    return out
+
+
 def load_layers(path: Union[str, "os.PathLike[str]"]) -> list[Layer]:
-    """Read a JSON layer file: a list of layers or ``{"layers": [...]}``. Raises ConfigError naming the problem."""
+    """Read a JSON layer file: a list of layers or ``{"layers": [...]}``; a residual block may hold its body
+    (``{"type": "residual", "layers": [...]}``). Raises ConfigError naming the problem."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -277,7 +332,7 @@ def load_layers(path: Union[str, "os.PathLike[str]"]) -> list[Layer]:
     entries = data.get("layers") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"layer file {os.fspath(path)!r} must hold a non-empty list of layers or {{\"layers\": [...]}}")
-    return [layer_from_dict(e) for e in entries]
+    return layers_from_dicts(entries)
 
 
 def preset_names() -> list[str]:

@@ -203,13 +203,16 @@ def reference_logits(layers: list, weights: Mapping[str, np.ndarray], images: np
     masks[i] (numpy layout of the activation entering dropout layer i) multiplies it; without, dropout is identity.
     Batch normalisation uses the running statistics, or with ``batch_stats`` (a dict, training mode) the batch's mean
     and biased variance over every axis but the channels, which it records as batch_stats[i] = (mean, biased
-    variance, values per channel).
+    variance, values per channel). A residual layer adds the input of the layers of its body, through its projection
+    (a strided 1x1 convolution or a dense layer) when it has one.
     """
     from ggml_mnist import layers as L
 
     w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     x = _pixels(images)[..., None]
+    inputs = []
     for i, layer in enumerate(layers):
+        inputs.append(x)
         if isinstance(layer, L.Conv2d):
             k, s, p = layer.kernel_size, layer.stride, layer.padding
             kernel = w[f"{layer.name}.kernel"]  # [O, C, k, k]
@@ -242,6 +245,16 @@ def reference_logits(layers: list, weights: Mapping[str, np.ndarray], images: np
             else:
                 mean, var = w[f"{layer.name}.running_mean"], w[f"{layer.name}.running_var"]
             x = (x - mean) / np.sqrt(var + layer.eps) * w[f"{layer.name}.weight"] + w[f"{layer.name}.bias"]
+        elif isinstance(layer, L.Residual):
+            skip = inputs[i - layer.body]
+            if f"{layer.name}.kernel" in w:  # [O, C, 1, 1]; stride: the body's downsampling
+                h, wd = skip.shape[1:3]
+                s = next(s for s in range(1, 33) if ((h - 1) // s + 1, (wd - 1) // s + 1) == x.shape[1:3])
+                kernel = w[f"{layer.name}.kernel"].reshape(x.shape[-1], skip.shape[-1])
+                skip = skip[:, ::s, ::s, :] @ kernel.T + w[f"{layer.name}.bias"].reshape(-1)
+            elif f"{layer.name}.weight" in w:
+                skip = skip @ w[f"{layer.name}.weight"].T + w[f"{layer.name}.bias"].reshape(-1)
+            x = x + skip
         else:
             raise AssertionError(f"no reference for {layer!r}")
     return x
