@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from ggml_mnist import Model, train
+from ggml_mnist import ConfigError, Model, train
 from ggml_mnist._ffi import lib
 from support.helpers import SMALL, THREADS, images, spread_weights
 
@@ -118,3 +118,26 @@ def test_multiprocessing_workers_forked_after_training_do_not_hang(tmp_path) -> 
     # each worker ran on one thread and trained exactly what one thread trains in the parent
     assert out.stdout.strip() == "[1, 1, 1] [True, True, True] 0"
     assert lib.gmn_thread_limit() == 0  # this process was not forked
+
+
+
+@pytest.mark.parametrize("call", ["close", "release_training_state"])
+def test_closing_the_model_inside_on_batch_end_raises_instead_of_crashing(call: str) -> None:
+    """on_batch_end runs inside the shim's epoch call, on the thread that holds the model's (reentrant) lock: freeing
+    the model or its training state there would pull them from under that call, so both refuse."""
+    x, y = images(40, (6, 6)), np.arange(40) % 3
+    refused: list[BaseException] = []
+
+    class Closer:
+        batch_interval = 0
+
+        def on_batch_end(self, batch, model: Model) -> None:
+            try:
+                getattr(model, call)()
+            except ConfigError as exc:
+                refused.append(exc)
+                raise
+
+    with pytest.raises(ConfigError, match=rf"{call}\(\) cannot run inside a training callback") as caught:
+        train(x, y, arch="fc", hidden=4, epochs=2, batch_size=10, threads=THREADS, progress=False, callbacks=[Closer()])
+    assert refused == [caught.value] and "return False or raise StopTraining" in str(caught.value)

@@ -121,6 +121,7 @@ class Model:
         self = cls.__new__(cls)
         self._handle = ffi.gc(handle, lib.gmn_model_free)
         self._lock = threading.RLock()  # one native call at a time; close() waits for a running one
+        self._in_native = 0  # native calls running on the thread that holds _lock (a callback re-enters them)
         _LIVE.add(self)
         net = ffi.new("struct gmn_net *")
         buf = ffi.new("struct gmn_layer[]", lib.GMN_MAX_LAYERS)
@@ -194,7 +195,19 @@ class Model:
         with self._lock:
             if self._handle is None:
                 raise ValueError("this Model has been closed")
-            return fn(self._handle, *args)
+            self._in_native += 1
+            try:
+                return fn(self._handle, *args)
+            finally:
+                self._in_native -= 1
+
+    def _refuse_inside_native(self, what: str) -> None:
+        """Raise ConfigError when called (with the lock held) from inside one of this model's native calls: a
+        training callback such as on_batch_end runs within the epoch call, which still uses the model's memory."""
+        if self._in_native:
+            raise ConfigError(f"{what}() cannot run inside a training callback: the epoch that called it still uses "
+                              "the model; return False or raise StopTraining to stop, then call it after train() "
+                              "returns")
 
     @property
     def handle(self) -> Any:
@@ -513,8 +526,10 @@ class Model:
 
     # -- lifetime -----------------------------------------------------------------------------------
     def release_training_state(self) -> None:
-        """Free the optimizer state and training buffers (train() does this when it returns); the weights stay."""
+        """Free the optimizer state and training buffers (train() does this when it returns); the weights stay.
+        Raises ConfigError inside a training callback's on_batch_end, while the epoch still uses them."""
         with self._lock:
+            self._refuse_inside_native("release_training_state")
             if self._handle is not None:
                 lib.gmn_model_train_free(self._handle)
 
@@ -522,9 +537,11 @@ class Model:
         """Free the native model now (it is also freed when garbage-collected).
 
         Called while another thread runs a native call on this model, it waits for that call to end;
-        that thread's next use of the model then raises ValueError.
+        that thread's next use of the model then raises ValueError. Raises ConfigError inside a training callback's
+        on_batch_end, which runs within the epoch's native call.
         """
         with self._lock:
+            self._refuse_inside_native("close")
             handle, self._handle = self._handle, None
             if handle is not None:
                 ffi.release(handle)
