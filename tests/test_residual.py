@@ -187,6 +187,17 @@ def test_a_residual_network_with_batchnorm_learns(tmp_path: Path) -> None:
     assert evaluate(model, data_dir=data).accuracy >= 0.95
 
 
+def test_pytorch_layout_of_the_projections() -> None:
+    """A projection's kernel is PyTorch's 1x1 Conv2d [out, in, 1, 1]; its bias and a dense projection are Linear's."""
+    model = make("strided projection")
+    torch = model.get_weights(layout="torch")
+    assert torch["res1.kernel"].shape == (4, 2, 1, 1) and torch["res1.bias"].shape == (4,)
+    assert make("dense").get_weights(layout="torch")["res2.weight"].shape == (5, 6)
+    copy = make("strided projection", seed=9)
+    copy.set_weights(torch, layout="torch")
+    assert all(np.array_equal(v, model.get_weights()[k]) for k, v in copy.get_weights().items())
+
+
 # ---- GGUF -----------------------------------------------------------------------------------------------------------
 def test_gguf_round_trip_is_exact(tmp_path: Path) -> None:
     layers, size = NETS["identity, nested"]

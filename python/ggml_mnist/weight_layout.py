@@ -56,7 +56,10 @@ def torch_shapes(
     roles = _roles(layers)
     out: dict[str, Shape] = {}
     for name, shape in ggml_shapes.items():
-        if name not in roles:
+        if name not in roles and name.endswith(".kernel"):  # a residual projection: torch's 1x1 Conv2d [out, in, 1, 1]
+            out[name] = {4: (shape[0], shape[1], 1, 1), 3: (1, shape[0], 1, 1)}.get(len(shape), (1, 1, 1, 1))
+            continue
+        if name not in roles:  # batch normalisation's vectors, a residual projection's bias and dense weight
             out[name] = tuple(d for d in shape if d != 1) or (1,)
             continue
         i, role = roles[name]
