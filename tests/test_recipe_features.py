@@ -171,3 +171,27 @@ def test_mnist_train_max_seconds_saves_to_out_and_says_why_it_stopped(tmp_path, 
                            "--batch-size", "20", "--threads", "1", "--max-seconds", "1e-9", "--json"]) == 0
     done = [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
     assert done["event"] == "done" and done["time_limit"] is True and done["interrupted"] is False
+
+
+def test_a_budget_spent_between_epochs_starts_no_epoch_of_one_batch(data, monkeypatch) -> None:
+    """Time that runs out after an epoch's last batch (in its validation or its callbacks) ends the run there: the
+    next epoch would stop after its first batch, leaving an epoch of one batch without validation."""
+    x, y = data
+
+    class Clock:  # the run's clock, moved by the callback alone (no real timing)
+        now = 0.0
+
+        @staticmethod
+        def perf_counter() -> float:
+            return Clock.now
+
+    class SlowCheckpoint(gm.callbacks.Callback):
+        def on_epoch_end(self, stats, model) -> None:
+            Clock.now += 11.0  # e.g. a checkpoint on a slow disk
+
+    monkeypatch.setattr(gm.training, "time", Clock)
+    model, history = gm.train(x, y, callbacks=[SlowCheckpoint()],
+                              **small_options("fc", epochs=3, max_seconds=10, val_split=0.2))
+    assert len(history) == 1 and history[0].n_train == 240 and history[0].val_loss is not None
+    assert history[0].time_limit and model.metadata["status"] == "time_limit"
+    assert model.metadata["history"][-1]["time_limit"]

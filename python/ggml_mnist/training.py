@@ -66,7 +66,7 @@ class EpochStats:
     n_val: int
     interrupted: bool = False
     lr: float = 0.0  # learning rate of the epoch's last optimizer step
-    time_limit: bool = False  # the epoch ended early at the run's max_seconds
+    time_limit: bool = False  # the run's max_seconds ended it in this epoch (or right after its last batch)
 
     def as_dict(self) -> dict[str, Any]:
         """The stats as a JSON-ready dict, with the history names ``loss``, ``accuracy``, ``val_accuracy`` too."""
@@ -312,6 +312,12 @@ class TrainingRun:
                     _call(cb, "on_train_begin", self)
                 clock.start = time.perf_counter()  # max_seconds counts from here
                 for epoch in range(self.first_epoch, cfg.epochs + 1):
+                    if epoch > self.first_epoch and clock.time_is_up(cfg.max_seconds):
+                        # spent after the last epoch's batches (its validation, the callbacks): no epoch of one batch
+                        self.history[-1].time_limit = True
+                        self.status = "time_limit"
+                        model.metadata = self.metadata()
+                        break
                     if bar is not None:
                         bar.start_epoch(epoch)
                     for cb in callbacks:
@@ -417,6 +423,11 @@ class _Clock:
         self.epoch = epoch
         self.t0 = time.perf_counter()
 
+    def time_is_up(self, max_seconds: float) -> bool:
+        """Whether the run has used its ``max_seconds`` (0: no limit) since ``start``; it stays so once it is."""
+        self.out_of_time = self.out_of_time or bool(max_seconds and time.perf_counter() - self.start >= max_seconds)
+        return self.out_of_time
+
 
 def _batch_hook(model: Model, cfg: TrainConfig, bar: Optional[ProgressBar], clock: _Clock, interrupt: _Interrupt):
     """The function the shim calls after every optimizer step (and once with the validation result): draws the bar,
@@ -455,8 +466,7 @@ def _batch_hook(model: Model, cfg: TrainConfig, bar: Optional[ProgressBar], cloc
                     entry[2] = time.perf_counter()
                 if clock.stopped_by is not None:
                     return True
-            if cfg.max_seconds and time.perf_counter() - clock.start >= cfg.max_seconds:
-                clock.out_of_time = True
+            if clock.time_is_up(cfg.max_seconds):
                 return True
         return interrupt.requested or EXITING.is_set()  # (EXITING: the interpreter is exiting)
 
