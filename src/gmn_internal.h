@@ -219,7 +219,7 @@ int  gmn_net_params(const struct gmn_net * net, struct gmn_param_spec * specs);
 int  gmn_net_activation_ne(const struct gmn_net * net, int layer, int64_t batch, int64_t * ne);
 /* The training graph's per-layer tensors for physical batches of B images, new in ctx (masks: GMN_MAX_LAYERS, NULL
  * for the other layers): a dropout layer's mask (the shape of its input, channels-first) and a batchnorm layer's
- * statistics [C, 2] (batch mean, then biased variance). GMN_E_INVALID when a batchnorm layer would see fewer than two
+ * statistics [C, 2] (-mean, then biased variance + eps). GMN_E_INVALID when a batchnorm layer would see fewer than two
  * values per channel. */
 int  gmn_net_train_inputs(const struct gmn_net * net, struct ggml_context * ctx, int64_t B, struct ggml_tensor ** masks);
 /* After a training batch of B images: moves each batchnorm layer's running statistics towards the batch statistics
@@ -227,7 +227,7 @@ int  gmn_net_train_inputs(const struct gmn_net * net, struct ggml_context * ctx,
 int  gmn_net_update_running_stats(gmn_model * model, struct ggml_tensor * const * masks, int64_t B);
 /* Logits [n_classes, N] of images x [pixels, N]. masks: the training graph's per-layer tensors from
  * gmn_net_train_inputs (NULL: the prediction graph): masks[i] multiplies the input of dropout layer i, and batchnorm
- * layer i writes its batch mean and biased variance into masks[i] (when not NULL) as the graph runs. */
+ * layer i writes its batch statistics into masks[i] (when not NULL) as the graph runs. */
 struct ggml_tensor * gmn_forward(const gmn_model * model, struct ggml_context * ctx, struct ggml_tensor * x,
                                  struct ggml_tensor * const * masks, struct gmn_consts * consts);
 /* The output of the first n_layers layers (ne [W, H, C, N] while spatial, [units, N] after a dense layer). The

@@ -604,11 +604,11 @@ static struct ggml_tensor * gmn_pool(struct ggml_context * ctx, struct ggml_tens
 }
 
 /* The rows of a [C, M] activation that batch normalisation works on: k positions a row ([C*k, M/k], k a divisor of
- * M), as many as make rows of at most 1024 values. ggml's element-wise ops pay per row, and a row of 8 or 16 channels
- * costs several times its work; the [C] vectors are tiled k times to meet the longer rows. */
+ * M), as many as make rows of at most 1024 values, when C is below 128. ggml's element-wise ops pay per row, and a row
+ * of 8 or 16 channels costs several times its work; the [C] vectors are tiled k times to meet the longer rows. */
 static int64_t gmn_bn_fold(int64_t C, int64_t M) {
     int64_t k = 1;
-    for (int64_t d = 2; d <= M && C * d <= 1024; d++) {
+    for (int64_t d = 2; C < 128 && d <= M && C * d <= 1024; d++) {
         if (M % d == 0) {
             k = d;
         }
@@ -620,9 +620,10 @@ static int64_t gmn_bn_fold(int64_t C, int64_t M) {
  * with the batch's mean and biased variance over everything else, then scaled by weight lw[0] and shifted by bias
  * lw[1]. Composed of ops with a backward pass in ggml, each of which ggml-cuda runs forward and backward: the sums
  * over the batch are repeat_back onto a vector (backward: repeat); a vector meets the activations only as the second
- * operand of add or mul, whose backward passes sum the broadcast gradient (ggml's sub and div do not);
- * 1/sqrt(var + eps) is exp(-log(var + eps) / 2). When stats is not NULL, the mean and variance pass through a copy
- * into it (its first and second row), so that the host can read them after the batch. */
+ * operand of add or mul, whose backward passes sum the broadcast gradient (ggml's sub and div do not); the scale
+ * weight / sqrt(var + eps) divides two vectors of one shape. As few nodes as that allows: ggml-opt's graphs hold 2048.
+ * When stats is not NULL, the negated mean and var + eps pass through a copy into it (its first and second row), so
+ * that the host can read them after the batch. */
 static struct ggml_tensor * gmn_bn_train(struct ggml_context * ctx, struct ggml_tensor * x, struct ggml_tensor * const * lw,
                                          const struct gmn_layer * l, struct ggml_tensor * stats) {
     const int64_t C = x->ne[0], M = ggml_nelements(x) / C, k = gmn_bn_fold(C, M);
@@ -633,17 +634,17 @@ static struct ggml_tensor * gmn_bn_train(struct ggml_context * ctx, struct ggml_
                                  : ggml_repeat_back(ctx, (t), lw[0]))
     /* a [C] vector tiled along a row */
     #define GMN_BN_ROW(v) (k > 1 ? ggml_repeat(ctx, (v), row) : (v))
-    struct ggml_tensor * mean = ggml_scale(ctx, GMN_BN_SUM(x2), 1.0f / (float) M);
+    struct ggml_tensor * neg_mean = ggml_scale(ctx, GMN_BN_SUM(x2), -1.0f / (float) M);
     if (stats != NULL) {
-        mean = ggml_cpy(ctx, mean, ggml_view_1d(ctx, stats, C, 0));
+        neg_mean = ggml_cpy(ctx, neg_mean, ggml_view_1d(ctx, stats, C, 0));
     }
-    struct ggml_tensor * xc = ggml_add(ctx, x2, GMN_BN_ROW(ggml_scale(ctx, mean, -1.0f)));
-    struct ggml_tensor * var = ggml_scale(ctx, GMN_BN_SUM(ggml_sqr(ctx, xc)), 1.0f / (float) M);
+    struct ggml_tensor * xc = ggml_add(ctx, x2, GMN_BN_ROW(neg_mean));
+    struct ggml_tensor * var_eps = ggml_scale_bias(ctx, GMN_BN_SUM(ggml_sqr(ctx, xc)), 1.0f / (float) M, l->eps);
     if (stats != NULL) {
-        var = ggml_cpy(ctx, var, ggml_view_1d(ctx, stats, C, (size_t) C * sizeof(float)));
+        var_eps = ggml_cpy(ctx, var_eps, ggml_view_1d(ctx, stats, C, (size_t) C * sizeof(float)));
     }
-    struct ggml_tensor * inv = ggml_exp(ctx, ggml_scale(ctx, ggml_log(ctx, ggml_scale_bias(ctx, var, 1.0f, l->eps)), -0.5f));
-    struct ggml_tensor * y = ggml_add(ctx, ggml_mul(ctx, xc, GMN_BN_ROW(ggml_mul(ctx, inv, lw[0]))), GMN_BN_ROW(lw[1]));
+    struct ggml_tensor * a = ggml_div(ctx, lw[0], ggml_sqrt(ctx, var_eps));
+    struct ggml_tensor * y = ggml_add(ctx, ggml_mul(ctx, xc, GMN_BN_ROW(a)), GMN_BN_ROW(lw[1]));
     #undef GMN_BN_SUM
     #undef GMN_BN_ROW
     return ggml_reshape(ctx, y, x);
@@ -730,7 +731,7 @@ int gmn_net_update_running_stats(gmn_model * m, struct ggml_tensor * const * mas
         }
         int64_t C, per;
         gmn_bn_counts(&m->net, i, B, &C, &per);
-        float * v = malloc((size_t) (4 * C) * sizeof(float)); /* batch mean, batch variance, running mean, running var */
+        float * v = malloc((size_t) (4 * C) * sizeof(float)); /* the batch's statistics, running mean, running var */
         if (v == NULL) {
             return gmn_fail(GMN_E_NOMEM, "train: out of memory for the running statistics");
         }
@@ -738,9 +739,10 @@ int gmn_net_update_running_stats(gmn_model * m, struct ggml_tensor * const * mas
         ggml_backend_tensor_get(m->lw[i][2], v + 2 * C, 0, (size_t) C * sizeof(float));
         ggml_backend_tensor_get(m->lw[i][3], v + 3 * C, 0, (size_t) C * sizeof(float));
         const double mom = l->momentum, unbias = (double) per / (double) (per - 1);
-        for (int64_t c = 0; c < C; c++) {
-            v[2 * C + c] = (float) ((1.0 - mom) * v[2 * C + c] + mom * v[c]);
-            v[3 * C + c] = (float) ((1.0 - mom) * v[3 * C + c] + mom * v[C + c] * unbias);
+        for (int64_t c = 0; c < C; c++) { /* the graph copied out -mean and var + eps */
+            const double var = fmax((double) v[C + c] - (double) l->eps, 0.0);
+            v[2 * C + c] = (float) ((1.0 - mom) * v[2 * C + c] - mom * v[c]);
+            v[3 * C + c] = (float) ((1.0 - mom) * v[3 * C + c] + mom * var * unbias);
         }
         ggml_backend_tensor_set(m->lw[i][2], v + 2 * C, 0, (size_t) C * sizeof(float));
         ggml_backend_tensor_set(m->lw[i][3], v + 3 * C, 0, (size_t) C * sizeof(float));

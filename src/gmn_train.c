@@ -320,6 +320,10 @@ static struct ggml_opt_optimizer_params gmn_opt_params(void * ud) {
     return p;
 }
 
+/* Room for what ggml-opt adds to the training graph beyond the record below (its loss, prediction and count nodes) and
+ * for the tensors of its context that are no nodes. */
+#define GMN_OPT_EXTRA_NODES 64
+
 /* Records in the model's plan the ops of the training graph of a batch of B images: forward, loss, backward and
  * optimizer step. */
 static int gmn_train_record_ops(gmn_model * m, int64_t B, int optimizer) {
@@ -360,8 +364,16 @@ static int gmn_train_record_ops(gmn_model * m, int64_t B, int optimizer) {
         ggml_build_forward_expand(g, step);
     }
     gmn_plan_record_ops(&m->plan, g, 1);
+    /* ggml-opt builds the same graph (and, with gradient accumulation, one accumulation per parameter) in graphs and a
+     * context of GGML_DEFAULT_GRAPH_SIZE nodes and tensors, and aborts when they do not fit */
+    const int64_t nodes = ggml_graph_n_nodes(g) + m->n_w + GMN_OPT_EXTRA_NODES;
     gmn_consts_free(&consts);
     ggml_free(ctx);
+    if (nodes > GGML_DEFAULT_GRAPH_SIZE) {
+        return gmn_fail(GMN_E_INVALID, "train: the training graph of this network has about %lld nodes, more than the %d "
+                        "that ggml-opt builds; use fewer layers (batchnorm layers and residual blocks take the most)",
+                        (long long) nodes, GGML_DEFAULT_GRAPH_SIZE);
+    }
     return GMN_OK;
 }
 

@@ -215,7 +215,7 @@ def test_one_sgd_step_follows_the_finite_difference_gradient(case: str, graph: s
     )
     assert checked >= 5 * 4
     if graph == "portable":
-        assert after.plan["graph"] == "portable" and set(after.plan["ops"]) >= {"REPEAT_BACK", "LOG", "EXP", "CPY"}
+        assert after.plan["graph"] == "portable" and set(after.plan["ops"]) >= {"REPEAT_BACK", "SQRT", "DIV", "CPY"}
 
 
 @pytest.mark.parametrize("graph", ["cpu", "portable"])
@@ -597,3 +597,16 @@ def test_mnist_quantize_says_why_batchnorm_tensors_stay_f32(tmp_path: Path, caps
     }
     loaded = load(tmp_path / "q.gguf", threads=THREADS)
     assert loaded.layers[1] == BatchNorm(name="bn1") and loaded.tensor_storage()["bn1.running_var"].type == "f32"
+
+
+def test_a_training_graph_larger_than_ggml_opt_builds_is_refused() -> None:
+    """ggml-opt builds graphs of at most 2048 nodes and aborts the process beyond; the shim refuses first."""
+    arch = [layer for _ in range(21) for layer in (Conv2d(2, 3, padding=1), BatchNorm(), ReLU())] + [Dense()]
+    with pytest.raises(
+        ConfigError, match=r"the training graph of this network has about \d+ nodes, more than the 2048"
+    ):
+        train(
+            images(10, (6, 6)), np.arange(10) % 2, arch=arch, epochs=1, batch_size=10, threads=THREADS, progress=False
+        )
+    model = Model.create(arch, n_classes=2, image_size=(6, 6), threads=THREADS)
+    assert model.predict_proba(images(3, (6, 6))).shape == (3, 2)  # predicting needs the forward graph only
