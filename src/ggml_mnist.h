@@ -66,11 +66,14 @@ struct gmn_plan_info {
 typedef struct gmn_model   gmn_model;
 typedef struct gmn_dataset gmn_dataset;
 
-/* One ggml backend device. type: 0 cpu, 1 gpu, 2 integrated gpu, 3 accelerator. Memory in bytes. */
+/* Kinds of ggml backend device (gmn_device_info.type). */
+enum gmn_device_type { GMN_DEVICE_CPU = 0, GMN_DEVICE_GPU = 1, GMN_DEVICE_IGPU = 2, GMN_DEVICE_ACCEL = 3 };
+
+/* One ggml backend device. Memory in bytes. */
 struct gmn_device_info {
     char     name[128];
     char     description[256];
-    int      type;
+    int      type;                    /* enum gmn_device_type: cpu, gpu, integrated gpu or another accelerator */
     uint64_t memory_free;
     uint64_t memory_total;
 };

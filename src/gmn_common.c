@@ -96,10 +96,10 @@ int gmn_device_count(void) {
 
 static int gmn_device_type_code(enum ggml_backend_dev_type t) {
     switch (t) {
-        case GGML_BACKEND_DEVICE_TYPE_CPU:  return 0;
-        case GGML_BACKEND_DEVICE_TYPE_GPU:  return 1;
-        case GGML_BACKEND_DEVICE_TYPE_IGPU: return 2;
-        default:                            return 3;
+        case GGML_BACKEND_DEVICE_TYPE_CPU:  return GMN_DEVICE_CPU;
+        case GGML_BACKEND_DEVICE_TYPE_GPU:  return GMN_DEVICE_GPU;
+        case GGML_BACKEND_DEVICE_TYPE_IGPU: return GMN_DEVICE_IGPU;
+        default:                            return GMN_DEVICE_ACCEL;
     }
 }
 

@@ -89,7 +89,7 @@ TRAIN_CASES: dict[str, tuple[Any, Any, dict, type, type, str]] = {
     "unknown optimizer": (IMAGES, LABELS, {"optimizer": "rmsprop"}, ConfigError, ValueError,
                           r"optimizer must be one of adamw, sgd, got 'rmsprop'"),
     "unknown schedule": (IMAGES, LABELS, {"lr_schedule": "step"}, ConfigError, ValueError,
-                         r"lr_schedule must be one of cosine, linear, constant, onecycle, got 'step'"),
+                         r"lr_schedule must be one of constant, cosine, linear, onecycle, got 'step'"),
     "lr_min_ratio 2": (IMAGES, LABELS, {"lr_min_ratio": 2.0}, ConfigError, ValueError, r"lr_min_ratio must be in \[0, 1\]"),
     "warmup longer than training": (IMAGES, LABELS, {"warmup_epochs": 3.0}, ConfigError, ValueError,
                                     r"warmup_epochs must be in \[0, epochs\], got 3.0"),

@@ -43,7 +43,7 @@ def test_the_flags_keep_their_types_choices_and_metavars() -> None:
     options = _options(train_cli.train_parser())
     assert options["--epochs"].type is int and options["--lr"].type is float and options["--seed"].type is int
     assert options["--optimizer"].choices == ("adamw", "sgd")
-    assert options["--lr-schedule"].choices == ("cosine", "linear", "constant", "onecycle")
+    assert options["--lr-schedule"].choices == ("constant", "cosine", "linear", "onecycle")  # ggml_mnist.h's order
     assert options["--graph"].choices == ("auto", "cpu", "portable")
     assert options["--conv-channels"].nargs == "+" and options["--conv-channels"].type is int
     assert options["--conv-channels"].metavar == "C" and options["--augment"].metavar == "LEVEL|JSON"

@@ -121,3 +121,53 @@ def test_fashion_is_not_read_from_a_folder_of_mnist(real_mnist: Path, capsys: py
     assert cli.train_main(["fc", str(tmp_path / "f.gguf"), "--dataset", "fashion-mnist", "--data-dir", str(real_mnist),
                            *FAST]) == 1
     assert "holds mnist, not fashion-mnist" in capsys.readouterr().err
+
+
+def test_one_registry_holds_every_fact_of_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ggml_mnist import datasets
+    assert download.DATASETS is datasets.DATASETS  # the old name is the registry itself, not a second table
+    fashion = dataset_info("fashion-mnist")
+    assert fashion.downloadable and fashion.preparation == "photo" and len(fashion.class_names) == 10
+    assert fashion.files["t10k-labels-idx1-ubyte.gz"].size == 10_008 and fashion.mirrors[0].startswith("http")
+    assert datasets.downloadable() == ["mnist", "fashion-mnist"]
+    assert not dataset_info("emnist-letters").downloadable
+    with pytest.raises(gm.ConfigError, match=r"emnist-letters cannot be downloaded here \(put its emnist-letters-\*"):
+        datasets.download_info("emnist-letters")
+    with pytest.raises(gm.ConfigError, match="unknown dataset 'cifar'; choose one of: mnist, fashion-mnist$"):
+        datasets.download_info("cifar")
+    with pytest.raises(SystemExit):  # mnist-data offers only what it can download
+        cli.data_main(["verify", "--dataset", "emnist-letters", "--dir", str(tmp_path)])
+    assert "invalid choice: 'emnist-letters' (choose from 'fashion-mnist', 'mnist')" in capsys.readouterr().err
+
+
+def test_the_dataset_recorded_in_a_model_is_read_in_one_place() -> None:
+    from ggml_mnist import labels
+    assert labels.dataset_name({"dataset": {"name": "emnist-letters"}}) == "emnist-letters"
+    for metadata in ({}, {"dataset": "mnist"}, {"dataset": {"name": "cifar"}}, {"dataset": {"name": 3}}):
+        assert labels.dataset_name(metadata) is None
+    assert labels.class_names({"dataset": {"name": "emnist-letters"}}, 26)[25] == "z"
+    assert labels.preparation({"dataset": {"name": "fashion-mnist"}}) == "photo"
+    assert labels.preparation({"dataset": {"name": "fashion-mnist"}, "preparation": "digits"}) == "digits"
+
+
+def test_locate_finds_a_dataset_in_its_folder_or_the_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from ggml_mnist import datasets
+    from ggml_mnist.api import resolve_dataset
+    from ggml_mnist.data import uncompressed_sha256
+    clothes = make_synthetic(tmp_path / "clothes", n_train=40, n_test=20, seed=1)
+    files = {f"{p.name}.gz": datasets.FileSpec(uncompressed_sha256(p), p.stat().st_size) for p in clothes.iterdir()}
+    monkeypatch.setitem(datasets.DATASETS, "fashion-mnist",  # these synthetic files are "fashion-mnist" by checksum
+                        dataclasses.replace(datasets.DATASETS["fashion-mnist"], files=files, mirrors=()))
+    assert datasets.locate(tmp_path, "fashion-mnist", "train") is None  # neither DIR nor DIR/fashion-mnist holds it
+    assert datasets.locate(clothes, "fashion-mnist", "train") == clothes
+    assert datasets.identify_dataset(clothes, "test") == "fashion-mnist"
+    with pytest.raises(gm.ConfigError, match=r"holds fashion-mnist, not mnist; point --data-dir at the mnist files or at "
+                                             r"their parent folder \(downloads go to DIR/mnist\)"):
+        datasets.locate(clothes, "mnist", "train", what="--data-dir")
+    assert datasets.locate(clothes, "mnist", "train", strict=False) == clothes  # gm.train(data_dir=...) without dataset=
+    digits = make_synthetic(clothes / "mnist", n_train=40, n_test=20, seed=2)
+    assert datasets.locate(clothes, "mnist", "train") == digits  # the parent's files are another dataset's
+    images, _ = resolve_dataset(None, None, "train", clothes, "mnist")
+    assert np.array_equal(images, gm.load_mnist(digits)[0])

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from ggml_mnist.data import load_mnist, uncompressed_sha256
-from ggml_mnist.download import DATASETS, DatasetSpec, FileSpec, download_dataset, verify_dataset
+from ggml_mnist.datasets import DATASETS, DatasetInfo, FileSpec, downloadable
+from ggml_mnist.download import download_dataset, verify_dataset
 from ggml_mnist.errors import ChecksumError, ConfigError, DownloadError, GgmlMnistError
 
 MNIST_FILES = [
@@ -93,7 +94,7 @@ def mirror(tmp_path, monkeypatch) -> Path:
         for name in MNIST_FILES
     }
     monkeypatch.setitem(
-        DATASETS, "synthetic", DatasetSpec(files=files, mirrors=(closed_port_url(),))
+        DATASETS, "synthetic", DatasetInfo("synthetic", tuple("0123456789"), files=files, mirrors=(closed_port_url(),))
     )
     return source
 
@@ -332,7 +333,7 @@ def test_oversized_download_is_cut_off(serve, mirror, tmp_path):
 
 
 def test_decompression_is_bounded_by_the_expected_size(serve, mirror, tmp_path, monkeypatch):
-    import ggml_mnist.download as download
+    import ggml_mnist.datasets as datasets
 
     limits = []
 
@@ -340,7 +341,7 @@ def test_decompression_is_bounded_by_the_expected_size(serve, mirror, tmp_path, 
         limits.append((Path(path).name.split(".part-")[0].lstrip("."), limit))
         return uncompressed_sha256(path, limit)
 
-    monkeypatch.setattr(download, "uncompressed_sha256", spy)
+    monkeypatch.setattr(datasets, "uncompressed_sha256", spy)
     download_dataset("synthetic", tmp_path, mirrors=[serve(mirror)], progress=False)
     sizes = {name: spec.size for name, spec in DATASETS["synthetic"].files.items()}
     assert limits and all(limit == sizes[name] for name, limit in limits)
@@ -367,8 +368,9 @@ def test_verify_missing_directory(tmp_path):
 
 
 def test_dataset_table():
-    assert list(DATASETS) == ["mnist", "fashion-mnist"]
-    for spec in DATASETS.values():
+    assert downloadable() == ["mnist", "fashion-mnist"]
+    assert all(not DATASETS[name].files and not DATASETS[name].mirrors for name in DATASETS if name.startswith("emnist-"))
+    for spec in (DATASETS[name] for name in downloadable()):
         assert list(spec.files) == MNIST_FILES
         assert [f.size for f in spec.files.values()] == [47_040_016, 60_008, 7_840_016, 10_008]
         assert all(len(f.sha256) == 64 and int(f.sha256, 16) >= 0 for f in spec.files.values())

@@ -146,10 +146,14 @@ def test_info_escapes_class_names_from_the_file(tmp_path: Path, capsys) -> None:
 
 
 def test_explicit_fashion_files_are_recognised_by_their_labels(tmp_path: Path, monkeypatch) -> None:
-    from ggml_mnist import download
+    import dataclasses
+
+    from ggml_mnist import datasets
+    from ggml_mnist.data import uncompressed_sha256
     source = make_synthetic(tmp_path / "clothes", n_train=100, n_test=20, gz=True)
-    files = {p.name: download.FileSpec(download.uncompressed_sha256(p), 28 * 28 * 100 + 16) for p in source.iterdir()}
-    monkeypatch.setitem(download.DATASETS, "fashion-mnist", download.DatasetSpec(files=files, mirrors=()))
+    files = {p.name: datasets.FileSpec(uncompressed_sha256(p), 28 * 28 * 100 + 16) for p in source.iterdir()}
+    monkeypatch.setitem(datasets.DATASETS, "fashion-mnist",
+                        dataclasses.replace(datasets.DATASETS["fashion-mnist"], files=files, mirrors=()))
     out = tmp_path / "m.gguf"
     images, labels = (str(source / f"{name}.gz") for name in SPLIT_FILES["train"])
     assert cli.train_main(["fc", str(out), images, labels, "--epochs", "1", *FAST]) == 0

@@ -11,7 +11,8 @@ from pathlib import Path
 import ggml_mnist as gm
 import numpy as np
 import pytest
-from ggml_mnist import cli, download, runlog
+from ggml_mnist import cli, datasets, download, runlog
+from ggml_mnist.data import uncompressed_sha256
 from ggml_mnist.download import download_dataset as real_download
 from support.helpers import gguf_module
 from support.synthetic import SPLIT_FILES, make_synthetic
@@ -94,8 +95,9 @@ def test_the_api_save_refuses_foreign_files(xy, tmp_path: Path) -> None:
 
 def test_verify_names_a_model_saved_over_a_dataset_file(tmp_path: Path, monkeypatch, capsys) -> None:
     source = make_synthetic(tmp_path / "src", n_train=20, n_test=10, gz=True)
-    files = {p.name: download.FileSpec(download.uncompressed_sha256(p), 28 * 28 * 20 + 16) for p in source.iterdir()}
-    monkeypatch.setitem(download.DATASETS, "synthetic", download.DatasetSpec(files=files, mirrors=("http://127.0.0.1:9/",)))
+    files = {p.name: datasets.FileSpec(uncompressed_sha256(p), 28 * 28 * 20 + 16) for p in source.iterdir()}
+    monkeypatch.setitem(datasets.DATASETS, "synthetic", datasets.DatasetInfo("synthetic", tuple("0123456789"), files=files,
+                                                                             mirrors=("http://127.0.0.1:9/",)))
     folder = tmp_path / "data" / "synthetic"
     shutil.copytree(source, folder)
     model = gm.Model.create("fc", hidden=16)

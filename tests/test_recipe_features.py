@@ -112,7 +112,7 @@ def test_a_generous_max_seconds_changes_nothing(data) -> None:
     ("label_smoothing", float("nan"), r"label_smoothing must be in \[0, 1\)"),
     ("max_seconds", -1, r"max_seconds must be a number of seconds >= 0"),
     ("max_seconds", float("inf"), r"max_seconds must be a number of seconds >= 0"),
-    ("lr_schedule", "one-cycle", r"lr_schedule must be one of cosine, linear, constant, onecycle"),
+    ("lr_schedule", "one-cycle", r"lr_schedule must be one of constant, cosine, linear, onecycle"),
 ])
 def test_bad_recipe_values_name_the_fix(field, value, message) -> None:
     with pytest.raises(ConfigError, match=message):

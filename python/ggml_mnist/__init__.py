@@ -7,7 +7,7 @@ from typing import Any
 
 from . import _moved, callbacks, layers, plot
 from ._build_info import build_info
-from ._ffi import ffi as _ffi_ffi, lib as _lib, set_verbose
+from ._ffi import enum_names as _enum_names, ffi as _ffi_ffi, lib as _lib, set_verbose
 from .augment import augment_images
 from .api import EpochStats, EvalResult, evaluate, export_gguf, load, train
 from .config import TrainConfig
@@ -42,7 +42,7 @@ from .tune import TuneResult, default_space, tune
 __version__ = _ffi_ffi.string(_lib.gmn_version()).decode()
 ggml_version = _ffi_ffi.string(_lib.gmn_ggml_version()).decode()
 
-_DEVICE_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+_DEVICE_TYPES = {code: name for name, code in _enum_names("gmn_device_type").items()}  # 0: "cpu", 1: "gpu", ...
 
 _moved.install()  # the old module paths (ggml_mnist.imaging, ggml_mnist.predict_cli, ...) import their new modules
 

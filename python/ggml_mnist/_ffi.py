@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -20,7 +21,18 @@ from .errors import (
     TrainingDivergedError,
 )
 
-__all__ = ["ffi", "lib", "check", "ptr", "cstr", "last_error", "set_verbose", "ProgressHook"]
+__all__ = ["ffi", "lib", "enum_names", "check", "ptr", "cstr", "last_error", "set_verbose", "ProgressHook"]
+
+
+
+def enum_names(c_enum: str) -> dict[str, int]:
+    """The members of a C enum of ggml_mnist.h as {name: code} in the order of their codes, each name in lower case
+    without the prefix the members share: ``enum_names("gmn_schedule")`` is {"constant": 0, "cosine": 1, ...}.
+    The header is the one place these names and codes are written."""
+    members = sorted(ffi.typeof(f"enum {c_enum}").relements.items(), key=lambda item: item[1])
+    prefix = os.path.commonprefix([name for name, _ in members]).rpartition("_")[0] + "_"
+    return {name[len(prefix):].lower(): code for name, code in members}
+
 
 _STATUS_ERRORS: dict[int, type[GgmlMnistError]] = {
     lib.GMN_E_INVALID: ConfigError,
@@ -64,7 +76,8 @@ def cstr(text: str, what: str = "argument") -> bytes:
 
 
 _LOGGER = logging.getLogger("ggml_mnist.ggml")
-_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_LEVELS = {lib.GMN_LOG_DEBUG: logging.DEBUG, lib.GMN_LOG_INFO: logging.INFO, lib.GMN_LOG_WARN: logging.WARNING,
+           lib.GMN_LOG_ERROR: logging.ERROR}
 
 
 @ffi.callback("void(void *, int, const char *)")
@@ -86,10 +99,10 @@ def set_verbose(enabled: bool = True, level: int = logging.INFO) -> None:
             _handler.setFormatter(logging.Formatter("ggml: %(message)s"))
             _LOGGER.addHandler(_handler)
         _LOGGER.setLevel(level)
-        native_level = max(1, min(4, {logging.DEBUG: 1, logging.INFO: 2, logging.WARNING: 3}.get(level, 4)))
+        native_level = {py: native for native, py in _LEVELS.items()}.get(level, lib.GMN_LOG_ERROR)
         lib.gmn_log_set(_log_sink, ffi.NULL, native_level)
     else:
-        lib.gmn_log_set(ffi.NULL, ffi.NULL, 4)
+        lib.gmn_log_set(ffi.NULL, ffi.NULL, lib.GMN_LOG_ERROR)
         if _handler is not None:
             _LOGGER.removeHandler(_handler)
             _handler = None

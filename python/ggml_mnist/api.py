@@ -15,9 +15,9 @@ from . import callbacks as _callbacks
 from .augment import for_dataset
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
 from .data import has_split, load_mnist, read_idx, validate_dataset
-from .datasets import DATASETS, dataset_info, preparation
-from .download import identify_dataset, identify_labels
+from .datasets import dataset_info, identify_dataset, identify_labels, locate, preparation
 from .errors import ConfigError, DataError
+from .labels import dataset_name as recorded_dataset
 from .layers import ArchLike, Conv2d, Dense, resolve_layers
 from .model import Model, PathLike, check_net
 from .outputs import check_distinct
@@ -79,15 +79,10 @@ def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath]
         if data_dir is None:
             raise ConfigError("no data given: pass images and labels (arrays or IDX paths) or a data directory")
         info = dataset_info(dataset or "mnist")
-        nested = Path(data_dir) / info.name  # a parent such as data/, where mnist-data downloads to data/<dataset>
-        folder = nested if not info.has_split(data_dir, split) and info.has_split(nested, split) else Path(data_dir)
-        found = identify_dataset(folder, split) if info.has_split(folder, split) else None
-        if dataset is not None and found is not None and found != info.name:
-            raise ConfigError(f"{folder} holds {found}, not {info.name}; point data_dir at the {info.name} files "
-                              f"or at their parent folder")
+        folder = locate(data_dir, info.name, split, strict=dataset is not None) or Path(data_dir)
         return info.load(folder, split)
     if isinstance(images, (str, os.PathLike)):
-        if Path(images).is_dir():
+        if _is_folder(images):
             if labels is not None:
                 raise ConfigError("labels must be omitted when images is a directory")
             return load_mnist(images, split)
@@ -107,14 +102,18 @@ def _dataset_name(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath], 
         return dataset_info(dataset).name
     if isinstance(labels, (str, os.PathLike)):
         return identify_labels(labels)
-    folder = images if isinstance(images, (str, os.PathLike)) and Path(images).is_dir() else (
-        data_dir if images is None else None)
+    folder = images if _is_folder(images) else (data_dir if images is None else None)
     if folder is None:
         return None
     for candidate in (Path(folder), Path(folder) / "mnist"):
         if has_split(candidate, "train"):
             return identify_dataset(candidate, "train")
     return None
+
+
+def _is_folder(images: Optional[ArrayOrPath]) -> bool:
+    """True when ``images`` names a dataset folder (not an array or an IDX file)."""
+    return isinstance(images, (str, os.PathLike)) and Path(images).is_dir()
 
 
 def _validation_arrays(validation_data: Any, image_size: tuple[int, int], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -329,8 +328,7 @@ def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None
     else:
         model = Model.load(model, device=device or DEFAULT_DEVICE, threads=0 if threads is None else threads)
     if dataset is None and images is None:
-        recorded = model.metadata.get("dataset")
-        dataset = recorded.get("name") if isinstance(recorded, dict) and recorded.get("name") in DATASETS else None
+        dataset = recorded_dataset(model.metadata)
     images, labels = resolve_dataset(images, labels, "test", data_dir, dataset)
     images, labels, _ = validate_dataset(images, labels, model.n_classes, image_size=model.image_size)
     n = len(labels)

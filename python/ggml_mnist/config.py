@@ -10,16 +10,17 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-from ._ffi import lib
+from ._ffi import enum_names, lib
 from .augment import LEVELS, PARAMETERS, resolve_augment
 from .errors import ConfigError
 from .layers import Layer, Sequential, canonical_preset, layer_from_dict
 
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "linear", "constant", "onecycle")
+# The names of the shim's optimizers, learning-rate schedules and graph forms, as ggml_mnist.h defines them
+OPTIMIZERS = tuple(enum_names("gmn_optimizer"))  # adamw, sgd
+SCHEDULES = tuple(enum_names("gmn_schedule"))  # constant, cosine, linear, onecycle
 #: Graph forms: "auto" (the CPU graph on the CPU, else the portable one), "cpu" (channels-last with the shim's CPU
 #: kernels) and "portable" (ggml's ops only, which every backend runs forward and backward).
-GRAPHS = ("auto", "cpu", "portable")
+GRAPHS = tuple(enum_names("gmn_graph"))
 DEFAULT_DATA_DIR = "data"
 DEFAULT_DEVICE = "auto"
 MAX_EPOCHS = 1_000_000

@@ -1,4 +1,6 @@
-"""Download the MNIST and Fashion-MNIST IDX files from public mirrors and verify them by SHA-256."""
+"""Download the MNIST and Fashion-MNIST IDX files from public mirrors and verify them by SHA-256.
+
+The files, their checksums and the mirrors are the dataset registry's (:mod:`ggml_mnist.datasets`)."""
 
 from __future__ import annotations
 
@@ -8,71 +10,16 @@ import http.client
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from .data import PathLike, atomic_path, uncompressed_sha256
+from .data import PathLike, atomic_path
+from .datasets import DATASETS, identify_dataset, identify_labels  # noqa: F401 (their old home: download.DATASETS, ...)
+from .datasets import FileSpec, download_info, file_matches, file_present
 from .errors import ChecksumError, ConfigError, DownloadError, ModelIOError
 from .outputs import FOREIGN_KINDS, describe
 
-
-class FileSpec(NamedTuple):
-    """SHA-256 (hex) and size in bytes of a dataset file's uncompressed content."""
-
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """The ``.gz`` files of a dataset and the mirror base URLs they are fetched from, in order."""
-
-    files: Mapping[str, FileSpec]
-    mirrors: tuple[str, ...]
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
-        files={
-            "train-images-idx3-ubyte.gz": FileSpec(
-                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47_040_016
-            ),
-            "train-labels-idx1-ubyte.gz": FileSpec(
-                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60_008
-            ),
-            "t10k-images-idx3-ubyte.gz": FileSpec(
-                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7_840_016
-            ),
-            "t10k-labels-idx1-ubyte.gz": FileSpec(
-                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10_008
-            ),
-        },
-        mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-            "http://yann.lecun.com/exdb/mnist/",
-        ),
-    ),
-    "fashion-mnist": DatasetSpec(
-        files={
-            "train-images-idx3-ubyte.gz": FileSpec(
-                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 47_040_016
-            ),
-            "train-labels-idx1-ubyte.gz": FileSpec(
-                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 60_008
-            ),
-            "t10k-images-idx3-ubyte.gz": FileSpec(
-                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 7_840_016
-            ),
-            "t10k-labels-idx1-ubyte.gz": FileSpec(
-                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 10_008
-            ),
-        },
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-    ),
-}
 
 _CHUNK = 1 << 16
 
@@ -81,44 +28,6 @@ class _Failure(NamedTuple):
     url: str
     reason: str
     kind: str  # "offline" (no connection), "checksum", or "other"
-
-
-def _dataset(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        choices = ", ".join(DATASETS)
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {choices}") from None
-
-
-def _matches(path: Path, spec: FileSpec) -> bool:
-    return path.is_file() and uncompressed_sha256(path, limit=spec.size) == spec.sha256
-
-
-def _present(directory: Path, filename: str, spec: FileSpec) -> bool:
-    """True if directory holds filename (.gz) or its uncompressed form with the expected content."""
-    return any(_matches(directory / n, spec) for n in (filename, filename.removesuffix(".gz")))
-
-
-def identify_dataset(directory: PathLike, split: str) -> str | None:
-    """Name of the known dataset whose ``split`` labels file ``directory`` holds, or None (other or custom files)."""
-    stem = "train" if split == "train" else "t10k"
-    filename = f"{stem}-labels-idx1-ubyte.gz"
-    for name, spec in DATASETS.items():
-        if _present(Path(directory), filename, spec.files[filename]):
-            return name
-    return None
-
-
-def identify_labels(path: PathLike) -> str | None:
-    """Name of the known dataset one of whose labels files ``path`` is (raw or .gz, by checksum), or None."""
-    if not Path(path).is_file():
-        return None
-    for name, spec in DATASETS.items():
-        for filename, file_spec in spec.files.items():
-            if "-labels-" in filename and _matches(Path(path), file_spec):
-                return name
-    return None
 
 
 def verify_dataset(name: str, directory: PathLike) -> dict[str, bool]:
@@ -138,8 +47,8 @@ def dataset_status(name: str, directory: PathLike) -> dict[str, str]:
     """
     target = Path(directory) / name
     out = {}
-    for filename, spec in _dataset(name).files.items():
-        if _present(target, filename, spec):
+    for filename, spec in download_info(name).files.items():
+        if file_present(target, filename, spec):
             out[filename] = "ok"
             continue
         found = _foreign_or_damaged(target, filename)
@@ -180,7 +89,7 @@ def download_dataset(
     list, ChecksumError when every mirror served wrong bytes and DownloadError when every
     mirror failed.
     """
-    spec = _dataset(name)
+    spec = download_info(name)
     if mirrors is None:
         mirrors = spec.mirrors
     mirrors = (mirrors,) if isinstance(mirrors, str) else tuple(mirrors)
@@ -189,14 +98,14 @@ def download_dataset(
     target = Path(directory) / name
     for filename, file_spec in spec.files.items():
         found = _foreign_or_damaged(target, filename)
-        if not force and found is not None and not _present(target, filename, file_spec) and _is_foreign(found):
+        if not force and found is not None and not file_present(target, filename, file_spec) and _is_foreign(found):
             raise ModelIOError(f"'{found}' is present but its SHA-256 does not match (it is {describe(found)}); move "
                                "it away, or run `mnist-data download --force` (force=True) to replace it")
     created = [p for p in (target, *target.parents) if not p.exists()]
     target.mkdir(parents=True, exist_ok=True)
     try:
         for filename, file_spec in spec.files.items():
-            if _present(target, filename, file_spec):
+            if file_present(target, filename, file_spec):
                 _say(progress, f"{filename}: already present, verified\n")
                 continue
             _download_file(target, filename, file_spec, mirrors, timeout, progress)
@@ -222,7 +131,7 @@ def _download_file(
         try:
             with atomic_path(target / filename) as tmp:
                 _fetch(url, tmp, spec, timeout, progress)
-                if not _matches(tmp, spec):
+                if not file_matches(tmp, spec):
                     raise ChecksumError(f"uncompressed SHA-256 is not {spec.sha256}")
         except urllib.error.HTTPError as e:
             failures.append(_Failure(url, f"HTTP {e.code} {e.reason}", "other"))

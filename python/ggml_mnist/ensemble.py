@@ -10,6 +10,7 @@ import numpy as np
 from . import api
 from .config import DEFAULT_DEVICE, EVAL_CHUNK
 from .errors import ConfigError
+from .labels import dataset_name as recorded_dataset
 from .model import Model, PathLike
 from .pictures import read as pictures
 from .pictures.prepare import ImageLike
@@ -105,7 +106,7 @@ class Ensemble:
         """Evaluate the ensemble on labelled images as :func:`ggml_mnist.evaluate` does a model; returns an EvalResult
         whose probabilities are the members' mean and whose seconds are the members' sum."""
         if dataset is None and images is None:
-            dataset = self.metadata.get("dataset", {}).get("name") if isinstance(self.metadata.get("dataset"), dict) else None
+            dataset = recorded_dataset(self.metadata)
         images, labels = api.resolve_dataset(images, labels, "test", data_dir, dataset)
         results = [api.evaluate(m, images, labels, batch_size=batch_size) for m in self.members]
         probs = (sum(r.probabilities.astype(np.float64) for r in results) / len(self)).astype(np.float32)

@@ -1,19 +1,19 @@
-"""What a model's outputs mean: class names and the image preparation a model expects, from its metadata."""
+"""The dataset recorded in a model, and what its outputs mean: the dataset's name, its class names and the image
+preparation the model expects, all read from the model's metadata (the registry is :mod:`ggml_mnist.datasets`)."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
 from . import datasets
-
-PREPARATIONS = ("digits", "photo")  # see ggml_mnist.imaging
+from .datasets import PREPARATIONS
 
 
 def dataset_name(metadata: Mapping[str, Any]) -> Optional[str]:
-    """The ``name`` of the metadata's ``dataset`` entry, or None."""
+    """The known dataset the metadata records (the ``name`` of its ``dataset`` entry), or None."""
     dataset = metadata.get("dataset")
     name = dataset.get("name") if isinstance(dataset, dict) else None
-    return name if isinstance(name, str) else None
+    return name if isinstance(name, str) and name in datasets.DATASETS else None
 
 
 def class_names(metadata: Mapping[str, Any], n_classes: int) -> list[str]:

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-from .errors import ConfigError, ModelIOError
+from .errors import ConfigError, GgmlMnistError, ModelIOError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -96,8 +96,9 @@ def check_output(path: PathLike, inputs: Iterable[Optional[PathLike]] = (), *, k
             raise ModelIOError(f"cannot write {what} {text!r}: it is a symbolic link to a missing file; remove it or "
                                "write elsewhere")
         target = target.resolve()
-    if target.is_dir():
-        raise ModelIOError(f"{what} {text!r} is a directory; give a file name such as {example}")
+    if len(target.name.encode()) > 255:
+        raise ModelIOError(f"cannot write {what} {os.fspath(target)[:64]!r}...: the file name is longer than 255 bytes")
+    check_file_name(target, what, example, text=text)
     if target.exists() and not target.is_file():
         raise ModelIOError(f"{what} {text!r} is not a regular file (a device, FIFO or socket); {fix}")
     for source in inputs:
@@ -111,13 +112,21 @@ def check_output(path: PathLike, inputs: Iterable[Optional[PathLike]] = (), *, k
     return target
 
 
-def check_writable(target: Path, what: str) -> None:
-    """Raise ModelIOError unless a file named ``target`` could be created now (its folder exists and is writable)."""
-    if len(target.name.encode()) > 255:
-        raise ModelIOError(f"cannot write {what} {os.fspath(target)[:64]!r}...: the file name is longer than 255 bytes")
+def check_file_name(target: PathLike, what: str, example: str, *, text: Optional[str] = None,
+                    error: type[GgmlMnistError] = ModelIOError) -> None:
+    """Raise ``error`` naming the fix unless ``target`` can name a file to write: it is not a directory and its
+    folder exists. ``text`` is the name as the user gave it (default: ``target``)."""
+    text = os.fspath(target) if text is None else text
+    target = Path(target)
+    if target.is_dir():
+        raise error(f"{what} {text!r} is a directory; give a file name such as {example}")
     if not target.parent.is_dir():
-        raise ModelIOError(f"cannot write {what} {os.fspath(target)!r}: directory '{target.parent}' does not exist; "
-                           "create it first")
+        raise error(f"cannot write {what} {os.fspath(target)!r}: directory '{target.parent}' does not exist; "
+                    "create it first")
+
+
+def check_writable(target: Path, what: str) -> None:
+    """Raise ModelIOError unless a file named ``target`` could be created now (its folder is writable)."""
     try:
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".ggml-mnist-check-"):
             pass

@@ -8,12 +8,11 @@ threads) and, given ``path``, also writes it as a PNG.
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .data import atomic_path
 from .errors import ConfigError, DataError
 from .layers import Conv2d, Dropout
 from .model import Model, PathLike
@@ -40,16 +39,8 @@ def _figure(width: float, height: float) -> "Figure":
 
 def save_png(fig: "Figure", path: PathLike) -> None:
     """Write ``fig`` as a PNG atomically: a failed save leaves an existing file untouched."""
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # unlike mkstemp, the file gets the usual permissions (umask)
-            fig.savefig(f, format="png", metadata={"Software": PNG_SOFTWARE})  # marks the file as ours
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:  # unlike mkstemp, the file gets the usual permissions (umask)
+        fig.savefig(f, format="png", metadata={"Software": PNG_SOFTWARE})  # marks the file as ours
 
 
 def _done(fig: "Figure", path: Optional[PathLike]) -> "Figure":

@@ -33,12 +33,8 @@ from .progress import ProgressBar
 
 __all__ = ["EpochStats", "BatchStats", "Callback", "StopTraining", "TrainingRun", "BATCH_INTERVAL"]
 
-_SCHEDULE_CODES = {
-    "constant": lib.GMN_SCHEDULE_CONSTANT,
-    "cosine": lib.GMN_SCHEDULE_COSINE,
-    "linear": lib.GMN_SCHEDULE_LINEAR,
-    "onecycle": lib.GMN_SCHEDULE_ONECYCLE,
-}
+_OPTIMIZER_CODES = _ffi.enum_names("gmn_optimizer")
+_SCHEDULE_CODES = _ffi.enum_names("gmn_schedule")
 
 #: The default least time in seconds between two calls of a callback's ``on_batch_end`` (its ``batch_interval``
 #: attribute overrides it; 0 calls it after every batch).
@@ -232,7 +228,7 @@ class TrainingRun:
                 ffi.new(
                     "struct gmn_train_config *",
                     dict(
-                        optimizer=0 if cfg.optimizer == "adamw" else 1,
+                        optimizer=_OPTIMIZER_CODES[cfg.optimizer],
                         lr=cfg.lr,
                         lr_min_ratio=cfg.lr_min_ratio,
                         schedule=_SCHEDULE_CODES[cfg.lr_schedule],

@@ -18,8 +18,9 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 from .. import download
 from ..config import DEFAULT_DATA_DIR, GRAPHS, TrainConfig
 from ..data import read_idx_header
-from ..datasets import DATASETS, dataset_info
+from ..datasets import dataset_info, locate
 from ..errors import ConfigError, GgmlMnistError, GgmlMnistWarning
+from ..labels import dataset_name
 from ..outputs import FOREIGN_KINDS, describe
 
 
@@ -158,18 +159,11 @@ def dataset_dir(data_dir: str, dataset: str, split: str, allow_download: bool) -
     --download was given; a folder of another known dataset is refused.
     """
     root = Path(data_dir)
-    other = None
+    found = locate(root, dataset, split, what="--data-dir")
+    if found is not None:
+        return found
     info = dataset_info(dataset)
-    for candidate in (root, root / dataset):
-        if info.has_split(candidate, split):
-            found = download.identify_dataset(candidate, split)
-            if found is None or found == dataset:
-                return candidate
-            other = other or (candidate, found)
-    if other is not None:
-        raise ConfigError(f"{other[0]} holds {other[1]}, not {dataset}; point --data-dir at the {dataset} files "
-                          f"or at their parent folder (downloads go to DIR/{dataset})")
-    if dataset not in download.DATASETS:
+    if not info.downloadable:
         raise ConfigError(f"no {dataset} {split} files in {root} or {root / dataset}, and {dataset} cannot be downloaded "
                           f"here: put {info.prefix}{split}-images-idx3-ubyte.gz and {info.prefix}{split}-labels-idx1-ubyte.gz "
                           "(from the EMNIST release) into one of them")
@@ -187,9 +181,7 @@ def add_graph(p: argparse.ArgumentParser) -> None:
 
 def model_dataset(model: Any, asked: Optional[str]) -> str:
     """The dataset to use: --dataset, else the one recorded in the model, else mnist; warns when they differ."""
-    recorded = model.metadata.get("dataset")
-    recorded = recorded.get("name") if isinstance(recorded, dict) else None
-    recorded = recorded if recorded in DATASETS else None
+    recorded = dataset_name(model.metadata)
     if asked is not None and recorded is not None and asked != recorded:
         print(f"warning: the model was trained on {recorded}, not on {asked}", file=sys.stderr)
     return asked or recorded or "mnist"

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from .. import download
 from ..config import DEFAULT_DATA_DIR
+from ..datasets import downloadable
 from .common import add_version, run
 
 
@@ -19,7 +20,7 @@ def data_parser() -> argparse.ArgumentParser:
     for name, text in (("download", "download (or complete) a dataset, verifying SHA-256 sums"),
                        ("verify", "check the SHA-256 sums of a downloaded dataset")):
         s = sub.add_parser(name, help=text, description=text)
-        s.add_argument("--dataset", default="mnist", choices=sorted(download.DATASETS), help="which dataset (default: mnist)")
+        s.add_argument("--dataset", default="mnist", choices=sorted(downloadable()), help="which dataset (default: mnist)")
         s.add_argument("--dir", default=DEFAULT_DATA_DIR, help=f"parent directory; files go to DIR/DATASET (default: {DEFAULT_DATA_DIR})")
         s.add_argument("--quiet", action="store_true", help="no progress output")
         if name == "download":

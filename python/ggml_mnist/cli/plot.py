@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .. import api, download, plot
+from .. import api, plot
 from ..config import DEFAULT_DATA_DIR, DEFAULT_DEVICE
+from ..datasets import DATASETS, dataset_info
 from ..errors import ConfigError, DataError
 from ..layers import Conv2d
-from .common import add_version, dataset_dir, run
+from .common import add_version, dataset_dir, model_dataset, run
 
 
 def plot_parser() -> argparse.ArgumentParser:
@@ -26,19 +27,13 @@ def plot_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=int, help="run id in --metrics (default: the latest run)")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
-    p.add_argument("--dataset", choices=sorted(download.DATASETS),
+    p.add_argument("--dataset", choices=list(DATASETS),
                    help="dataset for --data-dir (default: the one stored in the model, else mnist)")
     p.add_argument("--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet")
     p.add_argument("--mistakes", type=int, default=24, metavar="N", help="how many mistakes to show (default: 24)")
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
     return add_version(p)
-
-
-def _dataset_name(model: api.Model, given: Optional[str]) -> str:
-    stored = model.metadata.get("dataset")
-    name = stored.get("name") if isinstance(stored, dict) else None
-    return given or (name if name in download.DATASETS else "mnist")
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -57,8 +52,8 @@ def _plot(args: argparse.Namespace) -> int:
     else:
         plot.history(history, path=out / "history.png")
         written.append("history.png")
-    data_dir = dataset_dir(args.data_dir, _dataset_name(model, args.dataset), "test", args.download)
-    images, labels = api.resolve_dataset(None, None, "test", data_dir)
+    dataset = model_dataset(model, args.dataset)
+    images, labels = dataset_info(dataset).load(dataset_dir(args.data_dir, dataset, "test", args.download), "test")
     result = api.evaluate(model, images, labels)
     names = model.class_names
     plot.confusion_matrix(result, class_names=names, path=out / "confusion.png")

@@ -10,11 +10,11 @@ import typing
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .. import api, download
+from .. import api
 from ..augment import for_dataset
 from ..config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, TrainConfig
 from ..data import split_files
-from ..datasets import DATASETS, dataset_info, preparation
+from ..datasets import DATASETS, dataset_info, identify_labels, preparation
 from ..errors import ConfigError, ModelIOError
 from ..layers import canonical_preset, load_layers, preset_names, resolve_layers
 from ..model import check_net
@@ -212,7 +212,7 @@ def _train(args: argparse.Namespace) -> int:
     if start_model is not None:
         args.dataset = model_dataset(start_model, args.dataset)
     elif args.dataset is None and labels is not None:  # explicit files: a known dataset's labels say which it is
-        args.dataset = download.identify_labels(labels) or "mnist"
+        args.dataset = identify_labels(labels) or "mnist"
     else:
         args.dataset = args.dataset or "mnist"
     options: dict[str, Any] = {"arch": arch, **recipe_options(args), "device": device or args.device}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from typing import Optional, Sequence, Union
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from ..errors import ImageError
-from ..outputs import PNG_SOFTWARE
+from ..data import atomic_path
+from ..outputs import PNG_SOFTWARE, check_file_name
 from .prepare import ImageLike, open_picture
 from .read import Digit, Prediction
 
@@ -85,17 +84,9 @@ def save_png(image: Image.Image, path: str) -> None:
     """Write a PNG atomically, marked as drawn by ggml-mnist: a failed save leaves any existing file untouched.
 
     Raises ImageError."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ImageError(f"{path!r} is a directory; give a file name such as annotated.png")
-    if not os.path.isdir(folder):
-        raise ImageError(f"cannot write {path!r}: directory {folder!r} does not exist; create it first")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{secrets.token_hex(4)}")
+    check_file_name(path, "the annotated picture", "annotated.png", error=ImageError)
     try:
-        with open(tmp, "xb") as f:  # created with the user's umask, like any new file
+        with atomic_path(path) as tmp, open(tmp, "xb") as f:  # created with the user's umask, like any new file
             image.save(f, format="PNG", pnginfo=_ours())
-        os.replace(tmp, path)
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise ImageError(f"cannot write {path!r}: {exc.strerror or exc}") from None

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataFileNotFoundError, ImageError
-from ..labels import PREPARATIONS
+from ..datasets import PREPARATIONS
 from .components import Component, label
 
 ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray]
