@@ -14,7 +14,7 @@ Both hold the same numbers; only shapes (and the first dense layer's input order
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -47,6 +47,17 @@ def _roles(layers: Sequence[Layer]) -> dict[str, tuple[int, str]]:
 def _reads_spatial(layers: Sequence[Layer], i: int) -> bool:
     """Whether dense layer i flattens a spatial input of several channels (the input order differs then)."""
     return i > 0 and not any(isinstance(x, Dense) for x in layers[:i])
+
+
+def _flattened_map(
+    name: str, roles: Mapping[str, tuple[int, str]], layers: Sequence[Layer], inputs: Sequence[Shape]
+) -> Optional[Shape]:
+    """The (height, width, channels) feature map that tensor ``name`` reads flattened when it is the weight of a
+    dense layer after convolutions (the layouts order its inputs differently), else None."""
+    if name not in roles or roles[name][1] != "weight":
+        return None
+    i = roles[name][0]
+    return inputs[i] if isinstance(layers[i], Dense) and _reads_spatial(layers, i) else None
 
 
 def torch_shapes(
@@ -86,13 +97,9 @@ def to_torch(
         arr = np.asarray(value)
         if arr.size != int(np.prod(shapes[name])):
             raise ConfigError(f"tensor {name!r} has {arr.size} values; this network's has {int(np.prod(shapes[name]))}")
-        if (
-            name in roles
-            and roles[name][1] == "weight"
-            and isinstance(layers[roles[name][0]], Dense)
-            and _reads_spatial(layers, roles[name][0])
-        ):
-            h, w, c = inputs[roles[name][0]]
+        spatial = _flattened_map(name, roles, layers, inputs)
+        if spatial is not None:
+            h, w, c = spatial
             arr = arr.reshape(-1, h, w, c).transpose(0, 3, 1, 2)
         out[name] = np.ascontiguousarray(arr).reshape(shapes[name]).copy()
     return out
@@ -116,13 +123,9 @@ def from_torch(
                 f"tensor {name!r} must have shape {expected[name]} in the torch layout, got {arr.shape} "
                 "(give layout='ggml' for the shapes of tensor_shapes())"
             )
-        if (
-            name in roles
-            and roles[name][1] == "weight"
-            and isinstance(layers[roles[name][0]], Dense)
-            and _reads_spatial(layers, roles[name][0])
-        ):
-            h, w, c = inputs[roles[name][0]]
+        spatial = _flattened_map(name, roles, layers, inputs)
+        if spatial is not None:
+            h, w, c = spatial
             arr = arr.reshape(-1, c, h, w).transpose(0, 2, 3, 1)
         out[name] = np.ascontiguousarray(arr).reshape(ggml_shapes[name])
     return out
