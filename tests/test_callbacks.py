@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import ggml_mnist as gm
-from ggml_mnist.callbacks import Callback, EarlyStopping, ModelCheckpoint, RunLog, StopTraining
+from ggml_mnist.callbacks import Callback, EarlyStopping, EpochStats, ModelCheckpoint, RunLog, StopTraining
+from ggml_mnist.training import BestEpoch
 from support.helpers import THREADS
 
 EPOCHS = 6
@@ -266,3 +267,28 @@ def test_max_seconds_stays_a_config_field_beside_the_callbacks(data) -> None:
     model, history = gm.train(data["x"], data["y"], callbacks=[rec], **options(data, epochs=50, max_seconds=1e-9))
     assert model.metadata["status"] == "time_limit" and history[-1].time_limit and len(history) == 1
     assert rec.calls[-1] == ("end", "time_limit", 1)
+
+
+def test_a_stop_at_an_epochs_last_batch_keeps_that_epochs_validation(data) -> None:
+    """The epoch is whole when on_batch_end stops at its last batch: it is validated like any other, so the run's
+    best epoch (EarlyStopping, best-only checkpoints) is chosen by validation losses alone."""
+
+    class LastOfSecond(Callback):
+        def on_batch_end(self, batch, model):
+            return not (batch.epoch == 2 and batch.batch == batch.n_batches)
+
+    model, history = gm.train(data["x"], data["y"], callbacks=[LastOfSecond()], **options(data))
+    assert len(history) == 2 and model.metadata["status"] == "stopped_early"
+    assert history[1].n_train == 400 and history[1].n_val == 100 and history[1].val_loss is not None
+
+
+def test_an_epoch_cut_short_never_counts_as_the_best_by_its_training_loss() -> None:
+    def epoch(n: int, train_loss: float, val_loss) -> EpochStats:
+        return EpochStats(n, train_loss, 0.0, 0.5, 0.0, val_loss, 0.0, 0.5, 0.0, 1.0, 400, 0 if val_loss is None else 100)
+
+    best = BestEpoch([epoch(1, 0.9, 1.2)])
+    assert not best.update(epoch(2, 0.3, None))  # interrupted or at the time limit: not validated
+    assert best.epoch == 1 and best.update(epoch(3, 0.8, 1.1)) and best.epoch == 3
+    unvalidated = BestEpoch([epoch(1, 0.9, None)])  # a run without validation goes by the training loss
+    assert unvalidated.update(epoch(2, 0.8, None)) and not unvalidated.update(epoch(3, 0.85, None))
+    assert unvalidated.update(epoch(4, 2.0, 1.5)) and unvalidated.epoch == 4  # validated: ahead of any training loss

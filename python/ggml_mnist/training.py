@@ -142,20 +142,28 @@ def monitored_loss(stats: EpochStats) -> float:
 
 
 class BestEpoch:
-    """The best epoch so far by :func:`monitored_loss`, starting from the epochs a resumed run already has."""
+    """The best epoch so far by :func:`monitored_loss`, starting from the epochs a resumed run already has.
+
+    Validation losses and training losses are never compared: once an epoch was validated, an epoch without
+    validation (one cut short by Ctrl-C, the time limit or a callback) cannot be the best, and the first validated
+    epoch improves on epochs judged by their training loss."""
 
     def __init__(self, history: Sequence[EpochStats] = ()) -> None:
         self.loss = float("inf")
         self.epoch = 0
+        self.validated = False  # whether the best so far was judged by its validation loss
         for stats in history:  # a resumed run's best so far, so that a worse epoch never counts as an improvement
             self.update(stats)
 
     def update(self, stats: EpochStats) -> bool:
         """Note an epoch; return whether it improved on the best so far."""
+        validated = stats.val_loss is not None
+        if self.validated and not validated:
+            return False
         loss = monitored_loss(stats)
-        improved = bool(np.isfinite(loss) and loss < self.loss)
+        improved = bool(np.isfinite(loss) and (loss < self.loss or validated > self.validated))
         if improved:
-            self.loss, self.epoch = loss, stats.epoch
+            self.loss, self.epoch, self.validated = loss, stats.epoch, validated
         return improved
 
 
@@ -460,10 +468,12 @@ def _batch_hook(model: Model, cfg: TrainConfig, bar: Optional[ProgressBar], cloc
                     if keep_going is False:
                         clock.stopped_by = clock.stopped_by or f"{type(cb).__name__}.on_batch_end returned False"
                     entry[2] = time.perf_counter()
-                if clock.stopped_by is not None:
+                if clock.stopped_by is not None and ibatch < nbatch:
                     return True
-            if clock.time_is_up(cfg.max_seconds):
+            if clock.time_is_up(cfg.max_seconds) and ibatch < nbatch:
                 return True
+            # after an epoch's last batch the epoch is whole: the shim validates it, and a stop above ends the run
+            # after it (asking the shim to stop there would skip that validation)
         return interrupt.requested or EXITING.is_set()  # (EXITING: the interpreter is exiting)
 
     return on_batch
