@@ -37,6 +37,16 @@ if not any(isinstance(f, _MovedSupport) for f in sys.meta_path):
 
 
 @pytest.fixture
+def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any dataset download fail the test: tests never need the network (pytestmark = usefixtures(...))."""
+    from ggml_mnist import download
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the test tried to download a dataset")
+    monkeypatch.setattr(download, "download_dataset", refuse)
+
+
+@pytest.fixture
 def synthetic_mnist(tmp_path: Path) -> Path:
     """Directory with raw synthetic MNIST IDX files: 200 train and 50 test images, 10 classes."""
     return make_synthetic(tmp_path / "synthetic-mnist")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ggml_mnist import Model, TrainConfig, cli, download, evaluate, load, load_mnist, train
+from ggml_mnist import Model, TrainConfig, cli, evaluate, load, load_mnist, train
 from ggml_mnist.cli.common import dataset_dir
 from support.helpers import conv_channels_of, hidden_of
 from support.synthetic import SPLIT_FILES, make_synthetic
@@ -41,12 +41,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, files: dict) -> str:
     return path
 
 
-@pytest.fixture(autouse=True)
-def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI must never need the network in these tests."""
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the CLI tried to download a dataset")
-    monkeypatch.setattr(download, "download_dataset", refuse)
+pytestmark = pytest.mark.usefixtures("no_downloads")  # the network is never needed (conftest.py)
 
 
 def console_script(name: str) -> str:

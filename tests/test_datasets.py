@@ -15,11 +15,7 @@ from support.synthetic import make_synthetic
 FAST = ["--epochs", "1", "--hidden", "16", "--batch-size", "20", "--threads", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("tried to download a dataset")
-    monkeypatch.setattr(download, "download_dataset", refuse)
+pytestmark = pytest.mark.usefixtures("no_downloads")  # the network is never needed (conftest.py)
 
 
 def upright_letters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import ggml_mnist as gm
 import numpy as np
 import pytest
-from ggml_mnist import cli, datasets, download, runlog
+from ggml_mnist import cli, datasets, runlog
 from ggml_mnist.data import uncompressed_sha256
 from ggml_mnist.download import download_dataset as real_download
 from support.helpers import gguf_module
@@ -20,11 +20,7 @@ from support.synthetic import SPLIT_FILES, make_synthetic
 FAST = ["--hidden", "16", "--batch-size", "20", "--threads", "1", "--lr", "3e-3", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("tried to download a dataset")
-    monkeypatch.setattr(download, "download_dataset", refuse)
+pytestmark = pytest.mark.usefixtures("no_downloads")  # the network is never needed (conftest.py)
 
 
 @pytest.fixture()

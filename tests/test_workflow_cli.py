@@ -8,17 +8,13 @@ from pathlib import Path
 
 import ggml_mnist as gm
 import pytest
-from ggml_mnist import cli, download
+from ggml_mnist import cli
 from support.synthetic import SPLIT_FILES, make_synthetic
 
 FAST = ["--hidden", "16", "--batch-size", "20", "--threads", "1", "--lr", "3e-3"]
 
 
-@pytest.fixture(autouse=True)
-def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("tried to download a dataset")
-    monkeypatch.setattr(download, "download_dataset", refuse)
+pytestmark = pytest.mark.usefixtures("no_downloads")  # the network is never needed (conftest.py)
 
 
 @pytest.fixture(scope="module")
