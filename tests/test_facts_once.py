@@ -75,3 +75,13 @@ def test_log_levels_map_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     _ffi.set_verbose(False)
     assert seen == [lib.GMN_LOG_DEBUG, lib.GMN_LOG_INFO, lib.GMN_LOG_WARN, lib.GMN_LOG_ERROR, lib.GMN_LOG_ERROR,
                     lib.GMN_LOG_ERROR]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.0, True, "1"])
+def test_a_seed_is_checked_once_for_models_recipes_and_augmentation(seed: object) -> None:
+    import numpy as np
+    for call in (lambda: gm.Model.create("fc", hidden=8, seed=seed), lambda: gm.TrainConfig(seed=seed).validate(),
+                 lambda: gm.augment_images(np.zeros((1, 28, 28), np.uint8), seed=seed)):
+        with pytest.raises(gm.ConfigError, match=r"seed must be an integer in \[0, 2\*\*64\), got "):
+            call()
+    assert _ffi.check_seed(np.uint64(2**64 - 1)) == 2**64 - 1 and type(_ffi.check_seed(np.int64(3))) is int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import sys
 from typing import Any, Callable, Optional
@@ -21,7 +22,7 @@ from .errors import (
     TrainingDivergedError,
 )
 
-__all__ = ["ffi", "lib", "enum_names", "check", "ptr", "cstr", "last_error", "set_verbose", "ProgressHook"]
+__all__ = ["ffi", "lib", "enum_names", "check", "check_seed", "ptr", "cstr", "last_error", "set_verbose", "ProgressHook"]
 
 
 
@@ -56,6 +57,13 @@ def check(status: int, invalid: type[GgmlMnistError] = ConfigError) -> None:
         return
     cls = invalid if status == lib.GMN_E_INVALID else _STATUS_ERRORS.get(status, NativeError)
     raise cls(last_error() or f"ggml-mnist shim failed with status {status}")
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int, as the shim's seeds are (uint64_t); raises ConfigError otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**64:
+        raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
 
 
 def ptr(array: np.ndarray, ctype: str) -> Any:

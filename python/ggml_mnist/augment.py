@@ -90,8 +90,7 @@ def augment_images(images: Any, augment: AugmentLike = "light", seed: int = 0) -
         arr = arr[None]
     if arr.dtype != np.uint8 or arr.ndim != 3:
         raise ConfigError(f"augment_images takes uint8 images [N, H, W] or [H, W], got {arr.dtype} {arr.shape}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-        raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    seed = _ffi.check_seed(seed)
     arr = np.ascontiguousarray(arr)
     n, h, w = arr.shape
     out = np.empty((n, h, w), dtype=np.float32)

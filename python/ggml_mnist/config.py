@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
-from ._ffi import enum_names, lib
+from ._ffi import check_seed, enum_names, lib
 from .augment import LEVELS, PARAMETERS, resolve_augment
 from .errors import ConfigError
 from .layers import Layer, Sequential, canonical_preset, layer_from_dict
@@ -180,7 +180,7 @@ class TrainConfig:
         _require(_finite(self.weight_decay) and 0 <= self.weight_decay <= 1, f"weight_decay must be in [0, 1], got {self.weight_decay!r}")
         _require(self.weight_decay * self.lr <= 1, f"weight_decay * lr = {self.weight_decay * self.lr:g} must not exceed 1")
         _require(_finite(self.val_split) and 0 <= self.val_split < 1, f"val_split must be in [0, 1), got {self.val_split!r}")
-        _require(_whole(self.seed) and 0 <= self.seed < 2**64, f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+        check_seed(self.seed)
         _require(_whole(self.threads) and 0 <= self.threads <= lib.GMN_MAX_THREADS,
                  f"threads must be in [0, {lib.GMN_MAX_THREADS}] (0 = all cores), got {self.threads!r}")
         _require(self.hidden is None or _whole(self.hidden),

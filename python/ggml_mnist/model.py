@@ -6,7 +6,6 @@ import atexit
 import contextlib
 import copy
 import json
-import numbers
 import os
 import tempfile
 import threading
@@ -147,9 +146,7 @@ class Model:
         graph form (see :meth:`set_graph`).
         Raises ConfigError for an impossible network and DeviceError for an unknown device.
         """
-        if isinstance(seed, bool) or not (isinstance(seed, numbers.Integral) and 0 <= int(seed) < 2**64):
-            raise ConfigError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-        seed = int(seed)
+        seed = _ffi.check_seed(seed)
         n_classes = as_int(n_classes, "n_classes")
         layers = resolve_layers(arch, n_classes, hidden=hidden, conv_channels=conv_channels)
         net, _keep = native_net(layers, n_classes, image_size)
