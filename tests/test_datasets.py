@@ -150,7 +150,7 @@ def test_locate_finds_a_dataset_in_its_folder_or_the_parent(tmp_path: Path, monk
     import dataclasses
 
     from ggml_mnist import datasets
-    from ggml_mnist.api import resolve_dataset
+    from ggml_mnist.api import _dataset_name, resolve_dataset
     from ggml_mnist.data import uncompressed_sha256
     clothes = make_synthetic(tmp_path / "clothes", n_train=40, n_test=20, seed=1)
     files = {f"{p.name}.gz": datasets.FileSpec(uncompressed_sha256(p), p.stat().st_size) for p in clothes.iterdir()}
@@ -167,3 +167,8 @@ def test_locate_finds_a_dataset_in_its_folder_or_the_parent(tmp_path: Path, monk
     assert datasets.locate(clothes, "mnist", "train") == digits  # the parent's files are another dataset's
     images, _ = resolve_dataset(None, None, "train", clothes, "mnist")
     assert np.array_equal(images, gm.load_mnist(digits)[0])
+    # the dataset a run records: the folder's own files first, else those in its mnist/ subfolder (by checksum)
+    assert _dataset_name(None, None, clothes, None) == "fashion-mnist"
+    make_synthetic(tmp_path / "parent" / "mnist", n_train=40, n_test=20, seed=1)  # the same bytes as clothes/
+    assert _dataset_name(None, None, tmp_path / "parent", None) == "fashion-mnist"
+    assert _dataset_name(str(digits), None, None, None) is None and _dataset_name(None, None, tmp_path, None) is None

@@ -14,7 +14,7 @@ import numpy as np
 from . import callbacks as _callbacks
 from .augment import for_dataset
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
-from .data import has_split, load_mnist, read_idx, validate_dataset
+from .data import load_mnist, read_idx, validate_dataset
 from .datasets import dataset_info, identify_dataset, identify_labels, locate, preparation
 from .errors import ConfigError, DataError
 from .labels import dataset_name as recorded_dataset
@@ -103,12 +103,8 @@ def _dataset_name(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath], 
     if isinstance(labels, (str, os.PathLike)):
         return identify_labels(labels)
     folder = images if _is_folder(images) else (data_dir if images is None else None)
-    if folder is None:
-        return None
-    for candidate in (Path(folder), Path(folder) / "mnist"):
-        if has_split(candidate, "train"):
-            return identify_dataset(candidate, "train")
-    return None
+    found = locate(folder, "mnist", "train", strict=False) if folder is not None else None  # the MNIST file names
+    return identify_dataset(found, "train") if found is not None else None
 
 
 def _is_folder(images: Optional[ArrayOrPath]) -> bool:
