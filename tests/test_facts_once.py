@@ -85,3 +85,22 @@ def test_a_seed_is_checked_once_for_models_recipes_and_augmentation(seed: object
         with pytest.raises(gm.ConfigError, match=r"seed must be an integer in \[0, 2\*\*64\), got "):
             call()
     assert _ffi.check_seed(np.uint64(2**64 - 1)) == 2**64 - 1 and type(_ffi.check_seed(np.int64(3))) is int
+
+
+def test_a_directory_given_as_a_file_is_refused_in_one_place(tmp_path: Path) -> None:
+    from ggml_mnist.pictures.annotate import save_png
+    from PIL import Image
+    package = Path(gm.__file__).parent
+    raising = [(str(p.relative_to(package)), line.strip()) for p in sorted(package.rglob("*.py"))
+               for line in p.read_text().splitlines() if "is a directory;" in line and "raise" in line]
+    assert raising == [("outputs.py", 'raise error(f"{subject} is a directory; {fix}")')]
+    with pytest.raises(gm.IdxFormatError, match=r"is a directory; give the path of an IDX file"):
+        gm.read_idx(tmp_path)
+    with pytest.raises(gm.ImageError, match=r"is a directory; give an image file"):
+        gm.prepare_image(tmp_path)
+    with pytest.raises(gm.ModelIOError, match=r"is a directory; give a file name such as model.gguf"):
+        gm.Model.create("fc", hidden=8).save(tmp_path)
+    with pytest.raises(gm.ImageError, match=r"the annotated picture '.*' is a directory; give a file name such as"):
+        save_png(Image.new("L", (4, 4)), str(tmp_path))
+    with pytest.raises(gm.ImageError, match=r"cannot write the annotated picture .*: directory '.*nowhere' does not exist"):
+        save_png(Image.new("L", (4, 4)), str(tmp_path / "nowhere" / "a.png"))

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, Union
 import numpy as np
 
 from .errors import ConfigError, DataError, DataFileNotFoundError, IdxFormatError
+from .outputs import refuse_directory
 
 PathLike = Union[str, os.PathLike]
 
@@ -65,8 +66,7 @@ def _open_uncompressed(path: Path) -> tuple[BinaryIO, int | None]:
         info = os.stat(path)
     except FileNotFoundError:
         raise DataFileNotFoundError(f"file '{path}' does not exist") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise _format_error(path, "is a directory", "give the path of an IDX file")
+    refuse_directory(path, f"IDX file '{path}':", "give the path of an IDX file", IdxFormatError)
     if not stat.S_ISREG(info.st_mode):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO without a writer would block open() for good
         if stat.S_ISFIFO(info.st_mode) and not select.select([fd], [], [], _PIPE_WAIT)[0]:

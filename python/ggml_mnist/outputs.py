@@ -118,11 +118,17 @@ def check_file_name(target: PathLike, what: str, example: str, *, text: Optional
     folder exists. ``text`` is the name as the user gave it (default: ``target``)."""
     text = os.fspath(target) if text is None else text
     target = Path(target)
-    if target.is_dir():
-        raise error(f"{what} {text!r} is a directory; give a file name such as {example}")
+    refuse_directory(target, f"{what} {text!r}", f"give a file name such as {example}", error)
     if not target.parent.is_dir():
         raise error(f"cannot write {what} {os.fspath(target)!r}: directory '{target.parent}' does not exist; "
                     "create it first")
+
+
+def refuse_directory(path: PathLike, subject: str, fix: str, error: type[GgmlMnistError] = ModelIOError) -> None:
+    """The one check that a path given as a file (to read or to write) is not a directory: raises ``error`` saying
+    "SUBJECT is a directory; FIX"."""
+    if os.path.isdir(path):
+        raise error(f"{subject} is a directory; {fix}")
 
 
 def check_writable(target: Path, what: str) -> None:

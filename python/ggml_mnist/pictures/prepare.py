@@ -19,8 +19,9 @@ from typing import Any, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import DataFileNotFoundError, ImageError
 from ..datasets import PREPARATIONS
+from ..errors import DataFileNotFoundError, ImageError
+from ..outputs import refuse_directory
 from .components import Component, label
 
 ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray]
@@ -75,8 +76,7 @@ def open_picture(image: ImageLike) -> Image.Image:
         path = os.fspath(image)
         if not os.path.exists(path):
             raise DataFileNotFoundError(f"image file {path!r} does not exist")
-        if os.path.isdir(path):
-            raise ImageError(f"{path!r} is a directory; give an image file (PNG, JPEG, ...)")
+        refuse_directory(path, repr(path), "give an image file (PNG, JPEG, ...)", ImageError)
         if not stat.S_ISREG(os.stat(path).st_mode):  # reading a FIFO or a terminal would wait forever
             raise ImageError(f"{path!r} is not a regular file (a FIFO, device or socket); give an image file")
         try:
