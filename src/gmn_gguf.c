@@ -269,6 +269,17 @@ static int gmn_read_tensors(gmn_model * m, const char * path, FILE * f, const si
             return finite < 0 ? gmn_fail(GMN_E_NOMEM, "model_load: out of memory")
                               : gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s holds NaN or infinite values", path, name);
         }
+        if (gmn_is_running_var(name) && want->type == GGML_TYPE_F32) {
+            const float * v = buf;
+            for (int64_t j = 0; j < ggml_nelements(want); j++) {
+                if (v[j] < 0.0f) {
+                    const double bad = v[j];
+                    free(buf);
+                    return gmn_fail(GMN_E_FORMAT, "model_load: '%s': tensor %s holds a negative variance (%g at %lld); "
+                                    "the file is damaged", path, name, bad, (long long) j);
+                }
+            }
+        }
         ggml_backend_tensor_set(want, buf, 0, nbytes);
         free(buf);
     }

@@ -5,6 +5,7 @@
 #include "ggml_mnist.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #include "ggml.h"
 #include "gguf.h"
@@ -287,5 +288,11 @@ int  gmn_tensor_get_f32(const struct ggml_tensor * t, int64_t ne0, float * out);
 struct gmn_storage gmn_storage_choose(const struct gmn_param_spec * spec, enum ggml_type type, int pad);
 /* The weight type named name ("f32", "q8_0", ...) into *type; else GMN_E_INVALID naming what and the known types. */
 int  gmn_weight_type_parse(const char * name, enum ggml_type * type, const char * what);
+
+/* A batchnorm layer's running variance (NAME.running_var): stored f32, never negative. */
+static inline int gmn_is_running_var(const char * name) {
+    const size_t n = strlen(name), k = sizeof(".running_var") - 1;
+    return n > k && strcmp(name + n - k, ".running_var") == 0;
+}
 
 #endif

@@ -466,9 +466,14 @@ int gmn_model_set_tensor(gmn_model * m, const char * name, const float * data, i
         return gmn_fail(GMN_E_STATE, "set_tensor: '%s' is stored as %s; the weights of a quantised model are read-only: "
                         "set them on a dequantised copy (quantize to f32)", name, ggml_type_name(t->type));
     }
+    const int variance = gmn_is_running_var(name);
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(data[i])) {
             return gmn_fail(GMN_E_INVALID, "set_tensor: '%s' element %lld is not finite", name, (long long) i);
+        }
+        if (variance && data[i] < 0.0f) {
+            return gmn_fail(GMN_E_INVALID, "set_tensor: '%s' element %lld is %g, but a running variance is never negative",
+                            name, (long long) i, (double) data[i]);
         }
     }
     ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ggml_mnist as gm
-from ggml_mnist import ConfigError, Model, ModelFormatError, load, train
+from ggml_mnist import ConfigError, GgmlMnistError, Model, ModelFormatError, load, train
 from ggml_mnist.layers import (
     AvgPool2d,
     BatchNorm,
@@ -514,6 +514,23 @@ def test_a_quantised_batchnorm_tensor_in_a_file_is_refused(tmp_path: Path) -> No
         load(path, threads=THREADS)
 
 
+def test_a_negative_running_variance_is_refused_in_files_and_by_set_weights(tmp_path: Path) -> None:
+    good = load(bn_file(tmp_path / "good.gguf"), threads=THREADS)
+    fields, tensors = read_gguf(tmp_path / "good.gguf")
+    data = {name: t[2].reshape(list(reversed(t[0]))) for name, t in tensors.items()}
+    data["n.running_var"] = np.array([4.0, 4.0, -4.0, 4.0, 4.0], np.float32)  # would predict NaN, read as class 0
+    write_gguf(tmp_path / "bad.gguf", "ggml-mnist", data,
+               uint32s={"ggml_mnist.image_height": 4, "ggml_mnist.image_width": 4, "ggml_mnist.n_classes": 3},
+               arrays={k: v for k, v in fields.items() if k.startswith("ggml_mnist.layers.")})
+    with pytest.raises(ModelFormatError, match=r"tensor n.running_var holds a negative variance \(-4 at 2\)"):
+        load(tmp_path / "bad.gguf", threads=THREADS)
+    weights = good.get_weights()
+    weights["n.running_var"] = -weights["n.running_var"]
+    with pytest.raises(GgmlMnistError, match=r"'n.running_var' element 0 is -4, but a running variance is never negative"):
+        good.set_weights(weights)
+    assert np.all(good.get_weights()["n.running_var"] == 4.0)  # unchanged
+
+
 # ---- refusals, JSON ------------------------------------------------------------------------------------------------
 REFUSED = [
     (
@@ -527,6 +544,7 @@ REFUSED = [
     ([Dense(4), BatchNorm(eps=0), Dense()], r"layer 1 \(batchnorm bn1\): eps 0 must be in \(0, 1\]"),
     ([Dense(4), BatchNorm(eps=2), Dense()], r"eps 2 must be in \(0, 1\] \(PyTorch's default is 1e-5\)"),
     ([Dense(4), BatchNorm(eps=float("nan")), Dense()], r"BatchNorm eps must be a number in \(0, 1\], got nan"),
+    ([Dense(4), BatchNorm(eps=1e-46), Dense()], r"BatchNorm eps 1e-46 is too small for a 32-bit float; give at least 1e-30"),
     ([Dense(4), BatchNorm(momentum=True), Dense()], r"BatchNorm momentum must be a number in \[0, 1\], got True"),
     ([Dense(4), BatchNorm(momentum="0.1"), Dense()], r"BatchNorm momentum must be a number in \[0, 1\], got '0.1'"),
 ]

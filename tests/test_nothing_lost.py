@@ -141,7 +141,7 @@ def test_resume_refuses_options_it_would_ignore(data_dir: Path, tmp_path: Path, 
         assert cli.train_main([str(tmp_path / "next.gguf"), "--resume", str(first), "--data-dir", str(data_dir.parent),
                                "--epochs", "2", *extra]) == 1
         err = error_of(capsys)
-        assert f"only epochs (the new total), device, graph and threads may be given, not {named}" in err, err
+        assert f"only epochs (the new total), device, graph, threads and max_seconds may be given, not {named}" in err, err
     assert cli.train_main(["cnn", str(tmp_path / "next.gguf"), "--resume", str(first), "--data-dir",
                            str(data_dir.parent), "--epochs", "2"]) == 1
     assert "the network comes from the file" in error_of(capsys)

@@ -195,3 +195,18 @@ def test_a_budget_spent_between_epochs_starts_no_epoch_of_one_batch(data, monkey
     assert len(history) == 1 and history[0].n_train == 240 and history[0].val_loss is not None
     assert history[0].time_limit and model.metadata["status"] == "time_limit"
     assert model.metadata["history"][-1]["time_limit"]
+
+
+def test_a_time_budget_belongs_to_one_call_not_to_the_resumed_recipe(data) -> None:
+    x, y = data
+    cut, h1 = gm.train(x, y, save_optimizer=True, **small_options("fc", epochs=3, max_seconds=1e-9))
+    assert len(h1) == 1 and h1[0].time_limit and cut.metadata["config"]["max_seconds"] == 1e-9
+    # resumed without a budget: the run goes on to its 3 epochs instead of stopping after one more batch
+    done, h2 = gm.train(x, y, resume=cut, progress=False)
+    assert [h.epoch for h in h2][-1] == 3 and not h2[-1].time_limit and done.metadata["status"] == "finished"
+    assert done.metadata["config"]["max_seconds"] == 0.0
+    # a budget may be given again on resume, and nothing else of the recipe
+    again, h3 = gm.train(x, y, resume=cut, max_seconds=1e-9, progress=False)
+    assert h3[-1].time_limit and again.metadata["status"] == "time_limit"
+    with pytest.raises(ConfigError, match="threads and max_seconds may be given, not lr"):
+        gm.train(x, y, resume=cut, lr=0.5, progress=False)

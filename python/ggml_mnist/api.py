@@ -162,10 +162,10 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
         base = config if config is not None else TrainConfig.defaults(arch)
         return model, base.replace(**{**options, "arch": arch}), []
     changed = sorted(k for k, v in options.items()
-                     if v is not None and k not in ("epochs", "arch", "device", "threads", "graph"))
+                     if v is not None and k not in ("epochs", "arch", "device", "threads", "graph", "max_seconds"))
     if config is not None or changed:
-        raise ConfigError(f"resume continues the saved run's recipe; only epochs (the new total), device, graph and "
-                          f"threads may be given, not {', '.join(changed) or 'config'}")
+        raise ConfigError(f"resume continues the saved run's recipe; only epochs (the new total), device, graph, "
+                          f"threads and max_seconds may be given, not {', '.join(changed) or 'config'}")
     try:
         base = TrainConfig().replace(**{k: v for k, v in saved.items() if k in _CONFIG_FIELDS})
     except (ConfigError, TypeError, ValueError) as exc:
@@ -173,7 +173,9 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
     keep = {f.name for f in dataclasses.fields(EpochStats)}
     history = [EpochStats(**{k: v for k, v in h.items() if k in keep}) for h in model.metadata.get("history", [])
                if isinstance(h, dict) and keep - {"lr", "interrupted", "time_limit"} <= set(h)]
-    return model, base.replace(**{k: options.get(k) for k in ("epochs", "device", "threads", "graph")}), history
+    # a time budget belongs to one call, not to the recipe: a resumed run has none unless it is given again
+    budget = {"max_seconds": options.get("max_seconds") or 0.0}
+    return model, base.replace(**{k: options.get(k) for k in ("epochs", "device", "threads", "graph")}, **budget), history
 
 
 def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,

@@ -192,6 +192,9 @@ class BatchNorm(Layer):
         for what, value, rule in (("momentum", self.momentum, "[0, 1]"), ("eps", self.eps, "(0, 1]")):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ConfigError(f"BatchNorm {what} must be a number in {rule}, got {value!r}")
+        if 0 < self.eps < 1.2e-38:  # a denormal or 0 as the 32-bit float the shim keeps
+            raise ConfigError(f"BatchNorm eps {self.eps!r} is too small for a 32-bit float; give at least 1e-30 "
+                              "(PyTorch's default is 1e-5)")
         return dict(kind=self.code, name=_name(self.name), momentum=float(self.momentum), eps=float(self.eps))
 
     def describe(self) -> str:

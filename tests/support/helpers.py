@@ -104,6 +104,8 @@ def spread_weights(model: Any, scale: float, seed: int = 0) -> dict[str, np.ndar
     for name, value in model.get_weights().items():
         bound = float(np.abs(value).max())
         weights[name] = (rng.standard_normal(value.shape) * bound * scale).astype(np.float32)
+        if name.endswith(".running_var"):  # a variance is never negative (the shim refuses one)
+            weights[name] = np.abs(weights[name])
     model.set_weights(weights)
     return weights
 
