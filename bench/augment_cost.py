@@ -33,8 +33,18 @@ def main() -> None:
             _, history = gm.train(x, y, arch=args.arch, epochs=1, augment=level, threads=args.threads, progress=False)
             times[level].append(history[0].seconds)
     median = {level: statistics.median(t) for level, t in times.items()}
-    print(json.dumps({"arch": args.arch, "rounds": args.rounds, "seconds": times, "median": median,
-                      "ratio_to_none": {level: median[level] / median["none"] for level in LEVELS}}, indent=1))
+    print(
+        json.dumps(
+            {
+                "arch": args.arch,
+                "rounds": args.rounds,
+                "seconds": times,
+                "median": median,
+                "ratio_to_none": {level: median[level] / median["none"] for level in LEVELS},
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,11 @@ def show(title: str, proc: subprocess.CompletedProcess) -> None:
 def main() -> int:
     failures = []
     # import, build_info and devices in a child too: their stderr (ggml's CUDA initialisation) is part of the answer
-    probe = run_child("import ggml_mnist as gm; print('build_info =', gm.build_info); print('ggml', gm.ggml_version); "
-                      "[print('device', d) for d in gm.devices()]; "
-                      "m = gm.Model.create('fc', device='auto'); print('auto ->', m.device)")
+    probe = run_child(
+        "import ggml_mnist as gm; print('build_info =', gm.build_info); print('ggml', gm.ggml_version); "
+        "[print('device', d) for d in gm.devices()]; "
+        "m = gm.Model.create('fc', device='auto'); print('auto ->', m.device)"
+    )
     show("import, build_info, gm.devices(), Model.create('fc', device='auto')", probe)
     if probe.returncode != 0:
         print("FAIL: the CUDA build does not import or cannot create a model")
@@ -63,16 +65,22 @@ def main() -> int:
         if auto.upper() != "CPU":
             failures.append(f"no CUDA device, yet device='auto' chose {auto!r} instead of the CPU")
         if train.returncode != 3:
-            failures.append("training on CUDA0 without a CUDA device did not raise gm.DeviceError "
-                            f"(exit {train.returncode}{', killed by a signal' if train.returncode < 0 else ''})")
+            failures.append(
+                "training on CUDA0 without a CUDA device did not raise gm.DeviceError "
+                f"(exit {train.returncode}{', killed by a signal' if train.returncode < 0 else ''})"
+            )
         fallback_lines = [ln for ln in probe.stderr.splitlines() if ln.strip()]
         print(f"--- stderr of gm.devices() and device='auto' without a CUDA device: {len(fallback_lines)} line(s)")
         if len(fallback_lines) != 1:
-            failures.append(f"expected one line on stderr saying that device='auto' falls back to the CPU and why "
-                            f"(ggml's CUDA initialisation message); got {len(fallback_lines)}")
+            failures.append(
+                f"expected one line on stderr saying that device='auto' falls back to the CPU and why "
+                f"(ggml's CUDA initialisation message); got {len(fallback_lines)}"
+            )
         if has_cuda_backend and "DGGML_CUDA=on" in train.stdout:
-            failures.append("the DeviceError tells a CUDA build to rebuild with -DGGML_CUDA=on; the fix here is a GPU "
-                            "and its driver (nvidia-smi), or device='cpu'")
+            failures.append(
+                "the DeviceError tells a CUDA build to rebuild with -DGGML_CUDA=on; the fix here is a GPU "
+                "and its driver (nvidia-smi), or device='cpu'"
+            )
     for f in failures:
         print("FAIL:", f)
     print("cuda_smoke:", "OK" if not failures else f"{len(failures)} failure(s)")

@@ -37,12 +37,23 @@ def main() -> None:
     p_true = result.probabilities[np.arange(len(y)), y]
     hardest = np.argsort(p_true)[: args.top]
     report = {
-        "model": args.model, "accuracy": result.accuracy, "accuracy_unc": result.accuracy_unc, "errors": int(off.sum()),
+        "model": args.model,
+        "accuracy": result.accuracy,
+        "accuracy_unc": result.accuracy_unc,
+        "errors": int(off.sum()),
         "confusion_matrix": cm.tolist(),
         "most_confused": [{"true": t, "predicted": q, "count": c} for c, t, q in pairs[:10]],
         "errors_per_true_class": off.sum(axis=1).tolist(),
-        "hardest": [{"index": int(i), "true": int(y[i]), "predicted": int(result.predictions[i]),
-                     "p_true": float(p_true[i]), "p_predicted": float(result.probabilities[i].max())} for i in hardest],
+        "hardest": [
+            {
+                "index": int(i),
+                "true": int(y[i]),
+                "predicted": int(result.predictions[i]),
+                "p_true": float(p_true[i]),
+                "p_predicted": float(result.probabilities[i].max()),
+            }
+            for i in hardest
+        ],
     }
     print(json.dumps(report, indent=1))
     if args.picture:

@@ -54,18 +54,31 @@ def main() -> None:
         "graph runs (forward, backward, AdamW step)": timing.graph,
         "Python progress callback (per batch)": timing.callback,
         "end-of-epoch check of the final weights": timing.check,
-        "rest of the epoch loops (ggml-opt bookkeeping, Python per epoch)":
-            in_epochs - (timing.data + timing.first_graph + timing.graph + timing.callback + timing.check),
+        "rest of the epoch loops (ggml-opt bookkeeping, Python per epoch)": in_epochs
+        - (timing.data + timing.first_graph + timing.graph + timing.callback + timing.check),
         "train() before the first epoch and after the last (checks, dataset copy, model)": (t1 - t0) - in_epochs,
         "model.save": t2 - t1,
     }
     for name, s in parts.items():
         print(f"{s:8.3f} s  {100 * s / total:5.1f} %  {name}", file=__import__("sys").stderr)
-    print(f"{total:8.3f} s  100.0 %  total ({timing.graph_runs} graph runs, {args.threads} threads)",
-          file=__import__("sys").stderr)
-    print(json.dumps({"preset": args.preset, "threads": args.threads, "seed": args.seed, "total_seconds": total,
-                      "parts_seconds": parts, "graph_runs": timing.graph_runs,
-                      "augment": cfg.augment, "final_train_acc": history[-1].train_acc}))
+    print(
+        f"{total:8.3f} s  100.0 %  total ({timing.graph_runs} graph runs, {args.threads} threads)",
+        file=__import__("sys").stderr,
+    )
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "threads": args.threads,
+                "seed": args.seed,
+                "total_seconds": total,
+                "parts_seconds": parts,
+                "graph_runs": timing.graph_runs,
+                "augment": cfg.augment,
+                "final_train_acc": history[-1].train_acc,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 
 def ours(args: argparse.Namespace) -> dict:
     import ggml_mnist as gm
+
     x, y = gm.load_mnist(args.data, "train")
     xt, yt = gm.load_mnist(args.data, "test")
     cfg = gm.TrainConfig.defaults(args.preset).replace(seed=args.seed, threads=args.threads)
@@ -38,8 +39,14 @@ def ours(args: argparse.Namespace) -> dict:
         model.save(os.path.join(tmp, "m.gguf"))
         seconds = time.perf_counter() - t0
     acc = gm.evaluate(model, xt, yt, keep_probabilities=False).accuracy
-    return {"framework": "ours", "seed": args.seed, "train_seconds": seconds, "test_accuracy": acc,
-            "epoch_seconds": [h.seconds for h in history], "recipe": cfg.as_dict()}
+    return {
+        "framework": "ours",
+        "seed": args.seed,
+        "train_seconds": seconds,
+        "test_accuracy": acc,
+        "epoch_seconds": [h.seconds for h in history],
+        "recipe": cfg.as_dict(),
+    }
 
 
 def onecycle_lr(step: int, total: int, lr: float, up: int, min_ratio: float) -> float:
@@ -55,8 +62,10 @@ def torch_run(args: argparse.Namespace) -> dict:
     import torch
 
     import ggml_mnist as gm
+
     sys.path.insert(0, str(HERE))
     from worker import torch_net  # the preset's network, layer for layer
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = gm.TrainConfig.defaults(args.preset)
@@ -68,9 +77,12 @@ def torch_run(args: argparse.Namespace) -> dict:
     net = torch_net(args.preset)
     steps = len(x) // cfg.batch_size
     total, up = cfg.epochs * steps, int(round(cfg.warmup_epochs * steps)) or (cfg.epochs * steps * 3 + 9) // 10
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                            weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: onecycle_lr(s, total, cfg.lr, up, cfg.lr_min_ratio) / cfg.lr)
+    opt = torch.optim.AdamW(
+        net.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: onecycle_lr(s, total, cfg.lr, up, cfg.lr_min_ratio) / cfg.lr
+    )
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     epochs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +92,7 @@ def torch_run(args: argparse.Namespace) -> dict:
             perm = torch.randperm(len(x))
             net.train()
             for i in range(steps):
-                idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
                 loss_fn(net(x[idx]), y[idx]).backward()
                 opt.step()
@@ -91,8 +103,13 @@ def torch_run(args: argparse.Namespace) -> dict:
     net.eval()
     with torch.inference_mode():
         pred = net(torch.from_numpy(xt8.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)).argmax(1).numpy()
-    return {"framework": "torch", "seed": args.seed, "train_seconds": seconds,
-            "test_accuracy": float((pred == yt8).mean()), "epoch_seconds": epochs}
+    return {
+        "framework": "torch",
+        "seed": args.seed,
+        "train_seconds": seconds,
+        "test_accuracy": float((pred == yt8).mean()),
+        "epoch_seconds": epochs,
+    }
 
 
 def main() -> None:
@@ -112,9 +129,24 @@ def main() -> None:
     for i, seed in enumerate(args.seeds):
         order = ["ours"] if args.no_torch else (["ours", "torch"] if i % 2 == 0 else ["torch", "ours"])
         for fw in order:
-            out = subprocess.run([sys.executable, __file__, "--worker", fw, "--seed", str(seed), "--threads",
-                                  str(args.threads), "--preset", args.preset, "--data", args.data],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    fw,
+                    "--seed",
+                    str(seed),
+                    "--threads",
+                    str(args.threads),
+                    "--preset",
+                    args.preset,
+                    "--data",
+                    args.data,
+                ],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode != 0:
                 sys.exit(f"fast_record: the {fw} run of seed {seed} failed:\n{out.stderr[-2000:]}")
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -124,12 +156,16 @@ def main() -> None:
     for fw in ("ours", "torch"):
         mine = [r for r in runs if r["framework"] == fw]
         if mine:
-            summary[fw] = {"mean_test_accuracy": statistics.mean(r["test_accuracy"] for r in mine),
-                           "test_accuracy": [r["test_accuracy"] for r in mine],
-                           "train_seconds": [round(r["train_seconds"], 2) for r in mine],
-                           "median_train_seconds": statistics.median(r["train_seconds"] for r in mine)}
+            summary[fw] = {
+                "mean_test_accuracy": statistics.mean(r["test_accuracy"] for r in mine),
+                "test_accuracy": [r["test_accuracy"] for r in mine],
+                "train_seconds": [round(r["train_seconds"], 2) for r in mine],
+                "median_train_seconds": statistics.median(r["train_seconds"] for r in mine),
+            }
     if "torch" in summary:
-        summary["time_ratio_ours_over_torch"] = summary["ours"]["median_train_seconds"] / summary["torch"]["median_train_seconds"]
+        summary["time_ratio_ours_over_torch"] = (
+            summary["ours"]["median_train_seconds"] / summary["torch"]["median_train_seconds"]
+        )
     print(json.dumps({"preset": args.preset, "threads": args.threads, "summary": summary, "runs": runs}))
 
 

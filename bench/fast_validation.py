@@ -26,15 +26,40 @@ def network(name: str):
         return "cnn"
     if name.startswith("bn"):
         a, b = map(int, name[2:].split("-"))
-        return [L.Conv2d(a, 3, padding=1), L.BatchNorm(), L.ReLU(), L.MaxPool2d(2),
-                L.Conv2d(b, 3, padding=1), L.BatchNorm(), L.ReLU(), L.MaxPool2d(2), L.Dense(10)]
+        return [
+            L.Conv2d(a, 3, padding=1),
+            L.BatchNorm(),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Conv2d(b, 3, padding=1),
+            L.BatchNorm(),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Dense(10),
+        ]
     if name.startswith("h"):
-        return [L.Conv2d(8, 3, padding=1), L.ReLU(), L.MaxPool2d(2), L.Conv2d(16, 3, padding=1), L.ReLU(),
-                L.MaxPool2d(2), L.Dense(int(name[1:])), L.ReLU(), L.Dense(10)]
+        return [
+            L.Conv2d(8, 3, padding=1),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Conv2d(16, 3, padding=1),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Dense(int(name[1:])),
+            L.ReLU(),
+            L.Dense(10),
+        ]
     if name.startswith("c"):
         a, b = map(int, name[1:].split("-"))
-        return [L.Conv2d(a, 3, padding=1), L.ReLU(), L.MaxPool2d(2), L.Conv2d(b, 3, padding=1), L.ReLU(),
-                L.MaxPool2d(2), L.Dense(10)]
+        return [
+            L.Conv2d(a, 3, padding=1),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Conv2d(b, 3, padding=1),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Dense(10),
+        ]
     sys.exit(f"unknown net {name!r}: use cnn, cA-B, bnA-B or hN")
 
 
@@ -47,8 +72,17 @@ def main() -> None:
         model, history = gm.train(x[:55000], y[:55000], arch=arch, progress=False, **options)
         seconds = time.perf_counter() - t0
         result = gm.evaluate(model, x[55000:], y[55000:], keep_probabilities=False)
-        print(json.dumps({**json.loads(spec), "val_acc": round(100 * result.accuracy, 2), "train_s": round(seconds, 1),
-                          "epoch_s": [round(h.seconds, 2) for h in history]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    **json.loads(spec),
+                    "val_acc": round(100 * result.accuracy, 2),
+                    "train_s": round(seconds, 1),
+                    "epoch_s": [round(h.seconds, 2) for h in history],
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

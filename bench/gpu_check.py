@@ -31,12 +31,18 @@ DEFAULT_EPOCHS = "fc=3,cnn=3,best=2"
 def find_data(given: str | None) -> str:
     """--data, else $GGML_MNIST_DATA, else ../shared/data/mnist or data/mnist next to the repository."""
     root = HERE.parent
-    for cand in (given, os.environ.get("GGML_MNIST_DATA"), root.parent / "shared" / "data" / "mnist",
-                 root / "data" / "mnist"):
+    for cand in (
+        given,
+        os.environ.get("GGML_MNIST_DATA"),
+        root.parent / "shared" / "data" / "mnist",
+        root / "data" / "mnist",
+    ):
         if cand and any((Path(cand) / f"train-images-idx3-ubyte{gz}").exists() for gz in ("", ".gz")):
             return str(Path(cand).resolve())
-    sys.exit("gpu_check: no MNIST found: give --data DIR or set GGML_MNIST_DATA (a folder with train-images-idx3-ubyte"
-             "[.gz] and the other three files; `mnist-data` downloads them where there is a network)")
+    sys.exit(
+        "gpu_check: no MNIST found: give --data DIR or set GGML_MNIST_DATA (a folder with train-images-idx3-ubyte"
+        "[.gz] and the other three files; `mnist-data` downloads them where there is a network)"
+    )
 
 
 def median_after_warmup(times: list[float]) -> float | None:
@@ -46,25 +52,44 @@ def median_after_warmup(times: list[float]) -> float | None:
 # ---- one run, in a child process ---------------------------------------------------------------------------------
 def load_split(data: str, split: str, limit: int):
     import ggml_mnist as gm
+
     x, y = gm.load_mnist(data, split)
     return (x[:limit], y[:limit]) if limit else (x, y)
 
 
 def job_ours(args: argparse.Namespace) -> dict:
     import ggml_mnist as gm
+
     x, y = load_split(args.data, "train", args.limit)
     xt, yt = load_split(args.data, "test", args.limit)
     times: list[float] = []
     t0 = time.perf_counter()
-    model, hist = gm.train(x, y, arch=args.arch, epochs=args.epochs, batch_size=100, seed=42, device=args.device,
-                           threads=args.threads, augment="none", val_split=0.0, progress=False,
-                           on_epoch=lambda s, _m: times.append(s.seconds))
+    model, hist = gm.train(
+        x,
+        y,
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=100,
+        seed=42,
+        device=args.device,
+        threads=args.threads,
+        augment="none",
+        val_split=0.0,
+        progress=False,
+        on_epoch=lambda s, _m: times.append(s.seconds),
+    )
     wall = time.perf_counter() - t0
     ev = gm.evaluate(model, xt, yt, keep_probabilities=False)
     plan = getattr(model, "plan", None)
-    return {"device": model.device, "epoch_seconds": times, "train_wall_seconds": wall,
-            "final_train_loss": hist[-1].train_loss, "test_accuracy": ev.accuracy,
-            "eval_images_per_second": ev.images_per_second, "plan": plan if isinstance(plan, dict) else None}
+    return {
+        "device": model.device,
+        "epoch_seconds": times,
+        "train_wall_seconds": wall,
+        "final_train_loss": hist[-1].train_loss,
+        "test_accuracy": ev.accuracy,
+        "eval_images_per_second": ev.images_per_second,
+        "plan": plan if isinstance(plan, dict) else None,
+    }
 
 
 def job_torch(args: argparse.Namespace) -> dict:
@@ -72,6 +97,7 @@ def job_torch(args: argparse.Namespace) -> dict:
     import torch
 
     import ggml_mnist as gm
+
     sys.path.insert(0, str(HERE))
     from worker import torch_net  # bench/worker.py: the preset's network, layer for layer
 
@@ -102,7 +128,7 @@ def job_torch(args: argparse.Namespace) -> dict:
         perm = torch.randperm(len(x), device=dev)
         total = torch.zeros((), device=dev)
         for i in range(steps):
-            idx = perm[i * bs:(i + 1) * bs]
+            idx = perm[i * bs : (i + 1) * bs]
             loss = loss_fn(net(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -115,16 +141,38 @@ def job_torch(args: argparse.Namespace) -> dict:
     net.eval()
     with torch.inference_mode():
         xt = torch.from_numpy(xt8.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28).to(dev)
-        pred = torch.cat([net(xt[i:i + 10000]).argmax(1) for i in range(0, len(xt), 10000)]).cpu().numpy()
+        pred = torch.cat([net(xt[i : i + 10000]).argmax(1) for i in range(0, len(xt), 10000)]).cpu().numpy()
     name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"
-    return {"device": name, "torch": torch.__version__, "torch_cuda": torch.version.cuda, "epoch_seconds": times,
-            "final_train_loss": float(total) / steps, "test_accuracy": float((pred == yt8).mean())}
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "epoch_seconds": times,
+        "final_train_loss": float(total) / steps,
+        "test_accuracy": float((pred == yt8).mean()),
+    }
 
 
 def run_job(framework: str, arch: str, device: str, epochs: int, args: argparse.Namespace, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "job", "--framework", framework, "--arch", arch,
-           "--device", device, "--epochs", str(epochs), "--data", args.data, "--limit", str(args.limit),
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "job",
+        "--framework",
+        framework,
+        "--arch",
+        arch,
+        "--device",
+        device,
+        "--epochs",
+        str(epochs),
+        "--data",
+        args.data,
+        "--limit",
+        str(args.limit),
+        "--threads",
+        str(args.threads),
+    ]
     t0 = time.perf_counter()
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -136,7 +184,7 @@ def run_job(framework: str, arch: str, device: str, epochs: int, args: argparse.
         res = json.loads(lines[-1])
         res["process_seconds"] = round(wall, 2)
         return res
-    why = "killed by signal %d" % -out.returncode if out.returncode < 0 else f"exit {out.returncode}"
+    why = f"killed by signal {-out.returncode}" if out.returncode < 0 else f"exit {out.returncode}"
     tail = (out.stderr.strip() or out.stdout.strip()).splitlines()[-6:]
     return {"error": f"{why}: " + " | ".join(tail), "process_seconds": round(wall, 2)}
 
@@ -162,11 +210,21 @@ def job_main(argv: list[str]) -> None:
 # ---- the check ---------------------------------------------------------------------------------------------------
 def environment(device: str) -> dict:
     import ggml_mnist as gm
-    env = {"python": sys.version.split()[0], "ggml_mnist_build_info": gm.build_info, "ggml_version": gm.ggml_version,
-           "devices": [dataclasses.asdict(d) for d in gm.devices()], "cpu_count": os.cpu_count()}
+
+    env = {
+        "python": sys.version.split()[0],
+        "ggml_mnist_build_info": gm.build_info,
+        "ggml_version": gm.ggml_version,
+        "devices": [dataclasses.asdict(d) for d in gm.devices()],
+        "cpu_count": os.cpu_count(),
+    }
     try:
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
-                            "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        q = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         env["nvidia_smi"] = q.stdout.strip().splitlines() if q.returncode == 0 else f"exit {q.returncode}"
     except (OSError, subprocess.TimeoutExpired) as e:
         env["nvidia_smi"] = f"not available ({type(e).__name__})"
@@ -174,8 +232,10 @@ def environment(device: str) -> dict:
 
 
 def torch_available(device: str) -> tuple[bool, str]:
-    code = ("import torch; c = torch.cuda.is_available(); "
-            "print(torch.__version__, torch.version.cuda, c, torch.cuda.get_device_name(0) if c else '-')")
+    code = (
+        "import torch; c = torch.cuda.is_available(); "
+        "print(torch.__version__, torch.version.cuda, c, torch.cuda.get_device_name(0) if c else '-')"
+    )
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
@@ -219,32 +279,50 @@ def main() -> int:
     start = time.perf_counter()
     deadline = start + args.budget
 
-    summary: dict = {"device": args.device, "data": args.data, "limit": args.limit, "epochs": epochs,
-                     "environment": environment(args.device), "runs": {}, "problems": []}
+    summary: dict = {
+        "device": args.device,
+        "data": args.data,
+        "limit": args.limit,
+        "epochs": epochs,
+        "environment": environment(args.device),
+        "runs": {},
+        "problems": [],
+    }
     use_torch, torch_note = (False, "--no-torch") if args.no_torch else torch_available(args.device)
     summary["torch"] = torch_note
     if not use_torch:
         print(f"gpu_check: PyTorch skipped: {torch_note}", file=sys.stderr)
     torch_device = "cuda" if args.device.lower() != "cpu" else "cpu"
-    plan = [(arch, what) for arch in epochs for what in ("device", "torch", "cpu")
-            if (what != "torch" or use_torch) and (what != "cpu" or not args.no_cpu)]
+    plan = [
+        (arch, what)
+        for arch in epochs
+        for what in ("device", "torch", "cpu")
+        if (what != "torch" or use_torch) and (what != "cpu" or not args.no_cpu)
+    ]
     for arch, what in plan:
         run = summary["runs"].setdefault(arch, {})
         left = deadline - time.perf_counter()
         if left < 10:
             run[what] = {"error": f"skipped: the {args.budget:.0f} s budget is spent"}
             continue
-        framework, device = {"device": ("ours", args.device), "torch": ("torch", torch_device),
-                             "cpu": ("ours", "cpu")}[what]
-        print(f"gpu_check: {arch} {framework} on {device}, {epochs[arch]} epoch(s) ({left:.0f} s left)",
-              file=sys.stderr, flush=True)
+        framework, device = {"device": ("ours", args.device), "torch": ("torch", torch_device), "cpu": ("ours", "cpu")}[
+            what
+        ]
+        print(
+            f"gpu_check: {arch} {framework} on {device}, {epochs[arch]} epoch(s) ({left:.0f} s left)",
+            file=sys.stderr,
+            flush=True,
+        )
         res = run_job(framework, arch, device, epochs[arch], args, timeout=left)
         res["epoch_seconds_median"] = median_after_warmup(res.get("epoch_seconds", []))
         run[what] = res
         if "error" in res:
             summary["problems"].append(f"{arch} {what}: {res['error']}")
-        print(f"gpu_check:   -> {json.dumps({k: res.get(k) for k in ('epoch_seconds_median', 'test_accuracy', 'error') if k in res})}",
-              file=sys.stderr, flush=True)
+        print(
+            f"gpu_check:   -> {json.dumps({k: res.get(k) for k in ('epoch_seconds_median', 'test_accuracy', 'error') if k in res})}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     for arch, run in summary["runs"].items():
         dev, cpu, tor = run.get("device", {}), run.get("cpu", {}), run.get("torch", {})
@@ -252,8 +330,10 @@ def main() -> int:
             diff = 100.0 * (dev["test_accuracy"] - cpu["test_accuracy"])
             run["accuracy_diff_points"] = round(diff, 3)
             if abs(diff) > args.tolerance:
-                summary["problems"].append(f"{arch}: test accuracy on {args.device} differs from the CPU's by "
-                                           f"{diff:+.2f} points (tolerance {args.tolerance})")
+                summary["problems"].append(
+                    f"{arch}: test accuracy on {args.device} differs from the CPU's by "
+                    f"{diff:+.2f} points (tolerance {args.tolerance})"
+                )
         d, c, t = (r.get("epoch_seconds_median") for r in (dev, cpu, tor))
         if d and c:
             run["cpu_over_device_epoch"] = round(c / d, 3)

@@ -30,14 +30,38 @@ def profile(arch: str, images: int, batch_size: int, threads: int, data: str, to
         return {"arch": arch, "skipped": "perf is not installed (apt-get install linux-perf)"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "perf.data"
-        cmd = [perf, "record", "-q", "-F", "499", "-o", str(out), sys.executable, str(HERE / "worker.py"), "train",
-               "--framework", "ours", "--arch", arch, "--epochs", "1", "--batch-size", str(batch_size),
-               "--threads", str(threads), "--data", data, "--limit", str(images)]
+        cmd = [
+            perf,
+            "record",
+            "-q",
+            "-F",
+            "499",
+            "-o",
+            str(out),
+            sys.executable,
+            str(HERE / "worker.py"),
+            "train",
+            "--framework",
+            "ours",
+            "--arch",
+            arch,
+            "--epochs",
+            "1",
+            "--batch-size",
+            str(batch_size),
+            "--threads",
+            str(threads),
+            "--data",
+            data,
+            "--limit",
+            str(images),
+        ]
         rec = subprocess.run(cmd, capture_output=True, text=True)
         if rec.returncode != 0 or not out.exists():
             return {"arch": arch, "skipped": f"perf record failed: {rec.stderr.strip()[-200:]}"}
-        rep = subprocess.run([perf, "report", "-i", str(out), "--sort", "dso,symbol", "--stdio"],
-                             capture_output=True, text=True).stdout
+        rep = subprocess.run(
+            [perf, "report", "-i", str(out), "--sort", "dso,symbol", "--stdio"], capture_output=True, text=True
+        ).stdout
     totals: dict[str, float] = {}
     for line in rep.splitlines():
         m = LINE.match(line)
@@ -48,8 +72,12 @@ def profile(arch: str, images: int, batch_size: int, threads: int, data: str, to
             sym = f"{dso} (unnamed)"
         totals[sym] = totals.get(sym, 0.0) + pct
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
-    return {"arch": arch, "batch_size": batch_size, "images": images,
-            "top": [{"symbol": s, "percent": round(p, 1)} for s, p in ranked]}
+    return {
+        "arch": arch,
+        "batch_size": batch_size,
+        "images": images,
+        "top": [{"symbol": s, "percent": round(p, 1)} for s, p in ranked],
+    }
 
 
 def main() -> None:

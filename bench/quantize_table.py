@@ -35,7 +35,7 @@ def measure(model: gm.Model, x: np.ndarray, y: np.ndarray, repeats: int, single:
     times = []
     for i in range(single):
         t0 = time.perf_counter()
-        model.predict_proba(x[i:i + 1])
+        model.predict_proba(x[i : i + 1])
         times.append(time.perf_counter() - t0)
     correct = (pred == y).astype(np.float64)
     return {"bytes": size, "correct": correct, "images_per_second": best, "latency_ms": 1e3 * float(np.median(times))}
@@ -70,7 +70,9 @@ def main() -> None:
     args = p.parse_args()
     x, y = gm.load_mnist(args.data, "test")
     rows = []
-    print("| preset | weights | file size | vs f32 | test accuracy | change vs f32 | eval images/s | one-image latency |")
+    print(
+        "| preset | weights | file size | vs f32 | test accuracy | change vs f32 | eval images/s | one-image latency |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for path in args.models:
         base = gm.load(path, threads=args.threads)
@@ -81,16 +83,28 @@ def main() -> None:
             n = len(y)
             acc = m["correct"].mean()
             diff = m["correct"] - ref["correct"]
-            row = {"model": path, "preset": base.arch, "weights": label, "bytes": m["bytes"],
-                   "ratio": ref["bytes"] / m["bytes"], "accuracy": acc, "accuracy_unc": float(np.sqrt(acc * (1 - acc) / (n - 1))),
-                   "change": float(diff.mean()), "change_unc": float(diff.std(ddof=1) / np.sqrt(n)),
-                   "changed_predictions": int(np.abs(diff).sum()), "images_per_second": m["images_per_second"],
-                   "latency_ms": m["latency_ms"]}
+            row = {
+                "model": path,
+                "preset": base.arch,
+                "weights": label,
+                "bytes": m["bytes"],
+                "ratio": ref["bytes"] / m["bytes"],
+                "accuracy": acc,
+                "accuracy_unc": float(np.sqrt(acc * (1 - acc) / (n - 1))),
+                "change": float(diff.mean()),
+                "change_unc": float(diff.std(ddof=1) / np.sqrt(n)),
+                "changed_predictions": int(np.abs(diff).sum()),
+                "images_per_second": m["images_per_second"],
+                "latency_ms": m["latency_ms"],
+            }
             rows.append(row)
             change = "" if label == "f32" else f"{100 * row['change']:+.2f} ± {100 * row['change_unc']:.2f}"
-            print(f"| {row['preset']} | {label} | {row['bytes'] / 1e3:,.1f} kB | {row['ratio']:.2f}x | "
-                  f"{100 * acc:.2f} ± {100 * row['accuracy_unc']:.2f} % | {change} | {row['images_per_second']:,.0f} | "
-                  f"{row['latency_ms']:.3f} ms |", flush=True)
+            print(
+                f"| {row['preset']} | {label} | {row['bytes'] / 1e3:,.1f} kB | {row['ratio']:.2f}x | "
+                f"{100 * acc:.2f} ± {100 * row['accuracy_unc']:.2f} % | {change} | {row['images_per_second']:,.0f} | "
+                f"{row['latency_ms']:.3f} ms |",
+                flush=True,
+            )
     for row in rows:
         print(json.dumps(row))
     if args.json:

@@ -35,14 +35,17 @@ def page(x: tuple[np.ndarray, np.ndarray], rng: np.random.Generator) -> tuple[Im
         pos = 20
         for j, g in zip(idx, gaps):
             dy = int(rng.integers(0, 12))
-            row[dy:dy + 28, pos:pos + 28] = np.maximum(row[dy:dy + 28, pos:pos + 28], x[0][j])
+            row[dy : dy + 28, pos : pos + 28] = np.maximum(row[dy : dy + 28, pos : pos + 28], x[0][j])
             pos += 28 + int(g)
         rows.append(row)
         text.append("".join(str(int(v)) for v in x[1][idx]))
     width = max(r.shape[1] for r in rows)
-    sheet = np.concatenate([np.zeros((10, width), np.uint8)]
-                           + [np.pad(r, ((0, 12), (0, width - r.shape[1]))) for r in rows])
-    return Image.fromarray(255 - sheet).resize((width * 2, sheet.shape[0] * 2), Image.Resampling.BICUBIC), "\n".join(text)
+    sheet = np.concatenate(
+        [np.zeros((10, width), np.uint8)] + [np.pad(r, ((0, 12), (0, width - r.shape[1]))) for r in rows]
+    )
+    return Image.fromarray(255 - sheet).resize((width * 2, sheet.shape[0] * 2), Image.Resampling.BICUBIC), "\n".join(
+        text
+    )
 
 
 def main() -> None:
@@ -56,8 +59,9 @@ def main() -> None:
     model = gm.load(args.model)
     rng = np.random.default_rng(args.seed)
     clean, truth = page(gm.load_mnist(args.data, "test"), rng)
-    photo = as_scan(clean, paper=(238, 228, 205), ink=(25, 35, 110), rotate=-3, gradient=0.45, noise=0.025, jpeg=60,
-                    seed=args.seed)
+    photo = as_scan(
+        clean, paper=(238, 228, 205), ink=(25, 35, 110), rotate=-3, gradient=0.45, noise=0.025, jpeg=60, seed=args.seed
+    )
     if args.photo:
         photo.save(args.photo, quality=90)
     reading = model.read_digits(photo)

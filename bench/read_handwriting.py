@@ -34,10 +34,15 @@ INKS = [(0, 0, 0), (20, 30, 120), (60, 60, 60)]
 
 
 def _scan_options(rng: np.random.Generator) -> dict:
-    return dict(invert=bool(rng.random() < 0.3), noise=float(rng.choice([0, 0.03, 0.08])),
-                gradient=float(rng.choice([0, 0.3, 0.5])), jpeg=int(rng.choice([0, 40, 75])) or None,
-                paper=PAPERS[int(rng.integers(len(PAPERS)))], ink=INKS[int(rng.integers(len(INKS)))],
-                rotate=float(rng.uniform(-8, 8)))
+    return dict(
+        invert=bool(rng.random() < 0.3),
+        noise=float(rng.choice([0, 0.03, 0.08])),
+        gradient=float(rng.choice([0, 0.3, 0.5])),
+        jpeg=int(rng.choice([0, 40, 75])) or None,
+        paper=PAPERS[int(rng.integers(len(PAPERS)))],
+        ink=INKS[int(rng.integers(len(INKS)))],
+        rotate=float(rng.uniform(-8, 8)),
+    )
 
 
 def _naive(img: Image.Image) -> np.ndarray:
@@ -56,20 +61,34 @@ def _read(model: gm.Model, images: list) -> np.ndarray:
 
 def mnist_scans(model: gm.Model, x: np.ndarray, y: np.ndarray) -> dict:
     rng = np.random.default_rng(1)
-    scans = [mnist_scan(d, size=int(rng.choice([60, 150, 300, 600])), seed=i, **_scan_options(rng)) for i, d in enumerate(x)]
+    scans = [
+        mnist_scan(d, size=int(rng.choice([60, 150, 300, 600])), seed=i, **_scan_options(rng)) for i, d in enumerate(x)
+    ]
     read = _read(model, scans)
     naive = model.predict(np.stack([_naive(s) for s in scans]))
-    return {"mnist_plain": float((model.predict(x) == y).mean()), "mnist_scans": float((read == y).mean()),
-            "mnist_scans_naive": float((naive == y).mean()), "n": int(len(y))}
+    return {
+        "mnist_plain": float((model.predict(x) == y).mean()),
+        "mnist_scans": float((read == y).mean()),
+        "mnist_scans_naive": float((naive == y).mean()),
+        "n": int(len(y)),
+    }
 
 
 def drawn(model: gm.Model) -> dict:
     conditions = {
-        "plain": {}, "thin": dict(thickness=0.04), "thick": dict(thickness=0.16), "white_on_black": dict(invert=True),
-        "size_20": dict(size=20), "size_1000": dict(size=1000, thickness=0.03), "rotated": dict(rotate=10),
-        "slanted": dict(slant=0.25), "noisy": dict(noise=0.12), "gradient": dict(gradient=0.6), "jpeg": dict(jpeg=30),
-        "paper": dict(paper=(235, 220, 180), ink=(40, 40, 140)), "everything": dict(invert=True, noise=0.06, gradient=0.4,
-                                                                                    jpeg=60, rotate=-6, size=400),
+        "plain": {},
+        "thin": dict(thickness=0.04),
+        "thick": dict(thickness=0.16),
+        "white_on_black": dict(invert=True),
+        "size_20": dict(size=20),
+        "size_1000": dict(size=1000, thickness=0.03),
+        "rotated": dict(rotate=10),
+        "slanted": dict(slant=0.25),
+        "noisy": dict(noise=0.12),
+        "gradient": dict(gradient=0.6),
+        "jpeg": dict(jpeg=30),
+        "paper": dict(paper=(235, 220, 180), ink=(40, 40, 140)),
+        "everything": dict(invert=True, noise=0.06, gradient=0.4, jpeg=60, rotate=-6, size=400),
     }
     out = {}
     hits = total = 0
@@ -78,8 +97,14 @@ def drawn(model: gm.Model) -> dict:
         labels, images = [], []
         for seed in range(3):
             for d in range(10):
-                img = draw_digits([d], height=120, thickness=draw_opts.get("thickness", 0.08), slant=draw_opts.get("slant", 0.0),
-                                  jitter=0.02, seed=seed * 10 + d)
+                img = draw_digits(
+                    [d],
+                    height=120,
+                    thickness=draw_opts.get("thickness", 0.08),
+                    slant=draw_opts.get("slant", 0.0),
+                    jitter=0.02,
+                    seed=seed * 10 + d,
+                )
                 images.append(as_scan(img, seed=seed, **opts))
                 labels.append(d)
         acc = float((_read(model, images) == np.array(labels)).mean())
@@ -114,7 +139,7 @@ def lines(model: gm.Model, x: np.ndarray, y: np.ndarray, n_lines: int = 60) -> d
         page = np.zeros((48, width), dtype=np.uint8)
         pos = 20
         for j, g in zip(idx, list(gaps) + [0]):
-            page[10:38, pos:pos + 28] = np.maximum(page[10:38, pos:pos + 28], x[j])
+            page[10:38, pos : pos + 28] = np.maximum(page[10:38, pos : pos + 28], x[j])
             pos += 28 + int(g)
         img = Image.fromarray(255 - page).resize((width * 5, 48 * 5), Image.Resampling.BICUBIC)
         scan = as_scan(img, seed=i, **_scan_options(rng))
@@ -138,11 +163,15 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="MNIST test digits to render as scans")
     args = p.parse_args()
     x, y = gm.load_mnist(args.data, "test")
-    x, y = x[-args.n:], y[-args.n:]
+    x, y = x[-args.n :], y[-args.n :]
     for path in args.models:
         model = gm.load(path)
-        for name, part in (("lines", lambda: lines(model, x, y)), ("mnist", lambda: mnist_scans(model, x, y)),
-                           ("drawn", lambda: drawn(model)), ("fonts", lambda: fonts(model))):
+        for name, part in (
+            ("lines", lambda m=model: lines(m, x, y)),
+            ("mnist", lambda m=model: mnist_scans(m, x, y)),
+            ("drawn", lambda m=model: drawn(m)),
+            ("fonts", lambda m=model: fonts(m)),
+        ):
             print(json.dumps({"model": path, name: part()}), flush=True)
 
 

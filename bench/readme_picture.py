@@ -29,7 +29,7 @@ def main() -> None:
     x, y = gm.load_mnist(args.data, "test")
     pred = model.predict(x)
     wrong = np.flatnonzero(pred != y)[:4]
-    right = np.flatnonzero(pred == y)[:COLS * ROWS - len(wrong)]
+    right = np.flatnonzero(pred == y)[: COLS * ROWS - len(wrong)]
     picks = np.sort(np.concatenate([right, wrong]))
     side = 28 * SCALE
     sheet = Image.new("RGB", (COLS * (side + 8) + 8, ROWS * (side + LABEL + 8) + 8), "white")

@@ -38,16 +38,37 @@ def run_json(cmd: list[str]) -> dict:
 
 
 def worker(job: str, framework: str, arch: str, args: argparse.Namespace, batch_size: int = 100) -> dict:
-    cmd = [sys.executable, str(HERE / "worker.py"), job, "--framework", framework, "--arch", arch,
-           "--threads", str(args.threads), "--batch-size", str(batch_size), "--epochs", str(args.epochs),
-           "--data", args.data]
+    cmd = [
+        sys.executable,
+        str(HERE / "worker.py"),
+        job,
+        "--framework",
+        framework,
+        "--arch",
+        arch,
+        "--threads",
+        str(args.threads),
+        "--batch-size",
+        str(batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--data",
+        args.data,
+    ]
     return run_json(cmd)
 
 
 def driver_epochs(arch: str, args: argparse.Namespace, batch_size: int) -> list[float]:
     raw = Path(args.raw_data)
-    cmd = [args.driver, arch, str(raw / "train-images-idx3-ubyte"), str(raw / "train-labels-idx1-ubyte"),
-           str(args.epochs), str(batch_size), str(args.threads)]
+    cmd = [
+        args.driver,
+        arch,
+        str(raw / "train-images-idx3-ubyte"),
+        str(raw / "train-labels-idx1-ubyte"),
+        str(args.epochs),
+        str(batch_size),
+        str(args.threads),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [json.loads(line)["seconds"] for line in out.strip().splitlines()]
 
@@ -70,8 +91,12 @@ def train_rounds(arch: str, bs: int, args: argparse.Namespace) -> dict:
             train["c"].append(driver_epochs(arch, args, bs))
             print(f"[{arch} batch {bs}] round {r + 1} C driver: {train['c'][-1]}", file=sys.stderr)
     ours_s, torch_s = median_after_warmup(train["ours"]), median_after_warmup(train["torch"])
-    res = {"train_epoch_seconds": {"ours": ours_s, "torch": torch_s}, "train_ratio_ours_over_torch": ours_s / torch_s,
-           "peak_rss_mb": {"ours": max(rss["ours"]), "torch": max(rss["torch"])}, "raw_epoch_seconds": train}
+    res = {
+        "train_epoch_seconds": {"ours": ours_s, "torch": torch_s},
+        "train_ratio_ours_over_torch": ours_s / torch_s,
+        "peak_rss_mb": {"ours": max(rss["ours"]), "torch": max(rss["torch"])},
+        "raw_epoch_seconds": train,
+    }
     if args.driver:
         c_s = median_after_warmup(train["c"])
         res["train_epoch_seconds"]["c_driver"] = c_s
@@ -94,8 +119,13 @@ def main() -> None:
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args()
 
-    report: dict = {"threads": args.threads, "batch_sizes": args.batch_size, "epochs": args.epochs,
-                    "rounds": args.rounds, "results": {}}
+    report: dict = {
+        "threads": args.threads,
+        "batch_sizes": args.batch_size,
+        "epochs": args.epochs,
+        "rounds": args.rounds,
+        "results": {},
+    }
     for arch in args.arch:
         res: dict = {}
         for bs in args.batch_size:
@@ -103,7 +133,7 @@ def main() -> None:
         if not args.skip_eval:
             ev = {"ours": [], "torch": []}
             for r in range(args.rounds):
-                for fw in (["ours", "torch"] if r % 2 == 0 else ["torch", "ours"]):
+                for fw in ["ours", "torch"] if r % 2 == 0 else ["torch", "ours"]:
                     ev[fw].append(worker("eval", fw, arch, args))
             for key in ("images_per_second", "latency_ms"):
                 res[key] = {fw: statistics.median(e[key] for e in ev[fw]) for fw in ev}

@@ -31,8 +31,23 @@ def environment(policy: str) -> dict[str, str]:
 
 
 def run(arch: str, threads: int, policy: str, args: argparse.Namespace) -> list[float]:
-    cmd = [sys.executable, str(WORKER), "train", "--framework", "ours", "--arch", arch, "--epochs", str(args.epochs),
-           "--batch-size", "100", "--threads", str(threads), "--data", args.data]
+    cmd = [
+        sys.executable,
+        str(WORKER),
+        "train",
+        "--framework",
+        "ours",
+        "--arch",
+        arch,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        "100",
+        "--threads",
+        str(threads),
+        "--data",
+        args.data,
+    ]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=environment(policy), check=True).stdout
@@ -55,8 +70,15 @@ def main() -> None:
             for threads in args.threads:
                 for policy in args.policy:
                     epochs.setdefault(f"{arch} threads={threads} {policy}", []).extend(run(arch, threads, policy, args))
-    print(json.dumps({key: {"median": statistics.median(v), "worst": max(v), "best": min(v), "n": len(v)}
-                      for key, v in epochs.items()}, indent=1))
+    print(
+        json.dumps(
+            {
+                key: {"median": statistics.median(v), "worst": max(v), "best": min(v), "n": len(v)}
+                for key, v in epochs.items()
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

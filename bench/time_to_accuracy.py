@@ -45,11 +45,21 @@ def main() -> None:
         cfg = cfg.replace(epochs=args.epochs)
     model, _ = gm.train(x, y, config=cfg, threads=args.threads, progress=False, on_epoch=on_epoch)
     reached = next((c for c in curve if c["test_accuracy"] >= args.target), None)
-    print(json.dumps({"arch": args.arch, "n_params": model.n_params, "target": args.target, "recipe": cfg.as_dict(),
-                      "seconds_to_target": reached["train_seconds"] if reached else None,
-                      "epoch_reached": reached["epoch"] if reached else None,
-                      "final_test_accuracy": curve[-1]["test_accuracy"], "total_train_seconds": round(elapsed, 2),
-                      "curve": curve}))
+    print(
+        json.dumps(
+            {
+                "arch": args.arch,
+                "n_params": model.n_params,
+                "target": args.target,
+                "recipe": cfg.as_dict(),
+                "seconds_to_target": reached["train_seconds"] if reached else None,
+                "epoch_reached": reached["epoch"] if reached else None,
+                "final_test_accuracy": curve[-1]["test_accuracy"],
+                "total_train_seconds": round(elapsed, 2),
+                "curve": curve,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -77,8 +77,18 @@ WORKLOAD = textwrap.dedent("""
 """)
 
 GGML = "libggml"  # frames in these libraries, or in a gmn_* function of the _native module, are the shim's
-MEMORY_ERRORS = ("InvalidRead", "InvalidWrite", "InvalidFree", "MismatchedFree", "Overlap", "UninitCondition",
-                 "UninitValue", "SyscallParam", "ClientCheck", "InvalidJump")
+MEMORY_ERRORS = (
+    "InvalidRead",
+    "InvalidWrite",
+    "InvalidFree",
+    "MismatchedFree",
+    "Overlap",
+    "UninitCondition",
+    "UninitValue",
+    "SyscallParam",
+    "ClientCheck",
+    "InvalidJump",
+)
 
 
 def frames(error: ET.Element) -> list[dict[str, str]]:
@@ -92,8 +102,9 @@ def frames(error: ET.Element) -> list[dict[str, str]]:
 
 def is_ours(stack: list[dict[str, str]]) -> bool:
     """Whether a stack runs through ggml or through the shim's own C code (not cffi's module set-up)."""
-    return any(GGML in Path(f["obj"]).name or ("_native" in Path(f["obj"]).name and f["fn"].startswith("gmn_"))
-               for f in stack)
+    return any(
+        GGML in Path(f["obj"]).name or ("_native" in Path(f["obj"]).name and f["fn"].startswith("gmn_")) for f in stack
+    )
 
 
 def analyse(xml_path: Path) -> dict[str, Any]:
@@ -112,10 +123,21 @@ def analyse(xml_path: Path) -> dict[str, Any]:
             leaked[kind] += int(error.findtext("xwhat/leakedbytes") or 0)
         if len(examples) < 20:
             text = error.findtext("what") or error.findtext("xwhat/text") or kind
-            examples.append({"kind": kind, "what": text,
-                             "stack": [f"{f['fn']} ({Path(f['obj']).name}{':' + f['line'] if f['line'] else ''})"
-                                       for f in stack[:12]]})
-    return {"errors_total": dict(total), "errors_shim": dict(ours), "leaked_bytes_shim": dict(leaked), "examples": examples}
+            examples.append(
+                {
+                    "kind": kind,
+                    "what": text,
+                    "stack": [
+                        f"{f['fn']} ({Path(f['obj']).name}{':' + f['line'] if f['line'] else ''})" for f in stack[:12]
+                    ],
+                }
+            )
+    return {
+        "errors_total": dict(total),
+        "errors_shim": dict(ours),
+        "leaked_bytes_shim": dict(leaked),
+        "examples": examples,
+    }
 
 
 def make_venv(directory: Path) -> None:
@@ -149,9 +171,19 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     (work / "workload.py").write_text(WORKLOAD)
     xml_path = work / "memcheck.xml"
-    cmd = ["valgrind", "--tool=memcheck", "--leak-check=full", "--errors-for-leak-kinds=definite",
-           "--show-leak-kinds=definite", "--num-callers=40", "--xml=yes", f"--xml-file={xml_path}",
-           args.python, str(work / "workload.py"), str(args.cycles)]
+    cmd = [
+        "valgrind",
+        "--tool=memcheck",
+        "--leak-check=full",
+        "--errors-for-leak-kinds=definite",
+        "--show-leak-kinds=definite",
+        "--num-callers=40",
+        "--xml=yes",
+        f"--xml-file={xml_path}",
+        args.python,
+        str(work / "workload.py"),
+        str(args.cycles),
+    ]
     env = {**os.environ, "PYTHONMALLOC": "malloc", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     t0 = time.monotonic()
     try:
@@ -159,12 +191,18 @@ def main() -> int:
     except subprocess.TimeoutExpired:
         print(f"valgrind did not finish within {args.timeout:.0f}s", file=sys.stderr)
         return 2
-    summary = {"seconds": round(time.monotonic() - t0, 1), "workload_exit": run.returncode,
-               "workload_output": run.stdout.strip().splitlines(), **analyse(xml_path)}
+    summary = {
+        "seconds": round(time.monotonic() - t0, 1),
+        "workload_exit": run.returncode,
+        "workload_output": run.stdout.strip().splitlines(),
+        **analyse(xml_path),
+    }
     (work / "workload.stderr").write_text(run.stderr)
     if "unhandled instruction bytes: 0x62" in run.stderr:
-        summary["note"] = ("valgrind met an AVX-512 instruction it cannot decode; use an environment made with "
-                           "--make-venv (ggml built with -DGGML_NATIVE=OFF)")
+        summary["note"] = (
+            "valgrind met an AVX-512 instruction it cannot decode; use an environment made with "
+            "--make-venv (ggml built with -DGGML_NATIVE=OFF)"
+        )
     text = json.dumps(summary, indent=1)
     print(text)
     if args.json:

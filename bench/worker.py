@@ -27,25 +27,41 @@ def peak_rss_mb() -> float:
 
 def load(data: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     from ggml_mnist import load_mnist
+
     return load_mnist(data, split)
 
 
 # ---- ours -------------------------------------------------------------------------------------
 def ours_train(args: argparse.Namespace) -> dict:
     import ggml_mnist as gm
+
     x, y = load(args.data, "train")
     if args.limit:
-        x, y = x[:args.limit], y[:args.limit]
+        x, y = x[: args.limit], y[: args.limit]
     times: list[float] = []
-    _, history = gm.train(x, y, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=1e-3,
-                          weight_decay=0.0, lr_schedule="cosine", val_split=0.0, threads=args.threads, device="cpu",
-                          physical_batch_size=args.physical_batch_size, progress=False, augment="none",
-                          on_epoch=lambda s, _m: times.append(s.seconds))
+    _, history = gm.train(
+        x,
+        y,
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=1e-3,
+        weight_decay=0.0,
+        lr_schedule="cosine",
+        val_split=0.0,
+        threads=args.threads,
+        device="cpu",
+        physical_batch_size=args.physical_batch_size,
+        progress=False,
+        augment="none",
+        on_epoch=lambda s, _m: times.append(s.seconds),
+    )
     return {"epoch_seconds": times, "final_train_loss": history[-1].train_loss}
 
 
 def ours_eval(args: argparse.Namespace) -> dict:
     import ggml_mnist as gm
+
     x, y = load(args.data, "test")
     model = gm.Model.create(args.arch, device="cpu", threads=args.threads, seed=1)
     model.predict_proba(x[:1000])
@@ -58,7 +74,7 @@ def ours_eval(args: argparse.Namespace) -> dict:
     model.predict_proba(x[:1])
     for i in range(200):
         t0 = time.perf_counter()
-        model.predict_proba(x[i:i + 1])
+        model.predict_proba(x[i : i + 1])
         one.append(time.perf_counter() - t0)
     return {"images_per_second": len(x) / statistics.median(full), "latency_ms": 1e3 * statistics.median(one)}
 
@@ -70,9 +86,10 @@ def torch_net(arch: str):
 
     import ggml_mnist as gm
     from ggml_mnist import layers as L
+
     model = gm.Model.create(arch, threads=1)
     modules, channels, flat = [], 1, False
-    for layer, (h, w, c, _) in zip(model.layers, model.layer_info()):
+    for layer, (_h, _w, c, _) in zip(model.layers, model.layer_info()):
         if isinstance(layer, L.Conv2d):
             modules.append(nn.Conv2d(channels, c, layer.kernel_size, layer.stride, layer.padding))
         elif isinstance(layer, (L.MaxPool2d, L.AvgPool2d)):
@@ -86,17 +103,22 @@ def torch_net(arch: str):
         elif isinstance(layer, L.Dropout):
             modules.append(nn.Dropout(layer.p))
         else:
-            modules.append({L.ReLU: nn.ReLU, L.SiLU: nn.SiLU, L.Tanh: nn.Tanh,
-                            L.GELU: lambda: nn.GELU(approximate="tanh")}[type(layer)]())
+            modules.append(
+                {L.ReLU: nn.ReLU, L.SiLU: nn.SiLU, L.Tanh: nn.Tanh, L.GELU: lambda: nn.GELU(approximate="tanh")}[
+                    type(layer)
+                ]()
+            )
         channels = c
     net = nn.Sequential(*modules)
     import torch
+
     net(torch.zeros(1, 1, 28, 28))  # materialise the lazy layers
     return net
 
 
 def torch_train(args: argparse.Namespace) -> dict:
     import torch
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(42)
     x8, y8 = load(args.data, "train")
@@ -113,7 +135,7 @@ def torch_train(args: argparse.Namespace) -> dict:
         perm = torch.randperm(len(x))
         total = 0.0
         for i in range(steps):
-            idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
+            idx = perm[i * args.batch_size : (i + 1) * args.batch_size]
             loss = loss_fn(net(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -126,6 +148,7 @@ def torch_train(args: argparse.Namespace) -> dict:
 
 def torch_eval(args: argparse.Namespace) -> dict:
     import torch
+
     torch.set_num_threads(args.threads)
     x8, _ = load(args.data, "test")
     net = torch_net(args.arch).eval()
@@ -145,13 +168,17 @@ def torch_eval(args: argparse.Namespace) -> dict:
     predict(x8[:1])
     for i in range(200):
         t0 = time.perf_counter()
-        predict(x8[i:i + 1])
+        predict(x8[i : i + 1])
         one.append(time.perf_counter() - t0)
     return {"images_per_second": len(x8) / statistics.median(full), "latency_ms": 1e3 * statistics.median(one)}
 
 
-JOBS = {("ours", "train"): ours_train, ("ours", "eval"): ours_eval,
-        ("torch", "train"): torch_train, ("torch", "eval"): torch_eval}
+JOBS = {
+    ("ours", "train"): ours_train,
+    ("ours", "eval"): ours_eval,
+    ("torch", "train"): torch_train,
+    ("torch", "eval"): torch_eval,
+}
 
 
 def main() -> None:
@@ -168,8 +195,14 @@ def main() -> None:
     p.add_argument("--data", default=os.environ.get("GGML_MNIST_DATA", "data/mnist"))
     args = p.parse_args()
     out = JOBS[(args.framework, args.job)](args)
-    out.update(job=args.job, framework=args.framework, arch=args.arch, threads=args.threads,
-               batch_size=args.batch_size, peak_rss_mb=peak_rss_mb())
+    out.update(
+        job=args.job,
+        framework=args.framework,
+        arch=args.arch,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        peak_rss_mb=peak_rss_mb(),
+    )
     print(json.dumps(out))
 
 

@@ -19,7 +19,7 @@ END = "/* GMN_CDEF_END */"
 def cdef_region(header: str) -> str:
     """Return the text between the cdef markers of the header."""
     start = header.index(BEGIN) + len(BEGIN)
-    return header[start:header.index(END)]
+    return header[start : header.index(END)]
 
 
 def main() -> None:

@@ -28,8 +28,11 @@ class _MovedSupport(importlib.abc.MetaPathFinder):
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
         if name in self.OLD:
-            raise ModuleNotFoundError(f"the tests' support code moved to tests/support/: write `from support.{name} "
-                                      f"import ...` instead of `from {name} import ...`", name=name)
+            raise ModuleNotFoundError(
+                f"the tests' support code moved to tests/support/: write `from support.{name} "
+                f"import ...` instead of `from {name} import ...`",
+                name=name,
+            )
 
 
 if not any(isinstance(f, _MovedSupport) for f in sys.meta_path):
@@ -43,6 +46,7 @@ def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the test tried to download a dataset")
+
     monkeypatch.setattr(download, "download_dataset", refuse)
 
 

@@ -19,7 +19,15 @@ def _image() -> np.ndarray:
 
 def test_shapes_follow_the_layers(cnn: gm.Model) -> None:
     maps = cnn.activations(_image())
-    assert [m.shape for m in maps] == [(8, 28, 28), (8, 28, 28), (8, 14, 14), (16, 14, 14), (16, 14, 14), (16, 7, 7), (10,)]
+    assert [m.shape for m in maps] == [
+        (8, 28, 28),
+        (8, 28, 28),
+        (8, 14, 14),
+        (16, 14, 14),
+        (16, 14, 14),
+        (16, 7, 7),
+        (10,),
+    ]
 
 
 def test_first_conv_and_relu_and_pool_match_numpy(cnn: gm.Model) -> None:
@@ -30,7 +38,7 @@ def test_first_conv_and_relu_and_pool_match_numpy(cnn: gm.Model) -> None:
     want = np.zeros((8, 28, 28))
     for dy in range(3):
         for dx in range(3):
-            want += kernel[:, dy, dx, None, None] * x[None, dy:dy + 28, dx:dx + 28]
+            want += kernel[:, dy, dx, None, None] * x[None, dy : dy + 28, dx : dx + 28]
     want += bias[:, None, None]
     conv, relu, pool = cnn.activations(image)[:3]
     np.testing.assert_allclose(conv, want, atol=1e-5)

@@ -18,8 +18,13 @@ SCALE = np.float32(1.0 / 255.0)  # how the shim turns uint8 pixels into floats
 def _warp(image: np.ndarray, a: list[float]) -> np.ndarray:
     image = np.ascontiguousarray(image, dtype=np.float32)
     out = np.empty_like(image)
-    status = lib.gmn_image_warp(ffi.cast("float *", image.ctypes.data), image.shape[0], image.shape[1],
-                                ffi.new("float[6]", a), ffi.cast("float *", out.ctypes.data))
+    status = lib.gmn_image_warp(
+        ffi.cast("float *", image.ctypes.data),
+        image.shape[0],
+        image.shape[1],
+        ffi.new("float[6]", a),
+        ffi.cast("float *", out.ctypes.data),
+    )
     assert status == 0
     return out
 
@@ -56,6 +61,7 @@ def test_flip_mirrors_exactly_and_with_its_probability():
 def test_fashion_mnist_defaults_to_the_clothes_level(tmp_path):
     """Digits' rotations and shears distort a garment; a model of a "photo" dataset gets shifts and mirroring."""
     from support.synthetic import make_synthetic
+
     make_synthetic(tmp_path / "fashion-mnist", n_train=60, n_test=20)
     options = small_options("fc", augment=None)
     del options["augment"]  # as when nothing is said: the preset's default ("light") applies to digits
@@ -66,8 +72,27 @@ def test_fashion_mnist_defaults_to_the_clothes_level(tmp_path):
     model, _ = gm.train(data_dir=tmp_path, dataset="fashion-mnist", **small_options("fc", augment="strong"))
     assert model.metadata["config"]["augment"] == "strong"
     for extra, want in (([], "clothes"), (["--augment", "light"], "light")):
-        assert cli.train_main(["fc", str(tmp_path / "m.gguf"), "--data-dir", str(tmp_path), "--dataset", "fashion-mnist",
-                               "--epochs", "1", "--hidden", "8", "--batch-size", "20", "--quiet", *extra]) == 0
+        assert (
+            cli.train_main(
+                [
+                    "fc",
+                    str(tmp_path / "m.gguf"),
+                    "--data-dir",
+                    str(tmp_path),
+                    "--dataset",
+                    "fashion-mnist",
+                    "--epochs",
+                    "1",
+                    "--hidden",
+                    "8",
+                    "--batch-size",
+                    "20",
+                    "--quiet",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         assert gm.load(tmp_path / "m.gguf").metadata["config"]["augment"] == want
     # the cnn's default level for digits is "mild"; for photos it becomes "clothes" too
     cnn = dict(small_options("fc", augment=None), arch="cnn", conv_channels=(2, 3))
@@ -138,8 +163,16 @@ def _last_batches(images, labels, batch_size, **options) -> list[tuple[np.ndarra
     def on_epoch(_stats, model):
         batch = np.empty((batch_size, 28, 28), np.float32)
         onehot = np.empty((batch_size, 10), np.float32)
-        assert lib.gmn_model_last_batch(model._handle, ffi.cast("float *", batch.ctypes.data), batch.size,
-                                        ffi.cast("float *", onehot.ctypes.data), onehot.size) == 0
+        assert (
+            lib.gmn_model_last_batch(
+                model._handle,
+                ffi.cast("float *", batch.ctypes.data),
+                batch.size,
+                ffi.cast("float *", onehot.ctypes.data),
+                onehot.size,
+            )
+            == 0
+        )
         seen.append((batch, onehot))
 
     gm.train(images, labels, on_epoch=on_epoch, **small_options("fc", epochs=2, batch_size=batch_size, **options))
@@ -184,30 +217,36 @@ def test_validation_is_never_augmented(synthetic_mnist):
         assert got == pytest.approx(plain, rel=1e-5)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("heavy", "augment must be one of none, light, strong"),
-    ({"rotation": 5}, "unknown augment parameter(s) 'rotation'"),
-    ({"rotate": True}, "must be a finite number"),
-    ({"shift": float("nan")}, "must be a finite number"),
-    ({"noise_pixels": 2.5}, "whole number"),
-    ({"level": "extreme"}, "augment must be one of"),
-    (["rotate"], "a level name"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("heavy", "augment must be one of none, light, strong"),
+        ({"rotation": 5}, "unknown augment parameter(s) 'rotation'"),
+        ({"rotate": True}, "must be a finite number"),
+        ({"shift": float("nan")}, "must be a finite number"),
+        ({"noise_pixels": 2.5}, "whole number"),
+        ({"level": "extreme"}, "augment must be one of"),
+        (["rotate"], "a level name"),
+    ],
+)
 def test_bad_specs_are_refused_by_name(spec, message):
     with pytest.raises(gm.ConfigError, match=None) as err:
         gm.TrainConfig(augment=spec).validate()
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"rotate": 181}, "rotate 181 must be in [0, 180]"),
-    ({"shift": 15}, "shift 15 must be in [0, 14]"),
-    ({"scale": 1.0}, "scale 1 must be in [0, 0.9]"),
-    ({"shear": -1}, "shear -1 must be in [0, 60]"),
-    ({"elastic": 2, "elastic_grid": 1}, "elastic_grid 1 must be in [2, 64]"),
-    ({"noise_pixels": 785}, "noise_pixels 785 must be in [0, 784]"),
-    ({"flip": 1.5}, "flip 1.5 must be a probability in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"rotate": 181}, "rotate 181 must be in [0, 180]"),
+        ({"shift": 15}, "shift 15 must be in [0, 14]"),
+        ({"scale": 1.0}, "scale 1 must be in [0, 0.9]"),
+        ({"shear": -1}, "shear -1 must be in [0, 60]"),
+        ({"elastic": 2, "elastic_grid": 1}, "elastic_grid 1 must be in [2, 64]"),
+        ({"noise_pixels": 785}, "noise_pixels 785 must be in [0, 784]"),
+        ({"flip": 1.5}, "flip 1.5 must be a probability in [0, 1]"),
+    ],
+)
 def test_out_of_range_values_are_refused_before_training(spec, message):
     images, labels = _uniform_classes(100)
     with pytest.raises(gm.ConfigError) as err:
@@ -233,8 +272,21 @@ def test_cli_augment_option(tmp_path, synthetic_mnist, capsys):
     from ggml_mnist.cli import train_main
 
     out = tmp_path / "m.gguf"
-    args = ["fc", str(out), str(synthetic_mnist / "train-images-idx3-ubyte"), str(synthetic_mnist / "train-labels-idx1-ubyte"),
-            "--epochs", "1", "--batch-size", "20", "--hidden", "16", "--threads", str(THREADS), "--quiet"]
+    args = [
+        "fc",
+        str(out),
+        str(synthetic_mnist / "train-images-idx3-ubyte"),
+        str(synthetic_mnist / "train-labels-idx1-ubyte"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--hidden",
+        "16",
+        "--threads",
+        str(THREADS),
+        "--quiet",
+    ]
     assert train_main(args + ["--augment", '{"rotate": 5, "noise_pixels": 3}']) == 0
     assert gm.load(out).metadata["config"]["augment"] == {"rotate": 5, "noise_pixels": 3}
     capsys.readouterr()

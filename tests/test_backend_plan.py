@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import ggml_mnist as gm
 import numpy as np
 import pytest
+
+import ggml_mnist as gm
 from ggml_mnist import cli
 from ggml_mnist._ffi import ffi, lib
-from ggml_mnist.layers import AvgPool2d, BatchNorm, Conv2d, Dense, Dropout, GELU, MaxPool2d, ReLU, SiLU, Tanh, residual
+from ggml_mnist.layers import GELU, AvgPool2d, BatchNorm, Conv2d, Dense, Dropout, MaxPool2d, ReLU, SiLU, Tanh, residual
 from support.helpers import THREADS, check_sgd_gradient, images, reference_net_proba, spread_weights
 
 # The ops ggml-cuda runs, from ggml_backend_cuda_device_supports_op in src/ggml-cuda/ggml-cuda.cu of the pinned
@@ -18,26 +19,148 @@ from support.helpers import THREADS, check_sgd_gradient, images, reference_net_p
 # ggml_op_desc names them (unary ops by their own name). IM2COL_BACK and POOL_2D_BACK have no case: unsupported.
 # Some labels carry conditions on types and shapes; the ones our graphs meet are noted where they are built
 # (src/gmn_net.c: the conv bias is added to a 2-D view so that its REPEAT_BACK stays within ggml-cuda's limit).
-CUDA_OPS = frozenset("""
-ABS SGN NEG STEP GELU SILU RELU SIGMOID HARDSIGMOID HARDSWISH GELU_ERF GELU_QUICK TANH EXP EXPM1 SOFTPLUS ELU XIELU
-FLOOR CEIL ROUND TRUNC GLU MUL_MAT MUL_MAT_ID OUT_PROD GET_ROWS GET_ROWS_BACK SET_ROWS SET CPY DUP ARGMAX COUNT_EQUAL
-REPEAT REPEAT_BACK CONCAT CONV_TRANSPOSE_1D COL2IM_1D SILU_BACK NORM RMS_NORM L2_NORM RMS_NORM_BACK NONE RESHAPE VIEW
-PERMUTE TRANSPOSE ADD_ID ADD1 SCALE SQR SQRT SIN COS CLAMP LOG ADD SUB MUL DIV SSM_SCAN SSM_CONV CONT DIAG_MASK_INF
-SOFT_MAX SOFT_MAX_BACK ROLL ROPE ROPE_BACK IM2COL IM2COL_3D CONV_2D CONV_2D_DW CONV_TRANSPOSE_2D POOL_2D ACC SUM TOP_K
-ARGSORT SUM_ROWS MEAN GROUP_NORM PAD UPSCALE PAD_REFLECT_1D ARANGE TIMESTEP_EMBEDDING LEAKY_RELU RWKV_WKV6
-GATED_LINEAR_ATTN RWKV_WKV7 GATED_DELTA_NET FLASH_ATTN_EXT CROSS_ENTROPY_LOSS CROSS_ENTROPY_LOSS_BACK OPT_STEP_ADAMW
-OPT_STEP_SGD FILL CUMSUM TRI DIAG SOLVE_TRI
-""".split())
+CUDA_OPS = frozenset(
+    [
+        "ABS",
+        "SGN",
+        "NEG",
+        "STEP",
+        "GELU",
+        "SILU",
+        "RELU",
+        "SIGMOID",
+        "HARDSIGMOID",
+        "HARDSWISH",
+        "GELU_ERF",
+        "GELU_QUICK",
+        "TANH",
+        "EXP",
+        "EXPM1",
+        "SOFTPLUS",
+        "ELU",
+        "XIELU",
+        "FLOOR",
+        "CEIL",
+        "ROUND",
+        "TRUNC",
+        "GLU",
+        "MUL_MAT",
+        "MUL_MAT_ID",
+        "OUT_PROD",
+        "GET_ROWS",
+        "GET_ROWS_BACK",
+        "SET_ROWS",
+        "SET",
+        "CPY",
+        "DUP",
+        "ARGMAX",
+        "COUNT_EQUAL",
+        "REPEAT",
+        "REPEAT_BACK",
+        "CONCAT",
+        "CONV_TRANSPOSE_1D",
+        "COL2IM_1D",
+        "SILU_BACK",
+        "NORM",
+        "RMS_NORM",
+        "L2_NORM",
+        "RMS_NORM_BACK",
+        "NONE",
+        "RESHAPE",
+        "VIEW",
+        "PERMUTE",
+        "TRANSPOSE",
+        "ADD_ID",
+        "ADD1",
+        "SCALE",
+        "SQR",
+        "SQRT",
+        "SIN",
+        "COS",
+        "CLAMP",
+        "LOG",
+        "ADD",
+        "SUB",
+        "MUL",
+        "DIV",
+        "SSM_SCAN",
+        "SSM_CONV",
+        "CONT",
+        "DIAG_MASK_INF",
+        "SOFT_MAX",
+        "SOFT_MAX_BACK",
+        "ROLL",
+        "ROPE",
+        "ROPE_BACK",
+        "IM2COL",
+        "IM2COL_3D",
+        "CONV_2D",
+        "CONV_2D_DW",
+        "CONV_TRANSPOSE_2D",
+        "POOL_2D",
+        "ACC",
+        "SUM",
+        "TOP_K",
+        "ARGSORT",
+        "SUM_ROWS",
+        "MEAN",
+        "GROUP_NORM",
+        "PAD",
+        "UPSCALE",
+        "PAD_REFLECT_1D",
+        "ARANGE",
+        "TIMESTEP_EMBEDDING",
+        "LEAKY_RELU",
+        "RWKV_WKV6",
+        "GATED_LINEAR_ATTN",
+        "RWKV_WKV7",
+        "GATED_DELTA_NET",
+        "FLASH_ATTN_EXT",
+        "CROSS_ENTROPY_LOSS",
+        "CROSS_ENTROPY_LOSS_BACK",
+        "OPT_STEP_ADAMW",
+        "OPT_STEP_SGD",
+        "FILL",
+        "CUMSUM",
+        "TRI",
+        "DIAG",
+        "SOLVE_TRI",
+    ]
+)
 
-EVERY_KIND = ([Conv2d(3, 3, stride=2, padding=1), SiLU(), AvgPool2d(3, 2, 1), Conv2d(4, 3, padding=1), Tanh(),
-               MaxPool2d(2, 2, 1), GELU(), Dense(6), ReLU(), Dropout(0.0), Dense()], (15, 13))
+EVERY_KIND = (
+    [
+        Conv2d(3, 3, stride=2, padding=1),
+        SiLU(),
+        AvgPool2d(3, 2, 1),
+        Conv2d(4, 3, padding=1),
+        Tanh(),
+        MaxPool2d(2, 2, 1),
+        GELU(),
+        Dense(6),
+        ReLU(),
+        Dropout(0.0),
+        Dense(),
+    ],
+    (15, 13),
+)
 
 
 def tiny_train(arch, graph: str, size=(28, 28), n_classes: int = 10, **options):
     x = images(20, size, seed=1)
     y = np.arange(20) % n_classes
-    return gm.train(x, y, arch=arch, n_classes=n_classes, epochs=1, batch_size=10, threads=THREADS, progress=False,
-                    graph=graph, **options)[0]
+    return gm.train(
+        x,
+        y,
+        arch=arch,
+        n_classes=n_classes,
+        epochs=1,
+        batch_size=10,
+        threads=THREADS,
+        progress=False,
+        graph=graph,
+        **options,
+    )[0]
 
 
 def test_the_default_plan_on_the_cpu() -> None:
@@ -74,8 +197,18 @@ def test_batchnorm_and_residual_blocks_train_and_predict_in_the_portable_graph_w
     """Batch normalisation after a convolution and after a dense layer (training: batch statistics, copied out for the
     running ones; prediction: running statistics), and residual blocks with a strided 1x1 projection and a dense one,
     stay within ggml-cuda's ops."""
-    arch = [Conv2d(4, 3, padding=1), BatchNorm(), ReLU(), *residual([Conv2d(8, 3, stride=2, padding=1), ReLU()]),
-            MaxPool2d(2), Dense(16), BatchNorm(), ReLU(), *residual([Dense(8)]), Dense()]
+    arch = [
+        Conv2d(4, 3, padding=1),
+        BatchNorm(),
+        ReLU(),
+        *residual([Conv2d(8, 3, stride=2, padding=1), ReLU()]),
+        MaxPool2d(2),
+        Dense(16),
+        BatchNorm(),
+        ReLU(),
+        *residual([Dense(8)]),
+        Dense(),
+    ]
     ops = set(tiny_train(arch, "portable").plan["ops"])
     assert {"REPEAT_BACK", "REPEAT", "SQRT", "DIV", "CPY", "ACC", "OPT_STEP_ADAMW"} <= ops
     assert not ops & {"CUSTOM", "IM2COL_BACK", "POOL_2D_BACK", "IM2COL", "POOL_2D"}
@@ -86,12 +219,14 @@ def test_batchnorm_and_residual_blocks_train_and_predict_in_the_portable_graph_w
 
 @pytest.mark.parametrize("arch, size", [("cnn", (28, 28)), ("lenet5", (28, 28)), ("letters-cnn", (28, 28)), EVERY_KIND])
 def test_the_portable_graph_matches_the_numpy_reference(arch, size) -> None:
-    model = gm.Model.create(arch, n_classes=4 if isinstance(arch, list) else 10, image_size=size, seed=5,
-                            threads=THREADS, graph="portable")
+    model = gm.Model.create(
+        arch, n_classes=4 if isinstance(arch, list) else 10, image_size=size, seed=5, threads=THREADS, graph="portable"
+    )
     spread_weights(model, scale=2.0)
     x = images(7, size, seed=3)
-    np.testing.assert_allclose(model.predict_proba(x), reference_net_proba(model.layers, model.get_weights(), x),
-                               atol=2e-5, rtol=0)
+    np.testing.assert_allclose(
+        model.predict_proba(x), reference_net_proba(model.layers, model.get_weights(), x), atol=2e-5, rtol=0
+    )
     cpu = model.copy()
     cpu.set_graph("cpu")
     for a, b in zip(model.activations(x[0]), cpu.activations(x[0])):  # channels-first in both forms
@@ -106,8 +241,21 @@ def test_portable_gradients_equal_finite_differences() -> None:
     start = gm.Model.create(layers, n_classes=4, image_size=size, seed=5, threads=THREADS, graph="portable")
     spread_weights(start, scale=1.5)
     before = start.get_weights()
-    after = gm.train(x, y, init=start, epochs=1, batch_size=n, optimizer="sgd", lr=lr, lr_schedule="constant",
-                     weight_decay=0.0, threads=THREADS, progress=False, augment="none", graph="portable")[0]
+    after = gm.train(
+        x,
+        y,
+        init=start,
+        epochs=1,
+        batch_size=n,
+        optimizer="sgd",
+        lr=lr,
+        lr_schedule="constant",
+        weight_decay=0.0,
+        threads=THREADS,
+        progress=False,
+        augment="none",
+        graph="portable",
+    )[0]
     assert "POOL_2D_BACK" not in after.plan["ops"] and after.plan["graph"] == "portable"
     after = after.get_weights()
 

@@ -519,14 +519,20 @@ def test_a_negative_running_variance_is_refused_in_files_and_by_set_weights(tmp_
     fields, tensors = read_gguf(tmp_path / "good.gguf")
     data = {name: t[2].reshape(list(reversed(t[0]))) for name, t in tensors.items()}
     data["n.running_var"] = np.array([4.0, 4.0, -4.0, 4.0, 4.0], np.float32)  # would predict NaN, read as class 0
-    write_gguf(tmp_path / "bad.gguf", "ggml-mnist", data,
-               uint32s={"ggml_mnist.image_height": 4, "ggml_mnist.image_width": 4, "ggml_mnist.n_classes": 3},
-               arrays={k: v for k, v in fields.items() if k.startswith("ggml_mnist.layers.")})
+    write_gguf(
+        tmp_path / "bad.gguf",
+        "ggml-mnist",
+        data,
+        uint32s={"ggml_mnist.image_height": 4, "ggml_mnist.image_width": 4, "ggml_mnist.n_classes": 3},
+        arrays={k: v for k, v in fields.items() if k.startswith("ggml_mnist.layers.")},
+    )
     with pytest.raises(ModelFormatError, match=r"tensor n.running_var holds a negative variance \(-4 at 2\)"):
         load(tmp_path / "bad.gguf", threads=THREADS)
     weights = good.get_weights()
     weights["n.running_var"] = -weights["n.running_var"]
-    with pytest.raises(GgmlMnistError, match=r"'n.running_var' element 0 is -4, but a running variance is never negative"):
+    with pytest.raises(
+        GgmlMnistError, match=r"'n.running_var' element 0 is -4, but a running variance is never negative"
+    ):
         good.set_weights(weights)
     assert np.all(good.get_weights()["n.running_var"] == 4.0)  # unchanged
 
@@ -544,7 +550,10 @@ REFUSED = [
     ([Dense(4), BatchNorm(eps=0), Dense()], r"layer 1 \(batchnorm bn1\): eps 0 must be in \(0, 1\]"),
     ([Dense(4), BatchNorm(eps=2), Dense()], r"eps 2 must be in \(0, 1\] \(PyTorch's default is 1e-5\)"),
     ([Dense(4), BatchNorm(eps=float("nan")), Dense()], r"BatchNorm eps must be a number in \(0, 1\], got nan"),
-    ([Dense(4), BatchNorm(eps=1e-46), Dense()], r"BatchNorm eps 1e-46 is too small for a 32-bit float; give at least 1e-30"),
+    (
+        [Dense(4), BatchNorm(eps=1e-46), Dense()],
+        r"BatchNorm eps 1e-46 is too small for a 32-bit float; give at least 1e-30",
+    ),
     ([Dense(4), BatchNorm(momentum=True), Dense()], r"BatchNorm momentum must be a number in \[0, 1\], got True"),
     ([Dense(4), BatchNorm(momentum="0.1"), Dense()], r"BatchNorm momentum must be a number in \[0, 1\], got '0.1'"),
 ]

@@ -6,12 +6,13 @@ MNIST data for a model that reads handwriting. Set GGML_MNIST_SCREENSHOT=docs/se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -27,15 +28,17 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
-                                reason="no chromium/chromedriver: apt-get install -y chromium chromium-driver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None, reason="no chromium/chromedriver: apt-get install -y chromium chromium-driver"
+)
 
 
 @pytest.fixture(scope="module")
 def model_file(real_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     x, y = gm.load_mnist(real_mnist, "train")
-    model, _ = gm.train(x[:10000], y[:10000], arch="fc", epochs=1, lr_schedule="constant", threads=1, progress=False,
-                        seed=1)
+    model, _ = gm.train(
+        x[:10000], y[:10000], arch="fc", epochs=1, lr_schedule="constant", threads=1, progress=False, seed=1
+    )
     path = tmp_path_factory.mktemp("browser") / "fc.gguf"
     model.save(path)
     return path
@@ -44,8 +47,11 @@ def model_file(real_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="module")
 def page_url(model_file: Path) -> Iterator[str]:
     script = Path(sys.executable).with_name("mnist-serve")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-c",
-                                                  "import sys; from ggml_mnist.cli.serve import serve_main; sys.exit(serve_main())"]
+    cmd = (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-c", "import sys; from ggml_mnist.cli.serve import serve_main; sys.exit(serve_main())"]
+    )
     proc = subprocess.Popen(cmd + [str(model_file), "--port", "0", "--quiet"], stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()  # "mnist-serve: fc model on http://127.0.0.1:PORT/ (Ctrl-C to stop)"
@@ -57,7 +63,7 @@ def page_url(model_file: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator["webdriver.Chrome"]:
+def browser() -> Iterator[webdriver.Chrome]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,760"):
@@ -67,26 +73,29 @@ def browser() -> Iterator["webdriver.Chrome"]:
     driver.quit()
 
 
-def _answer(driver: "webdriver.Chrome", expected: str) -> str:
+def _answer(driver: webdriver.Chrome, expected: str) -> str:
     """Wait until the page shows ``expected`` (or give up after 15 s) and return what it shows."""
-    try:
-        WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: d.find_element(By.ID, "prediction").text == expected)
-    except TimeoutException:
-        pass
+    with contextlib.suppress(TimeoutException):  # the caller's assert then shows what the page says
+        WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda d: d.find_element(By.ID, "prediction").text == expected
+        )
     return driver.find_element(By.ID, "prediction").text
 
 
-def _bars(driver: "webdriver.Chrome") -> tuple[list[float], list[float]]:
+def _bars(driver: webdriver.Chrome) -> tuple[list[float], list[float]]:
     """The bars' probabilities and their percentage labels, read in one script (the page may redraw them)."""
     probs, texts = driver.execute_script(
         "return [Array.from(document.querySelectorAll('.bar'), e => e.getAttribute('data-probability')),"
-        " Array.from(document.querySelectorAll('.pct'), e => e.textContent)]")
+        " Array.from(document.querySelectorAll('.pct'), e => e.textContent)]"
+    )
     return [float(p) for p in probs], [float(t.split()[0]) for t in texts]
 
 
-def test_draw_a_seven_and_the_page_reads_it(browser: "webdriver.Chrome", page_url: str, tmp_path: Path) -> None:
+def test_draw_a_seven_and_the_page_reads_it(browser: webdriver.Chrome, page_url: str, tmp_path: Path) -> None:
     browser.get(page_url)
-    WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: "parameters" in d.find_element(By.ID, "model").text)
+    WebDriverWait(browser, 15, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: "parameters" in d.find_element(By.ID, "model").text
+    )
     pad = browser.find_element(By.ID, "pad")
     # a "7": the bar from left to right along the top, then the stroke down to the bottom left; offsets from the centre
     chain = ActionChains(browser, duration=10).move_to_element_with_offset(pad, -70, -85).click_and_hold()
@@ -102,7 +111,8 @@ def test_draw_a_seven_and_the_page_reads_it(browser: "webdriver.Chrome", page_ur
     assert max(probs) == probs[7]
     ink = browser.execute_script(
         "return Array.from(document.getElementById('prepared').getContext('2d').getImageData(0, 0, 28, 28).data)"
-        ".filter((v, i) => i % 4 == 0 && v > 128).length")
+        ".filter((v, i) => i % 4 == 0 && v > 128).length"
+    )
     assert 20 < ink < 400  # the prepared 28x28 input is drawn: some white ink, mostly black
     shot = Path(os.environ.get("GGML_MNIST_SCREENSHOT") or tmp_path / "serve.png")
     assert browser.save_screenshot(str(shot))
@@ -110,7 +120,7 @@ def test_draw_a_seven_and_the_page_reads_it(browser: "webdriver.Chrome", page_ur
         assert im.format == "PNG" and im.size[0] >= 800 and im.size[1] >= 500
 
 
-def test_clear_then_upload_a_one(browser: "webdriver.Chrome", page_url: str, tmp_path: Path) -> None:
+def test_clear_then_upload_a_one(browser: webdriver.Chrome, page_url: str, tmp_path: Path) -> None:
     browser.find_element(By.ID, "clear").click()
     assert browser.find_element(By.ID, "prediction").text == "" and sum(_bars(browser)[0]) == 0
     picture = np.full((200, 160), 255, np.uint8)  # dark ink on white paper, as a photo or scan would be

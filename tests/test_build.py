@@ -41,8 +41,9 @@ def test_pinned_ggml_built_with_our_options():
     if gm.build_info["route"] != "sdist":
         pytest.skip(f"ggml came from route {gm.build_info['route']!r}, not the pinned source distribution")
     assert gm.ggml_version == gm.build_info["ggml_pin"]
-    assert {k: gm.build_info[k] for k in ("native", "llamafile", "openmp", "no_math_errno")} == \
-        dict(native=True, llamafile=True, openmp=True, no_math_errno=True)
+    assert {k: gm.build_info[k] for k in ("native", "llamafile", "openmp", "no_math_errno")} == dict(
+        native=True, llamafile=True, openmp=True, no_math_errno=True
+    )
     assert "ggml-cpu" in gm.build_info["backends"]
 
 
@@ -119,5 +120,10 @@ def test_a_failed_download_says_how_to_build_offline(tmp_path):
     r = configure(tmp_path, f"-DGGML_MNIST_GGML_URL={url}")
     assert r.returncode != 0
     message = " ".join(r.stderr.split())
-    assert "could not download ggml's source" in message and "GGML_MNIST_GGML_SOURCE=/path/to/ggml_python-0.0.45.tar.gz" in message
-    assert not list((tmp_path / "build" / "_deps").glob("*.tar.gz*"))  # no partial file left to be mistaken for the sdist
+    assert (
+        "could not download ggml's source" in message
+        and "GGML_MNIST_GGML_SOURCE=/path/to/ggml_python-0.0.45.tar.gz" in message
+    )
+    assert not list(
+        (tmp_path / "build" / "_deps").glob("*.tar.gz*")
+    )  # no partial file left to be mistaken for the sdist

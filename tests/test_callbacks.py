@@ -284,7 +284,9 @@ def test_a_stop_at_an_epochs_last_batch_keeps_that_epochs_validation(data) -> No
 
 def test_an_epoch_cut_short_never_counts_as_the_best_by_its_training_loss() -> None:
     def epoch(n: int, train_loss: float, val_loss) -> EpochStats:
-        return EpochStats(n, train_loss, 0.0, 0.5, 0.0, val_loss, 0.0, 0.5, 0.0, 1.0, 400, 0 if val_loss is None else 100)
+        return EpochStats(
+            n, train_loss, 0.0, 0.5, 0.0, val_loss, 0.0, 0.5, 0.0, 1.0, 400, 0 if val_loss is None else 100
+        )
 
     best = BestEpoch([epoch(1, 0.9, 1.2)])
     assert not best.update(epoch(2, 0.3, None))  # interrupted or at the time limit: not validated

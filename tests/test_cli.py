@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ggml_mnist import Model, TrainConfig, cli, evaluate, load, load_mnist, train
 from ggml_mnist.cli.common import dataset_dir
 from support.helpers import conv_channels_of, hidden_of
@@ -29,15 +30,36 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def files(data_dir: Path) -> dict[str, str]:
     (train_images, train_labels), (test_images, test_labels) = (
-        [str(data_dir / name) for name in SPLIT_FILES[split]] for split in ("train", "test"))
+        [str(data_dir / name) for name in SPLIT_FILES[split]] for split in ("train", "test")
+    )
     return dict(train_images=train_images, train_labels=train_labels, test_images=test_images, test_labels=test_labels)
 
 
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory: pytest.TempPathFactory, files: dict) -> str:
     path = str(tmp_path_factory.mktemp("model") / "fc.gguf")
-    assert cli.train_main(["fc", path, files["train_images"], files["train_labels"], "--quiet", "--epochs", "3",
-                           "--hidden", "16", "--batch-size", "20", "--threads", "1", "--lr", "3e-3"]) == 0
+    assert (
+        cli.train_main(
+            [
+                "fc",
+                path,
+                files["train_images"],
+                files["train_labels"],
+                "--quiet",
+                "--epochs",
+                "3",
+                "--hidden",
+                "16",
+                "--batch-size",
+                "20",
+                "--threads",
+                "1",
+                "--lr",
+                "3e-3",
+            ]
+        )
+        == 0
+    )
     return path
 
 
@@ -62,7 +84,9 @@ def one_error_line(err: str, prog: str) -> str:
 
 # ---- help ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("parser_factory, prog", [(cli.train_parser, "mnist-train"), (cli.eval_parser, "mnist-eval")])
-def test_help_mentions_every_option_with_its_default(parser_factory, prog: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_mentions_every_option_with_its_default(
+    parser_factory, prog: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     parser = parser_factory()
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["--help"])
@@ -107,7 +131,9 @@ def test_train_positional_form_with_device(files: dict, tmp_path: Path, capsys: 
     stdout, err = capsys.readouterr()
     assert stdout == ""
     assert err.splitlines()[0].startswith("epoch 1/1: train loss ")
-    assert err.splitlines()[-1] == f"mnist-train: trained ggml-mnist on CPU for 1 epochs in {_seconds(err)}s; saved {out}"
+    assert (
+        err.splitlines()[-1] == f"mnist-train: trained ggml-mnist on CPU for 1 epochs in {_seconds(err)}s; saved {out}"
+    )
     model = load(out, threads=1)
     assert (model.arch, hidden_of(model), model.device) == ("custom", 16, "CPU")
     assert model.metadata["config"]["device"] == "cpu" and model.metadata["config"]["batch_size"] == 20
@@ -130,8 +156,18 @@ def test_train_from_a_data_directory(data_dir: Path, tmp_path: Path, capsys: pyt
 
 def test_train_json_lines(files: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.gguf"
-    args = ["fc", str(out), files["train_images"], files["train_labels"], "--json", "--val-split", "0.1", *FAST[2:],
-            "--epochs", "2"]
+    args = [
+        "fc",
+        str(out),
+        files["train_images"],
+        files["train_labels"],
+        "--json",
+        "--val-split",
+        "0.1",
+        *FAST[2:],
+        "--epochs",
+        "2",
+    ]
     assert cli.train_main(args) == 0
     stdout, err = capsys.readouterr()
     assert err == ""  # no progress bar with --json
@@ -146,20 +182,24 @@ def test_train_json_lines(files: dict, tmp_path: Path, capsys: pytest.CaptureFix
     assert load(out, threads=1).metadata["history"][1]["epoch"] == 2
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--lr", "-1"], r"lr must be a finite number > 0, got -1.0"),
-    (["--lr", "nan"], r"lr must be a finite number > 0, got nan"),
-    (["--epochs", "0"], r"epochs must be a whole number in \[1, 1000000\], got 0"),
-    (["--batch-size", "0"], r"batch_size must be in \[1, 1000000\], got 0"),
-    (["--physical-batch-size", "7"], r"physical_batch_size 7 must divide batch_size 20"),
-    (["--val-split", "1"], r"val_split must be in \[0, 1\), got 1.0"),
-    (["--weight-decay", "2"], r"weight_decay must be in \[0, 1\], got 2.0"),
-    (["--threads", "-1"], r"threads must be in \[0, 1024\]"),
-    (["--device", "CUDA7"], r"unknown device 'CUDA7'; available: auto, cpu, .*CPU"),
-    (["--device", "cpu", "--batch-size", "500"], r"200 training images are fewer than one batch of 500"),
-])
-def test_train_user_errors_are_one_line(extra: list, match: str, files: dict, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--lr", "-1"], r"lr must be a finite number > 0, got -1.0"),
+        (["--lr", "nan"], r"lr must be a finite number > 0, got nan"),
+        (["--epochs", "0"], r"epochs must be a whole number in \[1, 1000000\], got 0"),
+        (["--batch-size", "0"], r"batch_size must be in \[1, 1000000\], got 0"),
+        (["--physical-batch-size", "7"], r"physical_batch_size 7 must divide batch_size 20"),
+        (["--val-split", "1"], r"val_split must be in \[0, 1\), got 1.0"),
+        (["--weight-decay", "2"], r"weight_decay must be in \[0, 1\], got 2.0"),
+        (["--threads", "-1"], r"threads must be in \[0, 1024\]"),
+        (["--device", "CUDA7"], r"unknown device 'CUDA7'; available: auto, cpu, .*CPU"),
+        (["--device", "cpu", "--batch-size", "500"], r"200 training images are fewer than one batch of 500"),
+    ],
+)
+def test_train_user_errors_are_one_line(
+    extra: list, match: str, files: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "m.gguf"
     args = ["fc", str(out), files["train_images"], files["train_labels"], *FAST, *extra]
     assert cli.train_main(args) == 1
@@ -176,11 +216,15 @@ def test_train_file_and_argument_errors(files: dict, tmp_path: Path, capsys: pyt
         (["fc", out, str(tmp_path / "missing-images"), files["train_labels"]], "missing-images' does not exist"),
         (["resnet", out, files["train_images"], files["train_labels"]], "unknown network 'resnet'"),
         (["fc", out, files["train_labels"], files["train_labels"]], "images must have shape [N, H, W]"),
-        (["fc", out, files["train_images"], files["train_labels"], "cpu", "--device", "CUDA0"],
-         "device given twice: 'cpu' and --device 'CUDA0'"),
+        (
+            ["fc", out, files["train_images"], files["train_labels"], "cpu", "--device", "CUDA0"],
+            "device given twice: 'cpu' and --device 'CUDA0'",
+        ),
         (["fc", out, "a", "b", "c", "d"], "expected [IMAGES LABELS] [DEVICE], got 4 extra arguments"),
-        (["fc", str(tmp_path / "no-dir" / "m.gguf"), files["train_images"], files["train_labels"]],
-         "directory '" + str(tmp_path / "no-dir") + "' does not exist; create it first"),
+        (
+            ["fc", str(tmp_path / "no-dir" / "m.gguf"), files["train_images"], files["train_labels"]],
+            "directory '" + str(tmp_path / "no-dir") + "' does not exist; create it first",
+        ),
         (["fc", str(tmp_path), files["train_images"], files["train_labels"]], "is a directory; give a file name"),
     ]
     for args, message in cases:
@@ -253,19 +297,23 @@ def test_eval_info_on_a_foreign_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "  dense.weight   [10, 784]\n" in text
 
 
-def test_eval_user_errors_are_one_line(trained_model: str, files: dict, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_user_errors_are_one_line(
+    trained_model: str, files: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     not_gguf = tmp_path / "not.gguf"
     not_gguf.write_bytes(b"hello")
     wide = tmp_path / "wide-labels"
     from ggml_mnist import write_idx
+
     write_idx(wide, np.full(50, 11, np.uint8))
     cases = [
         ([str(tmp_path / "absent.gguf"), files["test_images"], files["test_labels"]], "absent.gguf' does not exist"),
         ([str(not_gguf), files["test_images"], files["test_labels"]], "is not a valid GGUF file"),
         ([trained_model, files["test_images"], str(wide)], "label 11 at index 0 is outside [0, 10)"),
-        ([trained_model, files["test_images"], files["test_labels"], "--batch-size", "0"],
-         "batch_size must be a whole number >= 1, got 0"),
+        (
+            [trained_model, files["test_images"], files["test_labels"], "--batch-size", "0"],
+            "batch_size must be a whole number >= 1, got 0",
+        ),
         ([trained_model, files["test_images"], files["test_labels"], "CUDA7"], "unknown device 'CUDA7'"),
         ([trained_model, "a", "b", "c", "d"], "expected [IMAGES LABELS] [DEVICE], got 4 extra arguments"),
         ([trained_model, files["test_images"], str(tmp_path / "nolabels")], "nolabels' does not exist"),
@@ -280,19 +328,39 @@ def test_eval_user_errors_are_one_line(trained_model: str, files: dict, tmp_path
 # ---- the installed scripts, end to end ----------------------------------------------------------------
 def test_console_scripts_end_to_end(files: dict, tmp_path: Path) -> None:
     out = tmp_path / "m.gguf"
-    train = subprocess.run([console_script("mnist-train"), "fc", str(out), files["train_images"], files["train_labels"],
-                            "--json", *FAST], capture_output=True, text=True, timeout=300)
+    train = subprocess.run(
+        [console_script("mnist-train"), "fc", str(out), files["train_images"], files["train_labels"], "--json", *FAST],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert train.returncode == 0, train.stderr
     assert json.loads(train.stdout.splitlines()[-1])["event"] == "done"
-    ok = subprocess.run([console_script("mnist-eval"), str(out), files["test_images"], files["test_labels"], "--threads",
-                         "1"], capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(
+        [console_script("mnist-eval"), str(out), files["test_images"], files["test_labels"], "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr
     assert [line.split("=")[0] for line in ok.stdout.splitlines()[1:]] == ["mnist-eval: loss", "mnist-eval: accuracy"]
-    bad = subprocess.run([console_script("mnist-train"), "resnet", str(tmp_path / "x.gguf"), files["train_images"],
-                          files["train_labels"]], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            console_script("mnist-train"),
+            "resnet",
+            str(tmp_path / "x.gguf"),
+            files["train_images"],
+            files["train_labels"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 1 and bad.stdout == ""
-    assert bad.stderr == ("mnist-train: error: unknown network 'resnet'; use a preset (fc, cnn, fast, mlp800, minerva-mlp, minerva-cnn, lenet5, "
-                          "letters-cnn, best, or ggml's mnist-fc and mnist-cnn) or a list of layers\n")
+    assert bad.stderr == (
+        "mnist-train: error: unknown network 'resnet'; use a preset (fc, cnn, fast, mlp800, minerva-mlp, minerva-cnn, lenet5, "
+        "letters-cnn, best, or ggml's mnist-fc and mnist-cnn) or a list of layers\n"
+    )
 
 
 # ---- the usual mix-ups ----------------------------------------------------------------------------
@@ -310,8 +378,9 @@ def test_swapped_images_and_labels_are_named(files: dict, tmp_path: Path, capsys
     assert "the order is IMAGES LABELS" in err
 
 
-def test_a_lone_data_file_or_an_image_file_is_not_a_device(files: dict, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_lone_data_file_or_an_image_file_is_not_a_device(
+    files: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     err = _error(["fc", str(tmp_path / "m.gguf"), files["train_images"], *FAST], capsys)
     assert "is a file but its partner is missing: give IMAGES and LABELS" in err
     (tmp_path / "digit.png").write_bytes(b"\x89PNG")
@@ -351,12 +420,18 @@ def test_data_dir_may_be_the_parent_in_the_cli_and_the_api(data_dir: Path, tmp_p
     assert evaluate(model, data_dir=parent).n == 50
 
 
-def test_another_datasets_folder_is_refused(real_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    err = _error(["fc", str(tmp_path / "m.gguf"), "--dataset", "fashion-mnist", "--data-dir", str(real_mnist), *FAST], capsys)
+def test_another_datasets_folder_is_refused(
+    real_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _error(
+        ["fc", str(tmp_path / "m.gguf"), "--dataset", "fashion-mnist", "--data-dir", str(real_mnist), *FAST], capsys
+    )
     assert f"{real_mnist} holds mnist, not fashion-mnist; point --data-dir at the fashion-mnist files" in err
 
 
-@pytest.mark.parametrize("main, prog", [(cli.train_main, "mnist-train"), (cli.eval_main, "mnist-eval"), (cli.data_main, "mnist-data")])
+@pytest.mark.parametrize(
+    "main, prog", [(cli.train_main, "mnist-train"), (cli.eval_main, "mnist-eval"), (cli.data_main, "mnist-data")]
+)
 def test_every_command_has_a_version(main, prog: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--version"])
@@ -374,8 +449,10 @@ def test_the_dataset_folder_is_found_beside_another_dataset(real_mnist: Path, tm
     """MNIST's files directly in DATA_DIR and Fashion-MNIST in DATA_DIR/fashion-mnist: --dataset picks the right one."""
     fashion = real_mnist.parent / "fashion-mnist"
     if not (fashion / "t10k-labels-idx1-ubyte.gz").is_file():
-        pytest.skip(f"Fashion-MNIST not found beside {real_mnist}: run `mnist-data download --dataset fashion-mnist "
-                    f"--dir {real_mnist.parent}` to run this test")
+        pytest.skip(
+            f"Fashion-MNIST not found beside {real_mnist}: run `mnist-data download --dataset fashion-mnist "
+            f"--dir {real_mnist.parent}` to run this test"
+        )
     root = tmp_path / "data"
     root.mkdir()
     for f in real_mnist.glob("*-ubyte.gz"):
@@ -386,8 +463,15 @@ def test_the_dataset_folder_is_found_beside_another_dataset(real_mnist: Path, tm
 
 
 def test_output_piped_into_head_stops_quietly(tmp_path: Path) -> None:
-    Model.create("fc", hidden=4, threads=1).save(tmp_path / "m.gguf", metadata={"note": "x" * 300_000})  # > a pipe's buffer
+    Model.create("fc", hidden=4, threads=1).save(
+        tmp_path / "m.gguf", metadata={"note": "x" * 300_000}
+    )  # > a pipe's buffer
     code = "import sys; from ggml_mnist.cli import eval_main; sys.exit(eval_main(sys.argv[1:]))"
-    out = subprocess.run(f"{sys.executable} -c '{code}' {tmp_path / 'm.gguf'} --info | head -1", shell=True,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        f"{sys.executable} -c '{code}' {tmp_path / 'm.gguf'} --info | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.stdout.startswith("architecture: ") and out.stderr == ""

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import ggml_mnist.cli.train as train_cli
 import pytest
+
+import ggml_mnist.cli.train as train_cli
 from ggml_mnist import TrainConfig, load
 from ggml_mnist.config import option
 from support.synthetic import SPLIT_FILES, make_synthetic
@@ -62,14 +63,19 @@ def test_label_smoothing_and_max_seconds_are_flags_with_their_defaults(capsys: p
 
 def test_the_new_flags_reach_the_recipe(files: list[str], tmp_path: Path) -> None:
     out = tmp_path / "model.gguf"
-    assert train_cli.train_main(["fc", str(out), *files, *FAST, "--label-smoothing", "0.1", "--max-seconds", "600",
-                                 "--max-loss", "50"]) == 0
+    assert (
+        train_cli.train_main(
+            ["fc", str(out), *files, *FAST, "--label-smoothing", "0.1", "--max-seconds", "600", "--max-loss", "50"]
+        )
+        == 0
+    )
     config = load(str(out)).metadata["config"]
     assert (config["label_smoothing"], config["max_seconds"], config["max_loss"]) == (0.1, 600.0, 50.0)
 
 
-def test_a_bad_value_of_a_new_flag_is_one_line_naming_the_field(files: list[str], tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_value_of_a_new_flag_is_one_line_naming_the_field(
+    files: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert train_cli.train_main(["fc", str(tmp_path / "m.gguf"), *files, *FAST, "--label-smoothing", "1.5"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("mnist-train: error: label_smoothing must be in [0, 1)") and len(err.splitlines()) == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ggml_mnist._ffi import ffi, lib
 
 THREADS = (1, 2, 3, 4)
@@ -28,8 +29,9 @@ class Operand:
         self.ne = tuple(ne) + (1,) * (4 - len(ne))
         self.nb = tuple(nb) + (nb[-1] * ne[-1],) * (4 - len(nb))
         item = self.buffer.itemsize
-        self.view = np.lib.stride_tricks.as_strided(self.buffer, shape=tuple(ne)[::-1],
-                                                    strides=tuple(s * item for s in nb[:len(ne)])[::-1])
+        self.view = np.lib.stride_tricks.as_strided(
+            self.buffer, shape=tuple(ne)[::-1], strides=tuple(s * item for s in nb[: len(ne)])[::-1]
+        )
 
 
 def dense(values: np.ndarray) -> Operand:
@@ -125,9 +127,19 @@ def test_the_fma_emulation_rounds_once() -> None:
 # column tiles), the transposed sum (8 or 16 outputs, 6-16 rows, 256+ terms), a read in place (rows 16 or fewer
 # floats apart, or more than 32 row tiles), sums of one term and of two blocks of 256, and last row tiles of 1-7.
 OUT_PROD = [  # M, N, J, gap between a's rows, b's layout
-    (1, 1, 1, 0, "rows"), (7, 5, 1, 0, "rows"), (3, 13, 40, 20, "rows"), (23, 13, 300, 0, "rows"),
-    (24, 6, 300, 0, "rows"), (9, 8, 300, 0, "rows"), (16, 16, 260, 3, "rows"), (5, 16, 300, 0, "rows"),
-    (12, 20, 70, 0, "columns"), (40, 20, 70, 0, "columns"), (605, 7, 20, 0, "columns"), (563, 13, 40, 0, "rows"), (17, 64, 33, 4, "rows"),
+    (1, 1, 1, 0, "rows"),
+    (7, 5, 1, 0, "rows"),
+    (3, 13, 40, 20, "rows"),
+    (23, 13, 300, 0, "rows"),
+    (24, 6, 300, 0, "rows"),
+    (9, 8, 300, 0, "rows"),
+    (16, 16, 260, 3, "rows"),
+    (5, 16, 300, 0, "rows"),
+    (12, 20, 70, 0, "columns"),
+    (40, 20, 70, 0, "columns"),
+    (605, 7, 20, 0, "columns"),
+    (563, 13, 40, 0, "rows"),
+    (17, 64, 33, 4, "rows"),
     (6, 9, 513, 30, "columns"),
 ]
 
@@ -148,8 +160,14 @@ def test_out_prod_adds_each_term_in_order(case, no_scratch) -> None:
 # mul_mat d [M, N] = a [K, M]^T b [K, N]: 1-7 rows left over, sums of one term and of two blocks (K above 2048),
 # rows apart by more than their length, N just below (ggml's product) and at or above the shim's threshold.
 MUL_MAT = [  # M, N, K, gap between a's rows, gap between b's rows
-    (1, MM_MIN_N, 1, 0, 0), (7, MM_MIN_N, 5, 0, 0), (9, MM_MIN_N + 1, 33, 3, 0), (16, 70, 16, 0, 5),
-    (23, 100, 50, 2, 2), (40, MM_MIN_N, 7, 0, 0), (3, 130, 2100, 0, 1), (33, 64, 300, 5, 7),
+    (1, MM_MIN_N, 1, 0, 0),
+    (7, MM_MIN_N, 5, 0, 0),
+    (9, MM_MIN_N + 1, 33, 3, 0),
+    (16, 70, 16, 0, 5),
+    (23, 100, 50, 2, 2),
+    (40, MM_MIN_N, 7, 0, 0),
+    (3, 130, 2100, 0, 1),
+    (33, 64, 300, 5, 7),
 ]
 
 
@@ -232,8 +250,12 @@ def test_repeat_back_sums_the_rows_in_memory_order(shape: tuple) -> None:
 
 
 ACC = [  # a's shape, b's shape, b's rows apart in a (floats), in place
-    ((50,), (17,), 17, 0), ((7, 9), (3, 4), 9, 0), ((7, 9), (3, 4), 12, 1), ((60,), (5, 11), 12, 0),
-    ((4, 5, 6), (2, 3, 5), 5, 0), ((300,), (1, 300), 300, 1),
+    ((50,), (17,), 17, 0),
+    ((7, 9), (3, 4), 9, 0),
+    ((7, 9), (3, 4), 12, 1),
+    ((60,), (5, 11), 12, 0),
+    ((4, 5, 6), (2, 3, 5), 5, 0),
+    ((300,), (1, 300), 300, 1),
 ]
 
 
@@ -246,7 +268,7 @@ def test_acc_adds_b_at_the_front(case) -> None:
     expected = a.reshape(-1).copy()
     for r, row in enumerate(b.reshape(-1, b_shape[-1])):
         at = r * stride
-        expected[at:at + row.size] = expected[at:at + row.size] + row
+        expected[at : at + row.size] = expected[at : at + row.size] + row
     for threads in THREADS:
         got, taken = run(lib.GMN_TESTING_ACC, [stride, inplace], [dense(a), dense(b)], threads)
         assert taken == {"acc": 1}
@@ -268,8 +290,14 @@ def test_acc_of_strided_rows_stays_with_ggml() -> None:
 
 # ---- the channels-last ops ----------------------------------------------------------------------------------
 WINDOWS = [  # C, W, H, N, kernel side, stride, padding
-    (1, 6, 5, 2, 1, 1, 0), (3, 7, 6, 2, 3, 1, 1), (8, 9, 7, 3, 3, 1, 1), (2, 11, 9, 2, 5, 2, 2), (5, 8, 10, 1, 2, 3, 0),
-    (16, 5, 5, 4, 3, 2, 1), (4, 4, 4, 3, 4, 1, 3), (11, 13, 6, 2, 3, 2, 0),
+    (1, 6, 5, 2, 1, 1, 0),
+    (3, 7, 6, 2, 3, 1, 1),
+    (8, 9, 7, 3, 3, 1, 1),
+    (2, 11, 9, 2, 5, 2, 2),
+    (5, 8, 10, 1, 2, 3, 0),
+    (16, 5, 5, 4, 3, 2, 1),
+    (4, 4, 4, 3, 4, 1, 3),
+    (11, 13, 6, 2, 3, 2, 0),
 ]
 WINDOW_IDS = ["C{}_{}x{}x{}_k{}s{}p{}".format(*w) for w in WINDOWS]
 
@@ -292,12 +320,12 @@ def im2col(x: np.ndarray, k: int, s: int, p: int, rows_out: int) -> np.ndarray:
     N, H, W, C = x.shape
     OH, OW = out_side(H, k, s, p), out_side(W, k, s, p)
     padded = np.zeros((N, H + 2 * p + k, W + 2 * p + k, C), np.float32)
-    padded[:, p:p + H, p:p + W] = x
+    padded[:, p : p + H, p : p + W] = x
     out = np.zeros((N, OH, OW, rows_out), np.float32)
     for oy in range(OH):
         for ox in range(OW):
-            window = padded[:, oy * s:oy * s + k, ox * s:ox * s + k, :]
-            out[:, oy, ox, :C * k * k] = window.reshape(N, -1)
+            window = padded[:, oy * s : oy * s + k, ox * s : ox * s + k, :]
+            out[:, oy, ox, : C * k * k] = window.reshape(N, -1)
     return out.reshape(N * OH * OW, rows_out)
 
 
@@ -310,7 +338,9 @@ def test_im2col_copies_every_window(window, no_scratch) -> None:
         expected = im2col(x, k, s, p, rows_out)
         for threads in THREADS:
             got, _ = run(lib.GMN_TESTING_IM2COL, [k, s, p, rows_out], [dense(x)], threads)
-            np.testing.assert_array_equal(bits(got.reshape(expected.shape)), bits(expected), err_msg=f"{threads} threads")
+            np.testing.assert_array_equal(
+                bits(got.reshape(expected.shape)), bits(expected), err_msg=f"{threads} threads"
+            )
 
 
 @pytest.mark.parametrize("window", WINDOWS, ids=WINDOW_IDS)
@@ -331,8 +361,13 @@ def test_the_gathered_columns_are_im2col_s(window) -> None:
 
 
 POOLS = [  # C, W, H, N, window, stride, padding (at most half the window)
-    (1, 6, 6, 2, 2, 2, 0), (3, 7, 5, 2, 3, 2, 1), (8, 8, 8, 3, 2, 2, 1), (11, 9, 7, 2, 3, 1, 1), (16, 5, 6, 2, 4, 3, 2),
-    (24, 4, 4, 1, 2, 1, 0), (5, 10, 3, 2, 3, 3, 0),
+    (1, 6, 6, 2, 2, 2, 0),
+    (3, 7, 5, 2, 3, 2, 1),
+    (8, 8, 8, 3, 2, 2, 1),
+    (11, 9, 7, 2, 3, 1, 1),
+    (16, 5, 6, 2, 4, 3, 2),
+    (24, 4, 4, 1, 2, 1, 0),
+    (5, 10, 3, 2, 3, 3, 0),
 ]
 POOL_IDS = ["C{}_{}x{}x{}_k{}s{}p{}".format(*w) for w in POOLS]
 
@@ -404,8 +439,11 @@ def test_relayout_moves_the_channels(to_cf: int) -> None:
         np.testing.assert_array_equal(bits(got.reshape(expected.shape)), bits(expected))
 
 
-ACT_INPUTS = np.array([0.0, 1e-6, -1e-6, 1e-3, -0.02, 0.3, -0.7, 1.0, 2.5, -3.3, 5.0, 8.9, -9.2, 10.5, -10.5, 14.0, -30.0,
-                       60.0] + list(np.linspace(-6, 6, 101)), np.float32)
+ACT_INPUTS = np.array(
+    [0.0, 1e-6, -1e-6, 1e-3, -0.02, 0.3, -0.7, 1.0, 2.5, -3.3, 5.0, 8.9, -9.2, 10.5, -10.5, 14.0, -30.0, 60.0]
+    + list(np.linspace(-6, 6, 101)),
+    np.float32,
+)
 
 
 def gelu_tanh(z: np.ndarray) -> np.ndarray:
@@ -439,12 +477,12 @@ def test_operands_that_do_not_fit_are_refused_without_a_crash() -> None:
     bad_index = dense(np.array([0, 7], np.int32))
     x = dense(image_batch(2, 3, 3, 1, seed=0))
     cases = [
-        (lib.GMN_TESTING_OUT_PROD, [], [a, b]),            # J differs
-        (lib.GMN_TESTING_MUL_MAT, [], [a, b]),             # K differs
-        (lib.GMN_TESTING_GET_ROWS, [], [a, bad_index]),    # row 7 of 5
+        (lib.GMN_TESTING_OUT_PROD, [], [a, b]),  # J differs
+        (lib.GMN_TESTING_MUL_MAT, [], [a, b]),  # K differs
+        (lib.GMN_TESTING_GET_ROWS, [], [a, bad_index]),  # row 7 of 5
         (lib.GMN_TESTING_GET_ROWS_BACK, [3], [rows(rng, 4, 2), bad_index]),
-        (lib.GMN_TESTING_IM2COL, [5, 1, 0, 50], [x]),      # a window larger than the image
-        (lib.GMN_TESTING_MAXPOOL, [3, 1, 2], [x]),         # padding over half the window
+        (lib.GMN_TESTING_IM2COL, [5, 1, 0, 50], [x]),  # a window larger than the image
+        (lib.GMN_TESTING_MAXPOOL, [3, 1, 2], [x]),  # padding over half the window
         (lib.GMN_TESTING_ACC, [2, 0], [dense(np.zeros(4, np.float32)), dense(np.zeros((2, 3), np.float32))]),
         (999, [], []),
         (lib.GMN_TESTING_OUT_PROD, [], [Operand(np.zeros(4, np.float32), (4, 2), (1, 4)), b]),  # past its buffer

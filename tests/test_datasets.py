@@ -5,9 +5,10 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-import ggml_mnist as gm
 import numpy as np
 import pytest
+
+import ggml_mnist as gm
 from ggml_mnist import cli, download
 from ggml_mnist.datasets import class_names, dataset_info, preparation
 from support.synthetic import make_synthetic
@@ -67,21 +68,52 @@ def test_names_and_preparation_of_known_and_unknown_datasets() -> None:
 
 def test_training_records_the_dataset_its_class_names_and_preparation(tmp_path: Path) -> None:
     make_synthetic(tmp_path / "fashion-mnist", n_train=100, n_test=20)
-    model, _ = gm.train(data_dir=tmp_path, dataset="fashion-mnist", arch="fc", hidden=16, epochs=1, batch_size=20,
-                        threads=1, progress=False)
+    model, _ = gm.train(
+        data_dir=tmp_path,
+        dataset="fashion-mnist",
+        arch="fc",
+        hidden=16,
+        epochs=1,
+        batch_size=20,
+        threads=1,
+        progress=False,
+    )
     meta = model.metadata
     assert meta["dataset"]["name"] == "fashion-mnist" and meta["preparation"] == "photo"
     assert meta["class_names"][0] == "T-shirt/top" and meta["dataset"]["n"] == 100
-    arrays, _ = gm.train(*gm.load_mnist(tmp_path / "fashion-mnist"), arch="fc", hidden=16, epochs=1, batch_size=20,
-                         threads=1, progress=False)
+    arrays, _ = gm.train(
+        *gm.load_mnist(tmp_path / "fashion-mnist"),
+        arch="fc",
+        hidden=16,
+        epochs=1,
+        batch_size=20,
+        threads=1,
+        progress=False,
+    )
     assert "name" not in arrays.metadata["dataset"] and arrays.metadata["class_names"] == [str(i) for i in range(10)]
 
 
 def test_cli_trains_and_evaluates_emnist_letters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_emnist(tmp_path / "data" / "emnist-letters")
     out = tmp_path / "letters.gguf"
-    assert cli.train_main(["fc", str(out), "--dataset", "emnist-letters", "--data-dir", str(tmp_path / "data"), *FAST,
-                           "--lr", "3e-3", "--epochs", "3"]) == 0
+    assert (
+        cli.train_main(
+            [
+                "fc",
+                str(out),
+                "--dataset",
+                "emnist-letters",
+                "--data-dir",
+                str(tmp_path / "data"),
+                *FAST,
+                "--lr",
+                "3e-3",
+                "--epochs",
+                "3",
+            ]
+        )
+        == 0
+    )
     model = gm.load(out)
     assert model.n_classes == 26 and model.metadata["class_names"] == list(string.ascii_lowercase)
     assert model.metadata["dataset"]["name"] == "emnist-letters"
@@ -94,33 +126,48 @@ def test_cli_trains_and_evaluates_emnist_letters(tmp_path: Path, capsys: pytest.
 
 
 def test_cli_errors_for_emnist_files_that_are_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.train_main(["fc", str(tmp_path / "m.gguf"), "--dataset", "emnist-digits", "--data-dir", str(tmp_path),
-                           *FAST]) == 1
+    assert (
+        cli.train_main(
+            ["fc", str(tmp_path / "m.gguf"), "--dataset", "emnist-digits", "--data-dir", str(tmp_path), *FAST]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "emnist-digits cannot be downloaded here: put emnist-digits-train-images-idx3-ubyte.gz" in err
 
 
-def test_mnist_eval_warns_when_the_dataset_differs_from_the_model(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_mnist_eval_warns_when_the_dataset_differs_from_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     directory = make_synthetic(tmp_path / "digits", n_train=100, n_test=20)
-    model, _ = gm.train(*gm.load_mnist(directory), arch="fc", hidden=16, epochs=1, batch_size=20, threads=1,
-                        progress=False)
+    model, _ = gm.train(
+        *gm.load_mnist(directory), arch="fc", hidden=16, epochs=1, batch_size=20, threads=1, progress=False
+    )
     model.save(tmp_path / "m.gguf", metadata={"dataset": {"name": "fashion-mnist"}})
-    assert cli.eval_main([str(tmp_path / "m.gguf"), "--data-dir", str(directory), "--dataset", "mnist", "--threads", "1"]) == 0
+    assert (
+        cli.eval_main([str(tmp_path / "m.gguf"), "--data-dir", str(directory), "--dataset", "mnist", "--threads", "1"])
+        == 0
+    )
     assert "warning: the model was trained on fashion-mnist, not on mnist" in capsys.readouterr().err
 
 
-def test_fashion_is_not_read_from_a_folder_of_mnist(real_mnist: Path, capsys: pytest.CaptureFixture[str],
-                                                    tmp_path: Path) -> None:
+def test_fashion_is_not_read_from_a_folder_of_mnist(
+    real_mnist: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     with pytest.raises(gm.ConfigError, match="holds mnist, not fashion-mnist"):
         gm.train(data_dir=real_mnist, dataset="fashion-mnist", arch="fc", epochs=1, progress=False)
-    assert cli.train_main(["fc", str(tmp_path / "f.gguf"), "--dataset", "fashion-mnist", "--data-dir", str(real_mnist),
-                           *FAST]) == 1
+    assert (
+        cli.train_main(
+            ["fc", str(tmp_path / "f.gguf"), "--dataset", "fashion-mnist", "--data-dir", str(real_mnist), *FAST]
+        )
+        == 1
+    )
     assert "holds mnist, not fashion-mnist" in capsys.readouterr().err
 
 
 def test_one_registry_holds_every_fact_of_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from ggml_mnist import datasets
+
     assert download.DATASETS is datasets.DATASETS  # the old name is the registry itself, not a second table
     fashion = dataset_info("fashion-mnist")
     assert fashion.downloadable and fashion.preparation == "photo" and len(fashion.class_names) == 10
@@ -138,6 +185,7 @@ def test_one_registry_holds_every_fact_of_a_dataset(tmp_path: Path, capsys: pyte
 
 def test_the_dataset_recorded_in_a_model_is_read_in_one_place() -> None:
     from ggml_mnist import labels
+
     assert labels.dataset_name({"dataset": {"name": "emnist-letters"}}) == "emnist-letters"
     for metadata in ({}, {"dataset": "mnist"}, {"dataset": {"name": "cifar"}}, {"dataset": {"name": 3}}):
         assert labels.dataset_name(metadata) is None
@@ -152,17 +200,26 @@ def test_locate_finds_a_dataset_in_its_folder_or_the_parent(tmp_path: Path, monk
     from ggml_mnist import datasets
     from ggml_mnist.api import _dataset_name, resolve_dataset
     from ggml_mnist.data import uncompressed_sha256
+
     clothes = make_synthetic(tmp_path / "clothes", n_train=40, n_test=20, seed=1)
     files = {f"{p.name}.gz": datasets.FileSpec(uncompressed_sha256(p), p.stat().st_size) for p in clothes.iterdir()}
-    monkeypatch.setitem(datasets.DATASETS, "fashion-mnist",  # these synthetic files are "fashion-mnist" by checksum
-                        dataclasses.replace(datasets.DATASETS["fashion-mnist"], files=files, mirrors=()))
+    monkeypatch.setitem(
+        datasets.DATASETS,
+        "fashion-mnist",  # these synthetic files are "fashion-mnist" by checksum
+        dataclasses.replace(datasets.DATASETS["fashion-mnist"], files=files, mirrors=()),
+    )
     assert datasets.locate(tmp_path, "fashion-mnist", "train") is None  # neither DIR nor DIR/fashion-mnist holds it
     assert datasets.locate(clothes, "fashion-mnist", "train") == clothes
     assert datasets.identify_dataset(clothes, "test") == "fashion-mnist"
-    with pytest.raises(gm.ConfigError, match=r"holds fashion-mnist, not mnist; point --data-dir at the mnist files or at "
-                                             r"their parent folder \(downloads go to DIR/mnist\)"):
+    with pytest.raises(
+        gm.ConfigError,
+        match=r"holds fashion-mnist, not mnist; point --data-dir at the mnist files or at "
+        r"their parent folder \(downloads go to DIR/mnist\)",
+    ):
         datasets.locate(clothes, "mnist", "train", what="--data-dir")
-    assert datasets.locate(clothes, "mnist", "train", strict=False) == clothes  # gm.train(data_dir=...) without dataset=
+    assert (
+        datasets.locate(clothes, "mnist", "train", strict=False) == clothes
+    )  # gm.train(data_dir=...) without dataset=
     digits = make_synthetic(clothes / "mnist", n_train=40, n_test=20, seed=2)
     assert datasets.locate(clothes, "mnist", "train") == digits  # the parent's files are another dataset's
     images, _ = resolve_dataset(None, None, "train", clothes, "mnist")

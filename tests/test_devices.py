@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import warnings
 
-import ggml_mnist as gm
 import pytest
-from ggml_mnist import _build_info, model as model_module
+
+import ggml_mnist as gm
+from ggml_mnist import _build_info
+from ggml_mnist import model as model_module
 
 
 @pytest.fixture()

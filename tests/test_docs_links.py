@@ -56,6 +56,7 @@ def test_every_relative_link_and_anchor_resolves(page: Path) -> None:
 
 def test_the_anchor_rule_matches_githubs() -> None:
     import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "p.md"
         page.write_text("# Using a GPU\n## `fast`: 99 % in 10 s\n## Notes\n## Notes\n```\n# not a heading\n```\n")

@@ -13,6 +13,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from ggml_mnist.data import load_mnist, uncompressed_sha256
 from ggml_mnist.datasets import DATASETS, DatasetInfo, FileSpec, downloadable
 from ggml_mnist.download import download_dataset, verify_dataset
@@ -57,9 +58,7 @@ def serve() -> Iterator[Serve]:
     servers = []
 
     def start(directory: Path, handler: type = QuietHandler) -> str:
-        server = ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(handler, directory=str(directory))
-        )
+        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory)))
         threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/"
@@ -88,9 +87,7 @@ def mirror(tmp_path, monkeypatch) -> Path:
 
     source = make_synthetic(tmp_path / "mirror", n_train=60, n_test=20, gz=True)
     files = {
-        name: FileSpec(
-            uncompressed_sha256(source / name), len(gzip.decompress((source / name).read_bytes()))
-        )
+        name: FileSpec(uncompressed_sha256(source / name), len(gzip.decompress((source / name).read_bytes())))
         for name in MNIST_FILES
     }
     monkeypatch.setitem(
@@ -124,9 +121,7 @@ def names(directory: Path) -> list[str]:
 
 
 def test_download_and_verify(serve, mirror, tmp_path, capsys):
-    target = download_dataset(
-        "synthetic", tmp_path / "data", mirrors=[serve(mirror)], progress=False
-    )
+    target = download_dataset("synthetic", tmp_path / "data", mirrors=[serve(mirror)], progress=False)
     assert target == tmp_path / "data" / "synthetic"
     assert names(target) == sorted(MNIST_FILES)
     for name in MNIST_FILES:
@@ -155,10 +150,7 @@ def test_progress_goes_to_stderr(serve, mirror, tmp_path, capsys):
 def test_verified_files_are_kept_without_contacting_mirrors(serve, mirror, tmp_path):
     target = download_dataset("synthetic", tmp_path, mirrors=[serve(mirror)], progress=False)
     stamps = {p.name: p.stat().st_mtime_ns for p in target.iterdir()}
-    assert (
-        download_dataset("synthetic", tmp_path, mirrors=[closed_port_url()], progress=False)
-        == target
-    )
+    assert download_dataset("synthetic", tmp_path, mirrors=[closed_port_url()], progress=False) == target
     assert {p.name: p.stat().st_mtime_ns for p in target.iterdir()} == stamps
 
 
@@ -166,9 +158,7 @@ def test_uncompressed_local_files_count_as_present(mirror, tmp_path):
     target = tmp_path / "synthetic"
     target.mkdir()
     for name in MNIST_FILES:
-        (target / name.removesuffix(".gz")).write_bytes(
-            gzip.decompress((mirror / name).read_bytes())
-        )
+        (target / name.removesuffix(".gz")).write_bytes(gzip.decompress((mirror / name).read_bytes()))
     download_dataset("synthetic", tmp_path, mirrors=[closed_port_url()], progress=False)
     assert all(verify_dataset("synthetic", tmp_path).values())
     assert not any(p.suffix == ".gz" for p in target.iterdir())
@@ -187,9 +177,7 @@ def test_corrupted_local_files_are_downloaded_again(serve, mirror, tmp_path):
     }
     download_dataset("synthetic", tmp_path, mirrors=[serve(mirror)], progress=False)
     assert names(target) == sorted(MNIST_FILES)
-    assert (target / "train-labels-idx1-ubyte.gz").read_bytes() == (
-        mirror / "train-labels-idx1-ubyte.gz"
-    ).read_bytes()
+    assert (target / "train-labels-idx1-ubyte.gz").read_bytes() == (mirror / "train-labels-idx1-ubyte.gz").read_bytes()
     assert all(verify_dataset("synthetic", tmp_path).values())
 
 
@@ -197,23 +185,16 @@ def test_first_mirror_404_then_second_mirror(serve, mirror, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     first, second = serve(empty), serve(mirror)
-    target = download_dataset(
-        "synthetic", tmp_path / "data", mirrors=[first, second], progress=True
-    )
+    target = download_dataset("synthetic", tmp_path / "data", mirrors=[first, second], progress=True)
     assert all(verify_dataset("synthetic", tmp_path / "data").values())
     assert names(target) == sorted(MNIST_FILES)
-    assert (
-        f"train-images-idx3-ubyte.gz: {first}train-images-idx3-ubyte.gz: HTTP 404"
-        in capsys.readouterr().err
-    )
+    assert f"train-images-idx3-ubyte.gz: {first}train-images-idx3-ubyte.gz: HTTP 404" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", [flip_bytes, wrong_content])
 def test_corrupt_mirror_then_good_mirror(serve, mirror, tmp_path, damage):
     bad = serve(make_mirror(tmp_path, mirror, "bad", damage))
-    target = download_dataset(
-        "synthetic", tmp_path / "data", mirrors=[bad, serve(mirror)], progress=False
-    )
+    target = download_dataset("synthetic", tmp_path / "data", mirrors=[bad, serve(mirror)], progress=False)
     assert names(target) == sorted(MNIST_FILES)
     assert all(verify_dataset("synthetic", tmp_path / "data").values())
 
@@ -227,9 +208,7 @@ def test_every_mirror_corrupt_raises_checksum_error(serve, mirror, tmp_path):
     with pytest.raises(ChecksumError) as info:
         download_dataset("synthetic", tmp_path / "data", mirrors=[flipped, wrong], progress=False)
     message = str(info.value)
-    assert message.startswith(
-        "every mirror served a train-images-idx3-ubyte.gz whose content does not match"
-    )
+    assert message.startswith("every mirror served a train-images-idx3-ubyte.gz whose content does not match")
     assert f"  {flipped}train-images-idx3-ubyte.gz: uncompressed SHA-256 is not " in message
     assert f"  {wrong}train-images-idx3-ubyte.gz: uncompressed SHA-256 is not " in message
     assert isinstance(info.value, DownloadError) and isinstance(info.value, OSError)
@@ -282,9 +261,7 @@ def test_dropped_connection_leaves_no_file(serve, mirror, tmp_path):
         DownloadError,
         match=r"transfer failed \(ConnectionError: connection closed after \d+ of \d+ bytes\)",
     ):
-        download_dataset(
-            "synthetic", tmp_path / "data", mirrors=[serve(mirror, DroppingHandler)], progress=True
-        )
+        download_dataset("synthetic", tmp_path / "data", mirrors=[serve(mirror, DroppingHandler)], progress=True)
     assert names(target) == ["train-images-idx3-ubyte.gz"]
     assert (target / "train-images-idx3-ubyte.gz").read_bytes() == b"old, unverified"
 
@@ -325,9 +302,7 @@ def test_oversized_download_is_cut_off(serve, mirror, tmp_path):
     huge = tmp_path / "huge"
     shutil.copytree(mirror, huge)
     (huge / "train-images-idx3-ubyte.gz").write_bytes(bytes(300_000))
-    with pytest.raises(
-        DownloadError, match=r"transfer failed \(DownloadError: server sent more than the \d+ bytes"
-    ):
+    with pytest.raises(DownloadError, match=r"transfer failed \(DownloadError: server sent more than the \d+ bytes"):
         download_dataset("synthetic", tmp_path / "data", mirrors=[serve(huge)], progress=False)
     assert not (tmp_path / "data").exists()  # no folder the failed download created is left
 
@@ -348,9 +323,7 @@ def test_decompression_is_bounded_by_the_expected_size(serve, mirror, tmp_path, 
 
 
 def test_bad_arguments(mirror, tmp_path):
-    with pytest.raises(
-        ConfigError, match=r"unknown dataset 'cifar'; choose one of: mnist, fashion-mnist"
-    ) as info:
+    with pytest.raises(ConfigError, match=r"unknown dataset 'cifar'; choose one of: mnist, fashion-mnist") as info:
         download_dataset("cifar", tmp_path)
     assert isinstance(info.value, ValueError)
     with pytest.raises(ConfigError, match="unknown dataset"):
@@ -369,7 +342,9 @@ def test_verify_missing_directory(tmp_path):
 
 def test_dataset_table():
     assert downloadable() == ["mnist", "fashion-mnist"]
-    assert all(not DATASETS[name].files and not DATASETS[name].mirrors for name in DATASETS if name.startswith("emnist-"))
+    assert all(
+        not DATASETS[name].files and not DATASETS[name].mirrors for name in DATASETS if name.startswith("emnist-")
+    )
     for spec in (DATASETS[name] for name in downloadable()):
         assert list(spec.files) == MNIST_FILES
         assert [f.size for f in spec.files.values()] == [47_040_016, 60_008, 7_840_016, 10_008]
@@ -377,28 +352,27 @@ def test_dataset_table():
         assert all(url.endswith("/") for url in spec.mirrors)
     assert DATASETS["mnist"].files["train-images-idx3-ubyte.gz"].sha256.startswith("ba891046")
     assert DATASETS["mnist"].mirrors[0] == "https://ossci-datasets.s3.amazonaws.com/mnist/"
-    assert (
-        "fashion-mnist.s3-website.eu-central-1.amazonaws.com"
-        in DATASETS["fashion-mnist"].mirrors[0]
-    )
+    assert "fashion-mnist.s3-website.eu-central-1.amazonaws.com" in DATASETS["fashion-mnist"].mirrors[0]
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
 def test_dataset_table_matches_reference_sums(real_mnist, name):
     sums = real_mnist.parent / name / "SHA256SUMS"
     if not sums.is_file():
-        pytest.skip(f"{sums} not found: run `mnist-data download --dataset {name} --dir {real_mnist.parent}` "
-                    "(it writes the dataset's SHA256SUMS) to check the table against it")
-    expected = dict(
-        reversed(line.split()) for line in sums.read_text().splitlines() if line.strip()
-    )
+        pytest.skip(
+            f"{sums} not found: run `mnist-data download --dataset {name} --dir {real_mnist.parent}` "
+            "(it writes the dataset's SHA256SUMS) to check the table against it"
+        )
+    expected = dict(reversed(line.split()) for line in sums.read_text().splitlines() if line.strip())
     assert {f.removesuffix(".gz"): s.sha256 for f, s in DATASETS[name].files.items()} == expected
 
 
 def test_download_real_mnist(serve, real_mnist, tmp_path):
     if not all((real_mnist / name).is_file() for name in MNIST_FILES):
-        pytest.skip(f"{real_mnist} lacks the MNIST .gz files: point GGML_MNIST_DATA at the folder with the four "
-                    "*-ubyte.gz files (as `mnist-data download` writes them) to run this test")
+        pytest.skip(
+            f"{real_mnist} lacks the MNIST .gz files: point GGML_MNIST_DATA at the folder with the four "
+            "*-ubyte.gz files (as `mnist-data download` writes them) to run this test"
+        )
     target = download_dataset("mnist", tmp_path, mirrors=[serve(real_mnist)], progress=False)
     assert verify_dataset("mnist", tmp_path) == {name: True for name in MNIST_FILES}
     for name in MNIST_FILES:

@@ -27,8 +27,17 @@ def members(data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("members")
     paths = []
     for seed in (1, 2, 3):
-        model, _ = gm.train(data, arch="fc", hidden=16, epochs=2, batch_size=20, threads=THREADS, progress=False,
-                            augment="none", seed=seed)
+        model, _ = gm.train(
+            data,
+            arch="fc",
+            hidden=16,
+            epochs=2,
+            batch_size=20,
+            threads=THREADS,
+            progress=False,
+            augment="none",
+            seed=seed,
+        )
         paths.append(folder / f"fc-{seed}.gguf")
         model.save(paths[-1])
     return paths
@@ -72,15 +81,17 @@ def test_ensemble_refuses_other_classes_and_image_sizes_naming_the_file(members:
         gm.Ensemble([members[0], letters], threads=THREADS)
 
 
-@pytest.mark.parametrize("members_arg, message", [([], "at least one model"), ("a.gguf", "list of Models"),
-                                                   ([3], "Models or GGUF paths")])
+@pytest.mark.parametrize(
+    "members_arg, message", [([], "at least one model"), ("a.gguf", "list of Models"), ([3], "Models or GGUF paths")]
+)
 def test_ensemble_refuses_what_is_not_a_list_of_models(members_arg: object, message: str) -> None:
     with pytest.raises(gm.ConfigError, match=message):
         gm.Ensemble(members_arg)  # type: ignore[arg-type]
 
 
-def test_mnist_eval_evaluates_several_models_as_an_ensemble(members: list[Path], data: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_mnist_eval_evaluates_several_models_as_an_ensemble(
+    members: list[Path], data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = [str(data / "t10k-images-idx3-ubyte"), str(data / "t10k-labels-idx1-ubyte")]
     expected = gm.Ensemble([str(p) for p in members], threads=THREADS).evaluate(*files).accuracy
     assert eval_main([*map(str, members), *files, "--threads", "1", "--json"]) == 0
@@ -93,8 +104,9 @@ def test_mnist_eval_evaluates_several_models_as_an_ensemble(members: list[Path],
     assert json.loads(capsys.readouterr().out)["model"] == str(members[0])
 
 
-def test_mnist_eval_refuses_a_mixed_ensemble_in_one_line(members: list[Path], data: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_mnist_eval_refuses_a_mixed_ensemble_in_one_line(
+    members: list[Path], data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     four = tmp_path / "four.gguf"
     gm.Model.create("fc", n_classes=4, hidden=16, threads=THREADS).save(four)
     assert eval_main([str(members[0]), str(four), "--data-dir", str(data)]) == 1
@@ -104,8 +116,9 @@ def test_mnist_eval_refuses_a_mixed_ensemble_in_one_line(members: list[Path], da
     assert "--info describes one model" in capsys.readouterr().err
 
 
-def test_mnist_predict_with_several_models(members: list[Path], tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_mnist_predict_with_several_models(
+    members: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     picture = tmp_path / "seven.png"
     draw_digits([7]).save(picture)
     assert predict_main([*map(str, members), str(picture), "--json", "--threads", "1"]) == 0

@@ -7,8 +7,9 @@ import logging
 import re
 from pathlib import Path
 
-import ggml_mnist as gm
 import pytest
+
+import ggml_mnist as gm
 from ggml_mnist import _ffi, config, training
 from ggml_mnist._ffi import enum_names, lib
 
@@ -29,14 +30,27 @@ def header_enum(name: str) -> dict[str, int]:
 
 
 @pytest.mark.skipif(not HEADER.is_file(), reason="needs the source tree's src/ggml_mnist.h (run from a clone)")
-@pytest.mark.parametrize("name", ["gmn_optimizer", "gmn_schedule", "gmn_graph", "gmn_device_type", "gmn_layer_kind",
-                                  "gmn_phase", "gmn_status", "gmn_limit"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gmn_optimizer",
+        "gmn_schedule",
+        "gmn_graph",
+        "gmn_device_type",
+        "gmn_layer_kind",
+        "gmn_phase",
+        "gmn_status",
+        "gmn_limit",
+    ],
+)
 def test_enum_names_are_the_headers(name: str) -> None:
     written = header_enum(name)
     names = enum_names(name)
     assert list(names.values()) == sorted(written.values())
-    assert all(any(key.endswith("_" + short.upper()) and written[key] == code for key in written)
-               for short, code in names.items())
+    assert all(
+        any(key.endswith("_" + short.upper()) and written[key] == code for key in written)
+        for short, code in names.items()
+    )
 
 
 def test_python_names_its_choices_from_the_header() -> None:
@@ -47,7 +61,10 @@ def test_python_names_its_choices_from_the_header() -> None:
     assert training._SCHEDULE_CODES["onecycle"] == lib.GMN_SCHEDULE_ONECYCLE
     assert gm._DEVICE_TYPES[lib.GMN_DEVICE_CPU] == "cpu" and gm._DEVICE_TYPES[lib.GMN_DEVICE_IGPU] == "igpu"
     assert [d.type for d in gm.devices()].count("cpu") == 1
-    assert {layer.code for layer in (gm.layers.Dense(10), gm.layers.ReLU())} == {lib.GMN_LAYER_DENSE, lib.GMN_LAYER_RELU}
+    assert {layer.code for layer in (gm.layers.Dense(10), gm.layers.ReLU())} == {
+        lib.GMN_LAYER_DENSE,
+        lib.GMN_LAYER_RELU,
+    }
 
 
 def test_limits_in_messages_are_the_headers() -> None:
@@ -73,26 +90,42 @@ def test_log_levels_map_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, 25):
         _ffi.set_verbose(True, level)
     _ffi.set_verbose(False)
-    assert seen == [lib.GMN_LOG_DEBUG, lib.GMN_LOG_INFO, lib.GMN_LOG_WARN, lib.GMN_LOG_ERROR, lib.GMN_LOG_ERROR,
-                    lib.GMN_LOG_ERROR]
+    assert seen == [
+        lib.GMN_LOG_DEBUG,
+        lib.GMN_LOG_INFO,
+        lib.GMN_LOG_WARN,
+        lib.GMN_LOG_ERROR,
+        lib.GMN_LOG_ERROR,
+        lib.GMN_LOG_ERROR,
+    ]
 
 
 @pytest.mark.parametrize("seed", [-1, 2**64, 1.0, True, "1"])
 def test_a_seed_is_checked_once_for_models_recipes_and_augmentation(seed: object) -> None:
     import numpy as np
-    for call in (lambda: gm.Model.create("fc", hidden=8, seed=seed), lambda: gm.TrainConfig(seed=seed).validate(),
-                 lambda: gm.augment_images(np.zeros((1, 28, 28), np.uint8), seed=seed)):
+
+    for call in (
+        lambda: gm.Model.create("fc", hidden=8, seed=seed),
+        lambda: gm.TrainConfig(seed=seed).validate(),
+        lambda: gm.augment_images(np.zeros((1, 28, 28), np.uint8), seed=seed),
+    ):
         with pytest.raises(gm.ConfigError, match=r"seed must be an integer in \[0, 2\*\*64\), got "):
             call()
     assert _ffi.check_seed(np.uint64(2**64 - 1)) == 2**64 - 1 and type(_ffi.check_seed(np.int64(3))) is int
 
 
 def test_a_directory_given_as_a_file_is_refused_in_one_place(tmp_path: Path) -> None:
-    from ggml_mnist.pictures.annotate import save_png
     from PIL import Image
+
+    from ggml_mnist.pictures.annotate import save_png
+
     package = Path(gm.__file__).parent
-    raising = [(str(p.relative_to(package)), line.strip()) for p in sorted(package.rglob("*.py"))
-               for line in p.read_text().splitlines() if "is a directory;" in line and "raise" in line]
+    raising = [
+        (str(p.relative_to(package)), line.strip())
+        for p in sorted(package.rglob("*.py"))
+        for line in p.read_text().splitlines()
+        if "is a directory;" in line and "raise" in line
+    ]
     assert raising == [("outputs.py", 'raise error(f"{subject} is a directory; {fix}")')]
     with pytest.raises(gm.IdxFormatError, match=r"is a directory; give the path of an IDX file"):
         gm.read_idx(tmp_path)
@@ -102,5 +135,7 @@ def test_a_directory_given_as_a_file_is_refused_in_one_place(tmp_path: Path) -> 
         gm.Model.create("fc", hidden=8).save(tmp_path)
     with pytest.raises(gm.ImageError, match=r"the annotated picture '.*' is a directory; give a file name such as"):
         save_png(Image.new("L", (4, 4)), str(tmp_path))
-    with pytest.raises(gm.ImageError, match=r"cannot write the annotated picture .*: directory '.*nowhere' does not exist"):
+    with pytest.raises(
+        gm.ImageError, match=r"cannot write the annotated picture .*: directory '.*nowhere' does not exist"
+    ):
         save_png(Image.new("L", (4, 4)), str(tmp_path / "nowhere" / "a.png"))

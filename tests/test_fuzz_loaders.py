@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from support import fuzz_loaders as fz
 import pytest
 from hypothesis import given
+
+from support import fuzz_loaders as fz
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,9 @@ def test_idx_mutations_load_or_raise_data_errors(recipe: fz.Recipe, workspace: f
     """Mutated IDX files (raw and gzip) load exactly what write_idx would write, or raise IdxFormatError/DataError."""
     outcome, message = fz.check_idx(workspace, recipe)
     assert outcome in ("ok", "IdxFormatError", "DataError")
-    assert outcome == "ok" or re.match(r"IDX file '|images |labels |label -?\d+ at index |\d+ images but \d+ labels", message)
+    assert outcome == "ok" or re.match(
+        r"IDX file '|images |labels |label -?\d+ at index |\d+ images but \d+ labels", message
+    )
 
 
 def test_idx_truncation_at_every_offset(workspace: fz.Workspace) -> None:

@@ -26,10 +26,26 @@ def test_one_sgd_step_follows_the_true_gradient(arch: str) -> None:
     rng = np.random.default_rng(7)
     images = rng.integers(0, 256, size=(N, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=N)
-    options = dict(arch=arch, epochs=1, batch_size=N, optimizer="sgd", lr=LR, lr_schedule="constant", weight_decay=0.0,
-                   seed=5, threads=THREADS, progress=False, augment="none", **SMALL[arch])
-    before = Model.create(arch, seed=5, threads=THREADS, **({"hidden": SMALL[arch]["hidden"]} if arch == "fc" else
-                          {"conv_channels": SMALL[arch]["conv_channels"]})).get_weights()
+    options = dict(
+        arch=arch,
+        epochs=1,
+        batch_size=N,
+        optimizer="sgd",
+        lr=LR,
+        lr_schedule="constant",
+        weight_decay=0.0,
+        seed=5,
+        threads=THREADS,
+        progress=False,
+        augment="none",
+        **SMALL[arch],
+    )
+    before = Model.create(
+        arch,
+        seed=5,
+        threads=THREADS,
+        **({"hidden": SMALL[arch]["hidden"]} if arch == "fc" else {"conv_channels": SMALL[arch]["conv_channels"]}),
+    ).get_weights()
     after = train(images, labels, **options)[0].get_weights()
     checked = 0
     for name, w in before.items():

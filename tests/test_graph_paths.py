@@ -8,27 +8,59 @@ import numpy as np
 import pytest
 
 from ggml_mnist import Model, train
-from ggml_mnist.layers import AvgPool2d, Conv2d, Dense, Dropout, GELU, MaxPool2d, ReLU, SiLU, Tanh
+from ggml_mnist.layers import GELU, AvgPool2d, Conv2d, Dense, Dropout, MaxPool2d, ReLU, SiLU, Tanh
 from support.helpers import THREADS, images
 
 NETS = {
     "cnn": ("cnn", (28, 28)),
     "strided conv, silu, avgpool pad 1, conv after it": (
-        [Conv2d(3, 3, stride=2, padding=1), SiLU(), AvgPool2d(3, 2, 1), Conv2d(4, 2), Tanh(), Dense()], (13, 11)),
+        [Conv2d(3, 3, stride=2, padding=1), SiLU(), AvgPool2d(3, 2, 1), Conv2d(4, 2), Tanh(), Dense()],
+        (13, 11),
+    ),
     "5x5 conv, gelu, maxpool pad 1, dense tanh": (
-        [Conv2d(2, 5), GELU(), MaxPool2d(2, 2, 1), Dense(6), Tanh(), Dense()], (11, 9)),
+        [Conv2d(2, 5), GELU(), MaxPool2d(2, 2, 1), Dense(6), Tanh(), Dense()],
+        (11, 9),
+    ),
     "maxpool first, two convs, maxpool 3/3": (
-        [MaxPool2d(2, 1), Conv2d(3, 3, padding=1), ReLU(), Conv2d(4, 3, padding=2), ReLU(), MaxPool2d(3, 3), Dense()], (12, 12)),
+        [MaxPool2d(2, 1), Conv2d(3, 3, padding=1), ReLU(), Conv2d(4, 3, padding=2), ReLU(), MaxPool2d(3, 3), Dense()],
+        (12, 12),
+    ),
     "pool first with tanh, overlapping pools": (
-        [Conv2d(5, 3, padding=1), Tanh(), MaxPool2d(3, 2, 1), Conv2d(6, 3, stride=2), ReLU(), MaxPool2d(2, 2), Dense(8), ReLU(),
-         Dropout(0.0), Dense()], (16, 16)),
+        [
+            Conv2d(5, 3, padding=1),
+            Tanh(),
+            MaxPool2d(3, 2, 1),
+            Conv2d(6, 3, stride=2),
+            ReLU(),
+            MaxPool2d(2, 2),
+            Dense(8),
+            ReLU(),
+            Dropout(0.0),
+            Dense(),
+        ],
+        (16, 16),
+    ),
 }
 
 
 def step(graph: str, arch, size, x, y, optimizer: str = "sgd") -> Model:
-    model, _ = train(x, y, arch=arch, n_classes=4, epochs=2, batch_size=len(x) // 2, optimizer=optimizer,
-                     lr=0.05, lr_schedule="constant", weight_decay=0.0, seed=5, threads=THREADS, progress=False,
-                     augment="none", graph=graph)
+    model, _ = train(
+        x,
+        y,
+        arch=arch,
+        n_classes=4,
+        epochs=2,
+        batch_size=len(x) // 2,
+        optimizer=optimizer,
+        lr=0.05,
+        lr_schedule="constant",
+        weight_decay=0.0,
+        seed=5,
+        threads=THREADS,
+        progress=False,
+        augment="none",
+        graph=graph,
+    )
     assert model.plan["graph"] == graph
     return model
 
@@ -38,8 +70,10 @@ def test_both_graphs_predict_and_train_alike(case: str) -> None:
     arch, size = NETS[case]
     x = images(12, size, seed=1)
     y = np.random.default_rng(2).integers(0, 4, size=len(x))
-    probs = {graph: Model.create(arch, n_classes=4, image_size=size, seed=7, threads=THREADS, graph=graph).predict_proba(x)
-             for graph in ("portable", "cpu")}
+    probs = {
+        graph: Model.create(arch, n_classes=4, image_size=size, seed=7, threads=THREADS, graph=graph).predict_proba(x)
+        for graph in ("portable", "cpu")
+    }
     np.testing.assert_allclose(probs["cpu"], probs["portable"], rtol=1e-5, atol=1e-6)
     # two epochs of two SGD steps: the weights after four gradient steps agree to float rounding
     a = step("portable", arch, size, x, y).get_weights()
@@ -63,9 +97,18 @@ def test_each_graph_is_bit_reproducible(graph: str) -> None:
 
 def test_layer_activations_are_channels_first_on_both_graphs() -> None:
     image = images(1, (28, 28), seed=5)[0]
-    out = {graph: Model.create("cnn", seed=3, threads=THREADS, graph=graph).activations(image)
-           for graph in ("portable", "cpu")}
-    assert [a.shape for a in out["cpu"]] == [(8, 28, 28), (8, 28, 28), (8, 14, 14), (16, 14, 14), (16, 14, 14),
-                                             (16, 7, 7), (10,)]
+    out = {
+        graph: Model.create("cnn", seed=3, threads=THREADS, graph=graph).activations(image)
+        for graph in ("portable", "cpu")
+    }
+    assert [a.shape for a in out["cpu"]] == [
+        (8, 28, 28),
+        (8, 28, 28),
+        (8, 14, 14),
+        (16, 14, 14),
+        (16, 14, 14),
+        (16, 7, 7),
+        (10,),
+    ]
     for layer, (a, b) in enumerate(zip(out["portable"], out["cpu"])):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=str(layer))

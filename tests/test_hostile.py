@@ -74,7 +74,10 @@ def test_a_save_without_memory_for_it_raises_instead_of_aborting() -> None:
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/tmp")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith("refused: model_save: writing 'never.gguf' needs about 4") and "MB of memory" in out.stdout
+    assert (
+        out.stdout.startswith("refused: model_save: writing 'never.gguf' needs about 4")
+        and "MB of memory" in out.stdout
+    )
 
 
 def test_the_model_class_takes_no_raw_handles() -> None:
@@ -88,7 +91,12 @@ def test_the_output_may_not_be_an_input(tmp_path: Path, capsys: pytest.CaptureFi
     write_idx(tmp_path / "x.idx", X)
     write_idx(tmp_path / "y.idx", Y.astype(np.uint8))
     before = (tmp_path / "x.idx").read_bytes()
-    assert cli.train_main(["fc", str(tmp_path / "x.idx"), str(tmp_path / "x.idx"), str(tmp_path / "y.idx"), "--epochs", "1"]) == 1
+    assert (
+        cli.train_main(
+            ["fc", str(tmp_path / "x.idx"), str(tmp_path / "x.idx"), str(tmp_path / "y.idx"), "--epochs", "1"]
+        )
+        == 1
+    )
     assert "is the input file" in capsys.readouterr().err and (tmp_path / "x.idx").read_bytes() == before
 
 
@@ -96,7 +104,9 @@ def test_the_output_may_not_be_an_input(tmp_path: Path, capsys: pytest.CaptureFi
 def test_a_fifo_without_a_writer_fails_and_with_a_late_one_it_reads(tmp_path: Path) -> None:
     fifo = tmp_path / "images"
     os.mkfifo(fifo)
-    with pytest.raises(gm.IdxFormatError, match=r"nothing wrote to this pipe within 5 s; start the program that feeds it"):
+    with pytest.raises(
+        gm.IdxFormatError, match=r"nothing wrote to this pipe within 5 s; start the program that feeds it"
+    ):
         read_idx(fifo)  # no writer: gives up after a few seconds instead of waiting for good
     write_idx(tmp_path / "x.idx.gz", X)
     data = (tmp_path / "x.idx.gz").read_bytes()
@@ -129,13 +139,25 @@ def test_a_step_that_ruins_the_weights_is_divergence(tmp_path: Path) -> None:
 
 
 def test_numpy_scalars_are_numbers_and_bools_are_not() -> None:
-    model, history = train(X, Y, arch="fc", hidden=np.int32(8), epochs=np.int64(1), batch_size=np.int64(20),
-                           lr=np.float32(1e-3), seed=np.uint64(1), val_split=np.float32(0.5), threads=np.int64(1),
-                           progress=False)
+    model, history = train(
+        X,
+        Y,
+        arch="fc",
+        hidden=np.int32(8),
+        epochs=np.int64(1),
+        batch_size=np.int64(20),
+        lr=np.float32(1e-3),
+        seed=np.uint64(1),
+        val_split=np.float32(0.5),
+        threads=np.int64(1),
+        progress=False,
+    )
     assert history[0].n_val == 30 and model.metadata["config"]["seed"] == 1
-    for bad, match in [({"epochs": True}, r"epochs must be a whole number in \[1, 1000000\], got True"),
-                       ({"physical_batch_size": 0}, r"physical_batch_size must be a whole number >= 1"),
-                       ({"batch_size": True}, r"batch_size must be in \[1, 1000000\], got True")]:
+    for bad, match in [
+        ({"epochs": True}, r"epochs must be a whole number in \[1, 1000000\], got True"),
+        ({"physical_batch_size": 0}, r"physical_batch_size must be a whole number >= 1"),
+        ({"batch_size": True}, r"batch_size must be in \[1, 1000000\], got True"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             train(X, Y, **small_options("fc", **bad))
 
@@ -143,21 +165,43 @@ def test_numpy_scalars_are_numbers_and_bools_are_not() -> None:
 # ---- found in review ------------------------------------------------------------------------------------
 def test_a_run_stopped_on_a_ruinous_step_is_divergence_and_nan_weights_never_save(tmp_path: Path) -> None:
     from ggml_mnist._ffi import ffi, lib
+
     model = Model.create("fc", hidden=8, threads=THREADS)
     x = np.ascontiguousarray(X.reshape(60, -1))
     y = Y.astype(np.int32)
     ds = ffi.new("gmn_dataset **")
-    assert lib.gmn_dataset_init(ffi.cast("uint8_t *", ffi.from_buffer(x)), ffi.cast("int32_t *", ffi.from_buffer(y)), 60,
-                                784, 10, ds) == 0
-    cfg = ffi.new("struct gmn_train_config *", dict(optimizer=1, lr=1e20, lr_min_ratio=0, schedule=0, warmup_steps=0,
-                                                    total_steps=6, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0,
-                                                    batch_size=10, physical_batch_size=10, seed=1, max_loss=100))
+    assert (
+        lib.gmn_dataset_init(
+            ffi.cast("uint8_t *", ffi.from_buffer(x)), ffi.cast("int32_t *", ffi.from_buffer(y)), 60, 784, 10, ds
+        )
+        == 0
+    )
+    cfg = ffi.new(
+        "struct gmn_train_config *",
+        dict(
+            optimizer=1,
+            lr=1e20,
+            lr_min_ratio=0,
+            schedule=0,
+            warmup_steps=0,
+            total_steps=6,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0,
+            batch_size=10,
+            physical_batch_size=10,
+            seed=1,
+            max_loss=100,
+        ),
+    )
     assert lib.gmn_model_train_init(model._handle, cfg) == 0
     stop = ffi.callback("int(void *, int, int64_t, int64_t, double, double)", lambda *a: 1)  # stop after batch 1
     idx = np.arange(60, dtype=np.int64)
     result = ffi.new("struct gmn_epoch_result *")
-    status = lib.gmn_model_train_epoch(model._handle, ds[0], ffi.cast("int64_t *", ffi.from_buffer(idx)), 60, ffi.NULL, 0,
-                                       stop, ffi.NULL, result)
+    status = lib.gmn_model_train_epoch(
+        model._handle, ds[0], ffi.cast("int64_t *", ffi.from_buffer(idx)), 60, ffi.NULL, 0, stop, ffi.NULL, result
+    )
     lib.gmn_dataset_free(ds[0])
     assert status == lib.GMN_E_DIVERGED
     with pytest.raises(TrainingDivergedError):
@@ -173,8 +217,26 @@ def test_an_output_symlink_to_nowhere_fails_before_training(tmp_path: Path, caps
     err = capsys.readouterr().err
     assert "is a symbolic link to a missing file" in err and "epoch" not in err
     long_name = tmp_path / ("m" * 250 + ".gguf")
-    assert cli.train_main(["fc", str(long_name), str(tmp_path / "x.idx"), str(tmp_path / "y.idx"), "--epochs", "1",
-                           "--hidden", "8", "--batch-size", "20", "--threads", "1", "--quiet"]) == 0
+    assert (
+        cli.train_main(
+            [
+                "fc",
+                str(long_name),
+                str(tmp_path / "x.idx"),
+                str(tmp_path / "y.idx"),
+                "--epochs",
+                "1",
+                "--hidden",
+                "8",
+                "--batch-size",
+                "20",
+                "--threads",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert load(long_name).n_classes == 10
 
 
@@ -190,11 +252,30 @@ def test_training_from_pipes(tmp_path: Path) -> None:
         def feed(path=tmp_path / f"{name}.pipe", data=data) -> None:
             with open(path, "wb") as f:
                 f.write(data)
+
         writers.append(threading.Thread(target=feed))
         writers[-1].start()
     try:
-        assert cli.train_main(["fc", str(tmp_path / "m.gguf"), str(tmp_path / "x.pipe"), str(tmp_path / "y.pipe"),
-                               "--epochs", "1", "--hidden", "8", "--batch-size", "20", "--threads", "1", "--quiet"]) == 0
+        assert (
+            cli.train_main(
+                [
+                    "fc",
+                    str(tmp_path / "m.gguf"),
+                    str(tmp_path / "x.pipe"),
+                    str(tmp_path / "y.pipe"),
+                    "--epochs",
+                    "1",
+                    "--hidden",
+                    "8",
+                    "--batch-size",
+                    "20",
+                    "--threads",
+                    "1",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     finally:
         for w in writers:
             w.join(timeout=30)
@@ -202,8 +283,14 @@ def test_training_from_pipes(tmp_path: Path) -> None:
 
 
 def test_export_checks_the_network_at_its_own_image_size(tmp_path: Path) -> None:
-    layers = [gm.layers.Conv2d(2, 5), gm.layers.MaxPool2d(2), gm.layers.Conv2d(2, 5), gm.layers.MaxPool2d(2),
-              gm.layers.Conv2d(2, 5), gm.layers.Dense()]  # impossible at 28x28, fine at 64x64
+    layers = [
+        gm.layers.Conv2d(2, 5),
+        gm.layers.MaxPool2d(2),
+        gm.layers.Conv2d(2, 5),
+        gm.layers.MaxPool2d(2),
+        gm.layers.Conv2d(2, 5),
+        gm.layers.Dense(),
+    ]  # impossible at 28x28, fine at 64x64
     model = Model.create(layers, image_size=(64, 64), threads=THREADS)
     exported = gm.export_gguf(tmp_path / "e.gguf", layers, model.get_weights(), image_size=(64, 64))
     assert exported.image_size == (64, 64) and exported.layers == model.layers

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ggml_mnist.data import (
     atomic_path,
     load_idx_pair,
@@ -126,13 +127,9 @@ def test_reads_str_paths(tmp_path):
 # --- write errors and atomicity ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "dtype", ["bool", "int64", "uint16", "uint32", "float16", "complex64", "object"]
-)
+@pytest.mark.parametrize("dtype", ["bool", "int64", "uint16", "uint32", "float16", "complex64", "object"])
 def test_write_rejects_unsupported_dtype(tmp_path, dtype):
-    with pytest.raises(
-        DataError, match=f"cannot write dtype {dtype} .*convert the array to one of uint8"
-    ):
+    with pytest.raises(DataError, match=f"cannot write dtype {dtype} .*convert the array to one of uint8"):
         write_idx(tmp_path / "a", np.zeros(3, dtype=dtype))
     assert list(tmp_path.iterdir()) == []
 
@@ -274,9 +271,7 @@ def test_corrupt_gzip(tmp_path, damage):
 
 def test_invalid_deflate_data_is_reported(tmp_path):
     path = write_bytes(tmp_path / "bad.gz", gzip.compress(b"")[:10] + b"\xff" * 40)
-    with pytest.raises(
-        IdxFormatError, match=r"corrupt gzip data \(Error -3 .*invalid block type\)"
-    ):
+    with pytest.raises(IdxFormatError, match=r"corrupt gzip data \(Error -3 .*invalid block type\)"):
         read_idx(path)
 
 
@@ -312,16 +307,12 @@ def test_validate_dataset_ok_and_infers_classes():
 
 
 def test_count_mismatch():
-    with pytest.raises(
-        DataError, match=r"^60000 images but 59999 labels; every image needs one label$"
-    ):
+    with pytest.raises(DataError, match=r"^60000 images but 59999 labels; every image needs one label$"):
         validate_dataset(np.zeros((60000, 784), np.uint8), np.zeros(59999, np.uint8))
 
 
 def test_wrong_image_size():
-    with pytest.raises(
-        DataError, match=r"^images are 32x32; this model needs 28x28 — resize them first$"
-    ):
+    with pytest.raises(DataError, match=r"^images are 32x32; this model needs 28x28 — resize them first$"):
         validate_dataset(blank_images(3, 32, 32), np.zeros(3, np.uint8))
     assert validate_images(blank_images(3, 32, 32), size=None).shape == (3, 32, 32)
     assert validate_images(blank_images(3, 32, 32), size=(32, 32)).shape == (3, 32, 32)
@@ -331,9 +322,7 @@ def test_flat_images_are_reshaped_without_copy():
     flat = np.arange(2 * 784, dtype=np.int64).astype(np.uint8).reshape(2, 784)
     result = validate_images(flat)
     assert result.shape == (2, 28, 28) and np.shares_memory(result, flat)
-    with pytest.raises(
-        DataError, match=r"images must have shape \[N, H, W\] or \[N, 784\], got \(2, 783\)"
-    ):
+    with pytest.raises(DataError, match=r"images must have shape \[N, H, W\] or \[N, 784\], got \(2, 783\)"):
         validate_images(np.zeros((2, 783), np.uint8))
 
 
@@ -477,31 +466,21 @@ def test_missing_files_lists_what_was_looked_for(synthetic_mnist):
 
 
 def test_missing_both_files(tmp_path):
-    with pytest.raises(
-        DataFileNotFoundError, match=r"no train images \(.*\) and no train labels \("
-    ):
+    with pytest.raises(DataFileNotFoundError, match=r"no train images \(.*\) and no train labels \("):
         load_mnist(tmp_path)
 
 
 def test_load_mismatched_files(synthetic_mnist):
-    shutil.copy(
-        synthetic_mnist / "t10k-labels-idx1-ubyte", synthetic_mnist / "train-labels-idx1-ubyte"
-    )
+    shutil.copy(synthetic_mnist / "t10k-labels-idx1-ubyte", synthetic_mnist / "train-labels-idx1-ubyte")
     with pytest.raises(DataError, match=r"^200 images but 50 labels"):
         load_mnist(synthetic_mnist)
 
 
 def test_load_idx_pair(synthetic_mnist):
-    x, y = load_idx_pair(
-        synthetic_mnist / "t10k-images-idx3-ubyte", synthetic_mnist / "t10k-labels-idx1-ubyte"
-    )
+    x, y = load_idx_pair(synthetic_mnist / "t10k-images-idx3-ubyte", synthetic_mnist / "t10k-labels-idx1-ubyte")
     assert x.shape == (50, 28, 28) and y.shape == (50,)
-    with pytest.raises(
-        DataError, match=r"images must have shape \[N, H, W\] or \[N, 784\], got \(50,\)"
-    ):
-        load_idx_pair(
-            synthetic_mnist / "t10k-labels-idx1-ubyte", synthetic_mnist / "t10k-labels-idx1-ubyte"
-        )
+    with pytest.raises(DataError, match=r"images must have shape \[N, H, W\] or \[N, 784\], got \(50,\)"):
+        load_idx_pair(synthetic_mnist / "t10k-labels-idx1-ubyte", synthetic_mnist / "t10k-labels-idx1-ubyte")
 
 
 def test_real_mnist(real_mnist):

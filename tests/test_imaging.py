@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
+
 from ggml_mnist import DataFileNotFoundError, ImageError, prepare_image
 from ggml_mnist.pictures.components import label
 from ggml_mnist.pictures.prepare import find_ink, stroke_width, text_art
 from ggml_mnist.pictures.segment import segment
 from support.handwriting import as_scan, draw_digits
-from PIL import Image, ImageDraw
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,8 +53,18 @@ def test_every_input_type_gives_the_same_digit(seven: Image.Image, reference: np
     seven.save(buf, "PNG")
     gray = np.asarray(seven)
     rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
-    for image in (path, str(path), buf.getvalue(), seven.convert("RGB"), gray, gray / 255.0,
-                  np.dstack([gray] * 3), rgba, rgba / 255.0, gray[..., None]):
+    for image in (
+        path,
+        str(path),
+        buf.getvalue(),
+        seven.convert("RGB"),
+        gray,
+        gray / 255.0,
+        np.dstack([gray] * 3),
+        rgba,
+        rgba / 255.0,
+        gray[..., None],
+    ):
         assert np.array_equal(prepare_image(image), reference) or _corr(prepare_image(image), reference) > 0.99
 
 
@@ -65,10 +76,21 @@ def test_alpha_is_composited_on_white(seven: Image.Image, reference: np.ndarray)
     assert _corr(prepare_image(rgba), reference) > 0.95
 
 
-@pytest.mark.parametrize("options", [
-    dict(invert=True), dict(noise=0.1), dict(gradient=0.6), dict(jpeg=25), dict(paper=(235, 220, 180), ink=(30, 40, 140)),
-    dict(invert=True, noise=0.05, gradient=0.5, jpeg=50), dict(size=20), dict(size=1000), dict(rotate=8),
-], ids=lambda o: "-".join(o))
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(invert=True),
+        dict(noise=0.1),
+        dict(gradient=0.6),
+        dict(jpeg=25),
+        dict(paper=(235, 220, 180), ink=(30, 40, 140)),
+        dict(invert=True, noise=0.05, gradient=0.5, jpeg=50),
+        dict(size=20),
+        dict(size=1000),
+        dict(rotate=8),
+    ],
+    ids=lambda o: "-".join(o),
+)
 def test_robust_to_scans(seven: Image.Image, reference: np.ndarray, options: dict) -> None:
     prepared = prepare_image(as_scan(seven, **options))
     assert _corr(prepared, reference) > (0.75 if "size" in options or "rotate" in options else 0.85)
@@ -105,11 +127,18 @@ def test_specks_are_removed(seven: Image.Image, reference: np.ndarray) -> None:
     assert np.array_equal(prepare_image(page), reference)
 
 
-@pytest.mark.parametrize("picture", [
-    np.full((50, 50), 255, np.uint8), np.zeros((50, 50), np.uint8), np.full((50, 50), 0.5),
-    np.linspace(0, 1, 80 * 60).reshape(60, 80), np.clip(np.random.default_rng(0).normal(0.6, 0.08, (200, 200)), 0, 1),
-    (np.random.default_rng(1).random((300, 300)) > 0.999).astype(np.float64),
-], ids=["white", "black", "grey", "gradient", "noise", "dust"])
+@pytest.mark.parametrize(
+    "picture",
+    [
+        np.full((50, 50), 255, np.uint8),
+        np.zeros((50, 50), np.uint8),
+        np.full((50, 50), 0.5),
+        np.linspace(0, 1, 80 * 60).reshape(60, 80),
+        np.clip(np.random.default_rng(0).normal(0.6, 0.08, (200, 200)), 0, 1),
+        (np.random.default_rng(1).random((300, 300)) > 0.999).astype(np.float64),
+    ],
+    ids=["white", "black", "grey", "gradient", "noise", "dust"],
+)
 def test_an_empty_picture_is_an_error_not_a_guess(picture: np.ndarray) -> None:
     with pytest.raises(ImageError, match="no ink"):
         prepare_image(picture)
@@ -122,10 +151,19 @@ def test_unusable_inputs_name_the_problem(tmp_path: Path) -> None:
     buf = io.BytesIO()
     draw_digits([1]).save(buf, "PNG")
     truncated.write_bytes(buf.getvalue()[:200])
-    cases = [(junk, "not a readable image"), (truncated, "not a readable image"), (tmp_path, "directory"),
-             (b"\x89PNG garbage", "not a readable image"), (np.zeros((0, 5)), "empty"),
-             (np.zeros((4, 4, 2)), "shape"), (np.array([[np.nan, 0.0]]), "NaN"), (np.full((9, 9), -1.0), "negative"),
-             (np.full((9, 9), "a"), "numbers"), (np.zeros((3, 3)), "at least 5 pixels"), (42, "must be a file path")]
+    cases = [
+        (junk, "not a readable image"),
+        (truncated, "not a readable image"),
+        (tmp_path, "directory"),
+        (b"\x89PNG garbage", "not a readable image"),
+        (np.zeros((0, 5)), "empty"),
+        (np.zeros((4, 4, 2)), "shape"),
+        (np.array([[np.nan, 0.0]]), "NaN"),
+        (np.full((9, 9), -1.0), "negative"),
+        (np.full((9, 9), "a"), "numbers"),
+        (np.zeros((3, 3)), "at least 5 pixels"),
+        (42, "must be a file path"),
+    ]
     for image, message in cases:
         with pytest.raises(ImageError, match=message):
             prepare_image(image)
@@ -186,7 +224,7 @@ def _digit_centres(digits: list[int], height: int, gaps: list[float], margin: fl
     xs = [margin * height]
     for g in gaps:
         xs.append(xs[-1] + (0.6 + g) * height)
-    return [x + 0.3 * height for x in xs[:len(digits)]]
+    return [x + 0.3 * height for x in xs[: len(digits)]]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -194,8 +232,12 @@ def test_a_line_is_cut_into_its_digits_left_to_right(seed: int) -> None:
     rng = np.random.default_rng(seed)
     digits = [int(d) for d in rng.integers(0, 10, int(rng.integers(3, 11)))]
     gaps = [float(g) for g in rng.uniform(0.08, 0.8, len(digits) - 1)]
-    page = as_scan(draw_digits(digits, height=60, thickness=float(rng.uniform(0.06, 0.14)), gaps=gaps, jitter=0.01,
-                               seed=seed), noise=0.04, gradient=0.4, jpeg=60)
+    page = as_scan(
+        draw_digits(digits, height=60, thickness=float(rng.uniform(0.06, 0.14)), gaps=gaps, jitter=0.01, seed=seed),
+        noise=0.04,
+        gradient=0.4,
+        jpeg=60,
+    )
     glyphs = segment(find_ink(page))
     assert len(glyphs) == len(digits)
     centres = [(g.box[0] + g.box[2]) / 2 for g in glyphs]

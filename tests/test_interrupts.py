@@ -6,8 +6,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ggml_mnist import Model, load
 from support.helpers import THREADS, tmp_leftovers
 from support.reliability import age, kill_campaign
@@ -29,9 +30,24 @@ def train_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 def mnist_train(out: Path, files: list[str], *extra: str) -> subprocess.Popen:
     """mnist-train (the installed entry point) on files, running practically forever, in a subprocess."""
-    args = ["fc", str(out), *files, "--epochs", "100000", "--batch-size", "10", "--hidden", "8", "--threads", "1", *extra]
+    args = [
+        "fc",
+        str(out),
+        *files,
+        "--epochs",
+        "100000",
+        "--batch-size",
+        "10",
+        "--hidden",
+        "8",
+        "--threads",
+        "1",
+        *extra,
+    ]
     code = "import sys; from ggml_mnist.cli import train_main; sys.exit(train_main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(proc: subprocess.Popen) -> tuple[str, str]:
@@ -55,7 +71,11 @@ def test_sigint_makes_mnist_train_save_the_partial_model(train_files: list[str],
     done = events[-1]
     assert done["event"] == "done" and done["interrupted"] is True and done["model"] == str(out)
     epochs = [first] + events[:-1]
-    assert done["epochs"] == len(epochs) >= 2 and epochs[-1]["interrupted"] and not any(e["interrupted"] for e in epochs[:-1])
+    assert (
+        done["epochs"] == len(epochs) >= 2
+        and epochs[-1]["interrupted"]
+        and not any(e["interrupted"] for e in epochs[:-1])
+    )
     assert "stopping after the current batch" in stderr
     with load(out, threads=THREADS) as model:
         history = model.metadata["history"]
@@ -78,7 +98,9 @@ def test_sigint_note_without_json(train_files: list[str], tmp_path: Path) -> Non
         proc.kill()
     assert proc.returncode == 130, stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("mnist-train: interrupted in epoch ") and last.endswith(f"{out} holds the model trained so far")
+    assert last.startswith("mnist-train: interrupted in epoch ") and last.endswith(
+        f"{out} holds the model trained so far"
+    )
     assert load(out, threads=THREADS).metadata["history"][-1]["interrupted"] is True
 
 

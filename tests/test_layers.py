@@ -14,21 +14,48 @@ import pytest
 import ggml_mnist as gm
 from ggml_mnist import ConfigError, Model, ModelFormatError, cli, load, train
 from ggml_mnist._ffi import ffi, lib
-from ggml_mnist.layers import (AvgPool2d, Conv2d, Dense, Dropout, GELU, MaxPool2d, ReLU, Sequential, SiLU, Tanh,
-                               load_layers)
-from support.helpers import THREADS, check_sgd_gradient, gelu_tanh, images, read_gguf, reference_logits, reference_net_proba, spread_weights, summary_rows, write_gguf
+from ggml_mnist.layers import (
+    GELU,
+    AvgPool2d,
+    Conv2d,
+    Dense,
+    Dropout,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    SiLU,
+    Tanh,
+    load_layers,
+)
+from support.helpers import (
+    THREADS,
+    check_sgd_gradient,
+    gelu_tanh,
+    images,
+    read_gguf,
+    reference_net_proba,
+    spread_weights,
+    summary_rows,
+    write_gguf,
+)
 
 PRESETS = ["fc", "cnn", "fast", "mlp800", "minerva-mlp", "minerva-cnn", "lenet5", "letters-cnn", "best"]
 
 # Small networks that between them use every layer kind and option: strided and padded convolutions,
 # max and average pooling with padding, every activation and dropout on spatial and flat inputs.
 KINDS = {
-    "conv stride 2 pad 1, silu, avgpool pad 1": ([Conv2d(3, 3, stride=2, padding=1), SiLU(), AvgPool2d(3, 2, 1), Dense()],
-                                                 (10, 10)),
-    "conv 5x5, gelu, maxpool pad 1, tanh dense": ([Conv2d(2, 5), GELU(), MaxPool2d(2, 2, 1), Dense(6), Tanh(), Dense()],
-                                                  (11, 9)),
-    "two convs, relu, maxpool 3/3": ([Conv2d(3, 3, padding=1), ReLU(), Conv2d(4, 3), ReLU(), MaxPool2d(3, 3), Dense()],
-                                     (12, 12)),
+    "conv stride 2 pad 1, silu, avgpool pad 1": (
+        [Conv2d(3, 3, stride=2, padding=1), SiLU(), AvgPool2d(3, 2, 1), Dense()],
+        (10, 10),
+    ),
+    "conv 5x5, gelu, maxpool pad 1, tanh dense": (
+        [Conv2d(2, 5), GELU(), MaxPool2d(2, 2, 1), Dense(6), Tanh(), Dense()],
+        (11, 9),
+    ),
+    "two convs, relu, maxpool 3/3": (
+        [Conv2d(3, 3, padding=1), ReLU(), Conv2d(4, 3), ReLU(), MaxPool2d(3, 3), Dense()],
+        (12, 12),
+    ),
     "dense gelu silu": ([Dense(7), GELU(), Dense(5), SiLU(), Dense()], (6, 8)),
 }
 DROPOUT = {
@@ -42,24 +69,41 @@ def test_presets_are_listed_with_their_layers() -> None:
     table = gm.presets()
     assert list(table) == PRESETS
     assert table["fc"] == [Dense(500, name="fc1"), ReLU(), Dense(10, name="fc2")]
-    assert table["cnn"] == [Conv2d(8, 3, 1, 1, name="conv1"), ReLU(), MaxPool2d(2, 2, 0), Conv2d(16, 3, 1, 1, name="conv2"),
-                            ReLU(), MaxPool2d(2, 2, 0), Dense(10, name="dense")]
+    assert table["cnn"] == [
+        Conv2d(8, 3, 1, 1, name="conv1"),
+        ReLU(),
+        MaxPool2d(2, 2, 0),
+        Conv2d(16, 3, 1, 1, name="conv2"),
+        ReLU(),
+        MaxPool2d(2, 2, 0),
+        Dense(10, name="dense"),
+    ]
     assert table["fast"] == table["cnn"]  # cnn's network under the 10-second recipe
     assert gm.presets(n_classes=26)["lenet5"][-1] == Dense(26, name="fc3")
     assert [x.kind for x in table["letters-cnn"]][:3] == ["conv2d", "maxpool2d", "gelu"]
 
 
-@pytest.mark.parametrize("name, n_params, shapes", [
-    ("fc", 397_510, [(500,), (10,)]),
-    ("cnn", 9_098, [(28, 28, 8), (14, 14, 8), (14, 14, 16), (7, 7, 16), (10,)]),
-    ("mlp800", 636_010, [(800,), (10,)]),
-    ("minerva-mlp", 203_530, [(256,), (10,)]),
-    ("minerva-cnn", 18_378, [(24, 24, 16), (12, 12, 16), (12, 12, 32), (4, 4, 32), (10,)]),
-    ("lenet5", 61_706, [(28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16), (120,), (84,), (10,)]),
-    ("letters-cnn", 135_114, [(26, 26, 32), (13, 13, 32), (11, 11, 64), (6, 6, 64), (4, 4, 128), (2, 2, 128), (64,), (128,),
-                              (10,)]),
-    ("best", 390_410, [(28, 28, 32), (14, 14, 32), (14, 14, 64), (7, 7, 64), (7, 7, 128), (3, 3, 128), (256,), (10,)]),
-])
+@pytest.mark.parametrize(
+    "name, n_params, shapes",
+    [
+        ("fc", 397_510, [(500,), (10,)]),
+        ("cnn", 9_098, [(28, 28, 8), (14, 14, 8), (14, 14, 16), (7, 7, 16), (10,)]),
+        ("mlp800", 636_010, [(800,), (10,)]),
+        ("minerva-mlp", 203_530, [(256,), (10,)]),
+        ("minerva-cnn", 18_378, [(24, 24, 16), (12, 12, 16), (12, 12, 32), (4, 4, 32), (10,)]),
+        ("lenet5", 61_706, [(28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16), (120,), (84,), (10,)]),
+        (
+            "letters-cnn",
+            135_114,
+            [(26, 26, 32), (13, 13, 32), (11, 11, 64), (6, 6, 64), (4, 4, 128), (2, 2, 128), (64,), (128,), (10,)],
+        ),
+        (
+            "best",
+            390_410,
+            [(28, 28, 32), (14, 14, 32), (14, 14, 64), (7, 7, 64), (7, 7, 128), (3, 3, 128), (256,), (10,)],
+        ),
+    ],
+)
 def test_preset_shapes_and_parameter_counts(name: str, n_params: int, shapes: list) -> None:
     model = Model.create(name, threads=THREADS)
     assert model.arch == name and model.n_params == n_params
@@ -110,7 +154,9 @@ def test_large_batches_match_the_reference_and_do_not_depend_on_the_thread_count
     reference = reference_net_proba(model.layers, weights, x)
     np.testing.assert_allclose(probs[1], reference, atol=2e-5, rtol=0)
     assert np.array_equal(probs[1], probs[2]) and np.array_equal(probs[1], probs[3])
-    np.testing.assert_allclose(model.predict_proba(x[:6]), probs[1][:6], atol=2e-5, rtol=0)  # a few images: ggml's products
+    np.testing.assert_allclose(
+        model.predict_proba(x[:6]), probs[1][:6], atol=2e-5, rtol=0
+    )  # a few images: ggml's products
 
 
 @pytest.mark.parametrize("case", list(KINDS) + list(DROPOUT))
@@ -119,7 +165,9 @@ def test_custom_networks_match_the_numpy_reference(case: str) -> None:
     model = Model.create(layers, n_classes=4, image_size=size, seed=2, threads=THREADS)
     spread_weights(model, scale=2.0)
     x = images(9, size)
-    np.testing.assert_allclose(model.predict_proba(x), reference_net_proba(model.layers, model.get_weights(), x), atol=2e-5)
+    np.testing.assert_allclose(
+        model.predict_proba(x), reference_net_proba(model.layers, model.get_weights(), x), atol=2e-5
+    )
 
 
 def conv_kernels_as_torch(layers: list, weights: dict) -> dict:
@@ -128,7 +176,9 @@ def conv_kernels_as_torch(layers: list, weights: dict) -> dict:
     for layer in layers:
         if isinstance(layer, Conv2d):
             k = layer.kernel_size
-            out[f"{layer.name}.kernel"] = np.asarray(weights[f"{layer.name}.kernel"]).reshape(layer.out_channels, -1, k, k)
+            out[f"{layer.name}.kernel"] = np.asarray(weights[f"{layer.name}.kernel"]).reshape(
+                layer.out_channels, -1, k, k
+            )
     return out
 
 
@@ -141,11 +191,19 @@ def test_random_convolutions_match_the_numpy_reference() -> None:
     checked = 0
     while checked < 40:
         k = int(rng.integers(1, 6))
-        layers = [Conv2d(int(rng.integers(1, 6)), k, stride=int(rng.integers(1, 4)), padding=int(rng.integers(0, k // 2 + 1)))]
+        layers = [
+            Conv2d(int(rng.integers(1, 6)), k, stride=int(rng.integers(1, 4)), padding=int(rng.integers(0, k // 2 + 1)))
+        ]
         if rng.random() < 0.5:
             k2 = int(rng.integers(1, 4))
-            layers.append(Conv2d(int(rng.integers(1, 9)), k2, stride=int(rng.integers(1, 3)),
-                                 padding=int(rng.integers(0, k2 // 2 + 1))))
+            layers.append(
+                Conv2d(
+                    int(rng.integers(1, 9)),
+                    k2,
+                    stride=int(rng.integers(1, 3)),
+                    padding=int(rng.integers(0, k2 // 2 + 1)),
+                )
+            )
         if rng.random() < 0.3:
             layers.append(AvgPool2d(2, 1, 1) if rng.random() < 0.5 else MaxPool2d(2, 1))
         layers.append(Dense())
@@ -174,11 +232,19 @@ EXACT = {
 def test_activation_follows_the_exact_function(name: str) -> None:
     """A network whose output exposes the activation: z = 20 * pixel - 10 enters it, and the logit of class 0 is a(z)."""
     act, exact, tol = EXACT[name]
-    model = Model.create([Dense(1, name="pre"), act, Dense(2, name="out")], n_classes=2, image_size=(4, 4), threads=THREADS)
+    model = Model.create(
+        [Dense(1, name="pre"), act, Dense(2, name="out")], n_classes=2, image_size=(4, 4), threads=THREADS
+    )
     pre = np.zeros((1, 16), np.float32)
     pre[0, 0] = 20.0
-    model.set_weights({"pre.weight": pre, "pre.bias": np.array([-10.0], np.float32),
-                       "out.weight": np.array([[1.0], [0.0]], np.float32), "out.bias": np.zeros(2, np.float32)})
+    model.set_weights(
+        {
+            "pre.weight": pre,
+            "pre.bias": np.array([-10.0], np.float32),
+            "out.weight": np.array([[1.0], [0.0]], np.float32),
+            "out.bias": np.zeros(2, np.float32),
+        }
+    )
     pixels = np.linspace(0.0, 1.0, 201, dtype=np.float32)
     x = np.zeros((201, 4, 4), np.float32)
     x[:, 0, 0] = pixels
@@ -205,8 +271,14 @@ def dropout_masks(model: Model, batch: int) -> dict[int, np.ndarray]:
         if isinstance(layer, Dropout):
             flat = len(shape) == 1
             mask = np.empty(batch * int(np.prod(shape)), np.float32)
-            assert lib.gmn_model_dropout_mask(model._handle, i, ffi.cast("float *", ffi.from_buffer(mask)), mask.size) == 0
-            masks[i] = mask.reshape(batch, *shape) if flat else mask.reshape(batch, shape[2], shape[0], shape[1]).transpose(0, 2, 3, 1)
+            assert (
+                lib.gmn_model_dropout_mask(model._handle, i, ffi.cast("float *", ffi.from_buffer(mask)), mask.size) == 0
+            )
+            masks[i] = (
+                mask.reshape(batch, *shape)
+                if flat
+                else mask.reshape(batch, shape[2], shape[0], shape[1]).transpose(0, 2, 3, 1)
+            )
         shape = (info[2],) if isinstance(layer, Dense) or len(shape) == 1 else (info[0], info[1], info[2])
     return masks
 
@@ -224,14 +296,29 @@ def check_one_sgd_step(layers: list, size: tuple[int, int], n: int, n_classes: i
         if any(isinstance(layer, Dropout) for layer in layers):
             seen["masks"] = dropout_masks(m, n)
 
-    model, _ = train(x, y, arch=layers, n_classes=n_classes, epochs=1, batch_size=n, optimizer="sgd", lr=1.0,
-                     lr_schedule="constant", weight_decay=0.0, seed=5, threads=THREADS, progress=False, on_epoch=keep_masks)
+    model, _ = train(
+        x,
+        y,
+        arch=layers,
+        n_classes=n_classes,
+        epochs=1,
+        batch_size=n,
+        optimizer="sgd",
+        lr=1.0,
+        lr_schedule="constant",
+        weight_decay=0.0,
+        seed=5,
+        threads=THREADS,
+        progress=False,
+        on_epoch=keep_masks,
+    )
     masks = seen.get("masks")
     for i, m in (masks or {}).items():
         p = model.layers[i].p
         assert set(np.unique(m)) <= {0.0, np.float32(1 / (1 - p))}
-    return check_sgd_gradient(start, model.get_weights(), 1.0, lambda w: mean_loss(model.layers, w, x, y, masks), 5, rng,
-                              abs_tol=3e-5)
+    return check_sgd_gradient(
+        start, model.get_weights(), 1.0, lambda w: mean_loss(model.layers, w, x, y, masks), 5, rng, abs_tol=3e-5
+    )
 
 
 @pytest.mark.parametrize("case", list(KINDS))
@@ -268,27 +355,50 @@ def test_dropout_is_seeded_and_only_active_in_training() -> None:
 def test_dropout_mask_outside_training_is_a_state_error() -> None:
     layers = DROPOUT["dropout after dense"][0]
     buf = np.empty(9, np.float32)
-    for model in (Model.create(layers, n_classes=4, image_size=(6, 6), threads=THREADS),
-                  train(images(10, (6, 6)), np.arange(10) % 4, arch=layers, epochs=1, batch_size=10, threads=THREADS,
-                        progress=False)[0]):  # train() has released its state
-        assert lib.gmn_model_dropout_mask(model._handle, 2, ffi.cast("float *", ffi.from_buffer(buf)), 9) == lib.GMN_E_STATE
-        assert lib.gmn_model_dropout_mask(model._handle, 1, ffi.cast("float *", ffi.from_buffer(buf)), 9) == lib.GMN_E_INVALID
+    for model in (
+        Model.create(layers, n_classes=4, image_size=(6, 6), threads=THREADS),
+        train(
+            images(10, (6, 6)), np.arange(10) % 4, arch=layers, epochs=1, batch_size=10, threads=THREADS, progress=False
+        )[0],
+    ):  # train() has released its state
+        assert (
+            lib.gmn_model_dropout_mask(model._handle, 2, ffi.cast("float *", ffi.from_buffer(buf)), 9)
+            == lib.GMN_E_STATE
+        )
+        assert (
+            lib.gmn_model_dropout_mask(model._handle, 1, ffi.cast("float *", ffi.from_buffer(buf)), 9)
+            == lib.GMN_E_INVALID
+        )
 
 
 # ---- refusals ---------------------------------------------------------------------------------------
 REFUSED = [
     ([Conv2d(4, 9), Dense()], (6, 6), r"layer 0 \(conv2d conv1\): the kernel 9x9 is larger than its 6x6 input"),
     ([Conv2d(0, 3), Dense()], (28, 28), r"layer 0 \(conv2d conv1\): 0 output channels; use 1 to 4096"),
-    ([Conv2d(4, 3), MaxPool2d(2), MaxPool2d(2), MaxPool2d(2), MaxPool2d(5), Dense()], (28, 28),
-     r"layer 4 \(maxpool2d\): the window 5x5 is larger than its 3x3 input"),
-    ([MaxPool2d(2, padding=2), Dense()], (28, 28), r"layer 0 \(maxpool2d\): padding 2 must be in \[0, 1\] for a window of 2"),
+    (
+        [Conv2d(4, 3), MaxPool2d(2), MaxPool2d(2), MaxPool2d(2), MaxPool2d(5), Dense()],
+        (28, 28),
+        r"layer 4 \(maxpool2d\): the window 5x5 is larger than its 3x3 input",
+    ),
+    (
+        [MaxPool2d(2, padding=2), Dense()],
+        (28, 28),
+        r"layer 0 \(maxpool2d\): padding 2 must be in \[0, 1\] for a window of 2",
+    ),
     ([Conv2d(4, 3, padding=3), Dense()], (28, 28), r"padding 3 must be in \[0, 2\] for a kernel of 3"),
     ([Conv2d(4, 3, stride=0), Dense()], (28, 28), r"stride 0 must be in \[1, 32\]"),
     ([Conv2d(4, 40), Dense()], (64, 64), r"kernel size 40 must be in \[1, 32\]"),
     ([Dense(0), Dense()], (28, 28), r"layer 0 \(dense fc1\): 0 units; use 1 to 65536"),
-    ([Dense(65536), ReLU(), Dense(2000), Dense()], (28, 28),
-     r"layer 2 \(dense fc2\): the network reaches \d+ parameters here, over the limit of 100000000"),
-    ([Dense(8), Conv2d(2, 3), Dense()], (28, 28), r"layer 1 \(conv2d conv1\): its input is flat \(it follows a dense layer\)"),
+    (
+        [Dense(65536), ReLU(), Dense(2000), Dense()],
+        (28, 28),
+        r"layer 2 \(dense fc2\): the network reaches \d+ parameters here, over the limit of 100000000",
+    ),
+    (
+        [Dense(8), Conv2d(2, 3), Dense()],
+        (28, 28),
+        r"layer 1 \(conv2d conv1\): its input is flat \(it follows a dense layer\)",
+    ),
     ([Conv2d(4, 3), ReLU()], (28, 28), r"the last layer must be a dense layer with one unit per class"),
     ([Dense(8), Dropout(1.0), Dense()], (28, 28), r"layer 1 \(dropout\): drop probability 1 must be in \[0, 1\)"),
     ([Dense(8, name="a"), Dense(name="a")], (28, 28), r"layer 1 \(dense a\): name 'a' is already used by layer 0"),
@@ -305,28 +415,45 @@ def test_impossible_networks_are_refused_before_ggml(layers: list, size: tuple, 
         Model.create(layers, image_size=size, threads=THREADS)
     assert isinstance(info.value, ValueError)
     with pytest.raises(ConfigError, match=match):
-        train(images(20, size), np.arange(20) % 10, arch=layers, epochs=1, batch_size=10, threads=THREADS, progress=False)
+        train(
+            images(20, size), np.arange(20) % 10, arch=layers, epochs=1, batch_size=10, threads=THREADS, progress=False
+        )
 
 
-@pytest.mark.parametrize("arch, match", [
-    ([], r"empty list of layers"),
-    (["relu"], r"each layer must be an object with a \"type\""),
-    ([{"type": "lstm"}], r"unknown layer type 'lstm'"),
-    ([{"type": "conv2d", "out_channels": 4, "size": 3}], r"conv2d layer: unknown field\(s\) size; it takes out_channels"),
-    ([Conv2d(4.5, 3), Dense()], r"Conv2d out_channels must be a whole number, got 4.5"),
-    ([Dropout("x"), Dense()], r"Dropout p must be a number in \[0, 1\), got 'x'"),
-    (42, r"arch must be a preset name or a list of layers, got 42"),
-])
+@pytest.mark.parametrize(
+    "arch, match",
+    [
+        ([], r"empty list of layers"),
+        (["relu"], r"each layer must be an object with a \"type\""),
+        ([{"type": "lstm"}], r"unknown layer type 'lstm'"),
+        (
+            [{"type": "conv2d", "out_channels": 4, "size": 3}],
+            r"conv2d layer: unknown field\(s\) size; it takes out_channels",
+        ),
+        ([Conv2d(4.5, 3), Dense()], r"Conv2d out_channels must be a whole number, got 4.5"),
+        ([Dropout("x"), Dense()], r"Dropout p must be a number in \[0, 1\), got 'x'"),
+        (42, r"arch must be a preset name or a list of layers, got 42"),
+    ],
+)
 def test_bad_layer_descriptions_are_config_errors(arch: object, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        train(images(20, (28, 28)), np.arange(20) % 10, arch=arch, epochs=1, batch_size=10, threads=THREADS, progress=False)
+        train(
+            images(20, (28, 28)),
+            np.arange(20) % 10,
+            arch=arch,
+            epochs=1,
+            batch_size=10,
+            threads=THREADS,
+            progress=False,
+        )
 
 
 # ---- GGUF -------------------------------------------------------------------------------------------
 def test_the_layer_list_is_stored_as_typed_keys(tmp_path: Path) -> None:
     layers, size = KINDS["conv 5x5, gelu, maxpool pad 1, tanh dense"]
     Model.create([*layers[:-1], Dropout(0.25), Dense(name="head")], n_classes=3, image_size=size, threads=THREADS).save(
-        tmp_path / "m.gguf")
+        tmp_path / "m.gguf"
+    )
     fields, tensors = read_gguf(tmp_path / "m.gguf")
     assert fields["general.architecture"] == "ggml-mnist"
     assert fields["ggml_mnist.layers.kind"] == ["conv2d", "gelu", "maxpool2d", "dense", "tanh", "dropout", "dense"]
@@ -336,16 +463,25 @@ def test_the_layer_list_is_stored_as_typed_keys(tmp_path: Path) -> None:
     assert fields["ggml_mnist.layers.stride"] == [1, 0, 2, 0, 0, 0, 0]
     assert fields["ggml_mnist.layers.padding"] == [0, 0, 1, 0, 0, 0, 0]
     assert fields["ggml_mnist.layers.dropout"] == pytest.approx([0, 0, 0, 0, 0, 0.25, 0])
-    assert (fields["ggml_mnist.image_height"], fields["ggml_mnist.image_width"], fields["ggml_mnist.n_classes"]) == (11, 9, 3)
+    assert (fields["ggml_mnist.image_height"], fields["ggml_mnist.image_width"], fields["ggml_mnist.n_classes"]) == (
+        11,
+        9,
+        3,
+    )
     assert sorted(tensors) == ["conv1.bias", "conv1.kernel", "fc1.bias", "fc1.weight", "head.bias", "head.weight"]
 
 
 def layer_file(path: Path, **changes: object) -> Path:
     """A valid layer-list file written with the gguf package (not by us), with keys replaced or removed (None)."""
-    keys: dict[str, object] = {"ggml_mnist.layers.kind": ["dense", "relu", "dense"], "ggml_mnist.layers.name": ["h", "", "o"],
-                               "ggml_mnist.layers.units": [5, 0, 3], "ggml_mnist.layers.kernel": [0, 0, 0],
-                               "ggml_mnist.layers.stride": [0, 0, 0], "ggml_mnist.layers.padding": [0, 0, 0],
-                               "ggml_mnist.layers.dropout": [0.0, 0.0, 0.0]}
+    keys: dict[str, object] = {
+        "ggml_mnist.layers.kind": ["dense", "relu", "dense"],
+        "ggml_mnist.layers.name": ["h", "", "o"],
+        "ggml_mnist.layers.units": [5, 0, 3],
+        "ggml_mnist.layers.kernel": [0, 0, 0],
+        "ggml_mnist.layers.stride": [0, 0, 0],
+        "ggml_mnist.layers.padding": [0, 0, 0],
+        "ggml_mnist.layers.dropout": [0.0, 0.0, 0.0],
+    }
     for key, value in changes.items():
         full = f"ggml_mnist.layers.{key}"
         if value is None:
@@ -353,30 +489,44 @@ def layer_file(path: Path, **changes: object) -> Path:
         else:
             keys[full] = value
     rng = np.random.default_rng(0)
-    tensors = {"h.weight": rng.standard_normal((5, 16)).astype(np.float32), "h.bias": np.zeros(5, np.float32),
-               "o.weight": rng.standard_normal((3, 5)).astype(np.float32), "o.bias": np.zeros(3, np.float32)}
-    return write_gguf(path, "ggml-mnist", tensors, uint32s={"ggml_mnist.image_height": 4, "ggml_mnist.image_width": 4,
-                                                            "ggml_mnist.n_classes": 3}, arrays=keys)
+    tensors = {
+        "h.weight": rng.standard_normal((5, 16)).astype(np.float32),
+        "h.bias": np.zeros(5, np.float32),
+        "o.weight": rng.standard_normal((3, 5)).astype(np.float32),
+        "o.bias": np.zeros(3, np.float32),
+    }
+    return write_gguf(
+        path,
+        "ggml-mnist",
+        tensors,
+        uint32s={"ggml_mnist.image_height": 4, "ggml_mnist.image_width": 4, "ggml_mnist.n_classes": 3},
+        arrays=keys,
+    )
 
 
 def test_a_layer_list_file_from_another_tool_loads(tmp_path: Path) -> None:
     model = load(layer_file(tmp_path / "m.gguf"), threads=THREADS)
     assert model.layers == [Dense(5, name="h"), ReLU(), Dense(3, name="o")] and model.n_classes == 3
     x = images(4, (4, 4))
-    np.testing.assert_allclose(model.predict_proba(x), reference_net_proba(model.layers, model.get_weights(), x), atol=1e-5)
+    np.testing.assert_allclose(
+        model.predict_proba(x), reference_net_proba(model.layers, model.get_weights(), x), atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("changes, match", [
-    (dict(units=None), r"missing key ggml_mnist.layers.units \(the layer list is incomplete\)"),
-    (dict(units=["5", "0", "3"]), r"key ggml_mnist.layers.units must be an array of i32"),
-    (dict(kind=[1, 2, 3]), r"key ggml_mnist.layers.kind must be an array of str"),
-    (dict(units=[5, 0]), r"key ggml_mnist.layers.units has 2 entries but the network has 3 layers"),
-    (dict(kind=["dense", "lstm", "dense"]), r"layer 1 has unknown kind 'lstm'"),
-    (dict(units=[0, 0, 3]), r"network: layer 0 \(dense h\): 0 units"),
-    (dict(units=[5, 0, 4]), r"tensor o.weight has shape \[5,3,1,1\] but \[5,4,1,1\] is expected"),
-    (dict(name=["h", "", "x" * 40]), r"layer 2 has a name longer than 31 characters"),
-    (dict(kind=["relu"] * 70, name=[""] * 70), r"the network has 70 layers; 1 to 64 are supported"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(units=None), r"missing key ggml_mnist.layers.units \(the layer list is incomplete\)"),
+        (dict(units=["5", "0", "3"]), r"key ggml_mnist.layers.units must be an array of i32"),
+        (dict(kind=[1, 2, 3]), r"key ggml_mnist.layers.kind must be an array of str"),
+        (dict(units=[5, 0]), r"key ggml_mnist.layers.units has 2 entries but the network has 3 layers"),
+        (dict(kind=["dense", "lstm", "dense"]), r"layer 1 has unknown kind 'lstm'"),
+        (dict(units=[0, 0, 3]), r"network: layer 0 \(dense h\): 0 units"),
+        (dict(units=[5, 0, 4]), r"tensor o.weight has shape \[5,3,1,1\] but \[5,4,1,1\] is expected"),
+        (dict(name=["h", "", "x" * 40]), r"layer 2 has a name longer than 31 characters"),
+        (dict(kind=["relu"] * 70, name=[""] * 70), r"the network has 70 layers; 1 to 64 are supported"),
+    ],
+)
 def test_broken_layer_lists_are_refused_by_name(changes: dict, match: str, tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match=match):
         load(layer_file(tmp_path / "bad.gguf", **changes), threads=THREADS)
@@ -384,35 +534,70 @@ def test_broken_layer_lists_are_refused_by_name(changes: dict, match: str, tmp_p
 
 # ---- Sequential, JSON and the CLI ------------------------------------------------------------------
 def test_sequential_json_round_trip_and_training(tmp_path: Path) -> None:
-    net = Sequential([Conv2d(4, 3, padding=1, name="c"), ReLU(), MaxPool2d(2), Dropout(0.2), Dense(16), GELU(), Dense()])
+    net = Sequential(
+        [Conv2d(4, 3, padding=1, name="c"), ReLU(), MaxPool2d(2), Dropout(0.2), Dense(16), GELU(), Dense()]
+    )
     path = tmp_path / "net.json"
     path.write_text(net.to_json())
     assert load_layers(path) == net.layers
-    assert json.loads(path.read_text())["layers"][0] == {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "stride": 1,
-                                                          "padding": 1, "name": "c"}
-    model, history = train(images(40, (28, 28)), np.arange(40) % 10, arch=net, epochs=1, batch_size=20, threads=THREADS,
-                           progress=False)
+    assert json.loads(path.read_text())["layers"][0] == {
+        "type": "conv2d",
+        "out_channels": 4,
+        "kernel_size": 3,
+        "stride": 1,
+        "padding": 1,
+        "name": "c",
+    }
+    model, history = train(
+        images(40, (28, 28)), np.arange(40) % 10, arch=net, epochs=1, batch_size=20, threads=THREADS, progress=False
+    )
     assert model.arch == "custom" and [x.kind for x in model.layers][-1] == "dense"
     assert model.metadata["config"]["arch"][0]["type"] == "conv2d"
 
 
-def test_cli_trains_an_arch_file_and_info_prints_its_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_trains_an_arch_file_and_info_prints_its_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "d"
     data.mkdir()
     gm.write_idx(data / "x.idx", images(40, (28, 28)))
     gm.write_idx(data / "y.idx", (np.arange(40) % 10).astype(np.uint8))
-    (tmp_path / "net.json").write_text(json.dumps([{"type": "conv2d", "out_channels": 3, "kernel_size": 5},
-                                                   {"type": "tanh"}, {"type": "avgpool2d", "kernel_size": 2},
-                                                   {"type": "dense"}]))
+    (tmp_path / "net.json").write_text(
+        json.dumps(
+            [
+                {"type": "conv2d", "out_channels": 3, "kernel_size": 5},
+                {"type": "tanh"},
+                {"type": "avgpool2d", "kernel_size": 2},
+                {"type": "dense"},
+            ]
+        )
+    )
     out = tmp_path / "m.gguf"
-    assert cli.train_main(["--arch-file", str(tmp_path / "net.json"), str(out), str(data / "x.idx"), str(data / "y.idx"),
-                           "--epochs", "1", "--batch-size", "20", "--threads", "1", "--quiet"]) == 0
+    assert (
+        cli.train_main(
+            [
+                "--arch-file",
+                str(tmp_path / "net.json"),
+                str(out),
+                str(data / "x.idx"),
+                str(data / "y.idx"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "20",
+                "--threads",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert load(out).layers == [Conv2d(3, 5, name="conv1"), Tanh(), AvgPool2d(2, 2), Dense(10, name="fc1")]
     capsys.readouterr()
     assert cli.eval_main([str(out), "--info"]) == 0
     text = capsys.readouterr().out
     assert "architecture: ggml-mnist (custom)" in text and "conv1 (conv2d 5x5)" in text and "(24, 24, 3)" in text
     assert "avgpool2d 2x2 /2" in text and f"Total params: {78 + 12 * 12 * 3 * 10 + 10:,}" in text
-    (tmp_path / "bad.json").write_text("[{\"type\": \"conv2d\"}]")
+    (tmp_path / "bad.json").write_text('[{"type": "conv2d"}]')
     assert cli.train_main(["--arch-file", str(tmp_path / "bad.json"), str(out), "--quiet"]) == 1
     assert "conv2d layer: " in capsys.readouterr().err

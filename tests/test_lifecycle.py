@@ -26,8 +26,12 @@ def test_a_copy_outlives_its_original(how: str) -> None:
     original.metadata = {"note": "kept"}
     x = images()
     expected = original.predict_proba(x)
-    twin = {"copy": copy.copy, "deepcopy": copy.deepcopy, "pickle": lambda m: pickle.loads(pickle.dumps(m)),
-            "method": lambda m: m.copy()}[how](original)
+    twin = {
+        "copy": copy.copy,
+        "deepcopy": copy.deepcopy,
+        "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+        "method": lambda m: m.copy(),
+    }[how](original)
     original.close()
     del original
     gc.collect()
@@ -57,8 +61,17 @@ def test_closing_from_another_thread_while_training_raises_instead_of_crashing()
             closers[-1].join()
 
     with pytest.raises(ValueError, match="this Model has been closed"):
-        train(x, y, arch="cnn", **SMALL["cnn"], epochs=3, batch_size=50, threads=THREADS, progress=False,
-              on_epoch=close_between_epochs)
+        train(
+            x,
+            y,
+            arch="cnn",
+            **SMALL["cnn"],
+            epochs=3,
+            batch_size=50,
+            threads=THREADS,
+            progress=False,
+            on_epoch=close_between_epochs,
+        )
 
     def close_during_an_epoch(stats, model: Model) -> None:
         if stats.epoch == 1:  # the close waits for the running native call; whichever comes next must not crash
@@ -66,8 +79,17 @@ def test_closing_from_another_thread_while_training_raises_instead_of_crashing()
             closers[-1].start()
 
     try:
-        model, _ = train(x, y, arch="cnn", **SMALL["cnn"], epochs=4, batch_size=50, threads=THREADS, progress=False,
-                         on_epoch=close_during_an_epoch)
+        model, _ = train(
+            x,
+            y,
+            arch="cnn",
+            **SMALL["cnn"],
+            epochs=4,
+            batch_size=50,
+            threads=THREADS,
+            progress=False,
+            on_epoch=close_during_an_epoch,
+        )
     except ValueError as exc:
         assert "this Model has been closed" in str(exc)
     else:
@@ -118,7 +140,6 @@ def test_multiprocessing_workers_forked_after_training_do_not_hang(tmp_path) -> 
     # each worker ran on one thread and trained exactly what one thread trains in the parent
     assert out.stdout.strip() == "[1, 1, 1] [True, True, True] 0"
     assert lib.gmn_thread_limit() == 0  # this process was not forked
-
 
 
 @pytest.mark.parametrize("call", ["close", "release_training_state"])

@@ -9,9 +9,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-import ggml_mnist as gm
 import numpy as np
 import pytest
+
+import ggml_mnist as gm
 from ggml_mnist import cli
 from ggml_mnist.cli.quantize import quantize_main
 from support.synthetic import SPLIT_FILES, make_synthetic
@@ -51,6 +52,7 @@ def test_swapped_eval_arguments_say_which_comes_first(data_dir: Path, model_file
 
 def test_predict_with_a_picture_points_to_predict_image(tmp_path: Path) -> None:
     from PIL import Image
+
     model = gm.Model.create("fc", hidden=8, threads=1)
     for picture in ("digit.png", Image.new("L", (60, 40)), np.zeros((480, 640, 3), np.uint8), np.zeros((90, 90))):
         with pytest.raises(gm.DataError, match=r"model.predict_image\(picture\)"):
@@ -58,11 +60,14 @@ def test_predict_with_a_picture_points_to_predict_image(tmp_path: Path) -> None:
     assert model.predict(np.zeros((3, 784), np.uint8)).shape == (3,)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("lr", 1e-50, "lr 1e-50 is 0 as the 32-bit float"),
-    ("beta1", 0.9999999999, "beta1 0.9999999999 is 1 as the 32-bit float"),
-    ("beta2", 0.99999999999, "beta2 0.99999999999 is 1 as the 32-bit float"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("lr", 1e-50, "lr 1e-50 is 0 as the 32-bit float"),
+        ("beta1", 0.9999999999, "beta1 0.9999999999 is 1 as the 32-bit float"),
+        ("beta2", 0.99999999999, "beta2 0.99999999999 is 1 as the 32-bit float"),
+    ],
+)
 def test_values_are_reported_as_given(field: str, value: float, message: str) -> None:
     with pytest.raises(gm.ConfigError, match=message):
         gm.TrainConfig.defaults("fc").replace(**{field: value}).validate()
@@ -104,8 +109,13 @@ def test_an_ignored_sigint_stays_ignored(data_dir: Path, tmp_path: Path) -> None
         sys.exit(cli.train_main(["fc", {str(out)!r}, "--data-dir", {str(data_dir)!r}, "--epochs", "3",
                                  "--hidden", "8", "--batch-size", "20", "--threads", "1", "--quiet"]))
     """)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     assert run.returncode == 0, run.stderr
     assert len(gm.load(out).metadata["history"]) == 3 and "interrupted" not in run.stderr
 
@@ -114,8 +124,19 @@ def test_python_early_stopping_says_so(capsys) -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, size=(100, 28, 28)).astype(np.uint8)
     y = rng.integers(0, 10, size=100)
-    gm.train(x, y, arch="fc", hidden=8, epochs=30, batch_size=20, threads=1, lr=0.05, val_split=0.2,
-             early_stopping=1, progress=True)
+    gm.train(
+        x,
+        y,
+        arch="fc",
+        hidden=8,
+        epochs=30,
+        batch_size=20,
+        threads=1,
+        lr=0.05,
+        val_split=0.2,
+        early_stopping=1,
+        progress=True,
+    )
     err = capsys.readouterr().err
     assert "stopped early after epoch" in err and "has not improved for 1 epochs" in err
     assert "the model holds the weights of epoch" in err
@@ -137,8 +158,9 @@ def test_quantize_reports_only_what_the_table_does_not(model_file: Path, tmp_pat
 
 def test_info_escapes_class_names_from_the_file(tmp_path: Path, capsys) -> None:
     path = tmp_path / "m.gguf"
-    gm.Model.create("fc", hidden=8, threads=1).save(path, metadata={
-        "class_names": [f"c{i}" for i in range(9)] + ["\x1b[2J\x1b]0;owned\x07"]})
+    gm.Model.create("fc", hidden=8, threads=1).save(
+        path, metadata={"class_names": [f"c{i}" for i in range(9)] + ["\x1b[2J\x1b]0;owned\x07"]}
+    )
     assert cli.eval_main([str(path), "--info"]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
@@ -150,10 +172,14 @@ def test_explicit_fashion_files_are_recognised_by_their_labels(tmp_path: Path, m
 
     from ggml_mnist import datasets
     from ggml_mnist.data import uncompressed_sha256
+
     source = make_synthetic(tmp_path / "clothes", n_train=100, n_test=20, gz=True)
     files = {p.name: datasets.FileSpec(uncompressed_sha256(p), 28 * 28 * 100 + 16) for p in source.iterdir()}
-    monkeypatch.setitem(datasets.DATASETS, "fashion-mnist",
-                        dataclasses.replace(datasets.DATASETS["fashion-mnist"], files=files, mirrors=()))
+    monkeypatch.setitem(
+        datasets.DATASETS,
+        "fashion-mnist",
+        dataclasses.replace(datasets.DATASETS["fashion-mnist"], files=files, mirrors=()),
+    )
     out = tmp_path / "m.gguf"
     images, labels = (str(source / f"{name}.gz") for name in SPLIT_FILES["train"])
     assert cli.train_main(["fc", str(out), images, labels, "--epochs", "1", *FAST]) == 0

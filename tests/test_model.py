@@ -5,15 +5,22 @@ from __future__ import annotations
 import importlib.metadata
 import re
 
-import ggml_mnist
 import numpy as np
 import pytest
+
+import ggml_mnist
 from ggml_mnist import ConfigError, DataError, DeviceError, Model
 from support.helpers import THREADS, conv_channels_of, hidden_of, reference_proba, spread_weights
 
 FC_DEFAULT_SHAPES = {"fc1.weight": (500, 784), "fc1.bias": (500,), "fc2.weight": (10, 500), "fc2.bias": (10,)}
-CNN_DEFAULT_SHAPES = {"conv1.kernel": (8, 1, 3, 3), "conv1.bias": (8, 1, 1), "conv2.kernel": (16, 8, 3, 3),
-                      "conv2.bias": (16, 1, 1), "dense.weight": (10, 784), "dense.bias": (10,)}
+CNN_DEFAULT_SHAPES = {
+    "conv1.kernel": (8, 1, 3, 3),
+    "conv1.bias": (8, 1, 1),
+    "conv2.kernel": (16, 8, 3, 3),
+    "conv2.bias": (16, 1, 1),
+    "dense.weight": (10, 784),
+    "dense.bias": (10,),
+}
 
 
 def random_images(n: int, size: tuple[int, int], dtype: str, seed: int = 1) -> np.ndarray:
@@ -66,13 +73,24 @@ def test_default_tensor_shapes_follow_ggmls_example() -> None:
     assert (cnn.arch, conv_channels_of(cnn)) == ("cnn", (8, 16))
 
 
-@pytest.mark.parametrize("arch, kwargs, shapes", [
-    ("fc", dict(hidden=64, n_classes=5), {"fc1.weight": (64, 784), "fc2.weight": (5, 64), "fc2.bias": (5,)}),
-    ("fc", dict(hidden=8, image_size=(20, 24)), {"fc1.weight": (8, 480)}),
-    ("cnn", dict(conv_channels=(4, 6), n_classes=5), {"conv1.kernel": (4, 1, 3, 3), "conv2.kernel": (6, 4, 3, 3),
-                                                       "conv2.bias": (6, 1, 1), "dense.weight": (5, 7 * 7 * 6)}),
-    ("cnn", dict(conv_channels=(2, 3), image_size=(30, 26)), {"dense.weight": (10, 7 * 6 * 3)}),
-])
+@pytest.mark.parametrize(
+    "arch, kwargs, shapes",
+    [
+        ("fc", dict(hidden=64, n_classes=5), {"fc1.weight": (64, 784), "fc2.weight": (5, 64), "fc2.bias": (5,)}),
+        ("fc", dict(hidden=8, image_size=(20, 24)), {"fc1.weight": (8, 480)}),
+        (
+            "cnn",
+            dict(conv_channels=(4, 6), n_classes=5),
+            {
+                "conv1.kernel": (4, 1, 3, 3),
+                "conv2.kernel": (6, 4, 3, 3),
+                "conv2.bias": (6, 1, 1),
+                "dense.weight": (5, 7 * 7 * 6),
+            },
+        ),
+        ("cnn", dict(conv_channels=(2, 3), image_size=(30, 26)), {"dense.weight": (10, 7 * 6 * 3)}),
+    ],
+)
 def test_non_default_shapes_use_our_architecture_name(arch: str, kwargs: dict, shapes: dict) -> None:
     model = Model.create(arch, threads=THREADS, **kwargs)
     actual = model.tensor_shapes()
@@ -85,7 +103,9 @@ def test_non_default_shapes_use_our_architecture_name(arch: str, kwargs: dict, s
 def test_architecture_aliases(arch: str) -> None:
     model = Model.create(arch, threads=THREADS)
     assert model.arch == arch.lower().replace("mnist-", "")
-    edited = Model.create(arch, **({"hidden": 4} if "fc" in arch.lower() else {"conv_channels": (2, 2)}), threads=THREADS)
+    edited = Model.create(
+        arch, **({"hidden": 4} if "fc" in arch.lower() else {"conv_channels": (2, 2)}), threads=THREADS
+    )
     assert edited.arch == "custom" and edited.architecture == "ggml-mnist"
 
 
@@ -96,7 +116,14 @@ def test_init_is_seeded_and_pytorch_uniform() -> None:
     for name in a:
         assert np.array_equal(a[name], b[name]), name
         assert not np.array_equal(a[name], c[name]), name
-    fan_in = {"conv1.kernel": 9, "conv1.bias": 9, "conv2.kernel": 72, "conv2.bias": 72, "dense.weight": 784, "dense.bias": 784}
+    fan_in = {
+        "conv1.kernel": 9,
+        "conv1.bias": 9,
+        "conv2.kernel": 72,
+        "conv2.bias": 72,
+        "dense.weight": 784,
+        "dense.bias": 784,
+    }
     for name, value in a.items():
         bound = 1 / np.sqrt(fan_in[name])
         assert np.abs(value).max() <= bound, name
@@ -107,12 +134,15 @@ def test_init_is_seeded_and_pytorch_uniform() -> None:
 
 # ---- forward pass against numpy ------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
-@pytest.mark.parametrize("arch, kwargs", [
-    ("fc", dict()),
-    ("fc", dict(hidden=40, n_classes=7, image_size=(20, 24))),
-    ("cnn", dict()),
-    ("cnn", dict(conv_channels=(3, 5), n_classes=6, image_size=(30, 26))),
-])
+@pytest.mark.parametrize(
+    "arch, kwargs",
+    [
+        ("fc", dict()),
+        ("fc", dict(hidden=40, n_classes=7, image_size=(20, 24))),
+        ("cnn", dict()),
+        ("cnn", dict(conv_channels=(3, 5), n_classes=6, image_size=(30, 26))),
+    ],
+)
 def test_forward_matches_numpy_reference(arch: str, kwargs: dict, dtype: str) -> None:
     model = Model.create(arch, seed=3, threads=THREADS, **kwargs)
     images = random_images(37, model.image_size, dtype)
@@ -200,19 +230,28 @@ def test_set_weights_rejects_bad_tensors_and_keeps_the_old_ones() -> None:
 
 
 # ---- bad inputs ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("images, match", [
-    (np.zeros((5, 28, 27), np.uint8), r"images are 28x27; this model needs 28x28 — resize them first"),
-    (np.zeros((5, 783), np.uint8), r"got \(5, 783\)"),
-    (np.zeros((2, 5, 28, 28), np.uint8), r"got \(2, 5, 28, 28\); a channel axis of 1"),
-    (np.zeros((0, 28, 28), np.uint8), "images is empty"),
-    (np.full((2, 28, 28), np.nan, np.float32), "NaN or infinite"),
-    (np.full((2, 28, 28), np.inf), "NaN or infinite"),
-    (np.full((2, 28, 28), 256, np.int32), r"images must hold pixels 0..255 when they are integers, got values in \[256, 256\]"),
-    (np.full((2, 28, 28), -1, np.int16), r"got values in \[-1, -1\]"),
-    (np.full((2, 28, 28), 1.5, np.float32), r"images must hold pixels / 255 in \[0, 1\] when they are floats"),
-    (np.zeros((2, 28, 28), np.complex64), "images must be uint8 pixels 0..255 or floats in \\[0, 1\\], got dtype complex64"),
-    (np.zeros((2, 28, 28), bool), "got dtype bool"),
-])
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (np.zeros((5, 28, 27), np.uint8), r"images are 28x27; this model needs 28x28 — resize them first"),
+        (np.zeros((5, 783), np.uint8), r"got \(5, 783\)"),
+        (np.zeros((2, 5, 28, 28), np.uint8), r"got \(2, 5, 28, 28\); a channel axis of 1"),
+        (np.zeros((0, 28, 28), np.uint8), "images is empty"),
+        (np.full((2, 28, 28), np.nan, np.float32), "NaN or infinite"),
+        (np.full((2, 28, 28), np.inf), "NaN or infinite"),
+        (
+            np.full((2, 28, 28), 256, np.int32),
+            r"images must hold pixels 0..255 when they are integers, got values in \[256, 256\]",
+        ),
+        (np.full((2, 28, 28), -1, np.int16), r"got values in \[-1, -1\]"),
+        (np.full((2, 28, 28), 1.5, np.float32), r"images must hold pixels / 255 in \[0, 1\] when they are floats"),
+        (
+            np.zeros((2, 28, 28), np.complex64),
+            "images must be uint8 pixels 0..255 or floats in \\[0, 1\\], got dtype complex64",
+        ),
+        (np.zeros((2, 28, 28), bool), "got dtype bool"),
+    ],
+)
 def test_predict_rejects_bad_images(images: np.ndarray, match: str) -> None:
     model = Model.create("fc", hidden=4, threads=THREADS)
     with pytest.raises(DataError, match=match) as info:
@@ -228,22 +267,25 @@ def test_predict_rejects_bad_batch_sizes(batch_size: object) -> None:
         model.predict(np.zeros((3, 28, 28), np.uint8), batch_size=batch_size)
 
 
-@pytest.mark.parametrize("arch, kwargs, match", [
-    ("resnet", {}, r"unknown network 'resnet'; use a preset \(fc, cnn, fast, mlp800, .*\) or a list of layers"),
-    ("fc", dict(n_classes=1), r"n_classes is 1; it must be in \[2, 1000\]"),
-    ("fc", dict(n_classes=1001), r"n_classes is 1001"),
-    ("fc", dict(hidden=0), r"network: layer 0 \(dense fc1\): 0 units; use 1 to 65536"),
-    ("fc", dict(hidden=2.5), "Dense units must be a whole number, got 2.5"),
-    ("fc", dict(hidden=True), "Dense units must be a whole number"),
-    ("cnn", dict(hidden=8), "this network has no hidden dense layer"),
-    ("fc", dict(conv_channels=(2,)), "conv_channels gives 1 values but the network has 0 convolutions"),
-    ("fc", dict(image_size=(3, 28)), r"image size 3x28 is out of range \[4, 4096\]"),
-    ("cnn", dict(conv_channels=(0, 4)), r"network: layer 0 \(conv2d conv1\): 0 output channels; use 1 to 4096"),
-    ("fc", dict(threads=-1), r"n_threads is -1; use 0 \(all cores\) or 1..1024"),
-    ("fc", dict(seed=-1), r"seed must be an integer in \[0, 2\*\*64\)"),
-    ("fc", dict(seed=2**64), "seed must be an integer"),
-    ("fc", dict(n_classes=2**40), "n_classes is out of range"),
-])
+@pytest.mark.parametrize(
+    "arch, kwargs, match",
+    [
+        ("resnet", {}, r"unknown network 'resnet'; use a preset \(fc, cnn, fast, mlp800, .*\) or a list of layers"),
+        ("fc", dict(n_classes=1), r"n_classes is 1; it must be in \[2, 1000\]"),
+        ("fc", dict(n_classes=1001), r"n_classes is 1001"),
+        ("fc", dict(hidden=0), r"network: layer 0 \(dense fc1\): 0 units; use 1 to 65536"),
+        ("fc", dict(hidden=2.5), "Dense units must be a whole number, got 2.5"),
+        ("fc", dict(hidden=True), "Dense units must be a whole number"),
+        ("cnn", dict(hidden=8), "this network has no hidden dense layer"),
+        ("fc", dict(conv_channels=(2,)), "conv_channels gives 1 values but the network has 0 convolutions"),
+        ("fc", dict(image_size=(3, 28)), r"image size 3x28 is out of range \[4, 4096\]"),
+        ("cnn", dict(conv_channels=(0, 4)), r"network: layer 0 \(conv2d conv1\): 0 output channels; use 1 to 4096"),
+        ("fc", dict(threads=-1), r"n_threads is -1; use 0 \(all cores\) or 1..1024"),
+        ("fc", dict(seed=-1), r"seed must be an integer in \[0, 2\*\*64\)"),
+        ("fc", dict(seed=2**64), "seed must be an integer"),
+        ("fc", dict(n_classes=2**40), "n_classes is out of range"),
+    ],
+)
 def test_create_rejects_impossible_configs(arch: str, kwargs: dict, match: str) -> None:
     kwargs.setdefault("threads", THREADS)
     with pytest.raises(ConfigError, match=match) as info:

@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ggml_mnist as gm
 import pytest
+
+import ggml_mnist as gm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,20 +31,39 @@ OLD_PATHS = {
 
 # what users imported from the old modules (README examples, the old console-script entry points)
 OLD_IMPORTS = [
-    ("ggml_mnist.imaging", "prepare_image"), ("ggml_mnist.imaging", "text_art"),
-    ("ggml_mnist.reading", "Prediction"), ("ggml_mnist.reading", "DigitReading"),
-    ("ggml_mnist.annotate", "annotate"), ("ggml_mnist.annotate", "save_png"),
-    ("ggml_mnist.segment", "segment"), ("ggml_mnist.components", "label"),
-    ("ggml_mnist.cli", "train_main"), ("ggml_mnist.cli", "eval_main"), ("ggml_mnist.cli", "data_main"),
-    ("ggml_mnist.cli", "train_parser"), ("ggml_mnist.cli", "eval_parser"), ("ggml_mnist.cli", "data_parser"),
-    ("ggml_mnist.cli", "printable"), ("ggml_mnist.cli", "check_model_argument"),
-    ("ggml_mnist.predict_cli", "predict_main"), ("ggml_mnist.plot_cli", "plot_main"),
-    ("ggml_mnist.serve_cli", "serve_main"), ("ggml_mnist.quantize_cli", "quantize_main"),
+    ("ggml_mnist.imaging", "prepare_image"),
+    ("ggml_mnist.imaging", "text_art"),
+    ("ggml_mnist.reading", "Prediction"),
+    ("ggml_mnist.reading", "DigitReading"),
+    ("ggml_mnist.annotate", "annotate"),
+    ("ggml_mnist.annotate", "save_png"),
+    ("ggml_mnist.segment", "segment"),
+    ("ggml_mnist.components", "label"),
+    ("ggml_mnist.cli", "train_main"),
+    ("ggml_mnist.cli", "eval_main"),
+    ("ggml_mnist.cli", "data_main"),
+    ("ggml_mnist.cli", "train_parser"),
+    ("ggml_mnist.cli", "eval_parser"),
+    ("ggml_mnist.cli", "data_parser"),
+    ("ggml_mnist.cli", "printable"),
+    ("ggml_mnist.cli", "check_model_argument"),
+    ("ggml_mnist.predict_cli", "predict_main"),
+    ("ggml_mnist.plot_cli", "plot_main"),
+    ("ggml_mnist.serve_cli", "serve_main"),
+    ("ggml_mnist.quantize_cli", "quantize_main"),
     ("ggml_mnist.tune_cli", "tune_main"),
 ]
 
-SCRIPTS = ["mnist-train", "mnist-eval", "mnist-data", "mnist-plot", "mnist-serve", "mnist-predict", "mnist-quantize",
-           "mnist-tune"]
+SCRIPTS = [
+    "mnist-train",
+    "mnist-eval",
+    "mnist-data",
+    "mnist-plot",
+    "mnist-serve",
+    "mnist-predict",
+    "mnist-quantize",
+    "mnist-tune",
+]
 
 
 @pytest.mark.parametrize("old, new", sorted(OLD_PATHS.items()))
@@ -61,12 +81,14 @@ def test_what_users_imported_from_the_old_modules_still_imports(module: str, nam
 
 
 def test_the_old_paths_work_in_a_fresh_interpreter_before_anything_else_is_imported() -> None:
-    code = ("from ggml_mnist.predict_cli import predict_main\n"
-            "import ggml_mnist.imaging as old, ggml_mnist.pictures.prepare as new\n"
-            "from ggml_mnist.cli import train_main\n"
-            "import ggml_mnist.cli.train as train\n"
-            "assert old is new and train.train_main is train_main, 'two copies'\n"
-            "print(predict_main.__module__, new.__spec__.name)\n")
+    code = (
+        "from ggml_mnist.predict_cli import predict_main\n"
+        "import ggml_mnist.imaging as old, ggml_mnist.pictures.prepare as new\n"
+        "from ggml_mnist.cli import train_main\n"
+        "import ggml_mnist.cli.train as train\n"
+        "assert old is new and train.train_main is train_main, 'two copies'\n"
+        "print(predict_main.__module__, new.__spec__.name)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ggml_mnist.cli.predict", "ggml_mnist.pictures.prepare"]
@@ -81,8 +103,9 @@ def test_a_name_that_never_existed_is_still_an_import_error() -> None:
         exec("from ggml_mnist.cli import no_such_name", {})
 
 
-@pytest.mark.parametrize("command", [["-m", "ggml_mnist.tune_cli"], ["-m", "ggml_mnist.cli.tune"],
-                                     ["-m", "ggml_mnist.cli", "tune"]])
+@pytest.mark.parametrize(
+    "command", [["-m", "ggml_mnist.tune_cli"], ["-m", "ggml_mnist.cli.tune"], ["-m", "ggml_mnist.cli", "tune"]]
+)
 def test_python_dash_m_runs_a_script_under_its_old_and_new_names(command: list[str]) -> None:
     out = subprocess.run([sys.executable, *command, "--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -127,9 +150,31 @@ def test_the_installed_entry_points_resolve_whichever_install_made_them() -> Non
 
 
 def test_the_public_api_is_unchanged() -> None:
-    for name in ["train", "evaluate", "load", "export_gguf", "tune", "Model", "Ensemble", "TrainConfig", "layers",
-                 "Sequential", "presets", "load_layers", "prepare_image", "Prediction", "Digit", "DigitReading",
-                 "plot", "devices", "read_idx", "write_idx", "load_mnist", "download_dataset", "GgmlMnistError"]:
+    for name in [
+        "train",
+        "evaluate",
+        "load",
+        "export_gguf",
+        "tune",
+        "Model",
+        "Ensemble",
+        "TrainConfig",
+        "layers",
+        "Sequential",
+        "presets",
+        "load_layers",
+        "prepare_image",
+        "Prediction",
+        "Digit",
+        "DigitReading",
+        "plot",
+        "devices",
+        "read_idx",
+        "write_idx",
+        "load_mnist",
+        "download_dataset",
+        "GgmlMnistError",
+    ]:
         assert name in gm.__all__ and getattr(gm, name) is not None, name
     assert gm.Prediction is importlib.import_module("ggml_mnist.pictures.read").Prediction
     assert gm.prepare_image is importlib.import_module("ggml_mnist.pictures.prepare").prepare_image

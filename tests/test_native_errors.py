@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from ggml_mnist import (
     ConfigError,
     DataError,
@@ -26,8 +27,21 @@ from ggml_mnist import (
 from ggml_mnist._ffi import check, ffi, last_error, lib, ptr
 from support.helpers import THREADS
 
-GOOD_TRAIN = dict(optimizer=0, lr=1e-3, lr_min_ratio=0.0, schedule=1, warmup_steps=0, total_steps=10, beta1=0.9,
-                  beta2=0.999, eps=1e-8, weight_decay=0.0, batch_size=10, physical_batch_size=10, seed=1)
+GOOD_TRAIN = dict(
+    optimizer=0,
+    lr=1e-3,
+    lr_min_ratio=0.0,
+    schedule=1,
+    warmup_steps=0,
+    total_steps=10,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    weight_decay=0.0,
+    batch_size=10,
+    physical_batch_size=10,
+    seed=1,
+)
 
 
 def train_config(**changes: Any) -> Any:
@@ -45,8 +59,17 @@ def new_dataset(n: int = 50, n_pixels: int = 784, n_classes: int = 10, labels: A
 def run_epoch(model: Model, dataset: Any, train_idx: np.ndarray, val_idx: np.ndarray | None = None) -> int:
     result = ffi.new("struct gmn_epoch_result *")
     val = ptr(val_idx, "int64_t *") if val_idx is not None else ffi.NULL
-    return lib.gmn_model_train_epoch(model._handle, dataset, ptr(train_idx, "int64_t *"), len(train_idx), val,
-                                     0 if val_idx is None else len(val_idx), ffi.NULL, ffi.NULL, result)
+    return lib.gmn_model_train_epoch(
+        model._handle,
+        dataset,
+        ptr(train_idx, "int64_t *"),
+        len(train_idx),
+        val,
+        0 if val_idx is None else len(val_idx),
+        ffi.NULL,
+        ffi.NULL,
+        result,
+    )
 
 
 @pytest.fixture
@@ -61,8 +84,14 @@ def test_free_accepts_null() -> None:
 
 
 def test_null_and_out_of_range_arguments() -> None:
-    layers = ffi.new("struct gmn_layer[]", [dict(kind=lib.GMN_LAYER_DENSE, n_out=4), dict(kind=lib.GMN_LAYER_RELU),
-                                            dict(kind=lib.GMN_LAYER_DENSE, n_out=10)])
+    layers = ffi.new(
+        "struct gmn_layer[]",
+        [
+            dict(kind=lib.GMN_LAYER_DENSE, n_out=4),
+            dict(kind=lib.GMN_LAYER_RELU),
+            dict(kind=lib.GMN_LAYER_DENSE, n_out=10),
+        ],
+    )
     cfg = ffi.new("struct gmn_net *", dict(image_h=28, image_w=28, n_layers=3, layers=layers))
     cases = [
         (lambda: lib.gmn_model_init(cfg, b"cpu", 1, 0, ffi.NULL), "model_init: out is NULL"),
@@ -77,7 +106,10 @@ def test_null_and_out_of_range_arguments() -> None:
         (lambda: lib.gmn_device_get(0, ffi.NULL), "device_get: out is NULL"),
         (lambda: lib.gmn_device_get(-1, ffi.new("struct gmn_device_info *")), r"index -1 out of range \[0, \d+\)"),
         (lambda: lib.gmn_device_get(lib.gmn_device_count(), ffi.new("struct gmn_device_info *")), "out of range"),
-        (lambda: lib.gmn_dataset_init(ffi.NULL, ffi.NULL, 1, 784, 10, ffi.new("gmn_dataset **")), "dataset_init: NULL argument"),
+        (
+            lambda: lib.gmn_dataset_init(ffi.NULL, ffi.NULL, 1, 784, 10, ffi.new("gmn_dataset **")),
+            "dataset_init: NULL argument",
+        ),
     ]
     for call, match in cases:
         assert call() == lib.GMN_E_INVALID, match
@@ -120,34 +152,37 @@ def test_status_codes_map_to_exceptions() -> None:
     assert isinstance(info.value, RuntimeError)
 
 
-@pytest.mark.parametrize("changes, match", [
-    (dict(optimizer=2), r"unknown optimizer code 2 \(use adamw or sgd\)"),
-    (dict(lr=0.0), r"learning rate 0 must be a finite number > 0"),
-    (dict(lr=-1.0), r"learning rate -1 must be a finite number > 0"),
-    (dict(lr=math.nan), r"learning rate nan must be a finite number > 0"),
-    (dict(lr=math.inf), r"learning rate inf must be a finite number > 0"),
-    (dict(max_loss=-1.0), r"max_loss -1 must be >= 0"),
-    (dict(lr_min_ratio=-0.1), r"lr_min_ratio -0.1 must be in \[0, 1\]"),
-    (dict(lr_min_ratio=math.nan), r"lr_min_ratio nan"),
-    (dict(schedule=4), r"unknown schedule code 4 \(use constant, cosine, linear or onecycle\)"),
-    (dict(schedule=-1), r"unknown schedule code -1"),
-    (dict(label_smoothing=1.0), r"label_smoothing 1 must be in \[0, 1\)"),
-    (dict(label_smoothing=math.nan), r"label_smoothing nan must be in \[0, 1\)"),
-    (dict(warmup_steps=-1), r"warmup_steps -1 must be >= 0"),
-    (dict(total_steps=0), r"total_steps 0 > 0"),
-    (dict(beta1=1.0), r"betas \(1, 0.999\) must be in \[0, 1\)"),
-    (dict(beta2=-0.5), r"betas \(0.9, -0.5\)"),
-    (dict(beta1=math.nan), r"betas \(nan"),
-    (dict(eps=-1e-8), r"eps -1e-08 must be >= 0"),
-    (dict(eps=math.inf), r"eps inf must be >= 0"),
-    (dict(weight_decay=1.5), r"weight decay 1.5 must be in \[0, 1\]"),
-    (dict(weight_decay=math.nan), r"weight decay nan"),
-    (dict(weight_decay=1.0, lr=2.0), r"weight_decay \* lr = 2 exceeds 1"),
-    (dict(batch_size=0), r"batch sizes must be in \[1, 1000000\] \(batch 0, physical 10\)"),
-    (dict(physical_batch_size=0), r"\(batch 10, physical 0\)"),
-    (dict(batch_size=1_000_001, physical_batch_size=1), r"batch sizes must be in"),
-    (dict(physical_batch_size=3), r"batch size 10 is not a multiple of the physical batch size 3"),
-])
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (dict(optimizer=2), r"unknown optimizer code 2 \(use adamw or sgd\)"),
+        (dict(lr=0.0), r"learning rate 0 must be a finite number > 0"),
+        (dict(lr=-1.0), r"learning rate -1 must be a finite number > 0"),
+        (dict(lr=math.nan), r"learning rate nan must be a finite number > 0"),
+        (dict(lr=math.inf), r"learning rate inf must be a finite number > 0"),
+        (dict(max_loss=-1.0), r"max_loss -1 must be >= 0"),
+        (dict(lr_min_ratio=-0.1), r"lr_min_ratio -0.1 must be in \[0, 1\]"),
+        (dict(lr_min_ratio=math.nan), r"lr_min_ratio nan"),
+        (dict(schedule=4), r"unknown schedule code 4 \(use constant, cosine, linear or onecycle\)"),
+        (dict(schedule=-1), r"unknown schedule code -1"),
+        (dict(label_smoothing=1.0), r"label_smoothing 1 must be in \[0, 1\)"),
+        (dict(label_smoothing=math.nan), r"label_smoothing nan must be in \[0, 1\)"),
+        (dict(warmup_steps=-1), r"warmup_steps -1 must be >= 0"),
+        (dict(total_steps=0), r"total_steps 0 > 0"),
+        (dict(beta1=1.0), r"betas \(1, 0.999\) must be in \[0, 1\)"),
+        (dict(beta2=-0.5), r"betas \(0.9, -0.5\)"),
+        (dict(beta1=math.nan), r"betas \(nan"),
+        (dict(eps=-1e-8), r"eps -1e-08 must be >= 0"),
+        (dict(eps=math.inf), r"eps inf must be >= 0"),
+        (dict(weight_decay=1.5), r"weight decay 1.5 must be in \[0, 1\]"),
+        (dict(weight_decay=math.nan), r"weight decay nan"),
+        (dict(weight_decay=1.0, lr=2.0), r"weight_decay \* lr = 2 exceeds 1"),
+        (dict(batch_size=0), r"batch sizes must be in \[1, 1000000\] \(batch 0, physical 10\)"),
+        (dict(physical_batch_size=0), r"\(batch 10, physical 0\)"),
+        (dict(batch_size=1_000_001, physical_batch_size=1), r"batch sizes must be in"),
+        (dict(physical_batch_size=3), r"batch size 10 is not a multiple of the physical batch size 3"),
+    ],
+)
 def test_train_init_refuses_what_ggml_would_assert_on(model: Model, changes: dict, match: str) -> None:
     assert lib.gmn_model_train_init(model._handle, train_config(**changes)) == lib.GMN_E_INVALID
     assert re.search(match, last_error()), last_error()
@@ -157,14 +192,17 @@ def test_train_init_refuses_what_ggml_would_assert_on(model: Model, changes: dic
     assert lib.gmn_model_train_init(model._handle, train_config()) == lib.GMN_OK
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(n=0), r"need n > 0 images of 1..16M pixels, got n=0, pixels=784"),
-    (dict(n=-5), r"got n=-5"),
-    (dict(n_pixels=0), r"pixels=0"),
-    (dict(n_classes=1), r"n_classes is 1; it must be in \[2, 1000\]"),
-    (dict(n=3, labels=[0, 10, 2]), r"label 10 at index 1 is outside \[0, 10\)"),
-    (dict(n=3, labels=[0, 1, -2]), r"label -2 at index 2 is outside"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n=0), r"need n > 0 images of 1..16M pixels, got n=0, pixels=784"),
+        (dict(n=-5), r"got n=-5"),
+        (dict(n_pixels=0), r"pixels=0"),
+        (dict(n_classes=1), r"n_classes is 1; it must be in \[2, 1000\]"),
+        (dict(n=3, labels=[0, 10, 2]), r"label 10 at index 1 is outside \[0, 10\)"),
+        (dict(n=3, labels=[0, 1, -2]), r"label -2 at index 2 is outside"),
+    ],
+)
 def test_dataset_init_validates(kwargs: dict, match: str) -> None:
     status, dataset = new_dataset(**kwargs)
     assert status == lib.GMN_E_INVALID and dataset is None
@@ -225,7 +263,10 @@ def test_save_validates_metadata(model: Model, tmp_path: Path) -> None:
     path = str(tmp_path / "m.gguf").encode()
     keys = [ffi.new("char[]", b"ok_key"), ffi.new("char[]", b"Bad-Key")]
     values = [ffi.new("char[]", b"1"), ffi.new("char[]", b"2")]
-    assert lib.gmn_model_save(model._handle, path, 2, ffi.new("char *[]", keys), ffi.new("char *[]", values)) == lib.GMN_E_INVALID
+    assert (
+        lib.gmn_model_save(model._handle, path, 2, ffi.new("char *[]", keys), ffi.new("char *[]", values))
+        == lib.GMN_E_INVALID
+    )
     assert last_error() == "model_save: metadata key 'Bad-Key' must be 1-200 chars of [a-z0-9_.] with a value"
     assert lib.gmn_model_save(model._handle, path, -1, ffi.NULL, ffi.NULL) == lib.GMN_E_INVALID
     assert lib.gmn_model_save(model._handle, path, 1, ffi.NULL, ffi.NULL) == lib.GMN_E_INVALID
@@ -243,13 +284,17 @@ def test_a_diverged_model_refuses_to_be_saved(model: Model, tmp_path: Path) -> N
     _, dataset = new_dataset()
     status = run_epoch(model, dataset, np.arange(50, dtype=np.int64))
     assert status == lib.GMN_E_DIVERGED
-    assert last_error().startswith("train: training diverged: the loss became NaN at batch 0; "
-                                   "the learning rate 0.001 is too high, try 10x lower")
+    assert last_error().startswith(
+        "train: training diverged: the loss became NaN at batch 0; the learning rate 0.001 is too high, try 10x lower"
+    )
     with pytest.raises(TrainingDivergedError, match="too high") as info:
         check(status)
     assert isinstance(info.value, ArithmeticError)
-    with pytest.raises(TrainingDivergedError, match=r"refusing to save '.*model.gguf': training diverged and the weights hold NaN/inf; "
-                                          r"retrain with a lower learning rate"):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"refusing to save '.*model.gguf': training diverged and the weights hold NaN/inf; "
+        r"retrain with a lower learning rate",
+    ):
         model.save(path)
     assert path.read_bytes() == before
     model.set_weights({name: np.zeros(shape, np.float32) for name, shape in model.tensor_shapes().items()})
@@ -257,8 +302,9 @@ def test_a_diverged_model_refuses_to_be_saved(model: Model, tmp_path: Path) -> N
     assert path.read_bytes() != before
 
 
-def test_ggml_log_goes_to_python_logging_only_when_verbose(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                           capfd: pytest.CaptureFixture[str]) -> None:
+def test_ggml_log_goes_to_python_logging_only_when_verbose(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 24)
     caplog.set_level(logging.DEBUG, logger="ggml_mnist.ggml")

@@ -8,14 +8,15 @@ import sqlite3
 import warnings
 from pathlib import Path
 
-import ggml_mnist as gm
 import numpy as np
 import pytest
+
+import ggml_mnist as gm
 from ggml_mnist import cli, datasets, runlog
 from ggml_mnist.data import uncompressed_sha256
 from ggml_mnist.download import download_dataset as real_download
 from support.helpers import gguf_module
-from support.synthetic import SPLIT_FILES, make_synthetic
+from support.synthetic import make_synthetic
 
 FAST = ["--hidden", "16", "--batch-size", "20", "--threads", "1", "--lr", "3e-3", "--quiet"]
 
@@ -34,13 +35,21 @@ def xy() -> tuple[np.ndarray, np.ndarray]:
     y = np.arange(200) % 10
     x = rng.integers(0, 64, size=(200, 28, 28)).astype(np.uint8)
     for i, label in enumerate(y):
-        x[i, 7 * (label // 4):7 * (label // 4) + 7, 7 * (label % 4):7 * (label % 4) + 7] = 220
+        x[i, 7 * (label // 4) : 7 * (label // 4) + 7, 7 * (label % 4) : 7 * (label % 4) + 7] = 220
     return x, y
 
 
 def fc(**overrides: object) -> dict:
-    return {"arch": "fc", "hidden": 16, "epochs": 2, "batch_size": 20, "threads": 1, "lr": 3e-3, "progress": False,
-            **overrides}
+    return {
+        "arch": "fc",
+        "hidden": 16,
+        "epochs": 2,
+        "batch_size": 20,
+        "threads": 1,
+        "lr": 3e-3,
+        "progress": False,
+        **overrides,
+    }
 
 
 def digest(path: Path) -> str:
@@ -52,8 +61,9 @@ def error_of(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 # ---- OUT never replaces an input or a foreign file ---------------------------------------------------------------
-@pytest.mark.parametrize("name", ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                                  "t10k-images-idx3-ubyte.gz"])
+@pytest.mark.parametrize(
+    "name", ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"]
+)
 def test_a_forgotten_out_never_overwrites_the_dataset(data_dir: Path, name: str, capsys) -> None:
     target = data_dir / name
     before = digest(target)
@@ -62,8 +72,10 @@ def test_a_forgotten_out_never_overwrites_the_dataset(data_dir: Path, name: str,
     assert "epoch" not in err and digest(target) == before
     assert "already exists and is a gzip file, not a GGUF model file" in err and "--force" in err
     if name.startswith("train"):  # an input of this run, found through --data-dir: refused even with --force
-        assert cli.train_main(["fc", str(target), "--data-dir", str(data_dir.parent), "--epochs", "1", "--force",
-                               *FAST]) == 1
+        assert (
+            cli.train_main(["fc", str(target), "--data-dir", str(data_dir.parent), "--epochs", "1", "--force", *FAST])
+            == 1
+        )
         err = error_of(capsys)
         assert f"is the input file '{target}'" in err and "epoch" not in err and digest(target) == before
 
@@ -73,7 +85,9 @@ def test_force_replaces_a_foreign_out_and_a_model_is_replaced_freely(data_dir: P
     notes.write_text("my notes")
     assert cli.train_main(["fc", str(notes), "--data-dir", str(data_dir.parent), "--epochs", "1", *FAST]) == 1
     assert "is a file of another kind" in error_of(capsys) and notes.read_text() == "my notes"
-    assert cli.train_main(["fc", str(notes), "--data-dir", str(data_dir.parent), "--epochs", "1", "--force", *FAST]) == 0
+    assert (
+        cli.train_main(["fc", str(notes), "--data-dir", str(data_dir.parent), "--epochs", "1", "--force", *FAST]) == 0
+    )
     assert notes.read_bytes()[:4] == b"GGUF"
     assert cli.train_main(["fc", str(notes), "--data-dir", str(data_dir.parent), "--epochs", "1", *FAST]) == 0
 
@@ -92,16 +106,21 @@ def test_the_api_save_refuses_foreign_files(xy, tmp_path: Path) -> None:
 def test_verify_names_a_model_saved_over_a_dataset_file(tmp_path: Path, monkeypatch, capsys) -> None:
     source = make_synthetic(tmp_path / "src", n_train=20, n_test=10, gz=True)
     files = {p.name: datasets.FileSpec(uncompressed_sha256(p), 28 * 28 * 20 + 16) for p in source.iterdir()}
-    monkeypatch.setitem(datasets.DATASETS, "synthetic", datasets.DatasetInfo("synthetic", tuple("0123456789"), files=files,
-                                                                             mirrors=("http://127.0.0.1:9/",)))
+    monkeypatch.setitem(
+        datasets.DATASETS,
+        "synthetic",
+        datasets.DatasetInfo("synthetic", tuple("0123456789"), files=files, mirrors=("http://127.0.0.1:9/",)),
+    )
     folder = tmp_path / "data" / "synthetic"
     shutil.copytree(source, folder)
     model = gm.Model.create("fc", hidden=16)
     model.save(folder / "train-images-idx3-ubyte.gz", force=True)
     assert cli.data_main(["verify", "--dataset", "synthetic", "--dir", str(tmp_path / "data")]) == 1
     out = capsys.readouterr().out
-    assert ("BAD     train-images-idx3-ubyte.gz: present but its SHA-256 does not match (it is a GGUF model file); "
-            "remove it or run `mnist-data download --force`") in out
+    assert (
+        "BAD     train-images-idx3-ubyte.gz: present but its SHA-256 does not match (it is a GGUF model file); "
+        "remove it or run `mnist-data download --force`"
+    ) in out
     assert "ok      t10k-images-idx3-ubyte.gz" in out and "MISSING" not in out
     before = digest(folder / "train-images-idx3-ubyte.gz")
     with pytest.raises(gm.ModelIOError, match="it is a GGUF model file.*download --force"):
@@ -134,16 +153,52 @@ def test_output_paths_that_collide_are_refused_before_training(data_dir: Path, t
 
 def test_resume_refuses_options_it_would_ignore(data_dir: Path, tmp_path: Path, capsys) -> None:
     first = tmp_path / "first.gguf"
-    assert cli.train_main(["fc", str(first), "--data-dir", str(data_dir.parent), "--epochs", "1", *FAST,
-                           "--save-optimizer"]) == 0
-    for extra, named in ((["--lr", "0.1"], "lr"), (["--batch-size", "10"], "batch_size"),
-                         (["--optimizer", "sgd"], "optimizer"), (["--augment", "strong"], "augment")):
-        assert cli.train_main([str(tmp_path / "next.gguf"), "--resume", str(first), "--data-dir", str(data_dir.parent),
-                               "--epochs", "2", *extra]) == 1
+    assert (
+        cli.train_main(
+            ["fc", str(first), "--data-dir", str(data_dir.parent), "--epochs", "1", *FAST, "--save-optimizer"]
+        )
+        == 0
+    )
+    for extra, named in (
+        (["--lr", "0.1"], "lr"),
+        (["--batch-size", "10"], "batch_size"),
+        (["--optimizer", "sgd"], "optimizer"),
+        (["--augment", "strong"], "augment"),
+    ):
+        assert (
+            cli.train_main(
+                [
+                    str(tmp_path / "next.gguf"),
+                    "--resume",
+                    str(first),
+                    "--data-dir",
+                    str(data_dir.parent),
+                    "--epochs",
+                    "2",
+                    *extra,
+                ]
+            )
+            == 1
+        )
         err = error_of(capsys)
-        assert f"only epochs (the new total), device, graph, threads and max_seconds may be given, not {named}" in err, err
-    assert cli.train_main(["cnn", str(tmp_path / "next.gguf"), "--resume", str(first), "--data-dir",
-                           str(data_dir.parent), "--epochs", "2"]) == 1
+        assert (
+            f"only epochs (the new total), device, graph, threads and max_seconds may be given, not {named}" in err
+        ), err
+    assert (
+        cli.train_main(
+            [
+                "cnn",
+                str(tmp_path / "next.gguf"),
+                "--resume",
+                str(first),
+                "--data-dir",
+                str(data_dir.parent),
+                "--epochs",
+                "2",
+            ]
+        )
+        == 1
+    )
     assert "the network comes from the file" in error_of(capsys)
     assert not (tmp_path / "next.gguf").exists()
 
@@ -194,7 +249,10 @@ def test_a_locked_run_log_warns_once_and_training_goes_on(xy, tmp_path: Path, mo
         model, history = gm.train(*xy, metrics=log, on_epoch=release, **fc(epochs=3))
     assert len(caught) == 1 and len(history) == 3
     db = sqlite3.connect(log)
-    assert db.execute("SELECT run_id, status FROM runs ORDER BY run_id").fetchall() == [(1, "finished"), (2, "finished")]
+    assert db.execute("SELECT run_id, status FROM runs ORDER BY run_id").fetchall() == [
+        (1, "finished"),
+        (2, "finished"),
+    ]
     assert [r[0] for r in db.execute("SELECT epoch FROM epochs WHERE run_id = 2 ORDER BY epoch")] == [1, 2, 3]
     assert db.execute("SELECT count(*) FROM batches WHERE run_id = 2").fetchone() == (30,)
 
@@ -206,8 +264,9 @@ def test_the_cli_prints_logging_warnings_as_one_line(data_dir: Path, tmp_path: P
     writer = sqlite3.connect(log, isolation_level=None)
     writer.execute("BEGIN EXCLUSIVE")
     out = tmp_path / "m.gguf"
-    code = cli.train_main(["fc", str(out), "--data-dir", str(data_dir.parent), "--epochs", "2", *FAST,
-                           "--metrics", str(log)])
+    code = cli.train_main(
+        ["fc", str(out), "--data-dir", str(data_dir.parent), "--epochs", "2", *FAST, "--metrics", str(log)]
+    )
     writer.execute("ROLLBACK")
     err = error_of(capsys)
     assert code == 0 and out.exists()
@@ -246,20 +305,24 @@ def test_a_checkpoint_folder_of_another_run_is_refused_unless_resuming_from_it(x
     folder = tmp_path / "ck"
     gm.train(*xy, checkpoint=folder, save_optimizer=True, **fc(epochs=3))
     epochs: list = []
-    with pytest.raises(gm.ConfigError, match=r"already holds another run's checkpoints \(epoch-001.gguf, epoch-002"
-                                             r".gguf, epoch-003.gguf\).*--resume .*epoch-003.gguf"):
+    with pytest.raises(
+        gm.ConfigError,
+        match=r"already holds another run's checkpoints \(epoch-001.gguf, epoch-002"
+        r".gguf, epoch-003.gguf\).*--resume .*epoch-003.gguf",
+    ):
         gm.train(*xy, checkpoint=folder, on_epoch=lambda s, m: epochs.append(s), **fc(epochs=1, seed=9))
     assert epochs == []
-    model, history = gm.train(*xy, checkpoint=folder, resume=folder / "epoch-002.gguf", progress=False, threads=1,
-                              epochs=4)
+    model, history = gm.train(
+        *xy, checkpoint=folder, resume=folder / "epoch-002.gguf", progress=False, threads=1, epochs=4
+    )
     assert [s.epoch for s in history] == [1, 2, 3, 4]
     assert sorted(p.name for p in folder.iterdir()) == [f"epoch-00{i}.gguf" for i in range(1, 5)]
     assert len(gm.load(folder / "epoch-004.gguf").metadata["history"]) == 4
 
 
-
 def test_reading_a_run_log_never_creates_a_file(xy, tmp_path: Path, monkeypatch) -> None:
     from ggml_mnist.plot import history_from_metrics
+
     monkeypatch.chdir(tmp_path)
     log = tmp_path / "run #3.sqlite"
     gm.train(*xy, metrics=log, **fc(epochs=2))
@@ -276,8 +339,19 @@ def test_a_resumed_run_keeps_its_best_checkpoint(tmp_path: Path) -> None:
     y = rng.integers(0, 10, size=600)  # random labels: the validation loss soon gets worse
     folder = tmp_path / "ck"
     saving = dict(threads=1, progress=False, checkpoint=folder, checkpoint_best_only=True, save_optimizer=True)
-    gm.train(x, y, arch="fc", hidden=16, batch_size=20, lr=3e-3, lr_schedule="constant", val_split=0.2, seed=1,
-             epochs=2, **saving)
+    gm.train(
+        x,
+        y,
+        arch="fc",
+        hidden=16,
+        batch_size=20,
+        lr=3e-3,
+        lr_schedule="constant",
+        val_split=0.2,
+        seed=1,
+        epochs=2,
+        **saving,
+    )
     _, history = gm.train(x, y, epochs=3, resume=folder / "best.gguf", **saving)  # the history of all 3 epochs
     losses = [s.val_loss for s in history]
     assert losses[2] > losses[1]  # the resumed epoch is worse than the best before it
@@ -287,6 +361,7 @@ def test_a_resumed_run_keeps_its_best_checkpoint(tmp_path: Path) -> None:
 
 def test_an_interrupted_run_never_saves_over_an_input(tmp_path: Path) -> None:
     from ggml_mnist.cli.train import _interrupted_name
+
     out = tmp_path / "model.gguf"
     gm.Model.create("fc", hidden=8, threads=1).save(out)
     resumed = tmp_path / "model.interrupted.gguf"

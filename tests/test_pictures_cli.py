@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from ggml_mnist import Model
-from ggml_mnist.pictures.annotate import layout_labels
-from ggml_mnist.outputs import PNG_SOFTWARE
 from ggml_mnist.cli.predict import predict_main
+from ggml_mnist.outputs import PNG_SOFTWARE
+from ggml_mnist.pictures.annotate import layout_labels
 from ggml_mnist.pictures.read import Digit
 from support.handwriting import draw_digits
 from support.helpers import THREADS
-from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,9 @@ def seven(tmp_path: Path) -> Path:
     return path
 
 
-def test_annotate_refuses_the_model_and_every_picture(model_file: Path, seven: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_annotate_refuses_the_model_and_every_picture(
+    model_file: Path, seven: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "marked"
     folder.mkdir()
     earlier = folder / "seven.annotated.png"  # an input that the annotation of seven.png would replace
@@ -49,8 +51,9 @@ def test_annotate_refuses_the_model_and_every_picture(model_file: Path, seven: P
     assert captured.err.count("is the input file") == 6 and captured.out == ""  # refused before reading a picture
 
 
-def test_annotate_replaces_only_its_own_pictures_unless_forced(model_file: Path, seven: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_annotate_replaces_only_its_own_pictures_unless_forced(
+    model_file: Path, seven: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "read.png"
     assert predict_main([str(model_file), str(seven), "--annotate", str(out)]) == 0
     assert Image.open(out).info.get("Software") == PNG_SOFTWARE
@@ -64,14 +67,21 @@ def test_annotate_replaces_only_its_own_pictures_unless_forced(model_file: Path,
     assert Image.open(photo).info.get("Software") == PNG_SOFTWARE
 
 
-def test_annotating_two_pictures_of_the_same_name_is_refused_before_reading(model_file: Path, tmp_path: Path,
-                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_annotating_two_pictures_of_the_same_name_is_refused_before_reading(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     draw_digits([1]).save(tmp_path / "a" / "scan.png")
     draw_digits([2]).save(tmp_path / "b" / "scan.jpg")
     folder = tmp_path / "marked"
-    args = [str(model_file), str(tmp_path / "a" / "scan.png"), str(tmp_path / "b" / "scan.jpg"), "--annotate", str(folder)]
+    args = [
+        str(model_file),
+        str(tmp_path / "a" / "scan.png"),
+        str(tmp_path / "b" / "scan.jpg"),
+        "--annotate",
+        str(folder),
+    ]
     assert predict_main(args) == 1
     out, err = capsys.readouterr()
     assert out == "" and "would both be annotated as" in err and not (folder / "scan.annotated.png").exists()
@@ -80,7 +90,9 @@ def test_annotating_two_pictures_of_the_same_name_is_refused_before_reading(mode
     assert sorted(p.name for p in folder.iterdir()) == ["scan.annotated.png"]
 
 
-def test_an_existing_directory_gets_the_annotation_of_one_picture(model_file: Path, seven: Path, tmp_path: Path) -> None:
+def test_an_existing_directory_gets_the_annotation_of_one_picture(
+    model_file: Path, seven: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "marked"
     folder.mkdir()
     assert predict_main([str(model_file), str(seven), "--annotate", str(folder)]) == 0
@@ -95,8 +107,9 @@ def test_swapped_arguments_name_the_order(model_file: Path, seven: Path, capsys:
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
-def test_a_fifo_is_refused_without_waiting(model_file: Path, seven: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_fifo_is_refused_without_waiting(
+    model_file: Path, seven: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     assert predict_main([str(model_file), str(fifo), str(seven)]) == 1  # would block forever if it opened the FIFO
@@ -104,10 +117,11 @@ def test_a_fifo_is_refused_without_waiting(model_file: Path, seven: Path, tmp_pa
     assert "not a regular file" in err and out.startswith(f"{seven}: ")
 
 
-def test_one_failing_picture_does_not_stop_the_others(model_file: Path, seven: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_failing_picture_does_not_stop_the_others(
+    model_file: Path, seven: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import ggml_mnist.pictures.prepare as imaging
+
     real = imaging._find_ink
 
     def starved(gray: np.ndarray, work_side: int) -> imaging.Ink:
@@ -124,10 +138,12 @@ def test_one_failing_picture_does_not_stop_the_others(model_file: Path, seven: P
 
 
 def test_labels_of_close_digits_do_not_overlap() -> None:
-    found = [Digit((10 + 22 * i, 30, 30 + 22 * i, 70), 0, i % 10, str(i % 10), 0.99, np.zeros((28, 28), np.uint8))
-             for i in range(12)]
+    found = [
+        Digit((10 + 22 * i, 30, 30 + 22 * i, 70), 0, i % 10, str(i % 10), 0.99, np.zeros((28, 28), np.uint8))
+        for i in range(12)
+    ]
     spots = [spot for _, spot in layout_labels(found, (300, 110))]
     for i, a in enumerate(spots):
-        assert 0 <= a[0] and a[2] <= 300 and 0 <= a[1] and a[3] <= 110
-        for b in spots[i + 1:]:
+        assert a[0] >= 0 and a[2] <= 300 and a[1] >= 0 and a[3] <= 110
+        for b in spots[i + 1 :]:
             assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)

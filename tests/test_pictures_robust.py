@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
+
 from ggml_mnist import ImageError, Model, prepare_image
 from ggml_mnist.pictures.prepare import MAX_PIECES, find_ink
 from support.handwriting import draw_digits
 from support.helpers import THREADS
-from PIL import Image, ImageDraw
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +32,8 @@ def test_binary_noise_gives_a_reading_or_an_image_error(fc: Model) -> None:
             assert reading.digits and all(d.input.shape == (28, 28) for d in reading.digits)
         except ImageError:
             pass
-        try:
+        with contextlib.suppress(ImageError):
             fc.predict_image(picture)
-        except ImageError:
-            pass
 
 
 @pytest.mark.parametrize("size", [48, 100, 300, 800])
@@ -70,6 +70,7 @@ def test_dotted_paper_is_refused_with_a_reason(fc: Model) -> None:
 def test_more_marks_than_a_page_holds_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """The bound on the marks considered is checked before segmentation (here lowered to 5 marks)."""
     import ggml_mnist.pictures.prepare as imaging
+
     monkeypatch.setattr(imaging, "MAX_PIECES", 5)
     with pytest.raises(ImageError, match="6 separate marks, more than a page of digits \\(5\\)"):
         find_ink(draw_digits([1, 2, 3, 4, 5, 7], height=60))
@@ -83,7 +84,9 @@ def test_a_fifo_is_never_opened(tmp_path: Path) -> None:
         prepare_image(fifo)  # opening it for reading would block until a writer came
 
 
-def test_a_picture_above_the_pixel_limit_is_refused_before_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_picture_above_the_pixel_limit_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "big.png"
     Image.new("L", (300, 200), 255).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.synthetic import make_synthetic
 
 import ggml_mnist as gm
+from support.synthetic import make_synthetic
 
-pytest.importorskip("matplotlib", reason='matplotlib is missing: pip install "ggml-mnist[plot]" (the test extra has it)')
+pytest.importorskip(
+    "matplotlib", reason='matplotlib is missing: pip install "ggml-mnist[plot]" (the test extra has it)'
+)
 from PIL import Image  # noqa: E402
 
 from ggml_mnist import plot  # noqa: E402
@@ -51,7 +53,7 @@ def test_history_curves_equal_the_history(tmp_path: Path) -> None:
     os.umask(umask)
     assert (tmp_path / "h.png").stat().st_mode & 0o777 == 0o666 & ~umask
     loss, acc, lr = fig.axes
-    (train, val), = [loss.lines]
+    ((train, val),) = [loss.lines]
     assert list(train.get_xdata()) == [1, 2, 3] and list(train.get_ydata()) == [1.5, 0.7, 0.4]
     assert list(val.get_ydata()) == [1.2, 0.9, 0.8]
     assert np.allclose(acc.lines[0].get_ydata(), [55, 80, 90]) and np.allclose(acc.lines[1].get_ydata(), [61, 75, 78])
@@ -71,13 +73,17 @@ def test_history_of_a_trained_model_and_of_epoch_stats(trained: tuple[gm.Model, 
 def test_history_from_a_metrics_log(tmp_path: Path) -> None:
     db = tmp_path / "run.sqlite"
     with sqlite3.connect(db) as con:
-        con.execute("CREATE TABLE runs(run_id INTEGER PRIMARY KEY, started TEXT, finished TEXT, status TEXT, arch TEXT, "
-                    "dataset TEXT, seed INTEGER, config TEXT)")
+        con.execute(
+            "CREATE TABLE runs(run_id INTEGER PRIMARY KEY, started TEXT, finished TEXT, status TEXT, arch TEXT, "
+            "dataset TEXT, seed INTEGER, config TEXT)"
+        )
         con.execute("CREATE TABLE epochs(run_id, epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds)")
         con.executemany("INSERT INTO runs(run_id, arch) VALUES (?, 'cnn')", [(1,), (2,)])
-        con.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, 1.0)",
-                        [(1, 1, 9.0, 0.1, None, None, 0.1)] +
-                        [(2, h["epoch"], h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"], h["lr"]) for h in HISTORY])
+        con.executemany(
+            "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, 1.0)",
+            [(1, 1, 9.0, 0.1, None, None, 0.1)]
+            + [(2, h["epoch"], h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"], h["lr"]) for h in HISTORY],
+        )
     assert plot.history_from_metrics(db) == plot.history_rows(HISTORY)  # the latest run
     assert plot.history_from_metrics(db, run=1)[0]["loss"] == 9.0
     with pytest.raises(gm.DataError, match="no epochs for run 7"):
@@ -153,11 +159,17 @@ def test_a_failed_save_keeps_the_old_file(tmp_path: Path) -> None:
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["h.png"]
 
 
-def test_mnist_plot_writes_every_picture(trained: tuple[gm.Model, Path], tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_mnist_plot_writes_every_picture(
+    trained: tuple[gm.Model, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model, data = trained
     model.save(tmp_path / "m.gguf")
-    assert plot_main([str(tmp_path / "m.gguf"), "--out", str(tmp_path / "pics"), "--data-dir", str(data), "--mistakes", "8"]) == 0
+    assert (
+        plot_main(
+            [str(tmp_path / "m.gguf"), "--out", str(tmp_path / "pics"), "--data-dir", str(data), "--mistakes", "8"]
+        )
+        == 0
+    )
     names = sorted(p.name for p in (tmp_path / "pics").iterdir())
     assert names == ["activations.png", "confusion.png", "filters.png", "history.png", "mistakes.png"]
     for name in names:
@@ -165,7 +177,9 @@ def test_mnist_plot_writes_every_picture(trained: tuple[gm.Model, Path], tmp_pat
     assert "test accuracy" in capsys.readouterr().out
     assert plot_main([str(tmp_path / "m.gguf"), "--out", str(tmp_path), "--run", "2"]) == 1
     assert "give --metrics" in capsys.readouterr().err
-    assert plot_main([str(tmp_path / "m.gguf"), "--out", str(tmp_path), "--metrics", str(tmp_path / "none.sqlite")]) == 1
+    assert (
+        plot_main([str(tmp_path / "m.gguf"), "--out", str(tmp_path), "--metrics", str(tmp_path / "none.sqlite")]) == 1
+    )
     err = capsys.readouterr().err
     assert "metrics log" in err and "does not exist" in err
 

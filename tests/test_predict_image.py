@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from ggml_mnist import Digit, DigitReading, ImageError, Model, Prediction, prepare_image
 from ggml_mnist.cli.predict import predict_main
 from support.handwriting import as_scan, draw_digits
 from support.helpers import THREADS
-from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +82,17 @@ def test_read_digits_returns_text_boxes_and_probabilities(fc: Model) -> None:
 
 # -- mnist-predict -------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def files(fc: Model, tmp_path: Path) -> dict[str, Path]:
-    out = {"model": tmp_path / "fc.gguf", "seven": tmp_path / "seven.png", "page": tmp_path / "page.jpg",
-           "blank": tmp_path / "blank.png", "notes": tmp_path / "notes.png", "missing": tmp_path / "missing.png"}
+    out = {
+        "model": tmp_path / "fc.gguf",
+        "seven": tmp_path / "seven.png",
+        "page": tmp_path / "page.jpg",
+        "blank": tmp_path / "blank.png",
+        "notes": tmp_path / "notes.png",
+        "missing": tmp_path / "missing.png",
+    }
     fc.save(out["model"])
     draw_digits([7]).save(out["seven"])
     as_scan(draw_digits([4, 0, 2], height=50), jpeg=80).save(out["page"])
@@ -121,7 +129,9 @@ def test_cli_json(files: dict, fc: Model, capsys: pytest.CaptureFixture[str]) ->
 
 def test_cli_annotate_and_show_input(files: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "annotated.png"
-    assert predict_main([str(files["model"]), str(files["page"]), "--digits", "--annotate", str(out), "--show-input"]) == 0
+    assert (
+        predict_main([str(files["model"]), str(files["page"]), "--digits", "--annotate", str(out), "--show-input"]) == 0
+    )
     drawn = Image.open(out)
     assert drawn.size == Image.open(files["page"]).size and drawn.mode == "RGB"
     assert np.ptp(np.asarray(drawn).astype(int), axis=2).max() > 100  # coloured boxes drawn on a grey picture

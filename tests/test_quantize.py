@@ -7,14 +7,14 @@ import json
 import re
 from pathlib import Path
 
-from support import fuzz_loaders as fz
 import numpy as np
 import pytest
-from ggml_mnist import ConfigError, Model, NativeError, evaluate, load_mnist, train, weight_types
-from ggml_mnist import _ffi
+
+from ggml_mnist import ConfigError, Model, NativeError, _ffi, evaluate, load_mnist, train, weight_types
 from ggml_mnist._ffi import ffi, lib
-from ggml_mnist.layers import Conv2d, Dense, MaxPool2d, ReLU
 from ggml_mnist.cli.quantize import quantize_main
+from ggml_mnist.layers import Conv2d, Dense, MaxPool2d, ReLU
+from support import fuzz_loaders as fz
 from support.helpers import THREADS
 
 BLOCK = 32  # values per block of q8_0, q5_0 and q4_0 (ggml-common.h: QK8_0, QK5_0, QK4_0)
@@ -29,8 +29,16 @@ BOUND = {"q8_0": (0.5 + 127 * F16_EPS) / 127, "q5_0": (1 + 16 * F16_EPS) / 16, "
 def small_cnn() -> Model:
     """Kernels with rows of 9 and 72 values (padded to 96 with pad=True) and dense rows of 256 (4x4x16 inputs,
     permuted in the graph) and 32."""
-    layers = [Conv2d(8, 3, padding=1), ReLU(), MaxPool2d(2), Conv2d(16, 3, stride=2, padding=1), ReLU(), Dense(32), ReLU(),
-              Dense(10)]
+    layers = [
+        Conv2d(8, 3, padding=1),
+        ReLU(),
+        MaxPool2d(2),
+        Conv2d(16, 3, stride=2, padding=1),
+        ReLU(),
+        Dense(32),
+        ReLU(),
+        Dense(10),
+    ]
     return Model.create(layers, image_size=(16, 16), threads=THREADS, seed=3)
 
 
@@ -41,7 +49,7 @@ def spread_weights(model: Model, seed: int = 0) -> Model:
     for name, w in model.get_weights().items():
         scale = 1.5 / np.sqrt(w[0].size) if w.ndim > 1 else 0.1
         values = rng.normal(0, scale, w.shape).astype(np.float32)
-        values.flat[:: 97] *= 8  # a few outliers widen some blocks' range
+        values.flat[::97] *= 8  # a few outliers widen some blocks' range
         weights[name] = values
     model.set_weights(weights)
     return model
@@ -73,7 +81,10 @@ def test_block_types_round_trip_within_their_bounds(fc: Model, qtype: str) -> No
     for name in ("fc1.weight", "fc2.weight"):
         assert storage[name].type == qtype
         assert storage[name].row_length == -(-original[name].shape[1] // BLOCK) * BLOCK  # 784 -> 800, 64 stays
-        err, amax = blocks(np.abs(back[name] - original[name])), blocks(np.abs(original[name])).max(axis=2, keepdims=True)
+        err, amax = (
+            blocks(np.abs(back[name] - original[name])),
+            blocks(np.abs(original[name])).max(axis=2, keepdims=True),
+        )
         assert (err <= BOUND[qtype] * amax + 1e-7).all(), f"{name}: worst {float((err / amax).max()):.5f} of amax"
         assert err.max() > 0.1 * BOUND[qtype] * amax.min()  # the conversion did happen
     for name in ("fc1.bias", "fc2.bias"):
@@ -90,8 +101,10 @@ def test_f16_rounds_to_nearest(fc: Model) -> None:
 
 def test_errors_grow_as_bits_shrink_and_f32_restores_exactly(fc: Model) -> None:
     w = fc.get_weights()["fc1.weight"]
-    rms = [float(np.sqrt(np.mean((fc.quantize(t, pad=True).get_weights()["fc1.weight"] - w) ** 2)))
-           for t in ("f16", "q8_0", "q5_0", "q4_0")]
+    rms = [
+        float(np.sqrt(np.mean((fc.quantize(t, pad=True).get_weights()["fc1.weight"] - w) ** 2)))
+        for t in ("f16", "q8_0", "q5_0", "q4_0")
+    ]
     assert rms == sorted(rms) and rms[0] > 0
     q = fc.quantize("q4_0", pad=True)
     restored = q.dequantize()
@@ -103,8 +116,16 @@ def test_errors_grow_as_bits_shrink_and_f32_restores_exactly(fc: Model) -> None:
 
 def test_rows_that_are_not_whole_blocks_stay_f16_unless_padding_makes_them_smaller() -> None:
     model = small_cnn()
-    types = {"conv1.kernel": "f16", "conv1.bias": "f32", "conv2.kernel": "f16", "conv2.bias": "f32", "fc1.weight": "q4_0",
-             "fc1.bias": "f32", "fc2.weight": "q4_0", "fc2.bias": "f32"}
+    types = {
+        "conv1.kernel": "f16",
+        "conv1.bias": "f32",
+        "conv2.kernel": "f16",
+        "conv2.bias": "f32",
+        "fc1.weight": "q4_0",
+        "fc1.bias": "f32",
+        "fc2.weight": "q4_0",
+        "fc2.bias": "f32",
+    }
     assert {k: s.type for k, s in model.quantize("q4_0").tensor_storage().items()} == types
     padded = model.quantize("q4_0", pad=True).tensor_storage()  # 9 values in a 32-value q4_0 block: no smaller than f16
     assert {k: s.type for k, s in padded.items()} == {**types, "conv2.kernel": "q4_0"}
@@ -115,8 +136,9 @@ def test_rows_that_are_not_whole_blocks_stay_f16_unless_padding_makes_them_small
 
 
 def test_kernels_with_whole_blocks_are_quantised_as_matrices() -> None:
-    model = spread_weights(Model.create([Conv2d(4, 3), ReLU(), Conv2d(8, 4, stride=2), Dense(10)], image_size=(12, 12),
-                                        threads=THREADS))
+    model = spread_weights(
+        Model.create([Conv2d(4, 3), ReLU(), Conv2d(8, 4, stride=2), Dense(10)], image_size=(12, 12), threads=THREADS)
+    )
     q = model.quantize("q8_0")
     storage = q.tensor_storage()  # conv2's rows: 4 x 4 x 4 = 64 values
     assert storage["conv2.kernel"].type == "q8_0" and storage["conv2.kernel"].row_length == 64
@@ -184,24 +206,34 @@ def test_quantised_files_round_trip_and_are_never_ggml_architectures(tmp_path: P
 
 def test_refusals(fc: Model) -> None:
     q = fc.quantize("q8_0", pad=True)
-    with pytest.raises(NativeError, match=r"'fc1.weight' is stored as q8_0; the weights of a quantised model are read-only"):
+    with pytest.raises(
+        NativeError, match=r"'fc1.weight' is stored as q8_0; the weights of a quantised model are read-only"
+    ):
         q.set_weights({"fc1.weight": np.zeros((64, 784), np.float32)})
     with pytest.raises(ConfigError, match=r"unknown type 'q3_k'; use f32, f16, q8_0, q5_0 or q4_0"):
         fc.quantize("q3_k")
     with pytest.raises(ConfigError, match=r"type must be a string"):
         fc.quantize(8)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"no tensor of this network can be stored as q4_0: .* rows of fc1.weight 784, "
-                                          r"fc2.weight 500; zero-pad the rows \(pad / --pad\) or choose f16"):
+    with pytest.raises(
+        ConfigError,
+        match=r"no tensor of this network can be stored as q4_0: .* rows of fc1.weight 784, "
+        r"fc2.weight 500; zero-pad the rows \(pad / --pad\) or choose f16",
+    ):
         Model.create("fc", threads=THREADS).quantize("q4_0")
     assert weight_types() == ["f32", "f16", "q8_0", "q5_0", "q4_0"]
 
 
 def test_training_a_quantised_model_is_refused_and_its_dequantised_copy_trains(fc: Model) -> None:
-    config = ffi.new("struct gmn_train_config *", dict(lr=1e-3, total_steps=1, beta1=0.9, beta2=0.999, batch_size=10,
-                                                        physical_batch_size=10))
+    config = ffi.new(
+        "struct gmn_train_config *",
+        dict(lr=1e-3, total_steps=1, beta1=0.9, beta2=0.999, batch_size=10, physical_batch_size=10),
+    )
     q = fc.quantize("q8_0", pad=True)
-    with pytest.raises(NativeError, match=r"quantised \(fc1.weight is q8_0\) and cannot be trained; fine-tune its "
-                                          r"dequantised weights instead \(Model.dequantize\(\), or mnist-train --init FILE\)"):
+    with pytest.raises(
+        NativeError,
+        match=r"quantised \(fc1.weight is q8_0\) and cannot be trained; fine-tune its "
+        r"dequantised weights instead \(Model.dequantize\(\), or mnist-train --init FILE\)",
+    ):
         _ffi.check(q._call_native(lib.gmn_model_train_init, config))
     dq = q.dequantize()
     _ffi.check(dq._call_native(lib.gmn_model_train_init, config))
@@ -217,13 +249,20 @@ def test_mnist_quantize(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     report = json.loads(capsys.readouterr().out)
     assert report["architecture"] == "ggml-mnist" and report["input_bytes"] > 6 * report["output_bytes"]
     rows = {r["name"]: r for r in report["tensors"]}
-    assert rows["fc1.weight"]["type"] == "q4_0" and rows["fc1.weight"]["row_length"] == 800 and rows["fc1.weight"]["kept"] is None
+    assert (
+        rows["fc1.weight"]["type"] == "q4_0"
+        and rows["fc1.weight"]["row_length"] == 800
+        and rows["fc1.weight"]["kept"] is None
+    )
     assert rows["fc1.bias"]["kept"] == "biases stay f32"
     narrow = tmp_path / "fc64.gguf"
     Model.create("fc", hidden=64, threads=THREADS).save(narrow)
     assert quantize_main([str(narrow), str(tmp_path / "fc64-q8.gguf"), "--type", "q8_0"]) == 0
     captured = capsys.readouterr()
-    assert "fc1.weight" in captured.out and "its rows (784 inputs) are not whole blocks; --pad zero-pads them" in captured.out
+    assert (
+        "fc1.weight" in captured.out
+        and "its rows (784 inputs) are not whole blocks; --pad zero-pads them" in captured.out
+    )
     assert "fc1.weight stayed f32; add --pad to make q8_0 of them too" in captured.err and "bias" not in captured.err
     assert quantize_main([str(src), str(tmp_path / "q4.gguf"), "--type", "q4_0", "--pad"]) == 0
     assert "stayed f32" not in capsys.readouterr().err  # the table already says that biases stay f32
@@ -238,27 +277,65 @@ def test_mnist_quantize(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 # ---- the loader on quantised files ------------------------------------------------------------------------------
 LOADER_CASES = [
     # (base, ops, expected outcome(s), pattern of the message of a ModelFormatError)
-    ("fc-q4_0", [["t_type", "fc1.weight", 3]], "ModelFormatError", r"tensor fc1.weight has type q4_1; weights are stored as"),
+    (
+        "fc-q4_0",
+        [["t_type", "fc1.weight", 3]],
+        "ModelFormatError",
+        r"tensor fc1.weight has type q4_1; weights are stored as",
+    ),
     ("fc-q4_0", [["t_type", "fc1.bias", 8]], "ModelFormatError", r"not a valid GGUF"),  # rows of 8: not whole blocks
     ("fc-q4_0", [["t_type", "fc1.weight", 4]], "ModelFormatError", r"not a valid GGUF"),  # a removed type
     ("fc-q4_0", [["t_type", "fc1.weight", 39]], "ModelFormatError", r"not a valid GGUF"),
     ("fc-q4_0", [["t_dims", "fc1.weight", [784, 8]]], "ModelFormatError", r"not a valid GGUF"),
-    ("fc-q4_0", [["t_dims", "fc1.weight", [832, 8]]], "ModelFormatError",
-     r"tensor fc1.weight has shape \[832,8,1,1\] but \[784,8,1,1\] is expected for q4_0 \(rows of the layer's inputs, or "
-     r"zero-padded to whole blocks\)"),
-    ("fc-q4_0", [["t_dims", "fc1.weight", [800, 9]]], "ModelFormatError", r"tensor fc1.weight has shape \[800,9,1,1\] but "
-                                                                          r"\[800,8,1,1\] is expected"),
-    ("fc-q4_0", [["arch", "mnist-fc"]], "ModelFormatError", r"has type q4_0; only f32 is supported under the architecture mnist-fc"),
-    ("fc-q4_0", [["t_fill", "fc1.weight", float("nan")]], "ModelFormatError", r"tensor fc1.weight holds NaN or infinite values"),
-    ("fc-q4_0", [["t_offset", "fc2.weight", 2**40]], "ModelFormatError", r"not a valid GGUF|beyond the end of the file"),
+    (
+        "fc-q4_0",
+        [["t_dims", "fc1.weight", [832, 8]]],
+        "ModelFormatError",
+        r"tensor fc1.weight has shape \[832,8,1,1\] but \[784,8,1,1\] is expected for q4_0 \(rows of the layer's inputs, or "
+        r"zero-padded to whole blocks\)",
+    ),
+    (
+        "fc-q4_0",
+        [["t_dims", "fc1.weight", [800, 9]]],
+        "ModelFormatError",
+        r"tensor fc1.weight has shape \[800,9,1,1\] but "
+        r"\[800,8,1,1\] is expected",
+    ),
+    (
+        "fc-q4_0",
+        [["arch", "mnist-fc"]],
+        "ModelFormatError",
+        r"has type q4_0; only f32 is supported under the architecture mnist-fc",
+    ),
+    (
+        "fc-q4_0",
+        [["t_fill", "fc1.weight", float("nan")]],
+        "ModelFormatError",
+        r"tensor fc1.weight holds NaN or infinite values",
+    ),
+    (
+        "fc-q4_0",
+        [["t_offset", "fc2.weight", 2**40]],
+        "ModelFormatError",
+        r"not a valid GGUF|beyond the end of the file",
+    ),
     # q8_0 over q4_0 bytes (the rest zero-filled): read within bounds; the values load or hold a NaN scale
     ("fc-q4_0", [["t_type", "fc1.weight", 8]], "ok|ModelFormatError", r"NaN or infinite"),
     ("cnn-q8_0", [["t_type", "conv1.kernel", 8]], "ModelFormatError", r"not a valid GGUF"),
     ("cnn-q8_0", [["t_type", "conv1.kernel", 0]], "ok", r""),  # f32 over f16 bytes, zero-filled to the f32 size
-    ("cnn-q8_0", [["t_type", "conv2.kernel", 0]], "ModelFormatError",  # stored flat for q8_0: f32 needs the kernel's shape
-     r"tensor conv2.kernel has shape \[32,2,1,1\] but \[3,3,2,2\] is expected"),
+    (
+        "cnn-q8_0",
+        [["t_type", "conv2.kernel", 0]],
+        "ModelFormatError",  # stored flat for q8_0: f32 needs the kernel's shape
+        r"tensor conv2.kernel has shape \[32,2,1,1\] but \[3,3,2,2\] is expected",
+    ),
     ("cnn-q8_0", [["t_type", "dense.weight", 6]], "ok", r""),
-    ("cnn-q8_0", [["t_type", "conv1.bias", 1]], "ModelFormatError", r"tensor conv1.bias has type f16; biases are stored as f32"),
+    (
+        "cnn-q8_0",
+        [["t_type", "conv1.bias", 1]],
+        "ModelFormatError",
+        r"tensor conv1.bias has type f16; biases are stored as f32",
+    ),
 ]
 
 
@@ -266,7 +343,7 @@ def test_loader_refuses_wrong_block_types_and_sizes() -> None:
     recipes = [{"kind": "gguf", "base": base, "ops": ops} for base, ops, _, _ in LOADER_CASES]
     report = fz.replay(recipes)
     assert report.ok, report.summary()
-    for (base, ops, outcome, pattern), result in zip(LOADER_CASES, report.results):
+    for (_base, ops, outcome, pattern), result in zip(LOADER_CASES, report.results):
         assert result["outcome"] in outcome.split("|"), (ops, result["message"])
         assert result["outcome"] == "ok" or re.search(pattern, result["message"]), (ops, result["message"])
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from ggml_mnist import Model, load_mnist, train
 from support.handwriting import as_scan, draw_digits, mnist_scan
 from support.helpers import THREADS
-from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +38,20 @@ def test_mnist_digits_rendered_as_scans_read_as_well_as_the_originals(trained: t
     model, x, y = trained
     rng = np.random.default_rng(0)
     idx = rng.choice(len(y), 80, replace=False)
-    scans = [mnist_scan(x[i], size=int(rng.choice([40, 120, 400])), seed=k, invert=bool(k % 3 == 0),
-                        noise=0.05 * (k % 2), gradient=0.4 * (k % 4 == 1), jpeg=50 if k % 5 == 0 else None,
-                        paper=(235, 225, 200), rotate=float(rng.uniform(-6, 6))) for k, i in enumerate(idx)]
+    scans = [
+        mnist_scan(
+            x[i],
+            size=int(rng.choice([40, 120, 400])),
+            seed=k,
+            invert=bool(k % 3 == 0),
+            noise=0.05 * (k % 2),
+            gradient=0.4 * (k % 4 == 1),
+            jpeg=50 if k % 5 == 0 else None,
+            paper=(235, 225, 200),
+            rotate=float(rng.uniform(-6, 6)),
+        )
+        for k, i in enumerate(idx)
+    ]
     read = np.array([p.label for p in model.predict_image(scans)])
     plain = model.predict(x[idx])
     naive = model.predict(np.stack([np.asarray(s.convert("L").resize((28, 28))) for s in scans]))
@@ -53,7 +65,9 @@ def test_drawn_digits_in_both_polarities(trained: tuple) -> None:
     pictures, labels = [], []
     for d in range(10):
         for k, opts in enumerate([dict(), dict(invert=True, noise=0.05), dict(gradient=0.5, jpeg=40, size=500)]):
-            pictures.append(as_scan(draw_digits([d], height=100, thickness=0.05 + 0.04 * k, jitter=0.02, seed=d + k), **opts))
+            pictures.append(
+                as_scan(draw_digits([d], height=100, thickness=0.05 + 0.04 * k, jitter=0.02, seed=d + k), **opts)
+            )
             labels.append(d)
     read = np.array([p.label for p in model.predict_image(pictures)])
     assert (read == np.array(labels)).mean() >= 0.85
@@ -63,7 +77,7 @@ def test_lines_of_digits_are_read(trained: tuple) -> None:
     model, x, y = trained
     rng = np.random.default_rng(1)
     right = total = counted = 0
-    for i in range(8):
+    for _ in range(8):
         k = int(rng.integers(3, 11))
         idx = rng.choice(len(y), k, replace=False)
         gaps = rng.integers(-2, 16, k - 1)
@@ -71,7 +85,7 @@ def test_lines_of_digits_are_read(trained: tuple) -> None:
         pos = 15
         for j, g in zip(idx, list(gaps) + [0]):
             dy = int(rng.integers(0, 8))
-            row[dy:dy + 28, pos:pos + 28] = np.maximum(row[dy:dy + 28, pos:pos + 28], x[j])
+            row[dy : dy + 28, pos : pos + 28] = np.maximum(row[dy : dy + 28, pos : pos + 28], x[j])
             pos += 28 + int(g)
         page = Image.fromarray(255 - row).resize((row.shape[1] * 4, 160), Image.Resampling.BICUBIC)
         reading = model.read_digits(as_scan(page, noise=0.03, gradient=0.4, rotate=float(rng.uniform(-3, 3)), jpeg=70))

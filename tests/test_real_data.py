@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from ggml_mnist import Model, augment_images, cli, evaluate, load, load_mnist, train
 from support.helpers import THREADS
 
@@ -36,8 +37,16 @@ def fc_model(mnist: dict, cache: dict, tmp_path_factory: pytest.TempPathFactory)
     94.5% here (PyTorch gives the same with that recipe); a constant rate reaches 95.7%.
     """
     if "fc" not in cache:
-        model, history = train(mnist["x"], mnist["y"], arch="fc", epochs=1, lr_schedule="constant", augment="none",
-                               threads=THREADS, progress=False)
+        model, history = train(
+            mnist["x"],
+            mnist["y"],
+            arch="fc",
+            epochs=1,
+            lr_schedule="constant",
+            augment="none",
+            threads=THREADS,
+            progress=False,
+        )
         assert len(history) == 1 and history[0].n_train == 60000
         path = tmp_path_factory.mktemp("real") / "fc.gguf"
         model.save(path)
@@ -71,7 +80,9 @@ def test_saved_model_gives_identical_results(fc_model: tuple, mnist: dict) -> No
     assert loaded.metadata["dataset"]["n"] == 60000
 
 
-def test_eval_cli_in_process(fc_model: tuple, real_mnist: Path, mnist: dict, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_cli_in_process(
+    fc_model: tuple, real_mnist: Path, mnist: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
     model, path = fc_model
     images, labels = sorted(real_mnist.glob("t10k-images*"))[0], sorted(real_mnist.glob("t10k-labels*"))[0]
     assert cli.eval_main([str(path), str(images), str(labels), "--threads", str(THREADS)]) == 0
@@ -88,8 +99,12 @@ def test_eval_console_script(fc_model: tuple, real_mnist: Path) -> None:
     if not script.exists():
         pytest.skip("the mnist-eval console script is not installed in this environment")
     images, labels = sorted(real_mnist.glob("t10k-images*"))[0], sorted(real_mnist.glob("t10k-labels*"))[0]
-    out = subprocess.run([str(script), str(path), str(images), str(labels), "--threads", str(THREADS)],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(script), str(path), str(images), str(labels), "--threads", str(THREADS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[1].startswith("mnist-eval: loss=") and float(lines[1].split("=")[1].split("+-")[0]) < 0.2
@@ -101,8 +116,16 @@ def test_augmentation_buys_robustness_to_shifted_and_rotated_digits(fc_model: tu
     """fc trained with the "light" level reads test digits moved 2 px and turned 10 degrees far better than the
     plain fc, and loses little on the plain test set."""
     plain, _ = fc_model
-    augmented, history = train(mnist["x"], mnist["y"], arch="fc", epochs=1, lr_schedule="constant", augment="light",
-                               threads=THREADS, progress=False)
+    augmented, history = train(
+        mnist["x"],
+        mnist["y"],
+        arch="fc",
+        epochs=1,
+        lr_schedule="constant",
+        augment="light",
+        threads=THREADS,
+        progress=False,
+    )
     moved = np.roll(mnist["xt"], (2, -2), axis=(1, 2))
     turned = (augment_images(moved, {"rotate": 10}, seed=3) * 255).round().astype(np.uint8)
     plain_acc = evaluate(plain, turned, mnist["yt"]).accuracy

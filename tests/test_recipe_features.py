@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 
-import ggml_mnist as gm
 import numpy as np
 import pytest
+
+import ggml_mnist as gm
 from ggml_mnist import ConfigError, TrainConfig
 from ggml_mnist._ffi import ffi, lib
 from support.helpers import small_options
@@ -31,8 +32,13 @@ def onecycle(step: int, total: int, lr: float, up: int, min_ratio: float = 0.0) 
 @pytest.mark.parametrize("warmup_epochs, up", [(0.0, 18), (1.0, 15)])
 def test_onecycle_rises_to_the_peak_then_falls_to_the_floor(data, warmup_epochs, up) -> None:
     x, y = data  # 300 images in batches of 20: 15 steps an epoch, 60 in 4 epochs; the default warm-up is 30 %
-    _, history = gm.train(x, y, **small_options("fc", epochs=4, lr=0.01, lr_schedule="onecycle",
-                                                warmup_epochs=warmup_epochs, lr_min_ratio=0.01))
+    _, history = gm.train(
+        x,
+        y,
+        **small_options(
+            "fc", epochs=4, lr=0.01, lr_schedule="onecycle", warmup_epochs=warmup_epochs, lr_min_ratio=0.01
+        ),
+    )
     last_steps = [15 * e - 1 for e in range(1, 5)]
     expected = [onecycle(s, 60, 0.01, up, 0.01) for s in last_steps]
     assert [h.lr for h in history] == pytest.approx(expected, rel=1e-5)
@@ -54,8 +60,16 @@ def _last_targets(x, y, **options) -> np.ndarray:
     def on_epoch(_stats, model):
         images = np.empty((20, 28, 28), np.float32)
         targets = np.empty((20, 10), np.float32)
-        assert lib.gmn_model_last_batch(model._handle, ffi.cast("float *", images.ctypes.data), images.size,
-                                        ffi.cast("float *", targets.ctypes.data), targets.size) == 0
+        assert (
+            lib.gmn_model_last_batch(
+                model._handle,
+                ffi.cast("float *", images.ctypes.data),
+                images.size,
+                ffi.cast("float *", targets.ctypes.data),
+                targets.size,
+            )
+            == 0
+        )
         seen.append(targets)
 
     gm.train(x, y, on_epoch=on_epoch, **small_options("fc", epochs=1, **options))
@@ -106,14 +120,17 @@ def test_a_generous_max_seconds_changes_nothing(data) -> None:
         np.testing.assert_array_equal(w, b.get_weights()[name])
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\)"),
-    ("label_smoothing", -0.1, r"label_smoothing must be in \[0, 1\)"),
-    ("label_smoothing", float("nan"), r"label_smoothing must be in \[0, 1\)"),
-    ("max_seconds", -1, r"max_seconds must be a number of seconds >= 0"),
-    ("max_seconds", float("inf"), r"max_seconds must be a number of seconds >= 0"),
-    ("lr_schedule", "one-cycle", r"lr_schedule must be one of constant, cosine, linear, onecycle"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\)"),
+        ("label_smoothing", -0.1, r"label_smoothing must be in \[0, 1\)"),
+        ("label_smoothing", float("nan"), r"label_smoothing must be in \[0, 1\)"),
+        ("max_seconds", -1, r"max_seconds must be a number of seconds >= 0"),
+        ("max_seconds", float("inf"), r"max_seconds must be a number of seconds >= 0"),
+        ("lr_schedule", "one-cycle", r"lr_schedule must be one of constant, cosine, linear, onecycle"),
+    ],
+)
 def test_bad_recipe_values_name_the_fix(field, value, message) -> None:
     with pytest.raises(ConfigError, match=message):
         TrainConfig().replace(**{field: value}).validate()
@@ -121,15 +138,32 @@ def test_bad_recipe_values_name_the_fix(field, value, message) -> None:
 
 def test_the_shim_refuses_a_bad_smoothing_or_schedule_itself() -> None:
     model = gm.Model.create("fc", hidden=8, threads=1)
-    base = dict(optimizer=0, lr=1e-3, lr_min_ratio=0.0, schedule=lib.GMN_SCHEDULE_ONECYCLE, warmup_steps=0,
-                total_steps=10, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, batch_size=10,
-                physical_batch_size=10, seed=1, max_loss=0.0)
+    base = dict(
+        optimizer=0,
+        lr=1e-3,
+        lr_min_ratio=0.0,
+        schedule=lib.GMN_SCHEDULE_ONECYCLE,
+        warmup_steps=0,
+        total_steps=10,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.0,
+        batch_size=10,
+        physical_batch_size=10,
+        seed=1,
+        max_loss=0.0,
+    )
     assert model._call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", base)) == 0
     model.release_training_state()
-    for bad, text in ((dict(label_smoothing=1.5), "label_smoothing 1.5 must be in [0, 1)"),
-                      (dict(schedule=4), "unknown schedule code 4")):
-        assert model._call_native(lib.gmn_model_train_init,
-                                 ffi.new("struct gmn_train_config *", {**base, **bad})) == lib.GMN_E_INVALID
+    for bad, text in (
+        (dict(label_smoothing=1.5), "label_smoothing 1.5 must be in [0, 1)"),
+        (dict(schedule=4), "unknown schedule code 4"),
+    ):
+        assert (
+            model._call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", {**base, **bad}))
+            == lib.GMN_E_INVALID
+        )
         assert text in ffi.string(lib.gmn_last_error()).decode()
 
 
@@ -144,7 +178,7 @@ def test_the_shim_says_where_the_training_time_went(data) -> None:
 
     model, _ = gm.train(x, y, on_epoch=on_epoch, **small_options("fc", epochs=2))
     assert [s[0] for s in seen] == [15, 30]
-    for runs, *seconds in seen:
+    for _runs, *seconds in seen:
         assert all(s > 0 for s in seconds)
     assert all(b >= a for a, b in zip(seen[0][1:], seen[1][1:]))  # running totals
     assert seen[0][2] == seen[1][2]  # the first graph run is counted once
@@ -156,19 +190,59 @@ def test_the_shim_says_where_the_training_time_went(data) -> None:
 def test_mnist_train_max_seconds_saves_to_out_and_says_why_it_stopped(tmp_path, capsys) -> None:
     from ggml_mnist import cli
     from support.synthetic import SPLIT_FILES
+
     data = make_synthetic(tmp_path / "data", n_train=200, n_test=20)
     images, labels = (str(data / name) for name in SPLIT_FILES["train"])
     out = tmp_path / "m.gguf"
     gm.Model.create("fc", hidden=8, threads=1).save(out)  # an existing model: a run cut by its time limit replaces it
-    assert cli.train_main(["fc", str(out), images, labels, "--epochs", "3", "--hidden", "16", "--batch-size", "20",
-                           "--threads", "1", "--max-seconds", "1e-9"]) == 0
+    assert (
+        cli.train_main(
+            [
+                "fc",
+                str(out),
+                images,
+                labels,
+                "--epochs",
+                "3",
+                "--hidden",
+                "16",
+                "--batch-size",
+                "20",
+                "--threads",
+                "1",
+                "--max-seconds",
+                "1e-9",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "stopped at the time limit (--max-seconds 1e-09) in epoch 1 of 3" in err
     assert not list(tmp_path.glob("m.interrupted*"))
     model = gm.load(out)
     assert model.metadata["status"] == "time_limit" and len(model.metadata["history"]) == 1
-    assert cli.train_main(["fc", str(tmp_path / "j.gguf"), images, labels, "--epochs", "2", "--hidden", "16",
-                           "--batch-size", "20", "--threads", "1", "--max-seconds", "1e-9", "--json"]) == 0
+    assert (
+        cli.train_main(
+            [
+                "fc",
+                str(tmp_path / "j.gguf"),
+                images,
+                labels,
+                "--epochs",
+                "2",
+                "--hidden",
+                "16",
+                "--batch-size",
+                "20",
+                "--threads",
+                "1",
+                "--max-seconds",
+                "1e-9",
+                "--json",
+            ]
+        )
+        == 0
+    )
     done = [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
     assert done["event"] == "done" and done["time_limit"] is True and done["interrupted"] is False
 
@@ -190,8 +264,9 @@ def test_a_budget_spent_between_epochs_starts_no_epoch_of_one_batch(data, monkey
             Clock.now += 11.0  # e.g. a checkpoint on a slow disk
 
     monkeypatch.setattr(gm.training, "time", Clock)
-    model, history = gm.train(x, y, callbacks=[SlowCheckpoint()],
-                              **small_options("fc", epochs=3, max_seconds=10, val_split=0.2))
+    model, history = gm.train(
+        x, y, callbacks=[SlowCheckpoint()], **small_options("fc", epochs=3, max_seconds=10, val_split=0.2)
+    )
     assert len(history) == 1 and history[0].n_train == 240 and history[0].val_loss is not None
     assert history[0].time_limit and model.metadata["status"] == "time_limit"
     assert model.metadata["history"][-1]["time_limit"]

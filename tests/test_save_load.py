@@ -11,14 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ggml_mnist import ConfigError, DataFileNotFoundError, Model, ModelIOError, load, train
-from support.helpers import THREADS, conv_channels_of, hidden_of, read_gguf, small_options, spread_weights, tmp_leftovers
+from support.helpers import (
+    THREADS,
+    read_gguf,
+    small_options,
+    spread_weights,
+    tmp_leftovers,
+)
 from support.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
     from ggml_mnist import load_mnist
+
     return load_mnist(make_synthetic(tmp_path_factory.mktemp("data"), n_train=200, n_test=20), "train")
 
 
@@ -74,13 +82,24 @@ def test_save_load_save_is_byte_identical(trained: dict, tmp_path: Path) -> None
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
 
 
-@pytest.mark.parametrize("arch, kwargs, shapes", [
-    ("fc", dict(hidden=64, n_classes=5), {"fc1.weight": (64, 784), "fc1.bias": (64,), "fc2.weight": (5, 64)}),
-    ("fc", dict(hidden=16, image_size=(20, 24)), {"fc1.weight": (16, 480)}),
-    ("cnn", dict(conv_channels=(4, 6), n_classes=5), {"conv1.kernel": (4, 1, 3, 3), "conv2.kernel": (6, 4, 3, 3),
-                                                       "conv2.bias": (6, 1, 1), "dense.weight": (5, 294)}),
-    ("cnn", dict(conv_channels=(2, 3), image_size=(30, 26)), {"dense.weight": (10, 126)}),
-])
+@pytest.mark.parametrize(
+    "arch, kwargs, shapes",
+    [
+        ("fc", dict(hidden=64, n_classes=5), {"fc1.weight": (64, 784), "fc1.bias": (64,), "fc2.weight": (5, 64)}),
+        ("fc", dict(hidden=16, image_size=(20, 24)), {"fc1.weight": (16, 480)}),
+        (
+            "cnn",
+            dict(conv_channels=(4, 6), n_classes=5),
+            {
+                "conv1.kernel": (4, 1, 3, 3),
+                "conv2.kernel": (6, 4, 3, 3),
+                "conv2.bias": (6, 1, 1),
+                "dense.weight": (5, 294),
+            },
+        ),
+        ("cnn", dict(conv_channels=(2, 3), image_size=(30, 26)), {"dense.weight": (10, 126)}),
+    ],
+)
 def test_non_default_shapes_reload(arch: str, kwargs: dict, shapes: dict, tmp_path: Path) -> None:
     model = Model.create(arch, seed=4, threads=THREADS, **kwargs)
     spread_weights(model, scale=2.0)
@@ -130,7 +149,9 @@ def test_overwrite_replaces_the_file_and_keeps_its_mode(existing: tuple, tmp_pat
     model.save(path)
     assert path.read_bytes() != before
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    assert np.array_equal(Model.load(path, threads=THREADS).get_weights()["fc2.weight"], model.get_weights()["fc2.weight"])
+    assert np.array_equal(
+        Model.load(path, threads=THREADS).get_weights()["fc2.weight"], model.get_weights()["fc2.weight"]
+    )
     assert tmp_leftovers(tmp_path) == []
 
 
@@ -143,11 +164,14 @@ def test_new_files_get_the_umask_mode(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "m.gguf").stat().st_mode) == 0o640
 
 
-@pytest.mark.parametrize("target, match", [
-    ("missing-dir/model.gguf", r"directory '.*missing-dir' does not exist; create it first"),
-    ("model.gguf/inner.gguf", r"directory '.*model.gguf' does not exist"),
-    ("subdir", r"is a directory; give a file name such as model.gguf"),
-])
+@pytest.mark.parametrize(
+    "target, match",
+    [
+        ("missing-dir/model.gguf", r"directory '.*missing-dir' does not exist; create it first"),
+        ("model.gguf/inner.gguf", r"directory '.*model.gguf' does not exist"),
+        ("subdir", r"is a directory; give a file name such as model.gguf"),
+    ],
+)
 def test_failed_saves_raise_and_leave_files_alone(existing: tuple, tmp_path: Path, target: str, match: str) -> None:
     model, path, before = existing
     (tmp_path / "subdir").mkdir()
@@ -190,10 +214,14 @@ def test_load_missing_file_and_directory(tmp_path: Path) -> None:
     assert isinstance(info.value, OSError)
 
 
-def test_save_and_load_with_a_bare_file_name_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_and_load_with_a_bare_file_name_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     model = Model.create("fc", hidden=8, threads=1, seed=3)
     for name in ("m.gguf", "x", "a-much-longer-model-file-name.gguf"):
         model.save(name)
-        assert np.array_equal(Model.load(name, threads=1).get_weights()["fc1.weight"], model.get_weights()["fc1.weight"])
+        assert np.array_equal(
+            Model.load(name, threads=1).get_weights()["fc1.weight"], model.get_weights()["fc1.weight"]
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-much-longer-model-file-name.gguf", "m.gguf", "x"]

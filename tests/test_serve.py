@@ -8,7 +8,8 @@ import json
 import socket
 import struct
 import threading
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import numpy as np
 import pytest
@@ -75,21 +76,31 @@ def test_predict_raw_and_json_bodies_agree_with_the_model(server: tuple[str, int
     assert status == 200 and _json(body)["probabilities"] == raw["probabilities"]
 
 
-@pytest.mark.parametrize("method, path, body, headers, status, message", [
-    ("POST", "/predict", b"{not json", {"Content-Type": "application/json"}, 400, "not valid JSON"),
-    ("POST", "/predict", b'{"img": 1}', {"Content-Type": "application/json"}, 400, '{"image": '),
-    ("POST", "/predict", b'{"image": "***"}', {"Content-Type": "application/json"}, 400, "not valid base64"),
-    ("POST", "/predict", b"this is not an image at all", {"Content-Type": "image/png"}, 415, "not a usable image"),
-    ("POST", "/predict", b"x" * (MAX_BODY + 1), {}, 413, f"the limit is {MAX_BODY}"),
-    ("POST", "/predict", b"", {}, 400, "empty"),
-    ("GET", "/predict", None, {}, 405, "POST an image"),
-    ("PUT", "/model", b"x", {}, 405, "use GET"),
-    ("GET", "/nope", None, {}, 404, "no page"),
-    ("POST", "/nope", b"x", {}, 404, "no endpoint"),
-    ("DELETE", "/predict", None, {}, 405, "not allowed"),
-])
-def test_bad_requests_get_a_4xx_with_a_message(server: tuple[str, int], method: str, path: str, body: Optional[bytes],
-                                               headers: dict[str, str], status: int, message: str) -> None:
+@pytest.mark.parametrize(
+    "method, path, body, headers, status, message",
+    [
+        ("POST", "/predict", b"{not json", {"Content-Type": "application/json"}, 400, "not valid JSON"),
+        ("POST", "/predict", b'{"img": 1}', {"Content-Type": "application/json"}, 400, '{"image": '),
+        ("POST", "/predict", b'{"image": "***"}', {"Content-Type": "application/json"}, 400, "not valid base64"),
+        ("POST", "/predict", b"this is not an image at all", {"Content-Type": "image/png"}, 415, "not a usable image"),
+        ("POST", "/predict", b"x" * (MAX_BODY + 1), {}, 413, f"the limit is {MAX_BODY}"),
+        ("POST", "/predict", b"", {}, 400, "empty"),
+        ("GET", "/predict", None, {}, 405, "POST an image"),
+        ("PUT", "/model", b"x", {}, 405, "use GET"),
+        ("GET", "/nope", None, {}, 404, "no page"),
+        ("POST", "/nope", b"x", {}, 404, "no endpoint"),
+        ("DELETE", "/predict", None, {}, 405, "not allowed"),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_message(
+    server: tuple[str, int],
+    method: str,
+    path: str,
+    body: Optional[bytes],
+    headers: dict[str, str],
+    status: int,
+    message: str,
+) -> None:
     got, reply_headers, raw = _request(server, method, path, body, headers)
     assert got == status and message in _json(raw)["error"]
     if status == 405:
@@ -148,8 +159,9 @@ def test_binds_to_localhost_by_default() -> None:
 def logged_server() -> Iterator[tuple[serve.Server, list[str]]]:
     """A server of its own that logs into a list, for tests that look at the log or the open connections."""
     lines: list[str] = []
-    srv = serve.make_server(gm.Model.create("fc", seed=1), "127.0.0.1", 0, max_body=MAX_BODY, read_timeout=2.0,
-                            log=lines.append)
+    srv = serve.make_server(
+        gm.Model.create("fc", seed=1), "127.0.0.1", 0, max_body=MAX_BODY, read_timeout=2.0, log=lines.append
+    )
     thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield srv, lines
@@ -175,20 +187,24 @@ def test_log_lines_escape_control_characters(logged_server: tuple[serve.Server, 
     _until_idle(srv)
     text = "\n".join(lines)
     assert "\\x1b[2J" in text and "\\x07" in text
-    assert not any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in text.replace("\n", ""))
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text.replace("\n", ""))
     assert serve.escape("a\x1bb\r\n\x9bc") == "a\\x1bb\\x0d\\x0a\\x9bc"
 
 
-@pytest.mark.parametrize("extra, status, message", [
-    ({"Origin": "http://evil.example"}, 403, "another web page"),
-    ({"Origin": "null"}, 403, "another web page"),
-    ({"Content-Type": "text/plain"}, 415, "any web page can send it"),
-    ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "curl -F file=@digit.png"),
-    ({"Content-Type": "application/pdf"}, 415, "cannot hold a picture"),
-    ({"Host": "evil.example"}, 421, "loopback"),  # DNS rebinding: a name that resolves to 127.0.0.1
-])
-def test_another_web_page_cannot_post_to_the_local_server(server: tuple[str, int], extra: dict[str, str], status: int,
-                                                          message: str) -> None:
+@pytest.mark.parametrize(
+    "extra, status, message",
+    [
+        ({"Origin": "http://evil.example"}, 403, "another web page"),
+        ({"Origin": "null"}, 403, "another web page"),
+        ({"Content-Type": "text/plain"}, 415, "any web page can send it"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "curl -F file=@digit.png"),
+        ({"Content-Type": "application/pdf"}, 415, "cannot hold a picture"),
+        ({"Host": "evil.example"}, 421, "loopback"),  # DNS rebinding: a name that resolves to 127.0.0.1
+    ],
+)
+def test_another_web_page_cannot_post_to_the_local_server(
+    server: tuple[str, int], extra: dict[str, str], status: int, message: str
+) -> None:
     headers = {"Content-Type": "image/png", **extra}
     got, _, raw = _request(server, "POST", "/predict", _png_digit(), headers)
     assert got == status and message in _json(raw)["error"]
@@ -196,11 +212,15 @@ def test_another_web_page_cannot_post_to_the_local_server(server: tuple[str, int
     assert _request(server, "POST", "/predict", _png_digit(), same)[0] == 200
 
 
-def test_a_client_that_disconnects_leaves_no_traceback(logged_server: tuple[serve.Server, list[str]],
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_client_that_disconnects_leaves_no_traceback(
+    logged_server: tuple[serve.Server, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     srv, lines = logged_server
-    for request in (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 60000\r\n\r\npart of it",
-                    b"GET /model HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"GET / HTTP/1.1\r\nHost: 127.0"):
+    for request in (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 60000\r\n\r\npart of it",
+        b"GET /model HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: 127.0",
+    ):
         for _ in range(4):
             sock = socket.create_connection(srv.server_address[:2], timeout=10)
             sock.sendall(request)
@@ -249,28 +269,36 @@ def test_multipart_uploads_are_read_like_raw_bodies(server: tuple[str, int]) -> 
             assert got["prepared"] == want["prepared"] and got["probabilities"] == want["probabilities"]
 
 
-@pytest.mark.parametrize("parts, content_type, status, message", [
-    ([("note", None, "", b"hello")], None, 400, "no file"),
-    ([("file", "x.png", "image/png", b"x")], "multipart/form-data", 400, "no boundary"),
-    ([("file", "x.png", "image/png", b"")], None, 400, "empty"),
-    ([(f"f{i}", None, "", b"v") for i in range(40)], None, 413, "the limit is 16"),
-    ([("file", "x.png", "image/png", b"not a picture")], None, 415, "not a usable image"),
-])
-def test_bad_multipart_uploads_get_a_message(server: tuple[str, int], parts: list[Part],
-                                             content_type: Optional[str], status: int, message: str) -> None:
+@pytest.mark.parametrize(
+    "parts, content_type, status, message",
+    [
+        ([("note", None, "", b"hello")], None, 400, "no file"),
+        ([("file", "x.png", "image/png", b"x")], "multipart/form-data", 400, "no boundary"),
+        ([("file", "x.png", "image/png", b"")], None, 400, "empty"),
+        ([(f"f{i}", None, "", b"v") for i in range(40)], None, 413, "the limit is 16"),
+        ([("file", "x.png", "image/png", b"not a picture")], None, 415, "not a usable image"),
+    ],
+)
+def test_bad_multipart_uploads_get_a_message(
+    server: tuple[str, int], parts: list[Part], content_type: Optional[str], status: int, message: str
+) -> None:
     body, built_type = _multipart(parts)
     got, _, raw = _request(server, "POST", "/predict", body, {"Content-Type": content_type or built_type})
     assert got == status and message in _json(raw)["error"]
 
 
 def test_a_mangled_multipart_header_is_a_400_not_a_500(server: tuple[str, int]) -> None:
-    body = (b'--XyZ\r\nContent-Disposition: form-data; name="file"; file*\r\nContent-Type: image/png\r\n\r\n'
-            + _png_digit() + b"\r\n--XyZ--\r\n")  # the email package's header parser raises IndexError on file*
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; file*\r\nContent-Type: image/png\r\n\r\n'
+        + _png_digit()
+        + b"\r\n--XyZ--\r\n"
+    )  # the email package's header parser raises IndexError on file*
     status, _, raw = _request(server, "POST", "/predict", body, {"Content-Type": "multipart/form-data; boundary=XyZ"})
     assert status in (200, 400), raw
     if status == 400:
         assert "malformed" in _json(raw)["error"] or "no file" in _json(raw)["error"]
     for boundary in ("*=utf-8''%ff", '=""'):
-        status, _, raw = _request(server, "POST", "/predict", body,
-                                  {"Content-Type": f"multipart/form-data; boundary{boundary}"})
+        status, _, raw = _request(
+            server, "POST", "/predict", body, {"Content-Type": f"multipart/form-data; boundary{boundary}"}
+        )
         assert status == 400 and "no boundary" in _json(raw)["error"]

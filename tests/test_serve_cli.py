@@ -33,14 +33,20 @@ def never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socketserver.BaseServer, "serve_forever", refuse)
 
 
-@pytest.mark.parametrize("host, said", [("", "listens on every network interface"),
-                                        ("0", "listens on every network interface"),
-                                        ("0.0.0.0", "listens on every network interface"),
-                                        ("::", "listens on every network interface"),
-                                        ("192.0.2.1", "is not a loopback address"),
-                                        ("example.com", "is not a loopback address")])
-def test_a_host_other_machines_reach_needs_public(model_file: Path, host: str, said: str,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "host, said",
+    [
+        ("", "listens on every network interface"),
+        ("0", "listens on every network interface"),
+        ("0.0.0.0", "listens on every network interface"),
+        ("::", "listens on every network interface"),
+        ("192.0.2.1", "is not a loopback address"),
+        ("example.com", "is not a loopback address"),
+    ],
+)
+def test_a_host_other_machines_reach_needs_public(
+    model_file: Path, host: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert serve_main([str(model_file), "--host", host, "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert f"mnist-serve: error: --host {host!r} {said}" in err and "no authentication" in err and "--public" in err
@@ -48,8 +54,9 @@ def test_a_host_other_machines_reach_needs_public(model_file: Path, host: str, s
         serve.make_server(gm.Model.create("fc"), host, 0)
 
 
-def test_public_prints_a_warning(model_file: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_public_prints_a_warning(
+    model_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     made: dict[str, Any] = {}
 
     class Fake:
@@ -88,16 +95,20 @@ def test_loopback_hosts_need_no_flag(host: str) -> None:
         srv.server_close()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--port", "70000"], "70000 is not a port; give 1-65535, or 0 for any free port"),
-    (["--port", "-1"], "-1 is not a port"),
-    (["--port", "http"], "'http' is not a port number"),
-    (["--max-body", "-1"], "-1 bytes would refuse every picture; give at least 1"),
-    (["--max-body", "0"], "0 bytes would refuse every picture"),
-    (["--max-body", "4M"], "'4M' is not a whole number"),
-])
-def test_bad_port_and_body_limit_are_refused_by_the_parser(model_file: Path, args: list[str], message: str,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port", "70000"], "70000 is not a port; give 1-65535, or 0 for any free port"),
+        (["--port", "-1"], "-1 is not a port"),
+        (["--port", "http"], "'http' is not a port number"),
+        (["--max-body", "-1"], "-1 bytes would refuse every picture; give at least 1"),
+        (["--max-body", "0"], "0 bytes would refuse every picture"),
+        (["--max-body", "4M"], "'4M' is not a whole number"),
+    ],
+)
+def test_bad_port_and_body_limit_are_refused_by_the_parser(
+    model_file: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         serve_main([str(model_file), *args])
     assert exit_info.value.code == 2
@@ -105,8 +116,9 @@ def test_bad_port_and_body_limit_are_refused_by_the_parser(model_file: Path, arg
     assert message in err and "Traceback" not in err
 
 
-def test_a_model_that_cannot_read_pictures_is_refused_at_start(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_model_that_cannot_read_pictures_is_refused_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = gm.Model.create("fc", image_size=(20, 20))
     model.save(tmp_path / "small.gguf")
     assert serve_main([str(tmp_path / "small.gguf"), "--port", "0"]) == 1
@@ -116,11 +128,16 @@ def test_a_model_that_cannot_read_pictures_is_refused_at_start(tmp_path: Path,
         serve.make_server(model, port=0)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"max_body": 0}, "max_body must be at least 1"),
-                                             ({"read_timeout": 0}, "read_timeout must be more than 0"),
-                                             ({"port": 70000}, "port must be 1-65535"),
-                                             ({"max_connections": 0}, "max_connections must be at least 1"),
-                                             ({"max_pixels": 0}, "max_pixels must be at least 1")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_body": 0}, "max_body must be at least 1"),
+        ({"read_timeout": 0}, "read_timeout must be more than 0"),
+        ({"port": 70000}, "port must be 1-65535"),
+        ({"max_connections": 0}, "max_connections must be at least 1"),
+        ({"max_pixels": 0}, "max_pixels must be at least 1"),
+    ],
+)
 def test_make_server_refuses_bad_limits(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(gm.ConfigError, match=message):
         serve.make_server(gm.Model.create("fc"), **{"port": 0, **kwargs})

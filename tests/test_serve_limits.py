@@ -4,7 +4,6 @@ and a bounded load test (127.0.0.1 only; bounded in count and time; no timing as
 from __future__ import annotations
 
 import errno
-import http.client
 import io
 import json
 import select
@@ -17,7 +16,8 @@ import threading
 import time
 import types
 import zlib
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import numpy as np
 import pytest
@@ -51,8 +51,14 @@ def server() -> Iterator[serve.Server]:
     _stop(srv, thread)
 
 
-def _request(addr: Any, method: str, path: str, body: Optional[bytes] = None,
-             headers: Optional[dict[str, str]] = None, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+def _request(
+    addr: Any,
+    method: str,
+    path: str,
+    body: Optional[bytes] = None,
+    headers: Optional[dict[str, str]] = None,
+    timeout: float = 30,
+) -> tuple[int, dict[str, str], bytes]:
     return http_request(addr, method, path, body, headers, timeout)
 
 
@@ -66,13 +72,19 @@ def _digit(fmt: str = "PNG") -> bytes:
 
 def _png_bomb(side: int) -> bytes:
     """A valid 1-bit PNG of side x side black pixels: a few kB that decode to side**2 bytes and more."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     row = b"\0" * (1 + (side + 7) // 8)
     comp = zlib.compressobj(9)
     idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 def _bmp_header_bomb(side: int) -> bytes:
@@ -81,10 +93,12 @@ def _bmp_header_bomb(side: int) -> bytes:
     return b"BM" + struct.pack("<IHHI", 14 + 40 + side * 3, 0, 0, 54) + info + b"\0" * side * 3
 
 
-@pytest.mark.parametrize("bomb, size", [(_png_bomb(8000), "8000x8000 = 64.0 megapixels"),
-                                        (_bmp_header_bomb(20000), "(400000000 pixels)")])
-def test_a_decompression_bomb_is_refused_before_decoding(server: serve.Server, bomb: bytes, size: str,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "bomb, size", [(_png_bomb(8000), "8000x8000 = 64.0 megapixels"), (_bmp_header_bomb(20000), "(400000000 pixels)")]
+)
+def test_a_decompression_bomb_is_refused_before_decoding(
+    server: serve.Server, bomb: bytes, size: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     decoded: list[tuple[int, int]] = []
     load = ImageFile.ImageFile.load
 
@@ -117,16 +131,21 @@ def test_the_picture_formats_of_drawings_and_photos_are_read(server: serve.Serve
     assert status == 200, raw
 
 
-EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n%%EndComments\n"
-       b"newpath 14 4 moveto 14 24 lineto 3 setlinewidth stroke showpage\n%%EOF\n")
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n%%EndComments\n"
+    b"newpath 14 4 moveto 14 24 lineto 3 setlinewidth stroke showpage\n%%EOF\n"
+)
 
 
-@pytest.mark.parametrize("data, named", [
-    (EPS, "PostScript/EPS"),
-    (_digit("PPM"), "Netpbm"),
-    (_digit("PCX"), "not a picture in a format the server reads"),
-    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\0" * 64, "HEIC"),
-])
+@pytest.mark.parametrize(
+    "data, named",
+    [
+        (EPS, "PostScript/EPS"),
+        (_digit("PPM"), "Netpbm"),
+        (_digit("PCX"), "not a picture in a format the server reads"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\0" * 64, "HEIC"),
+    ],
+)
 def test_other_formats_are_refused_with_415(server: serve.Server, data: bytes, named: str) -> None:
     status, _, raw = _request(server.server_address, "POST", "/predict", data, {"Content-Type": "image/x-anything"})
     error = json.loads(raw)["error"]
@@ -139,8 +158,9 @@ def test_a_busy_server_answers_503_at_once() -> None:
     thread = _start(srv)
     try:
         with gate.enter():  # every decoding slot taken, no queue
-            status, headers, raw = _request(srv.server_address, "POST", "/predict", _digit(),
-                                            {"Content-Type": "image/png"})
+            status, headers, raw = _request(
+                srv.server_address, "POST", "/predict", _digit(), {"Content-Type": "image/png"}
+            )
             assert status == 503 and headers["Retry-After"] == "1" and "busy" in json.loads(raw)["error"]
             assert _request(srv.server_address, "GET", "/model")[0] == 200  # the page and model still answer
         assert _request(srv.server_address, "POST", "/predict", _digit(), {"Content-Type": "image/png"})[0] == 200
@@ -150,10 +170,8 @@ def test_a_busy_server_answers_503_at_once() -> None:
 
 def test_the_decoding_queue_is_bounded_and_waits_for_a_slot() -> None:
     gate = serve.Gate(slots=1, waiting=1, wait=0)
-    with gate.enter():
-        with pytest.raises(serve.RequestError, match="no picture slot came free within 0 s"):
-            with gate.enter():
-                pass
+    with gate.enter(), pytest.raises(serve.RequestError, match="no picture slot came free within 0 s"), gate.enter():
+        pass
     with gate.enter():  # the slot came back
         pass
     with pytest.raises(gm.ConfigError):
@@ -177,7 +195,7 @@ def _cut_off(sock: socket.socket, trickle: bytes, steps: int) -> tuple[bool, byt
     """Send ``trickle`` one byte per 0.1 s, at most ``steps`` bytes; whether the server ended it, and its answer."""
     for i in range(steps):
         try:
-            sock.sendall(trickle[i % len(trickle):i % len(trickle) + 1])
+            sock.sendall(trickle[i % len(trickle) : i % len(trickle) + 1])
         except OSError:
             return True, b""
         if select.select([sock], [], [], 0.1)[0]:
@@ -232,8 +250,9 @@ def test_open_connections_are_capped_with_a_503() -> None:
         _stop(srv, thread)
 
 
-def test_running_out_of_descriptors_pauses_instead_of_spinning(server: serve.Server,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_running_out_of_descriptors_pauses_instead_of_spinning(
+    server: serve.Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     paused: list[float] = []
 
     def no_descriptors(self: Any) -> Any:
@@ -319,9 +338,11 @@ def test_200_concurrent_requests_slow_clients_and_a_bomb_leave_the_server_answer
         start.wait(30)
         answers["bomb"] = _request(addr, "POST", "/predict", big, {"Content-Type": "image/png"}, timeout=60)[0]
 
-    workers = ([threading.Thread(target=client) for _ in range(200)] + [threading.Thread(target=slow, args=(i,))
-                                                                        for i in range(3)]
-               + [threading.Thread(target=bomb)])
+    workers = (
+        [threading.Thread(target=client) for _ in range(200)]
+        + [threading.Thread(target=slow, args=(i,)) for i in range(3)]
+        + [threading.Thread(target=bomb)]
+    )
     try:
         for w in workers:
             w.start()

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+
 from ggml_mnist import EpochStats, Model, load_mnist, train
 from ggml_mnist._ffi import ffi, lib, ptr
 from support.helpers import SMALL, THREADS, small_options
@@ -73,7 +74,9 @@ def test_concurrent_training_is_bit_identical_to_sequential(data: tuple) -> None
 
 def test_a_model_per_thread_predicts_like_alone(data: tuple) -> None:
     x, _ = data
-    models = [Model.create(arch, threads=THREADS, seed=i, **SMALL[arch]) for i, arch in enumerate(["fc", "cnn", "fc", "cnn"])]
+    models = [
+        Model.create(arch, threads=THREADS, seed=i, **SMALL[arch]) for i, arch in enumerate(["fc", "cnn", "fc", "cnn"])
+    ]
     alone = [m.predict_proba(x) for m in models]
     together = run_in_threads([lambda m=m: [m.predict_proba(x) for _ in range(5)] for m in models])
     for expected, runs in zip(alone, together):
@@ -124,21 +127,41 @@ def test_native_calls_release_the_gil() -> None:
     dataset = ffi.new("gmn_dataset **")
     assert lib.gmn_dataset_init(ptr(images, "uint8_t *"), ptr(labels, "int32_t *"), n, 784, 10, dataset) == lib.GMN_OK
     dataset = ffi.gc(dataset[0], lib.gmn_dataset_free)
-    config = ffi.new("struct gmn_train_config *", dict(
-        optimizer=0, lr=1e-3, lr_min_ratio=0.0, schedule=0, warmup_steps=0, total_steps=100, beta1=0.9, beta2=0.999,
-        eps=1e-8, weight_decay=0.0, batch_size=500, physical_batch_size=500, seed=1, max_loss=0.0))
+    config = ffi.new(
+        "struct gmn_train_config *",
+        dict(
+            optimizer=0,
+            lr=1e-3,
+            lr_min_ratio=0.0,
+            schedule=0,
+            warmup_steps=0,
+            total_steps=100,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            batch_size=500,
+            physical_batch_size=500,
+            seed=1,
+            max_loss=0.0,
+        ),
+    )
     assert lib.gmn_model_train_init(model._handle, config) == lib.GMN_OK
     idx = np.arange(n, dtype=np.int64)
     result = ffi.new("struct gmn_epoch_result *")
-    assert python_runs_during(lambda: lib.gmn_model_predict(model._handle, ptr(images, "void *"), 0, n,
-                                                            ptr(probs, "float *"))), "no Python ran during predict"
-    assert python_runs_during(lambda: lib.gmn_model_train_epoch(
-        model._handle, dataset, ptr(idx, "int64_t *"), n, ffi.NULL, 0, ffi.NULL, ffi.NULL, result)
+    assert python_runs_during(
+        lambda: lib.gmn_model_predict(model._handle, ptr(images, "void *"), 0, n, ptr(probs, "float *"))
+    ), "no Python ran during predict"
+    assert python_runs_during(
+        lambda: lib.gmn_model_train_epoch(
+            model._handle, dataset, ptr(idx, "int64_t *"), n, ffi.NULL, 0, ffi.NULL, ffi.NULL, result
+        )
     ), "no Python ran during train_epoch"  # no callback: one native call
 
 
 def test_the_gil_check_can_fail() -> None:
     """python_runs_during tells a call that holds the GIL: a pure-Python loop (it never releases it)."""
+
     def busy() -> int:
         total = 0
         for i in range(200_000):

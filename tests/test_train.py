@@ -8,9 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-import ggml_mnist
 import numpy as np
 import pytest
+
+import ggml_mnist
 from ggml_mnist import EpochStats, Model, TrainConfig, TrainingDivergedError, evaluate, load_mnist, train
 from support.helpers import THREADS, conv_channels_of, hidden_of, small_options
 from support.synthetic import SPLIT_FILES, make_synthetic
@@ -53,11 +54,21 @@ def test_history_metadata(data: tuple) -> None:
     model, history = train(x, y, **small_options("fc", seed=5))
     meta = model.metadata
     assert meta["seed"] == 5
-    assert meta["config"] == TrainConfig.defaults("fc").replace(
-        epochs=2, batch_size=20, threads=THREADS, hidden=32, seed=5, augment="none").as_dict()
+    assert (
+        meta["config"]
+        == TrainConfig.defaults("fc")
+        .replace(epochs=2, batch_size=20, threads=THREADS, hidden=32, seed=5, augment="none")
+        .as_dict()
+    )
     assert meta["history"] == [s.as_dict() for s in history]
-    assert meta["dataset"] == {"n": 300, "n_train": 300, "n_val": 0, "image_size": [28, 28], "n_classes": 10,
-                               "source": "array"}
+    assert meta["dataset"] == {
+        "n": 300,
+        "n_train": 300,
+        "n_val": 0,
+        "image_size": [28, 28],
+        "n_classes": 10,
+        "source": "array",
+    }
     assert meta["ggml_version"] == ggml_mnist.ggml_version and meta["version"] == ggml_mnist.__version__
 
 
@@ -95,6 +106,7 @@ def test_gradient_accumulation_matches_the_full_batch(arch: str, optimizer: str,
 def test_accumulation_reports_whole_batches(data: tuple, tmp_path: Path) -> None:
     """Progress, the run log and stopping count optimizer steps, not the graph runs inside each."""
     import sqlite3
+
     x, y, *_ = data
     db = tmp_path / "run.sqlite"
     _, history = train(x, y, metrics=db, **small_options("fc", physical_batch_size=5, epochs=1))
@@ -146,7 +158,7 @@ def test_schedules_and_warmup_change_the_result(data: tuple) -> None:
         weights[schedule, warmup] = model.get_weights()["fc2.weight"]
     keys = list(weights)
     for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
+        for b in keys[i + 1 :]:
             assert not np.array_equal(weights[a], weights[b]), (a, b)
 
 
@@ -175,10 +187,12 @@ def test_data_from_idx_files_and_directories(synthetic_dir: Path, data: tuple) -
     x, y, *_ = data
     reference, _ = train(x, y, **small_options("fc", epochs=1))
     images, labels = (synthetic_dir / name for name in SPLIT_FILES["train"])
-    for args, kwargs, source in (((images, labels), {}, str(images)),
-                                 ((str(images), str(labels)), {}, str(images)),
-                                 ((synthetic_dir,), {}, str(synthetic_dir)),
-                                 ((), {"data_dir": synthetic_dir}, str(synthetic_dir))):
+    for args, kwargs, source in (
+        ((images, labels), {}, str(images)),
+        ((str(images), str(labels)), {}, str(images)),
+        ((synthetic_dir,), {}, str(synthetic_dir)),
+        ((), {"data_dir": synthetic_dir}, str(synthetic_dir)),
+    ):
         model, _ = train(*args, **kwargs, **small_options("fc", epochs=1))
         assert model.metadata["dataset"]["source"] == source
         assert np.array_equal(model.get_weights()["fc1.weight"], reference.get_weights()["fc1.weight"])
@@ -191,8 +205,13 @@ def test_config_object_and_overrides(data: tuple) -> None:
     assert model.arch == "custom" and conv_channels_of(model) == (2, 3)
     assert len(history) == 1 and history[0].n_train == 300
     assert model.metadata["config"] == config.replace(seed=9).as_dict()
-    model, _ = train(x, y, config=TrainConfig.defaults("fc").replace(epochs=1, batch_size=30, threads=THREADS), progress=False,
-                     hidden=8)
+    model, _ = train(
+        x,
+        y,
+        config=TrainConfig.defaults("fc").replace(epochs=1, batch_size=30, threads=THREADS),
+        progress=False,
+        hidden=8,
+    )
     assert model.arch == "custom" and hidden_of(model) == 8
 
 
@@ -305,7 +324,10 @@ def test_divergence_raises_with_advice(data: tuple) -> None:
 
 def test_an_exploding_learning_rate_is_detected_as_divergence(data: tuple) -> None:
     images, labels = data[0], data[1]
-    with pytest.raises(TrainingDivergedError, match=r"training diverged: the loss became .* \(above max_loss 100\) at batch \d+; "
-                                                    r"the learning rate 1000 is too high, try 10x lower") as info:
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"training diverged: the loss became .* \(above max_loss 100\) at batch \d+; "
+        r"the learning rate 1000 is too high, try 10x lower",
+    ) as info:
         train(images, labels, arch="fc", epochs=2, lr=1e3, hidden=16, threads=1, progress=False)
     assert isinstance(info.value, ArithmeticError)

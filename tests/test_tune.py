@@ -11,13 +11,16 @@ from typing import Any
 import pytest
 
 import ggml_mnist as gm
-from ggml_mnist.tune import INSTALL_HINT
 from ggml_mnist.cli.tune import tune_main
+from ggml_mnist.tune import INSTALL_HINT
 from support.synthetic import make_synthetic
 
 optuna = pytest.importorskip("optuna", reason="the tune extra is not installed: pip install 'ggml-mnist[tune]'")
 
-SPACE = {"hidden": 16, "batch_size": {"choices": [20, 40]}}  # tiny: fc with 16 hidden units, batches that fit 180 images
+SPACE = {
+    "hidden": 16,
+    "batch_size": {"choices": [20, 40]},
+}  # tiny: fc with 16 hidden units, batches that fit 180 images
 
 
 @pytest.fixture
@@ -30,7 +33,9 @@ def train_only(tmp_path: Path) -> Path:
 
 
 def small_tune(data: Path, run: Path, **options: Any) -> gm.TuneResult:
-    settings: dict[str, Any] = dict(arch="fc", n_trials=3, space=SPACE, epochs=2, threads=1, run_dir=run, progress=False)
+    settings: dict[str, Any] = dict(
+        arch="fc", n_trials=3, space=SPACE, epochs=2, threads=1, run_dir=run, progress=False
+    )
     settings.update(options)
     return gm.tune(data, **settings)
 
@@ -58,8 +63,9 @@ def test_a_search_saves_every_finished_trial_and_exports_the_best(train_only: Pa
 
 
 def test_the_pruner_stops_bad_trials_after_an_epoch_and_saves_no_model(train_only: Path, tmp_path: Path) -> None:
-    result = small_tune(train_only, tmp_path / "run", epochs=3, export=False,
-                        pruner=optuna.pruners.ThresholdPruner(lower=1.01))  # nothing reaches 101 %
+    result = small_tune(
+        train_only, tmp_path / "run", epochs=3, export=False, pruner=optuna.pruners.ThresholdPruner(lower=1.01)
+    )  # nothing reaches 101 %
     assert [r["state"] for r in result.trials] == ["pruned"] * 3
     assert all(r["epochs_run"] == 1 and r["model"] is None for r in result.trials)
     assert not list((tmp_path / "run" / "trials").iterdir()) and result.best_model is None
@@ -89,8 +95,17 @@ def test_a_study_of_another_preset_or_dataset_is_refused(train_only: Path, tmp_p
 def test_seeds_report_mean_and_spread(train_only: Path, tmp_path: Path) -> None:
     data = make_synthetic(tmp_path / "with-test", n_train=200, n_test=30)
     test = (data / "t10k-images-idx3-ubyte", data / "t10k-labels-idx1-ubyte")
-    result = gm.tune(data, arch="fc", seeds=3, space={"hidden": 16, "batch_size": 20}, epochs=2, threads=1,
-                     run_dir=tmp_path / "seeds", progress=False, test_data=test)
+    result = gm.tune(
+        data,
+        arch="fc",
+        seeds=3,
+        space={"hidden": 16, "batch_size": 20},
+        epochs=2,
+        threads=1,
+        run_dir=tmp_path / "seeds",
+        progress=False,
+        test_data=test,
+    )
     assert sorted(r["seed"] for r in result.trials) == [42, 43, 44] and result.best_model is None
     values = [r["value"] for r in result.trials]
     assert result.seeds["value"]["mean"] == pytest.approx(sum(values) / 3) and result.seeds["value"]["n"] == 3
@@ -100,22 +115,26 @@ def test_seeds_report_mean_and_spread(train_only: Path, tmp_path: Path) -> None:
         gm.tune(data, arch="fc", seeds=2, space={"lr": {"low": 1e-3, "high": 1e-2}}, run_dir=tmp_path / "x")
 
 
-@pytest.mark.parametrize("space, message", [
-    ({"optimiser": "sgd"}, "'optimiser' is not a training option"),
-    ({"seed": 3}, "'seed' is set by tune itself"),
-    ({"lr": {"low": 0, "high": 1e-2, "log": True}}, "a log scale needs low > 0"),
-    ({"lr": {"low": 1e-2, "high": 1e-3}}, "need low <= high"),
-    ({"lr": {"min": 1e-3}}, "must be {\"low\": a, \"high\": b}"),
-    ({"batch_size": {"choices": []}}, "choices must be a non-empty list"),
-    ({"batch_size": {"low": 10.5, "high": 20}}, "low must be a whole number"),
-    ({"weight_decay": {"low": 0, "high": 2}}, "weight_decay must be in \\[0, 1\\]"),
-    ({"augment": {"choices": ["none", "wild"]}}, "'augment' choice: augment must be one of"),
-    ({"batch_size": {"choices": [20, 500]}}, "batch size 500 of the search space is more than the 180"),
-    ("{not json", "not valid JSON"),
-    (["lr"], "must be a dict"),
-])
-def test_a_bad_search_space_is_refused_naming_the_entry(train_only: Path, tmp_path: Path, space: Any,
-                                                         message: str) -> None:
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"optimiser": "sgd"}, "'optimiser' is not a training option"),
+        ({"seed": 3}, "'seed' is set by tune itself"),
+        ({"lr": {"low": 0, "high": 1e-2, "log": True}}, "a log scale needs low > 0"),
+        ({"lr": {"low": 1e-2, "high": 1e-3}}, "need low <= high"),
+        ({"lr": {"min": 1e-3}}, 'must be {"low": a, "high": b}'),
+        ({"batch_size": {"choices": []}}, "choices must be a non-empty list"),
+        ({"batch_size": {"low": 10.5, "high": 20}}, "low must be a whole number"),
+        ({"weight_decay": {"low": 0, "high": 2}}, "weight_decay must be in \\[0, 1\\]"),
+        ({"augment": {"choices": ["none", "wild"]}}, "'augment' choice: augment must be one of"),
+        ({"batch_size": {"choices": [20, 500]}}, "batch size 500 of the search space is more than the 180"),
+        ("{not json", "not valid JSON"),
+        (["lr"], "must be a dict"),
+    ],
+)
+def test_a_bad_search_space_is_refused_naming_the_entry(
+    train_only: Path, tmp_path: Path, space: Any, message: str
+) -> None:
     with pytest.raises(gm.ConfigError, match=message):
         small_tune(train_only, tmp_path / "run", space=space)
 
@@ -128,22 +147,27 @@ def test_default_spaces_follow_the_preset_and_the_dataset() -> None:
     assert {"lr", "weight_decay", "augment", "batch_size"} == set(cnn)
 
 
-@pytest.mark.parametrize("url, message", [
-    ("study.db", "must be a database URL"),
-    ("nosuchdb://user:hunter2@host/db", "cannot use the study storage 'nosuchdb://user:\\*\\*\\*@host/db'"),
-    ("sqlite:////no/such/folder/study.db", "cannot use the study storage 'sqlite:////no/such/folder/study.db'"),
-    ("postgresql://user:hunter2@127.0.0.1:1/db", "cannot use the study storage 'postgresql://user:\\*\\*\\*@127"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("study.db", "must be a database URL"),
+        ("nosuchdb://user:hunter2@host/db", "cannot use the study storage 'nosuchdb://user:\\*\\*\\*@host/db'"),
+        ("sqlite:////no/such/folder/study.db", "cannot use the study storage 'sqlite:////no/such/folder/study.db'"),
+        ("postgresql://user:hunter2@127.0.0.1:1/db", "cannot use the study storage 'postgresql://user:\\*\\*\\*@127"),
+    ],
+)
 def test_a_bad_storage_url_is_refused_before_training_with_its_password_masked(
-        train_only: Path, tmp_path: Path, url: str, message: str) -> None:
+    train_only: Path, tmp_path: Path, url: str, message: str
+) -> None:
     with pytest.raises(gm.ConfigError, match=message) as caught:
         small_tune(train_only, tmp_path / "run", storage=url)
     assert "hunter2" not in str(caught.value)
     assert not list((tmp_path / "run" / "trials").iterdir())
 
 
-def test_without_optuna_tune_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, train_only: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_optuna_tune_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, train_only: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
     with pytest.raises(gm.ConfigError, match=r"pip install 'ggml-mnist\[tune\]'"):
         gm.tune(train_only, arch="fc", n_trials=1)
@@ -152,12 +176,28 @@ def test_without_optuna_tune_says_how_to_install_it(monkeypatch: pytest.MonkeyPa
     assert err == f"mnist-tune: error: {INSTALL_HINT}\n"
 
 
-def test_mnist_tune_runs_a_search_and_shows_the_leaderboard(train_only: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_mnist_tune_runs_a_search_and_shows_the_leaderboard(
+    train_only: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = [str(train_only / "train-images-idx3-ubyte"), str(train_only / "train-labels-idx1-ubyte")]
     run = tmp_path / "run"
-    args = ["fc", *files, "--trials", "2", "--epochs", "1", "--threads", "1", "--dir", str(run), "--study", "cli",
-            "--space", json.dumps(SPACE), "--quiet"]
+    args = [
+        "fc",
+        *files,
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--dir",
+        str(run),
+        "--study",
+        "cli",
+        "--space",
+        json.dumps(SPACE),
+        "--quiet",
+    ]
     assert tune_main(args) == 0
     printed = capsys.readouterr().out
     assert "study 'cli'" in printed and "exported:" in printed and (run / "best.gguf").is_file()

@@ -11,10 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-from support import fuzz_loaders as fz
 import numpy as np
 import pytest
+
 from ggml_mnist import Model, cli, load, write_idx
+from support import fuzz_loaders as fz
 from support.helpers import THREADS
 from support.reliability import run_child
 
@@ -51,17 +52,26 @@ def load_capped(kind: str, path: Path) -> dict:
 def huge_fc_claim(tmp_path: Path) -> Path:
     """A GGUF of a few hundred bytes whose keys and tensor infos agree on 4096x4096 images and 5 hidden
     units: fc1.weight would be 335 MB, under the parameter limit. No tensor data follows."""
-    g = fz.apply_gguf_ops({"version": 3, "kv": [], "tensors": [], "blobs": []}, [
-        ["kv_add", "general.architecture", fz.STRING, "ggml-mnist-fc"],
-        ["kv_add", "ggml_mnist.image_height", 4, 4096], ["kv_add", "ggml_mnist.image_width", 4, 4096],
-        ["kv_add", "ggml_mnist.hidden", 4, 5]])
-    g["tensors"] = [[b"fc1.weight", [4096 * 4096, 5], 0], [b"fc1.bias", [5], 0], [b"fc2.weight", [5, 10], 0],
-                    [b"fc2.bias", [10], 0]]
+    g = fz.apply_gguf_ops(
+        {"version": 3, "kv": [], "tensors": [], "blobs": []},
+        [
+            ["kv_add", "general.architecture", fz.STRING, "ggml-mnist-fc"],
+            ["kv_add", "ggml_mnist.image_height", 4, 4096],
+            ["kv_add", "ggml_mnist.image_width", 4, 4096],
+            ["kv_add", "ggml_mnist.hidden", 4, 5],
+        ],
+    )
+    g["tensors"] = [
+        [b"fc1.weight", [4096 * 4096, 5], 0],
+        [b"fc1.bias", [5], 0],
+        [b"fc2.weight", [5, 10], 0],
+        [b"fc2.bias", [10], 0],
+    ]
     g["blobs"] = [b""] * 4
     data = fz.serialize_gguf(g)
     infos_end = data.index(b"fc2.bias") + len(b"fc2.bias") + 4 + 8 + 4 + 8  # n_dims, ne[0], type, offset
     path = tmp_path / "huge.gguf"
-    path.write_bytes(data[:-(-infos_end // fz.GGUF_ALIGNMENT) * fz.GGUF_ALIGNMENT])  # the header, aligned
+    path.write_bytes(data[: -(-infos_end // fz.GGUF_ALIGNMENT) * fz.GGUF_ALIGNMENT])  # the header, aligned
     return path
 
 
@@ -128,8 +138,13 @@ def test_foreign_metadata_strings_are_decoded_as_json_or_kept_as_text(tmp_path: 
     """Strings written by another tool: JSON is decoded to plain values, anything else stays a str, including
     JSON nested too deeply for the decoder (the fuzzer found that it used to escape as a RecursionError)."""
     deep = "[" * 100_000 + "]" * 100_000
-    values = {"object": json.dumps(PAYLOADS["object"]), "deep": deep, "digits": "9" * 5000, "text": "not json {",
-              "number": "1e999"}
+    values = {
+        "object": json.dumps(PAYLOADS["object"]),
+        "deep": deep,
+        "digits": "9" * 5000,
+        "text": "not json {",
+        "number": "1e999",
+    }
     recipe = {"kind": "gguf", "base": "fc", "ops": [["meta", key, value] for key, value in values.items()]}
     path = tmp_path / "foreign.gguf"
     path.write_bytes(fz.build_gguf(fz.Workspace(tmp_path / "ws"), recipe))
@@ -142,14 +157,24 @@ def test_foreign_metadata_strings_are_decoded_as_json_or_kept_as_text(tmp_path: 
 def test_eval_info_prints_any_stored_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """mnist-eval --info on a file whose history is not what train() writes prints it instead of failing."""
     path = tmp_path / "m.gguf"
-    history = [1, "two", {"epoch": 3}, {"epoch": 4, "train_loss": "x"}, {"epoch": 5, "train_loss": 0.25, "train_acc": 0.5,
-                                                                            "seconds": 1.5}]
+    history = [
+        1,
+        "two",
+        {"epoch": 3},
+        {"epoch": 4, "train_loss": "x"},
+        {"epoch": 5, "train_loss": 0.25, "train_acc": 0.5, "seconds": 1.5},
+    ]
     Model.create("fc", hidden=4, threads=THREADS).save(path, metadata={"history": history, **PAYLOADS})
     assert cli.eval_main([str(path), "--info", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     lines = [line.strip() for line in out.splitlines() if line.strip().startswith("history:")]
-    assert lines == ['history: 1', 'history: "two"', 'history: {"epoch": 3}', 'history: {"epoch": 4, "train_loss": "x"}',
-                     "history: epoch 5: train loss 0.2500 acc 50.00% (1.50s)"]
+    assert lines == [
+        "history: 1",
+        'history: "two"',
+        'history: {"epoch": 3}',
+        'history: {"epoch": 4, "train_loss": "x"}',
+        "history: epoch 5: train loss 0.2500 acc 50.00% (1.50s)",
+    ]
     assert '"__class__": "os.system"' in out
 
 
@@ -171,5 +196,7 @@ def test_a_batch_too_big_for_memory_is_refused_not_crashed() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("refused: train_init: a batch of 20000 images needs about") for line in lines)
+    assert len(lines) == 2 and all(
+        line.startswith("refused: train_init: a batch of 20000 images needs about") for line in lines
+    )
     assert all("lower the (physical) batch size" in line for line in lines)

@@ -6,9 +6,10 @@ import signal
 import sqlite3
 from pathlib import Path
 
-import ggml_mnist as gm
 import numpy as np
 import pytest
+
+import ggml_mnist as gm
 from ggml_mnist import layers as L
 from support.helpers import read_gguf, small_options
 from support.synthetic import make_synthetic
@@ -75,8 +76,14 @@ def test_early_stopping_restores_the_best_weights(data) -> None:
     def on_epoch(stats, model):
         kept[stats.epoch] = model.get_weights()
 
-    model, history = gm.train(data["x"], data["y"], validation_data=(data["xt"], wrong), early_stopping=2,
-                              on_epoch=on_epoch, **fc(epochs=10, lr=5e-3))
+    model, history = gm.train(
+        data["x"],
+        data["y"],
+        validation_data=(data["xt"], wrong),
+        early_stopping=2,
+        on_epoch=on_epoch,
+        **fc(epochs=10, lr=5e-3),
+    )
     losses = [s.val_loss for s in history]
     best = int(np.argmin(losses)) + 1
     assert len(history) == best + 2 < 10 and model.metadata["stopped_early"]
@@ -91,8 +98,13 @@ def test_early_stopping_restores_the_best_weights(data) -> None:
 # ---- checkpoints ----------------------------------------------------------------------------------
 def test_checkpoints_every_epoch_and_best_only(data, tmp_path: Path) -> None:
     kept = {}
-    gm.train(data["x"], data["y"], checkpoint=tmp_path / "ck", on_epoch=lambda s, m: kept.update({s.epoch: m.get_weights()}),
-             **fc(epochs=3))
+    gm.train(
+        data["x"],
+        data["y"],
+        checkpoint=tmp_path / "ck",
+        on_epoch=lambda s, m: kept.update({s.epoch: m.get_weights()}),
+        **fc(epochs=3),
+    )
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["epoch-001.gguf", "epoch-002.gguf", "epoch-003.gguf"]
     second = gm.load(tmp_path / "ck" / "epoch-002.gguf")
     assert all(np.array_equal(second.get_weights()[k], kept[2][k]) for k in kept[2])
@@ -100,8 +112,14 @@ def test_checkpoints_every_epoch_and_best_only(data, tmp_path: Path) -> None:
     assert gm.load(tmp_path / "ck" / "epoch-003.gguf").metadata["status"] == "finished"
 
     wrong = (data["yt"] + 1) % 10
-    gm.train(data["x"], data["y"], checkpoint=tmp_path / "best", checkpoint_best_only=True,
-             validation_data=(data["xt"], wrong), **fc(epochs=3, lr=5e-3))
+    gm.train(
+        data["x"],
+        data["y"],
+        checkpoint=tmp_path / "best",
+        checkpoint_best_only=True,
+        validation_data=(data["xt"], wrong),
+        **fc(epochs=3, lr=5e-3),
+    )
     assert [p.name for p in (tmp_path / "best").iterdir()] == ["best.gguf"]
     assert gm.load(tmp_path / "best" / "best.gguf").metadata["best_epoch"] == 1
 
@@ -123,16 +141,25 @@ def test_run_log_holds_runs_epochs_and_batches_of_several_runs(data, tmp_path: P
     with pytest.raises(gm.TrainingDivergedError):
         gm.train(data["x"], data["y"], metrics=log, **fc(epochs=1, max_loss=0.01))
     db = sqlite3.connect(log)
-    runs = db.execute("SELECT run_id, status, arch, seed, config, finished IS NOT NULL FROM runs ORDER BY run_id").fetchall()
-    assert [(r[1], r[2], r[3], r[5]) for r in runs] == [("finished", "fc", 7, 1), ("finished", "fc", 8, 1),
-                                                         ("diverged", "fc", 7, 1)]
+    runs = db.execute(
+        "SELECT run_id, status, arch, seed, config, finished IS NOT NULL FROM runs ORDER BY run_id"
+    ).fetchall()
+    assert [(r[1], r[2], r[3], r[5]) for r in runs] == [
+        ("finished", "fc", 7, 1),
+        ("finished", "fc", 8, 1),
+        ("diverged", "fc", 7, 1),
+    ]
     assert '"hidden": 16' in runs[0][4]
-    epochs = db.execute("SELECT epoch, loss, accuracy, val_loss, val_accuracy, lr FROM epochs WHERE run_id = 1").fetchall()
+    epochs = db.execute(
+        "SELECT epoch, loss, accuracy, val_loss, val_accuracy, lr FROM epochs WHERE run_id = 1"
+    ).fetchall()
     assert [e[0] for e in epochs] == [1, 2]
     for stats, row in zip(first, epochs):
         assert row[1:5] == pytest.approx((stats.train_loss, stats.train_acc, stats.val_loss, stats.val_acc))
-        batches = db.execute("SELECT batch, loss, accuracy, lr FROM batches WHERE run_id = 1 AND epoch = ? ORDER BY batch",
-                             (stats.epoch,)).fetchall()
+        batches = db.execute(
+            "SELECT batch, loss, accuracy, lr FROM batches WHERE run_id = 1 AND epoch = ? ORDER BY batch",
+            (stats.epoch,),
+        ).fetchall()
         assert [b[0] for b in batches] == list(range(1, 11))  # 200 images in batches of 20
         assert np.mean([b[1] for b in batches]) == pytest.approx(stats.train_loss, rel=1e-4)
         assert np.mean([b[2] for b in batches]) == pytest.approx(stats.train_acc, abs=1e-6)
@@ -141,8 +168,15 @@ def test_run_log_holds_runs_epochs_and_batches_of_several_runs(data, tmp_path: P
     # the README's comparison of two runs
     rows = db.execute("""SELECT run_id, json_extract(config, '$.lr') AS lr, max(val_accuracy), min(val_loss)
                          FROM runs JOIN epochs USING (run_id) WHERE run_id IN (1, 2) GROUP BY run_id""").fetchall()
-    assert rows == [(1, pytest.approx(gm.TrainConfig.defaults("fc").lr), max(s.val_acc for s in first), min(s.val_loss for s in first)),
-                    (2, pytest.approx(gm.TrainConfig.defaults("fc").lr), None, None)]
+    assert rows == [
+        (
+            1,
+            pytest.approx(gm.TrainConfig.defaults("fc").lr),
+            max(s.val_acc for s in first),
+            min(s.val_loss for s in first),
+        ),
+        (2, pytest.approx(gm.TrainConfig.defaults("fc").lr), None, None),
+    ]
 
 
 def test_run_log_path_is_checked_before_training(data, tmp_path: Path) -> None:
@@ -154,25 +188,36 @@ def test_run_log_path_is_checked_before_training(data, tmp_path: Path) -> None:
 def test_init_fine_tunes_with_the_network_of_the_file(data, tmp_path: Path) -> None:
     base, _ = gm.train(data["x"], data["y"], **fc(epochs=1))
     base.save(tmp_path / "base.gguf")
-    tuned, history = gm.train(data["x"], data["y"], init=tmp_path / "base.gguf", epochs=1, batch_size=20, threads=1,
-                              progress=False)
+    tuned, history = gm.train(
+        data["x"], data["y"], init=tmp_path / "base.gguf", epochs=1, batch_size=20, threads=1, progress=False
+    )
     assert tuned.layers == base.layers and len(history) == 1 and not same_weights(tuned, base)
     assert history[0].train_loss < base.metadata["history"][0]["train_loss"]
-    assert gm.train(data["x"], data["y"], init=base, epochs=1, batch_size=20, threads=1, progress=False)[0].layers == base.layers
+    assert (
+        gm.train(data["x"], data["y"], init=base, epochs=1, batch_size=20, threads=1, progress=False)[0].layers
+        == base.layers
+    )
     with pytest.raises(gm.ConfigError, match="holds .* network, not cnn; the network comes from the file"):
         gm.train(data["x"], data["y"], init=base, arch="cnn", progress=False)
     with pytest.raises(gm.DataError):
         gm.train(data["x"][:, :20, :20], data["y"], init=base, progress=False)
 
 
-@pytest.mark.parametrize("options", [
-    fc(epochs=4),
-    small_options("cnn", epochs=4, seed=3),
-    {**fc(epochs=4, lr_schedule="linear", warmup_epochs=1), "hidden": None,
-     "arch": [L.Dense(24), L.ReLU(), L.Dropout(0.3), L.Dense()]},
-    fc(epochs=4, optimizer="sgd", lr=0.05),
-    small_options("cnn", epochs=4, seed=3, augment="strong"),
-], ids=["fc-adamw-cosine", "cnn", "dropout-linear-warmup", "sgd", "cnn-augmented"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        fc(epochs=4),
+        small_options("cnn", epochs=4, seed=3),
+        {
+            **fc(epochs=4, lr_schedule="linear", warmup_epochs=1),
+            "hidden": None,
+            "arch": [L.Dense(24), L.ReLU(), L.Dropout(0.3), L.Dense()],
+        },
+        fc(epochs=4, optimizer="sgd", lr=0.05),
+        small_options("cnn", epochs=4, seed=3, augment="strong"),
+    ],
+    ids=["fc-adamw-cosine", "cnn", "dropout-linear-warmup", "sgd", "cnn-augmented"],
+)
 def test_resume_continues_bit_for_bit(data, tmp_path: Path, options) -> None:
     full, full_history = gm.train(data["x"], data["y"], **options)
     half, _ = gm.train(data["x"], data["y"], save_optimizer=True, on_epoch=lambda s, m: s.epoch < 2, **options)
@@ -203,8 +248,9 @@ def test_optimizer_state_in_the_file(data, tmp_path: Path) -> None:
     with pytest.raises(gm.ConfigError, match="only epochs"):
         gm.train(data["x"], data["y"], resume=tmp_path / "with.gguf", lr=0.5, progress=False)
     with pytest.raises(gm.ConfigError, match="already trained 2 epochs"):
-        gm.train(data["x"], data["y"], resume=gm.train(data["x"], data["y"], save_optimizer=True, **fc())[0],
-                 progress=False)
+        gm.train(
+            data["x"], data["y"], resume=gm.train(data["x"], data["y"], save_optimizer=True, **fc())[0], progress=False
+        )
     with pytest.raises(gm.ConfigError, match="init= .* or resume="):
         gm.train(data["x"], data["y"], resume=model, init=model, progress=False)
 
@@ -215,7 +261,10 @@ def test_ctrl_c_leaves_an_interrupted_model_and_run(data, tmp_path: Path, capsys
             signal.raise_signal(signal.SIGINT)  # as if Ctrl-C was pressed: training stops after the next batch
 
     model, history = gm.train(data["x"], data["y"], on_epoch=on_epoch, metrics=tmp_path / "run.sqlite", **fc(epochs=4))
-    assert [s.interrupted for s in history] == [False, True] and "stopping after the current batch" in capsys.readouterr().err
+    assert [s.interrupted for s in history] == [
+        False,
+        True,
+    ] and "stopping after the current batch" in capsys.readouterr().err
     model.save(tmp_path / "m.gguf")
     meta = gm.load(tmp_path / "m.gguf").metadata
     assert meta["status"] == "interrupted" and meta["interrupted"] and len(meta["history"]) == 2

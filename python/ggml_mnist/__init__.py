@@ -7,9 +7,12 @@ from typing import Any
 
 from . import _moved, callbacks, layers, plot
 from ._build_info import build_info
-from ._ffi import enum_names as _enum_names, ffi as _ffi_ffi, lib as _lib, set_verbose
-from .augment import augment_images
+from ._ffi import enum_names as _enum_names
+from ._ffi import ffi as _ffi_ffi
+from ._ffi import lib as _lib
+from ._ffi import set_verbose
 from .api import EpochStats, EvalResult, evaluate, export_gguf, load, train
+from .augment import augment_images
 from .config import TrainConfig
 from .data import load_idx_pair, load_mnist, read_idx, write_idx
 from .download import download_dataset, verify_dataset
@@ -68,23 +71,75 @@ def devices() -> list[Device]:
     out = []
     for i in range(_lib.gmn_device_count()):
         if _lib.gmn_device_get(i, info) == 0:
-            out.append(Device(_ffi_ffi.string(info.name).decode(), _ffi_ffi.string(info.description).decode(),
-                              _DEVICE_TYPES.get(info.type, "accel"), int(info.memory_free), int(info.memory_total)))
+            out.append(
+                Device(
+                    _ffi_ffi.string(info.name).decode(),
+                    _ffi_ffi.string(info.description).decode(),
+                    _DEVICE_TYPES.get(info.type, "accel"),
+                    int(info.memory_free),
+                    int(info.memory_total),
+                )
+            )
     if not any(d.type in ("gpu", "igpu") for d in out):
         _note_cpu_fallback("auto", "CPU")  # a GPU build on a machine whose GPU ggml cannot use says so, once
     return out
 
 
 __all__ = [
-    "__version__", "ggml_version", "build_info", "Device", "devices", "set_verbose",
-    "train", "evaluate", "load", "export_gguf", "Model", "TrainConfig", "EpochStats", "EvalResult",
-    "tune", "TuneResult", "default_space", "Ensemble",
-    "prepare_image", "Prediction", "Digit", "DigitReading",
-    "callbacks", "layers", "Sequential", "presets", "load_layers", "augment_images", "plot",
-    "TensorStorage", "weight_types", "convert_weights",
-    "read_idx", "write_idx", "load_mnist", "load_idx_pair", "download_dataset", "verify_dataset",
-    "GgmlMnistError", "ConfigError", "DataError", "IdxFormatError", "DataFileNotFoundError", "DownloadError",
-    "ChecksumError", "DeviceError", "ModelFormatError", "ModelIOError", "OutOfMemoryError", "NativeError",
-    "TrainingDivergedError", "ImageError", "GgmlMnistWarning", "LoggingWarning", "CheckpointWarning",
+    "__version__",
+    "ggml_version",
+    "build_info",
+    "Device",
+    "devices",
+    "set_verbose",
+    "train",
+    "evaluate",
+    "load",
+    "export_gguf",
+    "Model",
+    "TrainConfig",
+    "EpochStats",
+    "EvalResult",
+    "tune",
+    "TuneResult",
+    "default_space",
+    "Ensemble",
+    "prepare_image",
+    "Prediction",
+    "Digit",
+    "DigitReading",
+    "callbacks",
+    "layers",
+    "Sequential",
+    "presets",
+    "load_layers",
+    "augment_images",
+    "plot",
+    "TensorStorage",
+    "weight_types",
+    "convert_weights",
+    "read_idx",
+    "write_idx",
+    "load_mnist",
+    "load_idx_pair",
+    "download_dataset",
+    "verify_dataset",
+    "GgmlMnistError",
+    "ConfigError",
+    "DataError",
+    "IdxFormatError",
+    "DataFileNotFoundError",
+    "DownloadError",
+    "ChecksumError",
+    "DeviceError",
+    "ModelFormatError",
+    "ModelIOError",
+    "OutOfMemoryError",
+    "NativeError",
+    "TrainingDivergedError",
+    "ImageError",
+    "GgmlMnistWarning",
+    "LoggingWarning",
+    "CheckpointWarning",
     "DeviceWarning",
 ]

@@ -22,8 +22,18 @@ from .errors import (
     TrainingDivergedError,
 )
 
-__all__ = ["ffi", "lib", "enum_names", "check", "check_seed", "ptr", "cstr", "last_error", "set_verbose", "ProgressHook"]
-
+__all__ = [
+    "ffi",
+    "lib",
+    "enum_names",
+    "check",
+    "check_seed",
+    "ptr",
+    "cstr",
+    "last_error",
+    "set_verbose",
+    "ProgressHook",
+]
 
 
 def enum_names(c_enum: str) -> dict[str, int]:
@@ -32,7 +42,7 @@ def enum_names(c_enum: str) -> dict[str, int]:
     The header is the one place these names and codes are written."""
     members = sorted(ffi.typeof(f"enum {c_enum}").relements.items(), key=lambda item: item[1])
     prefix = os.path.commonprefix([name for name, _ in members]).rpartition("_")[0] + "_"
-    return {name[len(prefix):].lower(): code for name, code in members}
+    return {name[len(prefix) :].lower(): code for name, code in members}
 
 
 _STATUS_ERRORS: dict[int, type[GgmlMnistError]] = {
@@ -84,8 +94,12 @@ def cstr(text: str, what: str = "argument") -> bytes:
 
 
 _LOGGER = logging.getLogger("ggml_mnist.ggml")
-_LEVELS = {lib.GMN_LOG_DEBUG: logging.DEBUG, lib.GMN_LOG_INFO: logging.INFO, lib.GMN_LOG_WARN: logging.WARNING,
-           lib.GMN_LOG_ERROR: logging.ERROR}
+_LEVELS = {
+    lib.GMN_LOG_DEBUG: logging.DEBUG,
+    lib.GMN_LOG_INFO: logging.INFO,
+    lib.GMN_LOG_WARN: logging.WARNING,
+    lib.GMN_LOG_ERROR: logging.ERROR,
+}
 
 
 @ffi.callback("void(void *, int, const char *)")

@@ -12,8 +12,9 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
+from collections.abc import Sequence
 from types import CodeType, ModuleType
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 PACKAGE = __name__.rpartition(".")[0]
 
@@ -41,8 +42,9 @@ def new_name(old: str) -> Optional[str]:
 class MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds the old names of MOVED and loads each as its new module (one module object under both names)."""
 
-    def find_spec(self, fullname: str, path: Optional[Sequence[str]] = None,
-                  target: Optional[ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
+    def find_spec(
+        self, fullname: str, path: Optional[Sequence[str]] = None, target: Optional[ModuleType] = None
+    ) -> Optional[importlib.machinery.ModuleSpec]:
         new = new_name(fullname)
         return None if new is None else importlib.machinery.ModuleSpec(fullname, self, loader_state=new)
 
@@ -56,8 +58,11 @@ class MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def get_code(self, fullname: str) -> CodeType:
         """For ``python -m OLD_NAME``: run the new module as the main module."""
-        return compile(f"import runpy\nrunpy.run_module({new_name(fullname)!r}, run_name='__main__', alter_sys=True)\n",
-                       f"<{fullname}, moved to {new_name(fullname)}>", "exec")
+        return compile(
+            f"import runpy\nrunpy.run_module({new_name(fullname)!r}, run_name='__main__', alter_sys=True)\n",
+            f"<{fullname}, moved to {new_name(fullname)}>",
+            "exec",
+        )
 
 
 def install() -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -52,7 +53,10 @@ class EvalResult:
 
     def as_dict(self) -> dict[str, Any]:
         """Return the scalar figures as a JSON-ready dict."""
-        return {k: getattr(self, k) for k in ("n", "loss", "loss_unc", "accuracy", "accuracy_unc", "seconds", "images_per_second")}
+        return {
+            k: getattr(self, k)
+            for k in ("n", "loss", "loss_unc", "accuracy", "accuracy_unc", "seconds", "images_per_second")
+        }
 
 
 def load(path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0, graph: str = "auto") -> Model:
@@ -65,8 +69,13 @@ def _check_data_dir(data_dir: Any) -> None:
         raise ConfigError(f"data_dir must be a directory name, got {data_dir!r}")
 
 
-def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath], split: str,
-                    data_dir: Optional[PathLike] = None, dataset: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+def resolve_dataset(
+    images: Optional[ArrayOrPath],
+    labels: Optional[ArrayOrPath],
+    split: str,
+    data_dir: Optional[PathLike] = None,
+    dataset: Optional[str] = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Turn arrays, IDX file paths or a dataset directory into (images, labels) arrays.
 
     ``images`` may be an array, an IDX file (then ``labels`` is an array or IDX file too) or a
@@ -94,8 +103,9 @@ def resolve_dataset(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath]
     return np.asarray(images), np.asarray(labels)
 
 
-def _dataset_name(images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath], data_dir: Optional[PathLike],
-                  dataset: Optional[str]) -> Optional[str]:
+def _dataset_name(
+    images: Optional[ArrayOrPath], labels: Optional[ArrayOrPath], data_dir: Optional[PathLike], dataset: Optional[str]
+) -> Optional[str]:
     """The known dataset trained on: ``dataset`` when given, else the one a data directory or a labels file
     (given as a path) belongs to, by checksum."""
     if dataset is not None:
@@ -112,15 +122,19 @@ def _is_folder(images: Optional[ArrayOrPath]) -> bool:
     return isinstance(images, (str, os.PathLike)) and Path(images).is_dir()
 
 
-def _validation_arrays(validation_data: Any, image_size: tuple[int, int], n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _validation_arrays(
+    validation_data: Any, image_size: tuple[int, int], n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of ``validation_data``: a pair of arrays or IDX paths, or a dataset directory (its test split)."""
     if isinstance(validation_data, (str, os.PathLike)):
         images, labels = resolve_dataset(validation_data, None, "test")
     elif isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
         images, labels = resolve_dataset(validation_data[0], validation_data[1], "test")
     else:
-        raise ConfigError("validation_data must be (images, labels), arrays or IDX paths, or a dataset directory; "
-                          f"got {type(validation_data).__name__}")
+        raise ConfigError(
+            "validation_data must be (images, labels), arrays or IDX paths, or a dataset directory; "
+            f"got {type(validation_data).__name__}"
+        )
     try:
         images, labels, _ = validate_dataset(images, labels, n_classes, image_size=image_size)
     except DataError as exc:
@@ -128,11 +142,14 @@ def _validation_arrays(validation_data: Any, image_size: tuple[int, int], n_clas
     return images, labels
 
 
-def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any, threads_device: dict[str, Any]
-                   ) -> tuple[Optional[Model], TrainConfig, list[EpochStats]]:
+def _resolve_start(
+    config: Any, options: dict[str, Any], init: Any, resume: Any, threads_device: dict[str, Any]
+) -> tuple[Optional[Model], TrainConfig, list[EpochStats]]:
     """The model to start from (None: a new one), the recipe and the history already trained (resume)."""
     if init is not None and resume is not None:
-        raise ConfigError("give init= (fine-tune from saved weights) or resume= (continue a saved run exactly), not both")
+        raise ConfigError(
+            "give init= (fine-tune from saved weights) or resume= (continue a saved run exactly), not both"
+        )
     start = init if init is not None else resume
     if start is None:
         base = config if config is not None else TrainConfig.defaults(options.get("arch") or "cnn")
@@ -146,47 +163,81 @@ def _resolve_start(config: Any, options: dict[str, Any], init: Any, resume: Any,
         raise ConfigError(f"{what} must be a Model or the path of a GGUF model, got {start!r}")
     saved = model.metadata.get("config")
     if resume is not None and (not isinstance(saved, dict) or model.optimizer_steps is None):
-        raise ConfigError("resume: this model holds no optimizer state (it was saved without save_optimizer=True / "
-                          "--save-optimizer); fine-tune it with init= instead")
+        raise ConfigError(
+            "resume: this model holds no optimizer state (it was saved without save_optimizer=True / "
+            "--save-optimizer); fine-tune it with init= instead"
+        )
     arch = model.arch if model.arch != "custom" else tuple(model.layers)
     wanted = options.get("arch")
-    if wanted is not None and resolve_layers(wanted, model.n_classes, hidden=options.get("hidden"),
-                                             conv_channels=options.get("conv_channels")) != model.layers:
+    if (
+        wanted is not None
+        and resolve_layers(
+            wanted, model.n_classes, hidden=options.get("hidden"), conv_channels=options.get("conv_channels")
+        )
+        != model.layers
+    ):
         held = f"a {model.arch}" if model.arch != "custom" else f"its own {len(model.layers)}-layer"
-        raise ConfigError(f"{what}: the model file holds {held} network, not {_arch_label(wanted)}; the "
-                          "network comes from the file, so leave arch out (or give the matching one)")
+        raise ConfigError(
+            f"{what}: the model file holds {held} network, not {_arch_label(wanted)}; the "
+            "network comes from the file, so leave arch out (or give the matching one)"
+        )
     if resume is None:
         model.drop_optimizer_state()
         if model.weight_type != "f32":  # a quantised model fine-tunes from its weights as ggml dequantises them
             model = model.dequantize()
         base = config if config is not None else TrainConfig.defaults(arch)
         return model, base.replace(**{**options, "arch": arch}), []
-    changed = sorted(k for k, v in options.items()
-                     if v is not None and k not in ("epochs", "arch", "device", "threads", "graph", "max_seconds"))
+    changed = sorted(
+        k
+        for k, v in options.items()
+        if v is not None and k not in ("epochs", "arch", "device", "threads", "graph", "max_seconds")
+    )
     if config is not None or changed:
-        raise ConfigError(f"resume continues the saved run's recipe; only epochs (the new total), device, graph, "
-                          f"threads and max_seconds may be given, not {', '.join(changed) or 'config'}")
+        raise ConfigError(
+            f"resume continues the saved run's recipe; only epochs (the new total), device, graph, "
+            f"threads and max_seconds may be given, not {', '.join(changed) or 'config'}"
+        )
     try:
         base = TrainConfig().replace(**{k: v for k, v in saved.items() if k in _CONFIG_FIELDS})
     except (ConfigError, TypeError, ValueError) as exc:
         raise ConfigError(f"resume: the model's stored config is unusable ({exc})") from None
     keep = {f.name for f in dataclasses.fields(EpochStats)}
-    history = [EpochStats(**{k: v for k, v in h.items() if k in keep}) for h in model.metadata.get("history", [])
-               if isinstance(h, dict) and keep - {"lr", "interrupted", "time_limit"} <= set(h)]
+    history = [
+        EpochStats(**{k: v for k, v in h.items() if k in keep})
+        for h in model.metadata.get("history", [])
+        if isinstance(h, dict) and keep - {"lr", "interrupted", "time_limit"} <= set(h)
+    ]
     # a time budget belongs to one call, not to the recipe: a resumed run has none unless it is given again
     budget = {"max_seconds": options.get("max_seconds") or 0.0}
-    return model, base.replace(**{k: options.get(k) for k in ("epochs", "device", "threads", "graph")}, **budget), history
+    return (
+        model,
+        base.replace(**{k: options.get(k) for k in ("epochs", "device", "threads", "graph")}, **budget),
+        history,
+    )
 
 
-def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
-          config: Optional[TrainConfig] = None, n_classes: Optional[int] = None, data_dir: Optional[PathLike] = None,
-          progress: bool = True, callbacks: Optional[Sequence[Any]] = None,
-          on_epoch: Optional[Callable[[EpochStats, Model], Optional[bool]]] = None,
-          validation_data: Any = None, early_stopping: Optional[int] = None, restore_best: bool = True,
-          checkpoint: Optional[PathLike] = None, checkpoint_best_only: bool = False, metrics: Optional[PathLike] = None,
-          init: Union[Model, PathLike, None] = None, resume: Union[Model, PathLike, None] = None,
-          save_optimizer: bool = False, dataset: Optional[str] = None,
-          **options: Any) -> tuple[Model, list[EpochStats]]:
+def train(
+    images: Optional[ArrayOrPath] = None,
+    labels: Optional[ArrayOrPath] = None,
+    *,
+    config: Optional[TrainConfig] = None,
+    n_classes: Optional[int] = None,
+    data_dir: Optional[PathLike] = None,
+    progress: bool = True,
+    callbacks: Optional[Sequence[Any]] = None,
+    on_epoch: Optional[Callable[[EpochStats, Model], Optional[bool]]] = None,
+    validation_data: Any = None,
+    early_stopping: Optional[int] = None,
+    restore_best: bool = True,
+    checkpoint: Optional[PathLike] = None,
+    checkpoint_best_only: bool = False,
+    metrics: Optional[PathLike] = None,
+    init: Union[Model, PathLike, None] = None,
+    resume: Union[Model, PathLike, None] = None,
+    save_optimizer: bool = False,
+    dataset: Optional[str] = None,
+    **options: Any,
+) -> tuple[Model, list[EpochStats]]:
     """Train a classifier with ggml-opt and return ``(model, history)``.
 
     ``images``/``labels``: uint8 arrays [N, H, W] and [N], IDX file paths, or a directory with the
@@ -226,15 +277,28 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
         raise ConfigError(f"config must be a gm.TrainConfig or a dict of its fields, got {type(config).__name__}")
     if on_epoch is not None and not callable(on_epoch):
         raise ConfigError(f"on_epoch must be a function on_epoch(stats, model) or None, got {on_epoch!r}")
-    if early_stopping is not None and (isinstance(early_stopping, bool) or not isinstance(early_stopping, int)
-                                       or early_stopping < 1):
-        raise ConfigError(f"early_stopping is the patience in epochs, a whole number >= 1 (or None), got {early_stopping!r}")
+    if early_stopping is not None and (
+        isinstance(early_stopping, bool) or not isinstance(early_stopping, int) or early_stopping < 1
+    ):
+        raise ConfigError(
+            f"early_stopping is the patience in epochs, a whole number >= 1 (or None), got {early_stopping!r}"
+        )
     _check_data_dir(data_dir)
     run_callbacks = _callbacks.from_keywords(
-        early_stopping=early_stopping, restore_best=restore_best, checkpoint=checkpoint,
-        checkpoint_best_only=checkpoint_best_only, metrics=metrics, on_epoch=on_epoch) + check_callbacks(callbacks)
-    check_distinct([(cb.what, cb.directory if isinstance(cb, _callbacks.ModelCheckpoint) else cb.path)
-                    for cb in run_callbacks if isinstance(cb, (_callbacks.ModelCheckpoint, _callbacks.RunLog))])
+        early_stopping=early_stopping,
+        restore_best=restore_best,
+        checkpoint=checkpoint,
+        checkpoint_best_only=checkpoint_best_only,
+        metrics=metrics,
+        on_epoch=on_epoch,
+    ) + check_callbacks(callbacks)
+    check_distinct(
+        [
+            (cb.what, cb.directory if isinstance(cb, _callbacks.ModelCheckpoint) else cb.path)
+            for cb in run_callbacks
+            if isinstance(cb, (_callbacks.ModelCheckpoint, _callbacks.RunLog))
+        ]
+    )
     start_path = _start_path(resume)
     for cb in run_callbacks:  # before any work: the folders and files the callbacks will write
         if isinstance(cb, _callbacks.ModelCheckpoint):
@@ -242,8 +306,9 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
     for cb in run_callbacks:
         if isinstance(cb, _callbacks.RunLog):
             check_log_path(cb.path, [start_path])
-    start_model, cfg, history = _resolve_start(config, options, init, resume,
-                                               {"device": options.get("device"), "threads": options.get("threads")})
+    start_model, cfg, history = _resolve_start(
+        config, options, init, resume, {"device": options.get("device"), "threads": options.get("threads")}
+    )
     cfg = cfg.validate()
     first_epoch = len(history) + 1
     if first_epoch > cfg.epochs:
@@ -252,18 +317,24 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
     if config is None and options.get("augment") is None and resume is None:
         # the digits' default distorts a garment's outline and never mirrors it: photos get their own level
         cfg = cfg.replace(augment=for_dataset(cfg.augment, preparation(name)))
-    source = os.fspath(images) if isinstance(images, (str, os.PathLike)) else (
-        os.fspath(data_dir) if images is None and data_dir is not None else "array")
+    source = (
+        os.fspath(images)
+        if isinstance(images, (str, os.PathLike))
+        else (os.fspath(data_dir) if images is None and data_dir is not None else "array")
+    )
     images, labels = resolve_dataset(images, labels, "train", data_dir, dataset)
     want_size = start_model.image_size if start_model is not None else None
     if start_model is not None:
         y = np.asarray(labels)
         if y.size and np.issubdtype(y.dtype, np.integer) and int(y.max()) >= start_model.n_classes:
-            raise DataError(f"the labels go up to {int(y.max())} but the model to start from has "
-                            f"{start_model.n_classes} outputs; train a new model (leave out init=/resume=, "
-                            "--init/--resume), which takes its number of classes from the labels")
-    images, labels, n_classes = validate_dataset(images, labels, start_model.n_classes if start_model else n_classes,
-                                                 image_size=want_size)
+            raise DataError(
+                f"the labels go up to {int(y.max())} but the model to start from has "
+                f"{start_model.n_classes} outputs; train a new model (leave out init=/resume=, "
+                "--init/--resume), which takes its number of classes from the labels"
+            )
+    images, labels, n_classes = validate_dataset(
+        images, labels, start_model.n_classes if start_model else n_classes, image_size=want_size
+    )
     n, h, w = images.shape
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(n)
@@ -282,17 +353,45 @@ def train(images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = 
         raise ConfigError("early_stopping watches the validation loss: give validation_data or val_split too")
     steps_per_epoch = len(train_idx) // cfg.batch_size
     if steps_per_epoch < 1:
-        raise ConfigError(f"{len(train_idx)} training images are fewer than one batch of {cfg.batch_size}; "
-                          "lower batch_size or val_split")
-    info = {"name": name, "n": int(n), "n_train": int(len(train_idx)), "n_val": n_val, "image_size": [int(h), int(w)],
-            "n_classes": n_classes, "source": source}
+        raise ConfigError(
+            f"{len(train_idx)} training images are fewer than one batch of {cfg.batch_size}; "
+            "lower batch_size or val_split"
+        )
+    info = {
+        "name": name,
+        "n": int(n),
+        "n_train": int(len(train_idx)),
+        "n_val": n_val,
+        "image_size": [int(h), int(w)],
+        "n_classes": n_classes,
+        "source": source,
+    }
     if start_model is not None:
         start_model.set_graph(cfg.graph)
-    model = start_model or Model.create(cfg.arch, n_classes=n_classes, image_size=(h, w), hidden=cfg.hidden,
-                                        conv_channels=cfg.conv_channels, device=cfg.device, threads=cfg.threads,
-                                        seed=cfg.seed, graph=cfg.graph)
-    run = TrainingRun(model, cfg, images, labels, n_classes, train_idx, val_idx, info, history,
-                      keep_optimizer=save_optimizer or resume is not None, exact_resume=resume is not None)
+    model = start_model or Model.create(
+        cfg.arch,
+        n_classes=n_classes,
+        image_size=(h, w),
+        hidden=cfg.hidden,
+        conv_channels=cfg.conv_channels,
+        device=cfg.device,
+        threads=cfg.threads,
+        seed=cfg.seed,
+        graph=cfg.graph,
+    )
+    run = TrainingRun(
+        model,
+        cfg,
+        images,
+        labels,
+        n_classes,
+        train_idx,
+        val_idx,
+        info,
+        history,
+        keep_optimizer=save_optimizer or resume is not None,
+        exact_resume=resume is not None,
+    )
     return model, run.fit(run_callbacks, progress=progress)
 
 
@@ -306,9 +405,18 @@ def _start_path(resume: Any) -> Optional[str]:
     return os.fspath(resume) if isinstance(resume, (str, os.PathLike)) else None
 
 
-def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None, labels: Optional[ArrayOrPath] = None, *,
-             data_dir: Optional[PathLike] = None, dataset: Optional[str] = None, batch_size: int = EVAL_CHUNK,
-             keep_probabilities: bool = True, device: Optional[str] = None, threads: Optional[int] = None) -> EvalResult:
+def evaluate(
+    model: Union[Model, PathLike],
+    images: Optional[ArrayOrPath] = None,
+    labels: Optional[ArrayOrPath] = None,
+    *,
+    data_dir: Optional[PathLike] = None,
+    dataset: Optional[str] = None,
+    batch_size: int = EVAL_CHUNK,
+    keep_probabilities: bool = True,
+    device: Optional[str] = None,
+    threads: Optional[int] = None,
+) -> EvalResult:
     """Evaluate ``model`` (a Model or a GGUF path) on labelled images; returns an EvalResult.
 
     Data arguments work as in :func:`train` (the test split when a directory is given; ``dataset`` defaults to
@@ -321,8 +429,10 @@ def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None
     check_batch_size(batch_size)
     if isinstance(model, Model):
         if device is not None or threads is not None:
-            raise ConfigError(f"device and threads apply when evaluate() loads a model file; this Model already runs on "
-                              f"{model.device}: load it with gm.load(path, device=..., threads=...) instead")
+            raise ConfigError(
+                f"device and threads apply when evaluate() loads a model file; this Model already runs on "
+                f"{model.device}: load it with gm.load(path, device=..., threads=...) instead"
+            )
     else:
         model = Model.load(model, device=device or DEFAULT_DEVICE, threads=0 if threads is None else threads)
     if dataset is None and images is None:
@@ -347,21 +457,41 @@ def evaluate(model: Union[Model, PathLike], images: Optional[ArrayOrPath] = None
     return eval_result(predictions, losses, labels, seconds, probabilities, model.n_classes)
 
 
-def eval_result(predictions: np.ndarray, losses: np.ndarray, labels: np.ndarray, seconds: float,
-                probabilities: Optional[np.ndarray], n_classes: int) -> EvalResult:
+def eval_result(
+    predictions: np.ndarray,
+    losses: np.ndarray,
+    labels: np.ndarray,
+    seconds: float,
+    probabilities: Optional[np.ndarray],
+    n_classes: int,
+) -> EvalResult:
     """The EvalResult of per-image predictions and losses (-log of the true class's probability) against labels."""
     n = len(labels)
     accuracy = float((predictions == labels).mean()) if n else float("nan")
     return EvalResult(
-        n=n, loss=float(losses.mean()),
+        n=n,
+        loss=float(losses.mean()),
         loss_unc=float(losses.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
-        accuracy=accuracy, accuracy_unc=float(np.sqrt(accuracy * (1 - accuracy) / (n - 1))) if n > 1 else float("nan"),
-        seconds=seconds, images_per_second=n / seconds if seconds > 0 else float("inf"),
-        predictions=predictions, probabilities=probabilities, labels=labels.astype(np.int64), n_classes=n_classes)
+        accuracy=accuracy,
+        accuracy_unc=float(np.sqrt(accuracy * (1 - accuracy) / (n - 1))) if n > 1 else float("nan"),
+        seconds=seconds,
+        images_per_second=n / seconds if seconds > 0 else float("inf"),
+        predictions=predictions,
+        probabilities=probabilities,
+        labels=labels.astype(np.int64),
+        n_classes=n_classes,
+    )
 
 
-def export_gguf(path: PathLike, arch: ArchLike, weights: Mapping[str, Any], *, layout: str = "ggml",
-                image_size: Optional[Sequence[int]] = None, metadata: Optional[Mapping[str, Any]] = None) -> Model:
+def export_gguf(
+    path: PathLike,
+    arch: ArchLike,
+    weights: Mapping[str, Any],
+    *,
+    layout: str = "ggml",
+    image_size: Optional[Sequence[int]] = None,
+    metadata: Optional[Mapping[str, Any]] = None,
+) -> Model:
     """Write weights trained elsewhere as a GGUF model that we (and, for fc and cnn, ggml's mnist-eval) can load.
 
     ``arch`` is a preset name or a list of layers. ``weights`` maps the GGUF tensor names (``fc1.weight``,
@@ -376,22 +506,29 @@ def export_gguf(path: PathLike, arch: ArchLike, weights: Mapping[str, Any], *, l
         raise ConfigError(f"layout must be 'ggml' or 'torch', got {layout!r}")
     arrays = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
     layers, _ = check_net(resolve_layers(arch, 10), 10, image_size or (28, 28))
-    tensors = [(i, f"{x.name}.{'kernel' if isinstance(x, Conv2d) else 'weight'}", f"{x.name}.bias")
-               for i, x in enumerate(layers) if isinstance(x, (Conv2d, Dense))]
+    tensors = [
+        (i, f"{x.name}.{'kernel' if isinstance(x, Conv2d) else 'weight'}", f"{x.name}.bias")
+        for i, x in enumerate(layers)
+        if isinstance(x, (Conv2d, Dense))
+    ]
     missing = [name for _, w, b in tensors for name in (w, b) if name not in arrays]
     if missing:
         raise ConfigError(f"export_gguf: missing tensor(s) {', '.join(missing)} for architecture {_arch_label(arch)}")
     for i, w, _ in tensors:
         width = int(arrays[w].shape[0]) if arrays[w].ndim else 0
-        layers[i] = dataclasses.replace(layers[i], **{"out_channels" if isinstance(layers[i], Conv2d) else "units": width})
+        layers[i] = dataclasses.replace(
+            layers[i], **{"out_channels" if isinstance(layers[i], Conv2d) else "units": width}
+        )
     if image_size is None:
         image_size = (28, 28)
         if isinstance(layers[0], Dense):
             n_pixels = arrays[tensors[0][1]].shape[-1]
             side = int(round(np.sqrt(n_pixels)))
             if side * side != n_pixels:
-                raise ConfigError(f"export_gguf: {tensors[0][1]} has {n_pixels} inputs, which is not a square image; "
-                                  "give image_size=(height, width)")
+                raise ConfigError(
+                    f"export_gguf: {tensors[0][1]} has {n_pixels} inputs, which is not a square image; "
+                    "give image_size=(height, width)"
+                )
             image_size = (side, side)
     n_classes = layers[-1].units if isinstance(layers[-1], Dense) else 0
     layers, shapes = check_net(layers, n_classes, image_size)
@@ -401,7 +538,9 @@ def export_gguf(path: PathLike, arch: ArchLike, weights: Mapping[str, Any], *, l
                 h, wd, c, _params = shapes[i - 1]
                 out = arrays[w].shape[0]
                 if arrays[w].size != out * c * h * wd:
-                    raise DataError(f"export_gguf: {w} has {arrays[w].size // max(out, 1)} inputs; expected {c}x{h}x{wd}")
+                    raise DataError(
+                        f"export_gguf: {w} has {arrays[w].size // max(out, 1)} inputs; expected {c}x{h}x{wd}"
+                    )
                 arrays[w] = arrays[w].reshape(out, c, h, wd).transpose(0, 2, 3, 1).reshape(out, c * h * wd)
     model = Model.create(layers, n_classes=n_classes, image_size=image_size)
     model.set_weights(arrays)

@@ -60,7 +60,9 @@ def resolve_augment(spec: AugmentLike) -> dict[str, float]:
         return dict(NONE)
     if isinstance(spec, str):
         if spec not in LEVELS:
-            raise ConfigError(f"augment must be one of {', '.join(LEVELS)} or a dict of {', '.join(PARAMETERS)}; got {spec!r}")
+            raise ConfigError(
+                f"augment must be one of {', '.join(LEVELS)} or a dict of {', '.join(PARAMETERS)}; got {spec!r}"
+            )
         return dict(LEVELS[spec])
     if not isinstance(spec, Mapping):
         raise ConfigError(f"augment must be a level name ({', '.join(LEVELS)}) or a dict of parameters, got {spec!r}")
@@ -68,7 +70,9 @@ def resolve_augment(spec: AugmentLike) -> dict[str, float]:
     base = resolve_augment(spec.pop("level", "none"))
     unknown = sorted(set(spec) - set(PARAMETERS))
     if unknown:
-        raise ConfigError(f"unknown augment parameter(s) {', '.join(map(repr, unknown))}; known: {', '.join(PARAMETERS)}")
+        raise ConfigError(
+            f"unknown augment parameter(s) {', '.join(map(repr, unknown))}; known: {', '.join(PARAMETERS)}"
+        )
     for name, value in spec.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ConfigError(f"augment {name} ({PARAMETERS[name]}) must be a finite number, got {value!r}")

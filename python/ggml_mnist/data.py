@@ -41,7 +41,9 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 _DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data by more than this factor
 _CHUNK = 1 << 20
-_MMAP_MIN = 1 << 30  # raw files this large are memory-mapped; smaller ones are read, so rewriting them later is harmless
+_MMAP_MIN = (
+    1 << 30
+)  # raw files this large are memory-mapped; smaller ones are read, so rewriting them later is harmless
 _STREAM_MAX = 1 << 31  # the most data read from a pipe or device
 _PIPE_WAIT = 5.0  # seconds a named pipe may take before its writer sends anything
 
@@ -71,8 +73,9 @@ def _open_uncompressed(path: Path) -> tuple[BinaryIO, int | None]:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO without a writer would block open() for good
         if stat.S_ISFIFO(info.st_mode) and not select.select([fd], [], [], _PIPE_WAIT)[0]:
             os.close(fd)
-            raise _format_error(path, f"nothing wrote to this pipe within {_PIPE_WAIT:g} s",
-                                "start the program that feeds it first")
+            raise _format_error(
+                path, f"nothing wrote to this pipe within {_PIPE_WAIT:g} s", "start the program that feeds it first"
+            )
         os.set_blocking(fd, True)
         stream = os.fdopen(fd, "rb")
         if stream.peek(2)[:2] == _GZIP_MAGIC:
@@ -80,7 +83,7 @@ def _open_uncompressed(path: Path) -> tuple[BinaryIO, int | None]:
             unzipped.myfileobj = stream  # closed with it, as when gzip opens a file itself
             return unzipped, None  # type: ignore[return-value]
         return stream, None
-    f = open(path, "rb")
+    f = open(path, "rb")  # noqa: SIM115 (returned open: the caller closes it)
     if f.read(2) == _GZIP_MAGIC:
         f.close()
         return gzip.open(path, "rb"), info.st_size  # type: ignore[return-value]
@@ -96,8 +99,7 @@ def _read_header(path: Path, f: BinaryIO) -> tuple[np.dtype, tuple[int, ...], in
     if head[:2] != b"\0\0":
         raise _format_error(
             path,
-            f"bad magic number: starts with bytes {head[:2].hex(' ')}, "
-            "expected 00 00 (IDX) or 1f 8b (gzip)",
+            f"bad magic number: starts with bytes {head[:2].hex(' ')}, expected 00 00 (IDX) or 1f 8b (gzip)",
             "check that this is an IDX file",
         )
     code, ndim = head[2], head[3]
@@ -107,9 +109,7 @@ def _read_header(path: Path, f: BinaryIO) -> tuple[np.dtype, tuple[int, ...], in
         raise _format_error(path, f"header declares {ndim} dimensions, expected 1 to {_MAX_NDIM}")
     dims = f.read(4 * ndim)
     if len(dims) < 4 * ndim:
-        raise _format_error(
-            path, f"data ends inside the header ({ndim} dimensions need {4 + 4 * ndim} bytes)"
-        )
+        raise _format_error(path, f"data ends inside the header ({ndim} dimensions need {4 + 4 * ndim} bytes)")
     shape = struct.unpack(f">{ndim}I", dims)
     dtype = _IDX_DTYPES[code]
     # 0 bytes of data, but numpy refuses shapes whose other dimensions multiply past its index range
@@ -284,9 +284,7 @@ def validate_images(
         )
     images = np.asarray(images)
     if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
-        raise DataError(
-            f"{name} must be uint8 pixels 0..255 or floats in [0, 1], got dtype {images.dtype}"
-        )
+        raise DataError(f"{name} must be uint8 pixels 0..255 or floats in [0, 1], got dtype {images.dtype}")
     if images.ndim == 4 and images.shape[1] == 1:
         images = images[:, 0]
     elif images.ndim == 4 and images.shape[3] == 1:
@@ -305,17 +303,13 @@ def validate_images(
         raise DataError(f"{name} is empty: the dataset has no images")
     if size is not None and images.shape[1:] != tuple(size):
         height, width = images.shape[1:]
-        raise DataError(
-            f"{name} are {height}x{width}; this model needs {size[0]}x{size[1]} — resize them first"
-        )
+        raise DataError(f"{name} are {height}x{width}; this model needs {size[0]}x{size[1]} — resize them first")
     if images.dtype == np.uint8:
         return images
     if np.issubdtype(images.dtype, np.integer):
         low, high = int(images.min()), int(images.max())
         if low < 0 or high > 255:
-            raise DataError(
-                f"{name} must hold pixels 0..255 when they are integers, got values in [{low}, {high}]"
-            )
+            raise DataError(f"{name} must hold pixels 0..255 when they are integers, got values in [{low}, {high}]")
         return images.astype(np.uint8)
     images = images.astype(np.float32, copy=False)
     if not np.isfinite(images).all():
@@ -382,9 +376,7 @@ def validate_dataset(
     images = validate_images(images, size=image_size)
     labels, n_classes = validate_labels(labels, n_classes)
     if len(images) != len(labels):
-        raise DataError(
-            f"{len(images)} images but {len(labels)} labels; every image needs one label"
-        )
+        raise DataError(f"{len(images)} images but {len(labels)} labels; every image needs one label")
     return images, labels, n_classes
 
 
@@ -419,8 +411,9 @@ def _idx_candidates(prefix: str, kind: str, idx: str) -> list[str]:
     return [stem + ext for stem in stems for ext in ("", ".gz")]
 
 
-def load_mnist(directory: PathLike, split: str = "train", *, prefix: str = "", transposed: bool = False,
-               label_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(
+    directory: PathLike, split: str = "train", *, prefix: str = "", transposed: bool = False, label_offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Load the train or test split of an MNIST-style directory.
 
     Looks for the standard names (``train-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, ...),
@@ -435,9 +428,7 @@ def load_mnist(directory: PathLike, split: str = "train", *, prefix: str = "", t
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     directory = Path(directory)
     if not directory.is_dir():
-        raise DataFileNotFoundError(
-            f"dataset directory '{directory}' does not exist; {_DOWNLOAD_HINT}"
-        )
+        raise DataFileNotFoundError(f"dataset directory '{directory}' does not exist; {_DOWNLOAD_HINT}")
     found, missing = [], []
     for kind, idx in (("images", "idx3"), ("labels", "idx1")):
         names = _idx_candidates(_split_stem(split, prefix), kind, idx)
@@ -446,16 +437,16 @@ def load_mnist(directory: PathLike, split: str = "train", *, prefix: str = "", t
         if path is None:
             missing.append(f"{split} {kind} (looked for {', '.join(names)})")
     if missing:
-        raise DataFileNotFoundError(
-            f"no {' and no '.join(missing)} in '{directory}'; {_DOWNLOAD_HINT}"
-        )
+        raise DataFileNotFoundError(f"no {' and no '.join(missing)} in '{directory}'; {_DOWNLOAD_HINT}")
     images, labels = read_idx(found[0]), read_idx(found[1])
     if transposed and images.ndim == 3:
         images = np.ascontiguousarray(images.transpose(0, 2, 1))
     if label_offset:
         if labels.ndim == 1 and labels.size and int(labels.min()) < label_offset:
-            raise DataError(f"'{found[1]}' holds label {int(labels.min())}; this dataset numbers its classes from "
-                            f"{label_offset}: check that the files belong to it")
+            raise DataError(
+                f"'{found[1]}' holds label {int(labels.min())}; this dataset numbers its classes from "
+                f"{label_offset}: check that the files belong to it"
+            )
         labels = labels.astype(np.int64) - label_offset
     images, labels, _ = validate_dataset(images, labels)
     return images, labels

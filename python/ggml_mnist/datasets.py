@@ -55,44 +55,65 @@ class DatasetInfo:
 
     def load(self, directory: PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Return (images [N, 28, 28] uint8 upright, labels [N] from 0) of ``split`` in ``directory``."""
-        return load_mnist(directory, split, prefix=self.prefix, transposed=self.transposed, label_offset=self.label_offset)
+        return load_mnist(
+            directory, split, prefix=self.prefix, transposed=self.transposed, label_offset=self.label_offset
+        )
 
 
 def _mnist_files(train_images: str, train_labels: str, test_images: str, test_labels: str) -> dict[str, FileSpec]:
     """The four files of an MNIST-layout dataset, by the SHA-256 of their uncompressed content."""
-    return {"train-images-idx3-ubyte.gz": FileSpec(train_images, 47_040_016),
-            "train-labels-idx1-ubyte.gz": FileSpec(train_labels, 60_008),
-            "t10k-images-idx3-ubyte.gz": FileSpec(test_images, 7_840_016),
-            "t10k-labels-idx1-ubyte.gz": FileSpec(test_labels, 10_008)}
+    return {
+        "train-images-idx3-ubyte.gz": FileSpec(train_images, 47_040_016),
+        "train-labels-idx1-ubyte.gz": FileSpec(train_labels, 60_008),
+        "t10k-images-idx3-ubyte.gz": FileSpec(test_images, 7_840_016),
+        "t10k-labels-idx1-ubyte.gz": FileSpec(test_labels, 10_008),
+    }
 
 
 def _emnist(subset: str, names: tuple[str, ...], label_offset: int = 0) -> DatasetInfo:
-    return DatasetInfo(f"emnist-{subset}", names, prefix=f"emnist-{subset}-", transposed=True, label_offset=label_offset)
+    return DatasetInfo(
+        f"emnist-{subset}", names, prefix=f"emnist-{subset}-", transposed=True, label_offset=label_offset
+    )
 
 
-DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
-    DatasetInfo("mnist", _DIGITS, files=_mnist_files(
-        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
-        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
-                 "https://storage.googleapis.com/cvdf-datasets/mnist/",
-                 "http://yann.lecun.com/exdb/mnist/")),
-    DatasetInfo("fashion-mnist", ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                                  "Bag", "Ankle boot"), preparation="photo", files=_mnist_files(
-        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)),
-    _emnist("letters", tuple(string.ascii_lowercase), label_offset=1),
-    _emnist("digits", _DIGITS),
-    _emnist("mnist", _DIGITS),
-    _emnist("balanced", _EMNIST_MERGED),
-    _emnist("bymerge", _EMNIST_MERGED),
-    _emnist("byclass", tuple(string.digits + string.ascii_uppercase + string.ascii_lowercase)),
-)}
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            "mnist",
+            _DIGITS,
+            files=_mnist_files(
+                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            ),
+            mirrors=(
+                "https://ossci-datasets.s3.amazonaws.com/mnist/",
+                "https://storage.googleapis.com/cvdf-datasets/mnist/",
+                "http://yann.lecun.com/exdb/mnist/",
+            ),
+        ),
+        DatasetInfo(
+            "fashion-mnist",
+            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+            preparation="photo",
+            files=_mnist_files(
+                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+            ),
+            mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        ),
+        _emnist("letters", tuple(string.ascii_lowercase), label_offset=1),
+        _emnist("digits", _DIGITS),
+        _emnist("mnist", _DIGITS),
+        _emnist("balanced", _EMNIST_MERGED),
+        _emnist("bymerge", _EMNIST_MERGED),
+        _emnist("byclass", tuple(string.digits + string.ascii_uppercase + string.ascii_lowercase)),
+    )
+}
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -115,8 +136,10 @@ def download_info(name: str) -> DatasetInfo:
         return info
     choices = ", ".join(downloadable())
     if info is not None:
-        raise ConfigError(f"{name} cannot be downloaded here (put its {info.prefix}*-idx?-ubyte.gz files from the "
-                          f"EMNIST release into a folder); choose one of: {choices}")
+        raise ConfigError(
+            f"{name} cannot be downloaded here (put its {info.prefix}*-idx?-ubyte.gz files from the "
+            f"EMNIST release into a folder); choose one of: {choices}"
+        )
     raise ConfigError(f"unknown dataset {name!r}; choose one of: {choices}")
 
 
@@ -168,8 +191,9 @@ def identify_labels(path: PathLike) -> Optional[str]:
     return None
 
 
-def locate(directory: PathLike, name: str, split: str, *, strict: bool = True, what: str = "data_dir"
-           ) -> Optional[Path]:
+def locate(
+    directory: PathLike, name: str, split: str, *, strict: bool = True, what: str = "data_dir"
+) -> Optional[Path]:
     """The folder holding the ``split`` files of dataset ``name``: ``directory`` itself, else ``directory/name`` (where
     ``mnist-data download`` puts it); None when neither holds them.
 
@@ -186,6 +210,8 @@ def locate(directory: PathLike, name: str, split: str, *, strict: bool = True, w
             return candidate
         other = other or (candidate, found)
     if other is not None:
-        raise ConfigError(f"{other[0]} holds {other[1]}, not {info.name}; point {what} at the {info.name} files "
-                          f"or at their parent folder (downloads go to DIR/{info.name})")
+        raise ConfigError(
+            f"{other[0]} holds {other[1]}, not {info.name}; point {what} at the {info.name} files "
+            f"or at their parent folder (downloads go to DIR/{info.name})"
+        )
     return None

@@ -5,7 +5,6 @@ The files, their checksums and the mirrors are the dataset registry's (:mod:`ggm
 from __future__ import annotations
 
 import contextlib
-
 import http.client
 import sys
 import urllib.error
@@ -15,11 +14,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .data import PathLike, atomic_path
-from .datasets import DATASETS, identify_dataset, identify_labels  # noqa: F401 (their old home: download.DATASETS, ...)
-from .datasets import FileSpec, download_info, file_matches, file_present
+from .datasets import DATASETS, FileSpec, download_info, file_matches, file_present, identify_dataset, identify_labels  # noqa: F401 (their old home: download.DATASETS, ...)
 from .errors import ChecksumError, ConfigError, DownloadError, ModelIOError
 from .outputs import FOREIGN_KINDS, describe
-
 
 _CHUNK = 1 << 16
 
@@ -52,8 +49,9 @@ def dataset_status(name: str, directory: PathLike) -> dict[str, str]:
             out[filename] = "ok"
             continue
         found = _foreign_or_damaged(target, filename)
-        out[filename] = "missing" if found is None else (
-            f"present but its SHA-256 does not match (it is {describe(found)})")
+        out[filename] = (
+            "missing" if found is None else (f"present but its SHA-256 does not match (it is {describe(found)})")
+        )
     return out
 
 
@@ -99,8 +97,10 @@ def download_dataset(
     for filename, file_spec in spec.files.items():
         found = _foreign_or_damaged(target, filename)
         if not force and found is not None and not file_present(target, filename, file_spec) and _is_foreign(found):
-            raise ModelIOError(f"'{found}' is present but its SHA-256 does not match (it is {describe(found)}); move "
-                               "it away, or run `mnist-data download --force` (force=True) to replace it")
+            raise ModelIOError(
+                f"'{found}' is present but its SHA-256 does not match (it is {describe(found)}); move "
+                "it away, or run `mnist-data download --force` (force=True) to replace it"
+            )
     created = [p for p in (target, *target.parents) if not p.exists()]
     target.mkdir(parents=True, exist_ok=True)
     try:

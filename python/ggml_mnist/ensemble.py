@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -23,28 +24,43 @@ class Ensemble:
     for an empty list or members that classify other classes or image sizes than the first, naming the file.
     """
 
-    def __init__(self, members: Sequence[Union[Model, PathLike]], *, device: str = DEFAULT_DEVICE, threads: int = 0,
-                 graph: str = "auto") -> None:
+    def __init__(
+        self,
+        members: Sequence[Union[Model, PathLike]],
+        *,
+        device: str = DEFAULT_DEVICE,
+        threads: int = 0,
+        graph: str = "auto",
+    ) -> None:
         if isinstance(members, (str, os.PathLike, Model)) or not isinstance(members, (list, tuple)):
-            raise ConfigError(f"Ensemble takes a list of Models or GGUF paths, got {type(members).__name__}; "
-                              "write gm.Ensemble([m1, m2])")
+            raise ConfigError(
+                f"Ensemble takes a list of Models or GGUF paths, got {type(members).__name__}; "
+                "write gm.Ensemble([m1, m2])"
+            )
         if not members:
-            raise ConfigError("an ensemble needs at least one model; give a list such as gm.Ensemble(['a.gguf', 'b.gguf'])")
+            raise ConfigError(
+                "an ensemble needs at least one model; give a list such as gm.Ensemble(['a.gguf', 'b.gguf'])"
+            )
         self.members: list[Model] = []
         for member in members:
             if not isinstance(member, (Model, str, os.PathLike)):
                 raise ConfigError(f"ensemble members are Models or GGUF paths, got {member!r}")
-            self.members.append(member if isinstance(member, Model)
-                                else Model.load(member, device=device, threads=threads, graph=graph))
+            self.members.append(
+                member if isinstance(member, Model) else Model.load(member, device=device, threads=threads, graph=graph)
+            )
         first = self.members[0]
         for i, member in enumerate(self.members[1:], 1):
-            for what, mine, theirs in (("image size", member.image_size, first.image_size),
-                                       ("number of classes", member.n_classes, first.n_classes),
-                                       ("class names", member.class_names, first.class_names)):
+            for what, mine, theirs in (
+                ("image size", member.image_size, first.image_size),
+                ("number of classes", member.n_classes, first.n_classes),
+                ("class names", member.class_names, first.class_names),
+            ):
                 if mine != theirs:
-                    raise ConfigError(f"ensemble member {_name(member, i)} has {what} {_show(mine)}, but "
-                                      f"{_name(first, 0)} has {_show(theirs)}; an ensemble averages the probabilities "
-                                      "of one set of classes, so leave out the models of other datasets")
+                    raise ConfigError(
+                        f"ensemble member {_name(member, i)} has {what} {_show(mine)}, but "
+                        f"{_name(first, 0)} has {_show(theirs)}; an ensemble averages the probabilities "
+                        "of one set of classes, so leave out the models of other datasets"
+                    )
 
     def __len__(self) -> int:
         return len(self.members)
@@ -100,9 +116,16 @@ class Ensemble:
         """Return the class of highest mean probability of each image as an int64 array of shape [N]."""
         return self.predict_proba(images, batch_size=batch_size).argmax(axis=1)
 
-    def evaluate(self, images: Any = None, labels: Any = None, *, data_dir: Optional[PathLike] = None,
-                 dataset: Optional[str] = None, batch_size: int = EVAL_CHUNK, keep_probabilities: bool = True
-                 ) -> api.EvalResult:
+    def evaluate(
+        self,
+        images: Any = None,
+        labels: Any = None,
+        *,
+        data_dir: Optional[PathLike] = None,
+        dataset: Optional[str] = None,
+        batch_size: int = EVAL_CHUNK,
+        keep_probabilities: bool = True,
+    ) -> api.EvalResult:
         """Evaluate the ensemble on labelled images as :func:`ggml_mnist.evaluate` does a model; returns an EvalResult
         whose probabilities are the members' mean and whose seconds are the members' sum."""
         if dataset is None and images is None:
@@ -112,11 +135,18 @@ class Ensemble:
         probs = (sum(r.probabilities.astype(np.float64) for r in results) / len(self)).astype(np.float32)
         truth = results[0].labels
         losses = -np.log(np.maximum(probs[np.arange(len(truth)), truth].astype(np.float64), 1e-30))
-        return api.eval_result(probs.argmax(axis=1).astype(np.int64), losses, truth, sum(r.seconds for r in results),
-                               probs if keep_probabilities else None, self.n_classes)
+        return api.eval_result(
+            probs.argmax(axis=1).astype(np.int64),
+            losses,
+            truth,
+            sum(r.seconds for r in results),
+            probs if keep_probabilities else None,
+            self.n_classes,
+        )
 
-    def predict_image(self, image: Union[ImageLike, Sequence[ImageLike]]
-                      ) -> Union[pictures.Prediction, list[pictures.Prediction]]:
+    def predict_image(
+        self, image: Union[ImageLike, Sequence[ImageLike]]
+    ) -> Union[pictures.Prediction, list[pictures.Prediction]]:
         """Predict a picture (or a list of them) as :meth:`Model.predict_image` does, with the mean probabilities."""
         return pictures.predict_image(self, image)
 

@@ -3,7 +3,8 @@ preparation the model expects, all read from the model's metadata (the registry 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 from . import datasets
 from .datasets import PREPARATIONS

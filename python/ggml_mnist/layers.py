@@ -13,14 +13,35 @@ import math
 import numbers
 import os
 import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, ClassVar, Optional, Union
 
 from ._ffi import ffi, lib
 from .errors import ConfigError
 
-__all__ = ["Layer", "Conv2d", "MaxPool2d", "AvgPool2d", "Dense", "Linear", "ReLU", "SiLU", "GELU", "Tanh", "Dropout",
-           "BatchNorm", "Residual", "residual", "Sequential", "presets", "preset_layers", "resolve_layers", "load_layers", "kind_name"]
+__all__ = [
+    "Layer",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "Dense",
+    "Linear",
+    "ReLU",
+    "SiLU",
+    "GELU",
+    "Tanh",
+    "Dropout",
+    "BatchNorm",
+    "Residual",
+    "residual",
+    "Sequential",
+    "presets",
+    "preset_layers",
+    "resolve_layers",
+    "load_layers",
+    "kind_name",
+]
 
 
 def kind_name(code: int) -> str:
@@ -65,9 +86,14 @@ class Conv2d(Layer):
     code: ClassVar[int] = lib.GMN_LAYER_CONV2D
 
     def native(self, n_classes: int) -> dict[str, Any]:
-        return dict(kind=self.code, name=_name(self.name), n_out=as_int(self.out_channels, "Conv2d out_channels"),
-                    k=as_int(self.kernel_size, "Conv2d kernel_size"), stride=as_int(self.stride, "Conv2d stride"),
-                    pad=as_int(self.padding, "Conv2d padding"))
+        return dict(
+            kind=self.code,
+            name=_name(self.name),
+            n_out=as_int(self.out_channels, "Conv2d out_channels"),
+            k=as_int(self.kernel_size, "Conv2d kernel_size"),
+            stride=as_int(self.stride, "Conv2d stride"),
+            pad=as_int(self.padding, "Conv2d padding"),
+        )
 
     def describe(self) -> str:
         return f"conv2d {self.kernel_size}x{self.kernel_size}" + _stride_pad(self.stride, self.padding)
@@ -193,8 +219,10 @@ class BatchNorm(Layer):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ConfigError(f"BatchNorm {what} must be a number in {rule}, got {value!r}")
         if 0 < self.eps < 1.2e-38:  # a denormal or 0 as the 32-bit float the shim keeps
-            raise ConfigError(f"BatchNorm eps {self.eps!r} is too small for a 32-bit float; give at least 1e-30 "
-                              "(PyTorch's default is 1e-5)")
+            raise ConfigError(
+                f"BatchNorm eps {self.eps!r} is too small for a 32-bit float; give at least 1e-30 "
+                "(PyTorch's default is 1e-5)"
+            )
         return dict(kind=self.code, name=_name(self.name), momentum=float(self.momentum), eps=float(self.eps))
 
     def describe(self) -> str:
@@ -291,7 +319,7 @@ def from_native(layer: Any) -> Layer:
 def layer_from_dict(entry: Any) -> Layer:
     """A Layer from its JSON form ``{"type": "conv2d", "out_channels": 8, ...}``; raises ConfigError."""
     if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
-        raise ConfigError(f"each layer must be an object with a \"type\" ({', '.join(_BY_NAME)}), got {entry!r}")
+        raise ConfigError(f'each layer must be an object with a "type" ({", ".join(_BY_NAME)}), got {entry!r}')
     fields = dict(entry)
     kind = fields.pop("type").lower()
     cls = _BY_NAME.get(kind)
@@ -300,7 +328,9 @@ def layer_from_dict(entry: Any) -> Layer:
     allowed = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
-        raise ConfigError(f"{kind} layer: unknown field(s) {', '.join(unknown)}; it takes {', '.join(allowed) or 'none'}")
+        raise ConfigError(
+            f"{kind} layer: unknown field(s) {', '.join(unknown)}; it takes {', '.join(allowed) or 'none'}"
+        )
     try:
         return cls(**fields)
     except TypeError as exc:
@@ -315,14 +345,14 @@ def layers_from_dicts(entries: Sequence[Any]) -> list[Layer]:
         if isinstance(entry, dict) and str(entry.get("type", "")).lower() == "residual" and "layers" in entry:
             unknown = sorted(set(entry) - {"type", "layers", "name"})
             if unknown or not isinstance(entry["layers"], list):
-                raise ConfigError(f"residual block: it takes a list \"layers\" and a \"name\", got {entry!r}")
+                raise ConfigError(f'residual block: it takes a list "layers" and a "name", got {entry!r}')
             out.extend(residual(layers_from_dicts(entry["layers"]), name=entry.get("name")))
         else:
             out.append(layer_from_dict(entry))
     return out
 
 
-def load_layers(path: Union[str, "os.PathLike[str]"]) -> list[Layer]:
+def load_layers(path: Union[str, os.PathLike[str]]) -> list[Layer]:
     """Read a JSON layer file: a list of layers or ``{"layers": [...]}``; a residual block may hold its body
     (``{"type": "residual", "layers": [...]}``). Raises ConfigError naming the problem."""
     try:
@@ -334,7 +364,7 @@ def load_layers(path: Union[str, "os.PathLike[str]"]) -> list[Layer]:
         raise ConfigError(f"layer file {os.fspath(path)!r} is not valid JSON: {exc}") from None
     entries = data.get("layers") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"layer file {os.fspath(path)!r} must hold a non-empty list of layers or {{\"layers\": [...]}}")
+        raise ConfigError(f'layer file {os.fspath(path)!r} must hold a non-empty list of layers or {{"layers": [...]}}')
     return layers_from_dicts(entries)
 
 
@@ -361,8 +391,9 @@ def presets(n_classes: int = 10) -> dict[str, list[Layer]]:
 ArchLike = Union[str, Sequence[Layer], Sequential]
 
 
-def resolve_layers(arch: ArchLike, n_classes: int, *, hidden: Optional[int] = None,
-                   conv_channels: Optional[Sequence[int]] = None) -> list[Layer]:
+def resolve_layers(
+    arch: ArchLike, n_classes: int, *, hidden: Optional[int] = None, conv_channels: Optional[Sequence[int]] = None
+) -> list[Layer]:
     """The layer list of ``arch`` (a preset name or layers), with the ``hidden`` / ``conv_channels`` shorthands applied.
 
     ``hidden`` sets the units of the first hidden dense layer; ``conv_channels`` the channels of the
@@ -374,20 +405,26 @@ def resolve_layers(arch: ArchLike, n_classes: int, *, hidden: Optional[int] = No
         layers = list(arch)
         bad = [x for x in layers if not isinstance(x, Layer)]
         if bad or not layers:
-            raise ConfigError("arch must be a preset name or a non-empty list of layers such as gm.layers.Dense(), "
-                              f"got {bad[0] if bad else 'an empty list'!r}")
+            raise ConfigError(
+                "arch must be a preset name or a non-empty list of layers such as gm.layers.Dense(), "
+                f"got {bad[0] if bad else 'an empty list'!r}"
+            )
     else:
         raise ConfigError(f"arch must be a preset name ({', '.join(preset_names())}) or a list of layers, got {arch!r}")
     if hidden is not None:
         dense = [i for i, x in enumerate(layers[:-1]) if isinstance(x, Dense)]
         if not dense:
-            raise ConfigError("hidden= sets the first hidden dense layer's units, but this network has no hidden dense layer")
+            raise ConfigError(
+                "hidden= sets the first hidden dense layer's units, but this network has no hidden dense layer"
+            )
         layers[dense[0]] = dataclasses.replace(layers[dense[0]], units=hidden)
     if conv_channels is not None:
         convs = [i for i, x in enumerate(layers) if isinstance(x, Conv2d)]
         channels = list(conv_channels)
         if len(channels) > len(convs):
-            raise ConfigError(f"conv_channels gives {len(channels)} values but the network has {len(convs)} convolutions")
+            raise ConfigError(
+                f"conv_channels gives {len(channels)} values but the network has {len(convs)} convolutions"
+            )
         for i, c in zip(convs, channels):
             layers[i] = dataclasses.replace(layers[i], out_channels=c)
     return layers
@@ -398,8 +435,10 @@ def canonical_preset(name: str) -> str:
     key = str(name).lower()
     key = {"mnist-fc": "fc", "mnist-cnn": "cnn"}.get(key, key)
     if key not in preset_names():
-        raise ConfigError(f"unknown network {name!r}; use a preset ({', '.join(preset_names())}, or ggml's mnist-fc and "
-                          "mnist-cnn) or a list of layers")
+        raise ConfigError(
+            f"unknown network {name!r}; use a preset ({', '.join(preset_names())}, or ggml's mnist-fc and "
+            "mnist-cnn) or a list of layers"
+        )
     return key
 
 
@@ -418,14 +457,14 @@ def _name(name: Optional[str]) -> bytes:
         return b""
     if not isinstance(name, str):
         raise ConfigError(f"layer name must be a string, got {name!r}")
-    return name.encode("utf-8")[:lib.GMN_NAME_CAP]
+    return name.encode("utf-8")[: lib.GMN_NAME_CAP]
 
 
 def as_int(value: Any, what: str) -> int:
     """Return value as an int for the shim; raise ConfigError naming ``what`` if it is not a whole number in int32."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{what} must be a whole number, got {value!r}")
-    if not -2**31 < int(value) < 2**31:
+    if not -(2**31) < int(value) < 2**31:
         raise ConfigError(f"{what} is out of range: {value!r}")
     return int(value)
 

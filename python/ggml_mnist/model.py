@@ -12,8 +12,9 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -24,12 +25,12 @@ from .data import validate_images
 from .errors import ConfigError, DataError, DataFileNotFoundError, DeviceError, DeviceWarning
 from .layers import ArchLike, Dense, Layer, as_int, from_native, preset_layers, preset_names, resolve_layers
 from .outputs import check_output
-from .weight_layout import check_layout, from_torch, to_torch
 from .pictures import read as pictures
 from .pictures.prepare import ImageLike
+from .weight_layout import check_layout, from_torch, to_torch
 
 PathLike = Union[str, "os.PathLike[str]"]
-_LIVE: "weakref.WeakSet[Model]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Model] = weakref.WeakSet()
 
 
 # Held while a native model is made (and added to _LIVE); taken for good when the interpreter exits.
@@ -73,13 +74,16 @@ _FALLBACK_NOTED: list[bool] = []
 def gpu_backends_built() -> list[str]:
     """The GPU backends this installation's ggml was built with (none for the default CPU build)."""
     from ._build_info import build_info
+
     return [b for b in build_info.get("backends") or [] if b in GPU_BACKENDS]
 
 
 def _no_gpu_reason() -> str:
-    return (f"this build has {', '.join(b.removeprefix('ggml-').upper() for b in gpu_backends_built())} but ggml "
-            "found no usable GPU (no driver, an old driver, or none visible: check nvidia-smi and "
-            "CUDA_VISIBLE_DEVICES; gm.set_verbose(True) shows ggml's own reason)")
+    return (
+        f"this build has {', '.join(b.removeprefix('ggml-').upper() for b in gpu_backends_built())} but ggml "
+        "found no usable GPU (no driver, an old driver, or none visible: check nvidia-smi and "
+        "CUDA_VISIBLE_DEVICES; gm.set_verbose(True) shows ggml's own reason)"
+    )
 
 
 def _note_cpu_fallback(asked: str, got: str) -> None:
@@ -98,8 +102,10 @@ def _device_errors(device: str) -> Iterator[None]:
         if gpu_backends_built():
             fix = f"{_no_gpu_reason()}; use device='cpu' or 'auto'"
         else:
-            fix = ("this installation was built for the CPU only; for an NVIDIA GPU reinstall with "
-                   "CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install . (README: Using a GPU)")
+            fix = (
+                "this installation was built for the CPU only; for an NVIDIA GPU reinstall with "
+                'CMAKE_ARGS="-DGGML_CUDA=on" pip install . (README: Using a GPU)'
+            )
         raise DeviceError(f"{exc}; {fix}") from None
 
 
@@ -115,7 +121,7 @@ class Model:
         raise TypeError("use gm.Model.create(...), gm.Model.load(path) or gm.train(...) to make a Model")
 
     @classmethod
-    def _own(cls, handle: Any, threads: int = 0) -> "Model":
+    def _own(cls, handle: Any, threads: int = 0) -> Model:
         """Wrap a fresh native handle, which the Model then frees exactly once (internal)."""
         self = cls.__new__(cls)
         self._handle = ffi.gc(handle, lib.gmn_model_free)
@@ -136,9 +142,19 @@ class Model:
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
-    def create(cls, arch: ArchLike = "cnn", *, n_classes: int = 10, image_size: Sequence[int] = (28, 28),
-               hidden: Optional[int] = None, conv_channels: Optional[Sequence[int]] = None, device: str = DEFAULT_DEVICE,
-               threads: int = 0, seed: int = 42, graph: str = "auto") -> "Model":
+    def create(
+        cls,
+        arch: ArchLike = "cnn",
+        *,
+        n_classes: int = 10,
+        image_size: Sequence[int] = (28, 28),
+        hidden: Optional[int] = None,
+        conv_channels: Optional[Sequence[int]] = None,
+        device: str = DEFAULT_DEVICE,
+        threads: int = 0,
+        seed: int = 42,
+        graph: str = "auto",
+    ) -> Model:
         """Return a freshly initialised model (PyTorch-style uniform init drawn from ``seed``).
 
         ``arch`` is a preset name (see :func:`ggml_mnist.presets`) or a list of layers; ``hidden`` and
@@ -160,7 +176,7 @@ class Model:
         return model
 
     @classmethod
-    def load(cls, path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0, graph: str = "auto") -> "Model":
+    def load(cls, path: PathLike, *, device: str = DEFAULT_DEVICE, threads: int = 0, graph: str = "auto") -> Model:
         """Load a GGUF model written by ggml-mnist or by ggml's mnist example, to run in graph form ``graph``.
 
         Raises DataFileNotFoundError if the file is missing, ModelFormatError if it is not a valid model.
@@ -173,8 +189,9 @@ class Model:
         out = ffi.new("gmn_model **")
         with _CREATING:
             with _device_errors(device):
-                _ffi.check(lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device, "device"), as_int(threads, "threads"),
-                                              out))
+                _ffi.check(
+                    lib.gmn_model_load(_ffi.cstr(path), _ffi.cstr(device, "device"), as_int(threads, "threads"), out)
+                )
             model = cls._own(out[0], threads)
         model.metadata = _decode_metadata(model._native_metadata())
         model.path = path
@@ -202,15 +219,20 @@ class Model:
         """Raise ConfigError when called (with the lock held) from inside one of this model's native calls: a
         training callback such as on_batch_end runs within the epoch call, which still uses the model's memory."""
         if self._in_native:
-            raise ConfigError(f"{what}() cannot run inside a training callback: the epoch that called it still uses "
-                              "the model; return False or raise StopTraining to stop, then call it after train() "
-                              "returns")
+            raise ConfigError(
+                f"{what}() cannot run inside a training callback: the epoch that called it still uses "
+                "the model; return False or raise StopTraining to stop, then call it after train() "
+                "returns"
+            )
 
     @property
     def handle(self) -> Any:
         """Deprecated: the native handle is private (``_handle``); it still works, with a DeprecationWarning."""
-        warnings.warn("Model.handle is private now (Model._handle); the Model's methods cover what it was used for",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "Model.handle is private now (Model._handle); the Model's methods cover what it was used for",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if self._handle is None:
             raise ValueError("this Model has been closed")
         return self._handle
@@ -226,8 +248,9 @@ class Model:
         backward). Raises ConfigError for another name, for "cpu" on another device, or during training."""
         if graph not in GRAPHS:
             raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
-        _ffi.check(self._call_native(lib.gmn_model_set_graph, getattr(lib, f"GMN_GRAPH_{graph.upper()}")),
-                   invalid=ConfigError)
+        _ffi.check(
+            self._call_native(lib.gmn_model_set_graph, getattr(lib, f"GMN_GRAPH_{graph.upper()}")), invalid=ConfigError
+        )
         self._graph = graph
 
     @property
@@ -239,9 +262,15 @@ class Model:
         _ffi.check(self._call_native(lib.gmn_model_plan, info))
         kernels = {ffi.string(lib.gmn_kernel_name(k)).decode(): int(info.taken[k]) for k in range(lib.GMN_KERNEL_COUNT)}
         why = ffi.string(info.why_no_kernels).decode()
-        return {"graph": "cpu" if info.graph == lib.GMN_GRAPH_CPU else "portable", "device": self.device,
-                "ops": ffi.string(info.ops).decode().split(), "kernels": kernels if info.kernels else {},
-                "kernels_off": why or None, "accel_products": bool(info.accel_products), "llamafile": bool(info.llamafile)}
+        return {
+            "graph": "cpu" if info.graph == lib.GMN_GRAPH_CPU else "portable",
+            "device": self.device,
+            "ops": ffi.string(info.ops).decode().split(),
+            "kernels": kernels if info.kernels else {},
+            "kernels_off": why or None,
+            "accel_products": bool(info.accel_products),
+            "llamafile": bool(info.llamafile),
+        }
 
     @property
     def device(self) -> str:
@@ -326,8 +355,11 @@ class Model:
             if name not in shapes:
                 raise ConfigError(f"unknown tensor {name!r}; this model has {', '.join(shapes)}")
             arr = np.ascontiguousarray(value, dtype=np.float32)
-            if arr.shape != shapes[name] and arr.size == int(np.prod(shapes[name])) and arr.squeeze().shape == tuple(
-                    d for d in shapes[name] if d != 1):
+            if (
+                arr.shape != shapes[name]
+                and arr.size == int(np.prod(shapes[name]))
+                and arr.squeeze().shape == tuple(d for d in shapes[name] if d != 1)
+            ):
                 arr = arr.reshape(shapes[name])
             if arr.shape != shapes[name]:
                 raise ConfigError(f"tensor {name!r} must have shape {shapes[name]}, got {arr.shape}")
@@ -338,7 +370,7 @@ class Model:
             _ffi.check(self._call_native(lib.gmn_model_set_tensor, name.encode(), _ffi.ptr(arr, "float *"), arr.size))
 
     # -- quantisation -----------------------------------------------------------------------------
-    def quantize(self, type: str, /, *, pad: bool = False) -> "Model":
+    def quantize(self, type: str, /, *, pad: bool = False) -> Model:
         """Return a new Model (same network, device and metadata) with the weights converted to ``type`` by ggml.
 
         ``type`` is one of :func:`weight_types`: "q8_0", "q5_0" and "q4_0" (ggml's blocks of 32 values) go to
@@ -354,7 +386,7 @@ class Model:
         model.metadata = copy.deepcopy(self.metadata)
         return model
 
-    def dequantize(self) -> "Model":
+    def dequantize(self) -> Model:
         """Return a new f32 Model holding this model's weights as ggml dequantises them (trainable, e.g. to fine-tune)."""
         return self.quantize("f32")
 
@@ -386,17 +418,33 @@ class Model:
         probs = np.empty((flat.shape[0], self.n_classes), dtype=np.float32)
         for start, chunk in _chunks(flat, batch_size):
             chunk = np.ascontiguousarray(chunk)
-            out = probs[start:start + chunk.shape[0]]
-            _ffi.check(self._call_native(lib.gmn_model_predict, _ffi.ptr(chunk, "void *"), int(is_float), chunk.shape[0],
-                                             _ffi.ptr(out, "float *")), invalid=DataError)
+            out = probs[start : start + chunk.shape[0]]
+            _ffi.check(
+                self._call_native(
+                    lib.gmn_model_predict,
+                    _ffi.ptr(chunk, "void *"),
+                    int(is_float),
+                    chunk.shape[0],
+                    _ffi.ptr(out, "float *"),
+                ),
+                invalid=DataError,
+            )
         return probs
 
     def predict(self, images: Any, *, batch_size: int = EVAL_CHUNK) -> np.ndarray:
         """Return the predicted class of each image as an int64 array of shape [N]."""
         return self.predict_proba(images, batch_size=batch_size).argmax(axis=1)
 
-    def evaluate(self, images: Any = None, labels: Any = None, *, data_dir: Optional[PathLike] = None,
-                 dataset: Optional[str] = None, batch_size: int = EVAL_CHUNK, keep_probabilities: bool = True) -> Any:
+    def evaluate(
+        self,
+        images: Any = None,
+        labels: Any = None,
+        *,
+        data_dir: Optional[PathLike] = None,
+        dataset: Optional[str] = None,
+        batch_size: int = EVAL_CHUNK,
+        keep_probabilities: bool = True,
+    ) -> Any:
         """Loss, accuracy (with standard errors) and predictions on labelled images: ``gm.evaluate(model, ...)``.
 
         ``images``/``labels`` are arrays or IDX paths, or ``images`` a dataset directory; without them the test split
@@ -404,8 +452,15 @@ class Model:
         """
         from .api import evaluate  # the data resolution lives with the API
 
-        return evaluate(self, images, labels, data_dir=data_dir, dataset=dataset, batch_size=batch_size,
-                        keep_probabilities=keep_probabilities)
+        return evaluate(
+            self,
+            images,
+            labels,
+            data_dir=data_dir,
+            dataset=dataset,
+            batch_size=batch_size,
+            keep_probabilities=keep_probabilities,
+        )
 
     def activations(self, image: Any) -> list[np.ndarray]:
         """Return, per layer, its output for one image ([H, W] uint8 or floats in [0, 1]) as float32.
@@ -416,13 +471,21 @@ class Model:
         flat, is_float = self._flatten(image)
         if flat.shape[0] != 1:
             raise DataError(f"activations() takes one image, got {flat.shape[0]}")
-        x = np.ascontiguousarray(flat[0], dtype=np.float32) if is_float else flat[0].astype(np.float32) / np.float32(255)
+        x = (
+            np.ascontiguousarray(flat[0], dtype=np.float32)
+            if is_float
+            else flat[0].astype(np.float32) / np.float32(255)
+        )
         out = []
         for i, (h, w, c, _params) in enumerate(self.layer_info()):
-            flat_out = h == 1 and w == 1 and any(isinstance(layer, Dense) for layer in self.layers[:i + 1])
+            flat_out = h == 1 and w == 1 and any(isinstance(layer, Dense) for layer in self.layers[: i + 1])
             arr = np.empty(c if flat_out else (c, h, w), dtype=np.float32)
-            _ffi.check(self._call_native(lib.gmn_model_activation, _ffi.ptr(x, "float *"), i, _ffi.ptr(arr, "float *"),
-                                        arr.size), invalid=DataError)
+            _ffi.check(
+                self._call_native(
+                    lib.gmn_model_activation, _ffi.ptr(x, "float *"), i, _ffi.ptr(arr, "float *"), arr.size
+                ),
+                invalid=DataError,
+            )
             out.append(arr)
         return out
 
@@ -436,8 +499,9 @@ class Model:
         """How pictures are prepared for this model: "digits" (MNIST's recipe) or "photo" (Fashion-MNIST)."""
         return labels.preparation(self.metadata)
 
-    def predict_image(self, image: Union[ImageLike, Sequence[ImageLike]]
-                      ) -> Union[pictures.Prediction, list[pictures.Prediction]]:
+    def predict_image(
+        self, image: Union[ImageLike, Sequence[ImageLike]]
+    ) -> Union[pictures.Prediction, list[pictures.Prediction]]:
         """Predict a picture (a path, encoded bytes, a PIL image or an array) prepared by :func:`prepare_image`
         as this model expects (:attr:`preparation`); a list of pictures gives a list of Predictions.
 
@@ -455,18 +519,33 @@ class Model:
         return pictures.read_digits(self, image)
 
     def _flatten(self, images: Any) -> tuple[np.ndarray, bool]:
-        hint = ("a photo or scan with model.predict_image(picture) (or read_digits for several digits), which crops, "
-                "centres and scales it as the training images were: plain resizing reads worse")
+        hint = (
+            "a photo or scan with model.predict_image(picture) (or read_digits for several digits), which crops, "
+            "centres and scales it as the training images were: plain resizing reads worse"
+        )
         if isinstance(images, (str, os.PathLike)):
-            raise DataError(f"images must be an array of images, not a path ({os.fspath(images)!r}); read an IDX file "
-                            f"with gm.read_idx(path), or {hint}")
+            raise DataError(
+                f"images must be an array of images, not a path ({os.fspath(images)!r}); read an IDX file "
+                f"with gm.read_idx(path), or {hint}"
+            )
         shape = getattr(images, "shape", None)
-        photo = shape is not None and tuple(shape[-2:]) != self.image_size and (
-            len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) >= 16 or  # [H, W, RGB(A)]
-            len(shape) == 2 and min(shape) >= 16 and shape[-1] != self.image_size[0] * self.image_size[1])  # [H, W]
+        photo = (
+            shape is not None
+            and tuple(shape[-2:]) != self.image_size
+            and (
+                len(shape) == 3
+                and shape[-1] in (3, 4)
+                and min(shape[:2]) >= 16  # [H, W, RGB(A)]
+                or len(shape) == 2
+                and min(shape) >= 16
+                and shape[-1] != self.image_size[0] * self.image_size[1]
+            )
+        )  # [H, W]
         if photo or type(images).__module__.startswith("PIL."):
-            raise DataError(f"predict() takes arrays of prepared {self.image_size[0]}x{self.image_size[1]} images, not "
-                            f"a picture; read {hint}")
+            raise DataError(
+                f"predict() takes arrays of prepared {self.image_size[0]}x{self.image_size[1]} images, not "
+                f"a picture; read {hint}"
+            )
         arr = validate_images(images, size=self.image_size, single=True)
         return arr.reshape(arr.shape[0], -1), arr.dtype != np.uint8
 
@@ -496,8 +575,15 @@ class Model:
             raise ConfigError(f"path must be a file name such as model.gguf, got {path!r}")
         path = os.fspath(path)
         check_output(path, force=force, what="the model file")
-        _ffi.check(self._call_native(lib.gmn_model_save, _ffi.cstr(path), len(keys), ffi.new("char *[]", keys) if keys else ffi.NULL,
-                                      ffi.new("char *[]", values) if values else ffi.NULL))
+        _ffi.check(
+            self._call_native(
+                lib.gmn_model_save,
+                _ffi.cstr(path),
+                len(keys),
+                ffi.new("char *[]", keys) if keys else ffi.NULL,
+                ffi.new("char *[]", values) if values else ffi.NULL,
+            )
+        )
 
     def _native_metadata(self) -> Iterator[tuple[str, str]]:
         key = ffi.new("const char **")
@@ -552,7 +638,7 @@ class Model:
                 return f.read()
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, device: str = DEFAULT_DEVICE, threads: int = 0) -> "Model":
+    def from_bytes(cls, data: bytes, *, device: str = DEFAULT_DEVICE, threads: int = 0) -> Model:
         """A model from GGUF file bytes (see :meth:`to_bytes`); raises ModelFormatError for bytes that are not one."""
         with tempfile.TemporaryDirectory(prefix="ggml-mnist-") as tmp:
             path = os.path.join(tmp, "model.gguf")
@@ -560,23 +646,23 @@ class Model:
                 f.write(data)
             return cls.load(path, device=device, threads=threads)
 
-    def copy(self) -> "Model":
+    def copy(self) -> Model:
         """An independent copy: same network, weights and metadata, on the same device (no optimizer state)."""
         model = Model.from_bytes(self.to_bytes(), device=self.device, threads=self._threads)
         model.set_graph(self._graph)
         return model
 
-    def __copy__(self) -> "Model":
+    def __copy__(self) -> Model:
         return self.copy()
 
-    def __deepcopy__(self, memo: dict) -> "Model":
+    def __deepcopy__(self, memo: dict) -> Model:
         return self.copy()
 
     def __reduce__(self) -> tuple:
         """Pickle through the GGUF bytes, so a model can go to another process (e.g. multiprocessing)."""
         return (_model_from_bytes, (self.to_bytes(), self._threads))
 
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -586,8 +672,10 @@ class Model:
         if self._handle is None:
             return f"<Model {self.arch} (closed)>"
         weights = "" if self.weight_type == "f32" else f" weights={self.weight_type}"
-        return (f"<Model {self.architecture} classes={self.n_classes} image={self.image_size[0]}x{self.image_size[1]} "
-                f"device={self.device}{weights}>")
+        return (
+            f"<Model {self.architecture} classes={self.n_classes} image={self.image_size[0]}x{self.image_size[1]} "
+            f"device={self.device}{weights}>"
+        )
 
 
 @dataclass(frozen=True)
@@ -620,13 +708,21 @@ def native_net(layers: Sequence[Layer], n_classes: int, image_size: Sequence[int
     for i, layer in enumerate(layers):
         for key, value in layer.native(n_classes).items():
             setattr(buf[i], key, value)
-    net = ffi.new("struct gmn_net *", dict(image_h=as_int(size[0], "image height"), image_w=as_int(size[1], "image width"),
-                                           n_layers=len(layers), layers=buf))
+    net = ffi.new(
+        "struct gmn_net *",
+        dict(
+            image_h=as_int(size[0], "image height"),
+            image_w=as_int(size[1], "image width"),
+            n_layers=len(layers),
+            layers=buf,
+        ),
+    )
     return net, buf
 
 
-def check_net(layers: Sequence[Layer], n_classes: int,
-              image_size: Sequence[int]) -> tuple[list[Layer], list[tuple[int, int, int, int]]]:
+def check_net(
+    layers: Sequence[Layer], n_classes: int, image_size: Sequence[int]
+) -> tuple[list[Layer], list[tuple[int, int, int, int]]]:
     """Validate a network in the shim. Returns its layers with default names filled in and, per layer, the output
     height, width, channels and parameters. Raises ConfigError naming the bad layer."""
     net, _keep = native_net(layers, n_classes, image_size)
@@ -638,8 +734,14 @@ def check_net(layers: Sequence[Layer], n_classes: int,
     return [from_native(out[i]) for i in range(len(layers))], shapes  # type: ignore[return-value]
 
 
-def convert_weights(weights: Mapping[str, Any], net: Union[Model, ArchLike], *, to: str,
-                    image_size: Sequence[int] = (28, 28), n_classes: Optional[int] = None) -> dict[str, np.ndarray]:
+def convert_weights(
+    weights: Mapping[str, Any],
+    net: Union[Model, ArchLike],
+    *,
+    to: str,
+    image_size: Sequence[int] = (28, 28),
+    n_classes: Optional[int] = None,
+) -> dict[str, np.ndarray]:
     """Convert the weights of a network between layouts (see :meth:`Model.get_weights`): ``to="torch"`` from the
     ggml layout, ``to="ggml"`` from PyTorch's. ``net`` is a Model, or a preset name or list of layers on
     ``image_size`` images with ``n_classes`` outputs (default: the rows of the last layer's weight).
@@ -669,8 +771,13 @@ def summary_lines(layers: Sequence[Layer], n_classes: int, image_size: Sequence[
     for layer, (h, w, c, params) in zip(layers, info):
         flat = flat or isinstance(layer, Dense)
         name = getattr(layer, "name", None)
-        rows.append((f"{name} ({layer.describe()})" if name else layer.describe(), f"({c},)" if flat else f"({h}, {w}, {c})",
-                     f"{params:,}"))
+        rows.append(
+            (
+                f"{name} ({layer.describe()})" if name else layer.describe(),
+                f"({c},)" if flat else f"({h}, {w}, {c})",
+                f"{params:,}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows + [("Layer", "Output shape", "Params")]) for i in range(3)]
     rule = "-" * (sum(widths) + 4)
     lines = [f"{'Layer':<{widths[0]}}  {'Output shape':<{widths[1]}}  {'Params':>{widths[2]}}", rule]
@@ -692,4 +799,4 @@ def _decode_metadata(items: Iterator[tuple[str, str]]) -> dict[str, Any]:
 
 def _chunks(arr: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
     for start in range(0, arr.shape[0], check_batch_size(size)):
-        yield start, arr[start:start + size]
+        yield start, arr[start : start + size]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Optional, Union
 
 from .errors import ConfigError, GgmlMnistError, ModelIOError
 
@@ -64,6 +65,7 @@ def is_ours(path: PathLike, kind: str) -> bool:
         return True
     try:
         from PIL import Image
+
         with Image.open(path) as picture:
             return picture.info.get("Software") == PNG_SOFTWARE
     except Exception:  # noqa: BLE001 - a broken PNG is not ours
@@ -78,8 +80,15 @@ def same_file(a: PathLike, b: PathLike) -> bool:
         return False
 
 
-def check_output(path: PathLike, inputs: Iterable[Optional[PathLike]] = (), *, kind: str = "model",
-                 force: bool = False, what: str = "the output", example: str = "model.gguf") -> Path:
+def check_output(
+    path: PathLike,
+    inputs: Iterable[Optional[PathLike]] = (),
+    *,
+    kind: str = "model",
+    force: bool = False,
+    what: str = "the output",
+    example: str = "model.gguf",
+) -> Path:
     """Refuse, before any work, an output that could not be written or would destroy something.
 
     ``inputs`` are every file the run reads (None entries are skipped); ``example`` is a good name to suggest.
@@ -93,8 +102,9 @@ def check_output(path: PathLike, inputs: Iterable[Optional[PathLike]] = (), *, k
     target = Path(text)
     if target.is_symlink():  # the file is written through the link
         if not target.exists():
-            raise ModelIOError(f"cannot write {what} {text!r}: it is a symbolic link to a missing file; remove it or "
-                               "write elsewhere")
+            raise ModelIOError(
+                f"cannot write {what} {text!r}: it is a symbolic link to a missing file; remove it or write elsewhere"
+            )
         target = target.resolve()
     if len(target.name.encode()) > 255:
         raise ModelIOError(f"cannot write {what} {os.fspath(target)[:64]!r}...: the file name is longer than 255 bytes")
@@ -103,25 +113,30 @@ def check_output(path: PathLike, inputs: Iterable[Optional[PathLike]] = (), *, k
         raise ModelIOError(f"{what} {text!r} is not a regular file (a device, FIFO or socket); {fix}")
     for source in inputs:
         if source is not None and same_file(target, source):
-            raise ModelIOError(f"{what} {text!r} is the input file {os.fspath(source)!r}; writing it would destroy "
-                               f"it, so {fix}")
+            raise ModelIOError(
+                f"{what} {text!r} is the input file {os.fspath(source)!r}; writing it would destroy it, so {fix}"
+            )
     if target.exists() and not force and not is_ours(target, kind):
-        raise ModelIOError(f"{what} {text!r} already exists and is {describe(target)}, not {_KIND_NAME[kind]}; "
-                           f"replacing it would destroy it: {fix}, or add --force (force=True) to replace it")
+        raise ModelIOError(
+            f"{what} {text!r} already exists and is {describe(target)}, not {_KIND_NAME[kind]}; "
+            f"replacing it would destroy it: {fix}, or add --force (force=True) to replace it"
+        )
     check_writable(target, what)
     return target
 
 
-def check_file_name(target: PathLike, what: str, example: str, *, text: Optional[str] = None,
-                    error: type[GgmlMnistError] = ModelIOError) -> None:
+def check_file_name(
+    target: PathLike, what: str, example: str, *, text: Optional[str] = None, error: type[GgmlMnistError] = ModelIOError
+) -> None:
     """Raise ``error`` naming the fix unless ``target`` can name a file to write: it is not a directory and its
     folder exists. ``text`` is the name as the user gave it (default: ``target``)."""
     text = os.fspath(target) if text is None else text
     target = Path(target)
     refuse_directory(target, f"{what} {text!r}", f"give a file name such as {example}", error)
     if not target.parent.is_dir():
-        raise error(f"cannot write {what} {os.fspath(target)!r}: directory '{target.parent}' does not exist; "
-                    "create it first")
+        raise error(
+            f"cannot write {what} {os.fspath(target)!r}: directory '{target.parent}' does not exist; create it first"
+        )
 
 
 def refuse_directory(path: PathLike, subject: str, fix: str, error: type[GgmlMnistError] = ModelIOError) -> None:
@@ -137,8 +152,10 @@ def check_writable(target: Path, what: str) -> None:
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".ggml-mnist-check-"):
             pass
     except OSError as exc:
-        raise ModelIOError(f"cannot write {what} {os.fspath(target)!r}: directory '{target.parent}' is not writable "
-                           f"({exc.strerror}); choose another place") from None
+        raise ModelIOError(
+            f"cannot write {what} {os.fspath(target)!r}: directory '{target.parent}' is not writable "
+            f"({exc.strerror}); choose another place"
+        ) from None
 
 
 def check_distinct(named: Iterable[tuple[str, Optional[PathLike]]]) -> None:

@@ -8,7 +8,8 @@ threads) and, given ``path``, also writes it as a PNG.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
@@ -25,11 +26,16 @@ if TYPE_CHECKING:
 INSTALL_HINT = 'plots need matplotlib: pip install "ggml-mnist[plot]"'
 HistoryLike = Union[Model, Sequence[Any]]
 # history keys: the agreed metadata names first, then EpochStats' field names
-_ALIASES = {"loss": ("loss", "train_loss"), "accuracy": ("accuracy", "train_acc"),
-            "val_loss": ("val_loss",), "val_accuracy": ("val_accuracy", "val_acc"), "lr": ("lr",)}
+_ALIASES = {
+    "loss": ("loss", "train_loss"),
+    "accuracy": ("accuracy", "train_acc"),
+    "val_loss": ("val_loss",),
+    "val_accuracy": ("val_accuracy", "val_acc"),
+    "lr": ("lr",),
+}
 
 
-def _figure(width: float, height: float) -> "Figure":
+def _figure(width: float, height: float) -> Figure:
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
@@ -37,13 +43,13 @@ def _figure(width: float, height: float) -> "Figure":
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def save_png(fig: "Figure", path: PathLike) -> None:
+def save_png(fig: Figure, path: PathLike) -> None:
     """Write ``fig`` as a PNG atomically: a failed save leaves an existing file untouched."""
     with atomic_path(path) as tmp, open(tmp, "xb") as f:  # unlike mkstemp, the file gets the usual permissions (umask)
         fig.savefig(f, format="png", metadata={"Software": PNG_SOFTWARE})  # marks the file as ours
 
 
-def _done(fig: "Figure", path: Optional[PathLike]) -> "Figure":
+def _done(fig: Figure, path: Optional[PathLike]) -> Figure:
     if path is not None:
         save_png(fig, path)
     return fig
@@ -75,13 +81,15 @@ def history_from_metrics(path: PathLike, run: Optional[int] = None) -> list[dict
     return history_rows(read_epochs(path, run)[1])
 
 
-def history(history_or_model: HistoryLike, *, path: Optional[PathLike] = None) -> "Figure":
+def history(history_or_model: HistoryLike, *, path: Optional[PathLike] = None) -> Figure:
     """Loss and accuracy against epoch, train and validation, and the learning rate when recorded."""
     rows = history_rows(history_or_model)
     has_lr = any(r["lr"] is not None for r in rows)
     fig = _figure(12 if has_lr else 8.5, 3.6)
     axes = fig.subplots(1, 3 if has_lr else 2)
-    panels = [("loss", "loss", 1.0), ("accuracy", "accuracy (%)", 100.0)] + ([("lr", "learning rate", 1.0)] if has_lr else [])
+    panels = [("loss", "loss", 1.0), ("accuracy", "accuracy (%)", 100.0)] + (
+        [("lr", "learning rate", 1.0)] if has_lr else []
+    )
     for ax, (key, title, scale) in zip(axes, panels):
         series = [(key, "train")] if key == "lr" else [(key, "train"), (f"val_{key}", "validation")]
         for name, label in series:
@@ -97,8 +105,9 @@ def history(history_or_model: HistoryLike, *, path: Optional[PathLike] = None) -
     return _done(fig, path)
 
 
-def confusion_matrix(result: Any, *, class_names: Optional[Sequence[str]] = None,
-                     path: Optional[PathLike] = None) -> "Figure":
+def confusion_matrix(
+    result: Any, *, class_names: Optional[Sequence[str]] = None, path: Optional[PathLike] = None
+) -> Figure:
     """Counts of true (rows) against predicted (columns) classes of an EvalResult (or a square count matrix)."""
     counts = np.asarray(result.confusion_matrix() if hasattr(result, "confusion_matrix") else result)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
@@ -109,7 +118,9 @@ def confusion_matrix(result: Any, *, class_names: Optional[Sequence[str]] = None
     fig = _figure(size, size * 0.9)
     ax = fig.subplots()
     ax.imshow(counts, cmap="Blues")
-    ax.set_xticks(range(n), names, rotation=45 if max(len(s) for s in names) > 2 else 0, ha="right" if n > 2 else "center")
+    ax.set_xticks(
+        range(n), names, rotation=45 if max(len(s) for s in names) > 2 else 0, ha="right" if n > 2 else "center"
+    )
     ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -121,8 +132,15 @@ def confusion_matrix(result: Any, *, class_names: Optional[Sequence[str]] = None
     return _done(fig, path)
 
 
-def mistakes(model: Model, x: Any, y: Any, *, n: int = 24, class_names: Optional[Sequence[str]] = None,
-             path: Optional[PathLike] = None) -> "Figure":
+def mistakes(
+    model: Model,
+    x: Any,
+    y: Any,
+    *,
+    n: int = 24,
+    class_names: Optional[Sequence[str]] = None,
+    path: Optional[PathLike] = None,
+) -> Figure:
     """A grid of the ``n`` most confident mistakes of ``model`` on images ``x`` with labels ``y``."""
     images = np.asarray(x)
     labels = np.asarray(y).astype(np.int64)
@@ -154,7 +172,7 @@ def _mosaic(tiles: np.ndarray) -> np.ndarray:
     out = np.full((r * (h + 1) - 1, c * (w + 1) - 1), np.nan, dtype=np.float32)
     for i in range(r):
         for j in range(c):
-            out[i * (h + 1):i * (h + 1) + h, j * (w + 1):j * (w + 1) + w] = tiles[i, j]
+            out[i * (h + 1) : i * (h + 1) + h, j * (w + 1) : j * (w + 1) + w] = tiles[i, j]
     return out
 
 
@@ -169,7 +187,7 @@ def feature_grid(maps: np.ndarray, columns: int = 8) -> np.ndarray:
     return _mosaic(tiles.reshape(rows, min(c, columns), h, w))
 
 
-def filters(model: Model, *, path: Optional[PathLike] = None) -> "Figure":
+def filters(model: Model, *, path: Optional[PathLike] = None) -> Figure:
     """Every convolution layer's kernels: one column per output channel, one row per input channel."""
     convs = [layer for layer in model.layers if isinstance(layer, Conv2d)]
     if not convs:
@@ -180,8 +198,10 @@ def filters(model: Model, *, path: Optional[PathLike] = None) -> "Figure":
         kernel = weights[f"{layer.name}.kernel"]  # [out, in, k, k]
         limit = float(np.abs(kernel).max()) or 1.0
         image = ax.imshow(_mosaic(kernel.transpose(1, 0, 2, 3)), cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_title(f"{layer.name}: {kernel.shape[0]} x {kernel.shape[1]} kernels {kernel.shape[2]}x{kernel.shape[3]}",
-                     fontsize=9)
+        ax.set_title(
+            f"{layer.name}: {kernel.shape[0]} x {kernel.shape[1]} kernels {kernel.shape[2]}x{kernel.shape[3]}",
+            fontsize=9,
+        )
         ax.set_xlabel("output channel")
         ax.set_ylabel("input channel")
         ax.set_xticks([])
@@ -190,7 +210,7 @@ def filters(model: Model, *, path: Optional[PathLike] = None) -> "Figure":
     return _done(fig, path)
 
 
-def activations(model: Model, image: Any, *, path: Optional[PathLike] = None) -> "Figure":
+def activations(model: Model, image: Any, *, path: Optional[PathLike] = None) -> Figure:
     """The feature maps of one image ([H, W] uint8 or floats in [0, 1]), layer by layer (dropout skipped)."""
     maps = model.activations(image)
     shown = [(i, layer, a) for i, (layer, a) in enumerate(zip(model.layers, maps)) if not isinstance(layer, Dropout)]
@@ -209,8 +229,13 @@ def activations(model: Model, image: Any, *, path: Optional[PathLike] = None) ->
         name = getattr(layer, "name", None)
         ax.set_title(f"layer {i}: {name + ' ' if name else ''}{layer.describe()} -> {tuple(a.shape)}", fontsize=9)
         if i == shown[-1][0] and a.shape == (len(names),):  # the output strip: one unit per class
-            ax.set_xticks(range(len(names)), names, fontsize=8, rotation=45 if max(map(len, names)) > 2 else 0,
-                          ha="right" if max(map(len, names)) > 2 else "center")
+            ax.set_xticks(
+                range(len(names)),
+                names,
+                fontsize=8,
+                rotation=45 if max(map(len, names)) > 2 else 0,
+                ha="right" if max(map(len, names)) > 2 else "center",
+            )
     return _done(fig, path)
 
 

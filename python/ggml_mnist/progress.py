@@ -40,8 +40,10 @@ class ProgressBar:
         eta = elapsed / ibatch * (nbatch - ibatch) if ibatch else 0.0
         filled = int(self.width * ibatch / max(nbatch, 1))
         bar = "=" * filled + (">" if filled < self.width else "") + " " * max(self.width - filled - 1, 0)
-        self.stream.write(f"\repoch {self._epoch}/{self.epochs} [{bar}] {ibatch}/{nbatch} "
-                          f"loss {loss:.4f} acc {100 * acc:6.2f}% ETA {eta:4.0f}s ")
+        self.stream.write(
+            f"\repoch {self._epoch}/{self.epochs} [{bar}] {ibatch}/{nbatch} "
+            f"loss {loss:.4f} acc {100 * acc:6.2f}% ETA {eta:4.0f}s "
+        )
         self.stream.flush()
 
     def end_epoch(self, summary: str) -> None:

@@ -42,8 +42,10 @@ def check_log_path(path: Any, inputs: Any = ()) -> str:
         raise ConfigError(f"metrics must be the name of a SQLite file such as run.sqlite, got {path!r}")
     text = os.fspath(path)
     if os.path.exists(text) and os.path.isfile(text) and not is_ours(text, "sqlite"):
-        raise ModelIOError(f"cannot write the run log {text!r}: it exists and is {describe(text)}, not a SQLite run "
-                           "log; name a new file such as run.sqlite")
+        raise ModelIOError(
+            f"cannot write the run log {text!r}: it exists and is {describe(text)}, not a SQLite run "
+            "log; name a new file such as run.sqlite"
+        )
     check_output(text, inputs, kind="sqlite", what="the run log", example="run.sqlite")
     return text
 
@@ -64,21 +66,37 @@ class RunLog:
             raise ModelIOError(f"cannot write the run log {self.path!r}: {exc}; give a writable SQLite file") from None
         self._ready = False  # the tables exist and the journal mode is set
         self.run_id: Optional[int] = None
-        self._run = ("INSERT INTO runs(started, status, arch, dataset, seed, config) VALUES (?, 'running', ?, ?, ?, ?)",
-                     (_now(), arch, dataset, seed, json.dumps(config, sort_keys=True)))
+        self._run = (
+            "INSERT INTO runs(started, status, arch, dataset, seed, config) VALUES (?, 'running', ?, ?, ?, ?)",
+            (_now(), arch, dataset, seed, json.dumps(config, sort_keys=True)),
+        )
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._warned = False
         self._flush()
 
     def batch(self, epoch: int, batch: int, loss: float, accuracy: float, lr: float, seconds: float) -> None:
         """Buffer one batch row (written with the next :meth:`epoch`)."""
-        self._pending.append(("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)", (epoch, batch, loss, accuracy, lr, seconds)))
+        self._pending.append(
+            ("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)", (epoch, batch, loss, accuracy, lr, seconds))
+        )
 
-    def epoch(self, epoch: int, loss: float, accuracy: float, val_loss: Optional[float], val_accuracy: Optional[float],
-              lr: float, seconds: float) -> None:
+    def epoch(
+        self,
+        epoch: int,
+        loss: float,
+        accuracy: float,
+        val_loss: Optional[float],
+        val_accuracy: Optional[float],
+        lr: float,
+        seconds: float,
+    ) -> None:
         """Write one epoch row and the batch rows buffered since the last epoch."""
-        self._pending.append(("INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                              (epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds)))
+        self._pending.append(
+            (
+                "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (epoch, loss, accuracy, val_loss, val_accuracy, lr, seconds),
+            )
+        )
         self._flush()
 
     def finish(self, status: str) -> None:
@@ -87,18 +105,21 @@ class RunLog:
         self._flush()
         self._db.close()
         if self._pending:  # said even after an earlier warning: these rows are lost now
-            warnings.warn(f"the run log {self.path!r} could not be written at the end of the run; its last "
-                          f"{len(self._pending)} rows (and the run's status) are missing from it", LoggingWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"the run log {self.path!r} could not be written at the end of the run; its last "
+                f"{len(self._pending)} rows (and the run's status) are missing from it",
+                LoggingWarning,
+                stacklevel=3,
+            )
 
     def _flush(self) -> None:
         """Write the run row (once) and the pending rows in one transaction; on failure keep them and warn once."""
+
         def write(db: sqlite3.Connection) -> None:
             if not self._ready:
-                try:
+                # an older reader holds the file, or its file system has no shared memory: rollback journal
+                with contextlib.suppress(sqlite3.Error):
                     db.execute("PRAGMA journal_mode=WAL")
-                except sqlite3.Error:
-                    pass  # an older reader holds the file, or its file system has no shared memory: rollback journal
                 db.executescript(_SCHEMA)
                 self._ready = True
             if self.run_id is None:
@@ -118,8 +139,12 @@ class RunLog:
             self.run_id = run_id  # the transaction rolled back, the run row with it
             if not self._warned:
                 self._warned = True
-                warnings.warn(f"cannot write the run log {self.path!r} ({exc}); training goes on and the rows are "
-                              "written once the log can be written again", LoggingWarning, stacklevel=4)
+                warnings.warn(
+                    f"cannot write the run log {self.path!r} ({exc}); training goes on and the rows are "
+                    "written once the log can be written again",
+                    LoggingWarning,
+                    stacklevel=4,
+                )
 
 
 #: The columns of an epoch row, in the order :func:`read_epochs` returns them.
@@ -141,8 +166,9 @@ def read_epochs(path: Any, run: Optional[int] = None) -> tuple[int, list[dict[st
             if run is None:
                 found = db.execute("SELECT MAX(run_id) FROM runs").fetchone()
                 run = found[0] if found else None
-            rows = db.execute(f"SELECT {', '.join(EPOCH_COLUMNS)} FROM epochs WHERE run_id = ? ORDER BY epoch",
-                              (run,)).fetchall()
+            rows = db.execute(
+                f"SELECT {', '.join(EPOCH_COLUMNS)} FROM epochs WHERE run_id = ? ORDER BY epoch", (run,)
+            ).fetchall()
     except sqlite3.DatabaseError as exc:
         raise DataError(f"{path!r} is not a ggml-mnist metrics log ({exc})") from exc
     if not rows:

@@ -27,18 +27,19 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ConfigError, ImageError
-from .pictures.prepare import SIZE, prepare_image
 from .model import Model
+from .pictures.prepare import SIZE, prepare_image
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -59,17 +60,32 @@ MAX_PARTS = 16  # parts of a multipart/form-data body
 _FORMAT_NAMES = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 _PAGES = {"/": ("index.html", "text/html; charset=utf-8")}
 # Leading bytes of formats that are refused, to name them in the message (EPS would run Ghostscript).
-_REFUSED_MAGIC = ((b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"%PDF", "PDF"), (b"<svg", "SVG"),
-                  (b"<?xml", "XML/SVG"), (b"8BPS", "Photoshop (PSD)"), (b"\x00\x00\x01\x00", "ICO"),
-                  (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xffO\xffQ", "JPEG 2000"), (b"icns", "ICNS"),
-                  (b"DDS ", "DDS"), (b"P1", "Netpbm"), (b"P2", "Netpbm"), (b"P3", "Netpbm"), (b"P4", "Netpbm"),
-                  (b"P5", "Netpbm"), (b"P6", "Netpbm"), (b"P7", "Netpbm"))
+_REFUSED_MAGIC = (
+    (b"%!PS", "PostScript/EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"%PDF", "PDF"),
+    (b"<svg", "SVG"),
+    (b"<?xml", "XML/SVG"),
+    (b"8BPS", "Photoshop (PSD)"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"),
+    (b"icns", "ICNS"),
+    (b"DDS ", "DDS"),
+    (b"P1", "Netpbm"),
+    (b"P2", "Netpbm"),
+    (b"P3", "Netpbm"),
+    (b"P4", "Netpbm"),
+    (b"P5", "Netpbm"),
+    (b"P6", "Netpbm"),
+    (b"P7", "Netpbm"),
+)
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 # Content types a page on another site may send without asking the server first (a CORS "simple request").
 _FORM_TYPES = ("text/plain", "application/x-www-form-urlencoded")
 _LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost", "ip6-loopback")
 _QUIET_ERRORS = (ConnectionError, TimeoutError)  # a client that went away or was too slow: not the server's fault
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 class RequestError(Exception):
@@ -104,12 +120,17 @@ def check_host(host: str, public: bool = False) -> Optional[str]:
     """
     if is_loopback(host):
         return None
-    where = (f"--host {host!r} listens on every network interface" if host.strip() in ("", "0", "0.0.0.0", "::")
-             else f"--host {host!r} is not a loopback address")
+    where = (
+        f"--host {host!r} listens on every network interface"
+        if host.strip() in ("", "0", "0.0.0.0", "::")
+        else f"--host {host!r} is not a loopback address"
+    )
     if not public:
-        raise ConfigError(f"{where}: anyone who can reach this machine could use the server, which has no "
-                          "authentication; leave --host out (127.0.0.1, this machine only), or add --public to "
-                          "serve other machines on purpose")
+        raise ConfigError(
+            f"{where}: anyone who can reach this machine could use the server, which has no "
+            "authentication; leave --host out (127.0.0.1, this machine only), or add --public to "
+            "serve other machines on purpose"
+        )
     return f"{where}: anyone who can reach this machine can use the server (no authentication)"
 
 
@@ -132,26 +153,38 @@ def open_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except UnidentifiedImageError:
         known = _refused_format(data)
         what = f"a {known} file, which is not accepted" if known else "not a picture in a format the server reads"
-        raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                           f"not a usable image: the upload is {what}; send a {_FORMAT_NAMES} picture") from None
+        raise RequestError(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            f"not a usable image: the upload is {what}; send a {_FORMAT_NAMES} picture",
+        ) from None
     except Image.DecompressionBombError as exc:  # Pillow's own check, at twice its 89 MP warning limit
-        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the picture is too large to decode ({exc}); the "
-                           f"limit is {max_pixels / 1e6:g} megapixels (a drawing needs far less): send a smaller "
-                           "picture") from None
+        raise RequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"the picture is too large to decode ({exc}); the "
+            f"limit is {max_pixels / 1e6:g} megapixels (a drawing needs far less): send a smaller "
+            "picture",
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"not a usable image: its header is damaged ({exc}); "
-                           f"send a {_FORMAT_NAMES} picture") from None
+        raise RequestError(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            f"not a usable image: its header is damaged ({exc}); send a {_FORMAT_NAMES} picture",
+        ) from None
     width, height = img.size
     if width * height > max_pixels:
         img.close()
-        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           f"the picture is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is "
-                           f"{max_pixels / 1e6:g} megapixels (a drawing needs far less): send a smaller picture")
+        raise RequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"the picture is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is "
+            f"{max_pixels / 1e6:g} megapixels (a drawing needs far less): send a smaller picture",
+        )
     try:
         img.load()
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, f"not a usable image: the {img.format} file cannot be "
-                           f"decoded ({exc}); send an undamaged {_FORMAT_NAMES} picture") from None
+        raise RequestError(
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+            f"not a usable image: the {img.format} file cannot be "
+            f"decoded ({exc}); send an undamaged {_FORMAT_NAMES} picture",
+        ) from None
     try:
         return ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
     except (ValueError, OSError, SyntaxError):
@@ -176,12 +209,19 @@ class Gate:
         """Hold a decoding slot for the ``with`` block, or raise RequestError 503."""
         busy = {"Retry-After": "1"}
         if not self._admitted.acquire(blocking=False):
-            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, f"the server is busy: {self.slots} pictures are being "
-                               f"read and {self.waiting} wait; try again in a moment", busy)
+            raise RequestError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the server is busy: {self.slots} pictures are being "
+                f"read and {self.waiting} wait; try again in a moment",
+                busy,
+            )
         try:
             if not self._decoding.acquire(timeout=self.wait):
-                raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, f"the server is busy: no picture slot came free "
-                                   f"within {self.wait:g} s; try again in a moment", busy)
+                raise RequestError(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"the server is busy: no picture slot came free within {self.wait:g} s; try again in a moment",
+                    busy,
+                )
             try:
                 yield
             finally:
@@ -198,9 +238,11 @@ class Predictor:
 
     def __init__(self, model: Model, max_pixels: int = MAX_PIXELS) -> None:
         if tuple(model.image_size) != (SIZE, SIZE):
-            raise ConfigError(f"this {model.arch} model takes {model.image_size[0]}x{model.image_size[1]} inputs, but "
-                              f"pictures are prepared as {SIZE}x{SIZE} inputs like MNIST's, so the page could not "
-                              f"read any drawing; serve a model trained on {SIZE}x{SIZE} images")
+            raise ConfigError(
+                f"this {model.arch} model takes {model.image_size[0]}x{model.image_size[1]} inputs, but "
+                f"pictures are prepared as {SIZE}x{SIZE} inputs like MNIST's, so the page could not "
+                f"read any drawing; serve a model trained on {SIZE}x{SIZE} images"
+            )
         if max_pixels < 1:
             raise ConfigError(f"max_pixels must be at least 1, got {max_pixels}")
         self.model = model
@@ -214,9 +256,16 @@ class Predictor:
         lines: list[str] = []
         with self.lock:
             self.model.summary(print_fn=lines.append)
-            return {"arch": self.model.arch, "architecture": self.model.architecture, "n_classes": self.model.n_classes,
-                    "image_size": list(self.model.image_size), "n_params": self.model.n_params,
-                    "class_names": self.class_names, "preparation": self.preparation, "summary": lines}
+            return {
+                "arch": self.model.arch,
+                "architecture": self.model.architecture,
+                "n_classes": self.model.n_classes,
+                "image_size": list(self.model.image_size),
+                "n_params": self.model.n_params,
+                "class_names": self.class_names,
+                "preparation": self.preparation,
+                "summary": lines,
+            }
 
     def predict(self, image: bytes) -> dict[str, Any]:
         """Decode encoded image bytes (see :func:`open_upload`), prepare them and classify them.
@@ -227,8 +276,13 @@ class Predictor:
         with self.lock:
             probs = self.model.predict_proba(prepared)[0]
         label = int(np.argmax(probs))
-        return {"label": label, "class_name": self.class_names[label], "probability": float(probs[label]),
-                "probabilities": [float(p) for p in probs], "prepared": np.asarray(prepared).tolist()}
+        return {
+            "label": label,
+            "class_name": self.class_names[label],
+            "probability": float(probs[label]),
+            "probabilities": [float(p) for p in probs],
+            "prepared": np.asarray(prepared).tolist(),
+        }
 
 
 def _media_type(content_type: str) -> str:
@@ -240,15 +294,20 @@ def check_content_type(content_type: str) -> None:
     and anything that cannot hold a picture; raises RequestError 415."""
     media = _media_type(content_type)
     if media in _FORM_TYPES:
-        raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                           f"Content-Type {media} is refused (any web page can send it); send the picture with its "
-                           "own type (curl --data-binary @digit.png -H 'Content-Type: image/png') or as a form "
-                           "upload (curl -F file=@digit.png)")
-    if media and not (media.startswith("image/") or media in ("application/octet-stream", "application/json",
-                                                             "multipart/form-data")):
-        raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                           f"Content-Type {media} cannot hold a picture; send image/..., application/octet-stream, "
-                           "multipart/form-data or application/json")
+        raise RequestError(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type {media} is refused (any web page can send it); send the picture with its "
+            "own type (curl --data-binary @digit.png -H 'Content-Type: image/png') or as a form "
+            "upload (curl -F file=@digit.png)",
+        )
+    if media and not (
+        media.startswith("image/") or media in ("application/octet-stream", "application/json", "multipart/form-data")
+    ):
+        raise RequestError(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type {media} cannot hold a picture; send image/..., application/octet-stream, "
+            "multipart/form-data or application/json",
+        )
 
 
 def decode_body(body: bytes, content_type: str) -> bytes:
@@ -284,25 +343,36 @@ def multipart_file(body: bytes, content_type: str, max_parts: int = MAX_PARTS) -
     except (UnicodeEncodeError, ValueError, TypeError):
         boundary = None
     if not boundary or not boundary.isascii():
-        raise RequestError(HTTPStatus.BAD_REQUEST, "the multipart/form-data Content-Type has no boundary; let the "
-                           "client build the form (curl -F file=@digit.png, or an HTML form)")
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            "the multipart/form-data Content-Type has no boundary; let the "
+            "client build the form (curl -F file=@digit.png, or an HTML form)",
+        )
     n_parts = body.count(b"--" + boundary.encode("latin-1")) - 1
     if n_parts > max_parts:
-        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           f"the form has {n_parts} parts; the limit is {max_parts}: send only the picture")
+        raise RequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"the form has {n_parts} parts; the limit is {max_parts}: send only the picture",
+        )
     message = parser.parsebytes(f"Content-Type: {header}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1") + body)
     try:  # the parser records defects, but reading a mangled header can still raise (IndexError in Python 3.11)
         parts = list(message.iter_parts()) if message.is_multipart() else []
-        chosen = (next((p for p in parts if p.get_filename()), None)
-                  or next((p for p in parts if p.get_param("name", header="content-disposition") in ("file", "image")),
-                          None))
+        chosen = next((p for p in parts if p.get_filename()), None) or next(
+            (p for p in parts if p.get_param("name", header="content-disposition") in ("file", "image")), None
+        )
         data = chosen.get_payload(decode=True) if chosen is not None else None
     except (LookupError, ValueError, TypeError, AttributeError, email.errors.MessageError) as exc:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"the multipart form is malformed ({type(exc).__name__}: {exc}); "
-                           "let the client build it (curl -F file=@digit.png, or an HTML form)") from None
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            f"the multipart form is malformed ({type(exc).__name__}: {exc}); "
+            "let the client build it (curl -F file=@digit.png, or an HTML form)",
+        ) from None
     if chosen is None:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"the form holds {len(parts)} fields and no file; upload the "
-                           "picture as a file field (curl -F file=@digit.png)")
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            f"the form holds {len(parts)} fields and no file; upload the "
+            "picture as a file field (curl -F file=@digit.png)",
+        )
     if not isinstance(data, bytes) or not data:
         raise RequestError(HTTPStatus.BAD_REQUEST, "the form's file is empty; choose a picture to upload")
     return data
@@ -335,8 +405,14 @@ def _host_name(host_header: str) -> str:
     return host_header.rpartition(":")[0] if host_header.count(":") == 1 else host_header
 
 
-def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[Callable[[str], Any]] = None,
-                 read_timeout: float = READ_TIMEOUT, gate: Optional[Gate] = None, public: bool = False) -> type:
+def make_handler(
+    predictor: Predictor,
+    max_body: int = MAX_BODY,
+    log: Optional[Callable[[str], Any]] = None,
+    read_timeout: float = READ_TIMEOUT,
+    gate: Optional[Gate] = None,
+    public: bool = False,
+) -> type:
     """A request handler class bound to one predictor; ``log`` receives one line per request (None: quiet).
 
     Each request must arrive whole within ``read_timeout`` seconds; pictures are decoded inside ``gate``. Unless
@@ -377,9 +453,11 @@ def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[C
             host = self.headers.get("Host")
             if public or host is None or is_loopback(_host_name(host.strip())):
                 return
-            raise RequestError(HTTPStatus.MISDIRECTED_REQUEST,
-                               f"Host {host!r} is not this machine's loopback name; this server answers only "
-                               "http://127.0.0.1 or http://localhost (start it with --public to serve other names)")
+            raise RequestError(
+                HTTPStatus.MISDIRECTED_REQUEST,
+                f"Host {host!r} is not this machine's loopback name; this server answers only "
+                "http://127.0.0.1 or http://localhost (start it with --public to serve other names)",
+            )
 
         def _check_origin(self) -> None:
             origin = self.headers.get("Origin")
@@ -387,9 +465,11 @@ def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[C
                 return
             host = (self.headers.get("Host") or "").strip().lower()
             if not host or origin.strip().rstrip("/").lower() not in (f"http://{host}", f"https://{host}"):
-                raise RequestError(HTTPStatus.FORBIDDEN,
-                                   f"a request from another web page (Origin {origin!r}) is refused; use the page "
-                                   "this server serves, or send the request without a browser")
+                raise RequestError(
+                    HTTPStatus.FORBIDDEN,
+                    f"a request from another web page (Origin {origin!r}) is refused; use the page "
+                    "this server serves, or send the request without a browser",
+                )
 
         def _get(self) -> None:
             self._check_host()
@@ -409,8 +489,9 @@ def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[C
             if self.command != "POST" or path != "/predict":
                 if path in ("/predict", "/model", *_PAGES):
                     use = "POST" if path == "/predict" else "GET"
-                    raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED,
-                                       f"{self.command} is not allowed on {path}; use {use}")
+                    raise RequestError(
+                        HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not allowed on {path}; use {use}"
+                    )
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no endpoint {path!r}; POST images to /predict")
             self._check_origin()
             content_type = self.headers.get("Content-Type", "")
@@ -433,15 +514,19 @@ def make_handler(predictor: Predictor, max_body: int = MAX_BODY, log: Optional[C
             except ValueError:
                 raise RequestError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {length_text!r}") from None
             if length > max_body:
-                raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                   f"the body has {length} bytes; the limit is {max_body} (send a smaller image)")
+                raise RequestError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    f"the body has {length} bytes; the limit is {max_body} (send a smaller image)",
+                )
             if length <= 0:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "the body is empty; send an image")
             try:
                 body = self.rfile.read(length)
             except TimeoutError:
-                raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within {read_timeout:g} s "
-                                   "(the whole request must arrive in that time)") from None
+                raise RequestError(
+                    HTTPStatus.REQUEST_TIMEOUT,
+                    f"the body did not arrive within {read_timeout:g} s (the whole request must arrive in that time)",
+                ) from None
             if len(body) != length:
                 raise RequestError(HTTPStatus.BAD_REQUEST, f"the body ended after {len(body)} of {length} bytes")
             return body
@@ -507,8 +592,15 @@ class Server(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type, *, max_connections: int,
-                 log: Optional[Callable[[str], Any]] = None, gate: Optional[Gate] = None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type,
+        *,
+        max_connections: int,
+        log: Optional[Callable[[str], Any]] = None,
+        gate: Optional[Gate] = None,
+    ) -> None:
         host = address[0].strip("[]")
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.max_connections = max_connections
@@ -537,10 +629,16 @@ class Server(ThreadingHTTPServer):
             if len(self._open) < self.max_connections:
                 self._open.add(request)
                 return True
-        body = json.dumps({"error": f"the server is busy: {self.max_connections} connections are open, the "
-                                    "limit; try again in a moment"}).encode()
-        head = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
-                "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        body = json.dumps(
+            {
+                "error": f"the server is busy: {self.max_connections} connections are open, the "
+                "limit; try again in a moment"
+            }
+        ).encode()
+        head = (
+            f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+            "\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        ).encode()
         try:
             request.setblocking(False)  # the accepting thread never waits on a client
             request.send(head + body)
@@ -564,10 +662,19 @@ class Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def make_server(model: Model, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, max_body: int = MAX_BODY,
-                log: Optional[Callable[[str], Any]] = None, read_timeout: float = READ_TIMEOUT, public: bool = False,
-                max_connections: Optional[int] = None, max_pixels: int = MAX_PIXELS,
-                gate: Optional[Gate] = None) -> Server:
+def make_server(
+    model: Model,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    max_body: int = MAX_BODY,
+    log: Optional[Callable[[str], Any]] = None,
+    read_timeout: float = READ_TIMEOUT,
+    public: bool = False,
+    max_connections: Optional[int] = None,
+    max_pixels: int = MAX_PIXELS,
+    gate: Optional[Gate] = None,
+) -> Server:
     """A ready (bound, not yet serving) server for ``model``; port 0 picks a free port (see ``server_address``).
 
     Bodies over ``max_body`` bytes get 413; a client gets ``read_timeout`` seconds to send its whole request.

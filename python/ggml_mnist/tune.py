@@ -20,8 +20,9 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -60,14 +61,17 @@ def default_space(arch: ArchLike = "cnn", dataset: Optional[str] = None) -> dict
     level (the dataset's kind) and batch size, as a JSON-ready dict that ``space=`` entries override."""
     base = TrainConfig.defaults(arch)
     levels = ["none", "clothes"] if preparation(dataset) == "photo" else ["none", "mild", "light"]
-    return {"lr": {"low": base.lr / 5, "high": base.lr * 5, "log": True},
-            "weight_decay": {"low": 0.0, "high": 0.1},
-            "augment": {"choices": levels},
-            "batch_size": {"choices": [50, 100, 200]}}
+    return {
+        "lr": {"low": base.lr / 5, "high": base.lr * 5, "log": True},
+        "weight_decay": {"low": 0.0, "high": 0.1},
+        "augment": {"choices": levels},
+        "batch_size": {"choices": [50, 100, 200]},
+    }
 
 
-def resolve_space(space: Any, arch: ArchLike, dataset: Optional[str], base: TrainConfig, *, fixed_only: bool = False
-                  ) -> dict[str, Any]:
+def resolve_space(
+    space: Any, arch: ArchLike, dataset: Optional[str], base: TrainConfig, *, fixed_only: bool = False
+) -> dict[str, Any]:
     """``space`` (a dict or JSON text; None: the default) merged over :func:`default_space`, checked: each entry is a
     fixed value, ``{"low": a, "high": b[, "log": true][, "step": s]}`` or ``{"choices": [...]}``; a null entry drops
     a default one. With ``fixed_only`` (seed studies) the defaults are left out and only fixed values are allowed.
@@ -77,10 +81,14 @@ def resolve_space(space: Any, arch: ArchLike, dataset: Optional[str], base: Trai
         try:
             space = json.loads(space)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"the search space is not valid JSON ({exc.msg}); write e.g. "
-                              '\'{"lr": {"low": 1e-4, "high": 1e-2, "log": true}}\'') from None
+            raise ConfigError(
+                f"the search space is not valid JSON ({exc.msg}); write e.g. "
+                '\'{"lr": {"low": 1e-4, "high": 1e-2, "log": true}}\''
+            ) from None
     if space is not None and not isinstance(space, Mapping):
-        raise ConfigError(f"the search space must be a dict (JSON object) of training options, got {type(space).__name__}")
+        raise ConfigError(
+            f"the search space must be a dict (JSON object) of training options, got {type(space).__name__}"
+        )
     merged = {} if fixed_only else default_space(arch, dataset)
     merged.update(space or {})
     fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_SEARCHED]
@@ -109,14 +117,20 @@ def _is_range(spec: Any) -> bool:
 def _check_range(key: str, spec: dict[str, Any], base: TrainConfig) -> None:
     unknown = set(spec) - _RANGE_KEYS - {"choices"}
     if unknown or ("choices" in spec) == bool(_RANGE_KEYS & set(spec)):
-        raise ConfigError(f"search space entry {key!r} must be {{\"low\": a, \"high\": b}} (with optional \"log\" and "
-                          f"\"step\") or {{\"choices\": [...]}}, got {json.dumps(spec)}")
+        raise ConfigError(
+            f'search space entry {key!r} must be {{"low": a, "high": b}} (with optional "log" and '
+            f'"step") or {{"choices": [...]}}, got {json.dumps(spec)}'
+        )
     if "choices" in spec:
         choices = spec["choices"]
-        if not isinstance(choices, list) or not choices or \
-                not all(c is None or isinstance(c, (str, int, float, bool)) for c in choices):
-            raise ConfigError(f"search space entry {key!r}: choices must be a non-empty list of numbers or strings, "
-                              f"got {choices!r}")
+        if (
+            not isinstance(choices, list)
+            or not choices
+            or not all(c is None or isinstance(c, (str, int, float, bool)) for c in choices)
+        ):
+            raise ConfigError(
+                f"search space entry {key!r}: choices must be a non-empty list of numbers or strings, got {choices!r}"
+            )
         for choice in choices:
             _try(key, base, choice, " choice")
         return
@@ -125,7 +139,9 @@ def _check_range(key: str, spec: dict[str, Any], base: TrainConfig) -> None:
     kind = (int,) if whole else (int, float)
     for name, value in (("low", low), ("high", high), ("step", spec.get("step", 1))):
         if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
-            raise ConfigError(f"search space entry {key!r}: {name} must be a {'whole ' if whole else ''}number, got {value!r}")
+            raise ConfigError(
+                f"search space entry {key!r}: {name} must be a {'whole ' if whole else ''}number, got {value!r}"
+            )
     if not low <= high or spec.get("step", 1) <= 0:
         raise ConfigError(f"search space entry {key!r}: need low <= high and step > 0, got {json.dumps(spec)}")
     if spec.get("log") and (low <= 0 or "step" in spec):
@@ -149,8 +165,10 @@ def mask_url(url: str) -> str:
 def _engine_url(url: Any) -> str:
     """The SQLAlchemy URL of a storage URL (PostgreSQL through psycopg 3); ConfigError for a malformed one."""
     if not isinstance(url, str) or not re.match(r"^[a-z][a-z0-9+]*://", url):
-        raise ConfigError(f"storage must be a database URL such as sqlite:///study.db or "
-                          f"postgresql://user:password@host/database, got {mask_url(str(url))!r}")
+        raise ConfigError(
+            f"storage must be a database URL such as sqlite:///study.db or "
+            f"postgresql://user:password@host/database, got {mask_url(str(url))!r}"
+        )
     scheme, rest = url.split("://", 1)
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         try:
@@ -170,15 +188,21 @@ def open_storage(url: str, heartbeat: int = HEARTBEAT) -> Any:
     if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1:
         raise ConfigError(f"heartbeat must be a whole number of seconds >= 1, got {heartbeat!r}")
     engine_url = _engine_url(url)
-    connect = {"timeout": 60} if engine_url.startswith("sqlite") else (
-        {"connect_timeout": 10} if engine_url.startswith("postgresql") else {})
+    connect = (
+        {"timeout": 60}
+        if engine_url.startswith("sqlite")
+        else ({"connect_timeout": 10} if engine_url.startswith("postgresql") else {})
+    )
     error: Exception = ConfigError("no attempt")
     for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(
-                engine_url, engine_kwargs={"connect_args": connect, "pool_pre_ping": True}, heartbeat_interval=heartbeat,
+                engine_url,
+                engine_kwargs={"connect_args": connect, "pool_pre_ping": True},
+                heartbeat_interval=heartbeat,
                 grace_period=GRACE_BEATS * heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy, the driver and Optuna each raise their own kinds
             if attempt < 4 and re.search(r"already exists|duplicate key", str(exc)):
                 time.sleep(0.5)  # another worker is creating the same tables in a new database at this moment
@@ -197,8 +221,10 @@ def storage_error(url: str, error: BaseException) -> ConfigError:
     reason = str(getattr(cause, "orig", None) or cause or error).strip().splitlines() or [type(error).__name__]
     password = re.search(r"://[^:/@]*:([^@/]*)@", url)
     text = reason[0].replace(password.group(1), "***") if password and password.group(1) else reason[0]
-    return ConfigError(f"cannot use the study storage {mask_url(url)!r}: {text}; check the URL, that the server runs "
-                       "and that this user may create tables there")
+    return ConfigError(
+        f"cannot use the study storage {mask_url(url)!r}: {text}; check the URL, that the server runs "
+        "and that this user may create tables there"
+    )
 
 
 @dataclass
@@ -244,12 +270,31 @@ class TuneResult:
         return "\n".join(_report_lines(self))
 
 
-def tune(images: Any = None, labels: Any = None, *, arch: ArchLike = "cnn", n_trials: Optional[int] = None,
-         seeds: Optional[int] = None, storage: Optional[str] = None, study: Optional[str] = None, space: Any = None,
-         epochs: Optional[int] = None, val_split: float = VAL_SPLIT, seed: int = 42, workers: int = 1,
-         threads: int = 0, run_dir: Optional[PathLike] = None, data_dir: Optional[PathLike] = None,
-         dataset: Optional[str] = None, test_data: Any = None, export: bool = True, pruner: Any = None,
-         sampler: Any = None, heartbeat: int = HEARTBEAT, progress: bool = True) -> TuneResult:
+def tune(
+    images: Any = None,
+    labels: Any = None,
+    *,
+    arch: ArchLike = "cnn",
+    n_trials: Optional[int] = None,
+    seeds: Optional[int] = None,
+    storage: Optional[str] = None,
+    study: Optional[str] = None,
+    space: Any = None,
+    epochs: Optional[int] = None,
+    val_split: float = VAL_SPLIT,
+    seed: int = 42,
+    workers: int = 1,
+    threads: int = 0,
+    run_dir: Optional[PathLike] = None,
+    data_dir: Optional[PathLike] = None,
+    dataset: Optional[str] = None,
+    test_data: Any = None,
+    export: bool = True,
+    pruner: Any = None,
+    sampler: Any = None,
+    heartbeat: int = HEARTBEAT,
+    progress: bool = True,
+) -> TuneResult:
     """Search recipes for ``arch`` (``n_trials`` trials) or train one recipe over ``seeds`` seeds, on Optuna.
 
     Data arguments work as in :func:`ggml_mnist.train` (the training split). Each trial trains with ``val_split``
@@ -274,46 +319,77 @@ def tune(images: Any = None, labels: Any = None, *, arch: ArchLike = "cnn", n_tr
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}")
     if not (isinstance(val_split, (int, float)) and 0 < val_split < 1):
-        raise ConfigError(f"val_split must be in (0, 1): trials are scored on held-out training images, never on "
-                          f"the test set; got {val_split!r}")
+        raise ConfigError(
+            f"val_split must be in (0, 1): trials are scored on held-out training images, never on "
+            f"the test set; got {val_split!r}"
+        )
     base = TrainConfig.defaults(arch).replace(epochs=epochs, seed=seed, val_split=val_split).validate()
     name = api._dataset_name(images, labels, data_dir, dataset)
     images, labels = api.resolve_dataset(images, labels, "train", data_dir, dataset)
     if round(len(labels) * val_split) < 1:
-        raise ConfigError(f"val_split {val_split} of {len(labels)} images holds no image to score trials on; "
-                          "give a larger val_split or more images")
+        raise ConfigError(
+            f"val_split {val_split} of {len(labels)} images holds no image to score trials on; "
+            "give a larger val_split or more images"
+        )
     resolved = resolve_space(space, arch, name, base, fixed_only=seeds is not None)
     if seeds is not None:
         base = base.replace(**resolved).validate()
     n_train = len(labels) - round(len(labels) * val_split)
     largest = _largest(resolved.get("batch_size", base.batch_size))
     if largest > n_train:
-        raise ConfigError(f"batch size {largest} of the search space is more than the {n_train} training images a trial "
-                          "keeps; give smaller batch sizes in the space (e.g. {\"batch_size\": {\"choices\": [20, 50]}})")
+        raise ConfigError(
+            f"batch size {largest} of the search space is more than the {n_train} training images a trial "
+            'keeps; give smaller batch sizes in the space (e.g. {"batch_size": {"choices": [20, 50]}})'
+        )
     arch_label = arch if isinstance(arch, str) else "custom"
     study = study or f"{arch_label}-{name or 'data'}{'-seeds' if seeds is not None else ''}"
     run_dir = os.fspath(run_dir) if run_dir is not None else os.path.join(DEFAULT_DIR, study)
     os.makedirs(os.path.join(run_dir, "trials"), exist_ok=True)
     storage = storage or f"sqlite:///{os.path.join(run_dir, 'study.db')}"
-    identity = {"arch": base.as_dict()["arch"], "dataset": name, "data_sha256": _fingerprint(images, labels),
-                "mode": "seeds" if seeds is not None else "search", "epochs": base.epochs, "val_split": base.val_split,
-                "seed": base.seed, "space": json.loads(json.dumps(resolved))}
+    identity = {
+        "arch": base.as_dict()["arch"],
+        "dataset": name,
+        "data_sha256": _fingerprint(images, labels),
+        "mode": "seeds" if seeds is not None else "search",
+        "epochs": base.epochs,
+        "val_split": base.val_split,
+        "seed": base.seed,
+        "space": json.loads(json.dumps(resolved)),
+    }
     test = None
     if test_data is not None:
         if not isinstance(test_data, (tuple, list)) or len(test_data) != 2:
             raise ConfigError("test_data must be (images, labels), arrays or IDX paths")
         test = api.resolve_dataset(test_data[0], test_data[1], "test")
     total_threads = threads or len(os.sched_getaffinity(0))
-    job = _Job(images=np.asarray(images), labels=np.asarray(labels), dataset=name, identity=identity, base=base,
-               space=resolved, n_trials=count, seeds=seeds is not None, storage=storage, study=study, run_dir=run_dir,
-               heartbeat=heartbeat, threads=max(1, total_threads // workers) if workers > 1 else threads,
-               progress=progress, pruner=pruner, sampler=sampler, test=test)
+    job = _Job(
+        images=np.asarray(images),
+        labels=np.asarray(labels),
+        dataset=name,
+        identity=identity,
+        base=base,
+        space=resolved,
+        n_trials=count,
+        seeds=seeds is not None,
+        storage=storage,
+        study=study,
+        run_dir=run_dir,
+        heartbeat=heartbeat,
+        threads=max(1, total_threads // workers) if workers > 1 else threads,
+        progress=progress,
+        pruner=pruner,
+        sampler=sampler,
+        test=test,
+    )
     with _quiet_optuna():
         opened = _join_study(job)  # refuses a bad storage or a study of something else before any training
     if progress:
-        print(f"mnist-tune: study {study!r} in {mask_url(storage)}: {count} {'seeds' if seeds else 'trials'} of "
-              f"{arch_label} on {name or 'the given images'}, {base.epochs} epochs each, "
-              f"{workers} worker(s) here", file=sys.stderr)
+        print(
+            f"mnist-tune: study {study!r} in {mask_url(storage)}: {count} {'seeds' if seeds else 'trials'} of "
+            f"{arch_label} on {name or 'the given images'}, {base.epochs} epochs each, "
+            f"{workers} worker(s) here",
+            file=sys.stderr,
+        )
     if workers == 1:
         _work(job, opened)
     else:
@@ -343,11 +419,20 @@ def _join_study(job: _Job) -> Any:
     """Create or join the study; refuse one that holds another network, dataset or recipe."""
     optuna = require_optuna()
     storage = open_storage(job.storage, job.heartbeat)
-    pruner = job.pruner if job.pruner is not None else (
-        optuna.pruners.NopPruner() if job.seeds else optuna.pruners.MedianPruner())
+    pruner = (
+        job.pruner
+        if job.pruner is not None
+        else (optuna.pruners.NopPruner() if job.seeds else optuna.pruners.MedianPruner())
+    )
     try:
-        study = optuna.create_study(storage=storage, study_name=job.study, direction="maximize", load_if_exists=True,
-                                    sampler=job.sampler, pruner=pruner)
+        study = optuna.create_study(
+            storage=storage,
+            study_name=job.study,
+            direction="maximize",
+            load_if_exists=True,
+            sampler=job.sampler,
+            pruner=pruner,
+        )
         held = study.user_attrs.get("ggml_mnist")
         if held is None:
             study.set_user_attr("ggml_mnist", job.identity)
@@ -357,8 +442,10 @@ def _join_study(job: _Job) -> Any:
     differ = [k for k in job.identity if held.get(k) != job.identity[k]]
     if differ:
         show = "; ".join(f"{k}: {_short(held.get(k))} there, {_short(job.identity[k])} here" for k in differ)
-        raise ConfigError(f"study {job.study!r} in {mask_url(job.storage)} is another search ({show}); give another "
-                          "study name (--study) to start a new one, or the same settings to join it")
+        raise ConfigError(
+            f"study {job.study!r} in {mask_url(job.storage)} is another search ({show}); give another "
+            "study name (--study) to start a new one, or the same settings to join it"
+        )
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise ConfigError(f"study {job.study!r} in {mask_url(job.storage)} minimises; it is not a ggml-mnist study")
     return study
@@ -372,6 +459,7 @@ def _short(value: Any) -> str:
 def _spawn(job: _Job, workers: int) -> None:
     """Run ``workers`` worker processes on this machine and wait for them."""
     import multiprocessing
+
     context = multiprocessing.get_context("spawn")  # ggml's thread pools do not survive fork
     processes = [context.Process(target=_worker_main, args=(job,), name=f"mnist-tune-{i}") for i in range(workers)]
     for p in processes:
@@ -385,8 +473,9 @@ def _spawn(job: _Job, workers: int) -> None:
         raise
     failed = [p for p in processes if p.exitcode != 0]
     if len(failed) == workers:
-        raise ConfigError(f"every worker failed (exit codes {', '.join(str(p.exitcode) for p in failed)}); "
-                          "their messages are above")
+        raise ConfigError(
+            f"every worker failed (exit codes {', '.join(str(p.exitcode) for p in failed)}); their messages are above"
+        )
     if failed:
         print(f"mnist-tune: {len(failed)} of {workers} workers failed; the others finished the study", file=sys.stderr)
 
@@ -413,8 +502,11 @@ def _slot(trials: Mapping[int, Any], trial: Any) -> int:
     origin = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
     if origin is not None and origin in trials:
         trial = trials[origin]
-    return sum(1 for t in trials.values()
-               if t.number < trial.number and optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is None)
+    return sum(
+        1
+        for t in trials.values()
+        if t.number < trial.number and optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is None
+    )
 
 
 def _work(job: _Job, study: Any) -> None:
@@ -428,14 +520,18 @@ def _work(job: _Job, study: Any) -> None:
             optuna.storages.fail_stale_trials(study)
             trials = study.get_trials(deepcopy=False)
             states = optuna.trial.TrialState
-            taken = sum(1 for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is None)
+            taken = sum(
+                1 for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is None
+            )
             if taken >= job.n_trials and not any(t.state == states.WAITING for t in trials):
                 running = sum(1 for t in trials if t.state == states.RUNNING)
                 if not running:
                     return
                 if not waiting:
-                    objective.say(f"waiting for {running} running trial(s) of other workers (one whose worker died "
-                                  f"is run again here after {GRACE_BEATS * job.heartbeat}s without a heartbeat)")
+                    objective.say(
+                        f"waiting for {running} running trial(s) of other workers (one whose worker died "
+                        f"is run again here after {GRACE_BEATS * job.heartbeat}s without a heartbeat)"
+                    )
                 waiting = True
                 time.sleep(min(job.heartbeat, 2))
                 continue
@@ -490,8 +586,9 @@ class _Objective:
 
         start = time.monotonic()
         try:
-            model, history = api.train(job.images, job.labels, config=config, dataset=job.dataset, progress=False,
-                                       on_epoch=on_epoch)
+            model, history = api.train(
+                job.images, job.labels, config=config, dataset=job.dataset, progress=False, on_epoch=on_epoch
+            )
         except TrainingDivergedError as exc:
             self.say(f"trial {trial.number}: failed, {exc}")
             raise
@@ -503,14 +600,26 @@ class _Objective:
             self.interrupted = True
             raise KeyboardInterrupt
         if pruned:
-            self.say(f"trial {trial.number}: pruned after epoch {pruned[0]} of {config.epochs} "
-                     f"(val acc {100 * value:.2f}%, {_params_text(params)})")
+            self.say(
+                f"trial {trial.number}: pruned after epoch {pruned[0]} of {config.epochs} "
+                f"(val acc {100 * value:.2f}%, {_params_text(params)})"
+            )
             raise optuna.TrialPruned()
         path = os.path.join(job.run_dir, "trials", f"trial-{trial.number:04d}.gguf")
         check_output(path, what="the trial's model")
-        model.save(path, metadata={"tune": {"study": job.study, "trial": trial.number, "slot": slot,
-                                            "params": {**params, "seed": seed}, "val_acc": value,
-                                            "storage": mask_url(job.storage)}})
+        model.save(
+            path,
+            metadata={
+                "tune": {
+                    "study": job.study,
+                    "trial": trial.number,
+                    "slot": slot,
+                    "params": {**params, "seed": seed},
+                    "val_acc": value,
+                    "storage": mask_url(job.storage),
+                }
+            },
+        )
         trial.set_user_attr("model", path)
         if job.test is not None:
             trial.set_user_attr("test_acc", api.evaluate(model, *job.test).accuracy)
@@ -526,11 +635,13 @@ class _Objective:
             elif "choices" in spec:
                 out[key] = trial.suggest_categorical(key, spec["choices"])
             elif key in _INT_FIELDS:
-                out[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1),
-                                             log=bool(spec.get("log")))
+                out[key] = trial.suggest_int(
+                    key, spec["low"], spec["high"], step=spec.get("step", 1), log=bool(spec.get("log"))
+                )
             else:
-                out[key] = trial.suggest_float(key, spec["low"], spec["high"], step=spec.get("step"),
-                                               log=bool(spec.get("log")))
+                out[key] = trial.suggest_float(
+                    key, spec["low"], spec["high"], step=spec.get("step"), log=bool(spec.get("log"))
+                )
         return out
 
     def say(self, line: str) -> None:
@@ -550,8 +661,10 @@ def load_study(storage: str, study: str) -> Any:
         return optuna.load_study(study_name=study, storage=opened)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(opened)]
-        raise ConfigError(f"no study {study!r} in {mask_url(storage)}"
-                          + (f"; it holds {', '.join(map(repr, names))}" if names else "; it holds none yet")) from None
+        raise ConfigError(
+            f"no study {study!r} in {mask_url(storage)}"
+            + (f"; it holds {', '.join(map(repr, names))}" if names else "; it holds none yet")
+        ) from None
 
 
 def summarize(study: Any, storage: str, run_dir: str) -> TuneResult:
@@ -561,21 +674,31 @@ def summarize(study: Any, storage: str, run_dir: str) -> TuneResult:
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus"):
             continue
-        rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": dict(t.params),
-                     "slot": t.user_attrs.get("slot"), "seed": t.user_attrs.get("seed"),
-                     "seconds": t.user_attrs.get("seconds"), "epochs_run": t.user_attrs.get("epochs_run"),
-                     "model": t.user_attrs.get("model"), "host": t.user_attrs.get("host"),
-                     "test_acc": t.user_attrs.get("test_acc"),
-                     "retry_of": optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "params": dict(t.params),
+                "slot": t.user_attrs.get("slot"),
+                "seed": t.user_attrs.get("seed"),
+                "seconds": t.user_attrs.get("seconds"),
+                "epochs_run": t.user_attrs.get("epochs_run"),
+                "model": t.user_attrs.get("model"),
+                "host": t.user_attrs.get("host"),
+                "test_acc": t.user_attrs.get("test_acc"),
+                "retry_of": optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t),
+            }
+        )
     order = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "fail": 4}
     rows.sort(key=lambda r: (order.get(r["state"], 5), -(r["value"] or 0), r["number"]))
     identity = study.user_attrs.get("ggml_mnist", {})
-    result = TuneResult(study_name=study.study_name, storage=mask_url(storage), run_dir=run_dir, trials=rows,
-                        study=study)
+    result = TuneResult(
+        study_name=study.study_name, storage=mask_url(storage), run_dir=run_dir, trials=rows, study=study
+    )
     complete = [r for r in rows if r["state"] == "complete"]
     if identity.get("mode") == "seeds":
-        result.seeds = {key: _spread([r[key] for r in complete if r[key] is not None])
-                        for key in ("value", "test_acc")}
+        result.seeds = {key: _spread([r[key] for r in complete if r[key] is not None]) for key in ("value", "test_acc")}
     elif complete:
         best = complete[0]
         result.best_params, result.best_value, result.best_trial = best["params"], best["value"], best["number"]
@@ -586,8 +709,13 @@ def _spread(values: Sequence[float]) -> Optional[dict[str, float]]:
     if not values:
         return None
     arr = np.asarray(values, dtype=np.float64)
-    return {"n": len(arr), "mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
-            "min": float(arr.min()), "max": float(arr.max())}
+    return {
+        "n": len(arr),
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+    }
 
 
 def _export(job: _Job, result: TuneResult, threads: int) -> str:
@@ -601,12 +729,25 @@ def _export(job: _Job, result: TuneResult, threads: int) -> str:
     path = os.path.join(job.run_dir, "best.gguf")
     check_output(path, what="the best model")
     if job.progress:
-        print(f"mnist-tune: retraining trial {result.best_trial}'s recipe on all {len(job.labels)} training images "
-              f"({_params_text(result.best_params)})", file=sys.stderr)
+        print(
+            f"mnist-tune: retraining trial {result.best_trial}'s recipe on all {len(job.labels)} training images "
+            f"({_params_text(result.best_params)})",
+            file=sys.stderr,
+        )
     model, _ = api.train(job.images, job.labels, config=config, dataset=job.dataset, progress=job.progress)
-    model.save(path, metadata={"tune": {"study": job.study, "trial": result.best_trial, "val_acc": result.best_value,
-                                        "params": {**fixed, **result.best_params}, "storage": mask_url(job.storage),
-                                        "export": "retrained on all training images"}})
+    model.save(
+        path,
+        metadata={
+            "tune": {
+                "study": job.study,
+                "trial": result.best_trial,
+                "val_acc": result.best_value,
+                "params": {**fixed, **result.best_params},
+                "storage": mask_url(job.storage),
+                "export": "retrained on all training images",
+            }
+        },
+    )
     return path
 
 
@@ -615,8 +756,11 @@ def _report_lines(result: TuneResult) -> list[str]:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    lines = [f"study {result.study_name!r} in {result.storage}: {len(rows)} trials ("
-             + ", ".join(f"{n} {state}" for state, n in counts.items()) + ")"]
+    lines = [
+        f"study {result.study_name!r} in {result.storage}: {len(rows)} trials ("
+        + ", ".join(f"{n} {state}" for state, n in counts.items())
+        + ")"
+    ]
     lines.append(f"{'rank':>4} {'trial':>5} {'state':9} {'val acc':>8} {'epochs':>6} {'seconds':>8}  params / model")
     for rank, r in enumerate(rows, 1):
         acc = f"{100 * r['value']:.2f}%" if r["value"] is not None else "-"
@@ -627,25 +771,34 @@ def _report_lines(result: TuneResult) -> list[str]:
             extra += f" (retry of trial {r['retry_of']})"
         where = f"  {r['model']}" if r["model"] else ""
         seconds = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
-        lines.append(f"{rank if r['state'] == 'complete' else '':>4} {r['number']:>5} {r['state']:9} {acc:>8} "
-                     f"{r['epochs_run'] or '-':>6} {seconds:>8}  {extra}{where}")
+        lines.append(
+            f"{rank if r['state'] == 'complete' else '':>4} {r['number']:>5} {r['state']:9} {acc:>8} "
+            f"{r['epochs_run'] or '-':>6} {seconds:>8}  {extra}{where}"
+        )
     pruned = [r for r in rows if r["state"] == "pruned" and r["epochs_run"]]
     full = [r for r in rows if r["state"] == "complete" and r["epochs_run"]]
     if pruned and full:
         per_epoch = sum(r["seconds"] for r in full) / sum(r["epochs_run"] for r in full)
         budget = max(r["epochs_run"] for r in full)
         saved = sum(budget - r["epochs_run"] for r in pruned)
-        lines.append(f"pruning stopped {len(pruned)} trials early: {saved} epochs (about {saved * per_epoch:.0f}s) "
-                     "not trained")
+        lines.append(
+            f"pruning stopped {len(pruned)} trials early: {saved} epochs (about {saved * per_epoch:.0f}s) not trained"
+        )
     if result.seeds is not None:
         for key, label in (("value", "val acc"), ("test_acc", "test acc")):
             s = result.seeds.get(key)
             if s:
-                lines.append(f"{label} over {s['n']} seeds: {100 * s['mean']:.2f} ± {100 * s['std']:.2f}% "
-                             f"(min {100 * s['min']:.2f}%, max {100 * s['max']:.2f}%)")
+                lines.append(
+                    f"{label} over {s['n']} seeds: {100 * s['mean']:.2f} ± {100 * s['std']:.2f}% "
+                    f"(min {100 * s['min']:.2f}%, max {100 * s['max']:.2f}%)"
+                )
     elif result.best_trial is not None:
-        lines.append(f"best: trial {result.best_trial}, val acc {100 * result.best_value:.2f}% "
-                     f"({_params_text(result.best_params)})")
+        lines.append(
+            f"best: trial {result.best_trial}, val acc {100 * result.best_value:.2f}% "
+            f"({_params_text(result.best_params)})"
+        )
     if result.best_model:
-        lines.append(f"exported: {result.best_model} (trial {result.best_trial}'s recipe retrained on all training images)")
+        lines.append(
+            f"exported: {result.best_model} (trial {result.best_trial}'s recipe retrained on all training images)"
+        )
     return lines

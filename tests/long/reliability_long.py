@@ -33,8 +33,20 @@ MB = 1e6
 def fuzz(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "fuzz.json"
-        run = subprocess.run([sys.executable, str(TESTS / "support" / "fuzz_loaders.py"), "--cases", str(args.cases), "--json", str(out),
-                              "--time-limit", str(args.fuzz_time_limit)], capture_output=True, text=True)
+        run = subprocess.run(
+            [
+                sys.executable,
+                str(TESTS / "support" / "fuzz_loaders.py"),
+                "--cases",
+                str(args.cases),
+                "--json",
+                str(out),
+                "--time-limit",
+                str(args.fuzz_time_limit),
+            ],
+            capture_output=True,
+            text=True,
+        )
         report = json.loads(out.read_text())
     report["log"] = run.stdout.strip().splitlines()
     report["ok"] = run.returncode == 0
@@ -45,8 +57,10 @@ def cycles(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for name, env in (("default_malloc", None), ("fixed_mmap_threshold", rel.FIXED_MMAP_THRESHOLD)):
         rss = rel.rss_per_cycle(args.cycles, env=env)
-        result[name] = {"growth_20_to_end_mb": round((rss[-1] - rss[19]) / MB, 3),
-                        "rss_mb_every_20": [round(r / MB, 2) for r in rss[19::20]]}
+        result[name] = {
+            "growth_20_to_end_mb": round((rss[-1] - rss[19]) / MB, 3),
+            "rss_mb_every_20": [round(r / MB, 2) for r in rss[19::20]],
+        }
     result["ok"] = result["fixed_mmap_threshold"]["growth_20_to_end_mb"] < 5
     return result
 
@@ -55,14 +69,26 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"evaluate": [], "train": None}
     for n in sorted({1_000_000, args.eval_images}):
         m = rel.eval_memory(n)
-        result["evaluate"].append({"images": n, "growth_mb": round((m["peak"] - m["rss_before"]) / MB, 1),
-                                   "float_copy_mb": round(m["float_copy_bytes"] / MB), "seconds": round(m["seconds"], 2)})
+        result["evaluate"].append(
+            {
+                "images": n,
+                "growth_mb": round((m["peak"] - m["rss_before"]) / MB, 1),
+                "float_copy_mb": round(m["float_copy_bytes"] / MB),
+                "seconds": round(m["seconds"], 2),
+            }
+        )
     m = rel.train_memory(args.train_images)
     growth = m["peak"] - m["rss_before"]
-    result["train"] = {"images": args.train_images, "growth_mb": round(growth / MB, 1),
-                       "uint8_copy_mb": round(m["uint8_bytes"] / MB, 1), "float_copy_mb": round(m["float_copy_bytes"] / MB, 1)}
-    result["ok"] = (all(e["growth_mb"] < 100 for e in result["evaluate"])
-                    and 0.9 * m["uint8_bytes"] < growth < 1.5 * m["uint8_bytes"])
+    result["train"] = {
+        "images": args.train_images,
+        "growth_mb": round(growth / MB, 1),
+        "uint8_copy_mb": round(m["uint8_bytes"] / MB, 1),
+        "float_copy_mb": round(m["float_copy_bytes"] / MB, 1),
+    }
+    result["ok"] = (
+        all(e["growth_mb"] < 100 for e in result["evaluate"])
+        and 0.9 * m["uint8_bytes"] < growth < 1.5 * m["uint8_bytes"]
+    )
     return result
 
 
@@ -79,17 +105,29 @@ def kills(args: argparse.Namespace) -> dict[str, Any]:
         for name in leftovers:
             rel.age(directory / name, 120)
         from ggml_mnist import Model
+
         Model.create("fc", hidden=4, threads=1).save(directory / "model.gguf")
         remaining = sorted(p.name for p in directory.iterdir() if ".tmp-" in p.name)
     by_signal = {s: sum(r["signal"] == s for r in log) for s in ("SIGKILL", "SIGINT")}
-    return {"kills": len(log), "by_signal": by_signal, "file_ok_after_every_kill": error is None and len(log) == args.kills,
-            "error": error, "saves_that_completed_after_the_signal": sum(r["version"] == r["last_saved"] + 1 for r in log),
-            "distinct_versions_seen": len({r["version"] for r in log}), "temp_files_left_by_kills": len(leftovers),
-            "temp_files_after_next_save": remaining, "ok": error is None and not remaining}
+    return {
+        "kills": len(log),
+        "by_signal": by_signal,
+        "file_ok_after_every_kill": error is None and len(log) == args.kills,
+        "error": error,
+        "saves_that_completed_after_the_signal": sum(r["version"] == r["last_saved"] + 1 for r in log),
+        "distinct_versions_seen": len({r["version"] for r in log}),
+        "temp_files_left_by_kills": len(leftovers),
+        "temp_files_after_next_save": remaining,
+        "ok": error is None and not remaining,
+    }
 
 
-PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"fuzz": fuzz, "cycles": cycles, "scale": scale,
-                                                                   "kills": kills}
+PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "fuzz": fuzz,
+    "cycles": cycles,
+    "scale": scale,
+    "kills": kills,
+}
 
 
 def main() -> int:

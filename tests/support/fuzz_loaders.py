@@ -44,10 +44,20 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
 
-from ggml_mnist import DataError, IdxFormatError, Model, ModelFormatError, OutOfMemoryError, load_idx_pair, read_idx, write_idx
+from ggml_mnist import (
+    DataError,
+    IdxFormatError,
+    Model,
+    ModelFormatError,
+    OutOfMemoryError,
+    load_idx_pair,
+    read_idx,
+    write_idx,
+)
 
 HERE = Path(__file__).resolve()
 CORPUS = HERE.parent / "fuzz_corpus.json"
@@ -68,7 +78,7 @@ def _idx_arrays() -> dict[str, np.ndarray]:
         "labels": rng.integers(0, 10, size=4, dtype=np.uint8),
         "i8-2d": rng.integers(-128, 128, size=(3, 4), dtype=np.int8),
         "i16-2d": rng.integers(-30000, 30000, size=(2, 3), dtype=np.int16),
-        "i32-1d": rng.integers(-2**31, 2**31, size=5, dtype=np.int32),
+        "i32-1d": rng.integers(-(2**31), 2**31, size=5, dtype=np.int32),
         "f32-3d": rng.standard_normal((2, 2, 3)).astype(np.float32),
         "f64-1d": rng.standard_normal(3),
     }
@@ -119,7 +129,7 @@ def apply_byte_ops(data: bytes, ops: list[list[Any]], endian: str = "<") -> byte
     buf = bytearray(data)
     for op, *args in ops:
         if op == "truncate":
-            del buf[_pos(buf, args[0], 1):]
+            del buf[_pos(buf, args[0], 1) :]
         elif op == "flip" and buf:
             buf[_pos(buf, args[0])] ^= 1 << (args[1] % 8)
         elif op == "set_byte" and buf:
@@ -127,13 +137,13 @@ def apply_byte_ops(data: bytes, ops: list[list[Any]], endian: str = "<") -> byte
         elif op in ("set_u32", "set_u64") and buf:
             size = 4 if op == "set_u32" else 8
             at = _pos(buf, args[0])
-            buf[at:at + size] = (args[1] % 2**(8 * size)).to_bytes(size, "little" if endian == "<" else "big")
+            buf[at : at + size] = (args[1] % 2 ** (8 * size)).to_bytes(size, "little" if endian == "<" else "big")
         elif op == "insert":
             at = _pos(buf, args[0], 1)
             buf[at:at] = bytes.fromhex(args[1])
         elif op == "delete" and buf:
             at = _pos(buf, args[0])
-            del buf[at:at + args[1]]
+            del buf[at : at + args[1]]
         elif op == "append":
             buf += bytes.fromhex(args[0])
         elif op not in ("flip", "set_byte", "set_u32", "set_u64", "delete"):
@@ -154,7 +164,7 @@ def apply_idx_ops(data: bytes, ops: list[list[Any]]) -> bytes:
             at = 4 + 4 * args[0]
             if len(buf) < at + 4:
                 buf += bytes(at + 4 - len(buf))
-            buf[at:at + 4] = (args[1] % 2**32).to_bytes(4, "big")
+            buf[at : at + 4] = (args[1] % 2**32).to_bytes(4, "big")
         else:
             buf = bytearray(apply_byte_ops(bytes(buf), [op], endian=">"))
     return bytes(buf)
@@ -185,7 +195,9 @@ def check_idx(ws: Workspace, recipe: Recipe) -> tuple[str, str]:
     content = path.read_bytes()
     if content[:2] == b"\x1f\x8b":
         content = gzip.decompress(content)
-    assert content == oracle.read_bytes(), f"read_idx returned {array.dtype} {array.shape}, which is not the file's content"
+    assert content == oracle.read_bytes(), (
+        f"read_idx returned {array.dtype} {array.shape}, which is not the file's content"
+    )
     partner = IDX_PARTNER.get(recipe["base"])
     if partner is not None:
         pair = (path, ws.idx_base(partner)) if recipe["base"] == "images" else (ws.idx_base(partner), path)
@@ -201,19 +213,37 @@ GGUF_BASES: dict[str, Callable[[], Model]] = {
     "fc": lambda: Model.create("fc", hidden=8, threads=THREADS, seed=1),
     "cnn": lambda: Model.create("cnn", conv_channels=(2, 2), threads=THREADS, seed=2),
     "fc-tiny": lambda: Model.create("fc", hidden=2, n_classes=2, image_size=(4, 4), threads=THREADS, seed=3),
-    "cnn-tiny": lambda: Model.create("cnn", conv_channels=(2, 2), n_classes=2, image_size=(4, 4), threads=THREADS, seed=4),
+    "cnn-tiny": lambda: Model.create(
+        "cnn", conv_channels=(2, 2), n_classes=2, image_size=(4, 4), threads=THREADS, seed=4
+    ),
     # quantised files: block-type dense weights (rows zero-padded to whole blocks), f16 kernels, f32 biases
     "fc-q4_0": lambda: Model.create("fc", hidden=8, threads=THREADS, seed=5).quantize("q4_0", pad=True),
     "cnn-q8_0": lambda: Model.create("cnn", conv_channels=(2, 2), threads=THREADS, seed=6).quantize("q8_0", pad=True),
-    "fc-tiny-q5_0": lambda: Model.create("fc", hidden=2, n_classes=2, image_size=(4, 4), threads=THREADS,
-                                         seed=7).quantize("q5_0", pad=True),
+    "fc-tiny-q5_0": lambda: Model.create(
+        "fc", hidden=2, n_classes=2, image_size=(4, 4), threads=THREADS, seed=7
+    ).quantize("q5_0", pad=True),
 }
 GGUF_ALIGNMENT = 32
 STRING, ARRAY = 8, 9
 _SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "B", 10: "Q", 11: "q", 12: "d"}
 # ggml type -> (bytes per block, elements per block) for the types the fuzzer names
-_GGML_TYPE_SIZES = {0: (4, 1), 1: (2, 1), 2: (18, 32), 3: (20, 32), 6: (22, 32), 7: (24, 32), 8: (34, 32), 9: (36, 32),
-                    10: (84, 256), 24: (1, 1), 25: (2, 1), 26: (4, 1), 27: (8, 1), 28: (8, 1), 30: (2, 1)}
+_GGML_TYPE_SIZES = {
+    0: (4, 1),
+    1: (2, 1),
+    2: (18, 32),
+    3: (20, 32),
+    6: (22, 32),
+    7: (24, 32),
+    8: (34, 32),
+    9: (36, 32),
+    10: (84, 256),
+    24: (1, 1),
+    25: (2, 1),
+    26: (4, 1),
+    27: (8, 1),
+    28: (8, 1),
+    30: (2, 1),
+}
 
 
 def _u32(v: int) -> bytes:
@@ -246,7 +276,7 @@ def encode_value(gtype: int, value: Any) -> bytes:
         return struct.pack("<" + fmt, float(value))
     bits = 8 * struct.calcsize(fmt)
     v = int(value) % 2**bits
-    if fmt.islower() and v >= 2**(bits - 1):
+    if fmt.islower() and v >= 2 ** (bits - 1):
         v -= 2**bits
     return struct.pack("<" + fmt, v)
 
@@ -256,7 +286,7 @@ class _Reader:
         self.data, self.at = data, 0
 
     def take(self, n: int) -> bytes:
-        out = self.data[self.at:self.at + n]
+        out = self.data[self.at : self.at + n]
         self.at += n
         return out
 
@@ -286,14 +316,14 @@ def parse_gguf(data: bytes) -> dict[str, Any]:
         gtype = r.unpack("I")
         start = r.at
         r.skip_value(gtype)
-        kv.append([key, gtype, data[start:r.at]])
+        kv.append([key, gtype, data[start : r.at]])
     infos = []
     for _ in range(n_tensors):
         name = r.take(r.unpack("Q"))
         dims = [r.unpack("q") for _ in range(r.unpack("I"))]
         infos.append([name, dims, r.unpack("I"), r.unpack("Q")])
     base = -(-r.at // GGUF_ALIGNMENT) * GGUF_ALIGNMENT
-    blobs = [data[base + off:base + off + _nbytes(dims, gtype)] for _, dims, gtype, off in infos]
+    blobs = [data[base + off : base + off + _nbytes(dims, gtype)] for _, dims, gtype, off in infos]
     return {"version": version, "kv": kv, "tensors": [i[:3] for i in infos], "blobs": blobs}
 
 
@@ -313,14 +343,42 @@ def _index(items: list[Any], selector: Any, key: Callable[[Any], bytes]) -> Opti
     return matches[0] if matches else None
 
 
-GGUF_OPS = ("version", "n_tensors", "n_kv", "align", "arch", "meta", "kv_add", "kv_drop", "kv_dup", "kv_rename", "kv_retype",
-            "kv_set", "kv_count", "t_drop", "t_dup", "t_rename", "t_dims", "t_type", "t_offset", "t_fill", "t_swap")
+GGUF_OPS = (
+    "version",
+    "n_tensors",
+    "n_kv",
+    "align",
+    "arch",
+    "meta",
+    "kv_add",
+    "kv_drop",
+    "kv_dup",
+    "kv_rename",
+    "kv_retype",
+    "kv_set",
+    "kv_count",
+    "t_drop",
+    "t_dup",
+    "t_rename",
+    "t_dims",
+    "t_type",
+    "t_offset",
+    "t_fill",
+    "t_swap",
+)
 
 
 def apply_gguf_ops(g: dict[str, Any], ops: list[list[Any]]) -> dict[str, Any]:
     """Apply structural ops to a parsed GGUF (a copy is changed and returned)."""
-    g = {"version": g["version"], "kv": [list(e) for e in g["kv"]], "tensors": [[t[0], list(t[1]), t[2]] for t in g["tensors"]],
-         "blobs": list(g["blobs"]), "offsets": {}, "header": {}, "alignment": GGUF_ALIGNMENT}
+    g = {
+        "version": g["version"],
+        "kv": [list(e) for e in g["kv"]],
+        "tensors": [[t[0], list(t[1]), t[2]] for t in g["tensors"]],
+        "blobs": list(g["blobs"]),
+        "offsets": {},
+        "header": {},
+        "alignment": GGUF_ALIGNMENT,
+    }
     kv, tensors, blobs = g["kv"], g["tensors"], g["blobs"]
     for op, *args in ops:
         if op not in GGUF_OPS:
@@ -364,7 +422,7 @@ def apply_gguf_ops(g: dict[str, Any], ops: list[list[Any]]) -> dict[str, Any]:
             payload = bytearray(kv[k][2])
             at = 0 if kv[k][1] == STRING else 4 if kv[k][1] == ARRAY else None
             if at is not None and len(payload) >= at + 8:
-                payload[at:at + 8] = _u64(args[1])
+                payload[at : at + 8] = _u64(args[1])
             kv[k][2] = bytes(payload)
         elif t is None:
             continue
@@ -398,8 +456,12 @@ def serialize_gguf(g: dict[str, Any]) -> bytes:
     align = g.get("alignment", GGUF_ALIGNMENT)
     pad = (lambda n: -(-n // align) * align) if isinstance(align, int) and align > 0 else (lambda n: n)
     header = g.get("header", {})
-    out = [b"GGUF", _u32(header.get("version", g["version"])), _u64(header.get("n_tensors", len(g["tensors"]))),
-           _u64(header.get("n_kv", len(g["kv"])))]
+    out = [
+        b"GGUF",
+        _u32(header.get("version", g["version"])),
+        _u64(header.get("n_tensors", len(g["tensors"]))),
+        _u64(header.get("n_kv", len(g["kv"]))),
+    ]
     for key, gtype, payload in g["kv"]:
         out += [_u64(len(key)), key, _u32(gtype), payload]
     offset, sizes = 0, []
@@ -455,9 +517,41 @@ CHECKS = {"idx": check_idx, "gguf": check_gguf, "abort": check_abort}
 
 
 # ---- hypothesis strategies -------------------------------------------------------------------------------
-_EDGE_INTS = [0, 1, 2, 3, 4, 7, 8, 10, 16, 28, 32, 63, 64, 500, 784, 1000, 1001, 4096, 4097, 65535, 65536, 65537,
-              2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**62, 2**63 - 1, 2**64 - 1, -1, -2**31, -2**63]
-edge_ints = st.one_of(st.sampled_from(_EDGE_INTS), st.integers(-2**63, 2**64 - 1))
+_EDGE_INTS = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    7,
+    8,
+    10,
+    16,
+    28,
+    32,
+    63,
+    64,
+    500,
+    784,
+    1000,
+    1001,
+    4096,
+    4097,
+    65535,
+    65536,
+    65537,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+    2**32,
+    2**62,
+    2**63 - 1,
+    2**64 - 1,
+    -1,
+    -(2**31),
+    -(2**63),
+]
+edge_ints = st.one_of(st.sampled_from(_EDGE_INTS), st.integers(-(2**63), 2**64 - 1))
 positions = st.one_of(st.integers(0, 64), st.integers(0, 1024), st.integers(0, 2**24))
 hex_bytes = st.binary(min_size=1, max_size=16).map(bytes.hex)
 
@@ -492,21 +586,85 @@ def idx_recipes(draw: st.DrawFn) -> Recipe:
     return recipe
 
 
-_KEYS = ["", "general.architecture", "general.alignment", "general.name", "ggml_mnist.n_classes", "ggml_mnist.image_height",
-         "ggml_mnist.image_width", "ggml_mnist.hidden", "ggml_mnist.conv1_channels", "ggml_mnist.conv2_channels",
-         "ggml_mnist.layers.kind", "ggml_mnist.layers.name", "ggml_mnist.layers.units", "ggml_mnist.layers.kernel",
-         "ggml_mnist.layers.stride", "ggml_mnist.layers.padding", "ggml_mnist.layers.dropout",
-         "ggml_mnist.note", "ggml_mnist.history", "ggml_mnist.config", "ggml_mnist.", "k" * 300]
-_TENSOR_NAMES = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "conv1.kernel", "conv1.bias", "conv2.kernel",
-                 "conv2.bias", "dense.weight", "dense.bias", "", "x" * 63, "x" * 64, "fc1.weight\0junk"]
-_ARCHES = ["mnist-fc", "mnist-cnn", "ggml-mnist-fc", "ggml-mnist-cnn", "ggml-mnist", "", "llama", "mnist-fc ", "MNIST-FC", "mnist-fc\0x",
-           "mnist-rnn"]
-_STRINGS = ["", "x", "32", "10", "null", "{}", '{"__class__": "os.system", "__reduce__": ["os.system", ["echo pwned"]]}',
-            "\u00e9\u4e2d", "a" * 1000, [["[", 100_000], ["]", 100_000]], [["9", 5000]], "1e999", "NaN"]
+_KEYS = [
+    "",
+    "general.architecture",
+    "general.alignment",
+    "general.name",
+    "ggml_mnist.n_classes",
+    "ggml_mnist.image_height",
+    "ggml_mnist.image_width",
+    "ggml_mnist.hidden",
+    "ggml_mnist.conv1_channels",
+    "ggml_mnist.conv2_channels",
+    "ggml_mnist.layers.kind",
+    "ggml_mnist.layers.name",
+    "ggml_mnist.layers.units",
+    "ggml_mnist.layers.kernel",
+    "ggml_mnist.layers.stride",
+    "ggml_mnist.layers.padding",
+    "ggml_mnist.layers.dropout",
+    "ggml_mnist.note",
+    "ggml_mnist.history",
+    "ggml_mnist.config",
+    "ggml_mnist.",
+    "k" * 300,
+]
+_TENSOR_NAMES = [
+    "fc1.weight",
+    "fc1.bias",
+    "fc2.weight",
+    "fc2.bias",
+    "conv1.kernel",
+    "conv1.bias",
+    "conv2.kernel",
+    "conv2.bias",
+    "dense.weight",
+    "dense.bias",
+    "",
+    "x" * 63,
+    "x" * 64,
+    "fc1.weight\0junk",
+]
+_ARCHES = [
+    "mnist-fc",
+    "mnist-cnn",
+    "ggml-mnist-fc",
+    "ggml-mnist-cnn",
+    "ggml-mnist",
+    "",
+    "llama",
+    "mnist-fc ",
+    "MNIST-FC",
+    "mnist-fc\0x",
+    "mnist-rnn",
+]
+_STRINGS = [
+    "",
+    "x",
+    "32",
+    "10",
+    "null",
+    "{}",
+    '{"__class__": "os.system", "__reduce__": ["os.system", ["echo pwned"]]}',
+    "\u00e9\u4e2d",
+    "a" * 1000,
+    [["[", 100_000], ["]", 100_000]],
+    [["9", 5000]],
+    "1e999",
+    "NaN",
+]
 gguf_types = st.one_of(st.integers(0, 12), st.sampled_from([13, 255, 2**31, 2**32 - 1]))
-ggml_types = st.one_of(st.sampled_from([0, 0, 1, 2, 3, 4, 5, 6, 8, 24, 26, 28, 30, 39, 40, 2**31 - 1]), st.integers(0, 2**32 - 1))
-tensor_dims = st.lists(st.one_of(st.sampled_from([0, 1, 2, 3, 8, 9, 10, 16, 28, 784, 2**31, 2**62, 2**63 - 1, 2**63, 2**64 - 1]),
-                                 st.integers(0, 2**64 - 1)), max_size=5)
+ggml_types = st.one_of(
+    st.sampled_from([0, 0, 1, 2, 3, 4, 5, 6, 8, 24, 26, 28, 30, 39, 40, 2**31 - 1]), st.integers(0, 2**32 - 1)
+)
+tensor_dims = st.lists(
+    st.one_of(
+        st.sampled_from([0, 1, 2, 3, 8, 9, 10, 16, 28, 784, 2**31, 2**62, 2**63 - 1, 2**63, 2**64 - 1]),
+        st.integers(0, 2**64 - 1),
+    ),
+    max_size=5,
+)
 selector = st.integers(0, 31)
 
 
@@ -535,7 +693,11 @@ def gguf_ops(draw: st.DrawFn) -> list[Any]:
     if kind == "arch":
         return [kind, draw(st.sampled_from(_ARCHES))]
     if kind == "meta":
-        return [kind, draw(st.sampled_from(["note", "history", "config", "class_names"])), draw(st.sampled_from(_STRINGS))]
+        return [
+            kind,
+            draw(st.sampled_from(["note", "history", "config", "class_names"])),
+            draw(st.sampled_from(_STRINGS)),
+        ]
     if kind in ("kv_add", "kv_set"):
         gtype = draw(gguf_types)
         name = draw(st.sampled_from(_KEYS)) if kind == "kv_add" else draw(selector)
@@ -555,7 +717,11 @@ def gguf_ops(draw: st.DrawFn) -> list[Any]:
     if kind == "t_type":
         return [kind, draw(selector), draw(ggml_types)]
     if kind == "t_offset":
-        return [kind, draw(selector), draw(st.one_of(st.sampled_from([0, 1, 32, 2**63, 2**64 - 32]), st.integers(0, 2**64 - 1)))]
+        return [
+            kind,
+            draw(selector),
+            draw(st.one_of(st.sampled_from([0, 1, 32, 2**63, 2**64 - 32]), st.integers(0, 2**64 - 1))),
+        ]
     if kind == "t_fill":
         return [kind, draw(selector), draw(st.sampled_from([float("nan"), float("inf"), 3.0e38, 0.0]))]
     return [kind, draw(selector), draw(selector)]
@@ -564,8 +730,12 @@ def gguf_ops(draw: st.DrawFn) -> list[Any]:
 @st.composite
 def gguf_recipes(draw: st.DrawFn) -> Recipe:
     """Mutations of the GGUF bases: structural ops on keys and tensors, then byte ops."""
-    return {"kind": "gguf", "base": draw(st.sampled_from(sorted(GGUF_BASES))), "ops": draw(st.lists(gguf_ops(), max_size=3)),
-            "byte_ops": draw(byte_ops())}
+    return {
+        "kind": "gguf",
+        "base": draw(st.sampled_from(sorted(GGUF_BASES))),
+        "ops": draw(st.lists(gguf_ops(), max_size=3)),
+        "byte_ops": draw(byte_ops()),
+    }
 
 
 STRATEGIES = {"idx": idx_recipes, "gguf": gguf_recipes}
@@ -573,9 +743,15 @@ STRATEGIES = {"idx": idx_recipes, "gguf": gguf_recipes}
 
 def hypothesis_settings(max_examples: int, derandomize: bool) -> settings:
     """Settings for a fuzzing run: no deadline, no example database, no shrinking of crashes in place."""
-    return settings(max_examples=max_examples, derandomize=derandomize, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink],
-                    print_blob=False)
+    return settings(
+        max_examples=max_examples,
+        derandomize=derandomize,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+        print_blob=False,
+    )
 
 
 def sweep_recipes(kind: str, ws: Workspace, bases: Optional[list[str]] = None, stride: int = 1) -> list[Recipe]:
@@ -586,13 +762,24 @@ def sweep_recipes(kind: str, ws: Workspace, bases: Optional[list[str]] = None, s
             for gz in (False, True):
                 n = len(build_idx(ws, {"base": base, "gz": gz}))
                 cuts = [c for c in range(n + 1) if c < 2048 or c % stride == 0]
-                recipes += [{"kind": "idx", "base": base, "gz": gz, "ops": [] if gz else [["truncate", c]],
-                             **({"gz_ops": [["truncate", c]]} if gz else {})} for c in cuts]
+                recipes += [
+                    {
+                        "kind": "idx",
+                        "base": base,
+                        "gz": gz,
+                        "ops": [] if gz else [["truncate", c]],
+                        **({"gz_ops": [["truncate", c]]} if gz else {}),
+                    }
+                    for c in cuts
+                ]
     else:
         for base in bases or sorted(GGUF_BASES):
             n = len(build_gguf(ws, {"base": base}))
-            recipes += [{"kind": "gguf", "base": base, "byte_ops": [["truncate", c]]}
-                        for c in range(n + 1) if c < 2048 or c % stride == 0]
+            recipes += [
+                {"kind": "gguf", "base": base, "byte_ops": [["truncate", c]]}
+                for c in range(n + 1)
+                if c < 2048 or c % stride == 0
+            ]
     return recipes
 
 
@@ -620,7 +807,7 @@ def worker(args: argparse.Namespace) -> int:
     ws = Workspace(Path(args.workdir))
     # warm up (bases, native library) before the address space is limited
     for kind in ["idx", "gguf"] if args.kind == "both" else [args.kind]:
-        for name in (IDX_BASES if kind == "idx" else GGUF_BASES):
+        for name in IDX_BASES if kind == "idx" else GGUF_BASES:
             CHECKS[kind](ws, {"kind": kind, "base": name})
     _limit_address_space(args.max_extra_mb)
     if args.replay:
@@ -675,7 +862,7 @@ class Report:
     def ok(self) -> bool:
         return not (self.crashes or self.hangs or self.failures)
 
-    def merge(self, other: "Report") -> None:
+    def merge(self, other: Report) -> None:
         self.cases += other.cases
         self.outcomes.update(other.outcomes)
         self.crashes += other.crashes
@@ -685,7 +872,10 @@ class Report:
         self.seconds += other.seconds
 
     def summary(self) -> str:
-        lines = [f"{self.cases} cases in {self.seconds:.1f}s: " + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))]
+        lines = [
+            f"{self.cases} cases in {self.seconds:.1f}s: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
+        ]
         for what, items in (("CRASH", self.crashes), ("HANG", self.hangs), ("FAILURE", self.failures)):
             lines += [f"{what}: {json.dumps(item)}" for item in items]
         return "\n".join(lines)
@@ -760,8 +950,20 @@ def replay(recipes: list[Recipe], *, max_extra_mb: int = MAX_EXTRA_MB) -> Report
             if start >= len(recipes):
                 break
             journal = work / f"journal-{attempt}.jsonl"
-            rc, events, tail = _run_worker(["--kind", "both", "--replay", str(work / "recipes.json"), "--start", str(start),
-                                            "--max-extra-mb", str(max_extra_mb)], work, journal)
+            rc, events, tail = _run_worker(
+                [
+                    "--kind",
+                    "both",
+                    "--replay",
+                    str(work / "recipes.json"),
+                    "--start",
+                    str(start),
+                    "--max-extra-mb",
+                    str(max_extra_mb),
+                ],
+                work,
+                journal,
+            )
             crashed = _account(report, events, rc, tail)
             if crashed is None:
                 break
@@ -770,8 +972,15 @@ def replay(recipes: list[Recipe], *, max_extra_mb: int = MAX_EXTRA_MB) -> Report
     return report
 
 
-def generate(kind: str, cases: int, *, seed: int = 0, derandomize: bool = False, time_limit: float = math.inf,
-             max_extra_mb: int = MAX_EXTRA_MB) -> Report:
+def generate(
+    kind: str,
+    cases: int,
+    *,
+    seed: int = 0,
+    derandomize: bool = False,
+    time_limit: float = math.inf,
+    max_extra_mb: int = MAX_EXTRA_MB,
+) -> Report:
     """Run ``cases`` hypothesis-generated cases of kind in workers of at most CHUNK cases each.
 
     A derandomized run is one worker (the same cases every time). After a crash the next worker
@@ -783,7 +992,16 @@ def generate(kind: str, cases: int, *, seed: int = 0, derandomize: bool = False,
         while report.cases < cases and time.monotonic() - t0 < time_limit and attempt < 10 + cases // 10:
             n = cases - report.cases if derandomize else min(CHUNK, cases - report.cases)
             journal = work / f"journal-{attempt}.jsonl"
-            argv = ["--kind", kind, "--cases", str(n), "--seed", str(seed + attempt), "--max-extra-mb", str(max_extra_mb)]
+            argv = [
+                "--kind",
+                kind,
+                "--cases",
+                str(n),
+                "--seed",
+                str(seed + attempt),
+                "--max-extra-mb",
+                str(max_extra_mb),
+            ]
             rc, events, tail = _run_worker(argv + (["--derandomize"] if derandomize else []), work, journal)
             before = report.cases
             _account(report, events, rc, tail)
@@ -802,7 +1020,7 @@ def minimize(recipe: Recipe, crashes: Callable[[Recipe], bool]) -> Recipe:
         changed = False
         for key in ("ops", "byte_ops", "gz_ops"):
             for i in range(len(recipe.get(key, []))):
-                candidate = {**recipe, key: recipe[key][:i] + recipe[key][i + 1:]}
+                candidate = {**recipe, key: recipe[key][:i] + recipe[key][i + 1 :]}
                 if crashes(candidate):
                     recipe, changed = candidate, True
                     break
@@ -815,7 +1033,9 @@ def load_corpus() -> list[dict[str, Any]]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--kind", choices=["idx", "gguf", "both"], default="both")
     p.add_argument("--cases", type=int, default=1000, help="generated cases per kind (default 1000)")
     p.add_argument("--seed", type=int, default=0)
@@ -823,7 +1043,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-sweep", action="store_true", help="skip the truncation-at-every-offset sweeps")
     p.add_argument("--replay", help="a JSON file with a list of recipes to run instead of generating")
     p.add_argument("--time-limit", type=float, default=1800.0, help="seconds after which no new worker starts")
-    p.add_argument("--max-extra-mb", type=int, default=MAX_EXTRA_MB, help="address space a worker may add after warm-up")
+    p.add_argument(
+        "--max-extra-mb", type=int, default=MAX_EXTRA_MB, help="address space a worker may add after warm-up"
+    )
     p.add_argument("--json", help="write the report as JSON here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--journal", help=argparse.SUPPRESS)
@@ -848,8 +1070,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"{kind} truncation sweep: {report.summary()}", flush=True)
                 total.merge(report)
             left = args.time_limit - (time.monotonic() - t0)
-            report = generate(kind, args.cases, seed=args.seed, derandomize=args.derandomize, time_limit=left,
-                              max_extra_mb=args.max_extra_mb)
+            report = generate(
+                kind,
+                args.cases,
+                seed=args.seed,
+                derandomize=args.derandomize,
+                time_limit=left,
+                max_extra_mb=args.max_extra_mb,
+            )
             print(f"{kind} generated: {report.summary()}", flush=True)
             total.merge(report)
         corpus = load_corpus()
@@ -864,9 +1092,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         crash["minimized"] = minimize(crash["recipe"], lambda r: replay([r]).crashes != [])
     print(f"TOTAL: {total.summary()}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"cases": total.cases, "outcomes": total.outcomes, "crashes": total.crashes,
-                                               "hangs": total.hangs, "failures": total.failures, "seconds": total.seconds},
-                                              indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "cases": total.cases,
+                    "outcomes": total.outcomes,
+                    "crashes": total.crashes,
+                    "hangs": total.hangs,
+                    "failures": total.failures,
+                    "seconds": total.seconds,
+                },
+                indent=1,
+            )
+        )
     return 0 if total.ok else 1
 
 

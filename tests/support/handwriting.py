@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -14,8 +15,7 @@ from PIL import Image, ImageDraw
 
 def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int = 24) -> list[tuple[float, float]]:
     """Points along an ellipse from angle a0 to a1 in degrees (0 = right, 90 = down)."""
-    return [(cx + rx * math.cos(math.radians(a)), cy + ry * math.sin(math.radians(a)))
-            for a in np.linspace(a0, a1, n)]
+    return [(cx + rx * math.cos(math.radians(a)), cy + ry * math.sin(math.radians(a))) for a in np.linspace(a0, a1, n)]
 
 
 # Each digit is a list of strokes (polylines) in a box 0.6 wide and 1 tall, y down.
@@ -33,8 +33,17 @@ STROKES: dict[int, list[list[tuple[float, float]]]] = {
 }
 
 
-def draw_digits(digits: Sequence[int], *, height: int = 100, thickness: float = 0.1, gaps: Optional[Sequence[float]] = None,
-                margin: float = 0.5, slant: float = 0.0, jitter: float = 0.0, seed: int = 0) -> Image.Image:
+def draw_digits(
+    digits: Sequence[int],
+    *,
+    height: int = 100,
+    thickness: float = 0.1,
+    gaps: Optional[Sequence[float]] = None,
+    margin: float = 0.5,
+    slant: float = 0.0,
+    jitter: float = 0.0,
+    seed: int = 0,
+) -> Image.Image:
     """Black strokes on white: the digits side by side, ``height`` pixels tall, pen ``thickness`` as a fraction of the
     height, ``gaps`` between digits as fractions of the height (default 0.3 each), ``slant`` shears (fraction of x per y),
     ``jitter`` moves each stroke point by that fraction of the height at random."""
@@ -50,8 +59,13 @@ def draw_digits(digits: Sequence[int], *, height: int = 100, thickness: float = 
     pen = max(1, round(thickness * height))
     for digit, x in zip(digits, xs):
         for stroke in STROKES[digit]:
-            pts = [(x + (px + slant * (1 - py)) * height + jitter * height * rng.normal(),
-                    m + py * height + jitter * height * rng.normal()) for px, py in stroke]
+            pts = [
+                (
+                    x + (px + slant * (1 - py)) * height + jitter * height * rng.normal(),
+                    m + py * height + jitter * height * rng.normal(),
+                )
+                for px, py in stroke
+            ]
             draw.line(pts, fill=0, width=pen, joint="curve")
             r = pen / 2
             for px, py in (pts[0], pts[-1]):
@@ -59,9 +73,19 @@ def draw_digits(digits: Sequence[int], *, height: int = 100, thickness: float = 
     return img
 
 
-def as_scan(img: Image.Image, *, invert: bool = False, noise: float = 0.0, gradient: float = 0.0, jpeg: Optional[int] = None,
-            paper: tuple[int, int, int] = (255, 255, 255), ink: tuple[int, int, int] = (0, 0, 0), rotate: float = 0.0,
-            size: Optional[int] = None, seed: int = 0) -> Image.Image:
+def as_scan(
+    img: Image.Image,
+    *,
+    invert: bool = False,
+    noise: float = 0.0,
+    gradient: float = 0.0,
+    jpeg: Optional[int] = None,
+    paper: tuple[int, int, int] = (255, 255, 255),
+    ink: tuple[int, int, int] = (0, 0, 0),
+    rotate: float = 0.0,
+    size: Optional[int] = None,
+    seed: int = 0,
+) -> Image.Image:
     """A black-on-white grey image as a colour scan: ink and paper colours, rotated (degrees), resized to ``size`` on
     its longest side, lit unevenly (``gradient``: the light falls by that fraction across the page), with Gaussian
     ``noise`` (std, 0..1), JPEG at quality ``jpeg``, and the polarity flipped with ``invert``."""
@@ -95,7 +119,9 @@ def jpeg_round_trip(img: Image.Image, quality: Optional[int]) -> Image.Image:
     return out
 
 
-def mnist_scan(digit: np.ndarray, *, size: int = 200, canvas: float = 1.6, seed: int = 0, **scan: object) -> Image.Image:
+def mnist_scan(
+    digit: np.ndarray, *, size: int = 200, canvas: float = 1.6, seed: int = 0, **scan: object
+) -> Image.Image:
     """An MNIST digit (uint8 28x28, white on black) as if written on paper and scanned: upscaled to ``size``,
     dark ink on a larger light page, then :func:`as_scan` (noise, gradient, JPEG, ...)."""
     up = Image.fromarray(255 - digit).resize((size, size), Image.Resampling.BICUBIC)

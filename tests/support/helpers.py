@@ -7,8 +7,9 @@ A numpy reference of the two networks, small fast training options and GGUF writ
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pytest
@@ -18,15 +19,17 @@ import pytest
 THREADS = 1
 SMALL = {"fc": {"hidden": 32}, "cnn": {"conv_channels": (2, 4)}}
 #: Why a test that needs the real MNIST skips, and what to do about it.
-NO_REAL_MNIST = ("real MNIST not found: set GGML_MNIST_DATA=/path/to/mnist (the folder with the IDX .gz files), or run "
-                 "`mnist-data download` (into data/mnist), to run these tests")
+NO_REAL_MNIST = (
+    "real MNIST not found: set GGML_MNIST_DATA=/path/to/mnist (the folder with the IDX .gz files), or run "
+    "`mnist-data download` (into data/mnist), to run these tests"
+)
 
 
 def summary_rows(lines: list[str]) -> list[str]:
     """The layer rows of a printed model summary: the lines between its two rules of dashes, less the input row."""
     rules = [i for i, line in enumerate(lines) if line and set(line) == {"-"}]
     assert len(rules) == 2, "a summary has a rule under its header and one above its total:\n" + "\n".join(lines)
-    rows = lines[rules[0] + 1:rules[1]]
+    rows = lines[rules[0] + 1 : rules[1]]
     assert rows and rows[0].startswith("input "), rows
     return rows[1:]
 
@@ -38,7 +41,9 @@ def images(n: int = 8, size: tuple[int, int] = (28, 28), seed: int = 0) -> np.nd
 
 def small_options(arch: str, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments of train() for a fast run of ``arch`` on a few hundred images."""
-    options = dict(arch=arch, epochs=2, batch_size=20, threads=THREADS, progress=False, augment="none", **SMALL.get(arch, {}))
+    options = dict(
+        arch=arch, epochs=2, batch_size=20, threads=THREADS, progress=False, augment="none", **SMALL.get(arch, {})
+    )
     options.update(overrides)
     return options
 
@@ -67,18 +72,20 @@ def conv3x3(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
     out = np.zeros((n, kernel.shape[0], h, w))
     for i in range(3):
         for j in range(3):
-            out += np.einsum("oc,nchw->nohw", kernel[:, :, i, j], padded[:, :, i:i + h, j:j + w])
+            out += np.einsum("oc,nchw->nohw", kernel[:, :, i, j], padded[:, :, i : i + h, j : j + w])
     return out + bias.reshape(1, -1, 1, 1)
 
 
 def maxpool2(x: np.ndarray) -> np.ndarray:
     """2x2 max pooling with stride 2, dropping an odd last row/column: [N, C, H, W] -> [N, C, H//2, W//2]."""
     n, c, h, w = x.shape
-    x = x[:, :, :h // 2 * 2, :w // 2 * 2]
+    x = x[:, :, : h // 2 * 2, : w // 2 * 2]
     return x.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
 
 
-def reference_proba(arch: str, weights: Mapping[str, np.ndarray], images: np.ndarray, flatten: str = "hwc") -> np.ndarray:
+def reference_proba(
+    arch: str, weights: Mapping[str, np.ndarray], images: np.ndarray, flatten: str = "hwc"
+) -> np.ndarray:
     """Class probabilities [N, classes] in float64 for images [N, H, W] (uint8 0..255 or floats in [0, 1]).
 
     fc: softmax(W2 relu(W1 x + b1) + b2). cnn: (conv3x3 + bias, relu, maxpool2) twice, then the
@@ -116,9 +123,14 @@ def gguf_module() -> Any:
     return pytest.importorskip("gguf")
 
 
-def write_gguf(path: os.PathLike | str, arch: Optional[Any], tensors: Mapping[str, np.ndarray],
-               strings: Optional[Mapping[str, str]] = None, uint32s: Optional[Mapping[str, int]] = None,
-               arrays: Optional[Mapping[str, list]] = None) -> Path:
+def write_gguf(
+    path: os.PathLike | str,
+    arch: Optional[Any],
+    tensors: Mapping[str, np.ndarray],
+    strings: Optional[Mapping[str, str]] = None,
+    uint32s: Optional[Mapping[str, int]] = None,
+    arrays: Optional[Mapping[str, list]] = None,
+) -> Path:
     """Write a GGUF file with the gguf package: general.architecture = arch (a str; an int is
     written as uint32; None leaves the key out), extra string/uint32/array keys (arrays of int are
     int32, of float float32, of str strings), and tensors whose
@@ -165,29 +177,40 @@ def contract_weights(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     if arch == "fc":
-        return {"fc1.weight": normal(500, 784, scale=0.1), "fc1.bias": normal(500, scale=0.1),
-                "fc2.weight": normal(10, 500, scale=0.2), "fc2.bias": normal(10, scale=0.1)}
-    return {"conv1.kernel": normal(8, 1, 3, 3, scale=0.5), "conv1.bias": normal(1, 8, 1, 1, scale=0.1),
-            "conv2.kernel": normal(16, 8, 3, 3, scale=0.3), "conv2.bias": normal(1, 16, 1, 1, scale=0.1),
-            "dense.weight": normal(10, 784, scale=0.2), "dense.bias": normal(10, scale=0.1)}
+        return {
+            "fc1.weight": normal(500, 784, scale=0.1),
+            "fc1.bias": normal(500, scale=0.1),
+            "fc2.weight": normal(10, 500, scale=0.2),
+            "fc2.bias": normal(10, scale=0.1),
+        }
+    return {
+        "conv1.kernel": normal(8, 1, 3, 3, scale=0.5),
+        "conv1.bias": normal(1, 8, 1, 1, scale=0.1),
+        "conv2.kernel": normal(16, 8, 3, 3, scale=0.3),
+        "conv2.bias": normal(1, 16, 1, 1, scale=0.1),
+        "dense.weight": normal(10, 784, scale=0.2),
+        "dense.bias": normal(10, scale=0.1),
+    }
 
 
 def hidden_of(model: Any) -> int:
     """Units of the model's first hidden dense layer."""
     from ggml_mnist.layers import Dense
+
     return [x.units for x in model.layers[:-1] if isinstance(x, Dense)][0]
 
 
 def conv_channels_of(model: Any) -> tuple[int, ...]:
     """Output channels of the model's convolutions, in order."""
     from ggml_mnist.layers import Conv2d
+
     return tuple(x.out_channels for x in model.layers if isinstance(x, Conv2d))
 
 
 # ---- numpy reference of any layer list -----------------------------------------------------------
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     """GELU, tanh approximation (what the shim computes)."""
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
 def _windows(x: np.ndarray, k: int, stride: int) -> np.ndarray:
@@ -196,9 +219,13 @@ def _windows(x: np.ndarray, k: int, stride: int) -> np.ndarray:
     return v[:, ::stride, ::stride]
 
 
-def reference_logits(layers: list, weights: Mapping[str, np.ndarray], images: np.ndarray,
-                     masks: Optional[Mapping[int, np.ndarray]] = None,
-                     batch_stats: Optional[dict[int, tuple[np.ndarray, np.ndarray, int]]] = None) -> np.ndarray:
+def reference_logits(
+    layers: list,
+    weights: Mapping[str, np.ndarray],
+    images: np.ndarray,
+    masks: Optional[Mapping[int, np.ndarray]] = None,
+    batch_stats: Optional[dict[int, tuple[np.ndarray, np.ndarray, int]]] = None,
+) -> np.ndarray:
     """Logits [N, classes] in float64 of a network given as gm.layers objects (with their names), interpreted in numpy.
 
     Activations are [N, H, W, C]; a dense layer flattens height-width-channel with channels fastest.
@@ -262,17 +289,28 @@ def reference_logits(layers: list, weights: Mapping[str, np.ndarray], images: np
     return x
 
 
-def reference_net_proba(layers: list, weights: Mapping[str, np.ndarray], images: np.ndarray,
-                        masks: Optional[Mapping[int, np.ndarray]] = None,
-                        batch_stats: Optional[dict[int, tuple[np.ndarray, np.ndarray, int]]] = None) -> np.ndarray:
+def reference_net_proba(
+    layers: list,
+    weights: Mapping[str, np.ndarray],
+    images: np.ndarray,
+    masks: Optional[Mapping[int, np.ndarray]] = None,
+    batch_stats: Optional[dict[int, tuple[np.ndarray, np.ndarray, int]]] = None,
+) -> np.ndarray:
     """Class probabilities of :func:`reference_logits`."""
     return softmax(reference_logits(layers, weights, images, masks, batch_stats))
 
 
-def http_request(addr: Any, method: str, path: str, body: Optional[bytes] = None,
-                 headers: Optional[dict[str, str]] = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+def http_request(
+    addr: Any,
+    method: str,
+    path: str,
+    body: Optional[bytes] = None,
+    headers: Optional[dict[str, str]] = None,
+    timeout: float = 10,
+) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of one HTTP request to a test server at addr (host, port, ...)."""
     import http.client
+
     conn = http.client.HTTPConnection(*addr[:2], timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -282,11 +320,19 @@ def http_request(addr: Any, method: str, path: str, body: Optional[bytes] = None
         conn.close()
 
 
-def check_sgd_gradient(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray], lr: float,
-                       loss: Any, per_tensor: int, rng: np.random.Generator, abs_tol: float) -> int:
+def check_sgd_gradient(
+    before: Mapping[str, np.ndarray],
+    after: Mapping[str, np.ndarray],
+    lr: float,
+    loss: Any,
+    per_tensor: int,
+    rng: np.random.Generator,
+    abs_tol: float,
+) -> int:
     """Assert that one SGD step from ``before`` to ``after`` moved each of ``per_tensor`` random weights of every
     tensor by -lr times the central finite difference of ``loss(weights as float64)``; returns how many it checked."""
     import pytest
+
     checked = 0
     for name, w in before.items():
         grad = (w - after[name]).astype(np.float64) / lr

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -23,9 +24,18 @@ def _perspective(src: Sequence[Point], dst: Sequence[Point]) -> list[float]:
     return [float(c) for c in np.linalg.solve(np.array(rows, float), np.array(rhs, float))]
 
 
-def photo_of_sheet(sheet: Image.Image, corners: Sequence[Point], size: tuple[int, int], *,
-                   table: tuple[int, int, int] = (70, 55, 40), paper: tuple[int, int, int] = (235, 232, 222),
-                   light: float = 0.35, grain: float = 0.02, jpeg: Optional[int] = 85, seed: int = 0) -> Image.Image:
+def photo_of_sheet(
+    sheet: Image.Image,
+    corners: Sequence[Point],
+    size: tuple[int, int],
+    *,
+    table: tuple[int, int, int] = (70, 55, 40),
+    paper: tuple[int, int, int] = (235, 232, 222),
+    light: float = 0.35,
+    grain: float = 0.02,
+    jpeg: Optional[int] = 85,
+    seed: int = 0,
+) -> Image.Image:
     """A photo (RGB, ``size`` = (width, height)) of ``sheet`` (black ink on white, grey) lying on a textured table.
 
     ``corners`` are where the sheet's top-left, top-right, bottom-right and bottom-left corners land in the photo
@@ -33,10 +43,24 @@ def photo_of_sheet(sheet: Image.Image, corners: Sequence[Point], size: tuple[int
     dimmer towards the picture's corners; ``grain`` is Gaussian noise (std, 0..1)."""
     w, h = sheet.size
     coeffs = _perspective([(0, 0), (w, 0), (w, h), (0, h)], corners)
-    ink = np.asarray(sheet.convert("L").transform(size, Image.Transform.PERSPECTIVE, coeffs,
-                                                  Image.Resampling.BICUBIC, fillcolor=255), np.float32) / 255.0
-    cover = np.asarray(Image.new("L", sheet.size, 255).transform(size, Image.Transform.PERSPECTIVE, coeffs,
-                                                                 Image.Resampling.BILINEAR, fillcolor=0), np.float32) / 255.0
+    ink = (
+        np.asarray(
+            sheet.convert("L").transform(
+                size, Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BICUBIC, fillcolor=255
+            ),
+            np.float32,
+        )
+        / 255.0
+    )
+    cover = (
+        np.asarray(
+            Image.new("L", sheet.size, 255).transform(
+                size, Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR, fillcolor=0
+            ),
+            np.float32,
+        )
+        / 255.0
+    )
     rng = np.random.default_rng(seed)
     height, width = size[1], size[0]
     texture = rng.normal(0, 6, (height // 8 + 1, width // 8 + 1))

@@ -39,8 +39,13 @@ def run_child(body: str, *args: Any, timeout: float = 300, env: Optional[dict[st
     """Run a Python child (the measuring helpers, then body) with args in sys.argv and extra environment variables;
     return its last JSON line."""
     code = _MEASURE + textwrap.dedent(body)
-    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **(env or {})})
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if out.returncode != 0:
         raise AssertionError(f"child failed with status {out.returncode}:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.splitlines()[-1])
@@ -177,6 +182,7 @@ def check_saved_file(path: Path, last_saved: int, expected_weights: dict[str, An
     """Assert path loads, holds one complete version (last_saved or the one after, if its rename won the race)
     and the expected weights; return that version."""
     import numpy as np
+
     from ggml_mnist import load
 
     with load(path, threads=1) as model:
@@ -188,8 +194,15 @@ def check_saved_file(path: Path, last_saved: int, expected_weights: dict[str, An
     return version
 
 
-def kill_campaign(directory: Path, kills: int, hidden: int, seed: int = 0, max_delay: float = 0.4,
-                  sigkill_share: float = 0.7, log: Optional[list[dict[str, Any]]] = None) -> list[dict[str, Any]]:
+def kill_campaign(
+    directory: Path,
+    kills: int,
+    hidden: int,
+    seed: int = 0,
+    max_delay: float = 0.4,
+    sigkill_share: float = 0.7,
+    log: Optional[list[dict[str, Any]]] = None,
+) -> list[dict[str, Any]]:
     """Kill savers of the same file ``kills`` times (SIGKILL or SIGINT at random moments); check the file after each.
 
     Returns one dict per kill: signal, returncode, last_saved, version (found in the file) and new_temp_files

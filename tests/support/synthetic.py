@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from ggml_mnist.data import write_idx
 
 SPLIT_FILES = {
@@ -43,9 +44,7 @@ def make_synthetic(
             rows, cols = divmod(c, 4)
             block = np.s_[BLOCK * rows : BLOCK * (rows + 1), BLOCK * cols : BLOCK * (cols + 1)]
             members = labels == c
-            images[(members, *block)] = rng.integers(
-                192, 256, size=(int(members.sum()), BLOCK, BLOCK), dtype=np.uint8
-            )
+            images[(members, *block)] = rng.integers(192, 256, size=(int(members.sum()), BLOCK, BLOCK), dtype=np.uint8)
         images_name, labels_name = SPLIT_FILES[split]
         write_idx(directory / (images_name + suffix), images)
         write_idx(directory / (labels_name + suffix), labels)

@@ -14,8 +14,16 @@ from typing import Any
 
 # the names the single module ggml_mnist.cli offered before the scripts had modules of their own, imported when
 # asked for (so that ``python -m ggml_mnist.cli.train`` does not import its own module twice)
-_OLD_NAMES = {"train_main": "train", "train_parser": "train", "eval_main": "eval", "eval_parser": "eval",
-              "data_main": "data", "data_parser": "data", "printable": "common", "check_model_argument": "common"}
+_OLD_NAMES = {
+    "train_main": "train",
+    "train_parser": "train",
+    "eval_main": "eval",
+    "eval_parser": "eval",
+    "data_main": "data",
+    "data_parser": "data",
+    "printable": "common",
+    "check_model_argument": "common",
+}
 
 __all__ = list(_OLD_NAMES)
 

@@ -12,8 +12,9 @@ import textwrap
 import types
 import unicodedata
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional
 
 from .. import download
 from ..config import DEFAULT_DATA_DIR, GRAPHS, TrainConfig
@@ -33,6 +34,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
 def add_version(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from .._ffi import ffi, lib
+
     version = f"%(prog)s {ffi.string(lib.gmn_version()).decode()} (ggml {ffi.string(lib.gmn_ggml_version()).decode()})"
     p.add_argument("--version", action="version", version=version)
     return p
@@ -51,6 +53,7 @@ def _long_options(parser: argparse.ArgumentParser) -> list[str]:
 
 def _short_errors(parser: argparse.ArgumentParser) -> None:
     """Make parser (and its sub-commands) report a mistyped option in one line, with the closest real options."""
+
     def error(self: argparse.ArgumentParser, message: str) -> NoReturn:
         words = message.split(": ", 1)[1].split() if message.startswith("unrecognized arguments") else []
         unknown = [w for w in words if w.startswith("-")]
@@ -60,7 +63,9 @@ def _short_errors(parser: argparse.ArgumentParser) -> None:
             for word in unknown:
                 close = difflib.get_close_matches(word.split("=", 1)[0], options, n=1, cutoff=0.7)
                 hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
-            self.exit(2, f"{self.prog}: error: unknown option {', '.join(hints)}; '{self.prog} --help' lists every option\n")
+            self.exit(
+                2, f"{self.prog}: error: unknown option {', '.join(hints)}; '{self.prog} --help' lists every option\n"
+            )
         argparse.ArgumentParser.error(self, message)
 
     parser.error = types.MethodType(error, parser)  # type: ignore[method-assign]
@@ -70,11 +75,14 @@ def _short_errors(parser: argparse.ArgumentParser) -> None:
                 _short_errors(sub)
 
 
-def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> int:
+def run(
+    main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
+) -> int:
     _short_errors(parser)
     args = parser.parse_intermixed_args(argv) if parser.prog != "mnist-data" else parser.parse_args(argv)
     if getattr(args, "verbose", False):
         from .._ffi import set_verbose
+
         set_verbose(True)
     try:
         with warnings.catch_warnings():
@@ -101,6 +109,7 @@ def _warning_printer(prog: str) -> Callable[..., None]:
             print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
         else:
             original(message, category, filename, lineno, file, line)
+
     return show
 
 
@@ -125,13 +134,17 @@ def data_args(rest: list[str], prog: str) -> tuple[Optional[str], Optional[str],
     """Split optional positionals [IMAGES LABELS] [DEVICE] the way ggml's examples take them, naming likely mix-ups."""
     for arg in rest:
         if arg.lower().endswith(IMAGE_SUFFIXES):
-            raise ConfigError(f"{arg!r} looks like an image file; {prog} takes IDX files (IMAGES LABELS), "
-                              "e.g. train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz")
+            raise ConfigError(
+                f"{arg!r} looks like an image file; {prog} takes IDX files (IMAGES LABELS), "
+                "e.g. train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz"
+            )
     if len(rest) == 0:
         return None, None, None
     if len(rest) == 1:
         if Path(rest[0]).exists():
-            raise ConfigError(f"{rest[0]!r} is a file but its partner is missing: give IMAGES and LABELS, in that order")
+            raise ConfigError(
+                f"{rest[0]!r} is a file but its partner is missing: give IMAGES and LABELS, in that order"
+            )
         return None, None, rest[0]
     if len(rest) in (2, 3):
         return rest[0], rest[1], rest[2] if len(rest) == 3 else None
@@ -164,14 +177,37 @@ def dataset_dir(data_dir: str, dataset: str, split: str, allow_download: bool) -
         return found
     info = dataset_info(dataset)
     if not info.downloadable:
-        raise ConfigError(f"no {dataset} {split} files in {root} or {root / dataset}, and {dataset} cannot be downloaded "
-                          f"here: put {info.prefix}{split}-images-idx3-ubyte.gz and {info.prefix}{split}-labels-idx1-ubyte.gz "
-                          "(from the EMNIST release) into one of them")
+        raise ConfigError(
+            f"no {dataset} {split} files in {root} or {root / dataset}, and {dataset} cannot be downloaded "
+            f"here: put {info.prefix}{split}-images-idx3-ubyte.gz and {info.prefix}{split}-labels-idx1-ubyte.gz "
+            "(from the EMNIST release) into one of them"
+        )
     if not root.exists() and not allow_download and data_dir != DEFAULT_DATA_DIR:
-        raise ConfigError(f"--data-dir {data_dir!r} does not exist; check the path, or add --download to download "
-                          f"{dataset} into {root / dataset}")
+        raise ConfigError(
+            f"--data-dir {data_dir!r} does not exist; check the path, or add --download to download "
+            f"{dataset} into {root / dataset}"
+        )
     print(f"{dataset} not found in {root}; downloading it to {root / dataset}", file=sys.stderr)
     return download.download_dataset(dataset, root)
+
+
+def add_data_arguments(p: argparse.ArgumentParser, dataset_default: str, note: str = "") -> None:
+    """--data-dir, --dataset and --download, as every script that reads a dataset from a folder spells them;
+    ``dataset_default`` says what --dataset is when it is not given, ``note`` adds to its help."""
+    from ..datasets import DATASETS
+
+    p.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})",
+    )
+    more = f"; {note}" if note else ""
+    p.add_argument(
+        "--dataset", choices=list(DATASETS), help=f"dataset for --data-dir (default: {dataset_default}){more}"
+    )
+    p.add_argument(
+        "--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet"
+    )
 
 
 def add_graph(p: argparse.ArgumentParser) -> None:
@@ -185,5 +221,3 @@ def model_dataset(model: Any, asked: Optional[str]) -> str:
     if asked is not None and recorded is not None and asked != recorded:
         print(f"warning: the model was trained on {recorded}, not on {asked}", file=sys.stderr)
     return asked or recorded or "mnist"
-
-

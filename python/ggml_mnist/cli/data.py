@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from .. import download
 from ..config import DEFAULT_DATA_DIR
@@ -17,16 +18,27 @@ def data_parser() -> argparse.ArgumentParser:
     """The argument parser of mnist-data."""
     p = argparse.ArgumentParser(prog="mnist-data", description="Download and verify IDX datasets.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, text in (("download", "download (or complete) a dataset, verifying SHA-256 sums"),
-                       ("verify", "check the SHA-256 sums of a downloaded dataset")):
+    for name, text in (
+        ("download", "download (or complete) a dataset, verifying SHA-256 sums"),
+        ("verify", "check the SHA-256 sums of a downloaded dataset"),
+    ):
         s = sub.add_parser(name, help=text, description=text)
-        s.add_argument("--dataset", default="mnist", choices=sorted(downloadable()), help="which dataset (default: mnist)")
-        s.add_argument("--dir", default=DEFAULT_DATA_DIR, help=f"parent directory; files go to DIR/DATASET (default: {DEFAULT_DATA_DIR})")
+        s.add_argument(
+            "--dataset", default="mnist", choices=sorted(downloadable()), help="which dataset (default: mnist)"
+        )
+        s.add_argument(
+            "--dir",
+            default=DEFAULT_DATA_DIR,
+            help=f"parent directory; files go to DIR/DATASET (default: {DEFAULT_DATA_DIR})",
+        )
         s.add_argument("--quiet", action="store_true", help="no progress output")
         if name == "download":
-            s.add_argument("--force", action="store_true",
-                           help="replace a file of another kind (such as a model saved there by mistake) that sits "
-                                "under a dataset file's name")
+            s.add_argument(
+                "--force",
+                action="store_true",
+                help="replace a file of another kind (such as a model saved there by mistake) that sits "
+                "under a dataset file's name",
+            )
     return add_version(p)
 
 

@@ -7,16 +7,17 @@ import functools
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from .. import api
-from ..config import DEFAULT_DATA_DIR, DEFAULT_DEVICE, EVAL_CHUNK
-from ..datasets import DATASETS
+from ..config import DEFAULT_DEVICE, EVAL_CHUNK
 from ..ensemble import Ensemble
 from ..errors import ConfigError
 from ..model import summary_lines
 from ..outputs import describe
 from .common import (
+    add_data_arguments,
     add_graph,
     add_version,
     check_model_argument,
@@ -34,37 +35,50 @@ def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mnist-eval",
         description="Evaluate a GGUF model (ours or ggml's mnist example's) on labelled IDX images: "
-                    "MODEL.gguf [MORE.gguf ...] [IMAGES LABELS] [DEVICE]; several models are evaluated as one "
-                    "ensemble that averages their probabilities.")
+        "MODEL.gguf [MORE.gguf ...] [IMAGES LABELS] [DEVICE]; several models are evaluated as one "
+        "ensemble that averages their probabilities.",
+    )
     p.add_argument("model", metavar="MODEL.gguf")
-    p.add_argument("rest", nargs="*", metavar="[MORE.gguf ...] [IMAGES LABELS] [DEVICE]",
-                   help="more models (an ensemble), test IDX files (raw or .gz) and/or a device; without files the test "
-                        "split in --data-dir")
-    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                   help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
-    p.add_argument("--dataset", choices=list(DATASETS),
-                   help="dataset for --data-dir (default: the one the model was trained on, else mnist)")
-    p.add_argument("--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet")
+    p.add_argument(
+        "rest",
+        nargs="*",
+        metavar="[MORE.gguf ...] [IMAGES LABELS] [DEVICE]",
+        help="more models (an ensemble), test IDX files (raw or .gz) and/or a device; without files the test "
+        "split in --data-dir",
+    )
+    add_data_arguments(p, "the one the model was trained on, else mnist")
     p.add_argument("--device", help=f"auto, cpu or a ggml device name such as CUDA0 (default: {DEFAULT_DEVICE})")
     p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all available cores (default: 0)")
     add_graph(p)
     p.add_argument("--batch-size", type=int, default=EVAL_CHUNK, help=f"images per native call (default: {EVAL_CHUNK})")
-    p.add_argument("--info", action="store_true", help="print the model's architecture, shapes and training metadata, then exit")
+    p.add_argument(
+        "--info", action="store_true", help="print the model's architecture, shapes and training metadata, then exit"
+    )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
     return add_version(p)
 
 
 def _info(model: Any, as_json: bool) -> int:
-    info = {"architecture": model.architecture, "arch": model.arch, "layers": [x.to_dict() for x in model.layers],
-            "n_params": model.n_params, "n_classes": model.n_classes, "image_size": list(model.image_size),
-            "device": model.device, "tensors": {k: list(v) for k, v in model.tensor_shapes().items()},
-            "metadata": model.metadata, "plan": model.plan}
+    info = {
+        "architecture": model.architecture,
+        "arch": model.arch,
+        "layers": [x.to_dict() for x in model.layers],
+        "n_params": model.n_params,
+        "n_classes": model.n_classes,
+        "image_size": list(model.image_size),
+        "device": model.device,
+        "tensors": {k: list(v) for k, v in model.tensor_shapes().items()},
+        "metadata": model.metadata,
+        "plan": model.plan,
+    }
     if as_json:
         print(json.dumps(info))
         return 0
-    print(f"architecture: {printable(info['architecture'])} ({printable(str(model.arch))})  classes: {model.n_classes}  "
-          f"image: {model.image_size[0]}x{model.image_size[1]}")
+    print(
+        f"architecture: {printable(info['architecture'])} ({printable(str(model.arch))})  classes: {model.n_classes}  "
+        f"image: {model.image_size[0]}x{model.image_size[1]}"
+    )
     names = model.metadata.get("class_names")
     if isinstance(names, list) and len(names) == model.n_classes:
         print("class names: " + ", ".join(f"{i} {printable(str(name))}" for i, name in enumerate(names)))
@@ -98,8 +112,11 @@ def _history_line(entry: Any) -> str:
 def _eval(args: argparse.Namespace) -> int:
     check_model_argument(args.model, "mnist-eval MODEL.gguf [IMAGES LABELS] [DEVICE]")
     models = [args.model]
-    while args.rest and (args.rest[0].lower().endswith(".gguf") or
-                         os.path.isfile(args.rest[0]) and describe(args.rest[0]) == "a GGUF model file"):
+    while args.rest and (
+        args.rest[0].lower().endswith(".gguf")
+        or os.path.isfile(args.rest[0])
+        and describe(args.rest[0]) == "a GGUF model file"
+    ):
         models.append(args.rest.pop(0))  # more models: the files that are GGUF by their first bytes or their name
     images, labels, device = data_args(args.rest, "mnist-eval")
     check_pair_order(images, labels)
@@ -115,14 +132,26 @@ def _eval(args: argparse.Namespace) -> int:
         dataset = model_dataset(model, args.dataset)
         data_dir = dataset_dir(args.data_dir, dataset, "test", args.download)
     r = (model.evaluate if len(models) > 1 else functools.partial(api.evaluate, model))(
-        images, labels, data_dir=data_dir, dataset=dataset, batch_size=args.batch_size, keep_probabilities=False)
+        images, labels, data_dir=data_dir, dataset=dataset, batch_size=args.batch_size, keep_probabilities=False
+    )
     if args.json:
         named = {"model": args.model} if len(models) == 1 else {"models": models}
-        print(json.dumps({**named, "architecture": model.architecture, "device": model.device, **r.as_dict(),
-                          "us_per_image": 1e6 * r.seconds / r.n}))
+        print(
+            json.dumps(
+                {
+                    **named,
+                    "architecture": model.architecture,
+                    "device": model.device,
+                    **r.as_dict(),
+                    "us_per_image": 1e6 * r.seconds / r.n,
+                }
+            )
+        )
         return 0
-    print(f"mnist-eval: {model.architecture} on {model.device}: evaluation on {r.n} images took "
-          f"{1e3 * r.seconds:.2f} ms, {1e6 * r.seconds / r.n:.2f} us/image")
+    print(
+        f"mnist-eval: {model.architecture} on {model.device}: evaluation on {r.n} images took "
+        f"{1e3 * r.seconds:.2f} ms, {1e6 * r.seconds / r.n:.2f} us/image"
+    )
     print(f"mnist-eval: loss={r.loss:.6f}+-{r.loss_unc:.6f}")
     print(f"mnist-eval: accuracy={100 * r.accuracy:.2f}+-{100 * r.accuracy_unc:.2f}%")
     return 0
@@ -131,7 +160,6 @@ def _eval(args: argparse.Namespace) -> int:
 def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of mnist-eval."""
     return run(_eval, eval_parser(), argv)
-
 
 
 if __name__ == "__main__":

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from .. import api, plot
-from ..config import DEFAULT_DATA_DIR, DEFAULT_DEVICE
-from ..datasets import DATASETS, dataset_info
+from ..config import DEFAULT_DEVICE
+from ..datasets import dataset_info
 from ..errors import ConfigError, DataError
 from ..layers import Conv2d
-from .common import add_version, dataset_dir, model_dataset, run
+from .common import add_data_arguments, add_version, dataset_dir, model_dataset, run
 
 
 def plot_parser() -> argparse.ArgumentParser:
@@ -20,18 +21,17 @@ def plot_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mnist-plot",
         description="Write PNG plots of a GGUF model: training curves (from the model or a --metrics log), "
-                    "confusion matrix, most confident mistakes and feature maps on the test split, conv filters.")
+        "confusion matrix, most confident mistakes and feature maps on the test split, conv filters.",
+    )
     p.add_argument("model", metavar="MODEL.gguf")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files (created when missing)")
     p.add_argument("--metrics", metavar="RUN.sqlite", help="read the training curves from this SQLite run log")
     p.add_argument("--run", type=int, help="run id in --metrics (default: the latest run)")
-    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                   help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})")
-    p.add_argument("--dataset", choices=list(DATASETS),
-                   help="dataset for --data-dir (default: the one stored in the model, else mnist)")
-    p.add_argument("--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet")
+    add_data_arguments(p, "the one stored in the model, else mnist")
     p.add_argument("--mistakes", type=int, default=24, metavar="N", help="how many mistakes to show (default: 24)")
-    p.add_argument("--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})")
+    p.add_argument(
+        "--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})"
+    )
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
     return add_version(p)
 
@@ -64,8 +64,10 @@ def _plot(args: argparse.Namespace) -> int:
         written.append("filters.png")
     plot.activations(model, images[0], path=out / "activations.png")
     written.append("activations.png")
-    print(f"mnist-plot: test accuracy {100 * result.accuracy:.2f}% on {result.n} images; wrote "
-          + ", ".join(str(out / name) for name in written))
+    print(
+        f"mnist-plot: test accuracy {100 * result.accuracy:.2f}% on {result.n} images; wrote "
+        + ", ".join(str(out / name) for name in written)
+    )
     return 0
 
 

@@ -7,8 +7,9 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from .. import api
 from ..config import DEFAULT_DEVICE
@@ -25,22 +26,34 @@ def predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mnist-predict",
         description="Predict pictures of handwritten digits (PNG, JPEG, ...; photos and scans, either polarity) "
-                    "with a GGUF model. Each picture is prepared as MNIST's digits were: cropped to the ink, "
-                    "fitted into 20x20 and centred in 28x28 (Fashion-MNIST models: the whole picture). Several models "
-                    "(MODEL.gguf MORE.gguf ... IMAGE ...) predict as one ensemble that averages their probabilities.")
+        "with a GGUF model. Each picture is prepared as MNIST's digits were: cropped to the ink, "
+        "fitted into 20x20 and centred in 28x28 (Fashion-MNIST models: the whole picture). Several models "
+        "(MODEL.gguf MORE.gguf ... IMAGE ...) predict as one ensemble that averages their probabilities.",
+    )
     p.add_argument("model", metavar="MODEL.gguf")
     p.add_argument("images", nargs="+", metavar="[MORE.gguf ...] IMAGE")
     p.add_argument("--digits", action="store_true", help="read each picture as lines of digits, left to right")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object per picture: path, label, class_name, probability, probabilities "
-                        "(with --digits: path, text, digits [{box, label, probability}]); failures: path, error")
-    p.add_argument("--annotate", metavar="OUT.png",
-                   help="write the picture with boxes and labels drawn on it; with several pictures or an existing "
-                        "directory, OUT is a directory and each goes to OUT/NAME.annotated.png")
-    p.add_argument("--force", action="store_true",
-                   help="let --annotate replace an existing file that ggml-mnist did not draw (never an input)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per picture: path, label, class_name, probability, probabilities "
+        "(with --digits: path, text, digits [{box, label, probability}]); failures: path, error",
+    )
+    p.add_argument(
+        "--annotate",
+        metavar="OUT.png",
+        help="write the picture with boxes and labels drawn on it; with several pictures or an existing "
+        "directory, OUT is a directory and each goes to OUT/NAME.annotated.png",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="let --annotate replace an existing file that ggml-mnist did not draw (never an input)",
+    )
     p.add_argument("--show-input", action="store_true", help="print each prepared 28x28 input as text art")
-    p.add_argument("--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})")
+    p.add_argument(
+        "--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})"
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all available cores (default: 0)")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
     return add_version(p)
@@ -79,13 +92,18 @@ def _annotation_paths(out: str, images: Sequence[str], model: str, force: bool) 
             name = f"{Path(image).stem}.annotated.png"
             first = owner.setdefault(name.casefold(), image)  # case-blind: two names may be one file on macOS
             if first != image and not same_file(first, image) and os.path.abspath(first) != os.path.abspath(image):
-                raise ConfigError(f"--annotate: pictures {first!r} and {image!r} would both be annotated as "
-                                  f"{os.path.join(out, name)!r}; annotate them in separate runs or rename one")
+                raise ConfigError(
+                    f"--annotate: pictures {first!r} and {image!r} would both be annotated as "
+                    f"{os.path.join(out, name)!r}; annotate them in separate runs or rename one"
+                )
             named[image] = os.path.join(out, name)
         os.makedirs(out, exist_ok=True)
-    return {image: str(check_output(path, [model, *images], kind="png", force=force, what="--annotate output",
-                                    example="read.png"))
-            for image, path in named.items()}
+    return {
+        image: str(
+            check_output(path, [model, *images], kind="png", force=force, what="--annotate output", example="read.png")
+        )
+        for image, path in named.items()
+    }
 
 
 def _one(model: Any, path: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -106,7 +124,10 @@ def _one(model: Any, path: str, args: argparse.Namespace) -> dict[str, Any]:
         print(line, flush=True)
     if args.show_input:
         for item in found:
-            print(f"{item.class_name} at {item.box}:\n{text_art(item.input)}", file=sys.stderr if args.json else sys.stdout)
+            print(
+                f"{item.class_name} at {item.box}:\n{text_art(item.input)}",
+                file=sys.stderr if args.json else sys.stdout,
+            )
     if args.annotate:
         save_png(annotate(path, found), args.annotation_paths[path])
     return result
@@ -115,15 +136,21 @@ def _one(model: Any, path: str, args: argparse.Namespace) -> dict[str, Any]:
 def _predict(args: argparse.Namespace) -> int:
     _check_model_first(args.model, args.images)
     models = [args.model]
-    while args.images and (args.images[0].lower().endswith(".gguf") or _head(args.images[0]).startswith(MAGIC["model"])):
+    while args.images and (
+        args.images[0].lower().endswith(".gguf") or _head(args.images[0]).startswith(MAGIC["model"])
+    ):
         models.append(args.images.pop(0))  # more models: an ensemble
     if not args.images:
-        raise ConfigError(f"no picture to read after the {len(models)} models; mnist-predict MODEL.gguf [MORE.gguf ...] "
-                          "IMAGE ...")
+        raise ConfigError(
+            f"no picture to read after the {len(models)} models; mnist-predict MODEL.gguf [MORE.gguf ...] IMAGE ..."
+        )
     if args.annotate:
         args.annotation_paths = _annotation_paths(args.annotate, args.images, args.model, args.force)
-    model = api.load(args.model, device=args.device, threads=args.threads) if len(models) == 1 else \
-        Ensemble(models, device=args.device, threads=args.threads)
+    model = (
+        api.load(args.model, device=args.device, threads=args.threads)
+        if len(models) == 1
+        else Ensemble(models, device=args.device, threads=args.threads)
+    )
     failed = 0
     for path in args.images:
         try:

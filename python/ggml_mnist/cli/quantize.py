@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from ..config import DEFAULT_DEVICE
 from ..errors import ConfigError
@@ -21,15 +22,22 @@ def quantize_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mnist-quantize",
         description="Write a copy of a GGUF model with its weights converted by ggml's quantisation routines: "
-                    "IN.gguf OUT.gguf --type TYPE. With IN.gguf alone, show how its tensors are stored.")
+        "IN.gguf OUT.gguf --type TYPE. With IN.gguf alone, show how its tensors are stored.",
+    )
     p.add_argument("input", metavar="IN.gguf", help="the model to convert (any type; it is not changed)")
     p.add_argument("output", metavar="OUT.gguf", nargs="?", help="where to write the converted model (atomically)")
-    p.add_argument("--type", choices=weight_types(),
-                   help="weight type: q8_0, q5_0 and q4_0 go to dense weights whose rows are whole 32-value blocks, "
-                        "other weights become f16 and biases stay f32; f16 converts every weight; f32 dequantises")
-    p.add_argument("--pad", action="store_true",
-                   help="zero-pad dense weights' rows to whole blocks so every dense layer takes the block type "
-                        "(e.g. fc1 784 -> 800 inputs; prediction pads its inputs to match)")
+    p.add_argument(
+        "--type",
+        choices=weight_types(),
+        help="weight type: q8_0, q5_0 and q4_0 go to dense weights whose rows are whole 32-value blocks, "
+        "other weights become f16 and biases stay f32; f16 converts every weight; f32 dequantises",
+    )
+    p.add_argument(
+        "--pad",
+        action="store_true",
+        help="zero-pad dense weights' rows to whole blocks so every dense layer takes the block type "
+        "(e.g. fc1 784 -> 800 inputs; prediction pads its inputs to match)",
+    )
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"device to load the model on (default: {DEFAULT_DEVICE})")
     p.add_argument("--force", action="store_true", help="replace an existing OUT that is not a GGUF model")
     p.add_argument("--json", action="store_true", help="print the tensors and sizes as one JSON object on stdout")
@@ -53,8 +61,16 @@ def storage_rows(model: Model, wanted: Optional[str]) -> list[dict[str, Any]]:
                 kept = "conv kernel rows are one kernel row, too short for a block"
             else:
                 kept = f"its rows ({shapes[name][-1]} inputs) are not whole blocks; --pad zero-pads them"
-        rows.append({"name": name, "shape": list(shapes[name]), "type": s.type, "row_length": s.row_length,
-                     "bytes": s.nbytes, "kept": kept})
+        rows.append(
+            {
+                "name": name,
+                "shape": list(shapes[name]),
+                "type": s.type,
+                "row_length": s.row_length,
+                "bytes": s.nbytes,
+                "kept": kept,
+            }
+        )
     return rows
 
 
@@ -85,17 +101,31 @@ def _quantize(args: argparse.Namespace) -> int:
     rows = storage_rows(quantized, args.type)
     sizes = {"input_bytes": os.path.getsize(args.input), "output_bytes": os.path.getsize(args.output)}
     if args.json:
-        print(json.dumps({"model": args.output, "type": args.type, "pad": args.pad, "architecture": quantized.architecture,
-                          **sizes, "tensors": rows}))
+        print(
+            json.dumps(
+                {
+                    "model": args.output,
+                    "type": args.type,
+                    "pad": args.pad,
+                    "architecture": quantized.architecture,
+                    **sizes,
+                    "tensors": rows,
+                }
+            )
+        )
         return 0
-    print(f"mnist-quantize: {args.input} -> {args.output} ({args.type}{', padded' if args.pad else ''}): "
-          f"{sizes['input_bytes']:,} -> {sizes['output_bytes']:,} bytes "
-          f"({sizes['input_bytes'] / sizes['output_bytes']:.2f}x smaller), architecture {quantized.architecture}")
+    print(
+        f"mnist-quantize: {args.input} -> {args.output} ({args.type}{', padded' if args.pad else ''}): "
+        f"{sizes['input_bytes']:,} -> {sizes['output_bytes']:,} bytes "
+        f"({sizes['input_bytes'] / sizes['output_bytes']:.2f}x smaller), architecture {quantized.architecture}"
+    )
     _print_table(rows)
     paddable = [r["name"] for r in rows if r["kept"] and "--pad" in r["kept"] and not args.pad]
     if paddable:  # the table says why each tensor was kept; only this one has a remedy
-        print(f"mnist-quantize: {', '.join(paddable)} stayed f32; add --pad to make {args.type} of them too",
-              file=sys.stderr)
+        print(
+            f"mnist-quantize: {', '.join(paddable)} stayed f32; add --pad to make {args.type} of them too",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from .. import api, serve
 from ..config import DEFAULT_DEVICE
@@ -16,8 +17,9 @@ def _port(text: str) -> int:
     try:
         port = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number; give 1-65535, or 0 for any free port"
-                                         ) from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port number; give 1-65535, or 0 for any free port"
+        ) from None
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port; give 1-65535, or 0 for any free port")
     return port
@@ -28,8 +30,9 @@ def _positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give a size in bytes, e.g. 4194304"
-                                         ) from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number; give a size in bytes, e.g. 4194304"
+        ) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} bytes would refuse every picture; give at least 1, e.g. 4194304")
     return value
@@ -37,20 +40,34 @@ def _positive(text: str) -> int:
 
 def serve_parser() -> argparse.ArgumentParser:
     """The argument parser of mnist-serve."""
-    p = argparse.ArgumentParser(prog="mnist-serve",
-                                description="Serve a web page where you draw a digit and MODEL.gguf reads it.")
+    p = argparse.ArgumentParser(
+        prog="mnist-serve", description="Serve a web page where you draw a digit and MODEL.gguf reads it."
+    )
     p.add_argument("model", metavar="MODEL.gguf")
-    p.add_argument("--host", default=serve.DEFAULT_HOST,
-                   help=f"address to listen on (default: {serve.DEFAULT_HOST}, this machine only); any address "
-                        "but loopback needs --public")
-    p.add_argument("--public", action="store_true",
-                   help="allow a --host that other machines can reach (the server has no authentication)")
-    p.add_argument("--port", type=_port, default=serve.DEFAULT_PORT,
-                   help=f"port, 0 = any free one (default: {serve.DEFAULT_PORT})")
-    p.add_argument("--max-body", type=_positive, default=serve.MAX_BODY, metavar="BYTES",
-                   help=f"largest accepted request body (default: {serve.MAX_BODY})")
-    p.add_argument("--device", default=DEFAULT_DEVICE,
-                   help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})")
+    p.add_argument(
+        "--host",
+        default=serve.DEFAULT_HOST,
+        help=f"address to listen on (default: {serve.DEFAULT_HOST}, this machine only); any address "
+        "but loopback needs --public",
+    )
+    p.add_argument(
+        "--public",
+        action="store_true",
+        help="allow a --host that other machines can reach (the server has no authentication)",
+    )
+    p.add_argument(
+        "--port", type=_port, default=serve.DEFAULT_PORT, help=f"port, 0 = any free one (default: {serve.DEFAULT_PORT})"
+    )
+    p.add_argument(
+        "--max-body",
+        type=_positive,
+        default=serve.MAX_BODY,
+        metavar="BYTES",
+        help=f"largest accepted request body (default: {serve.MAX_BODY})",
+    )
+    p.add_argument(
+        "--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})"
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads, 0 = all available cores (default: 0)")
     p.add_argument("--quiet", action="store_true", help="do not log each request on stderr")
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")

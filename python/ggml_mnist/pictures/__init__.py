@@ -14,5 +14,13 @@ from __future__ import annotations
 from .prepare import ImageLike, prepare_image, text_art
 from .read import Digit, DigitReading, Prediction, predict_image, read_digits
 
-__all__ = ["ImageLike", "prepare_image", "text_art", "Digit", "DigitReading", "Prediction", "predict_image",
-           "read_digits"]
+__all__ = [
+    "ImageLike",
+    "prepare_image",
+    "text_art",
+    "Digit",
+    "DigitReading",
+    "Prediction",
+    "predict_image",
+    "read_digits",
+]

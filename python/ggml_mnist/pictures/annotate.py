@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from ..errors import ImageError
 from ..data import atomic_path
+from ..errors import ImageError
 from ..outputs import PNG_SOFTWARE, check_file_name
 from .prepare import ImageLike, open_picture
 from .read import Digit, Prediction
-
 
 Box = tuple[int, int, int, int]
 
@@ -40,8 +40,9 @@ def _font(found: Sequence[Union[Digit, Prediction]], height: int) -> tuple[Image
     return ImageFont.load_default(size=size), max(1, size // 8)
 
 
-def layout_labels(found: Sequence[Union[Digit, Prediction]], size: tuple[int, int],
-                  font: Optional[ImageFont.FreeTypeFont] = None) -> list[tuple[str, Box]]:
+def layout_labels(
+    found: Sequence[Union[Digit, Prediction]], size: tuple[int, int], font: Optional[ImageFont.FreeTypeFont] = None
+) -> list[tuple[str, Box]]:
     """Each prediction's label text and where it goes (x0, y0, x1, y1): above its box, else below it, else in
     rows further up or down, the first spot inside the picture that overlaps no earlier label nor another box."""
     if font is None:
@@ -58,8 +59,9 @@ def layout_labels(found: Sequence[Union[Digit, Prediction]], size: tuple[int, in
         spots = []
         for row in range(len(found) + 1):
             spots += [(x, d.box[1] - gap - th - row * (th + 1)), (x, d.box[3] + gap + row * (th + 1))]
-        spots = [(sx, sy, sx + tw, sy + th) for sx, sy in spots if 0 <= sy and sy + th <= size[1]] or \
-            [(x, max(0, d.box[1] - gap - th), x + tw, max(0, d.box[1] - gap - th) + th)]
+        spots = [(sx, sy, sx + tw, sy + th) for sx, sy in spots if sy >= 0 and sy + th <= size[1]] or [
+            (x, max(0, d.box[1] - gap - th), x + tw, max(0, d.box[1] - gap - th) + th)
+        ]
         others = [b for j, b in enumerate(boxes) if j != i]
         free = [s for s in spots if not any(_meets(s, p) for p in placed)]
         clear = [s for s in free if not any(_meets(s, b) for b in others)]

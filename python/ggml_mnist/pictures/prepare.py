@@ -87,7 +87,9 @@ def open_picture(image: ImageLike) -> Image.Image:
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since the check above
                 raise ImageError(f"{path!r} is not a regular file (a FIFO, device or socket); give an image file")
             return _decode(f, repr(path))
-    raise ImageError(f"an image must be a file path, encoded bytes, a PIL image or a numpy array, got {describe(image)}")
+    raise ImageError(
+        f"an image must be a file path, encoded bytes, a PIL image or a numpy array, got {describe(image)}"
+    )
 
 
 def _decode(f: Any, name: str) -> Image.Image:
@@ -96,18 +98,24 @@ def _decode(f: Any, name: str) -> Image.Image:
         img = Image.open(f)
         limit = Image.MAX_IMAGE_PIXELS  # Pillow's own bomb limit, checked on the header before decoding
         if limit and img.width * img.height > limit:
-            raise ImageError(f"{name} is {img.width}x{img.height} pixels, more than the {limit / 1e6:.0f} megapixels "
-                             "read here; scale it down first")
+            raise ImageError(
+                f"{name} is {img.width}x{img.height} pixels, more than the {limit / 1e6:.0f} megapixels "
+                "read here; scale it down first"
+            )
         img.load()
     except MemoryError:
         raise _no_memory(name if img is None else f"{name} ({img.width}x{img.height} pixels)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name} is too large to decode safely ({exc})") from exc
     except UnidentifiedImageError:
-        raise ImageError(f"{name} is not a readable image (no picture format Pillow knows); "
-                         "give a PNG, JPEG, BMP, GIF, TIFF or WebP file") from None
+        raise ImageError(
+            f"{name} is not a readable image (no picture format Pillow knows); "
+            "give a PNG, JPEG, BMP, GIF, TIFF or WebP file"
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"{name} is not a readable image ({exc}); give a PNG, JPEG, BMP, GIF, TIFF or WebP file") from exc
+        raise ImageError(
+            f"{name} is not a readable image ({exc}); give a PNG, JPEG, BMP, GIF, TIFF or WebP file"
+        ) from exc
     try:
         return ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
     except (ValueError, OSError, SyntaxError):
@@ -160,6 +168,7 @@ def _array_gray(arr: np.ndarray) -> np.ndarray:
 
 
 # -- the ink ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class Ink:
@@ -224,9 +233,11 @@ def _rough_stroke(x: np.ndarray) -> float:
     labels, comps = label(x > max(_MIN_CONTRAST, 0.5 * float(np.percentile(x, 99.5))))
     comps = [c for c in comps if c.area >= 4]
     contact = _edge_contact(labels)
-    for tier in ([c for c in comps if not _at_edge(c, w, h)],  # a table or shadow at the edge is no stroke, ...
-                 [c for c in comps if not _against_edge(c, int(contact[c.label]))],
-                 comps):  # ... but when all ink touches the edge, it is all there is to measure
+    for tier in (
+        [c for c in comps if not _at_edge(c, w, h)],  # a table or shadow at the edge is no stroke, ...
+        [c for c in comps if not _against_edge(c, int(contact[c.label]))],
+        comps,
+    ):  # ... but when all ink touches the edge, it is all there is to measure
         if tier:
             largest = max(c.area for c in tier)
             return stroke_width(np.isin(labels, [c.label for c in tier if c.area >= _SPECK * largest]))
@@ -270,7 +281,9 @@ def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
     strength = np.clip(raw - paper, 0.0, 1.0)  # paper at 0
     smooth = _box(strength, 3)
     below = paper - _box(raw, 3)
-    noise = 1.4826 * float(np.median(below[below > 0])) if (below > 0).any() else 0.0  # ink only adds: the dark side is noise
+    noise = (
+        1.4826 * float(np.median(below[below > 0])) if (below > 0).any() else 0.0
+    )  # ink only adds: the dark side is noise
     floor = 4.0 * noise + 0.02
     candidates = smooth[smooth > floor]
     level = float(np.percentile(candidates, 90)) if candidates.size else 0.0
@@ -304,19 +317,27 @@ def _digit_pieces(marks: list[Component], labels: np.ndarray, w: int, h: int) ->
     sized = [c for c in pieces if digit_sized(c)]
     if not sized:
         if any(digit_sized(c) for c in edge):
-            raise ImageError("the only ink large enough to be a digit touches the picture's edge (a digit cut off by the "
-                             "edge, or the edge of the paper, a table or a shadow); take the picture with a margin of "
-                             "paper around the digit")
+            raise ImageError(
+                "the only ink large enough to be a digit touches the picture's edge (a digit cut off by the "
+                "edge, or the edge of the paper, a table or a shadow); take the picture with a margin of "
+                "paper around the digit"
+            )
         raise ImageError("the image holds no ink large enough to be a digit (only specks); give a picture of a digit")
     clutter = [c for c in inside if not digit_sized(c)]
-    if len(clutter) >= min(_DUST_MARKS, max(8, h * w // 200)) and (sum(c.area for c in clutter) >= _DUST_SHARE * sum(c.area for c in inside)
-                                        or largest < _STAND_OUT * max(c.area for c in clutter)):
-        raise ImageError(f"the image holds {len(clutter)} specks spread over it and no clear digit (dust, grain or "
-                         "noise); give a cleaner picture of a digit")
+    if len(clutter) >= min(_DUST_MARKS, max(8, h * w // 200)) and (
+        sum(c.area for c in clutter) >= _DUST_SHARE * sum(c.area for c in inside)
+        or largest < _STAND_OUT * max(c.area for c in clutter)
+    ):
+        raise ImageError(
+            f"the image holds {len(clutter)} specks spread over it and no clear digit (dust, grain or "
+            "noise); give a cleaner picture of a digit"
+        )
     if len(pieces) > MAX_PIECES:
-        raise ImageError(f"the image holds {len(pieces)} separate marks, more than a page of digits ({MAX_PIECES}); "
-                         "dotted or squared paper, a pattern or noise is no handwriting: give a picture of digits on "
-                         "plain paper")
+        raise ImageError(
+            f"the image holds {len(pieces)} separate marks, more than a page of digits ({MAX_PIECES}); "
+            "dotted or squared paper, a pattern or noise is no handwriting: give a picture of digits on "
+            "plain paper"
+        )
     return pieces
 
 
@@ -333,8 +354,8 @@ def _against_edge(c: Component, contact: int) -> bool:
     return contact >= _CONTACT * max(c.box[2] - c.box[0], c.box[3] - c.box[1])
 
 
-
 # -- one digit -------------------------------------------------------------------------------------
+
 
 def _fit(crop: np.ndarray, side: int) -> np.ndarray:
     h, w = crop.shape
@@ -373,7 +394,7 @@ def digit_input(strength: np.ndarray, mask: np.ndarray) -> np.ndarray:
     rows, cols = np.nonzero(big > 0.05)
     if rows.size == 0:
         raise ImageError("the digit's ink is too faint to prepare (no mark stands out from the paper)")
-    big = big[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    big = big[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     big = np.clip(big / max(float(np.percentile(big[big > 0.05], 90)), 1e-6), 0.0, 1.0)
     small = _fit(big, FIT)
     total = float(small.sum())
@@ -383,7 +404,7 @@ def digit_input(strength: np.ndarray, mask: np.ndarray) -> np.ndarray:
     top = int(np.clip(round(SIZE / 2 - 0.5 - cy), 0, SIZE - h))
     left = int(np.clip(round(SIZE / 2 - 0.5 - cx), 0, SIZE - w))
     out = np.zeros((SIZE, SIZE), dtype=np.float32)
-    out[top:top + h, left:left + w] = small
+    out[top : top + h, left : left + w] = small
     return np.round(out * 255.0).astype(np.uint8)
 
 
@@ -428,12 +449,16 @@ def _photo(gray: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Fashion-MNIST's look: the object light on a black background, the whole picture squared and resized."""
     h, w = gray.shape
     ring = max(1, round(0.05 * min(h, w)))
-    border = np.concatenate([gray[:ring].ravel(), gray[-ring:].ravel(), gray[:, :ring].ravel(), gray[:, -ring:].ravel()])
+    border = np.concatenate(
+        [gray[:ring].ravel(), gray[-ring:].ravel(), gray[:, :ring].ravel(), gray[:, -ring:].ravel()]
+    )
     x = 1.0 - gray if np.median(border) > 0.5 else gray
-    paper = float(np.median(np.concatenate([x[:ring].ravel(), x[-ring:].ravel(), x[:, :ring].ravel(), x[:, -ring:].ravel()])))
+    paper = float(
+        np.median(np.concatenate([x[:ring].ravel(), x[-ring:].ravel(), x[:, :ring].ravel(), x[:, -ring:].ravel()]))
+    )
     side = max(h, w)
     square = np.full((side, side), paper, dtype=np.float32)
-    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = x
+    square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = x
     small = np.clip((_resize(square, (SIZE, SIZE)) - paper) / max(1.0 - paper, 1e-6), 0.0, 1.0)
     return np.round(small * 255.0).astype(np.uint8), (0, 0, w, h)
 

@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 import numpy as np
 
@@ -48,8 +49,13 @@ class Prediction:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-ready fields: label, class_name, probability, probabilities, box."""
-        return {"label": self.label, "class_name": self.class_name, "probability": self.probability,
-                "probabilities": [float(p) for p in self.probabilities], "box": list(self.box)}
+        return {
+            "label": self.label,
+            "class_name": self.class_name,
+            "probability": self.probability,
+            "probabilities": [float(p) for p in self.probabilities],
+            "box": list(self.box),
+        }
 
 
 @dataclass
@@ -66,8 +72,13 @@ class Digit:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-ready fields: box, line, label, class_name, probability."""
-        return {"box": list(self.box), "line": self.line, "label": self.label, "class_name": self.class_name,
-                "probability": self.probability}
+        return {
+            "box": list(self.box),
+            "line": self.line,
+            "label": self.label,
+            "class_name": self.class_name,
+            "probability": self.probability,
+        }
 
 
 @dataclass
@@ -82,8 +93,9 @@ class DigitReading:
         return {"text": self.text, "digits": [d.as_dict() for d in self.digits]}
 
 
-def predict_image(model: Classifier, image: Union[ImageLike, Sequence[ImageLike]]
-                  ) -> Union[Prediction, list[Prediction]]:
+def predict_image(
+    model: Classifier, image: Union[ImageLike, Sequence[ImageLike]]
+) -> Union[Prediction, list[Prediction]]:
     """Predict a picture (or a list of them) with model, each prepared as the model expects (its preparation)."""
     if isinstance(image, (list, tuple)):
         return predict_images(image, predictor(model), model.class_names, model.preparation) if image else []
@@ -96,20 +108,26 @@ def read_digits(model: Classifier, image: ImageLike) -> DigitReading:
     Raises ImageError for a model that classifies photos (Fashion-MNIST) rather than handwriting.
     """
     if model.preparation != "digits":
-        raise ImageError(f"read_digits reads handwriting; this model classifies {model.preparation}s "
-                         "(use predict_image for one picture)")
+        raise ImageError(
+            f"read_digits reads handwriting; this model classifies {model.preparation}s "
+            "(use predict_image for one picture)"
+        )
     return read_page(image, predictor(model), model.class_names)
 
 
 def predictor(model: Classifier) -> Predictor:
     """model's probabilities for prepared 28x28 inputs; raises ImageError for a model of another input size."""
     if tuple(model.image_size) != (SIZE, SIZE):
-        raise ImageError(f"pictures are prepared as {SIZE}x{SIZE} inputs; this model takes "
-                         f"{model.image_size[0]}x{model.image_size[1]} images")
+        raise ImageError(
+            f"pictures are prepared as {SIZE}x{SIZE} inputs; this model takes "
+            f"{model.image_size[0]}x{model.image_size[1]} images"
+        )
     return model.predict_proba
 
 
-def predict_images(images: Sequence[ImageLike], predict: Predictor, names: Sequence[str], preparation: str) -> list[Prediction]:
+def predict_images(
+    images: Sequence[ImageLike], predict: Predictor, names: Sequence[str], preparation: str
+) -> list[Prediction]:
     """Prepare each picture and predict them in one batch."""
     prepared = [prepare_with_box(image, preparation=preparation) for image in images]
     probs = predict(np.stack([p[0] for p in prepared]))
@@ -145,8 +163,10 @@ def read_page(image: ImageLike, predict: Predictor, names: Sequence[str]) -> Dig
     if not inputs:
         raise ImageError("the image holds no ink clear enough to be a digit; give a picture of digits")
     if len(inputs) > MAX_PIECES:
-        raise ImageError(f"the image holds {len(inputs)} digit-like marks, more than a page of digits ({MAX_PIECES}); "
-                         "give a picture of digits on plain paper")
+        raise ImageError(
+            f"the image holds {len(inputs)} digit-like marks, more than a page of digits ({MAX_PIECES}); "
+            "give a picture of digits on plain paper"
+        )
     probs = predict(np.stack(inputs))
     digits = []
     for g, arr, p in zip(glyphs, inputs, probs):

@@ -7,8 +7,9 @@ piece too wide for one digit is cut at the columns with the least ink.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class _Group:
     def h(self) -> int:
         return self.y1 - self.y0
 
-    def absorb(self, other: "_Group") -> None:
+    def absorb(self, other: _Group) -> None:
         self.x0, self.y0 = min(self.x0, other.x0), min(self.y0, other.y0)
         self.x1, self.y1 = max(self.x1, other.x1), max(self.y1, other.y1)
         self.labels += other.labels
@@ -94,9 +95,17 @@ def _adopt_fragments(lines: list[list[_Group]]) -> list[list[_Group]]:
         for other in lines:
             if other is small:
                 continue
-            host = next((m for m in other for f in small if height < _FRAGMENT * m.h
-                         and _overlap(f.x0, f.x1, m.x0, m.x1) > -_NEAR * m.h
-                         and _overlap(f.y0, f.y1, m.y0, m.y1) > -0.35 * m.h), None)
+            host = next(
+                (
+                    m
+                    for m in other
+                    for f in small
+                    if height < _FRAGMENT * m.h
+                    and _overlap(f.x0, f.x1, m.x0, m.x1) > -_NEAR * m.h
+                    and _overlap(f.y0, f.y1, m.y0, m.y1) > -0.35 * m.h
+                ),
+                None,
+            )
             if host is not None:
                 other.extend(small)
                 other.sort(key=lambda m: m.x0)
@@ -159,9 +168,9 @@ def _cut(box_mask: np.ndarray, strength: np.ndarray, n: int, score: Optional[Sco
 
 
 def _glyphs(group: _Group, ink: Ink, line: int, typical_w: float, score: Optional[Scorer]) -> list[Glyph]:
-    box_mask = np.isin(ink.labels[group.y0:group.y1, group.x0:group.x1], group.labels)
+    box_mask = np.isin(ink.labels[group.y0 : group.y1, group.x0 : group.x1], group.labels)
     n = round(group.w / typical_w) if group.w > _WIDE * typical_w and group.w > group.h else 1
-    strength = ink.strength[group.y0:group.y1, group.x0:group.x1]
+    strength = ink.strength[group.y0 : group.y1, group.x0 : group.x1]
     edges = [0] + (_cut(box_mask, strength, n, score) if n >= 2 else []) + [group.w]
     if len(edges) > 2 and score is not None:  # keep a wide digit whole when the model reads it better so
         whole = float(score([(strength, box_mask)])[0])
@@ -176,8 +185,13 @@ def _glyphs(group: _Group, ink: Ink, line: int, typical_w: float, score: Optiona
         if rows.size == 0:
             continue
         y0, y1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        out.append(Glyph((group.x0 + a + int(c0), group.y0 + int(y0), group.x0 + a + int(c1), group.y0 + int(y1)),
-                         part[y0:y1, c0:c1], line))
+        out.append(
+            Glyph(
+                (group.x0 + a + int(c0), group.y0 + int(y0), group.x0 + a + int(c1), group.y0 + int(y1)),
+                part[y0:y1, c0:c1],
+                line,
+            )
+        )
     return out
 
 
