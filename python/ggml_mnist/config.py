@@ -23,6 +23,7 @@ SCHEDULES = tuple(enum_names("gmn_schedule"))  # constant, cosine, linear, onecy
 GRAPHS = tuple(enum_names("gmn_graph"))
 DEFAULT_DATA_DIR = "data"
 DEFAULT_DEVICE = "auto"
+DEFAULT_SEED = 42  # weight init and shuffle of a run, and Model.create's weights
 MAX_EPOCHS = 1_000_000
 CPU_PHYSICAL_BATCH = 128  # the most images per graph run when training on a CPU (see TrainConfig.physical_on)
 EVAL_CHUNK = 10000  # images converted and predicted per native call when evaluating
@@ -69,7 +70,7 @@ class TrainConfig:
     eps: float = option(1e-8, "AdamW epsilon")
     weight_decay: float = option(0.0, "decoupled weight decay")
     val_split: float = option(0.0, "fraction held out for validation")
-    seed: int = option(42, "weight init and shuffle seed (bit-identical reruns)")
+    seed: int = option(DEFAULT_SEED, "weight init and shuffle seed (bit-identical reruns)")
     device: str = option(DEFAULT_DEVICE, f"auto, cpu or a ggml device name such as CUDA0 (default: {DEFAULT_DEVICE})")
     graph: str = option(
         "auto",

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _ffi, labels
 from ._ffi import ffi, lib
-from .config import DEFAULT_DEVICE, EVAL_CHUNK, GRAPHS, check_batch_size
+from .config import DEFAULT_DEVICE, DEFAULT_SEED, EVAL_CHUNK, GRAPHS, check_batch_size
 from .data import validate_images
 from .errors import ConfigError, DataError, DataFileNotFoundError, DeviceError, DeviceWarning
 from .layers import ArchLike, Dense, Layer, as_int, from_native, preset_layers, preset_names, resolve_layers
@@ -152,7 +152,7 @@ class Model:
         conv_channels: Optional[Sequence[int]] = None,
         device: str = DEFAULT_DEVICE,
         threads: int = 0,
-        seed: int = 42,
+        seed: int = DEFAULT_SEED,
         graph: str = "auto",
     ) -> Model:
         """Return a freshly initialised model (PyTorch-style uniform init drawn from ``seed``).
