@@ -285,3 +285,16 @@ def test_a_time_budget_belongs_to_one_call_not_to_the_resumed_recipe(data) -> No
     assert h3[-1].time_limit and again.metadata["status"] == "time_limit"
     with pytest.raises(ConfigError, match="threads and max_seconds may be given, not lr"):
         gm.train(x, y, resume=cut, lr=0.5, progress=False)
+
+
+def test_changing_the_graph_during_training_is_a_config_error(data) -> None:
+    x, y = data
+    seen = []
+
+    def on_epoch(_stats, model):
+        with pytest.raises(ConfigError, match="graph") as info:
+            model.set_graph("portable")
+        seen.append(str(info.value))
+
+    gm.train(x, y, on_epoch=on_epoch, **small_options("fc", epochs=1))
+    assert len(seen) == 1

@@ -248,9 +248,9 @@ class Model:
         backward). Raises ConfigError for another name, for "cpu" on another device, or during training."""
         if graph not in GRAPHS:
             raise ConfigError(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}")
-        _ffi.check(
-            self._call_native(lib.gmn_model_set_graph, getattr(lib, f"GMN_GRAPH_{graph.upper()}")), invalid=ConfigError
-        )
+        status = self._call_native(lib.gmn_model_set_graph, getattr(lib, f"GMN_GRAPH_{graph.upper()}"))
+        # during training (GMN_E_STATE) the graph is part of the run's recipe: a ConfigError, as documented
+        _ffi.check(lib.GMN_E_INVALID if status == lib.GMN_E_STATE else status, invalid=ConfigError)
         self._graph = graph
 
     @property
