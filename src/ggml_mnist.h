@@ -184,7 +184,9 @@ struct gmn_epoch_result {
     double  train_loss, train_loss_unc, train_acc, train_acc_unc;
     int64_t n_val;
     double  val_loss, val_loss_unc, val_acc, val_acc_unc;
-    int     stopped;         /* 1 when the progress callback asked to stop early */
+    int     stopped;         /* 1 when the progress callback asked to stop early; such an epoch is not validated
+                              * (n_val 0), even when the stop came at its last batch: to validate an epoch, do not
+                              * ask to stop at its last batch (the Python run object does not) */
 };
 
 /* Called after every batch; return non-zero to stop after this batch. */
