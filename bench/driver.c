@@ -91,7 +91,7 @@ int main(int argc, char ** argv) {
     for (int e = 1; e <= epochs; e++) {
         struct gmn_epoch_result r;
         const double t0 = now_s();
-        if (gmn_model_train_epoch(m, ds, idx, n, NULL, 0, NULL, NULL, &r) != GMN_OK) {
+        if (gmn_model_train_epoch(m, ds, idx, n, NULL, NULL, 0, NULL, NULL, &r) != GMN_OK) {
             return die("train_epoch");
         }
         printf("{\"epoch\": %d, \"seconds\": %.6f, \"train_loss\": %.6f, \"train_acc\": %.6f}\n",

@@ -341,11 +341,11 @@ void gmn_model_train_free(gmn_model * model);
 
 /* Prepare training (optimizer state, graphs); resets any previous optimizer state. GMN_E_STATE for a quantised model. */
 int  gmn_model_train_init(gmn_model * model, const struct gmn_train_config * config);
-/* One epoch over the train_idx rows of ds (shuffled), then validation on val_idx rows (may be n_val 0).
- * Returns GMN_E_DIVERGED when the loss is not finite; the model then refuses to save. */
+/* One epoch over the train_idx rows of ds (shuffled), then validation on the val_idx rows of val_ds (NULL: of ds;
+ * n_val may be 0). Returns GMN_E_DIVERGED when the loss is not finite; the model then refuses to save. */
 int  gmn_model_train_epoch(gmn_model * model, const gmn_dataset * ds,
                            const int64_t * train_idx, int64_t n_train,
-                           const int64_t * val_idx, int64_t n_val,
+                           const gmn_dataset * val_ds, const int64_t * val_idx, int64_t n_val,
                            gmn_progress_fn progress, void * userdata,
                            struct gmn_epoch_result * out);
 

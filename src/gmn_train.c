@@ -693,9 +693,22 @@ static int gmn_validate(gmn_model * m, const gmn_dataset * ds, const int64_t * i
     return GMN_OK;
 }
 
+/* ds's images fit the model: their pixel count and classes; what names the dataset in messages */
+static int gmn_check_dataset_fits(const gmn_model * m, const gmn_dataset * ds, const char * what) {
+    if (ds->n_pixels != gmn_image_pixels(m)) {
+        return gmn_fail(GMN_E_INVALID, "train_epoch: %s images have %lld pixels but the model takes %dx%d", what,
+                        (long long) ds->n_pixels, m->net.image_h, m->net.image_w);
+    }
+    if (ds->n_classes > m->n_classes) {
+        return gmn_fail(GMN_E_INVALID, "train_epoch: %s has %d classes but the model only %d", what, ds->n_classes,
+                        m->n_classes);
+    }
+    return GMN_OK;
+}
+
 int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
                           const int64_t * train_idx, int64_t n_train,
-                          const int64_t * val_idx, int64_t n_val,
+                          const gmn_dataset * val_ds, const int64_t * val_idx, int64_t n_val,
                           gmn_progress_fn progress, void * ud,
                           struct gmn_epoch_result * out) {
     gmn_clear_error();
@@ -706,16 +719,18 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
     if (st == NULL) {
         return gmn_fail(GMN_E_STATE, "train_epoch: call train_init first");
     }
-    if (ds->n_pixels != gmn_image_pixels(m)) {
-        return gmn_fail(GMN_E_INVALID, "train_epoch: dataset images have %lld pixels but the model takes %dx%d",
-                        (long long) ds->n_pixels, m->net.image_h, m->net.image_w);
+    if (val_ds == NULL) {
+        val_ds = ds;
     }
-    if (ds->n_classes > m->n_classes) {
-        return gmn_fail(GMN_E_INVALID, "train_epoch: dataset has %d classes but the model only %d", ds->n_classes, m->n_classes);
+    int rc = gmn_check_dataset_fits(m, ds, "dataset");
+    if (rc == GMN_OK && val_ds != ds) {
+        rc = gmn_check_dataset_fits(m, val_ds, "validation dataset");
     }
-    int rc = gmn_check_indices(ds, train_idx, n_train, "train");
     if (rc == GMN_OK) {
-        rc = gmn_check_indices(ds, val_idx, n_val, "validation");
+        rc = gmn_check_indices(ds, train_idx, n_train, "train");
+    }
+    if (rc == GMN_OK) {
+        rc = gmn_check_indices(val_ds, val_idx, n_val, "validation");
     }
     if (rc != GMN_OK) {
         return rc;
@@ -841,7 +856,7 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
         ggml_opt_result_accuracy(st->result, &out->train_acc, &out->train_acc_unc);
     }
     if (n_val > 0 && !out->stopped) {
-        rc = gmn_validate(m, ds, val_idx, n_val, out, progress, ud);
+        rc = gmn_validate(m, val_ds, val_idx, n_val, out, progress, ud);
     }
     return rc;
 }

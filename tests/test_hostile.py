@@ -200,7 +200,16 @@ def test_a_run_stopped_on_a_ruinous_step_is_divergence_and_nan_weights_never_sav
     idx = np.arange(60, dtype=np.int64)
     result = ffi.new("struct gmn_epoch_result *")
     status = lib.gmn_model_train_epoch(
-        model._handle, ds[0], ffi.cast("int64_t *", ffi.from_buffer(idx)), 60, ffi.NULL, 0, stop, ffi.NULL, result
+        model._handle,
+        ds[0],
+        ffi.cast("int64_t *", ffi.from_buffer(idx)),
+        60,
+        ffi.NULL,
+        ffi.NULL,
+        0,
+        stop,
+        ffi.NULL,
+        result,
     )
     lib.gmn_dataset_free(ds[0])
     assert status == lib.GMN_E_DIVERGED

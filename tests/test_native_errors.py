@@ -56,7 +56,9 @@ def new_dataset(n: int = 50, n_pixels: int = 784, n_classes: int = 10, labels: A
     return status, ffi.gc(out[0], lib.gmn_dataset_free) if status == lib.GMN_OK else None
 
 
-def run_epoch(model: Model, dataset: Any, train_idx: np.ndarray, val_idx: np.ndarray | None = None) -> int:
+def run_epoch(
+    model: Model, dataset: Any, train_idx: np.ndarray, val_idx: np.ndarray | None = None, val_dataset: Any = None
+) -> int:
     result = ffi.new("struct gmn_epoch_result *")
     val = ptr(val_idx, "int64_t *") if val_idx is not None else ffi.NULL
     return lib.gmn_model_train_epoch(
@@ -64,6 +66,7 @@ def run_epoch(model: Model, dataset: Any, train_idx: np.ndarray, val_idx: np.nda
         dataset,
         ptr(train_idx, "int64_t *"),
         len(train_idx),
+        ffi.NULL if val_dataset is None else val_dataset,
         val,
         0 if val_idx is None else len(val_idx),
         ffi.NULL,
@@ -230,6 +233,15 @@ def test_train_epoch_validates_its_arguments(model: Model) -> None:
     assert run_epoch(model, dataset, idx[:9]) == lib.GMN_E_INVALID
     assert "9 training images are fewer than one batch of 10" in last_error()
     assert run_epoch(model, dataset, idx, val_idx=idx[:5]) == lib.GMN_OK  # and it still trains
+    # a validation dataset of its own is checked like the training one, and its indices against its own size
+    assert run_epoch(model, dataset, idx, val_idx=idx[:5], val_dataset=small_images) == lib.GMN_E_INVALID
+    assert last_error() == "train_epoch: validation dataset images have 100 pixels but the model takes 28x28"
+    assert run_epoch(model, dataset, idx, val_idx=idx[:5], val_dataset=many_classes) == lib.GMN_E_INVALID
+    assert last_error() == "train_epoch: validation dataset has 12 classes but the model only 10"
+    _, ten = new_dataset(n=10)
+    assert run_epoch(model, dataset, idx, val_idx=idx[:11], val_dataset=ten) == lib.GMN_E_INVALID
+    assert last_error() == "train_epoch: validation index 10 at position 10 is outside [0, 10)"
+    assert run_epoch(model, dataset, idx, val_idx=idx[:10], val_dataset=ten) == lib.GMN_OK
 
 
 def test_predict_validates_its_arguments(model: Model) -> None:

@@ -154,7 +154,7 @@ def test_native_calls_release_the_gil() -> None:
     ), "no Python ran during predict"
     assert python_runs_during(
         lambda: lib.gmn_model_train_epoch(
-            model._handle, dataset, ptr(idx, "int64_t *"), n, ffi.NULL, 0, ffi.NULL, ffi.NULL, result
+            model._handle, dataset, ptr(idx, "int64_t *"), n, ffi.NULL, ffi.NULL, 0, ffi.NULL, ffi.NULL, result
         )
     ), "no Python ran during train_epoch"  # no callback: one native call
 

@@ -24,7 +24,7 @@ from .model import Model, PathLike, check_net
 from .outputs import check_distinct
 from .progress import ProgressBar  # noqa: F401 (its old home here: ggml_mnist.api.ProgressBar)
 from .runlog import check_log_path
-from .training import EpochStats, TrainingRun, as_uint8, check_callbacks
+from .training import EpochStats, TrainingRun, check_callbacks
 
 ArrayOrPath = Union[np.ndarray, PathLike]
 
@@ -341,14 +341,13 @@ def train(
     n_val = int(round(n * cfg.val_split))
     val_idx = np.sort(order[:n_val]).astype(np.int64)
     train_idx = np.sort(order[n_val:]).astype(np.int64)
+    validation = None  # validation_data's (images, labels); None: val_idx picks training images
     if validation_data is not None:
         if n_val:
             raise ConfigError("give validation_data or val_split, not both")
-        x_val, y_val = _validation_arrays(validation_data, (h, w), n_classes)
-        images = np.concatenate([as_uint8(images), as_uint8(x_val)])  # the native dataset holds 8-bit pixels
-        labels = np.concatenate([labels, y_val])
-        val_idx = np.arange(n, n + len(y_val), dtype=np.int64)
-        n_val = len(y_val)
+        validation = _validation_arrays(validation_data, (h, w), n_classes)  # a native dataset of its own
+        val_idx = np.arange(len(validation[1]), dtype=np.int64)
+        n_val = len(val_idx)
     if n_val == 0 and any(isinstance(cb, _callbacks.EarlyStopping) for cb in run_callbacks):
         raise ConfigError("early_stopping watches the validation loss: give validation_data or val_split too")
     steps_per_epoch = len(train_idx) // cfg.batch_size
@@ -391,6 +390,7 @@ def train(
         history,
         keep_optimizer=save_optimizer or resume is not None,
         exact_resume=resume is not None,
+        validation=validation,
     )
     return model, run.fit(run_callbacks, progress=progress)
 

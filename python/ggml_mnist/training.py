@@ -217,6 +217,7 @@ class TrainingRun:
         *,
         keep_optimizer: bool = False,
         exact_resume: bool = False,
+        validation: Optional[tuple[np.ndarray, np.ndarray]] = None,
     ) -> None:
         self.model, self.config, self.dataset, self.history = model, config, dataset, history
         self.first_epoch = len(history) + 1
@@ -227,6 +228,12 @@ class TrainingRun:
         self._val_idx = np.ascontiguousarray(val_idx, dtype=np.int64)
         self._keep_optimizer = keep_optimizer
         self._native_dataset = _native_dataset(images.reshape(len(images), -1), labels, n_classes)
+        # validation images of their own (validation_data): a second native dataset, which val_idx indexes
+        self._native_validation = (
+            None
+            if validation is None
+            else _native_dataset(validation[0].reshape(len(validation[0]), -1), validation[1], n_classes)
+        )
         cfg = config
         steps_per_epoch = len(self._train_idx) // cfg.batch_size
         physical = cfg.physical_on(model.device, any(isinstance(layer, Conv2d) for layer in model.layers))
@@ -332,6 +339,7 @@ class TrainingRun:
                         self._native_dataset,
                         _ffi.ptr(self._train_idx, "int64_t *"),
                         len(self._train_idx),
+                        self._native_validation if self._native_validation is not None else ffi.NULL,
                         _ffi.ptr(self._val_idx, "int64_t *") if n_val else ffi.NULL,
                         n_val,
                         hook.callback,
@@ -378,7 +386,7 @@ class TrainingRun:
                 if self.status == "running":  # an exception ended it
                     self.status = "interrupted"
                 model.release_training_state()
-                self._native_dataset = None
+                self._native_dataset = self._native_validation = None
                 _end(callbacks, self)
         if self.status == "stopped_early" and progress:
             kept = (

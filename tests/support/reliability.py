@@ -110,15 +110,18 @@ _EVAL = """
 _TRAIN = """
     import numpy as np
     import ggml_mnist as gm
-    n = int(sys.argv[1])
+    n, n_val = int(sys.argv[1]), int(sys.argv[2])
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, n).astype(np.uint8)
+    val = (images[:n_val].copy(), labels[:n_val].copy()) if n_val else None
     gm.train(images[:1000], labels[:1000], arch="fc", hidden=8, epochs=1, batch_size=500, threads=1, progress=False)
     before = rss()
     reset_peak()
-    model, history = gm.train(images, labels, arch="fc", hidden=8, epochs=1, batch_size=500, threads=1, progress=False)
-    print(json.dumps({"n": history[0].n_train, "rss_before": before, "peak": peak(), "uint8_bytes": images.nbytes,
+    model, history = gm.train(images, labels, arch="fc", hidden=8, epochs=1, batch_size=500, threads=1, progress=False,
+                              validation_data=val)
+    print(json.dumps({"n": history[0].n_train, "n_val": history[0].n_val, "rss_before": before, "peak": peak(),
+                      "uint8_bytes": images.nbytes, "val_bytes": 0 if val is None else val[0].nbytes,
                       "float_copy_bytes": images.nbytes * 4}))
 """
 
@@ -128,9 +131,10 @@ def eval_memory(n_images: int) -> dict[str, Any]:
     return run_child(_EVAL, n_images, timeout=600)
 
 
-def train_memory(n_images: int) -> dict[str, Any]:
-    """Train a tiny fc for one epoch on n contiguous uint8 images in a child; RSS figures in bytes."""
-    return run_child(_TRAIN, n_images, timeout=600)
+def train_memory(n_images: int, n_val: int = 0) -> dict[str, Any]:
+    """Train a tiny fc for one epoch on n contiguous uint8 images in a child, with validation_data of n_val more
+    when n_val > 0; RSS figures in bytes."""
+    return run_child(_TRAIN, n_images, n_val, timeout=600)
 
 
 # ---- killing a process while it saves ------------------------------------------------------------------------
