@@ -22,14 +22,13 @@ callback, in that order, before the ``callbacks`` list.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .errors import CheckpointWarning, ConfigError, GgmlMnistError, ModelIOError
 from .model import Model
-from .outputs import same_file
+from .outputs import check_writable_dir, same_file
 from .runlog import RunLog as _RunLogFile
 from .training import BatchStats, BestEpoch, Callback, EpochStats, StopTraining, TrainingRun
 
@@ -120,7 +119,7 @@ class ModelCheckpoint(Callback):
                 "give a new or empty folder, or continue that run with --resume "
                 f"{directory / held[-1]} (resume=)"
             )
-        _check_writable_dir(directory, "checkpoint")
+        check_writable_dir(directory, "checkpoint")
         self._prepared = True
 
     def on_train_begin(self, run: TrainingRun) -> None:
@@ -239,15 +238,3 @@ def from_keywords(
     if on_epoch is not None:
         built.append(_OnEpoch(on_epoch))
     return built
-
-
-def _check_writable_dir(directory: Path, what: str) -> None:
-    """Create ``directory`` if needed and make sure files can be written into it; raise ModelIOError otherwise."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".ggml-mnist-check-"):
-            pass
-    except OSError as exc:
-        raise ModelIOError(
-            f"{what} directory '{directory}' cannot be written ({exc.strerror or exc}); choose another place"
-        ) from None

@@ -146,16 +146,38 @@ def refuse_directory(path: PathLike, subject: str, fix: str, error: type[GgmlMni
         raise error(f"{subject} is a directory; {fix}")
 
 
-def check_writable(target: Path, what: str) -> None:
-    """Raise ModelIOError unless a file named ``target`` could be created now (its folder is writable)."""
+def _write_probe(folder: Path) -> Optional[OSError]:
+    """Create and remove a file in ``folder``; return the error that stopped it, or None."""
     try:
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".ggml-mnist-check-"):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ggml-mnist-check-"):
             pass
     except OSError as exc:
+        return exc
+    return None
+
+
+def check_writable(target: Path, what: str) -> None:
+    """Raise ModelIOError unless a file named ``target`` could be created now (its folder is writable)."""
+    exc = _write_probe(target.parent)
+    if exc is not None:
         raise ModelIOError(
             f"cannot write {what} {os.fspath(target)!r}: directory '{target.parent}' is not writable "
             f"({exc.strerror}); choose another place"
-        ) from None
+        )
+
+
+def check_writable_dir(directory: Path, what: str) -> None:
+    """Create ``directory`` if needed and make sure files can be written into it; raise ModelIOError otherwise."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error: Optional[OSError] = exc
+    else:
+        error = _write_probe(directory)
+    if error is not None:
+        raise ModelIOError(
+            f"{what} directory '{directory}' cannot be written ({error.strerror or error}); choose another place"
+        )
 
 
 def check_distinct(named: Iterable[tuple[str, Optional[PathLike]]]) -> None:
