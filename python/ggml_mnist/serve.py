@@ -43,6 +43,7 @@ from .pictures.prepare import SIZE, prepare_image
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+PORTS = range(0, 65536)  # TCP ports; 0 asks for any free one
 MAX_BODY = 4 * 1024 * 1024  # bytes; a drawing is a few kB, a phone photo a few MB
 READ_TIMEOUT = 10.0  # seconds a client may take to send its whole request (line, headers and body together)
 WRITE_TIMEOUT = 10.0  # seconds a client may take to take the answer
@@ -683,7 +684,7 @@ def make_server(
     Raises ConfigError for a model that cannot read pictures, a non-loopback host without ``public`` and bad limits.
     """
     check_host(host, public)
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+    if isinstance(port, bool) or not isinstance(port, int) or port not in PORTS:
         raise ConfigError(f"port must be 1-65535, or 0 for any free port; got {port!r}")
     if max_body < 1:
         raise ConfigError(f"max_body must be at least 1 byte, got {max_body}")

@@ -20,7 +20,7 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a port number; give 1-65535, or 0 for any free port"
         ) from None
-    if not 0 <= port <= 65535:
+    if port not in serve.PORTS:
         raise argparse.ArgumentTypeError(f"{port} is not a port; give 1-65535, or 0 for any free port")
     return port
 
