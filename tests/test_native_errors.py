@@ -170,6 +170,7 @@ def test_status_codes_map_to_exceptions() -> None:
         (dict(schedule=-1), r"unknown schedule code -1"),
         (dict(label_smoothing=1.0), r"label_smoothing 1 must be in \[0, 1\)"),
         (dict(label_smoothing=math.nan), r"label_smoothing nan must be in \[0, 1\)"),
+        (dict(label_smoothing=1.5), r"label_smoothing 1.5 must be in \[0, 1\)"),
         (dict(warmup_steps=-1), r"warmup_steps -1 must be >= 0"),
         (dict(total_steps=0), r"total_steps 0 > 0"),
         (dict(beta1=1.0), r"betas \(1, 0.999\) must be in \[0, 1\)"),
@@ -193,6 +194,11 @@ def test_train_init_refuses_what_ggml_would_assert_on(model: Model, changes: dic
     assert run_epoch(model, dataset, np.arange(50, dtype=np.int64)) == lib.GMN_E_STATE  # nothing was set up
     assert last_error() == "train_epoch: call train_init first"
     assert lib.gmn_model_train_init(model._handle, train_config()) == lib.GMN_OK
+
+
+def test_train_init_takes_the_onecycle_schedule_and_label_smoothing(model: Model) -> None:
+    config = train_config(schedule=lib.GMN_SCHEDULE_ONECYCLE, label_smoothing=0.1)
+    assert lib.gmn_model_train_init(model._handle, config) == lib.GMN_OK
 
 
 @pytest.mark.parametrize(

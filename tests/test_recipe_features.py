@@ -136,37 +136,6 @@ def test_bad_recipe_values_name_the_fix(field, value, message) -> None:
         TrainConfig().replace(**{field: value}).validate()
 
 
-def test_the_shim_refuses_a_bad_smoothing_or_schedule_itself() -> None:
-    model = gm.Model.create("fc", hidden=8, threads=1)
-    base = dict(
-        optimizer=0,
-        lr=1e-3,
-        lr_min_ratio=0.0,
-        schedule=lib.GMN_SCHEDULE_ONECYCLE,
-        warmup_steps=0,
-        total_steps=10,
-        beta1=0.9,
-        beta2=0.999,
-        eps=1e-8,
-        weight_decay=0.0,
-        batch_size=10,
-        physical_batch_size=10,
-        seed=1,
-        max_loss=0.0,
-    )
-    assert model._call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", base)) == 0
-    model.release_training_state()
-    for bad, text in (
-        (dict(label_smoothing=1.5), "label_smoothing 1.5 must be in [0, 1)"),
-        (dict(schedule=4), "unknown schedule code 4"),
-    ):
-        assert (
-            model._call_native(lib.gmn_model_train_init, ffi.new("struct gmn_train_config *", {**base, **bad}))
-            == lib.GMN_E_INVALID
-        )
-        assert text in ffi.string(lib.gmn_last_error()).decode()
-
-
 def test_the_shim_says_where_the_training_time_went(data) -> None:
     x, y = data  # 15 batches of 20 an epoch; physical batch = batch: one graph run per batch
     seen = []
