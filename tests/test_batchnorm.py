@@ -31,6 +31,7 @@ from support.helpers import (
     read_gguf,
     reference_logits,
     reference_net_proba,
+    sgd_step,
     spread_weights,
     write_gguf,
 )
@@ -76,22 +77,7 @@ def one_sgd_step(layers: list, size: tuple[int, int], n: int, graph: str, seed: 
     y = np.random.default_rng(11).integers(0, 4, size=n)
     start = Model.create(layers, n_classes=4, image_size=size, seed=seed, threads=THREADS, graph=graph)
     random_weights(start)
-    after, history = train(
-        x,
-        y,
-        init=start,
-        epochs=1,
-        batch_size=n,
-        optimizer="sgd",
-        lr=1.0,
-        lr_schedule="constant",
-        weight_decay=0.0,
-        threads=THREADS,
-        progress=False,
-        augment="none",
-        graph=graph,
-        **options,
-    )
+    after, history = sgd_step(start, x, y, graph, **options)
     return start, after, x, y, history
 
 

@@ -31,6 +31,7 @@ from support.helpers import (
     read_gguf,
     reference_logits,
     reference_net_proba,
+    sgd_step,
     spread_weights,
     write_gguf,
 )
@@ -128,21 +129,7 @@ def test_one_sgd_step_follows_the_finite_difference_gradient(case: str, graph: s
     n = 6
     x = images(n, start.image_size, seed=3)
     y = np.random.default_rng(11).integers(0, 4, size=n)
-    after, _ = train(
-        x,
-        y,
-        init=start,
-        epochs=1,
-        batch_size=n,
-        optimizer="sgd",
-        lr=1.0,
-        lr_schedule="constant",
-        weight_decay=0.0,
-        threads=THREADS,
-        progress=False,
-        augment="none",
-        graph=graph,
-    )
+    after, _ = sgd_step(start, x, y, graph)
 
     def loss(weights: dict) -> float:
         probs = reference_net_proba(start.layers, weights, x)

@@ -320,6 +320,28 @@ def http_request(
         conn.close()
 
 
+def sgd_step(start: Any, x: np.ndarray, y: np.ndarray, graph: str, **options: Any) -> tuple[Any, list[Any]]:
+    """One full-batch SGD step at lr 1 (no decay, no augmentation) from the weights of ``start``: (model, history)."""
+    from ggml_mnist import train
+
+    return train(
+        x,
+        y,
+        init=start,
+        epochs=1,
+        batch_size=len(y),
+        optimizer="sgd",
+        lr=1.0,
+        lr_schedule="constant",
+        weight_decay=0.0,
+        threads=THREADS,
+        progress=False,
+        augment="none",
+        graph=graph,
+        **options,
+    )
+
+
 def check_sgd_gradient(
     before: Mapping[str, np.ndarray],
     after: Mapping[str, np.ndarray],
