@@ -51,9 +51,23 @@ def mnist_train(out: Path, files: list[str], *extra: str) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen) -> tuple[str, str]:
-    """Wait for proc and return the rest of its output (communicate() would skip lines readline() buffered)."""
+    """Wait for proc and return the rest of its output (communicate() would skip lines readline() buffered).
+
+    Both pipes are drained while waiting: a child that prints more than a pipe holds before it sees the signal
+    would otherwise block in write() while this waits for it to exit."""
+    import threading
+
+    rest: dict[str, str] = {}
+    readers = [
+        threading.Thread(target=lambda k=k, f=f: rest.__setitem__(k, f.read()), daemon=True)
+        for k, f in (("out", proc.stdout), ("err", proc.stderr))
+    ]
+    for r in readers:
+        r.start()
     proc.wait(timeout=120)
-    return proc.stdout.read(), proc.stderr.read()
+    for r in readers:
+        r.join(timeout=60)
+    return rest["out"], rest["err"]
 
 
 def test_sigint_makes_mnist_train_save_the_partial_model(train_files: list[str], tmp_path: Path) -> None:
