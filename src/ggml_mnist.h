@@ -244,6 +244,10 @@ const char * gmn_kernel_name(int kernel);
 /* Testing only: the ggml version the kernels' version gate compares with the pin (NULL: the running ggml's).
  * Applies to plans computed afterwards. */
 void gmn_testing_set_ggml_version(const char * version);
+/* Testing only: with on, a model created afterwards on the CPU with no accelerator beside it gets a second CPU
+ * backend where an accelerator (ggml's BLAS backend) would go, so that its plan and scheduler take the path of a
+ * CPU with an accelerator: the CPU graph with ggml's own products, and a scheduler over three backends. */
+void gmn_testing_cpu_as_accel(int on);
 
 /* Testing only: the CPU kernel wing (src/cpu/) one op at a time, for tests that compare each kernel with a plain
  * loop. An operand or result: ne (ne[0] fastest), element (i0, i1, i2, i3) at data[i0*nb[0] + i1*nb[1] + i2*nb[2] +
@@ -280,9 +284,12 @@ enum gmn_testing_op {
 int  gmn_testing_cpu_op(int op, const int64_t * p, int n_p, const struct gmn_testing_array * in, int n_in, int n_threads,
                         int adopt, struct gmn_testing_array * out, int64_t * taken);
 /* With on, every CPU kernel runs as if its thread's scratch buffer could not be allocated: the matrix products
- * without panels (out_prod reads its operands in place, mul_mat packs one panel at a time on the stack), im2col one
- * kernel offset at a time. Set it only while no graph runs. */
+ * pack one panel at a time on the stack, im2col goes one kernel offset at a time. Set it only while no graph runs. */
 void gmn_testing_cpu_no_scratch(int on);
+/* Benchmarks only: gmn_testing_cpu_op computes its graph n more times (0: none, the default) after the one whose
+ * result it returns; gmn_testing_cpu_seconds gives the fastest of them in seconds (0 when none ran). */
+void   gmn_testing_cpu_repeat(int n);
+double gmn_testing_cpu_seconds(void);
 /* 1 when the matrix products' clone for this CPU fuses each multiply-add (one rounding per term), else 0. */
 int  gmn_testing_cpu_fma(void);
 /* The fewest columns of a mul_mat that the shim's kernel takes (fewer stay with ggml). */

@@ -3,6 +3,7 @@
 #include "gmn_internal.h"
 
 #include <string.h>
+#include <time.h>
 
 #define GMN_TESTING_MAX_ELEMENTS ((int64_t) 1 << 26) /* per operand or result */
 #define GMN_TESTING_MAX_THREADS  8
@@ -147,6 +148,23 @@ static struct ggml_tensor * gmn_testing_node(struct ggml_context * ctx, int op, 
     }
 }
 
+static int    g_repeat;
+static double g_seconds;
+
+void gmn_testing_cpu_repeat(int n) {
+    g_repeat = n > 0 ? n : 0;
+}
+
+double gmn_testing_cpu_seconds(void) {
+    return g_seconds;
+}
+
+static double gmn_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + 1e-9 * (double) ts.tv_nsec;
+}
+
 int gmn_testing_cpu_op(int op, const int64_t * p, int n_p, const struct gmn_testing_array * in, int n_in, int n_threads,
                        int adopt, struct gmn_testing_array * out, int64_t * taken) {
     gmn_clear_error();
@@ -215,6 +233,16 @@ int gmn_testing_cpu_op(int op, const int64_t * p, int n_p, const struct gmn_test
     if (ggml_backend_graph_compute(backend, g) != GGML_STATUS_SUCCESS) {
         st = gmn_fail(GMN_E_NOMEM, "testing: ggml could not compute op %d", op);
         goto done;
+    }
+    g_seconds = 0.0;
+    for (int r = 0; r < g_repeat; r++) {
+        const double t0 = gmn_now();
+        if (ggml_backend_graph_compute(backend, g) != GGML_STATUS_SUCCESS) {
+            st = gmn_fail(GMN_E_NOMEM, "testing: ggml could not compute op %d", op);
+            goto done;
+        }
+        const double dt = gmn_now() - t0;
+        g_seconds = r == 0 || dt < g_seconds ? dt : g_seconds;
     }
     out->i32 = node->type == GGML_TYPE_I32;
     for (int d = 0; d < 4; d++) {

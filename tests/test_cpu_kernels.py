@@ -122,10 +122,11 @@ def test_the_fma_emulation_rounds_once() -> None:
 
 
 # ---- the matrix products ---------------------------------------------------------------------------------------
-# out_prod d [M, N] = a [M, J] b [N, J]^T. The cases reach each of gmn_gemm.c's orders: along rows of tiles with
-# panels (a's rows more than 16 floats apart, 3+ column tiles), the gemm driver (b's values side by side, too few
-# column tiles), the transposed sum (8 or 16 outputs, 6-16 rows, 256+ terms), a read in place (rows 16 or fewer
-# floats apart, or more than 32 row tiles), sums of one term and of two blocks of 256, and last row tiles of 1-7.
+# out_prod d [M, N] = a [M, J] b [N, J]^T. The cases reach each way gmn_gemm.c's one driver is set up for it: tiles
+# shared along rows of tiles (a's rows more than 16 floats apart, 3+ column tiles), as mul_mat's (b's values side by
+# side, too few column tiles), down columns (b transposed; runs of tiles shorter than a column at 3-4 threads), the
+# transposed sum written to strided rows of the result (8 or 16 outputs, 6-16 rows, 256+ terms), a read in place
+# (one row tile of 8 or 16 rows), sums of one term and of two blocks of 256, and last row tiles of 1-7.
 OUT_PROD = [  # M, N, J, gap between a's rows, b's layout
     (1, 1, 1, 0, "rows"),
     (7, 5, 1, 0, "rows"),
@@ -134,6 +135,8 @@ OUT_PROD = [  # M, N, J, gap between a's rows, b's layout
     (24, 6, 300, 0, "rows"),
     (9, 8, 300, 0, "rows"),
     (16, 16, 260, 3, "rows"),
+    (8, 40, 30, 5, "columns"),
+    (16, 7, 3, 0, "rows"),
     (5, 16, 300, 0, "rows"),
     (12, 20, 70, 0, "columns"),
     (40, 20, 70, 0, "columns"),
