@@ -76,6 +76,12 @@ static void gmn_define_params(gmn_model * m, const struct gmn_storage * storage)
     }
 }
 
+static _Atomic int g_cpu_as_accel; /* gmn_testing_cpu_as_accel */
+
+void gmn_testing_cpu_as_accel(int on) {
+    atomic_store_explicit(&g_cpu_as_accel, on != 0, memory_order_relaxed);
+}
+
 int gmn_model_create(const struct gmn_net * net, const char * device, int n_threads, const struct gmn_storage * storage,
                      gmn_model ** out) {
     gmn_ensure_init();
@@ -125,6 +131,12 @@ int gmn_model_create(const struct gmn_net * net, const char * device, int n_thre
                 if (b != NULL) {
                     m->backend_accel[m->n_accel++] = b;
                 }
+            }
+        }
+        if (m->n_accel == 0 && atomic_load_explicit(&g_cpu_as_accel, memory_order_relaxed)) {
+            ggml_backend_t b = ggml_backend_dev_init(dev, NULL); /* gmn_testing_cpu_as_accel: a second CPU backend */
+            if (b != NULL) {
+                m->backend_accel[m->n_accel++] = b;
             }
         }
     } else {

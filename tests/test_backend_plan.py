@@ -296,6 +296,29 @@ def test_the_version_gate_turns_the_kernels_off_for_another_ggml() -> None:
     assert gm.Model.create("cnn", threads=THREADS).plan["kernels"]  # the gate is open again
 
 
+@pytest.mark.parametrize("arch", ["fc", "cnn"])
+def test_an_accelerator_beside_the_cpu_gets_ggml_s_products(arch: str) -> None:
+    """A CPU with an accelerator beside it (ggml's BLAS backend, which this build lacks, stood in for by a second CPU
+    backend): the CPU graph with the shim's kernels off and ggml's own products, run by a scheduler over three
+    backends, trains and predicts as the kernels' model does."""
+    x = images(100, (28, 28), seed=5)
+    y = np.arange(100) % 10
+    recipe = dict(arch=arch, epochs=1, batch_size=100, lr=1e-4, threads=THREADS, seed=3, progress=False)
+    lib.gmn_testing_cpu_as_accel(1)
+    try:
+        model, history = gm.train(x, y, **recipe)
+    finally:
+        lib.gmn_testing_cpu_as_accel(0)
+    reference, reference_history = gm.train(x, y, **recipe)
+    plan = model.plan
+    assert plan["graph"] == "cpu" and plan["accel_products"] and plan["kernels"] == {}
+    assert plan["kernels_off"] == "an accelerator beside the CPU (CPU) runs the matrix products"
+    assert {"MUL_MAT", "OUT_PROD"} <= set(plan["ops"])  # ggml's nodes, not taken by the kernels
+    assert not reference.plan["accel_products"] and reference.plan["kernels"]["mul_mat"] > 0
+    assert history[0].train_loss == pytest.approx(reference_history[0].train_loss, rel=1e-5)
+    np.testing.assert_allclose(model.predict_proba(x), reference.predict_proba(x), rtol=1e-4, atol=1e-6)
+
+
 def test_eval_info_prints_the_plan(tmp_path, capsys) -> None:
     path = tmp_path / "m.gguf"
     gm.Model.create("cnn", threads=THREADS).save(path)
