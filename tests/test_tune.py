@@ -210,3 +210,31 @@ def test_mnist_tune_runs_a_search_and_shows_the_leaderboard(
     assert "give --trials N" in capsys.readouterr().err
     assert tune_main(["fc", "--show-space"]) == 0
     assert json.loads(capsys.readouterr().out) == gm.default_space("fc")
+
+
+def test_mnist_tune_plot_draws_the_study_and_refuses_to_destroy_a_file(
+    train_only: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib", reason="plots need matplotlib: pip install 'ggml-mnist[plot]'")
+    from PIL import Image
+
+    run = tmp_path / "run"
+    result = small_tune(train_only, run, n_trials=4, epochs=2, export=False, study="drawn")
+    fig = gm.plot.study(result)
+    assert len(fig.axes) == 3  # curves, scores and importances: the four trials' parameters vary
+    assert fig.axes[2].get_title() == "what mattered" and len(fig.axes[2].patches) == 4
+    curves = [line for line in fig.axes[0].get_lines() if len(line.get_xdata())]
+    assert len(curves) == 4 and all(list(line.get_xdata()) == [1, 2] for line in curves)
+    png = tmp_path / "study.png"
+    assert tune_main(["--study", "drawn", "--dir", str(run), "--plot", str(png)]) == 0
+    with Image.open(png) as picture:
+        assert picture.format == "PNG" and picture.info.get("Software") == "ggml-mnist"
+    assert "study 'drawn'" in capsys.readouterr().out  # --plot implies --show
+    notes = tmp_path / "notes.png"
+    notes.write_text("my notes\n")
+    assert tune_main(["--study", "drawn", "--dir", str(run), "--plot", str(notes)]) == 1
+    assert "already exists" in capsys.readouterr().err and notes.read_text() == "my notes\n"
+    assert tune_main(["--study", "drawn", "--dir", str(run), "--plot", str(tmp_path / "study.svg")]) == 1
+    assert "give a name ending in .png" in capsys.readouterr().err
+    with pytest.raises(gm.ConfigError, match="takes a gm.tune result or an Optuna study"):
+        gm.plot.study("drawn")

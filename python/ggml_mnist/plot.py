@@ -8,6 +8,7 @@ threads) and, given ``path``, also writes it as a PNG.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -246,3 +247,74 @@ def _class_names(names: Optional[Sequence[str]], n: int) -> list[str]:
     if len(names) != n:
         raise ConfigError(f"class_names has {len(names)} names for {n} classes")
     return names
+
+
+def study(study_or_result: Any, *, path: Optional[PathLike] = None) -> Figure:
+    """A recipe search (``gm.tune``'s result, or its Optuna study): the validation accuracy of every trial after each
+    epoch (pruned trials in grey, where the pruner stopped them), each finished trial's score in trial order with the
+    best so far, and the parameters' importances (Optuna's default evaluator) once two trials have finished."""
+    from .tune import require_optuna
+
+    optuna = require_optuna()
+    s = getattr(study_or_result, "study", study_or_result)
+    if not hasattr(s, "get_trials"):
+        raise ConfigError(f"plot.study takes a gm.tune result or an Optuna study, not {type(study_or_result).__name__}")
+    states = optuna.trial.TrialState
+    trials = [t for t in s.get_trials(deepcopy=False) if t.state in (states.COMPLETE, states.PRUNED)]
+    if not trials:
+        raise DataError(f"study {s.study_name!r} has no finished trials to draw yet")
+    done = [t for t in trials if t.state == states.COMPLETE and t.value is not None]
+    importances = {}
+    if len(done) >= 2 and s.user_attrs.get("ggml_mnist", {}).get("mode") != "seeds":
+        try:
+            with warnings.catch_warnings():  # a small study's quantiles warning: its importances are rough anyway
+                warnings.simplefilter("ignore", UserWarning)
+                importances = optuna.importance.get_param_importances(s)
+        except (RuntimeError, ValueError):  # no parameter varied among the finished trials
+            importances = {}
+    fig = _figure(12.5 if importances else 8.5, 3.8)
+    axes = fig.subplots(1, 3 if importances else 2)
+    curves, scores = axes[0], axes[1]
+    for t in trials:
+        pts = sorted(t.intermediate_values.items())
+        if not pts:
+            continue
+        pruned = t.state == states.PRUNED
+        curves.plot(
+            [e for e, _ in pts],
+            [100 * v for _, v in pts],
+            color="0.65" if pruned else None,
+            lw=1.0 if pruned else 1.4,
+            marker="x" if pruned else None,
+            markevery=[len(pts) - 1] if pruned else None,
+            zorder=1 if pruned else 2,
+        )
+    curves.set_xlabel("epoch")
+    curves.xaxis.get_major_locator().set_params(integer=True)
+    curves.set_ylabel("validation accuracy (%)")
+    n_pruned = sum(t.state == states.PRUNED for t in trials)
+    curves.set_title(f"every trial ({n_pruned} pruned, grey)")
+    numbers = [t.number for t in done]
+    values = [100 * t.value for t in done]
+    scores.scatter(numbers, values, s=18, label="finished trial")
+    if done:
+        best = np.maximum.accumulate(values)
+        scores.step(numbers, best, where="post", color="C3", label="best so far")
+    scores.set_xlabel("trial")
+    scores.set_ylabel("validation accuracy (%)")
+    scores.set_title("finished trials")
+    scores.legend(loc="lower right")
+    for ax in (curves, scores):
+        ax.grid(alpha=0.3)
+        if values:  # the interesting band: from a little below the worst finished trial
+            top = max(values)
+            ax.set_ylim(max(min(values) - 0.5 * (top - min(values)) - 0.05, 0), top + 0.15 * (top - min(values)) + 0.05)
+    if importances:
+        ax = axes[2]
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names], color="C2")
+        ax.set_xlabel("importance (Optuna)")
+        ax.set_title("what mattered")
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"study {s.study_name}: {len(done)} finished, {n_pruned} pruned")
+    return _done(fig, path)

@@ -15,6 +15,7 @@ from ..config import DEFAULT_DATA_DIR
 from ..datasets import DATASETS
 from ..errors import ConfigError
 from ..layers import preset_names
+from ..outputs import check_output
 from ..tune import (
     DEFAULT_DIR,
     GRACE_BEATS,
@@ -110,6 +111,13 @@ def tune_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="print the study's leaderboard and exit (trains nothing)")
     p.add_argument("--json", action="store_true", help="with --show: the leaderboard as one JSON object")
     p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="with --show (implied): also draw the study into FILE.png: every trial's validation accuracy by "
+        "epoch, the finished trials' scores and the parameters' importances (needs matplotlib: "
+        'pip install "ggml-mnist[plot]")',
+    )
+    p.add_argument(
         "--data-dir",
         default=DEFAULT_DATA_DIR,
         help=f"directory with the dataset, downloaded into DIR/DATASET when missing (default: {DEFAULT_DATA_DIR})",
@@ -137,7 +145,7 @@ def _space_arg(text: Optional[str]) -> Any:
 
 def _tune(args: argparse.Namespace) -> int:
     require_optuna()
-    if args.show:
+    if args.show or args.plot:
         return _show(args)
     if args.arch is None:
         raise ConfigError("give ARCH, e.g. mnist-tune cnn --trials 24 --epochs 3")
@@ -198,7 +206,17 @@ def _show(args: argparse.Namespace) -> int:
     storage = args.storage or f"sqlite:///{os.path.join(run_dir, 'study.db')}"
     if args.storage is None and not os.path.isfile(os.path.join(run_dir, "study.db")):
         raise ConfigError(f"no study database {os.path.join(run_dir, 'study.db')}; give --dir or --storage of the run")
+    if args.plot is not None:
+        if not args.plot.lower().endswith(".png"):
+            raise ConfigError(f"--plot {args.plot!r}: the picture is a PNG; give a name ending in .png, e.g. study.png")
+        check_output(
+            args.plot, [os.path.join(run_dir, "study.db")], kind="png", what="--plot output", example="study.png"
+        )
     result = summarize(load_study(storage, study), storage, run_dir)
+    if args.plot is not None:
+        from .. import plot
+
+        plot.study(result, path=args.plot)
     if args.json:
         print(json.dumps({k: v for k, v in vars(result).items() if k != "study"}))
     else:
