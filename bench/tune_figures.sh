@@ -5,21 +5,23 @@
 #   2. cnn's default recipe at the same budget (one seed, the search's), scored on the same validation split;
 #   3. the same search with two workers (two processes, as two hosts would run it) sharing a local PostgreSQL;
 #   4. cnn's full recipe over 5 seeds, measured on the test set, and the 5 models as one ensemble;
-#   5. (--best) best's full recipe over 3 seeds, and their ensemble;
-#   6. (--ensemble A.gguf B.gguf ...) any models of yours evaluated as one ensemble.
+#   5. cnn's full recipe on all training images (mnist-train, the README's single cnn) with 5 seeds, and their
+#      ensemble;
+#   6. (--best) best's full recipe over 3 seeds, and their ensemble;
+#   7. (--ensemble A.gguf B.gguf ...) any models of yours evaluated as one ensemble.
 #
-# usage: bench/tune_figures.sh [--data-dir DIR] [--out DIR] [--threads N] [--steps 1,2,3,4] [--best]
+# usage: bench/tune_figures.sh [--data-dir DIR] [--out DIR] [--threads N] [--steps 1,2,3,4,5] [--best]
 #                              [--ensemble MODEL.gguf ...]
 #   --data-dir DIR  the folder that holds mnist/ (default: $GGML_MNIST_DATA/.. or data)
 #   --out DIR       where the studies, models and logs go (default: ${TMPDIR:-/tmp}/ggml-mnist-tune-figures)
 #   --threads N     CPU threads in all (default: 2)
-#   --steps LIST    which of steps 1-4 to run (default: all four)
+#   --steps LIST    which of steps 1-5 to run (default: all five)
 # Step 3 starts a private PostgreSQL cluster on 127.0.0.1 (Debian's postgresql package; as root, it runs as the
 # postgres user) in OUT/pg and stops it at the end; without initdb it is skipped with a line saying so.
 set -euo pipefail
 
 data_dir="${GGML_MNIST_DATA:+$(dirname "$GGML_MNIST_DATA")}"; data_dir="${data_dir:-data}"
-out="${TMPDIR:-/tmp}/ggml-mnist-tune-figures"; threads=2; steps="1,2,3,4"; best=0; ensemble=()
+out="${TMPDIR:-/tmp}/ggml-mnist-tune-figures"; threads=2; steps="1,2,3,4,5"; best=0; ensemble=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --data-dir) data_dir="$2"; shift 2 ;;
@@ -77,7 +79,7 @@ EOF
         done
         wait
         say "took $((SECONDS - t0)) s: two mnist-tune cnn --trials 24 --epochs 3 --storage postgresql://... side by side"
-        mnist-tune --study cnn-shared --storage "$url" --dir "$out/cnn-shared-a" | tee "$out/cnn-shared.txt"
+        mnist-tune --show --study cnn-shared --storage "$url" --dir "$out/cnn-shared-a" | tee "$out/cnn-shared.txt"
     fi
 fi
 if step 4; then
@@ -86,14 +88,25 @@ if step 4; then
         | tee "$out/cnn-seeds.txt"
     mnist-eval "$out"/cnn-seeds/trials/*.gguf --data-dir "$data_dir" | tee "$out/cnn-ensemble.txt"
 fi
+if step 5; then
+    say "5. cnn's full recipe on all training images, 5 seeds, and their ensemble"
+    mkdir -p "$out/cnn-full"
+    t0=$SECONDS
+    for seed in 42 43 44 45 46; do
+        mnist-train cnn "$out/cnn-full/cnn-$seed.gguf" --seed "$seed" "${common[@]}" --quiet
+        mnist-eval "$out/cnn-full/cnn-$seed.gguf" --data-dir "$data_dir" | tee "$out/cnn-full/cnn-$seed.txt"
+    done
+    say "took $((SECONDS - t0)) s: mnist-train cnn OUT --seed S for S in 42 .. 46 (and mnist-eval of each)"
+    mnist-eval "$out"/cnn-full/cnn-*.gguf --data-dir "$data_dir" | tee "$out/cnn-full-ensemble.txt"
+fi
 if [ "$best" = 1 ]; then
-    say "5. best's full recipe over 3 seeds, on the test set, and their ensemble"
+    say "6. best's full recipe over 3 seeds, on the test set, and their ensemble"
     timed mnist-tune best --seeds 3 --test "${common[@]}" --study best-seeds --dir "$out/best-seeds" --quiet \
         | tee "$out/best-seeds.txt"
     mnist-eval "$out"/best-seeds/trials/*.gguf --data-dir "$data_dir" | tee "$out/best-ensemble.txt"
 fi
 if [ ${#ensemble[@]} -gt 0 ]; then
-    say "6. ${#ensemble[@]} models as one ensemble"
+    say "7. ${#ensemble[@]} models as one ensemble"
     mnist-eval "${ensemble[@]}" --data-dir "$data_dir" | tee "$out/ensemble.txt"
 fi
 say "done: $out"

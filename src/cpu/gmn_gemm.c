@@ -349,9 +349,9 @@ void gmn_op_matmul(struct ggml_tensor * dst, int ith, int nth, void * ud) {
  * - along rows of tiles, when a block of b fits in the L2 cache and several tiles share each row of tiles (a
  *   weight gradient: N is the outputs, J the pixels or images), with all the columns in one chunk: a row tile's
  *   panel stays in the L1 cache for every tile of its row;
- * - down columns of tiles, one column tile a chunk, when b's values of a term are apart (the gradient of a
- *   convolution's input: N is the pixels of a batch, J the channels): a thread's consecutive tiles then share b's
- *   columns, which stay in the L1 cache;
+ * - down columns of tiles, when b's values of a term are apart (the gradient of a convolution's input: N is the
+ *   pixels of a batch, J the channels), in chunks of b that stay in the L1 cache while every row tile passes over
+ *   them;
  * - else as mul_mat does (b's columns side by side but too many for L2, such as fc's weight gradient at batch
  *   1000, 784 x 500 over 1 000 images; or too few column tiles to share a row).
  * With 8 or 16 outputs, 6-16 of a's rows and b's N values of each term side by side (the weight gradient of a small
@@ -394,6 +394,7 @@ void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     }
     gmn_gemm_run(&e, ith, nth);
 }
+
 /* The same multiply-add as a tile's, in a function cloned like the tiles: GCC contracts it into one fused
  * operation (-ffp-contract=fast, gnu11's default) in exactly the clones where it fuses the tiles' terms. */
 GMN_CLONES static float gmn_mul_add(float a, float b, float c) {
