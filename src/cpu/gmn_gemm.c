@@ -266,8 +266,8 @@ static void gmn_gemm_run(const struct gmn_gemm * e, int ith, int nth) {
         }
         kb = kb < room / 16 ? kb : room / 16;
     }
-    int64_t group = room / (16 * kb); /* rows of tiles per group of panels */
-    group = group < GMN_GEMM_GROUP ? group : GMN_GEMM_GROUP;
+    int64_t group = room / (16 * kb); /* rows of tiles per group of panels (read in place: one row tile) */
+    group = group < 1 ? 1 : group < GMN_GEMM_GROUP ? group : GMN_GEMM_GROUP;
     const int64_t chunk = e->b_bytes / (kb * (int64_t) sizeof(float)); /* columns of b per chunk */
     int64_t span_cs[GMN_GEMM_GROUP], span_ce[GMN_GEMM_GROUP], row_i0[GMN_GEMM_GROUP], row_m[GMN_GEMM_GROUP];
     const float * const a = e->a, * const b = e->b;
