@@ -103,9 +103,16 @@ def main() -> None:
     ap.add_argument("--other", help="another build's _native module (.so) to time alternately")
     ap.add_argument("--only", help="only the shapes whose name contains this text (e.g. 'cnn b100 out_prod')")
     args = ap.parse_args()
+    if args.reps < 1 or args.rounds < 1:
+        sys.exit("gemm_shapes: --reps and --rounds must be 1 or more")
     builds = {"this": sys.modules["ggml_mnist._native"]}
     if args.other:
         builds["other"] = load_native(args.other)
+        if not hasattr(builds["other"].lib, "gmn_testing_cpu_repeat"):
+            sys.exit(
+                f"gemm_shapes: {args.other} predates gmn_testing_cpu_repeat; build the other kernels with "
+                "this version's src/gmn_testing.c (swap in the other src/cpu/ only)"
+            )
     out: dict[str, Any] = {name: module.__file__ for name, module in builds.items()}
     totals = dict.fromkeys(builds, 0.0)
     for net, op, M, N, K, layout in SHAPES:

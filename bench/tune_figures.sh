@@ -52,7 +52,7 @@ if step 2; then
         --quiet | tee "$out/cnn-default.txt"
 fi
 if step 3; then
-    pgbin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    pgbin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
     if [ -z "$pgbin" ] || [ ! -x "$pgbin/initdb" ]; then
         say "3. skipped: PostgreSQL's initdb is missing (apt-get install postgresql)"
     else
@@ -62,22 +62,25 @@ if step 3; then
         port=$((20000 + RANDOM % 20000))
         echo "admin-pw" > "$pg/pw"; [ ${#as[@]} -eq 0 ] || chown postgres "$pg/pw"
         "${as[@]}" "$pgbin/initdb" -D "$pg/data" -U admin --pwfile "$pg/pw" -A scram-sha-256 --no-sync > "$pg/initdb.log"
-        "${as[@]}" "$pgbin/pg_ctl" -D "$pg/data" -l "$pg/log" -w -o "-p $port -k $pg -c listen_addresses=127.0.0.1" start \
-            > /dev/null
         trap '"${as[@]}" "$pgbin/pg_ctl" -D "$pg/data" -m fast -w stop > /dev/null 2>&1 || true' EXIT
-        python - "$port" <<'EOF'
+        "${as[@]}" "$pgbin/pg_ctl" -D "$pg/data" -l "$pg/log" -w -o "-p $port -k '$pg' -c listen_addresses=127.0.0.1" \
+            start > /dev/null
+        "$(command -v python || command -v python3)" - "$port" <<'EOF'
 import sys, psycopg
 with psycopg.connect(f"postgresql://admin:admin-pw@127.0.0.1:{sys.argv[1]}/postgres", autocommit=True) as db:
     db.execute("CREATE ROLE tuner LOGIN PASSWORD 'tuner-pw'")
     db.execute("CREATE DATABASE tune OWNER tuner")
 EOF
         url="postgresql://tuner:tuner-pw@127.0.0.1:$port/tune"
-        t0=$SECONDS
+        t0=$SECONDS; pids=()
         for host in a b; do  # one worker a host, each with its share of the threads
             mnist-tune cnn --trials 24 --epochs 3 --data-dir "$data_dir" --threads $(( threads > 1 ? threads / 2 : 1 )) \
                 --storage "$url" --study cnn-shared --dir "$out/cnn-shared-$host" --quiet > "$out/cnn-shared-$host.txt" 2>&1 &
+            pids+=("$!")
         done
-        wait
+        for pid in "${pids[@]}"; do
+            wait "$pid" || { echo "tune_figures.sh: a worker failed; see $out/cnn-shared-*.txt" >&2; exit 1; }
+        done
         say "took $((SECONDS - t0)) s: two mnist-tune cnn --trials 24 --epochs 3 --storage postgresql://... side by side"
         mnist-tune --show --study cnn-shared --storage "$url" --dir "$out/cnn-shared-a" | tee "$out/cnn-shared.txt"
     fi

@@ -234,6 +234,12 @@ int gmn_testing_cpu_op(int op, const int64_t * p, int n_p, const struct gmn_test
         st = gmn_fail(GMN_E_NOMEM, "testing: ggml could not compute op %d", op);
         goto done;
     }
+    out->i32 = node->type == GGML_TYPE_I32;
+    for (int d = 0; d < 4; d++) {
+        out->ne[d] = node->ne[d];
+        out->nb[d] = d == 0 ? 1 : out->nb[d - 1] * node->ne[d - 1];
+    }
+    ggml_backend_tensor_get(node, out->data, 0, (size_t) count * sizeof(float));
     g_seconds = 0.0;
     for (int r = 0; r < g_repeat; r++) {
         const double t0 = gmn_now();
@@ -244,12 +250,6 @@ int gmn_testing_cpu_op(int op, const int64_t * p, int n_p, const struct gmn_test
         const double dt = gmn_now() - t0;
         g_seconds = r == 0 || dt < g_seconds ? dt : g_seconds;
     }
-    out->i32 = node->type == GGML_TYPE_I32;
-    for (int d = 0; d < 4; d++) {
-        out->ne[d] = node->ne[d];
-        out->nb[d] = d == 0 ? 1 : out->nb[d - 1] * node->ne[d - 1];
-    }
-    ggml_backend_tensor_get(node, out->data, 0, (size_t) count * sizeof(float));
     if (taken != NULL) {
         memcpy(taken, counted, sizeof(counted));
     }

@@ -234,6 +234,9 @@ def test_mnist_tune_plot_draws_the_study_and_refuses_to_destroy_a_file(
     notes.write_text("my notes\n")
     assert tune_main(["--study", "drawn", "--dir", str(run), "--plot", str(notes)]) == 1
     assert "already exists" in capsys.readouterr().err and notes.read_text() == "my notes\n"
+    assert tune_main(["--study", "drawn", "--dir", str(run), "--plot", str(notes), "--force"]) == 0
+    with Image.open(notes) as picture:
+        assert picture.format == "PNG"
     assert tune_main(["--study", "drawn", "--dir", str(run), "--plot", str(tmp_path / "study.svg")]) == 1
     assert "give a name ending in .png" in capsys.readouterr().err
     with pytest.raises(gm.ConfigError, match="takes a gm.tune result or an Optuna study"):

@@ -262,7 +262,10 @@ def study(study_or_result: Any, *, path: Optional[PathLike] = None) -> Figure:
     states = optuna.trial.TrialState
     trials = [t for t in s.get_trials(deepcopy=False) if t.state in (states.COMPLETE, states.PRUNED)]
     if not trials:
-        raise DataError(f"study {s.study_name!r} has no finished trials to draw yet")
+        raise DataError(
+            f"study {s.study_name!r} has no finished trials to draw yet; run trials first (or wait for one to "
+            "finish), or look at it with --show"
+        )
     done = [t for t in trials if t.state == states.COMPLETE and t.value is not None]
     importances = {}
     if len(done) >= 2 and s.user_attrs.get("ggml_mnist", {}).get("mode") != "seeds":

@@ -191,7 +191,7 @@ static void gmn_gemm_tile(const struct gmn_gemm * e, const float * p, int64_t lp
         GMN_TILES[w / 8 - 1][n - 1](kn, p, lp, bt, e->b_c, e->b_k, dt, e->d_c, acc);
         return;
     }
-    float s[6 * 16];
+    float s[6 * 16] = { 0 }; /* rows m .. w stay 0 */
     for (int64_t c = 0; c < n && acc; c++) {
         for (int64_t i = 0; i < m; i++) {
             s[c * w + i] = dt[i * e->d_i + c * e->d_c];

@@ -16,6 +16,7 @@ from ..datasets import DATASETS
 from ..errors import ConfigError
 from ..layers import preset_names
 from ..outputs import check_output
+from ..plot import INSTALL_HINT as PLOT_HINT
 from ..tune import (
     DEFAULT_DIR,
     GRACE_BEATS,
@@ -126,6 +127,9 @@ def tune_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--download", action="store_true", help="download the dataset into a --data-dir that does not exist yet"
     )
+    p.add_argument(
+        "--force", action="store_true", help="with --plot: replace an existing file of that name that is not a PNG"
+    )
     p.add_argument("--quiet", action="store_true", help="no line per trial")
     return add_version(p)
 
@@ -210,17 +214,26 @@ def _show(args: argparse.Namespace) -> int:
         if not args.plot.lower().endswith(".png"):
             raise ConfigError(f"--plot {args.plot!r}: the picture is a PNG; give a name ending in .png, e.g. study.png")
         check_output(
-            args.plot, [os.path.join(run_dir, "study.db")], kind="png", what="--plot output", example="study.png"
+            args.plot,
+            [os.path.join(run_dir, "study.db")],
+            kind="png",
+            force=args.force,
+            what="--plot output",
+            example="study.png",
         )
+        try:
+            import matplotlib  # noqa: F401  (before any work: the picture needs it)
+        except ImportError:
+            raise ConfigError(f"--plot: {PLOT_HINT}") from None
     result = summarize(load_study(storage, study), storage, run_dir)
-    if args.plot is not None:
-        from .. import plot
-
-        plot.study(result, path=args.plot)
     if args.json:
         print(json.dumps({k: v for k, v in vars(result).items() if k != "study"}))
     else:
         print(result.report())
+    if args.plot is not None:
+        from .. import plot
+
+        plot.study(result, path=args.plot)
     return 0
 
 
