@@ -159,6 +159,14 @@ double gmn_testing_cpu_seconds(void) {
     return g_seconds;
 }
 
+/* computes g, or fails naming op */
+static int gmn_testing_compute(ggml_backend_t backend, struct ggml_cgraph * g, int op) {
+    if (ggml_backend_graph_compute(backend, g) != GGML_STATUS_SUCCESS) {
+        return gmn_fail(GMN_E_NOMEM, "testing: ggml could not compute op %d", op);
+    }
+    return GMN_OK;
+}
+
 static double gmn_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -230,8 +238,8 @@ int gmn_testing_cpu_op(int op, const int64_t * p, int n_p, const struct gmn_test
         gmn_cpu_kernels_adopt(ggml_graph_node(g, i), &k);
     }
     gmn_backend_set_threads(backend, n_threads);
-    if (ggml_backend_graph_compute(backend, g) != GGML_STATUS_SUCCESS) {
-        st = gmn_fail(GMN_E_NOMEM, "testing: ggml could not compute op %d", op);
+    st = gmn_testing_compute(backend, g, op);
+    if (st != GMN_OK) {
         goto done;
     }
     out->i32 = node->type == GGML_TYPE_I32;
@@ -243,8 +251,8 @@ int gmn_testing_cpu_op(int op, const int64_t * p, int n_p, const struct gmn_test
     g_seconds = 0.0;
     for (int r = 0; r < g_repeat; r++) {
         const double t0 = gmn_now();
-        if (ggml_backend_graph_compute(backend, g) != GGML_STATUS_SUCCESS) {
-            st = gmn_fail(GMN_E_NOMEM, "testing: ggml could not compute op %d", op);
+        st = gmn_testing_compute(backend, g, op);
+        if (st != GMN_OK) {
             goto done;
         }
         const double dt = gmn_now() - t0;

@@ -321,9 +321,15 @@ static void gmn_gemm_run(const struct gmn_gemm * e, int ith, int nth) {
 
 /* ---- ggml's two products, described for the driver ------------------------------------------------------------ */
 
+/* mul_mat's split of an M x N result: whole rows of tiles when there are enough of them (each row of a is then
+ * copied by one thread only), else columns with all the rows */
+static int gmn_gemm_rows_first(int64_t M, int64_t N, int nth) {
+    const struct gmn_tiling g = gmn_tiling_of(M, N);
+    return g.tm >= 2 * nth || (g.tn < nth && g.tm > 1);
+}
+
 /* mul_mat: dst [M, N] = a [K, M]^T b [K, N], both read along K (ggml runs llamafile's sgemm on these). A panel of
- * up to GMN_MM_KB terms stays in the L2 cache and b's columns in L1; the threads take rows of tiles when there are
- * enough of them (each row of a is then copied by one thread only), else columns with all the rows. */
+ * up to GMN_MM_KB terms stays in the L2 cache and b's columns in L1. */
 #define GMN_MM_KB 2048
 #define GMN_MM_B_BYTES (96 * 1024)
 
@@ -331,13 +337,12 @@ void gmn_op_matmul(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     (void) ud;
     const struct ggml_tensor * a = dst->src[0];
     const struct ggml_tensor * b = dst->src[1];
-    const struct gmn_tiling g = gmn_tiling_of(dst->ne[0], dst->ne[1]);
     const struct gmn_gemm e = {
         .M = dst->ne[0], .N = dst->ne[1], .K = a->ne[0],
         .a = (const float *) a->data, .a_i = (int64_t) (a->nb[1] / sizeof(float)), .a_k = 1,
         .b = (const float *) b->data, .b_c = (int64_t) (b->nb[1] / sizeof(float)), .b_k = 1,
         .d = (float *) dst->data, .d_i = 1, .d_c = (int64_t) (dst->nb[1] / sizeof(float)),
-        .kb = GMN_MM_KB, .b_bytes = GMN_MM_B_BYTES, .by_rows = g.tm >= 2 * nth || (g.tn < nth && g.tm > 1),
+        .kb = GMN_MM_KB, .b_bytes = GMN_MM_B_BYTES, .by_rows = gmn_gemm_rows_first(dst->ne[0], dst->ne[1], nth),
     };
     gmn_gemm_run(&e, ith, nth);
 }
@@ -386,7 +391,7 @@ void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud) {
         e.by_rows = 1;
         e.b_bytes = GMN_OUTER_B_BYTES;
     } else if (sbi == 1) {
-        e.by_rows = g.tm >= 2 * nth || (g.tn < nth && g.tm > 1);
+        e.by_rows = gmn_gemm_rows_first(M, N, nth);
         e.b_bytes = GMN_MM_B_BYTES;
     } else {
         e.by_rows = 0;
