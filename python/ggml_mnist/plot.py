@@ -36,11 +36,18 @@ _ALIASES = {
 }
 
 
-def _figure(width: float, height: float) -> Figure:
+def require_matplotlib() -> None:
+    """Raise ImportError saying how to install matplotlib, the optional extra, when it is missing."""
     try:
-        from matplotlib.figure import Figure
+        import matplotlib.figure  # noqa: F401  (what every figure is made of)
     except ImportError as exc:
         raise ImportError(INSTALL_HINT) from exc
+
+
+def _figure(width: float, height: float) -> Figure:
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 

@@ -10,13 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from .. import api
+from .. import api, plot
 from ..config import DEFAULT_DATA_DIR
 from ..datasets import DATASETS
 from ..errors import ConfigError
 from ..layers import preset_names
 from ..outputs import check_output
-from ..plot import INSTALL_HINT as PLOT_HINT
 from ..tune import (
     DEFAULT_DIR,
     GRACE_BEATS,
@@ -222,17 +221,15 @@ def _show(args: argparse.Namespace) -> int:
             example="study.png",
         )
         try:
-            import matplotlib  # noqa: F401  (before any work: the picture needs it)
-        except ImportError:
-            raise ConfigError(f"--plot: {PLOT_HINT}") from None
+            plot.require_matplotlib()  # before any work
+        except ImportError as exc:
+            raise ConfigError(f"--plot: {exc}") from None
     result = summarize(load_study(storage, study), storage, run_dir)
     if args.json:
         print(json.dumps({k: v for k, v in vars(result).items() if k != "study"}))
     else:
         print(result.report())
     if args.plot is not None:
-        from .. import plot
-
         plot.study(result, path=args.plot)
     return 0
 
