@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_cpu_kernels import Operand, columns, lib, rows  # noqa: E402  (the operands, this build's module)
+from test_cpu_kernels import Operand, columns, lib, rows, run, this_build  # noqa: E402  (operands, entry point)
 
 # (network, op, M, N, K or J, b's layout for out_prod): d [M, N]; out_prod's b is "rows" (its N values of a term
 # side by side) or "columns" (a transposed gradient); mul_mat's operands are contiguous rows
@@ -76,23 +76,13 @@ def load_native(path: str) -> Any:
 
 def fastest(native: Any, op: int, ops: list[Operand], size: int, threads: int, reps: int) -> float:
     """The fastest of reps computations of op's graph, in milliseconds, and a check that the shim's kernel ran."""
-    f, lb = native.ffi, native.lib
-    arrays = f.new("struct gmn_testing_array[]", len(ops))
-    for a, o in zip(arrays, ops):
-        a.ne, a.nb, a.n = list(o.ne), list(o.nb), o.buffer.size
-        a.data = f.cast("void *", f.from_buffer(o.buffer))
-    result = np.empty(size, np.float32)
-    out = f.new("struct gmn_testing_array *")
-    out.data, out.n = f.cast("void *", f.from_buffer(result)), result.size
-    taken = f.new("int64_t[]", lb.GMN_KERNEL_COUNT)
-    lb.gmn_testing_cpu_repeat(reps)
+    native.lib.gmn_testing_cpu_repeat(reps)
     try:
-        status = lb.gmn_testing_cpu_op(op, f.new("int64_t[]", [0]), 0, arrays, len(ops), threads, 1, out, taken)
+        _, taken = run(op, [], ops, threads, room=size, native=native)
     finally:
-        lb.gmn_testing_cpu_repeat(0)
-    assert status == lb.GMN_OK, f.string(lb.gmn_last_error()).decode()
-    assert sum(taken) == 1, "the shim's kernel took no node"
-    return lb.gmn_testing_cpu_seconds() * 1e3
+        native.lib.gmn_testing_cpu_repeat(0)
+    assert sum(taken.values()) == 1, f"the shim's kernel took no node ({taken})"
+    return native.lib.gmn_testing_cpu_seconds() * 1e3
 
 
 def main() -> None:
@@ -105,7 +95,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.reps < 1 or args.rounds < 1:
         sys.exit("gemm_shapes: --reps and --rounds must be 1 or more")
-    builds = {"this": sys.modules["ggml_mnist._native"]}
+    builds = {"this": this_build}
     if args.other:
         builds["other"] = load_native(args.other)
         if not hasattr(builds["other"].lib, "gmn_testing_cpu_repeat"):

@@ -9,9 +9,12 @@ order. Only the activations' polynomial and ggml's own products are compared to 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
+from ggml_mnist import _native as this_build
 from ggml_mnist._ffi import ffi, lib
 
 THREADS = (1, 2, 3, 4)
@@ -54,8 +57,18 @@ def columns(rng: np.random.Generator, ne0: int, ne1: int) -> Operand:
     return Operand(rng.standard_normal(ne0 * ne1).astype(np.float32), (ne0, ne1), (ne1, 1))
 
 
-def run(op: int, params: list[int], operands: list[Operand], threads: int = 1, adopt: bool = True, room: int = 1 << 22):
-    """The op's result as numpy sees it (shape ne reversed, trailing 1s of ne dropped) and the nodes each kernel took."""
+def run(
+    op: int,
+    params: list[int],
+    operands: list[Operand],
+    threads: int = 1,
+    adopt: bool = True,
+    room: int = 1 << 22,
+    native: Any = None,
+):
+    """The op's result as numpy sees it (shape ne reversed, trailing 1s of ne dropped) and the nodes each kernel took.
+    ``native`` is another build's native module (bench/gemm_shapes.py); default: this build's."""
+    ffi, lib = (native or this_build).ffi, (native or this_build).lib
     arrays = ffi.new("struct gmn_testing_array[]", max(len(operands), 1))
     for a, o in zip(arrays, operands):
         a.i32 = int(o.buffer.dtype == np.int32)
