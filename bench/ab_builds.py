@@ -16,9 +16,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import run_json  # noqa: E402  (bench/run.py)
 
 CHILD = textwrap.dedent("""
     import json, sys
@@ -39,10 +42,7 @@ def run(build: str, other: str, arch: str, batch: int, args: argparse.Namespace)
     if build == "other":
         env["PYTHONPATH"] = other + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-c", CHILD, build, arch, str(batch), str(args.epochs), str(args.threads), args.data]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        sys.exit(f"ab_builds: the {build} build failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(cmd, env)
 
 
 def main() -> None:

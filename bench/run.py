@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import ggml_mnist as gm
 
@@ -30,8 +31,9 @@ import kernel_profile  # noqa: E402  (bench/kernel_profile.py)
 HERE = Path(__file__).resolve().parent
 
 
-def run_json(cmd: list[str]) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True)
+def run_json(cmd: list[str], env: Optional[dict[str, str]] = None) -> dict:
+    """The JSON object on the last line of cmd's output (a fresh process); exits naming cmd when it fails."""
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed:\n{out.stderr.strip()[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
