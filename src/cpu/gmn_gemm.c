@@ -179,18 +179,15 @@ GMN_CLONES static void gmn_gemm_pack(const struct gmn_gemm * e, int64_t i0, int6
 }
 
 /* the tile of rows i0 .. i0 + m and columns j .. j + n over terms k0 .. k0 + kn, from its panel p (lp floats a
- * term); a tile of 1-7 rows computes the panel's 8 rows in a buffer and keeps the first m, so that d's rows below
- * them are neither read nor written */
-static void gmn_gemm_tile(const struct gmn_gemm * e, const float * p, int64_t lp, int64_t i0, int64_t m, int64_t j, int64_t n,
-                          int64_t k0, int64_t kn) {
+ * term), through a buffer: the tiles that the driver cannot call in place, those of 1-7 rows (the panel's 8 rows are
+ * computed and the first m kept, so that d's rows below them are neither read nor written) and those of a result
+ * whose rows are not adjacent */
+static void gmn_gemm_tile_buffered(const struct gmn_gemm * e, const float * p, int64_t lp, int64_t i0, int64_t m, int64_t j,
+                                   int64_t n, int64_t k0, int64_t kn) {
     const float * bt = e->b + j * e->b_c + k0 * e->b_k;
     float * dt = e->d + i0 * e->d_i + j * e->d_c;
     const int acc = k0 > 0;
     const int64_t w = m > 8 ? 16 : 8;
-    if (m == w && e->d_i == 1) {
-        GMN_TILES[w / 8 - 1][n - 1](kn, p, lp, bt, e->b_c, e->b_k, dt, e->d_c, acc);
-        return;
-    }
     float s[6 * 16] = { 0 }; /* rows m .. w stay 0 */
     for (int64_t c = 0; c < n && acc; c++) {
         for (int64_t i = 0; i < m; i++) {
@@ -308,7 +305,7 @@ static void gmn_gemm_run(const struct gmn_gemm * e, int ith, int nth) {
                         if (direct) { /* the common tile, called here: its driver's work is a few instructions */
                             fns[n - 1](kn, p, lp, b + j * b_c + k0 * b_k, b_c, b_k, d + i0 + j * d_c, d_c, k0 > 0);
                         } else {
-                            gmn_gemm_tile(e, p, lp, i0, m, j, n, k0, kn);
+                            gmn_gemm_tile_buffered(e, p, lp, i0, m, j, n, k0, kn);
                         }
                         j += n;
                     }
