@@ -27,6 +27,7 @@ from ggml_mnist.layers import (
 from support.helpers import (
     THREADS,
     check_sgd_gradient,
+    foreign_net_file,
     images,
     read_gguf,
     reference_logits,
@@ -412,8 +413,9 @@ def test_networks_without_batchnorm_write_no_new_keys(tmp_path: Path) -> None:
 
 
 def bn_file(path: Path, **changes: object) -> Path:
-    """A layer-list file with a batchnorm layer, written with the gguf package, with keys replaced or removed (None)."""
-    keys: dict[str, object] = {
+    """A layer-list file with a batchnorm layer, written with the gguf package, with keys replaced or removed (None)
+    and tensors left out ("drop:NAME")."""
+    layers = {
         "kind": ["dense", "batchnorm", "dense"],
         "name": ["h", "n", "o"],
         "units": [5, 0, 3],
@@ -424,31 +426,16 @@ def bn_file(path: Path, **changes: object) -> Path:
         "momentum": [0.0, 0.1, 0.0],
         "eps": [0.0, 1e-5, 0.0],
     }
-    for key, value in changes.items():
-        if value is None:
-            del keys[key]
-        else:
-            keys[key] = value
-    rng = np.random.default_rng(0)
-    tensors = {
-        "h.weight": rng.standard_normal((5, 16)).astype(np.float32),
-        "h.bias": np.zeros(5, np.float32),
-        "n.weight": np.full(5, 2.0, np.float32),
-        "n.bias": np.full(5, 0.5, np.float32),
-        "n.running_mean": rng.standard_normal(5).astype(np.float32),
-        "n.running_var": np.full(5, 4.0, np.float32),
-        "o.weight": rng.standard_normal((3, 5)).astype(np.float32),
-        "o.bias": np.zeros(3, np.float32),
-    }
-    for name in [k for k in changes if k.startswith("drop:")]:
-        del tensors[name[5:]]
-    return write_gguf(
-        path,
-        "ggml-mnist",
-        tensors,
-        uint32s={"ggml_mnist.image_height": 4, "ggml_mnist.image_width": 4, "ggml_mnist.n_classes": 3},
-        arrays={f"ggml_mnist.layers.{k}": v for k, v in keys.items() if not k.startswith("drop:")},
-    )
+
+    def norm(rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {
+            "n.weight": np.full(5, 2.0, np.float32),
+            "n.bias": np.full(5, 0.5, np.float32),
+            "n.running_mean": rng.standard_normal(5).astype(np.float32),
+            "n.running_var": np.full(5, 4.0, np.float32),
+        }
+
+    return foreign_net_file(path, layers, changes, norm)
 
 
 def test_a_batchnorm_file_from_another_tool_loads(tmp_path: Path) -> None:

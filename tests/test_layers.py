@@ -30,13 +30,13 @@ from ggml_mnist.layers import (
 from support.helpers import (
     THREADS,
     check_sgd_gradient,
+    foreign_net_file,
     gelu_tanh,
     images,
     read_gguf,
     reference_net_proba,
     spread_weights,
     summary_rows,
-    write_gguf,
 )
 
 PRESETS = ["fc", "cnn", "fast", "mlp800", "minerva-mlp", "minerva-cnn", "lenet5", "letters-cnn", "best"]
@@ -473,35 +473,16 @@ def test_the_layer_list_is_stored_as_typed_keys(tmp_path: Path) -> None:
 
 def layer_file(path: Path, **changes: object) -> Path:
     """A valid layer-list file written with the gguf package (not by us), with keys replaced or removed (None)."""
-    keys: dict[str, object] = {
-        "ggml_mnist.layers.kind": ["dense", "relu", "dense"],
-        "ggml_mnist.layers.name": ["h", "", "o"],
-        "ggml_mnist.layers.units": [5, 0, 3],
-        "ggml_mnist.layers.kernel": [0, 0, 0],
-        "ggml_mnist.layers.stride": [0, 0, 0],
-        "ggml_mnist.layers.padding": [0, 0, 0],
-        "ggml_mnist.layers.dropout": [0.0, 0.0, 0.0],
+    layers = {
+        "kind": ["dense", "relu", "dense"],
+        "name": ["h", "", "o"],
+        "units": [5, 0, 3],
+        "kernel": [0, 0, 0],
+        "stride": [0, 0, 0],
+        "padding": [0, 0, 0],
+        "dropout": [0.0, 0.0, 0.0],
     }
-    for key, value in changes.items():
-        full = f"ggml_mnist.layers.{key}"
-        if value is None:
-            del keys[full]
-        else:
-            keys[full] = value
-    rng = np.random.default_rng(0)
-    tensors = {
-        "h.weight": rng.standard_normal((5, 16)).astype(np.float32),
-        "h.bias": np.zeros(5, np.float32),
-        "o.weight": rng.standard_normal((3, 5)).astype(np.float32),
-        "o.bias": np.zeros(3, np.float32),
-    }
-    return write_gguf(
-        path,
-        "ggml-mnist",
-        tensors,
-        uint32s={"ggml_mnist.image_height": 4, "ggml_mnist.image_width": 4, "ggml_mnist.n_classes": 3},
-        arrays=keys,
-    )
+    return foreign_net_file(path, layers, changes)
 
 
 def test_a_layer_list_file_from_another_tool_loads(tmp_path: Path) -> None:

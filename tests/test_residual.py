@@ -27,13 +27,13 @@ from ggml_mnist.layers import (
 from support.helpers import (
     THREADS,
     check_sgd_gradient,
+    foreign_net_file,
     images,
     read_gguf,
     reference_logits,
     reference_net_proba,
     sgd_step,
     spread_weights,
-    write_gguf,
 )
 
 NETS = {
@@ -215,7 +215,7 @@ def test_gguf_round_trip_is_exact(tmp_path: Path) -> None:
 
 def residual_file(path: Path, body: object = (0, 0, 1, 0)) -> Path:
     """A layer list with a residual block, written with the gguf package; body=None leaves the key out."""
-    keys: dict[str, object] = {
+    layers: dict[str, list] = {
         "kind": ["dense", "relu", "residual", "dense"],
         "name": ["h", "", "r", "o"],
         "units": [5, 0, 0, 3],
@@ -225,21 +225,8 @@ def residual_file(path: Path, body: object = (0, 0, 1, 0)) -> Path:
         "dropout": [0.0] * 4,
     }
     if body is not None:
-        keys["body"] = list(body)
-    rng = np.random.default_rng(0)
-    tensors = {
-        "h.weight": rng.standard_normal((5, 16)).astype(np.float32),
-        "h.bias": np.zeros(5, np.float32),
-        "o.weight": rng.standard_normal((3, 5)).astype(np.float32),
-        "o.bias": np.zeros(3, np.float32),
-    }
-    return write_gguf(
-        path,
-        "ggml-mnist",
-        tensors,
-        uint32s={"ggml_mnist.image_height": 4, "ggml_mnist.image_width": 4, "ggml_mnist.n_classes": 3},
-        arrays={f"ggml_mnist.layers.{k}": v for k, v in keys.items()},
-    )
+        layers["body"] = list(body)
+    return foreign_net_file(path, layers)
 
 
 def test_a_residual_file_from_another_tool_loads_and_broken_ones_are_refused(tmp_path: Path) -> None:

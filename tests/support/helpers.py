@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pytest
@@ -155,6 +155,39 @@ def write_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return Path(path)
+
+
+def foreign_net_file(
+    path: os.PathLike | str,
+    layers: Mapping[str, list],
+    changes: Optional[Mapping[str, object]] = None,
+    middle: Optional[Callable[[np.random.Generator], dict[str, np.ndarray]]] = None,
+) -> Path:
+    """A small ggml-mnist network written with the gguf package (not by us): 4x4 images, 3 classes, a dense layer h
+    (16 -> 5) first and o (5 -> 3) last, the layer list ``layers`` (``ggml_mnist.layers.KEY`` -> one value a layer).
+    ``changes`` replace list keys (None: removed); a change ``"drop:TENSOR"`` leaves that tensor out. ``middle``
+    gives the tensors of the layers between h and o, drawn from the same generator after h's weights."""
+    keys = dict(layers)
+    drop = set()
+    for key, value in (changes or {}).items():
+        if key.startswith("drop:"):
+            drop.add(key[5:])
+        elif value is None:
+            del keys[key]
+        else:
+            keys[key] = value
+    rng = np.random.default_rng(0)
+    tensors = {"h.weight": rng.standard_normal((5, 16)).astype(np.float32), "h.bias": np.zeros(5, np.float32)}
+    tensors.update(middle(rng) if middle is not None else {})
+    tensors["o.weight"] = rng.standard_normal((3, 5)).astype(np.float32)
+    tensors["o.bias"] = np.zeros(3, np.float32)
+    return write_gguf(
+        path,
+        "ggml-mnist",
+        {name: t for name, t in tensors.items() if name not in drop},
+        uint32s={"ggml_mnist.image_height": 4, "ggml_mnist.image_width": 4, "ggml_mnist.n_classes": 3},
+        arrays={f"ggml_mnist.layers.{k}": v for k, v in keys.items()},
+    )
 
 
 def read_gguf(path: os.PathLike | str) -> tuple[dict[str, Any], dict[str, tuple[list[int], str, np.ndarray]]]:
