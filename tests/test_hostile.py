@@ -19,9 +19,13 @@ from support.helpers import THREADS, small_options
 RNG = np.random.default_rng(0)
 X = RNG.integers(0, 256, size=(60, 28, 28), dtype=np.uint8)
 Y = np.arange(60) % 10
+# one quiet epoch of a small fc, for the tests that only need mnist-train to get through its input
+TINY_RUN = ["--epochs", "1", "--hidden", "8", "--batch-size", "20", "--threads", "1", "--quiet"]
 
 
 # ---- saves --------------------------------------------------------------------------------------------
+
+
 def test_a_device_is_never_replaced_and_a_symlink_saves_to_its_target(tmp_path: Path) -> None:
     model = Model.create("fc", hidden=4, threads=THREADS)
     with pytest.raises(ModelIOError, match=r"'/dev/null' is not a regular file \(a device, FIFO or socket\)"):
@@ -233,15 +237,7 @@ def test_an_output_symlink_to_nowhere_fails_before_training(tmp_path: Path, caps
                 str(long_name),
                 str(tmp_path / "x.idx"),
                 str(tmp_path / "y.idx"),
-                "--epochs",
-                "1",
-                "--hidden",
-                "8",
-                "--batch-size",
-                "20",
-                "--threads",
-                "1",
-                "--quiet",
+                *TINY_RUN,
             ]
         )
         == 0
@@ -272,15 +268,7 @@ def test_training_from_pipes(tmp_path: Path) -> None:
                     str(tmp_path / "m.gguf"),
                     str(tmp_path / "x.pipe"),
                     str(tmp_path / "y.pipe"),
-                    "--epochs",
-                    "1",
-                    "--hidden",
-                    "8",
-                    "--batch-size",
-                    "20",
-                    "--threads",
-                    "1",
-                    "--quiet",
+                    *TINY_RUN,
                 ]
             )
             == 0
