@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 
 def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int = 24) -> list[tuple[float, float]]:
@@ -130,3 +130,35 @@ def mnist_scan(
     free = page.width - size
     page.paste(up, (int(rng.integers(0, free + 1)), int(rng.integers(0, free + 1))))
     return as_scan(page, seed=seed, **scan)  # type: ignore[arg-type]
+
+
+def soft_scan(
+    ink: np.ndarray,
+    *,
+    res: int = 16,
+    factor: int = 10,
+    blur: float = 0.0,
+    grain: float = 0.0,
+    margin: float = 0.5,
+    paper: float = 0.92,
+    dark: float = 0.1,
+    seed: int = 0,
+) -> np.ndarray:
+    """Writing scanned at low resolution and upscaled, as old scans and small web images are: ``ink`` ([H, W], 1 =
+    ink) with ``margin`` of its height of paper around it is scanned ``res`` pixels tall (each scan pixel the mean
+    of the paper it covers), upscaled ``factor`` times (bicubic), blurred by ``blur`` scan pixels and printed in
+    grey level ``dark`` on ``paper`` (0..1) with Gaussian ``grain`` (std, 0..1). Returns uint8 [H', W']."""
+    h, w = ink.shape
+    m = round(margin * h)
+    page = np.pad(np.asarray(ink, dtype=np.float32), m)
+    f = res / h
+    low = Image.fromarray(page, "F").resize(
+        (max(1, round(page.shape[1] * f)), max(1, round(page.shape[0] * f))), Image.Resampling.BOX
+    )
+    up = low.resize((low.width * factor, low.height * factor), Image.Resampling.BICUBIC)
+    grey = Image.fromarray(np.clip(np.asarray(up) * 255.0, 0, 255).astype(np.uint8))
+    if blur:
+        grey = grey.filter(ImageFilter.GaussianBlur(blur * factor))
+    t = np.asarray(grey, dtype=np.float64) / 255.0
+    out = paper - t * (paper - dark) + np.random.default_rng(seed).normal(0, grain, t.shape)
+    return np.clip(out * 255.0, 0, 255).astype(np.uint8)
