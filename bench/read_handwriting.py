@@ -191,16 +191,20 @@ def other_writers(model: gm.Model, x: np.ndarray, y: np.ndarray) -> dict:
         "faint_blurred": dict(res=16, blur=0.8, dark=0.55),
     }
     out = {"direct": float((model.predict(np.stack([_mnist_layout(d) for d in x])) == y).mean())}
-    hits = refused = 0
+    reads = []
     for name, opts in conditions.items():
         rng = np.random.default_rng(3)
         images = [soft_scan(d, factor=int(rng.choice([4, 8, 12])), seed=i, **opts) for i, d in enumerate(x)]
-        read = _read(model, images)
-        out[name] = float((read == y).mean())
-        hits += int((read == y).sum())
-        refused += int((read < 0).sum())
-    out["all"] = hits / (len(y) * len(conditions))
-    out["refused"] = refused
+        reads.append(_read(model, images))
+        out[name] = float((reads[-1] == y).mean())
+    read, truth = np.concatenate(reads), np.tile(y, len(conditions))
+    out["all"] = float((read == truth).mean())
+    out["refused"] = int((read < 0).sum())
+    out["per_digit"] = {int(d): round(float((read[truth == d] == d).mean()), 4) for d in np.unique(truth)}
+    out["read_as"] = {}  # per digit: each wrong answer and how often it was given (-1: refused)
+    for d in np.unique(truth):
+        wrong, counts = np.unique(read[(truth == d) & (read != d)], return_counts=True)
+        out["read_as"][int(d)] = {int(w): int(c) for w, c in zip(wrong, counts)}
     out["n"] = int(len(y))
     return out
 
