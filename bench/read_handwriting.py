@@ -14,9 +14,10 @@ Prints one JSON object per model with the accuracies of:
   (digits right when the count matches, position by position; lines read exactly);
 - other_writers (with --usps PATH): handwriting from writers outside MNIST, the USPS test set (2 007 digits from
   envelopes, 16x16; zip.test.gz of "The Elements of Statistical Learning", hastie.su.domains/ElemStatLearn/
-  datasets/), rendered as low-resolution scans that were upscaled: sharp, scanned coarser (10-12 px), blurred,
-  grainy, and all three, read with predict_image; "direct" is the 16x16 digits fitted into MNIST's layout and
-  given to model.predict (no picture step), which tells the model's share of the errors from the preparation's.
+  datasets/), rendered as low-resolution scans that were upscaled 4-12 times: sharp (16 px tall), scanned coarser
+  (11 px), blurred, grainy, all three, and faint and blurred, read with predict_image; "direct" is the 16x16 digits fitted into MNIST's layout and
+  given to model.predict (no picture step; stretched to 20x20 as USPS stretched them to 16x16), which tells the
+  model's share of the errors from the preparation's.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def load_usps(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mnist_layout(ink: np.ndarray) -> np.ndarray:
-    """A 16x16 digit as MNIST lays one out: fitted into 20x20, centred by its mass in 28x28, uint8 white ink."""
+    """A 16x16 digit in MNIST's layout: stretched to 20x20, centred by its mass in 28x28, uint8 white ink."""
     small = np.clip(np.asarray(Image.fromarray(ink, "F").resize((20, 20), Image.Resampling.BILINEAR)), 0, 1)
     total = float(small.sum()) or 1.0
     cy, cx = (small.sum(axis=1) @ np.arange(20)) / total, (small.sum(axis=0) @ np.arange(20)) / total
@@ -218,6 +219,8 @@ def main() -> None:
     p.add_argument("--n-usps", type=int, default=500, help="USPS digits to read (spread over the set)")
     p.add_argument("--only", choices=["lines", "mnist", "drawn", "fonts", "other_writers"], action="append")
     args = p.parse_args()
+    if args.only and "other_writers" in args.only and not args.usps:
+        p.error("--only other_writers needs --usps PATH (the USPS test set, zip.test.gz)")
     x, y = gm.load_mnist(args.data, "test")
     x, y = x[-args.n :], y[-args.n :]
     if args.usps:

@@ -1,4 +1,4 @@
-"""Soft pictures: digits scanned at low resolution and upscaled (blurred strokes), with grain, and broad pens.
+"""Soft pictures: digits scanned at low resolution and upscaled (blurred strokes), with grain.
 
 Each is prepared as the same digit drawn cleanly is: read, not refused (no model training)."""
 
@@ -40,25 +40,17 @@ def test_a_soft_grainy_digit_is_prepared_like_a_clean_one(
     assert similarity(prepare_image(picture), clean(digit)) > 0.75
 
 
-def test_a_broad_soft_pen_is_not_taken_for_a_sheet_of_paper() -> None:
-    """A blurred digit with strokes wider than the rule for a sheet of paper lying on a table: its loops are no
-    digits on that sheet (the ink stays the ink, where a sheet's ink would be turned around)."""
-    for digit in (4, 8):
-        picture = soft(digit, res=16, blur=1.0, grain=0.06)
-        assert similarity(prepare_image(picture), clean(digit)) > 0.75
-
-
 def test_grain_does_not_make_strokes_look_thin() -> None:
     """A bright bar 40 pixels wide under grain measures about as wide as without it (before: a fifth of that)."""
     bar = np.zeros((240, 200))
     bar[40:200, 80:120] = 0.8
     grainy = bar + np.random.default_rng(0).normal(0, 0.15, bar.shape)
-    width, extent, _ = _rough_stroke(bar)
-    assert width == pytest.approx(32.3, rel=0.1) and extent == 160  # twice the area over the outline's length
-    assert _rough_stroke(grainy)[0] == pytest.approx(width, rel=0.3)
+    width = _rough_stroke(bar)
+    assert width == pytest.approx(32.3, rel=0.01)  # twice the area over the outline's length
+    assert _rough_stroke(grainy) == pytest.approx(width, rel=0.3)
 
 
-@pytest.mark.parametrize("k", [1, 3, 5, 9, 31])
+@pytest.mark.parametrize("k", [1, 3, 5, 9, 31, 61])
 def test_the_box_filter_is_the_mean_over_its_square(k: int) -> None:
     x = np.random.default_rng(k).random((37, 52)).astype(np.float32)
     want = _slide(_slide(x, k, 0, np.mean), k, 1, np.mean)

@@ -14,7 +14,7 @@ import io
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,13 +29,11 @@ SIZE = 28  # MNIST's image side
 FIT = 20  # MNIST fits the ink into FITxFIT before centring it in SIZExSIZE
 WORK_SIDE = 1200  # larger pictures are reduced to this longest side before the ink is searched
 _STROKE = 0.125  # MNIST's stroke width as a fraction of the fitted digit's longest side
+_GRAINY = 1.25  # smoothing that widens the measured strokes by this factor or more shows their outline was grain
 _SCRATCH = 80  # a digit is cropped to this longest side to normalise its strokes
-_EDGE = 0.2  # there, a stroke's edge rises over this much of the ink's strength (a blurred one much more slowly)
 _MIN_CONTRAST = 0.06  # ink must differ from the paper by at least this much (0..1) to count
 _SPECK = 0.04  # components smaller than this fraction of the largest are specks
-_BLOB = 0.15  # ink strokes wider than this fraction of the picture's shorter side, ...
-_SHEET = 0.8  # ... whose largest mark fills this share of its bounding box, are a sheet of paper (a broad pen's
-#               blurred digit is as wide, but its loops and the paper around its strokes leave much of its box empty)
+_BLOB = 0.15  # ink strokes wider than this fraction of the picture's shorter side are a sheet of paper
 _CONTACT = 0.5  # a mark lying against the picture's edge along this fraction of its size is background
 _DUST_MARKS = 30  # this many marks too small for a digit (fewer on small pictures: one per 200 pixels, at least 8), ...
 _DUST_SHARE = 0.5  # ... holding this fraction of all ink, or ...
@@ -204,6 +202,7 @@ def _opening(x: np.ndarray, k: int) -> np.ndarray:
 
 def _box(x: np.ndarray, k: int) -> np.ndarray:
     """Mean over a k x k square (k odd), edges mirrored; running sums, so any k costs the same."""
+    assert k % 2 == 1, k
     out = x
     for axis in (0, 1):
         pad = [(0, 0), (0, 0)]
@@ -215,7 +214,7 @@ def _box(x: np.ndarray, k: int) -> np.ndarray:
         hi, lo = [slice(None), slice(None)], [slice(None), slice(None)]
         hi[axis], lo[axis] = slice(k, None), slice(0, -k)
         out = (c[tuple(hi)] - c[tuple(lo)]) / k
-    return out.astype(x.dtype, copy=False)
+    return out.astype(np.result_type(x.dtype, np.float32), copy=False)
 
 
 def _ink_side(g: np.ndarray) -> tuple[bool, np.ndarray]:
@@ -241,34 +240,26 @@ def stroke_width(mask: np.ndarray) -> float:
     return 2.0 * int(inner.sum()) / n_edge if n_edge else 0.0
 
 
-class Strokes(NamedTuple):
-    """What the clearly bright marks of a picture look like: their stroke width, and the longest side of the largest
-    of them and the share of its bounding box it fills (a sheet of paper fills nearly all of it, a digit far less)."""
-
-    width: float
-    extent: int
-    fill: float
-
-
-def _rough_stroke(x: np.ndarray) -> Strokes:
-    """The clearly bright marks away from the picture's edges (width 0 when there are none).
+def _rough_stroke(x: np.ndarray) -> float:
+    """Stroke width of the clearly bright marks away from the picture's edges (0 when there are none).
 
     Grain makes the outline of a mask ragged, which makes its strokes look thin (the width is measured from the
     outline's length), so the picture is measured again, smoothed over ever larger squares, while the square stays
-    under half the width measured: the widest such measure is the stroke's width (smoothing widens little then)."""
+    under half the width measured and each smoothing still widens the strokes markedly (by a factor of _GRAINY): a
+    clean outline barely changes, so a clean picture keeps its first measure."""
     h, w = x.shape
-    found = _strokes_at(x)
+    width = _stroke_at(x)
     k = 3
     while k < min(h, w) // 4:
-        smoothed = _strokes_at(_box(x, k))
-        if k > smoothed.width / 2:
-            break
-        found = max(found, smoothed, key=lambda s: s.width)
+        smoothed = _stroke_at(_box(x, k))
+        if k > smoothed / 2 or smoothed < _GRAINY * width:
+            break  # the square is too large to measure with, or the outline was not ragged: the width stands
+        width = smoothed
         k = 2 * k + 1
-    return found
+    return width
 
 
-def _strokes_at(x: np.ndarray) -> Strokes:
+def _stroke_at(x: np.ndarray) -> float:
     h, w = x.shape
     labels, comps = label(x > max(_MIN_CONTRAST, 0.5 * float(np.percentile(x, 99.5))))
     comps = [c for c in comps if c.area >= 4]
@@ -279,11 +270,9 @@ def _strokes_at(x: np.ndarray) -> Strokes:
         comps,
     ):  # ... but when all ink touches the edge, it is all there is to measure
         if tier:
-            big = max(tier, key=lambda c: c.area)
-            bw, bh = big.box[2] - big.box[0], big.box[3] - big.box[1]
-            width = stroke_width(np.isin(labels, [c.label for c in tier if c.area >= _SPECK * big.area]))
-            return Strokes(width, max(bw, bh), big.area / (bw * bh))
-    return Strokes(0.0, 0, 0.0)
+            largest = max(c.area for c in tier)
+            return stroke_width(np.isin(labels, [c.label for c in tier if c.area >= _SPECK * largest]))
+    return 0.0
 
 
 def _at_edge(c: Component, w: int, h: int) -> bool:
@@ -311,12 +300,11 @@ def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
         raise ImageError(f"the image is {w0}x{h0} pixels; it needs at least 5 pixels on each side to hold a digit")
     dark, flat = _ink_side(g)
     x = -flat if dark else flat  # ink bright on dark paper, as in MNIST, less any lighting slope
-    ink = _rough_stroke(x)
-    width = ink.width
-    if width > _BLOB * min(h, w) and ink.fill >= _SHEET:  # "ink" like a sheet of paper: it lies on something darker
+    width = _rough_stroke(x)
+    if width > _BLOB * min(h, w):  # "ink" as wide as a sheet of paper: the paper lies on something darker
         other = _rough_stroke(-x)
-        if 0 < other.width < width / 3 and other.extent >= max(_MIN_SIDE, _MIN_EXTENT * min(h, w)):
-            x, width = -x, other.width
+        if 0 < other < width / 3:
+            x, width = -x, other
     k = int(min(4 * max(width, 2.0) + 1, min(h, w)) // 2 * 2 + 1)
     b = max(1, k // 8) * 2 + 1  # the background is estimated on a blurred picture: noise would bias the opening
     raw = x - _opening(_box(x, b), max(k, 3))
@@ -430,10 +418,6 @@ def digit_input(strength: np.ndarray, mask: np.ndarray) -> np.ndarray:
     crop = _max_pool(ink[y0:y1, x0:x1], max(y1 - y0, x1 - x0) // _SCRATCH)
     pad = max(crop.shape) // 8 + 2  # room for thickening and resampling at the edges
     big = _fit(np.pad(crop, pad), _SCRATCH + 2 * round(pad * _SCRATCH / max(crop.shape)))
-    seen = big > 0.05
-    if not seen.any():
-        raise ImageError("the digit's ink is too faint to prepare (no mark stands out from the paper)")
-    big = big / max(float(np.percentile(big[seen], 90)), 1e-6)
     target = _STROKE * _SCRATCH
     width = stroke_width(big > 0.5)
     if width < 0.75 * target:
@@ -442,6 +426,7 @@ def digit_input(strength: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if rows.size == 0:
         raise ImageError("the digit's ink is too faint to prepare (no mark stands out from the paper)")
     big = big[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    big = np.clip(big / max(float(np.percentile(big[big > 0.05], 90)), 1e-6), 0.0, 1.0)
     small = _fit(big, FIT)
     total = float(small.sum())
     h, w = small.shape
