@@ -309,15 +309,10 @@ def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
     b = max(1, k // 8) * 2 + 1  # the background is estimated on a blurred picture: noise would bias the opening
     raw = x - _opening(_box(x, b), max(k, 3))
     paper = float(np.median(raw))
-    strength = np.clip(raw - paper, 0.0, 1.0)  # paper at 0
-    smooth = _box(strength, 3)
-    below = paper - _box(raw, 3)
-    noise = (
-        1.4826 * float(np.median(below[below > 0])) if (below > 0).any() else 0.0
-    )  # ink only adds: the dark side is noise
-    floor = 4.0 * noise + 0.02
-    candidates = smooth[smooth > floor]
-    level = float(np.percentile(candidates, 90)) if candidates.size else 0.0
+    strength, smooth, floor, level = _ink_level(raw, paper)
+    if level < max(_MIN_CONTRAST, 2.0 * floor):  # a digit filling a tight crop may put the median among its strokes
+        paper = min(paper, _paper_peak(raw))
+        strength, smooth, floor, level = _ink_level(raw, paper)
     if level < max(_MIN_CONTRAST, 2.0 * floor):
         raise ImageError("the image holds no ink (no mark stands out from the paper); give a picture of a digit")
     high, low = max(0.5 * level, floor), max(0.25 * level, 0.6 * floor)
@@ -328,6 +323,29 @@ def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
     pieces = _digit_pieces(marks, labels, w, h)
     strength = np.clip(strength / level, 0.0, 1.0)
     return Ink(strength, labels, pieces, scale)
+
+
+def _ink_level(raw: np.ndarray, paper: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The ink's strength over the paper's level (paper at 0), its 3x3 mean, the noise floor (from the side darker
+    than the paper, which ink never reaches) and the ink's level (the 90th percentile of what stands above the floor)."""
+    strength = np.clip(raw - paper, 0.0, 1.0)
+    smooth = _box(strength, 3)
+    below = paper - _box(raw, 3)
+    noise = 1.4826 * float(np.median(below[below > 0])) if (below > 0).any() else 0.0
+    floor = 4.0 * noise + 0.02
+    candidates = smooth[smooth > floor]
+    return strength, smooth, floor, float(np.percentile(candidates, 90)) if candidates.size else 0.0
+
+
+def _paper_peak(raw: np.ndarray) -> float:
+    """The commonest grey level among the lower half of the picture's levels (the peak of their histogram): the paper,
+    even where strokes and their soft edges cover most of the picture."""
+    lo, median = float(np.percentile(raw, 0.5)), float(np.median(raw))
+    if median <= lo:
+        return median
+    counts, edges = np.histogram(raw, bins=64, range=(lo, median))
+    i = int(np.argmax(np.convolve(counts, np.ones(3), mode="same")))
+    return float((edges[i] + edges[i + 1]) / 2)
 
 
 def _digit_pieces(marks: list[Component], labels: np.ndarray, w: int, h: int) -> list[Component]:
