@@ -330,7 +330,10 @@ def _ink_level(raw: np.ndarray, paper: float) -> tuple[np.ndarray, np.ndarray, f
     than the paper, which ink never reaches) and the ink's level (the 90th percentile of what stands above the floor)."""
     strength = np.clip(raw - paper, 0.0, 1.0)
     smooth = _box(strength, 3)
-    below = paper - _box(raw, 3)
+    mean3 = _box(raw, 3)
+    # The noise is the spread of the 3x3 means below the paper's level, measured where those means centre: on paper
+    # that is white to the last bit (a photo's paper clipped at 255) every pixel lies at or above its level.
+    below = paper + float(np.median(mean3) - np.median(raw)) - mean3
     noise = 1.4826 * float(np.median(below[below > 0])) if (below > 0).any() else 0.0
     floor = 4.0 * noise + 0.02
     candidates = smooth[smooth > floor]
