@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from ggml_mnist import prepare_image
+from ggml_mnist import ImageError, prepare_image
 from ggml_mnist.pictures.prepare import _box, _rough_stroke, _slide
-from support.handwriting import draw_digits, soft_scan
+from support.handwriting import draw_digits, jpeg_round_trip, soft_scan
 
 
 def soft(
@@ -60,6 +61,30 @@ def test_grain_on_paper_clipped_at_white(grain: float) -> None:
     page = np.pad(digit, ((200, 200), (150, 150)), constant_values=1.0)
     noisy = np.clip(page + np.random.default_rng(0).normal(0, grain, page.shape), 0, 1).astype(np.float32)
     assert similarity(prepare_image(noisy), prepare_image(page)) > 0.9
+
+
+def _texture(cells: int, contrast: float, seed: int) -> np.ndarray:
+    field = np.random.default_rng(seed).random((cells, cells)).astype(np.float32)
+    up = np.asarray(Image.fromarray(field, "F").resize((200, 200), Image.Resampling.BICUBIC))
+    return np.clip(0.9 - contrast * up, 0, 1).astype(np.float32)
+
+
+def _clipped_blank_jpeg(seed: int) -> np.ndarray:
+    grainy = np.clip(1 + np.random.default_rng(seed).normal(0, 0.1, (200, 200)), 0, 1)
+    return np.asarray(jpeg_round_trip(Image.fromarray((grainy * 255).astype(np.uint8)), 30))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("picture", ["blotches", "blobs", "clipped blank JPEG"])
+def test_textures_and_blank_paper_are_still_no_ink(picture: str, seed: int) -> None:
+    """The second look for the paper's level (a tight crop) must not find ink in a texture or on blank paper."""
+    image = {
+        "blotches": lambda: _texture(30, 0.15, seed),
+        "blobs": lambda: _texture(15, 0.3, seed),
+        "clipped blank JPEG": lambda: _clipped_blank_jpeg(seed),
+    }[picture]()
+    with pytest.raises(ImageError, match="no ink"):
+        prepare_image(image)
 
 
 def test_grain_does_not_make_strokes_look_thin() -> None:

@@ -39,6 +39,8 @@ _DUST_MARKS = 30  # this many marks too small for a digit (fewer on small pictur
 _DUST_SHARE = 0.5  # ... holding this fraction of all ink, or ...
 _STAND_OUT = 8.0  # ... with no mark this many times larger than the largest of them, are dust or noise
 MAX_PIECES = 1000  # more separate marks than a page of digits holds (dotted or squared paper, a pattern)
+_PAPER_BELOW = 0.2  # a paper level found again (a tight crop) has at least this share of the picture below it, ...
+_PAPER_SHARE = 0.4  # ... and this share of the picture stays under its noise floor
 _MIN_EXTENT = 0.04  # a digit spans at least this fraction of the picture's shorter side
 _MIN_SIDE = 8  # and at least this many pixels (MNIST's digits span 20)
 
@@ -311,8 +313,13 @@ def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
     paper = float(np.median(raw))
     strength, smooth, floor, level = _ink_level(raw, paper)
     if level < max(_MIN_CONTRAST, 2.0 * floor):  # a digit filling a tight crop may put the median among its strokes
-        paper = min(paper, _paper_peak(raw))
-        strength, smooth, floor, level = _ink_level(raw, paper)
+        peak = _paper_peak(raw)
+        again = _ink_level(raw, peak)
+        # Real paper has grain on both sides of its level, and most of it stays under the noise floor. A texture, or
+        # blank paper clipped at white, has a "peak" at its darkest levels, with everything above it counted as ink.
+        if (raw < peak).mean() >= _PAPER_BELOW and (again[1] <= again[2]).mean() >= _PAPER_SHARE:
+            paper = peak
+            strength, smooth, floor, level = again
     if level < max(_MIN_CONTRAST, 2.0 * floor):
         raise ImageError("the image holds no ink (no mark stands out from the paper); give a picture of a digit")
     high, low = max(0.5 * level, floor), max(0.25 * level, 0.6 * floor)
@@ -331,20 +338,25 @@ def _ink_level(raw: np.ndarray, paper: float) -> tuple[np.ndarray, np.ndarray, f
     strength = np.clip(raw - paper, 0.0, 1.0)
     smooth = _box(strength, 3)
     mean3 = _box(raw, 3)
-    # The noise is the spread of the 3x3 means below the paper's level, measured where those means centre: on paper
-    # that is white to the last bit (a photo's paper clipped at 255) every pixel lies at or above its level.
-    below = paper + float(np.median(mean3) - np.median(raw)) - mean3
-    noise = 1.4826 * float(np.median(below[below > 0])) if (below > 0).any() else 0.0
+    # The noise is the spread of the 3x3 means below the paper's level, and also below where those means centre: on
+    # paper that is white to the last bit (a photo's paper clipped at 255) every pixel lies at or above its level.
+    noise = max(_spread_below(mean3, paper), _spread_below(mean3, paper + float(np.median(mean3) - np.median(raw))))
     floor = 4.0 * noise + 0.02
     candidates = smooth[smooth > floor]
     return strength, smooth, floor, float(np.percentile(candidates, 90)) if candidates.size else 0.0
+
+
+def _spread_below(values: np.ndarray, level: float) -> float:
+    """The standard deviation of values under ``level`` (from the median distance, as for one half of a normal law)."""
+    below = level - values
+    return 1.4826 * float(np.median(below[below > 0])) if (below > 0).any() else 0.0
 
 
 def _paper_peak(raw: np.ndarray) -> float:
     """The commonest grey level among the lower half of the picture's levels (the peak of their histogram): the paper,
     even where strokes and their soft edges cover most of the picture."""
     lo, median = float(np.percentile(raw, 0.5)), float(np.median(raw))
-    if median <= lo:
+    if not median - lo > 1e-9:
         return median
     counts, edges = np.histogram(raw, bins=64, range=(lo, median))
     i = int(np.argmax(np.convolve(counts, np.ones(3), mode="same")))
