@@ -206,17 +206,10 @@ def _box(x: np.ndarray, k: int) -> np.ndarray:
     """Mean over a k x k square (k odd), edges mirrored; running sums, so any k costs the same."""
     assert k % 2 == 1, k
     out = x
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (k // 2 + 1, k // 2)  # one more in front: the running sum's zero
-        c = np.cumsum(np.pad(out, pad, mode="symmetric"), axis=axis, dtype=np.float64)
-        lead = [slice(None), slice(None)]
-        lead[axis] = slice(0, 1)
-        c = c - c[tuple(lead)]
-        hi, lo = [slice(None), slice(None)], [slice(None), slice(None)]
-        hi[axis], lo[axis] = slice(k, None), slice(0, -k)
-        out = (c[tuple(hi)] - c[tuple(lo)]) / k
-    return out.astype(np.result_type(x.dtype, np.float32), copy=False)
+    for _ in range(2):  # down the columns, then (transposed) along the rows
+        sums = np.cumsum(np.pad(out, ((k // 2 + 1, k // 2), (0, 0)), mode="symmetric"), axis=0, dtype=np.float64)
+        out = ((sums[k:] - sums[:-k]) / k).T  # the window's sum is the difference of two running sums
+    return out.astype(np.result_type(x.dtype, np.float32))
 
 
 def _ink_side(g: np.ndarray) -> tuple[bool, np.ndarray]:
@@ -310,15 +303,18 @@ def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
     k = int(min(4 * max(width, 2.0) + 1, min(h, w)) // 2 * 2 + 1)
     b = max(1, k // 8) * 2 + 1  # the background is estimated on a blurred picture: noise would bias the opening
     raw = x - _opening(_box(x, b), max(k, 3))
-    paper = float(np.median(raw))
-    strength, smooth, floor, level = _ink_level(raw, paper)
+    median = float(np.median(raw))
+    mean3 = _box(raw, 3)
+    # on paper that is white to the last bit (a photo's paper clipped at 255) every pixel lies at or above its level,
+    # so the noise is also measured below where the 3x3 means centre, this far above the pixels' median
+    lift = float(np.median(mean3)) - median
+    strength, smooth, floor, level = _ink_level(raw, mean3, median, lift)
     if level < max(_MIN_CONTRAST, 2.0 * floor):  # a digit filling a tight crop may put the median among its strokes
-        peak = _paper_peak(raw)
-        again = _ink_level(raw, peak)
+        peak = _paper_peak(raw, median)
+        again = _ink_level(raw, mean3, peak, lift)
         # Real paper has grain on both sides of its level, and most of it stays under the noise floor. A texture, or
         # blank paper clipped at white, has a "peak" at its darkest levels, with everything above it counted as ink.
         if (raw < peak).mean() >= _PAPER_BELOW and (again[1] <= again[2]).mean() >= _PAPER_SHARE:
-            paper = peak
             strength, smooth, floor, level = again
     if level < max(_MIN_CONTRAST, 2.0 * floor):
         raise ImageError("the image holds no ink (no mark stands out from the paper); give a picture of a digit")
@@ -332,15 +328,16 @@ def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
     return Ink(strength, labels, pieces, scale)
 
 
-def _ink_level(raw: np.ndarray, paper: float) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """The ink's strength over the paper's level (paper at 0), its 3x3 mean, the noise floor (from the side darker
-    than the paper, which ink never reaches) and the ink's level (the 90th percentile of what stands above the floor)."""
+def _ink_level(
+    raw: np.ndarray, mean3: np.ndarray, paper: float, lift: float
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The ink's strength over the paper's level (paper at 0), its 3x3 mean, the noise floor and the ink's level
+    (the 90th percentile of what stands above the floor). The noise is the spread of the 3x3 means of ``raw``
+    (``mean3``) on the side darker than the paper, which ink never reaches, below the paper's level or below that
+    level raised by ``lift``, whichever is larger."""
     strength = np.clip(raw - paper, 0.0, 1.0)
     smooth = _box(strength, 3)
-    mean3 = _box(raw, 3)
-    # The noise is the spread of the 3x3 means below the paper's level, and also below where those means centre: on
-    # paper that is white to the last bit (a photo's paper clipped at 255) every pixel lies at or above its level.
-    noise = max(_spread_below(mean3, paper), _spread_below(mean3, paper + float(np.median(mean3) - np.median(raw))))
+    noise = max(_spread_below(mean3, paper), _spread_below(mean3, paper + lift))
     floor = 4.0 * noise + 0.02
     candidates = smooth[smooth > floor]
     return strength, smooth, floor, float(np.percentile(candidates, 90)) if candidates.size else 0.0
@@ -352,10 +349,10 @@ def _spread_below(values: np.ndarray, level: float) -> float:
     return 1.4826 * float(np.median(below[below > 0])) if (below > 0).any() else 0.0
 
 
-def _paper_peak(raw: np.ndarray) -> float:
-    """The commonest grey level among the lower half of the picture's levels (the peak of their histogram): the paper,
-    even where strokes and their soft edges cover most of the picture."""
-    lo, median = float(np.percentile(raw, 0.5)), float(np.median(raw))
+def _paper_peak(raw: np.ndarray, median: float) -> float:
+    """The commonest grey level among the lower half of the picture's levels (below its ``median``; the peak of their
+    histogram): the paper, even where strokes and their soft edges cover most of the picture."""
+    lo = float(np.percentile(raw, 0.5))
     if not median - lo > 1e-9:
         return median
     counts, edges = np.histogram(raw, bins=64, range=(lo, median))
