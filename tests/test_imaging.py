@@ -13,11 +13,7 @@ from ggml_mnist import DataFileNotFoundError, ImageError, prepare_image
 from ggml_mnist.pictures.components import label
 from ggml_mnist.pictures.prepare import find_ink, stroke_width, text_art
 from ggml_mnist.pictures.segment import segment
-from support.handwriting import as_scan, draw_digits
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+from support.handwriting import as_scan, correlation, draw_digits
 
 
 def _mass_centre(img: np.ndarray) -> tuple[float, float]:
@@ -65,15 +61,15 @@ def test_every_input_type_gives_the_same_digit(seven: Image.Image, reference: np
         rgba / 255.0,
         gray[..., None],
     ):
-        assert np.array_equal(prepare_image(image), reference) or _corr(prepare_image(image), reference) > 0.99
+        assert np.array_equal(prepare_image(image), reference) or correlation(prepare_image(image), reference) > 0.99
 
 
 def test_alpha_is_composited_on_white(seven: Image.Image, reference: np.ndarray) -> None:
     ink = np.asarray(seven) < 128
     rgba = np.zeros((*ink.shape, 4), dtype=np.uint8)  # transparent black background, opaque black ink
     rgba[..., 3] = np.where(ink, 255, 0)
-    assert _corr(prepare_image(Image.fromarray(rgba, "RGBA")), reference) > 0.95
-    assert _corr(prepare_image(rgba), reference) > 0.95
+    assert correlation(prepare_image(Image.fromarray(rgba, "RGBA")), reference) > 0.95
+    assert correlation(prepare_image(rgba), reference) > 0.95
 
 
 @pytest.mark.parametrize(
@@ -93,7 +89,7 @@ def test_alpha_is_composited_on_white(seven: Image.Image, reference: np.ndarray)
 )
 def test_robust_to_scans(seven: Image.Image, reference: np.ndarray, options: dict) -> None:
     prepared = prepare_image(as_scan(seven, **options))
-    assert _corr(prepared, reference) > (0.75 if "size" in options or "rotate" in options else 0.85)
+    assert correlation(prepared, reference) > (0.75 if "size" in options or "rotate" in options else 0.85)
     cy, cx = _mass_centre(prepared)
     assert abs(cy - 13.5) < 1.0 and abs(cx - 13.5) < 1.0
 
@@ -101,7 +97,7 @@ def test_robust_to_scans(seven: Image.Image, reference: np.ndarray, options: dic
 def test_off_centre_on_a_large_page(seven: Image.Image, reference: np.ndarray) -> None:
     page = Image.new("L", (900, 700), 255)
     page.paste(seven, (700, 20))
-    assert _corr(prepare_image(page), reference) > 0.97
+    assert correlation(prepare_image(page), reference) > 0.97
 
 
 def test_a_sheet_photographed_on_a_dark_table(reference: np.ndarray, seven: Image.Image) -> None:
@@ -109,14 +105,14 @@ def test_a_sheet_photographed_on_a_dark_table(reference: np.ndarray, seven: Imag
     sheet = as_scan(seven, paper=(230, 225, 210), gradient=0.3)
     photo = Image.new("RGB", (sheet.width + 120, sheet.height + 80), (60, 45, 30))
     photo.paste(sheet, (70, 30))
-    assert _corr(prepare_image(photo), reference) > 0.95
+    assert correlation(prepare_image(photo), reference) > 0.95
 
 
 def test_thin_pen_on_a_large_picture_gets_mnist_strokes() -> None:
     thin = draw_digits([4], height=800, thickness=0.003)  # a 2 px pen on a 1200 px picture
     prepared = prepare_image(thin)
     assert 1.5 <= stroke_width(prepared > 127) <= 4.0
-    assert _corr(prepared, prepare_image(draw_digits([4], height=120, thickness=0.1))) > 0.8
+    assert correlation(prepared, prepare_image(draw_digits([4], height=120, thickness=0.1))) > 0.8
 
 
 def test_specks_are_removed(seven: Image.Image, reference: np.ndarray) -> None:

@@ -3,14 +3,13 @@ itself, and ink cut off by the edge is refused as such (synthetic photos from te
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from ggml_mnist import ImageError, prepare_image
 from ggml_mnist.pictures.prepare import find_ink, prepare_with_box
 from ggml_mnist.pictures.segment import segment
-from support.handwriting import draw_digits
+from support.handwriting import correlation, draw_digits
 from support.photos import photo_of_sheet, sheet_with
 
 SHEET = (1000, 1400)
@@ -30,7 +29,7 @@ def test_the_table_stays_out_of_the_crop(view: str, digit: int) -> None:
     x0, y0, x1, y1 = box
     assert x0 > 300 and x1 < 800 and y0 > 350 and y1 < 950  # the digit's neighbourhood, no corner of the table
     cropped = prepare_image(photo.crop((200, 250, 850, 1050))).astype(float)  # the photo cut to the paper
-    assert np.corrcoef(prepared.astype(float).ravel(), cropped.ravel())[0, 1] > 0.75
+    assert correlation(prepared, cropped) > 0.75
 
 
 def test_a_page_photo_has_no_phantom_digits_at_its_edges() -> None:
@@ -52,7 +51,7 @@ def test_a_sheet_on_a_lit_table_photographed_at_an_angle_keeps_the_digit() -> No
     )
     prepared = prepare_image(photo).astype(float)
     cropped = prepare_image(photo.crop((200, 250, 750, 1000))).astype(float)  # the photo cut to the paper
-    assert np.corrcoef(prepared.ravel(), cropped.ravel())[0, 1] > 0.95
+    assert correlation(prepared, cropped) > 0.95
 
 
 def test_a_digit_cut_off_by_the_edge_is_refused_as_touching_it() -> None:

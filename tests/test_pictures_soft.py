@@ -10,7 +10,7 @@ from PIL import Image
 
 from ggml_mnist import ImageError, prepare_image
 from ggml_mnist.pictures.prepare import _box, _rough_stroke, _slide
-from support.handwriting import draw_digits, jpeg_round_trip, soft_scan
+from support.handwriting import correlation, draw_digits, jpeg_round_trip, soft_scan
 
 
 def soft(
@@ -26,10 +26,6 @@ def clean(digit: int) -> np.ndarray:
     return prepare_image(draw_digits([digit], height=160, thickness=0.2))
 
 
-def similarity(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(a.astype(float).ravel(), b.astype(float).ravel())[0, 1])
-
-
 @pytest.mark.parametrize("digit", range(10))
 @pytest.mark.parametrize(
     ("res", "factor", "blur", "grain", "pen"),
@@ -41,7 +37,7 @@ def test_a_soft_grainy_digit_is_prepared_like_a_clean_one(
     """Before: 'the image holds no ink' for most of these (all ten digits of the first case): under grain their
     strokes looked 5 pixels wide instead of 40, so the background estimate took them for paper."""
     picture = soft(digit, res=res, factor=factor, blur=blur, grain=grain, pen=pen)
-    assert similarity(prepare_image(picture), clean(digit)) > 0.75
+    assert correlation(prepare_image(picture), clean(digit)) > 0.75
 
 
 @pytest.mark.parametrize("digit", range(10))
@@ -49,7 +45,7 @@ def test_a_soft_digit_in_a_tight_crop_is_read(digit: int) -> None:
     """Paper only a fifth of the digit's height around it: the strokes and their soft edges cover most of the picture,
     so its median grey is no longer the paper's. Before: nine of the ten refused as 'holds no ink'."""
     picture = soft(digit, res=12, blur=0.7, grain=0.06, pen=0.12, margin=0.2)
-    assert similarity(prepare_image(picture), clean(digit)) > 0.7
+    assert correlation(prepare_image(picture), clean(digit)) > 0.7
 
 
 @pytest.mark.parametrize("grain", [0.1, 0.15])
@@ -60,7 +56,7 @@ def test_grain_on_paper_clipped_at_white(grain: float) -> None:
     digit = np.asarray(draw_digits([3], height=300, thickness=0.15), np.float32) / 255.0
     page = np.pad(digit, ((200, 200), (150, 150)), constant_values=1.0)
     noisy = np.clip(page + np.random.default_rng(0).normal(0, grain, page.shape), 0, 1).astype(np.float32)
-    assert similarity(prepare_image(noisy), prepare_image(page)) > 0.9
+    assert correlation(prepare_image(noisy), prepare_image(page)) > 0.9
 
 
 def _texture(cells: int, contrast: float, seed: int) -> np.ndarray:

@@ -33,6 +33,11 @@ STROKES: dict[int, list[list[tuple[float, float]]]] = {
 }
 
 
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """How alike two pictures of the same shape are (two prepared inputs, say): the correlation of their pixels."""
+    return float(np.corrcoef(np.ravel(a).astype(float), np.ravel(b).astype(float))[0, 1])
+
+
 def draw_digits(
     digits: Sequence[int],
     *,
