@@ -15,9 +15,9 @@ Prints one JSON object per model with the accuracies of:
 - other_writers (with --usps PATH): handwriting from writers outside MNIST, the USPS test set (2 007 digits from
   envelopes, 16x16; zip.test.gz of "The Elements of Statistical Learning", hastie.su.domains/ElemStatLearn/
   datasets/), rendered as low-resolution scans that were upscaled 4-12 times: sharp (16 px tall), scanned coarser
-  (11 px), blurred, grainy, all three, and faint and blurred, read with predict_image; "direct" is the 16x16 digits fitted into MNIST's layout and
-  given to model.predict (no picture step; stretched to 20x20 as USPS stretched them to 16x16), which tells the
-  model's share of the errors from the preparation's.
+  (11 px), blurred, grainy, all three, and faint and blurred, read with predict_image; "direct" is the 16x16 digits
+  given to model.predict in MNIST's layout (no picture step; stretched to 20x20 as USPS stretched them to 16x16),
+  which tells the model's share of the errors from the preparation's.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import ggml_mnist as gm  # noqa: E402
+from ggml_mnist.pictures.prepare import centre_by_mass  # noqa: E402
 from support.handwriting import as_scan, draw_digits, mnist_scan, soft_scan  # noqa: E402
 
 PAPERS = [(255, 255, 255), (240, 232, 210), (225, 225, 230)]
@@ -173,13 +174,9 @@ def load_usps(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _mnist_layout(ink: np.ndarray) -> np.ndarray:
     """A 16x16 digit in MNIST's layout: stretched to 20x20, centred by its mass in 28x28, uint8 white ink."""
-    small = np.clip(np.asarray(Image.fromarray(ink, "F").resize((20, 20), Image.Resampling.BILINEAR)), 0, 1)
-    total = float(small.sum()) or 1.0
-    cy, cx = (small.sum(axis=1) @ np.arange(20)) / total, (small.sum(axis=0) @ np.arange(20)) / total
-    top, left = int(np.clip(round(13.5 - cy), 0, 8)), int(np.clip(round(13.5 - cx), 0, 8))
-    out = np.zeros((28, 28), np.float32)
-    out[top : top + 20, left : left + 20] = small
-    return np.round(out * 255).astype(np.uint8)
+    return centre_by_mass(
+        np.clip(np.asarray(Image.fromarray(ink, "F").resize((20, 20), Image.Resampling.BILINEAR)), 0, 1)
+    )
 
 
 def other_writers(model: gm.Model, x: np.ndarray, y: np.ndarray) -> dict:

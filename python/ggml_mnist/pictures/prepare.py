@@ -457,7 +457,12 @@ def digit_input(strength: np.ndarray, mask: np.ndarray) -> np.ndarray:
         raise ImageError("the digit's ink is too faint to prepare (no mark stands out from the paper)")
     big = big[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     big = np.clip(big / max(float(np.percentile(big[big > 0.05], 90)), 1e-6), 0.0, 1.0)
-    small = _fit(big, FIT)
+    return centre_by_mass(_fit(big, FIT))
+
+
+def centre_by_mass(small: np.ndarray) -> np.ndarray:
+    """MNIST's last step: a digit fitted into 20x20 (floats in [0, 1], ink bright, not all 0) is placed in 28x28 so
+    that its centre of mass falls on the centre. Returns uint8 [28, 28]."""
     total = float(small.sum())
     h, w = small.shape
     cy = float(small.sum(axis=1) @ np.arange(h)) / total
