@@ -145,7 +145,11 @@ struct gmn_net {
  * about the image centre: rotation in [-rotate, rotate] degrees, shear in [-shear, shear] degrees, scale factor
  * in [1 - scale, 1 + scale], shift in [-shift, shift] pixels per axis. Elastic distortion moves every pixel
  * by a smooth random field: displacements in [-elastic, elastic] pixels on a grid of control points
- * elastic_grid pixels apart, interpolated bilinearly. Then noise_pixels random pixels are flipped (v -> 1 - v).
+ * elastic_grid pixels apart, interpolated bilinearly. crop moves the image by a whole number of pixels in
+ * [-crop, crop] per axis (a random crop of the image padded by crop pixels of background), which alone resamples
+ * nothing. Then noise_pixels random pixels are flipped (v -> 1 - v), and with probability erase one random
+ * rectangle of 2 % to erase_area of the image, its sides in a ratio of 0.3 to 3.3, is filled with uniform
+ * random values (Zhong et al.'s random erasing).
  * Sampling is bilinear; pixels from outside the image are 0 (background). */
 struct gmn_augment {
     float shift;         /* [0, side/2] pixels */
@@ -156,6 +160,9 @@ struct gmn_augment {
     float elastic_grid;  /* [2, 64] pixels; used when elastic > 0 */
     int   noise_pixels;  /* [0, pixels of an image] */
     float flip;          /* [0, 1]: probability of mirroring an image left-right (objects and clothes, never digits) */
+    int   crop;          /* [0, side/2] whole pixels */
+    float erase;         /* [0, 1]: probability of erasing a rectangle */
+    float erase_area;    /* [0.02, 1]: its largest share of the image; used when erase > 0 */
 };
 
 struct gmn_train_config {

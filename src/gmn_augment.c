@@ -1,4 +1,5 @@
-/* gmn_augment.c - seeded training-time image transforms: affine, elastic and pixel-flip noise. */
+/* gmn_augment.c - seeded training-time image transforms: affine, elastic, whole-pixel crops, pixel-flip noise and
+ * random erasing. */
 #include "gmn_internal.h"
 
 #include <math.h>
@@ -7,6 +8,13 @@
 #endif
 #include <stdlib.h>
 #include <string.h>
+
+/* Random erasing (Zhong et al. 2017): the rectangle covers GMN_ERASE_MIN_AREA .. erase_area of the image, its
+ * height over width log-uniform in [GMN_ERASE_RATIO, 1 / GMN_ERASE_RATIO]; a draw that does not fit the image is
+ * drawn again, up to GMN_ERASE_TRIES times, after which the image stays whole. */
+#define GMN_ERASE_MIN_AREA 0.02f
+#define GMN_ERASE_RATIO    0.3
+#define GMN_ERASE_TRIES    10
 
 static int gmn_in_range(float v, float lo, float hi) {
     return isfinite(v) && v >= lo && v <= hi;
@@ -44,6 +52,17 @@ int gmn_augment_check(const struct gmn_augment * aug, int h, int w) {
     if (!gmn_in_range(aug->flip, 0.0f, 1.0f)) {
         return gmn_fail(GMN_E_INVALID, "augment: flip %g must be a probability in [0, 1]", (double) aug->flip);
     }
+    if (aug->crop < 0 || (float) aug->crop > half) {
+        return gmn_fail(GMN_E_INVALID, "augment: crop %d must be in [0, %d] whole pixels (half the image side)", aug->crop,
+                        (int) half);
+    }
+    if (!gmn_in_range(aug->erase, 0.0f, 1.0f)) {
+        return gmn_fail(GMN_E_INVALID, "augment: erase %g must be a probability in [0, 1]", (double) aug->erase);
+    }
+    if (aug->erase > 0.0f && !gmn_in_range(aug->erase_area, GMN_ERASE_MIN_AREA, 1.0f)) {
+        return gmn_fail(GMN_E_INVALID, "augment: erase_area %g must be in [%g, 1] (the largest share of the image erased)",
+                        (double) aug->erase_area, (double) GMN_ERASE_MIN_AREA);
+    }
     if (aug->noise_pixels < 0 || (int64_t) aug->noise_pixels > (int64_t) h * w) {
         return gmn_fail(GMN_E_INVALID, "augment: noise_pixels %d must be in [0, %lld] (the pixels of an image)",
                         aug->noise_pixels, (long long) h * w);
@@ -53,7 +72,7 @@ int gmn_augment_check(const struct gmn_augment * aug, int h, int w) {
 
 int gmn_augment_active(const struct gmn_augment * aug) {
     return aug->shift > 0.0f || aug->rotate > 0.0f || aug->scale > 0.0f || aug->shear > 0.0f || aug->elastic > 0.0f ||
-           aug->noise_pixels > 0 || aug->flip > 0.0f;
+           aug->noise_pixels > 0 || aug->flip > 0.0f || aug->crop > 0 || aug->erase > 0.0f;
 }
 
 static int64_t gmn_grid_points(float spacing, int side) {
@@ -251,26 +270,62 @@ static float gmn_sym(struct gmn_rng * rng, float range) {
     return (float) (2.0 * gmn_rng_uniform(rng) - 1.0) * range;
 }
 
+/* A whole number in [-range, range], each equally likely. */
+static int gmn_sym_int(struct gmn_rng * rng, int range) {
+    return (int) (gmn_rng_next(rng) % (uint64_t) (2 * range + 1)) - range;
+}
+
 /* The inverse of content transform p -> R(rot) Sh(shear) s F p + t about the centre, as gmn_resample's a[6];
- * F mirrors x with probability aug->flip (drawn last, and only when flip > 0, so other settings keep their streams). */
+ * F mirrors x with probability aug->flip, and t adds a whole-pixel crop offset in [-crop, crop] per axis. Each
+ * of these two is drawn after the others, and only when it is on, so that other settings keep their streams.
+ * With no rotation, shear or scale, a crop alone gives an integer a[2] and a[5], so every pixel is copied
+ * exactly (gmn_sample). */
 static void gmn_draw_affine(const struct gmn_augment * aug, struct gmn_rng * rng, float a[6]) {
     const double deg = M_PI / 180.0;
     const double rot = gmn_sym(rng, aug->rotate) * deg;
     const double shear = tan(gmn_sym(rng, aug->shear) * deg);
     const double s = 1.0 + gmn_sym(rng, aug->scale);
-    const double tx = gmn_sym(rng, aug->shift), ty = gmn_sym(rng, aug->shift);
+    double tx = gmn_sym(rng, aug->shift), ty = gmn_sym(rng, aug->shift);
     const double c = cos(rot), sn = sin(rot);
     /* M = R * [[1, shear], [0, 1]] * s */
     const double m00 = s * c, m01 = s * (c * shear - sn), m10 = s * sn, m11 = s * (sn * shear + c);
     const double det = m00 * m11 - m01 * m10; /* = s^2 > 0 */
     const double i00 = m11 / det, i01 = -m01 / det, i10 = -m10 / det, i11 = m00 / det;
     const double f = aug->flip > 0.0f && gmn_rng_uniform(rng) < (double) aug->flip ? -1.0 : 1.0; /* F^-1 = F */
+    if (aug->crop > 0) {
+        tx += gmn_sym_int(rng, aug->crop);
+        ty += gmn_sym_int(rng, aug->crop);
+    }
     a[0] = (float) (f * i00);
     a[1] = (float) (f * i01);
     a[2] = (float) (-f * (i00 * tx + i01 * ty));
     a[3] = (float) i10;
     a[4] = (float) i11;
     a[5] = (float) -(i10 * tx + i11 * ty);
+}
+
+/* With probability aug->erase, fill one random rectangle of out with uniform values in [0, 1). */
+static void gmn_erase(const struct gmn_augment * aug, struct gmn_rng * rng, int h, int w, float * out) {
+    if (!(gmn_rng_uniform(rng) < (double) aug->erase)) {
+        return;
+    }
+    const double npix = (double) h * (double) w, log_ratio = log(GMN_ERASE_RATIO);
+    for (int t = 0; t < GMN_ERASE_TRIES; t++) {
+        const double area = npix * (GMN_ERASE_MIN_AREA + gmn_rng_uniform(rng) * (aug->erase_area - GMN_ERASE_MIN_AREA));
+        const double ratio = exp(log_ratio * (1.0 - 2.0 * gmn_rng_uniform(rng))); /* height / width */
+        const int eh = (int) lround(sqrt(area * ratio)), ew = (int) lround(sqrt(area / ratio));
+        if (eh < 1 || ew < 1 || eh > h || ew > w) {
+            continue;
+        }
+        const int y0 = (int) (gmn_rng_next(rng) % (uint64_t) (h - eh + 1));
+        const int x0 = (int) (gmn_rng_next(rng) % (uint64_t) (w - ew + 1));
+        for (int y = y0; y < y0 + eh; y++) {
+            for (int x = x0; x < x0 + ew; x++) {
+                out[(int64_t) y * w + x] = (float) gmn_rng_uniform(rng);
+            }
+        }
+        return;
+    }
 }
 
 uint64_t gmn_augment_image_seed(uint64_t seed, uint64_t index) {
@@ -301,6 +356,9 @@ void gmn_augment_one(const struct gmn_augment * aug, uint64_t image_seed, struct
     for (int k = 0; k < aug->noise_pixels; k++) {
         const int64_t i = (int64_t) (gmn_rng_next(rng) % (uint64_t) npix);
         out[i] = 1.0f - out[i];
+    }
+    if (aug->erase > 0.0f) {
+        gmn_erase(aug, rng, h, w, out);
     }
 }
 

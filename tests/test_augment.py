@@ -225,6 +225,8 @@ def test_validation_is_never_augmented(synthetic_mnist):
         ({"rotate": True}, "must be a finite number"),
         ({"shift": float("nan")}, "must be a finite number"),
         ({"noise_pixels": 2.5}, "whole number"),
+        ({"crop": 1.5}, "crop (largest whole-pixel shift"),
+        ({"crop": 1e12}, "crop 1000000000000.0 is far outside its range"),
         ({"level": "extreme"}, "augment must be one of"),
         (["rotate"], "a level name"),
     ],
@@ -245,6 +247,11 @@ def test_bad_specs_are_refused_by_name(spec, message):
         ({"elastic": 2, "elastic_grid": 1}, "elastic_grid 1 must be in [2, 64]"),
         ({"noise_pixels": 785}, "noise_pixels 785 must be in [0, 784]"),
         ({"flip": 1.5}, "flip 1.5 must be a probability in [0, 1]"),
+        ({"crop": 15}, "crop 15 must be in [0, 14] whole pixels"),
+        ({"crop": -1}, "crop -1 must be in [0, 14]"),
+        ({"erase": 1.01}, "erase 1.01 must be a probability in [0, 1]"),
+        ({"erase": 0.5, "erase_area": 0.01}, "erase_area 0.01 must be in [0.02, 1]"),
+        ({"erase": 0.5, "erase_area": 1.5}, "erase_area 1.5 must be in [0.02, 1]"),
     ],
 )
 def test_out_of_range_values_are_refused_before_training(spec, message):
@@ -324,3 +331,87 @@ def test_a_warp_that_overflows_to_nan_gives_black_not_a_crash():
     out = _warp(image, [3e38, 3e38, 0.0, 0.0, 1.0, 0.0])
     assert np.isfinite(out).all()
     assert set(np.unique(out)) <= {0.0, 1.0}
+
+
+def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """The image with its content moved dy rows down and dx columns right, background (0) coming in."""
+    out = np.zeros_like(image)
+    h, w = image.shape
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def _offsets(out: np.ndarray, image: np.ndarray, reach: int) -> list[tuple[int, int]]:
+    return [
+        (dy, dx)
+        for dy in range(-reach, reach + 1)
+        for dx in range(-reach, reach + 1)
+        if np.array_equal(out, _shifted(image, dy, dx))
+    ]
+
+
+def test_crop_moves_whole_pixels_exactly_and_every_offset_occurs():
+    """A crop copies pixels (no resampling blur) to one of the (2 crop + 1)^2 offsets, each about equally often."""
+    raw = images(600, (28, 20), seed=9)
+    pictures = raw * SCALE
+    out = gm.augment_images(raw, {"crop": 2}, seed=4)
+    counts: dict[tuple[int, int], int] = {}
+    for o, p in zip(out, pictures):
+        found = _offsets(o, p, 3)
+        assert len(found) == 1 and max(map(abs, found[0])) <= 2  # random images: one offset fits
+        counts[found[0]] = counts.get(found[0], 0) + 1
+    assert len(counts) == 25 and min(counts.values()) >= 8  # 24 expected per offset
+    # with mirroring too: the mirrored image, moved by whole pixels
+    both = gm.augment_images(raw, {"crop": 1, "flip": 1.0}, seed=4)
+    assert all(len(_offsets(o, p[:, ::-1], 1)) == 1 for o, p in zip(both, pictures))
+
+
+def test_crop_and_erase_keep_the_other_settings_streams():
+    """Turning on a crop or erasing changes nothing the other settings drew: flip decisions stay the same."""
+    pictures = images(200, seed=3)
+    plain = gm.augment_images(pictures, {"flip": 0.5}, seed=6)
+    cropped = gm.augment_images(pictures, {"flip": 0.5, "crop": 1}, seed=6)
+    for p, c, x in zip(plain, cropped, pictures):
+        mirrored = not np.array_equal(p, x * SCALE)
+        assert len(_offsets(c, (x[:, ::-1] if mirrored else x) * SCALE, 1)) == 1
+    light = gm.augment_images(pictures, "light", seed=6)
+    erased = gm.augment_images(pictures, {"level": "light", "erase": 0.5}, seed=6)
+    same = [np.array_equal(a, b) for a, b in zip(light, erased)]
+    assert 70 <= sum(same) <= 130  # half untouched, bit for bit; the rest differ only inside their rectangle
+
+
+def test_erase_fills_one_rectangle_of_the_given_size_with_random_values():
+    blank = np.zeros((400, 28, 28), np.uint8)
+    out = gm.augment_images(blank, {"erase": 1.0, "erase_area": 0.3}, seed=2)
+    areas = []
+    for o in out:
+        rows, cols = np.nonzero(o)
+        assert len(rows) > 0  # erase 1.0: every image (a draw that fits comes within 10 tries)
+        top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+        box = o[top : bottom + 1, left : right + 1]
+        assert (box > 0).mean() > 0.95  # one filled rectangle (a uniform value is 0 with tiny probability)
+        area = box.size / o.size
+        ratio = box.shape[0] / box.shape[1]
+        assert 0.01 <= area <= 0.32 and 0.25 <= ratio <= 4.0
+        areas.append(area)
+    assert np.mean(areas) == pytest.approx(0.16, abs=0.03)  # 0.02 .. 0.3, uniform
+    values = np.concatenate([o[o > 0] for o in out])
+    assert values.max() < 1.0 and values.mean() == pytest.approx(0.5, abs=0.02)
+    half = gm.augment_images(blank, {"erase": 0.25}, seed=2)
+    assert 70 <= sum(bool(o.any()) for o in half) <= 130
+    assert np.array_equal(gm.augment_images(blank, {"erase": 0.0, "erase_area": 5}, seed=2), blank * SCALE)
+
+
+def test_crop_and_erase_train_reproducibly_and_are_recorded(tmp_path):
+    images_, labels = _uniform_classes(200)
+    spec = {"level": "clothes", "crop": 2, "erase": 0.5}
+    a, _ = gm.train(images_, labels, **small_options("fc", augment=spec, epochs=1))
+    b, _ = gm.train(images_, labels, **small_options("fc", augment=spec, epochs=1))
+    plain, _ = gm.train(images_, labels, **small_options("fc", augment="clothes", epochs=1))
+    wa, wb, wp = a.get_weights(), b.get_weights(), plain.get_weights()
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    assert any(not np.array_equal(wa[k], wp[k]) for k in wa)
+    a.save(tmp_path / "m.gguf")
+    assert gm.load(tmp_path / "m.gguf").metadata["config"]["augment"] == spec

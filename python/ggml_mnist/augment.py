@@ -27,8 +27,18 @@ PARAMETERS: dict[str, str] = {
     "elastic_grid": "distance between the elastic field's control points, in pixels",
     "noise_pixels": "pixels flipped (v -> 1 - v) per image, as in hello-dl",
     "flip": "probability of mirroring an image left-right (clothes and objects; never for digits or letters)",
+    "crop": "largest whole-pixel shift per axis (a random crop of the image padded with background; no resampling)",
+    "erase": "probability of erasing a random rectangle with random values (Zhong et al.'s random erasing)",
+    "erase_area": "largest share of the image one erased rectangle covers (from 0.02)",
 }
-NONE: dict[str, float] = {name: 0.0 for name in PARAMETERS} | {"elastic_grid": 7.0, "noise_pixels": 0}
+# parameters that are whole numbers
+WHOLE = ("noise_pixels", "crop")
+NONE: dict[str, float] = {name: 0.0 for name in PARAMETERS} | {
+    "elastic_grid": 7.0,
+    "noise_pixels": 0,
+    "crop": 0,
+    "erase_area": 0.4,
+}
 LEVELS: dict[str, dict[str, float]] = {
     "none": NONE,
     "light": NONE | dict(shift=2.0, rotate=10.0, scale=0.1, shear=5.0),
@@ -76,9 +86,11 @@ def resolve_augment(spec: AugmentLike) -> dict[str, float]:
     for name, value in spec.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ConfigError(f"augment {name} ({PARAMETERS[name]}) must be a finite number, got {value!r}")
-        if name == "noise_pixels" and int(value) != value:
-            raise ConfigError(f"augment noise_pixels must be a whole number, got {value!r}")
-        base[name] = int(value) if name == "noise_pixels" else float(value)
+        if name in WHOLE and int(value) != value:
+            raise ConfigError(f"augment {name} ({PARAMETERS[name]}) must be a whole number, got {value!r}")
+        if name in WHOLE and not -(2**31) < value < 2**31:
+            raise ConfigError(f"augment {name} {value!r} is far outside its range; see docs/training.md")
+        base[name] = int(value) if name in WHOLE else float(value)
     return base
 
 
