@@ -1,6 +1,7 @@
 """Epoch times of this build against another build of ggml-mnist, alternating, each run in a fresh process.
 
     python bench/ab_builds.py --other /tmp/old --arch cnn fc --batch-size 100 1000 --pairs 3
+    python bench/ab_builds.py --other /tmp/old --arch bench/fashion_best_bn.json --batch-size 100 --pairs 2
 
 --other is a folder holding another build's package (OTHER/ggml_mnist with its _native module and lib/), made for
 example by copying python/ggml_mnist and the installed _native*.so, _build_info.py and lib/ of an older checkout.
@@ -29,6 +30,8 @@ CHILD = textwrap.dedent("""
         sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
     import ggml_mnist as gm
     arch, batch, epochs, threads, data = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+    if arch.endswith(".json"):  # a layer file, as mnist-train --arch-file reads it
+        arch = tuple(gm.load_layers(arch))
     x, y = gm.load_mnist(data, "train")
     _, history = gm.train(x, y, arch=arch, epochs=epochs, batch_size=batch, threads=threads, augment="none", seed=1,
                           progress=False)
@@ -48,7 +51,7 @@ def run(build: str, other: str, arch: str, batch: int, args: argparse.Namespace)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--other", required=True, help="folder with the other build's ggml_mnist package")
-    ap.add_argument("--arch", nargs="+", default=["cnn", "fc"])
+    ap.add_argument("--arch", nargs="+", default=["cnn", "fc"], help="presets or layer files (.json)")
     ap.add_argument("--batch-size", nargs="+", type=int, default=[100, 1000])
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)

@@ -50,7 +50,7 @@ enum gmn_phase     { GMN_PHASE_TRAIN = 0, GMN_PHASE_VALIDATION = 1 };
 enum gmn_graph     { GMN_GRAPH_AUTO = 0, GMN_GRAPH_CPU = 1, GMN_GRAPH_PORTABLE = 2 };
 /* The shim's CPU kernels, each taking one kind of ggml node of the CPU graph (see gmn_kernel_name). */
 enum gmn_kernel    { GMN_KERNEL_OUTER = 0, GMN_KERNEL_MATMUL, GMN_KERNEL_GET_ROWS, GMN_KERNEL_GET_ROWS_BACK,
-                     GMN_KERNEL_SUM_ROWS_INTO, GMN_KERNEL_ACC_FRONT, GMN_KERNEL_COUNT };
+                     GMN_KERNEL_SUM_ROWS_INTO, GMN_KERNEL_ACC_FRONT, GMN_KERNEL_REPEAT_ROWS, GMN_KERNEL_COUNT };
 
 /* A model's backend plan: every choice that depends on the devices it runs on. */
 struct gmn_plan_info {
@@ -282,7 +282,8 @@ enum gmn_testing_op {
     GMN_TESTING_AVGPOOL,        /* gmn_cl_avgpool(x, k p0, stride p1, pad p2, gathered when p3, p4 outputs) */
     GMN_TESTING_AVG_MATRIX,     /* gmn_cl_avg_matrix(C p0, k p1, outputs p2): [C*k*k, outputs] */
     GMN_TESTING_RELAYOUT,       /* gmn_cl_relayout(in0 contiguous 4-D, to_cf p0) */
-    GMN_TESTING_ACT_VALUES      /* gmn_cl_act_values(in0 contiguous, kind p0: GMN_LAYER_TANH or _GELU): [n, 2] */
+    GMN_TESTING_ACT_VALUES,     /* gmn_cl_act_values(in0 contiguous, kind p0: GMN_LAYER_TANH or _GELU): [n, 2] */
+    GMN_TESTING_REPEAT          /* ggml_repeat(in0 contiguous [nc], onto p0 rows): [nc, p0] */
 };
 /* Builds op over copies of the n_in operands on ggml's CPU backend; with adopt, lets the shim's kernels take its
  * nodes as the CPU graph does (taken, if not NULL: GMN_KERNEL_COUNT counters, set); computes it on n_threads

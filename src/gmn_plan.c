@@ -30,7 +30,7 @@ const char * gmn_kernel_name(int kernel) {
     static const char * names[GMN_KERNEL_COUNT] = {
         [GMN_KERNEL_OUTER] = "out_prod", [GMN_KERNEL_MATMUL] = "mul_mat", [GMN_KERNEL_GET_ROWS] = "get_rows",
         [GMN_KERNEL_GET_ROWS_BACK] = "get_rows_back", [GMN_KERNEL_SUM_ROWS_INTO] = "repeat_back",
-        [GMN_KERNEL_ACC_FRONT] = "acc",
+        [GMN_KERNEL_ACC_FRONT] = "acc", [GMN_KERNEL_REPEAT_ROWS] = "repeat",
     };
     return kernel >= 0 && kernel < GMN_KERNEL_COUNT ? names[kernel] : NULL;
 }

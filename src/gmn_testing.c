@@ -90,6 +90,12 @@ static struct ggml_tensor * gmn_testing_node(struct ggml_context * ctx, int op, 
             return ggml_get_rows_back(ctx, t[0], t[1], ggml_new_tensor_2d(ctx, GGML_TYPE_F32, a->ne[0], p[0]));
         case GMN_TESTING_REPEAT_BACK:
             return n_in == 1 && x_ok ? ggml_repeat_back(ctx, t[0], ggml_new_tensor_1d(ctx, GGML_TYPE_F32, a->ne[0])) : NULL;
+        case GMN_TESTING_REPEAT:
+            if (n_in != 1 || n_p != 1 || !x_ok || gmn_testing_dims(a) != 1 || p[0] < 1 ||
+                p[0] > GMN_TESTING_MAX_ELEMENTS / a->ne[0]) {
+                return NULL;
+            }
+            return ggml_repeat(ctx, t[0], ggml_new_tensor_2d(ctx, GGML_TYPE_F32, a->ne[0], p[0]));
         case GMN_TESTING_ACC: {
             if (n_in != 2 || n_p != 2 || !x_ok || b->i32 || b->nb[0] != 1 || p[0] < b->ne[0] || p[0] > GMN_TESTING_MAX_ELEMENTS) {
                 return NULL;

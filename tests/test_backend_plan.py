@@ -167,7 +167,7 @@ def test_the_default_plan_on_the_cpu() -> None:
     model = gm.Model.create("cnn", threads=THREADS)
     plan = model.plan
     assert plan["graph"] == "cpu" and plan["device"] == "CPU" and plan["kernels_off"] is None
-    assert set(plan["kernels"]) == {"out_prod", "mul_mat", "get_rows", "get_rows_back", "repeat_back", "acc"}
+    assert set(plan["kernels"]) == {"out_prod", "mul_mat", "get_rows", "get_rows_back", "repeat_back", "acc", "repeat"}
     assert "CUSTOM" in plan["ops"] and "SOFT_MAX" in plan["ops"]  # the prediction graph of a model not trained
 
 
@@ -279,6 +279,19 @@ def test_the_cpu_kernels_take_the_nodes_they_should(name: str) -> None:
     loaded = gm.Model.from_bytes(model.to_bytes(), threads=THREADS)
     loaded.predict_proba(x)  # a prediction graph of 100 images
     assert loaded.plan["kernels"]["mul_mat"] > 0
+
+
+def test_batch_normalisation_sums_and_spreads_its_statistics_on_every_thread() -> None:
+    """Its sums over the batch (repeat_back) and their backward pass (repeat) are the shim's kernels, which split the
+    work over the threads; ggml runs both on one."""
+    from ggml_mnist import layers as L
+
+    x = images(100, (28, 28), seed=3)
+    y = np.arange(100) % 10
+    net = [L.Conv2d(8, 3, padding=1), L.BatchNorm(), L.ReLU(), L.MaxPool2d(2), L.Dense(32), L.BatchNorm(), L.Dense()]
+    model, _ = gm.train(x, y, arch=net, epochs=1, batch_size=50, threads=THREADS, progress=False)
+    taken = model.plan["kernels"]
+    assert taken["repeat_back"] > 0 and taken["repeat"] > 0, taken
 
 
 def test_the_version_gate_turns_the_kernels_off_for_another_ggml() -> None:

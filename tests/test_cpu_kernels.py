@@ -249,7 +249,9 @@ def test_get_rows_back_adds_each_row_in_index_order(nc: int) -> None:
     np.testing.assert_array_equal(bits(ggml), bits(got))
 
 
-@pytest.mark.parametrize("shape", [(50, 1), (50, 7), (9, 8), (13, 9), (3, 4, 5, 20)])
+@pytest.mark.parametrize(
+    "shape", [(50, 1), (50, 7), (9, 8), (13, 9), (3, 4, 5, 20), (37, 1029), (6, 2, 515), (300, 264)]
+)
 def test_repeat_back_sums_the_rows_in_memory_order(shape: tuple) -> None:
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape).astype(np.float32)
@@ -262,6 +264,18 @@ def test_repeat_back_sums_the_rows_in_memory_order(shape: tuple) -> None:
         assert taken == {"repeat_back": 1}
         np.testing.assert_array_equal(bits(got), bits(expected))
     ggml, _ = run(lib.GMN_TESTING_REPEAT_BACK, [], [dense(x)], 2, adopt=False)
+    np.testing.assert_array_equal(bits(ggml), bits(got))
+
+
+@pytest.mark.parametrize("nc, rows", [(1, 50), (7, 13), (8, 9), (1024, 37), (40, 1)])
+def test_repeat_copies_the_vector_into_every_row(nc: int, rows: int) -> None:
+    """The backward pass of a sum over rows (batch normalisation's statistics) runs on every thread, not ggml's one."""
+    v = np.random.default_rng(nc).standard_normal(nc).astype(np.float32)
+    for threads in THREADS:
+        got, taken = run(lib.GMN_TESTING_REPEAT, [rows], [dense(v)], threads)
+        assert taken == {"repeat": 1}
+        np.testing.assert_array_equal(bits(got.reshape(rows, nc)), bits(np.tile(v, (rows, 1))))
+    ggml, _ = run(lib.GMN_TESTING_REPEAT, [rows], [dense(v)], 2, adopt=False)
     np.testing.assert_array_equal(bits(ggml), bits(got))
 
 
@@ -500,6 +514,8 @@ def test_operands_that_do_not_fit_are_refused_without_a_crash() -> None:
         (lib.GMN_TESTING_IM2COL, [5, 1, 0, 50], [x]),  # a window larger than the image
         (lib.GMN_TESTING_MAXPOOL, [3, 1, 2], [x]),  # padding over half the window
         (lib.GMN_TESTING_ACC, [2, 0], [dense(np.zeros(4, np.float32)), dense(np.zeros((2, 3), np.float32))]),
+        (lib.GMN_TESTING_REPEAT, [3], [dense(np.zeros((2, 3), np.float32))]),  # not a vector
+        (lib.GMN_TESTING_REPEAT, [0], [dense(np.zeros(3, np.float32))]),  # no rows
         (999, [], []),
         (lib.GMN_TESTING_OUT_PROD, [], [Operand(np.zeros(4, np.float32), (4, 2), (1, 4)), b]),  # past its buffer
     ]

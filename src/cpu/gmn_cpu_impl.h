@@ -44,14 +44,15 @@ static inline void gmn_st8(float * p, gmn_v8 v) {
 float * gmn_thread_panels(void);
 
 /* The kernels that the override swaps in for ggml's own (ggml_custom_op_t; dst keeps ggml's node, its srcs and
- * shape): out_prod and mul_mat of f32 matrices (gmn_gemm.c), get_rows, get_rows_back, repeat_back onto a vector
- * and acc at offset 0 (gmn_row_ops.c). */
+ * shape): out_prod and mul_mat of f32 matrices (gmn_gemm.c), get_rows, get_rows_back, repeat_back onto a vector,
+ * acc at offset 0 and repeat of a vector into rows (gmn_row_ops.c). */
 void gmn_op_outer(struct ggml_tensor * dst, int ith, int nth, void * ud);
 void gmn_op_matmul(struct ggml_tensor * dst, int ith, int nth, void * ud);
 void gmn_op_get_rows(struct ggml_tensor * dst, int ith, int nth, void * ud);
 void gmn_op_get_rows_back(struct ggml_tensor * dst, int ith, int nth, void * ud);
 void gmn_op_sum_rows_into(struct ggml_tensor * dst, int ith, int nth, void * ud);
 void gmn_op_acc_front(struct ggml_tensor * dst, int ith, int nth, void * ud);
+void gmn_op_repeat_rows(struct ggml_tensor * dst, int ith, int nth, void * ud);
 
 /* Adopting an acc node replaces its op_params with the custom op's (a function, a task count and a pointer:
  * 24 bytes), so gmn_cpu_kernels_adopt keeps acc's nb1 in the last of the 16 op_params words. */

@@ -8,7 +8,7 @@ void gmn_cpu_kernels_init(struct ggml_context * ctx, struct gmn_cpu_kernels * k,
     static const ggml_custom_op_t fn[GMN_KERNEL_COUNT] = {
         [GMN_KERNEL_OUTER] = gmn_op_outer, [GMN_KERNEL_MATMUL] = gmn_op_matmul, [GMN_KERNEL_GET_ROWS] = gmn_op_get_rows,
         [GMN_KERNEL_GET_ROWS_BACK] = gmn_op_get_rows_back, [GMN_KERNEL_SUM_ROWS_INTO] = gmn_op_sum_rows_into,
-        [GMN_KERNEL_ACC_FRONT] = gmn_op_acc_front,
+        [GMN_KERNEL_ACC_FRONT] = gmn_op_acc_front, [GMN_KERNEL_REPEAT_ROWS] = gmn_op_repeat_rows,
     };
     for (int i = 0; i < GMN_KERNEL_COUNT; i++) {
         k->tmpl[i] = ggml_custom_4d(ctx, GGML_TYPE_F32, 1, 1, 1, 1, NULL, 0, fn[i], GGML_N_TASKS_MAX, NULL);
@@ -74,6 +74,12 @@ int gmn_cpu_kernels_adopt(struct ggml_tensor * t, const struct gmn_cpu_kernels *
                 return 0;
             }
             return gmn_adopt(t, k, GMN_KERNEL_SUM_ROWS_INTO);
+        case GGML_OP_REPEAT:
+            if (!gmn_f32(a) || !gmn_f32(t) || !ggml_is_contiguous(a) || !ggml_is_contiguous(t) ||
+                ggml_nelements(a) != a->ne[0] || a->ne[0] != t->ne[0] || t->ne[0] == 0) {
+                return 0;
+            }
+            return gmn_adopt(t, k, GMN_KERNEL_REPEAT_ROWS);
         case GGML_OP_ACC: {
             const int32_t * p = (const int32_t *) t->op_params; /* nb1, nb2, nb3, offset, inplace */
             if (!gmn_f32(a) || !gmn_f32(b) || !gmn_f32(t) || !ggml_is_contiguous(a) || !ggml_is_contiguous(b) ||

@@ -1,12 +1,12 @@
-/* gmn_row_ops.c - the CPU kernel wing's kernels for ggml's get_rows, get_rows_back, repeat_back and acc nodes
- * (swapped in by gmn_override.c). */
+/* gmn_row_ops.c - the CPU kernel wing's kernels for ggml's get_rows, get_rows_back, repeat_back, acc and repeat
+ * nodes (swapped in by gmn_override.c). */
 #include "gmn_cpu_impl.h"
 
 #include <stdint.h>
 #include <string.h>
 
 /* ---- other kernels of ggml's that the CPU training graph swaps for the shim's ----------------------------
- * ggml runs get_rows_back, repeat_back and acc's copy on one thread, and its get_rows spends more time on index
+ * ggml runs get_rows_back, repeat_back, acc's copy and repeat on one thread, and its get_rows spends more time on index
  * arithmetic than on copying the one-float rows that max pooling gathers. These compute exactly the same values,
  * in the same order per element, so swapping them changes no result bit; they only split the work over threads. */
 
@@ -89,8 +89,13 @@ GMN_CLONES void gmn_op_get_rows_back(struct ggml_tensor * dst, int ith, int nth,
 }
 
 /* repeat_back onto a vector: dst [nc] = sum of src's rows [nc, ...] in memory order (ggml's order); each
- * thread owns a range of the columns */
-void gmn_op_sum_rows_into(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+ * thread owns a range of the columns (whole vectors of 8), which it sums GMN_SUM_BLOCK columns at a time, a row
+ * after another: every row's piece is contiguous and every cache line is read once. (Summing each vector of 8
+ * down all the rows before the next read each line twice and touched a new page every row, a fifth of the time
+ * of a network with batch normalisation.) Each column is still summed row by row, so the bits are the same. */
+#define GMN_SUM_BLOCK 256
+
+GMN_CLONES void gmn_op_sum_rows_into(struct ggml_tensor * dst, int ith, int nth, void * ud) {
     (void) ud;
     const struct ggml_tensor * src = dst->src[0];
     const int64_t nc = dst->ne[0], nr = ggml_nelements(src) / nc;
@@ -98,22 +103,28 @@ void gmn_op_sum_rows_into(struct ggml_tensor * dst, int ith, int nth, void * ud)
     float * d = (float *) dst->data;
     int64_t lo, hi;
     gmn_split((nc + 7) / 8, ith, nth, &lo, &hi);
-    for (int64_t c0 = lo * 8; c0 < hi * 8 && c0 < nc; c0 += 8) {
-        const int64_t w = nc - c0 < 8 ? nc - c0 : 8;
-        float acc[8] = { 0 };
+    const int64_t end = hi * 8 < nc ? hi * 8 : nc;
+    for (int64_t c0 = lo * 8; c0 < end; c0 += GMN_SUM_BLOCK) {
+        const int64_t w = end - c0 < GMN_SUM_BLOCK ? end - c0 : GMN_SUM_BLOCK;
+        const int64_t nv = w / 8; /* whole vectors; the last w % 8 columns (only at the end of a row) one by one */
+        gmn_v8 acc[GMN_SUM_BLOCK / 8];
+        float tail[8] = { 0 };
+        for (int64_t v = 0; v < nv; v++) {
+            acc[v] = (gmn_v8) { 0 };
+        }
         for (int64_t r = 0; r < nr; r++) {
             const float * sr = s + r * nc + c0;
-            if (w == 8) {
-                for (int c = 0; c < 8; c++) {
-                    acc[c] = acc[c] + sr[c];
-                }
-            } else {
-                for (int64_t c = 0; c < w; c++) {
-                    acc[c] = acc[c] + sr[c];
-                }
+            for (int64_t v = 0; v < nv; v++) {
+                acc[v] = acc[v] + gmn_ld8(sr + 8 * v);
+            }
+            for (int64_t c = nv * 8; c < w; c++) {
+                tail[c - nv * 8] = tail[c - nv * 8] + sr[c];
             }
         }
-        memcpy(d + c0, acc, (size_t) w * sizeof(float));
+        for (int64_t v = 0; v < nv; v++) {
+            gmn_st8(d + c0 + 8 * v, acc[v]);
+        }
+        memcpy(d + c0 + nv * 8, tail, (size_t) (w - nv * 8) * sizeof(float));
     }
 }
 
@@ -140,5 +151,19 @@ void gmn_op_acc_front(struct ggml_tensor * dst, int ith, int nth, void * ud) {
         for (int64_t c = c0; c < c1; c++) {
             d[r0 + c] = a[r0 + c] + b[r * bc + c];
         }
+    }
+}
+
+/* repeat of a vector src [nc] into every row of dst [nc, ...] (the backward pass of a sum over the rows, as in batch
+ * normalisation's statistics); each thread copies a range of the rows */
+void gmn_op_repeat_rows(struct ggml_tensor * dst, int ith, int nth, void * ud) {
+    (void) ud;
+    const float * s = (const float *) dst->src[0]->data;
+    const int64_t nc = dst->ne[0], nr = ggml_nelements(dst) / nc;
+    float * d = (float *) dst->data;
+    int64_t lo, hi;
+    gmn_split(nr, ith, nth, &lo, &hi);
+    for (int64_t r = lo; r < hi; r++) {
+        memcpy(d + r * nc, s, (size_t) nc * sizeof(float));
     }
 }
