@@ -283,7 +283,7 @@ enum gmn_testing_op {
     GMN_TESTING_AVG_MATRIX,     /* gmn_cl_avg_matrix(C p0, k p1, outputs p2): [C*k*k, outputs] */
     GMN_TESTING_RELAYOUT,       /* gmn_cl_relayout(in0 contiguous 4-D, to_cf p0) */
     GMN_TESTING_ACT_VALUES,     /* gmn_cl_act_values(in0 contiguous, kind p0: GMN_LAYER_TANH or _GELU): [n, 2] */
-    GMN_TESTING_REPEAT          /* ggml_repeat(in0 contiguous [nc], onto p0 rows): [nc, p0] */
+    GMN_TESTING_REPEAT          /* ggml_repeat(in0 contiguous [nc] or [nc, r], onto p0 rows, a multiple of r): [nc, p0] */
 };
 /* Builds op over copies of the n_in operands on ggml's CPU backend; with adopt, lets the shim's kernels take its
  * nodes as the CPU graph does (taken, if not NULL: GMN_KERNEL_COUNT counters, set); computes it on n_threads

@@ -275,12 +275,11 @@ static int gmn_sym_int(struct gmn_rng * rng, int range) {
     return (int) (gmn_rng_next(rng) % (uint64_t) (2 * range + 1)) - range;
 }
 
-/* The inverse of content transform p -> R(rot) Sh(shear) s F p + t about the centre, as gmn_resample's a[6];
- * F mirrors x with probability aug->flip, and t adds a whole-pixel crop offset in [-crop, crop] per axis. Each
- * of these two is drawn after the others, and only when it is on, so that other settings keep their streams.
- * With no rotation, shear or scale, a crop alone gives an integer a[2] and a[5], so every pixel is copied
- * exactly (gmn_sample). */
-static void gmn_draw_affine(const struct gmn_augment * aug, struct gmn_rng * rng, float a[6]) {
+/* The inverse of content transform p -> R(rot) Sh(shear) s F p + t + crop about the centre, as gmn_resample's a[6];
+ * F mirrors x with probability aug->flip (drawn last, and only when flip > 0, so other settings keep their streams);
+ * crop[2] is the whole-pixel crop offset (drawn from a stream of its own). With no rotation, shear or scale, a crop
+ * alone gives an integer a[2] and a[5], so every pixel is copied exactly (gmn_sample). */
+static void gmn_draw_affine(const struct gmn_augment * aug, struct gmn_rng * rng, const int crop[2], float a[6]) {
     const double deg = M_PI / 180.0;
     const double rot = gmn_sym(rng, aug->rotate) * deg;
     const double shear = tan(gmn_sym(rng, aug->shear) * deg);
@@ -292,10 +291,8 @@ static void gmn_draw_affine(const struct gmn_augment * aug, struct gmn_rng * rng
     const double det = m00 * m11 - m01 * m10; /* = s^2 > 0 */
     const double i00 = m11 / det, i01 = -m01 / det, i10 = -m10 / det, i11 = m00 / det;
     const double f = aug->flip > 0.0f && gmn_rng_uniform(rng) < (double) aug->flip ? -1.0 : 1.0; /* F^-1 = F */
-    if (aug->crop > 0) {
-        tx += gmn_sym_int(rng, aug->crop);
-        ty += gmn_sym_int(rng, aug->crop);
-    }
+    tx += crop[0];
+    ty += crop[1];
     a[0] = (float) (f * i00);
     a[1] = (float) (f * i01);
     a[2] = (float) (-f * (i00 * tx + i01 * ty));
@@ -321,7 +318,7 @@ static void gmn_erase(const struct gmn_augment * aug, struct gmn_rng * rng, int 
         const int x0 = (int) (gmn_rng_next(rng) % (uint64_t) (w - ew + 1));
         for (int y = y0; y < y0 + eh; y++) {
             for (int x = x0; x < x0 + ew; x++) {
-                out[(int64_t) y * w + x] = (float) gmn_rng_uniform(rng);
+                out[(int64_t) y * w + x] = (float) (gmn_rng_next(rng) >> 40) * 0x1p-24f; /* [0, 1): 24 bits */
             }
         }
         return;
@@ -343,8 +340,15 @@ void gmn_augment_one(const struct gmn_augment * aug, uint64_t image_seed, struct
     struct gmn_rng state;
     struct gmn_rng * rng = &state;
     gmn_rng_seed(rng, image_seed);
+    int crop[2] = { 0, 0 };
+    if (aug->crop > 0) { /* a stream of its own: turning the crop on changes no other draw of the image */
+        struct gmn_rng crop_rng;
+        gmn_rng_seed(&crop_rng, image_seed ^ 0x243f6a8885a308d3ULL);
+        crop[0] = gmn_sym_int(&crop_rng, aug->crop);
+        crop[1] = gmn_sym_int(&crop_rng, aug->crop);
+    }
     float a[6];
-    gmn_draw_affine(aug, rng, a);
+    gmn_draw_affine(aug, rng, crop, a);
     if (aug->elastic > 0.0f) {
         const int64_t n = gmn_grid_points(aug->elastic_grid, w) * gmn_grid_points(aug->elastic_grid, h);
         for (int64_t i = 0; i < 2 * n; i++) {

@@ -91,7 +91,7 @@ static struct ggml_tensor * gmn_testing_node(struct ggml_context * ctx, int op, 
         case GMN_TESTING_REPEAT_BACK:
             return n_in == 1 && x_ok ? ggml_repeat_back(ctx, t[0], ggml_new_tensor_1d(ctx, GGML_TYPE_F32, a->ne[0])) : NULL;
         case GMN_TESTING_REPEAT:
-            if (n_in != 1 || n_p != 1 || !x_ok || gmn_testing_dims(a) != 1 || p[0] < 1 ||
+            if (n_in != 1 || n_p != 1 || !x_ok || gmn_testing_dims(a) > 2 || p[0] < 1 || p[0] % a->ne[1] != 0 ||
                 p[0] > GMN_TESTING_MAX_ELEMENTS / a->ne[0]) {
                 return NULL;
             }

@@ -293,7 +293,7 @@ static float gmn_schedule_lr(const struct gmn_train_config * c, int64_t step) {
 }
 
 /* Sees every node of the training graph before it runs: with the plan's kernels, the nodes that the CPU kernel
- * wing takes (src/cpu/gmn_override.c: matrix and outer products, get_rows, get_rows_back, repeat_back, acc) are
+ * wing takes (src/cpu/gmn_override.c: matrix and outer products, get_rows, get_rows_back, repeat_back, acc, repeat) are
  * turned into its kernels; then the optimizer-state tracker, if any. */
 static bool gmn_train_eval_cb(struct ggml_tensor * t, bool ask, void * ud) {
     struct gmn_train_state * st = ud;

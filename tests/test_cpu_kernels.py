@@ -279,6 +279,14 @@ def test_repeat_copies_the_vector_into_every_row(nc: int, rows: int) -> None:
     np.testing.assert_array_equal(bits(ggml), bits(got))
 
 
+def test_repeat_of_rows_stays_with_ggml() -> None:
+    """The kernel repeats one vector; a block of rows repeated is ggml's, and comes out the same."""
+    block = np.random.default_rng(3).standard_normal((2, 5)).astype(np.float32)
+    got, taken = run(lib.GMN_TESTING_REPEAT, [6], [dense(block)], 2)
+    assert taken == {}
+    np.testing.assert_array_equal(bits(got.reshape(6, 5)), bits(np.tile(block, (3, 1))))
+
+
 ACC = [  # a's shape, b's shape, b's rows apart in a (floats), in place
     ((50,), (17,), 17, 0),
     ((7, 9), (3, 4), 9, 0),
@@ -514,7 +522,7 @@ def test_operands_that_do_not_fit_are_refused_without_a_crash() -> None:
         (lib.GMN_TESTING_IM2COL, [5, 1, 0, 50], [x]),  # a window larger than the image
         (lib.GMN_TESTING_MAXPOOL, [3, 1, 2], [x]),  # padding over half the window
         (lib.GMN_TESTING_ACC, [2, 0], [dense(np.zeros(4, np.float32)), dense(np.zeros((2, 3), np.float32))]),
-        (lib.GMN_TESTING_REPEAT, [3], [dense(np.zeros((2, 3), np.float32))]),  # not a vector
+        (lib.GMN_TESTING_REPEAT, [3], [dense(np.zeros((2, 3), np.float32))]),  # 3 rows from blocks of 2
         (lib.GMN_TESTING_REPEAT, [0], [dense(np.zeros(3, np.float32))]),  # no rows
         (999, [], []),
         (lib.GMN_TESTING_OUT_PROD, [], [Operand(np.zeros(4, np.float32), (4, 2), (1, 4)), b]),  # past its buffer

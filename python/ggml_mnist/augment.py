@@ -84,12 +84,18 @@ def resolve_augment(spec: AugmentLike) -> dict[str, float]:
             f"unknown augment parameter(s) {', '.join(map(repr, unknown))}; known: {', '.join(PARAMETERS)}"
         )
     for name, value in spec.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(f"augment {name} ({PARAMETERS[name]}) must be a finite number, got {value!r}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int too large for a float is finite, and far too large (below)
+            finite = True
+        if not finite:
+            raise ConfigError(f"augment {name} ({PARAMETERS[name]}) must be a finite number, got {value!r}")
+        if (name in WHOLE or isinstance(value, numbers.Integral)) and not -(2**31) < value < 2**31:
+            raise ConfigError(f"augment {name} {value!r} is far outside its range; see docs/training.md")
         if name in WHOLE and int(value) != value:
             raise ConfigError(f"augment {name} ({PARAMETERS[name]}) must be a whole number, got {value!r}")
-        if name in WHOLE and not -(2**31) < value < 2**31:
-            raise ConfigError(f"augment {name} {value!r} is far outside its range; see docs/training.md")
         base[name] = int(value) if name in WHOLE else float(value)
     return base
 
