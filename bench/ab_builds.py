@@ -2,13 +2,15 @@
 
     python bench/ab_builds.py --other /tmp/old --arch cnn fc --batch-size 100 1000 --pairs 3
     python bench/ab_builds.py --other /tmp/old --arch bench/fashion_best_bn.json --batch-size 100 --pairs 2
+    python bench/ab_builds.py --other /tmp/old --arch cnn --batch-size 100 --busy-core 1   # a slowed core
 
 --other is a folder holding another build's package (OTHER/ggml_mnist with its _native module and lib/), made for
 example by copying python/ggml_mnist and the installed _native*.so, _build_info.py and lib/ of an older checkout.
 Each pair runs both builds one after the other (which goes first alternates) with
 gm.train(x, y, arch=A, epochs=E, batch_size=B, threads=T, augment="none", seed=1) on MNIST ($GGML_MNIST_DATA);
-the first epoch of every run is dropped as warm-up. Prints, per network and batch size, the median epoch seconds of
-each build and their ratio (this over other), then one JSON line with every epoch.
+the first epoch of every run is dropped as warm-up. --busy-core N keeps a spinning process on core N for the whole
+comparison, as a shared host does when it slows one of the cores that training uses. Prints, per network and batch
+size, the median epoch seconds of each build and their ratio (this over other), then one JSON line with every epoch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -57,7 +60,22 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default=os.environ.get("GGML_MNIST_DATA", "data/mnist"))
+    ap.add_argument("--busy-core", type=int, help="keep a spinning process on this core meanwhile")
     args = ap.parse_args()
+    busy = None
+    if args.busy_core is not None:
+        core = args.busy_core
+        busy = subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"], preexec_fn=lambda: os.sched_setaffinity(0, {core})
+        )
+    try:
+        compare(args)
+    finally:
+        if busy is not None:
+            busy.kill()
+
+
+def compare(args: argparse.Namespace) -> None:
     other = os.path.abspath(args.other)
     record = {}
     for arch in args.arch:
