@@ -27,7 +27,7 @@ PARAMETERS: dict[str, str] = {
     "elastic_grid": "distance between the elastic field's control points, in pixels",
     "noise_pixels": "pixels flipped (v -> 1 - v) per image, as in hello-dl",
     "flip": "probability of mirroring an image left-right (clothes and objects; never for digits or letters)",
-    "crop": "largest whole-pixel shift per axis (a random crop of the image padded with background; no resampling)",
+    "crop": "largest whole-pixel shift per axis: a random crop of the image padded with background, no resampling",
     "erase": "probability of erasing a random rectangle with random values (Zhong et al.'s random erasing)",
     "erase_area": "largest share of the image one erased rectangle covers (from 0.02)",
 }
