@@ -50,8 +50,8 @@ struct ggml_tensor * gmn_cl_act_values(struct ggml_context * ctx, struct ggml_te
 #define GMN_MM_MIN_N 64
 /* The shim's kernels for ggml ops of the CPU graph (op parameter templates), swapped in before each node runs by
  * gmn_cpu_kernels_adopt: out_prod, mul_mat of F32 matrices, get_rows, get_rows_back, repeat_back onto a vector,
- * acc at 0, repeat of a vector into rows. Each computes the values ggml's kernel would, bit for bit except for the two matrix products, whose
- * sums run in another order (the same one whatever the thread count). */
+ * acc at 0, repeat of a vector into rows. Each computes the values ggml's kernel would, bit for bit except for the
+ * two matrix products, whose sums run in another order (the same one whatever the thread count). */
 struct gmn_cpu_kernels {
     struct ggml_tensor * tmpl[GMN_KERNEL_COUNT]; /* indexed by enum gmn_kernel */
     int64_t            * taken;                  /* per kernel, nodes taken (the plan's counters) */

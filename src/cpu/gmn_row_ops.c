@@ -6,8 +6,8 @@
 #include <string.h>
 
 /* ---- other kernels of ggml's that the CPU training graph swaps for the shim's ----------------------------
- * ggml runs get_rows_back, repeat_back, acc's copy and repeat on one thread, and its get_rows spends more time on index
- * arithmetic than on copying the one-float rows that max pooling gathers. These compute exactly the same values,
+ * ggml runs get_rows_back, repeat_back, acc's copy and repeat on one thread, and its get_rows spends more time on
+ * index arithmetic than on copying the one-float rows that max pooling gathers. These compute exactly the same values,
  * in the same order per element, so swapping them changes no result bit; they only split the work over threads. */
 
 /* rows lo .. hi of get_rows of rows of 8 floats (in its own function: the AVX2 clone of the whole op gathered
