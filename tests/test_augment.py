@@ -346,13 +346,14 @@ def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
+def _offset_grid(reach: int) -> list[tuple[int, int]]:
+    """Every whole-pixel offset (dy, dx) with both parts in -reach .. reach."""
+    return [(dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)]
+
+
 def _offsets(out: np.ndarray, image: np.ndarray, reach: int) -> list[tuple[int, int]]:
-    return [
-        (dy, dx)
-        for dy in range(-reach, reach + 1)
-        for dx in range(-reach, reach + 1)
-        if np.array_equal(out, _shifted(image, dy, dx))
-    ]
+    """The offsets within reach that move image exactly onto out."""
+    return [d for d in _offset_grid(reach) if np.array_equal(out, _shifted(image, *d))]
 
 
 def test_crop_moves_whole_pixels_exactly_and_every_offset_occurs():
@@ -381,9 +382,10 @@ def test_crop_and_erase_keep_the_other_settings_streams():
     elastic = {"elastic": 1.5, "elastic_grid": 7, "flip": 0.5}
     cropped = gm.augment_images(pictures, {**elastic, "crop": 2}, seed=6)
     # the same field and mirroring as without the crop, applied to the picture moved by some whole-pixel offset
-    moved = {d: gm.augment_images(np.stack([_shifted(p, *d) for p in pictures]), elastic, seed=6) for d in OFFSETS}
+    offsets = _offset_grid(2)
+    moved = {d: gm.augment_images(np.stack([_shifted(p, *d) for p in pictures]), elastic, seed=6) for d in offsets}
     for i, c in enumerate(cropped):
-        assert sum(np.allclose(c, moved[d][i], atol=1e-5) for d in OFFSETS) == 1, i
+        assert sum(np.allclose(c, moved[d][i], atol=1e-5) for d in offsets) == 1, i
     light = gm.augment_images(pictures, "light", seed=6)
     erased = gm.augment_images(pictures, {"level": "light", "erase": 0.5}, seed=6)
     same = [np.array_equal(a, b) for a, b in zip(light, erased)]
@@ -392,9 +394,6 @@ def test_crop_and_erase_keep_the_other_settings_streams():
         rows, cols = np.nonzero(a != b)
         if len(rows):
             assert (a != b)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].mean() > 0.9
-
-
-OFFSETS = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
 
 
 def test_erase_fills_one_rectangle_of_the_given_size_with_random_values():

@@ -312,9 +312,10 @@ def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
     if level < max(_MIN_CONTRAST, 2.0 * floor):  # a digit filling a tight crop may put the median among its strokes
         peak = _paper_peak(raw, median)
         again = _ink_level(raw, mean3, peak, lift)
+        _, smooth_again, floor_again, _ = again
         # Real paper has grain on both sides of its level, and most of it stays under the noise floor. A texture, or
         # blank paper clipped at white, has a "peak" at its darkest levels, with everything above it counted as ink.
-        if (raw < peak).mean() >= _PAPER_BELOW and (again[1] <= again[2]).mean() >= _PAPER_SHARE:
+        if (raw < peak).mean() >= _PAPER_BELOW and (smooth_again <= floor_again).mean() >= _PAPER_SHARE:
             strength, smooth, floor, level = again
     if level < max(_MIN_CONTRAST, 2.0 * floor):
         raise ImageError("the image holds no ink (no mark stands out from the paper); give a picture of a digit")
