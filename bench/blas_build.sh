@@ -36,11 +36,9 @@ mkdir -p "$venv" "$build_dir"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 py="$venv/bin/python"
 "$py" -m pip install -q "scikit-build-core>=0.10" "cffi>=1.17" "numpy>=1.24" "pillow>=10.1"
-if [ -z "${GGML_MNIST_GGML_SOURCE:-}" ]; then
-    for t in "$here"/build/*/_deps/ggml_python-0.0.45.tar.gz "$build_dir"/_deps/ggml_python-0.0.45.tar.gz; do
-        if [ -f "$t" ]; then export GGML_MNIST_GGML_SOURCE="$t"; break; fi
-    done
-fi
+# shellcheck source=bench/ggml_source.sh
+. "$here/bench/ggml_source.sh"
+gmn_reuse_ggml_source "$here" "$build_dir/_deps"
 export CMAKE_ARGS="-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS ${CMAKE_ARGS:-}"
 export CMAKE_BUILD_PARALLEL_LEVEL="$jobs"
 log="$build_dir/build.log"

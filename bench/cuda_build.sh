@@ -68,11 +68,9 @@ done
 say "nvcc: $("$cu/bin/nvcc" --version | tail -n 2 | head -n 1)"
 
 # ---- 2. the pinned ggml source, without a second download -----------------------------------------------------
-if [ -z "${GGML_MNIST_GGML_SOURCE:-}" ]; then
-    for t in "$here"/build/*/_deps/ggml_python-0.0.45.tar.gz "$build_dir"/_deps/ggml_python-0.0.45.tar.gz; do
-        if [ -f "$t" ]; then export GGML_MNIST_GGML_SOURCE="$t"; break; fi
-    done
-fi
+# shellcheck source=bench/ggml_source.sh
+. "$here/bench/ggml_source.sh"
+gmn_reuse_ggml_source "$here" "$build_dir/_deps"
 say "ggml source: ${GGML_MNIST_GGML_SOURCE:-download (external/ggml.cmake)}"
 
 # ---- 3. the package, as a wheel, then installed ---------------------------------------------------------------

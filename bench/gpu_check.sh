@@ -20,7 +20,7 @@
 #   Anything after -- goes to bench/gpu_check.py (e.g. -- --no-torch --tolerance 1.0).
 # Without --wheels the package is built from this checkout when nvcc is found (PATH, $CUDA_HOME, /usr/local/cuda),
 # for the GPU's own architecture (nvidia-smi's compute_cap), with ggml's pinned source from
-# $GGML_MNIST_GGML_SOURCE or build/*/_deps/ggml_python-0.0.45.tar.gz (no download). The build needs scikit-build-core
+# $GGML_MNIST_GGML_SOURCE or build/*/_deps/ (bench/ggml_source.sh; no download). The build needs scikit-build-core
 # and cffi importable by --python, or as wheels in --wheels.
 set -euo pipefail
 
@@ -104,11 +104,9 @@ there is a network (bench/cuda_build.sh --wheel-dir DIR) and pass --wheels DIR"
             "$py" -m pip install -q ${wheels:+--no-index --find-links "$wheels"} "cmake>=3.21" "ninja" \
                 || die "CMake >= 3.21 is needed to build (no network? install it, or put its wheel in --wheels)"
         fi
-        if [ -z "${GGML_MNIST_GGML_SOURCE:-}" ]; then
-            for t in "$here"/build/*/_deps/ggml_python-0.0.45.tar.gz "$here"/../shared/ggml_python-0.0.45.tar.gz; do
-                if [ -f "$t" ]; then export GGML_MNIST_GGML_SOURCE="$t"; break; fi
-            done
-        fi
+        # shellcheck source=bench/ggml_source.sh
+        . "$here/bench/ggml_source.sh"
+        gmn_reuse_ggml_source "$here" "$here/../shared"
         args="-DGGML_CUDA_FA=OFF"
         if [ "$want_cuda" = 1 ]; then
             cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')"
