@@ -380,7 +380,9 @@ int  gmn_model_last_batch(const gmn_model * model, float * images, int64_t n_ima
  * restore the step count, random streams and moments of the optimizer state the model was loaded with;
  * GMN_E_STATE when it has none). optimizer_snapshot copies the current state into the model, so that the next
  * save writes it (key ggml_mnist.opt.position, tensors opt.m.<param> / opt.v.<param>). optimizer_steps: the
- * steps of the state the model holds, -1 for none; optimizer_drop forgets it. */
+ * steps of the state the model holds, -1 for none; optimizer_drop forgets it. The state belongs to the weights it
+ * was taken with: after a later training batch or set_tensor, until the next snapshot, save leaves it out,
+ * optimizer_steps is -1 and resume refuses it. */
 int     gmn_model_train_keep_optimizer(gmn_model * model, int resume);
 int     gmn_model_optimizer_snapshot(gmn_model * model);
 int64_t gmn_model_optimizer_steps(const gmn_model * model);

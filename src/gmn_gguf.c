@@ -556,7 +556,7 @@ static int gmn_build_gguf(const gmn_model * m, int n_meta, const char ** keys, c
         }
         gguf_add_tensor(g, t);
     }
-    gmn_optstate_write(m->opt, g);
+    gmn_optstate_write(m->opt_stale ? NULL : m->opt, g);
     *g_out = g;
     *host_out = host;
     return GMN_OK;

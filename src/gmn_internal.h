@@ -151,6 +151,8 @@ struct gmn_model {
     struct gmn_train_state * train;   /* training state, or NULL (gmn_train.c) */
     int                      diverged;
     struct gmn_optstate    * opt;     /* optimizer state saved with the model, or NULL (gmn_optstate.c) */
+    int                      opt_stale; /* 1: the weights changed after opt was taken (a training batch, set_tensor), so
+                                         * opt belongs to other weights: save leaves it out, and resume refuses it */
     /* How gmn_model_free frees train and opt: set by the files above this one that attach them, so that the model
      * file calls none of them. */
     void (*train_free)(struct gmn_train_state * st);
@@ -268,7 +270,7 @@ void    gmn_train_set_pos(struct gmn_train_state * st, const struct gmn_train_po
 /* Hand tr (allocated with malloc; the state frees it with free) to the state and install cb as its scheduler's
  * eval callback. */
 void    gmn_train_set_tracker(struct gmn_train_state * st, struct gmn_opt_tracker * tr, ggml_backend_sched_eval_callback cb);
-const struct gmn_opt_tracker * gmn_train_tracker(const struct gmn_train_state * st);
+struct gmn_opt_tracker * gmn_train_tracker(const struct gmn_train_state * st);
 void    gmn_optstate_free(struct gmn_optstate * os);
 /* Add the state (if any) to a GGUF being written: key ggml_mnist.opt.position and tensors opt.m.* / opt.v.*. */
 void    gmn_optstate_write(const struct gmn_optstate * os, struct gguf_context * g);

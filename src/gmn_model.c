@@ -490,6 +490,7 @@ int gmn_model_set_tensor(gmn_model * m, const char * name, const float * data, i
     }
     ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));
     m->diverged = 0;
+    m->opt_stale = 1;
     return GMN_OK;
 }
 

@@ -91,8 +91,8 @@ int gmn_model_train_keep_optimizer(gmn_model * m, int resume) {
     }
     const struct gmn_optstate * os = m->opt;
     if (resume) {
-        if (os == NULL) {
-            return gmn_fail(GMN_E_STATE, "resume: the model holds no optimizer state; save it with the optimizer state "
+        if (os == NULL || m->opt_stale) {
+            return gmn_fail(GMN_E_STATE, "resume: the model holds no optimizer state for its weights; save it with the optimizer state "
                             "(--save-optimizer / save_optimizer=True) to resume exactly, or fine-tune it instead (--init)");
         }
         const int want = gmn_train_optimizer(m->train);
@@ -145,7 +145,7 @@ int gmn_model_optimizer_snapshot(gmn_model * m) {
     if (m == NULL) {
         return gmn_fail(GMN_E_INVALID, "optimizer_snapshot: NULL argument");
     }
-    const struct gmn_opt_tracker * tr = m->train ? gmn_train_tracker(m->train) : NULL;
+    struct gmn_opt_tracker * tr = m->train ? gmn_train_tracker(m->train) : NULL;
     if (tr == NULL) {
         return gmn_fail(GMN_E_STATE, "optimizer_snapshot: the optimizer is not being tracked (train_keep_optimizer)");
     }
@@ -183,21 +183,33 @@ int gmn_model_optimizer_snapshot(gmn_model * m) {
             }
         }
     }
+    /* a resumed run restores moments from the state it was loaded with until each parameter's first step; the new
+     * state holds those moments too, and the old one is freed */
+    if (tr->restore != NULL) {
+        tr->restore = os;
+    }
     gmn_optstate_free(m->opt);
-    m->opt      = os;
-    m->opt_free = gmn_optstate_free;
+    m->opt       = os;
+    m->opt_free  = gmn_optstate_free;
+    m->opt_stale = 0;
     return GMN_OK;
 }
 
 int64_t gmn_model_optimizer_steps(const gmn_model * m) {
-    return m != NULL && m->opt != NULL ? m->opt->pos.step : -1;
+    return m != NULL && m->opt != NULL && !m->opt_stale ? m->opt->pos.step : -1;
 }
 
 void gmn_model_optimizer_drop(gmn_model * m) {
-    if (m != NULL) {
-        gmn_optstate_free(m->opt);
-        m->opt = NULL;
+    if (m == NULL) {
+        return;
     }
+    const struct gmn_opt_tracker * tr = m->train ? gmn_train_tracker(m->train) : NULL;
+    if (tr != NULL && tr->restore != NULL && tr->restore == m->opt) {
+        m->opt_stale = 1; /* a resumed run still restores from it: hidden until the epoch's snapshot replaces it */
+        return;
+    }
+    gmn_optstate_free(m->opt);
+    m->opt = NULL;
 }
 
 void gmn_optstate_write(const struct gmn_optstate * os, struct gguf_context * g) {

@@ -766,6 +766,7 @@ int gmn_model_train_epoch(gmn_model * m, const gmn_dataset * ds,
     const int C = m->n_classes;
     double prev_sum = 0.0;
     int64_t last = 0; /* the last batch trained */
+    m->opt_stale = 1; /* until the snapshot at the epoch's end */
     for (int64_t ib = 0; ib < nbatch; ib++) {
         last = ib;
         const int threads = gmn_team_threads(&st->team, n_threads);
@@ -894,7 +895,7 @@ void gmn_train_set_tracker(struct gmn_train_state * st, struct gmn_opt_tracker *
     ggml_backend_sched_set_eval_callback(st->sched, gmn_train_eval_cb, st);
 }
 
-const struct gmn_opt_tracker * gmn_train_tracker(const struct gmn_train_state * st) {
+struct gmn_opt_tracker * gmn_train_tracker(const struct gmn_train_state * st) {
     return st->tracker;
 }
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 
 import ggml_mnist as gm
 from ggml_mnist import layers as L
+from ggml_mnist.callbacks import Callback
 from support.helpers import read_gguf, small_options
 from support.synthetic import make_synthetic
 
@@ -253,6 +255,59 @@ def test_optimizer_state_in_the_file(data, tmp_path: Path) -> None:
         )
     with pytest.raises(gm.ConfigError, match="init= .* or resume="):
         gm.train(data["x"], data["y"], resume=model, init=model, progress=False)
+
+
+def test_optimizer_state_is_saved_only_with_the_weights_it_belongs_to(data, tmp_path: Path) -> None:
+    """The saved moments and schedule position are those of the last epoch's end: a save in the middle of an
+    epoch, or after set_weights (EarlyStopping's restore), would pair them with other weights, and a resume from
+    such a file would continue a run that never was. Those files carry the weights only."""
+
+    class SaveMidEpoch(Callback):
+        batch_interval = 0
+
+        def __init__(self) -> None:
+            self.seen: list[Optional[int]] = []
+
+        def on_batch_end(self, batch, model) -> None:
+            if batch.epoch == 2 and batch.batch == 3:
+                self.seen.append(model.optimizer_steps)
+                model.save(tmp_path / "mid.gguf")
+
+        def on_epoch_end(self, stats, model) -> None:
+            self.seen.append(model.optimizer_steps)
+
+    saver = SaveMidEpoch()
+    model, _ = gm.train(data["x"], data["y"], save_optimizer=True, callbacks=[saver], **fc(epochs=2))
+    assert saver.seen == [10, None, 20] and model.optimizer_steps == 20
+    mid = gm.load(tmp_path / "mid.gguf")
+    assert mid.optimizer_steps is None and not any(n.startswith("opt.") for n in read_gguf(tmp_path / "mid.gguf")[1])
+    with pytest.raises(gm.ConfigError, match="holds no optimizer state"):
+        gm.train(data["x"], data["y"], resume=tmp_path / "mid.gguf", progress=False)
+    model.save(tmp_path / "end.gguf")
+    assert gm.load(tmp_path / "end.gguf").optimizer_steps == 20
+    model.set_weights(model.get_weights())  # weights from elsewhere, even the same numbers
+    assert model.optimizer_steps is None
+    model.save(tmp_path / "set.gguf")
+    assert gm.load(tmp_path / "set.gguf").optimizer_steps is None
+
+
+def test_dropping_the_optimizer_state_inside_a_resumed_run_changes_nothing_of_the_run(data, tmp_path: Path) -> None:
+    """The resumed run still restores moments from the loaded state until each parameter's first step: dropping it
+    from a callback hides it (nothing to save) without freeing what the run reads, and the run stays exact."""
+
+    class Drop(Callback):
+        batch_interval = 0
+
+        def on_batch_end(self, batch, model) -> None:
+            if batch.epoch == 3 and batch.batch == 1:
+                model.drop_optimizer_state()
+                assert model.optimizer_steps is None
+
+    full, _ = gm.train(data["x"], data["y"], **fc(epochs=4))
+    half, _ = gm.train(data["x"], data["y"], save_optimizer=True, on_epoch=lambda s, m: s.epoch < 2, **fc(epochs=4))
+    half.save(tmp_path / "half.gguf")
+    rest, _ = gm.train(data["x"], data["y"], resume=tmp_path / "half.gguf", callbacks=[Drop()], progress=False)
+    assert same_weights(full, rest) and rest.optimizer_steps == 40
 
 
 def test_ctrl_c_leaves_an_interrupted_model_and_run(data, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

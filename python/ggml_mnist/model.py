@@ -595,7 +595,10 @@ class Model:
     # -- optimizer state (exact resume) -----------------------------------------------------------
     @property
     def optimizer_steps(self) -> Optional[int]:
-        """Optimizer steps of the saved optimizer state this model carries (written by :meth:`save`), or None."""
+        """Optimizer steps of the saved optimizer state this model carries (written by :meth:`save`), or None.
+
+        None too while the weights differ from the state's: in the middle of a training epoch and after
+        :meth:`set_weights`, until the next epoch ends."""
         steps = int(self._call_native(lib.gmn_model_optimizer_steps))
         return steps if steps >= 0 else None
 
