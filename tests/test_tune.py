@@ -4,6 +4,7 @@ studies, search spaces and storage URLs. PostgreSQL and killed workers: test_tun
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,20 @@ def test_mnist_tune_plot_draws_the_study_and_refuses_to_destroy_a_file(
     assert "give a name ending in .png" in capsys.readouterr().err
     with pytest.raises(gm.ConfigError, match="takes a gm.tune result or an Optuna study"):
         gm.plot.study("drawn")
+
+
+def test_ctrl_c_between_two_epochs_of_a_trial_stops_the_search(train_only: Path, tmp_path: Path) -> None:
+    """Ctrl-C while the trial reports its epoch (Optuna's storage and pruner run between epochs) ends the search
+    like Ctrl-C in a batch: the cut trial is neither completed nor saved."""
+
+    class CtrlC(optuna.pruners.BasePruner):
+        def prune(self, study: Any, trial: Any) -> bool:
+            signal.raise_signal(signal.SIGINT)
+            return False
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        small_tune(train_only, run, epochs=3, export=False, pruner=CtrlC())
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'study.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+    assert not list((run / "trials").iterdir())

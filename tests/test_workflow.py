@@ -311,18 +311,44 @@ def test_dropping_the_optimizer_state_inside_a_resumed_run_changes_nothing_of_th
 
 
 def test_ctrl_c_leaves_an_interrupted_model_and_run(data, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    def on_epoch(stats, model):
-        if stats.epoch == 1:
-            signal.raise_signal(signal.SIGINT)  # as if Ctrl-C was pressed: training stops after the next batch
+    class CtrlC(Callback):
+        batch_interval = 0
 
-    model, history = gm.train(data["x"], data["y"], on_epoch=on_epoch, metrics=tmp_path / "run.sqlite", **fc(epochs=4))
-    assert [s.interrupted for s in history] == [
-        False,
-        True,
-    ] and "stopping after the current batch" in capsys.readouterr().err
+        def on_batch_end(self, batch, model) -> None:
+            if batch.epoch == 2 and batch.batch == 3:
+                signal.raise_signal(signal.SIGINT)  # as if Ctrl-C was pressed: training stops after this batch
+
+    model, history = gm.train(
+        data["x"], data["y"], callbacks=[CtrlC()], metrics=tmp_path / "run.sqlite", save_optimizer=True, **fc(epochs=4)
+    )
+    assert [s.interrupted for s in history] == [False, True]
+    assert "stopping after the current batch" in capsys.readouterr().err
     model.save(tmp_path / "m.gguf")
     meta = gm.load(tmp_path / "m.gguf").metadata
     assert meta["status"] == "interrupted" and meta["interrupted"] and len(meta["history"]) == 2
     with sqlite3.connect(tmp_path / "run.sqlite") as db:
         assert db.execute("SELECT status FROM runs").fetchall() == [("interrupted",)]
-        assert db.execute("SELECT count(*) FROM batches WHERE epoch = 2").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM batches WHERE epoch = 2").fetchone() == (3,)
+
+
+def test_ctrl_c_between_epochs_trains_no_more(data, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C in an epoch's callbacks (its validation, on_epoch_end, a checkpoint) ends the run there: no batch of the
+    next epoch is trained, the whole epoch stays as it was, and its optimizer state resumes exactly."""
+
+    def on_epoch(stats, model):
+        if stats.epoch == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    model, history = gm.train(
+        data["x"], data["y"], on_epoch=on_epoch, metrics=tmp_path / "run.sqlite", save_optimizer=True, **fc(epochs=4)
+    )
+    assert [s.interrupted for s in history] == [False] and "stopping" in capsys.readouterr().err
+    assert model.metadata["status"] == "interrupted" and model.metadata["interrupted"]
+    assert model.optimizer_steps == 10
+    with sqlite3.connect(tmp_path / "run.sqlite") as db:
+        assert db.execute("SELECT status FROM runs").fetchall() == [("interrupted",)]
+        assert db.execute("SELECT count(*) FROM batches WHERE epoch = 2").fetchone() == (0,)
+    model.save(tmp_path / "m.gguf")
+    rest, _ = gm.train(data["x"], data["y"], resume=tmp_path / "m.gguf", progress=False)
+    full, _ = gm.train(data["x"], data["y"], **fc(epochs=4))
+    assert same_weights(full, rest)

@@ -323,6 +323,11 @@ class TrainingRun:
                     _call(cb, "on_train_begin", self)
                 clock.start = time.perf_counter()  # max_seconds counts from here
                 for epoch in range(self.first_epoch, cfg.epochs + 1):
+                    if epoch > self.first_epoch and (interrupt.requested or EXITING.is_set()):
+                        # Ctrl-C after the last epoch's batches (its validation, the callbacks): no batch more
+                        self.status = "interrupted"
+                        model.metadata = self.metadata()
+                        break
                     if epoch > self.first_epoch and clock.time_is_up(cfg.max_seconds):
                         # spent after the last epoch's batches (its validation, the callbacks): no epoch of one batch
                         self.history[-1].time_limit = True

@@ -596,7 +596,7 @@ class _Objective:
         value = float(history[-1].val_acc)
         trial.set_user_attr("seconds", round(seconds, 3))
         trial.set_user_attr("epochs_run", len(history))
-        if history[-1].interrupted:
+        if model.metadata.get("status") == "interrupted":  # Ctrl-C in an epoch, or between two (say, in on_epoch)
             self.interrupted = True
             raise KeyboardInterrupt
         if pruned:

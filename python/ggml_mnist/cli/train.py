@@ -334,7 +334,8 @@ def _train(args: argparse.Namespace) -> int:
         save_optimizer=args.save_optimizer,
         **options,
     )
-    interrupted = bool(history) and history[-1].interrupted
+    # Ctrl-C in an epoch ends it early; between two epochs (in validation or callbacks) it ends the run there
+    interrupted = model.metadata.get("status") == "interrupted"
     # an interrupted run never replaces an existing model: its partial model goes beside it
     saved = _interrupted_name(args.output, inputs) if interrupted and Path(args.output).exists() else args.output
     model.save(saved, force=args.force)
@@ -372,7 +373,8 @@ def _train(args: argparse.Namespace) -> int:
     if interrupted:
         kept = f"; {args.output} is kept as it was" if saved != args.output else ""
         print(
-            f"mnist-train: interrupted in epoch {len(history)}; {saved} holds the model trained so far{kept}",
+            f"mnist-train: interrupted {'in' if history and history[-1].interrupted else 'after'} epoch "
+            f"{len(history)}; {saved} holds the model trained so far{kept}",
             file=sys.stderr,
         )
         return 130
