@@ -12,7 +12,7 @@ import ggml_mnist as gm
 from ggml_mnist import cli
 from ggml_mnist._ffi import ffi, lib
 from ggml_mnist.layers import GELU, AvgPool2d, BatchNorm, Conv2d, Dense, Dropout, MaxPool2d, ReLU, SiLU, Tanh, residual
-from support.helpers import THREADS, check_sgd_gradient, images, reference_net_proba, spread_weights
+from support.helpers import THREADS, check_sgd_gradient, images, reference_net_proba, same_weights, spread_weights
 
 # The ops ggml-cuda runs, from ggml_backend_cuda_device_supports_op in src/ggml-cuda/ggml-cuda.cu of the pinned
 # ggml 0.15.3 (vendor/ggml of the ggml-python 0.0.45 sdist, lines 5054-5456): every case label of the function, as
@@ -305,7 +305,7 @@ def test_training_and_prediction_do_not_depend_on_the_thread_count() -> None:
     weights = [r.get_weights() for r in runs]
     assert runs[1].plan["kernels"]["mul_mat"] > 0 and runs[1].plan["kernels"]["out_prod"] > 0
     for other in weights[1:]:
-        assert all(np.array_equal(weights[0][k], v) for k, v in other.items())
+        assert same_weights(weights[0], other)
     probs = [gm.Model.from_bytes(runs[0].to_bytes(), threads=t).predict_proba(x) for t in (1, 2, 3)]
     assert all(np.array_equal(probs[0], p) for p in probs[1:])
 

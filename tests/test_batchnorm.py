@@ -32,6 +32,7 @@ from support.helpers import (
     read_gguf,
     reference_logits,
     reference_net_proba,
+    same_weights,
     sgd_step,
     spread_weights,
     write_gguf,
@@ -264,7 +265,7 @@ def test_seeded_runs_repeat_and_threads_change_no_bit() -> None:
     options = dict(arch=layers, n_classes=4, epochs=2, batch_size=20, seed=3, progress=False, augment="none")
     runs = [train(x, y, threads=t, **options)[0].get_weights() for t in (1, 1, 2)]
     for other in runs[1:]:
-        assert all(np.array_equal(runs[0][k], v) for k, v in other.items())
+        assert same_weights(runs[0], other)
 
 
 @pytest.mark.parametrize("case", list(NETS))
@@ -377,8 +378,7 @@ def test_exact_resume_restores_the_running_statistics(tmp_path: Path) -> None:
     _, tensors = read_gguf(tmp_path / "half.gguf")
     assert "opt.m.bn1.weight" in tensors and not any(k.startswith("opt.") and k.endswith(RUNNING) for k in tensors)
     rest, _ = train(x, y, resume=tmp_path / "half.gguf", threads=THREADS, progress=False)
-    a, b = full.get_weights(), rest.get_weights()
-    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert same_weights(full, rest)
 
 
 # ---- GGUF ----------------------------------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def test_gguf_round_trip_is_exact(tmp_path: Path) -> None:
     model.save(tmp_path / "m.gguf")
     loaded = load(tmp_path / "m.gguf", threads=THREADS)
     assert loaded.layers == model.layers and loaded.layers[3] == BatchNorm(0.05, 1e-4, name="bn1")
-    assert all(np.array_equal(v, weights[k]) for k, v in loaded.get_weights().items())
+    assert same_weights(loaded, weights)
     x = images(6, size)
     assert np.array_equal(loaded.predict_proba(x), model.predict_proba(x))
     fields, tensors = read_gguf(tmp_path / "m.gguf")

@@ -12,7 +12,7 @@ import pytest
 import ggml_mnist as gm
 from ggml_mnist.callbacks import Callback, EarlyStopping, EpochStats, ModelCheckpoint, RunLog, StopTraining
 from ggml_mnist.training import BestEpoch
-from support.helpers import THREADS
+from support.helpers import THREADS, same_weights
 
 EPOCHS = 6
 
@@ -41,11 +41,6 @@ def options(data: dict, **changes) -> dict:
         ),
         **changes,
     }
-
-
-def weights_equal(a: gm.Model, b: gm.Model) -> bool:
-    wa, wb = a.get_weights(), b.get_weights()
-    return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
 class Recorder(Callback):
@@ -100,13 +95,13 @@ def test_the_shorthand_keywords_and_the_callbacks_give_the_same_bits(data, tmp_p
         **options(data),
     )
     assert a.metadata["status"] == "stopped_early" and len(ha) < EPOCHS  # the run is one that stops early
-    assert weights_equal(a, b)
+    assert same_weights(a, b)
     assert a.metadata["restored_best_epoch"] == b.metadata["restored_best_epoch"] == a.metadata["best_epoch"]
     strip = [{k: v for k, v in s.as_dict().items() if k != "seconds"} for s in ha]
     assert strip == [{k: v for k, v in s.as_dict().items() if k != "seconds"} for s in hb]
     assert seen["keywords"] == seen["callbacks"] == [s.epoch for s in ha]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(p.name for p in (tmp_path / "b").iterdir())
-    assert weights_equal(gm.load(tmp_path / "a" / "best.gguf"), gm.load(tmp_path / "b" / "best.gguf"))
+    assert same_weights(gm.load(tmp_path / "a" / "best.gguf"), gm.load(tmp_path / "b" / "best.gguf"))
     query = "SELECT epoch, batch, loss, accuracy, lr FROM batches ORDER BY epoch, batch"
     rows_a = sqlite3.connect(tmp_path / "a.sqlite").execute(query).fetchall()
     assert rows_a == sqlite3.connect(tmp_path / "b.sqlite").execute(query).fetchall()
@@ -140,7 +135,7 @@ def test_the_shorthand_and_a_callback_without_validation_give_the_same_bits(data
         progress=False,
         callbacks=[Recorder(batch_interval=0.0)],
     )
-    assert weights_equal(a, b) and [s.train_loss for s in ha] == [s.train_loss for s in hb]
+    assert same_weights(a, b) and [s.train_loss for s in ha] == [s.train_loss for s in hb]
 
 
 def test_hooks_run_in_order_and_see_the_run(data) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 import ggml_mnist
 from ggml_mnist import ConfigError, DataError, DeviceError, Model
-from support.helpers import THREADS, conv_channels_of, hidden_of, reference_proba, spread_weights
+from support.helpers import THREADS, conv_channels_of, hidden_of, reference_proba, same_weights, spread_weights
 
 FC_DEFAULT_SHAPES = {"fc1.weight": (500, 784), "fc1.bias": (500,), "fc2.weight": (10, 500), "fc2.bias": (10,)}
 CNN_DEFAULT_SHAPES = {
@@ -225,8 +225,7 @@ def test_set_weights_rejects_bad_tensors_and_keeps_the_old_ones() -> None:
         model.set_weights({"fc2.bias": np.full(10, np.inf)})
     with pytest.raises(ConfigError, match=r"tensor 'fc2.bias' must have shape \(10,\)"):  # all or nothing
         model.set_weights({"fc1.bias": np.ones(8, np.float32), "fc2.bias": np.zeros(3, np.float32)})
-    after = model.get_weights()
-    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert same_weights(model, before)
 
 
 # ---- bad inputs ----------------------------------------------------------------------------------

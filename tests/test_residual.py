@@ -32,6 +32,7 @@ from support.helpers import (
     read_gguf,
     reference_logits,
     reference_net_proba,
+    same_weights,
     sgd_step,
     spread_weights,
 )
@@ -182,7 +183,7 @@ def test_pytorch_layout_of_the_projections() -> None:
     assert make("dense").get_weights(layout="torch")["res2.weight"].shape == (5, 6)
     copy = make("strided projection", seed=9)
     copy.set_weights(torch, layout="torch")
-    assert all(np.array_equal(v, model.get_weights()[k]) for k, v in copy.get_weights().items())
+    assert same_weights(copy, model)
 
 
 # ---- GGUF -----------------------------------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def test_gguf_round_trip_is_exact(tmp_path: Path) -> None:
     model.save(tmp_path / "m.gguf")
     loaded = load(tmp_path / "m.gguf", threads=THREADS)
     assert loaded.layers == model.layers and loaded.architecture == "ggml-mnist"
-    assert all(np.array_equal(v, model.get_weights()[k]) for k, v in loaded.get_weights().items())
+    assert same_weights(loaded, model)
     x = images(5, size)
     assert np.array_equal(loaded.predict_proba(x), model.predict_proba(x))
     fields, _ = read_gguf(tmp_path / "m.gguf")

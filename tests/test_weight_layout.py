@@ -8,7 +8,7 @@ import pytest
 import ggml_mnist as gm
 from ggml_mnist import ConfigError, Model
 from ggml_mnist.layers import BatchNorm, Conv2d, Dense, MaxPool2d, ReLU
-from support.helpers import THREADS, spread_weights
+from support.helpers import THREADS, same_weights, spread_weights
 
 # a 1-in 1-out convolution (ggml layout [k, k]), a strided padded one, pooling, a hidden dense layer
 CUSTOM = [
@@ -175,7 +175,7 @@ def test_wrong_layouts_and_shapes_are_refused_and_change_nothing() -> None:
         model.set_weights({**weights, "dense.bias": np.zeros(10, np.float32)}, layout="torch")
     with pytest.raises(ConfigError, match="'dense.weight' has 10 values"):
         gm.convert_weights({"dense.weight": np.zeros(10)}, model, to="torch")
-    assert all(np.array_equal(model.get_weights()[k], v) for k, v in before.items())
+    assert same_weights(model, before)
 
 
 def test_model_evaluate_mirrors_gm_evaluate() -> None:

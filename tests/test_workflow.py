@@ -13,7 +13,7 @@ import pytest
 import ggml_mnist as gm
 from ggml_mnist import layers as L
 from ggml_mnist.callbacks import Callback
-from support.helpers import read_gguf, small_options
+from support.helpers import read_gguf, same_weights, small_options
 from support.synthetic import make_synthetic
 
 
@@ -27,11 +27,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
 
 def fc(**overrides):
     return small_options("fc", **{"hidden": 16, "seed": 7, **overrides})
-
-
-def same_weights(a: gm.Model, b: gm.Model) -> bool:
-    wa, wb = a.get_weights(), b.get_weights()
-    return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -90,7 +85,7 @@ def test_early_stopping_restores_the_best_weights(data) -> None:
     best = int(np.argmin(losses)) + 1
     assert len(history) == best + 2 < 10 and model.metadata["stopped_early"]
     assert model.metadata["restored_best_epoch"] == best
-    assert all(np.array_equal(model.get_weights()[k], kept[best][k]) for k in kept[best])
+    assert same_weights(model, kept[best])
     with pytest.raises(gm.ConfigError, match="early_stopping watches the validation loss"):
         gm.train(data["x"], data["y"], early_stopping=2, **fc())
     with pytest.raises(gm.ConfigError, match="patience"):
@@ -109,7 +104,7 @@ def test_checkpoints_every_epoch_and_best_only(data, tmp_path: Path) -> None:
     )
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["epoch-001.gguf", "epoch-002.gguf", "epoch-003.gguf"]
     second = gm.load(tmp_path / "ck" / "epoch-002.gguf")
-    assert all(np.array_equal(second.get_weights()[k], kept[2][k]) for k in kept[2])
+    assert same_weights(second, kept[2])
     assert len(second.metadata["history"]) == 2 and second.metadata["status"] == "running"
     assert gm.load(tmp_path / "ck" / "epoch-003.gguf").metadata["status"] == "finished"
 

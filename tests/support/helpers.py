@@ -104,6 +104,13 @@ def reference_proba(
     return softmax(features @ w["dense.weight"].T + w["dense.bias"].reshape(-1))
 
 
+def same_weights(a: Any, b: Any) -> bool:
+    """Whether two models (or :meth:`Model.get_weights` dicts) hold the same tensors with the same bits."""
+    wa = a if isinstance(a, Mapping) else a.get_weights()
+    wb = b if isinstance(b, Mapping) else b.get_weights()
+    return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
 def spread_weights(model: Any, scale: float, seed: int = 0) -> dict[str, np.ndarray]:
     """Give model normal random weights, ``scale`` times its init bound, so its outputs are far from uniform."""
     rng = np.random.default_rng(seed)
