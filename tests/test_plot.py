@@ -155,7 +155,7 @@ def test_a_failed_save_keeps_the_old_file(tmp_path: Path) -> None:
     fig = plot.history(HISTORY)
     fig.savefig = lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
     with pytest.raises(OSError, match="disk full"):
-        plot.save_png(fig, target)
+        plot.save_png(fig, target, force=True)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["h.png"]
 
 
@@ -182,6 +182,37 @@ def test_mnist_plot_writes_every_picture(
     )
     err = capsys.readouterr().err
     assert "metrics log" in err and "does not exist" in err
+
+
+def test_plots_never_replace_what_they_did_not_draw(
+    trained: tuple[gm.Model, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's picture or notes under a plot's name, the model itself or --out naming a file: refused before any
+    work, nothing changed; a plot this package drew is replaced, and --force replaces the others."""
+    model, data = trained
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    Image.new("RGB", (4, 4)).save(pics / "history.png")  # somebody's picture
+    (pics / "mistakes.png").write_text("notes")
+    before = {p.name: p.read_bytes() for p in pics.iterdir()}
+    model.save(tmp_path / "m.gguf")
+    argv = [str(tmp_path / "m.gguf"), "--out", str(pics), "--data-dir", str(data), "--mistakes", "4"]
+    assert plot_main(argv) == 1
+    assert "already exists and is a PNG picture" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in pics.iterdir()} == before
+    with pytest.raises(gm.ModelIOError, match="--force"):
+        plot.history(HISTORY, path=pics / "mistakes.png")
+    assert (pics / "mistakes.png").read_text() == "notes"
+    model.save(pics / "confusion.png", force=True)  # the model under a plot's name: an input, never replaced
+    assert plot_main([str(pics / "confusion.png"), *argv[1:], "--force"]) == 1
+    assert "is the input file" in capsys.readouterr().err
+    (pics / "confusion.png").unlink()
+    assert plot_main([*argv, "--force"]) == 0
+    assert plot_main(argv) == 0  # now they are all ours
+    for name in ("history.png", "mistakes.png"):
+        _png(pics / name, (100, 100))
+    assert plot_main([argv[0], "--out", str(tmp_path / "m.gguf")]) == 1
+    assert "is a file; give a folder" in capsys.readouterr().err
 
 
 def test_without_matplotlib_the_message_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:

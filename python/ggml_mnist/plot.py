@@ -18,7 +18,7 @@ from .data import atomic_path
 from .errors import ConfigError, DataError
 from .layers import Conv2d, Dropout
 from .model import Model, PathLike
-from .outputs import PNG_SOFTWARE
+from .outputs import PNG_SOFTWARE, check_output
 from .runlog import read_epochs
 
 if TYPE_CHECKING:
@@ -51,15 +51,17 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def save_png(fig: Figure, path: PathLike) -> None:
-    """Write ``fig`` as a PNG atomically: a failed save leaves an existing file untouched."""
+def save_png(fig: Figure, path: PathLike, *, force: bool = False) -> None:
+    """Write ``fig`` as a PNG atomically: a failed save leaves an existing file untouched. An existing file that
+    is not a picture this package drew is replaced only with ``force`` (ModelIOError otherwise)."""
+    path = check_output(path, kind="png", force=force, what="the plot", example="plot.png")
     with atomic_path(path) as tmp, open(tmp, "xb") as f:  # unlike mkstemp, the file gets the usual permissions (umask)
         fig.savefig(f, format="png", metadata={"Software": PNG_SOFTWARE})  # marks the file as ours
 
 
-def _done(fig: Figure, path: Optional[PathLike]) -> Figure:
+def _done(fig: Figure, path: Optional[PathLike], force: bool) -> Figure:
     if path is not None:
-        save_png(fig, path)
+        save_png(fig, path, force=force)
     return fig
 
 
@@ -89,7 +91,7 @@ def history_from_metrics(path: PathLike, run: Optional[int] = None) -> list[dict
     return history_rows(read_epochs(path, run)[1])
 
 
-def history(history_or_model: HistoryLike, *, path: Optional[PathLike] = None) -> Figure:
+def history(history_or_model: HistoryLike, *, path: Optional[PathLike] = None, force: bool = False) -> Figure:
     """Loss and accuracy against epoch, train and validation, and the learning rate when recorded."""
     rows = history_rows(history_or_model)
     has_lr = any(r["lr"] is not None for r in rows)
@@ -110,11 +112,11 @@ def history(history_or_model: HistoryLike, *, path: Optional[PathLike] = None) -
         ax.grid(alpha=0.3)
         if key != "lr":
             ax.legend()
-    return _done(fig, path)
+    return _done(fig, path, force)
 
 
 def confusion_matrix(
-    result: Any, *, class_names: Optional[Sequence[str]] = None, path: Optional[PathLike] = None
+    result: Any, *, class_names: Optional[Sequence[str]] = None, path: Optional[PathLike] = None, force: bool = False
 ) -> Figure:
     """Counts of true (rows) against predicted (columns) classes of an EvalResult (or a square count matrix)."""
     counts = np.asarray(result.confusion_matrix() if hasattr(result, "confusion_matrix") else result)
@@ -137,7 +139,7 @@ def confusion_matrix(
         top = counts.max() or 1
         for (i, j), c in np.ndenumerate(counts):
             ax.text(j, i, str(int(c)), ha="center", va="center", fontsize=8, color="white" if c > top / 2 else "black")
-    return _done(fig, path)
+    return _done(fig, path, force)
 
 
 def mistakes(
@@ -148,6 +150,7 @@ def mistakes(
     n: int = 24,
     class_names: Optional[Sequence[str]] = None,
     path: Optional[PathLike] = None,
+    force: bool = False,
 ) -> Figure:
     """A grid of the ``n`` most confident mistakes of ``model`` on images ``x`` with labels ``y``."""
     images = np.asarray(x)
@@ -171,7 +174,7 @@ def mistakes(
     for ax, i in zip(axes, worst):
         ax.imshow(images[i], cmap="gray")
         ax.set_title(f"true {names[labels[i]]}\npred {names[pred[i]]} {100 * probs[i, pred[i]]:.0f}%", fontsize=8)
-    return _done(fig, path)
+    return _done(fig, path, force)
 
 
 def _mosaic(tiles: np.ndarray) -> np.ndarray:
@@ -195,7 +198,7 @@ def feature_grid(maps: np.ndarray, columns: int = 8) -> np.ndarray:
     return _mosaic(tiles.reshape(rows, min(c, columns), h, w))
 
 
-def filters(model: Model, *, path: Optional[PathLike] = None) -> Figure:
+def filters(model: Model, *, path: Optional[PathLike] = None, force: bool = False) -> Figure:
     """Every convolution layer's kernels: one column per output channel, one row per input channel."""
     convs = [layer for layer in model.layers if isinstance(layer, Conv2d)]
     if not convs:
@@ -215,10 +218,10 @@ def filters(model: Model, *, path: Optional[PathLike] = None) -> Figure:
         ax.set_xticks([])
         ax.set_yticks([])
         fig.colorbar(image, ax=ax, shrink=0.8)
-    return _done(fig, path)
+    return _done(fig, path, force)
 
 
-def activations(model: Model, image: Any, *, path: Optional[PathLike] = None) -> Figure:
+def activations(model: Model, image: Any, *, path: Optional[PathLike] = None, force: bool = False) -> Figure:
     """The feature maps of one image ([H, W] uint8 or floats in [0, 1]), layer by layer (dropout skipped)."""
     maps = model.activations(image)
     shown = [(i, layer, a) for i, (layer, a) in enumerate(zip(model.layers, maps)) if not isinstance(layer, Dropout)]
@@ -244,7 +247,7 @@ def activations(model: Model, image: Any, *, path: Optional[PathLike] = None) ->
                 rotation=45 if max(map(len, names)) > 2 else 0,
                 ha="right" if max(map(len, names)) > 2 else "center",
             )
-    return _done(fig, path)
+    return _done(fig, path, force)
 
 
 def _class_names(names: Optional[Sequence[str]], n: int) -> list[str]:
@@ -256,7 +259,7 @@ def _class_names(names: Optional[Sequence[str]], n: int) -> list[str]:
     return names
 
 
-def study(study_or_result: Any, *, path: Optional[PathLike] = None) -> Figure:
+def study(study_or_result: Any, *, path: Optional[PathLike] = None, force: bool = False) -> Figure:
     """A recipe search (``gm.tune``'s result, or its Optuna study): the validation accuracy of every trial after each
     epoch (pruned trials in grey, where the pruner stopped them), each finished trial's score in trial order with the
     best so far, and the parameters' importances (Optuna's default evaluator) once two trials have finished."""
@@ -327,4 +330,4 @@ def study(study_or_result: Any, *, path: Optional[PathLike] = None) -> Figure:
         ax.set_title("what mattered")
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle(f"study {s.study_name}: {len(done)} finished, {n_pruned} pruned")
-    return _done(fig, path)
+    return _done(fig, path, force)

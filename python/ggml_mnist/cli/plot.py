@@ -13,7 +13,11 @@ from ..config import DEFAULT_DEVICE
 from ..datasets import dataset_info
 from ..errors import ConfigError, DataError
 from ..layers import Conv2d
+from ..outputs import check_output, check_writable_dir
 from .common import add_data_arguments, add_version, dataset_dir, model_dataset, run
+
+#: The files mnist-plot writes into --out.
+PICTURES = ("history.png", "confusion.png", "mistakes.png", "filters.png", "activations.png")
 
 
 def plot_parser() -> argparse.ArgumentParser:
@@ -32,6 +36,11 @@ def plot_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", default=DEFAULT_DEVICE, help=f"auto, cpu or a ggml device name (default: {DEFAULT_DEVICE})"
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="let the plots replace files in DIR that ggml-mnist did not draw (never the model or --metrics)",
+    )
     p.add_argument("--verbose", action="store_true", help="show ggml's own log on stderr")
     return add_version(p)
 
@@ -39,9 +48,14 @@ def plot_parser() -> argparse.ArgumentParser:
 def _plot(args: argparse.Namespace) -> int:
     if args.run is not None and args.metrics is None:
         raise ConfigError("--run picks a run in a --metrics log; give --metrics RUN.sqlite too")
-    model = api.load(args.model, device=args.device)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {args.out!r} is a file; give a folder for the pictures (created when missing)")
+    check_writable_dir(out, "--out")
+    model = api.load(args.model, device=args.device)
+    # every picture's file, checked before the work: never the model or the run log, never another program's file
+    for name in PICTURES:
+        check_output(out / name, [args.model, args.metrics], kind="png", force=args.force, what="the plot")
     written = []
     try:
         history = plot.history_from_metrics(args.metrics, args.run) if args.metrics else plot.history_rows(model)
@@ -50,19 +64,21 @@ def _plot(args: argparse.Namespace) -> int:
             raise
         print(f"mnist-plot: no training curves: {exc}", file=sys.stderr)
     else:
-        plot.history(history, path=out / "history.png")
+        plot.history(history, path=out / "history.png", force=args.force)
         written.append("history.png")
     dataset = model_dataset(model, args.dataset)
     images, labels = dataset_info(dataset).load(dataset_dir(args.data_dir, dataset, "test", args.download), "test")
     result = api.evaluate(model, images, labels)
     names = model.class_names
-    plot.confusion_matrix(result, class_names=names, path=out / "confusion.png")
-    plot.mistakes(model, images, labels, n=args.mistakes, class_names=names, path=out / "mistakes.png")
+    plot.confusion_matrix(result, class_names=names, path=out / "confusion.png", force=args.force)
+    plot.mistakes(
+        model, images, labels, n=args.mistakes, class_names=names, path=out / "mistakes.png", force=args.force
+    )
     written += ["confusion.png", "mistakes.png"]
     if any(isinstance(layer, Conv2d) for layer in model.layers):
-        plot.filters(model, path=out / "filters.png")
+        plot.filters(model, path=out / "filters.png", force=args.force)
         written.append("filters.png")
-    plot.activations(model, images[0], path=out / "activations.png")
+    plot.activations(model, images[0], path=out / "activations.png", force=args.force)
     written.append("activations.png")
     print(
         f"mnist-plot: test accuracy {100 * result.accuracy:.2f}% on {result.n} images; wrote "
