@@ -18,7 +18,7 @@ from ..errors import ConfigError, GgmlMnistError
 from ..outputs import MAGIC, check_output, describe, same_file
 from ..pictures.annotate import annotate, save_png
 from ..pictures.prepare import text_art
-from .common import IMAGE_SUFFIXES, add_version, run
+from .common import IMAGE_SUFFIXES, add_version, printable, run
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -98,12 +98,17 @@ def _annotation_paths(out: str, images: Sequence[str], model: str, force: bool) 
                 )
             named[image] = os.path.join(out, name)
         os.makedirs(out, exist_ok=True)
-    return {
+    checked = {
         image: str(
             check_output(path, [model, *images], kind="png", force=force, what="--annotate output", example="read.png")
         )
         for image, path in named.items()
     }
+    if Path(out).suffix.lower() != ".png" and not os.path.isdir(out):
+        raise ConfigError(
+            f"--annotate {out!r}: the annotated picture is a PNG; give a name ending in .png such as read.png"
+        )
+    return checked
 
 
 def _one(model: Any, path: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -112,12 +117,12 @@ def _one(model: Any, path: str, args: argparse.Namespace) -> dict[str, Any]:
         reading = model.read_digits(path)
         found, result = reading.digits, {"path": path, **reading.as_dict()}
         lowest = min(d.probability for d in found)
-        text = reading.text.replace("\n", " / ")
+        text = printable(reading.text.replace("\n", " / "))  # class names come from the model file
         line = f"{path}: {text}  ({len(found)} digits, lowest probability {100 * lowest:.1f}%)"
     else:
         pred = model.predict_image(path)
         found, result = [pred], {"path": path, **pred.as_dict()}
-        line = f"{path}: {pred.class_name} ({100 * pred.probability:.1f}%)"
+        line = f"{path}: {printable(pred.class_name)} ({100 * pred.probability:.1f}%)"
     if args.json:
         print(json.dumps(result), flush=True)
     else:
@@ -125,7 +130,7 @@ def _one(model: Any, path: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.show_input:
         for item in found:
             print(
-                f"{item.class_name} at {item.box}:\n{text_art(item.input)}",
+                f"{printable(item.class_name)} at {item.box}:\n{text_art(item.input)}",
                 file=sys.stderr if args.json else sys.stdout,
             )
     if args.annotate:
@@ -155,6 +160,8 @@ def _predict(args: argparse.Namespace) -> int:
     for path in args.images:
         try:
             _one(model, path, args)
+        except BrokenPipeError:  # the reader of our output is gone (| head): nothing failed; stop quietly
+            raise
         except (GgmlMnistError, OSError, MemoryError) as exc:
             failed += 1
             message = " ".join(str(exc).split()) or "not enough memory"
