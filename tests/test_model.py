@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import warnings
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -313,3 +316,28 @@ def test_distinct_models_are_independent() -> None:
     spread_weights(a, scale=5.0)
     a.close()
     assert np.array_equal(b.predict_proba(images), before)
+
+
+@pytest.mark.parametrize(
+    "names, problem",
+    [
+        (["a", "b", "c"], "3 names for 10 classes"),
+        ({"0": "zero"}, "they are dict, not a list of names"),
+        ("zero one two", "they are text, not a list of names"),
+        ([str(i) for i in range(9)] + [7], "not every name is text"),
+    ],
+)
+def test_class_names_that_do_not_fit_warn_when_loaded(tmp_path: Path, names: Any, problem: str) -> None:
+    model = Model.create("fc", hidden=8, threads=THREADS)
+    model.metadata["class_names"] = names
+    model.save(tmp_path / "m.gguf")
+    with pytest.warns(
+        ggml_mnist.GgmlMnistWarning, match=rf"its class_names are ignored \({problem}\); its classes are called 0, 1, 2"
+    ):
+        loaded = ggml_mnist.load(tmp_path / "m.gguf")
+    assert loaded.class_names == [str(i) for i in range(10)]
+    model.metadata["class_names"] = [f"c{i}" for i in range(10)]
+    model.save(tmp_path / "fine.gguf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ggml_mnist.load(tmp_path / "fine.gguf").class_names[9] == "c9"

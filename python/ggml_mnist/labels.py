@@ -25,6 +25,21 @@ def class_names(metadata: Mapping[str, Any], n_classes: int) -> list[str]:
     return datasets.class_names(dataset_name(metadata), n_classes)
 
 
+def class_names_problem(metadata: Mapping[str, Any], n_classes: int) -> Optional[str]:
+    """Why the metadata's ``class_names`` cannot name the classes (so :func:`class_names` ignores them), or None
+    when they fit or are absent."""
+    if "class_names" not in metadata:
+        return None
+    names = metadata["class_names"]
+    if not isinstance(names, list):
+        return f"they are {type(names).__name__ if not isinstance(names, str) else 'text'}, not a list of names"
+    if len(names) != n_classes:
+        return f"{len(names)} names for {n_classes} classes"
+    if not all(isinstance(n, str) for n in names):
+        return "not every name is text"
+    return None
+
+
 def preparation(metadata: Mapping[str, Any]) -> str:
     """The metadata's ``preparation`` ("digits" or "photo"), else the known dataset's, else "digits"."""
     value = metadata.get("preparation")

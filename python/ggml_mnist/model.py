@@ -22,7 +22,7 @@ from . import _ffi, labels
 from ._ffi import ffi, lib
 from .config import DEFAULT_DEVICE, DEFAULT_SEED, EVAL_CHUNK, GRAPHS, check_batch_size
 from .data import validate_images
-from .errors import ConfigError, DataError, DataFileNotFoundError, DeviceError, DeviceWarning
+from .errors import ConfigError, DataError, DataFileNotFoundError, DeviceError, DeviceWarning, GgmlMnistWarning
 from .layers import ArchLike, Dense, Layer, as_int, from_native, preset_layers, preset_names, resolve_layers
 from .outputs import check_output
 from .pictures import read as pictures
@@ -195,6 +195,14 @@ class Model:
             model = cls._own(out[0], threads)
         model.metadata = _decode_metadata(model._native_metadata())
         model.path = path
+        problem = labels.class_names_problem(model.metadata, model.n_classes)
+        if problem is not None:
+            warnings.warn(
+                f"{path}: its class_names are ignored ({problem}); its classes are called "
+                f"{', '.join(model.class_names[:3])}, ...",
+                GgmlMnistWarning,
+                stacklevel=2,
+            )
         model.set_graph(graph)
         _note_cpu_fallback(device, model.device)
         return model
