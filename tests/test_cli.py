@@ -9,12 +9,13 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ggml_mnist import Model, TrainConfig, cli, evaluate, load, load_mnist, train
+from ggml_mnist import Model, TrainConfig, cli, evaluate, load, load_mnist, read_idx, train
 from ggml_mnist.cli.common import dataset_dir
 from support.helpers import conv_channels_of, hidden_of
 from support.synthetic import SPLIT_FILES, make_synthetic
@@ -475,3 +476,24 @@ def test_output_piped_into_head_stops_quietly(tmp_path: Path) -> None:
         timeout=120,
     )
     assert out.stdout.startswith("architecture: ") and out.stderr == ""
+
+
+def test_evaluating_on_the_training_images_warns(
+    trained_model: str, files: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model trained on a set and scored on that very set (the test files given to mnist-train by mistake) says
+    so; the test split, a part of the training set or other labels do not warn."""
+    assert cli.eval_main([trained_model, files["train_images"], files["train_labels"]]) == 0
+    err = capsys.readouterr().err
+    assert "mnist-eval: warning: these 200 images are the set the model was trained on" in err
+    assert files["train_images"] in err and "held-out test split" in err
+    assert cli.eval_main([trained_model, files["test_images"], files["test_labels"]]) == 0
+    assert "warning" not in capsys.readouterr().err
+    x, y = read_idx(files["train_images"]), read_idx(files["train_labels"])
+    model = load(trained_model)
+    with pytest.warns(UserWarning, match="the set the model was trained on"):
+        evaluate(model, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate(model, x[:199], y[:199])
+        evaluate(model, x, (y + 1) % 10)

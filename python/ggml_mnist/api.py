@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,9 @@ import numpy as np
 from . import callbacks as _callbacks
 from .augment import for_dataset
 from .config import DEFAULT_DEVICE, EVAL_CHUNK, TrainConfig, check_batch_size
-from .data import load_mnist, read_idx, validate_dataset
+from .data import fingerprint, load_mnist, read_idx, validate_dataset
 from .datasets import dataset_info, identify_dataset, identify_labels, locate, preparation
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, GgmlMnistWarning
 from .labels import dataset_name as recorded_dataset
 from .layers import ArchLike, Conv2d, Dense, resolve_layers
 from .model import Model, PathLike, check_net
@@ -364,6 +365,7 @@ def train(
         "image_size": [int(h), int(w)],
         "n_classes": n_classes,
         "source": source,
+        "fingerprint": fingerprint(images, labels),  # evaluate() warns when it is given these very images
     }
     if start_model is not None:
         start_model.set_graph(cfg.graph)
@@ -405,6 +407,19 @@ def _start_path(resume: Any) -> Optional[str]:
     return os.fspath(resume) if isinstance(resume, (str, os.PathLike)) else None
 
 
+def _warn_if_trained_on(model: Model, images: np.ndarray, labels: np.ndarray) -> None:
+    """Warn when the images to evaluate on are the very set the model was trained on (its dataset's fingerprint)."""
+    trained = model.metadata.get("dataset")
+    if isinstance(trained, dict) and trained.get("fingerprint") == fingerprint(images, labels):
+        warnings.warn(
+            f"these {len(labels)} images are the set the model was trained on (from {trained.get('source')!r}), so "
+            "the accuracy says how well it remembers them, not how it reads new ones; evaluate on a held-out "
+            "test split",
+            GgmlMnistWarning,
+            stacklevel=3,
+        )
+
+
 def evaluate(
     model: Union[Model, PathLike],
     images: Optional[ArrayOrPath] = None,
@@ -439,6 +454,7 @@ def evaluate(
         dataset = recorded_dataset(model.metadata)
     images, labels = resolve_dataset(images, labels, "test", data_dir, dataset)
     images, labels, _ = validate_dataset(images, labels, model.n_classes, image_size=model.image_size)
+    _warn_if_trained_on(model, images, labels)
     n = len(labels)
     predictions = np.empty(n, dtype=np.int64)
     probabilities = np.empty((n, model.n_classes), dtype=np.float32) if keep_probabilities else None
