@@ -13,6 +13,7 @@ import pytest
 
 import ggml_mnist
 from ggml_mnist import EpochStats, Model, TrainConfig, TrainingDivergedError, evaluate, load_mnist, train
+from ggml_mnist.data import fingerprint
 from support.helpers import THREADS, conv_channels_of, hidden_of, small_options
 from support.synthetic import SPLIT_FILES, make_synthetic
 
@@ -68,6 +69,7 @@ def test_history_metadata(data: tuple) -> None:
         "image_size": [28, 28],
         "n_classes": 10,
         "source": "array",
+        "fingerprint": fingerprint(x, y),
     }
     assert meta["ggml_version"] == ggml_mnist.ggml_version and meta["version"] == ggml_mnist.__version__
 

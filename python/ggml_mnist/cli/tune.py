@@ -230,7 +230,7 @@ def _show(args: argparse.Namespace) -> int:
     else:
         print(result.report())
     if args.plot is not None:
-        plot.study(result, path=args.plot)
+        plot.study(result, path=args.plot, force=args.force)
     return 0
 
 
