@@ -92,8 +92,9 @@ int gmn_model_train_keep_optimizer(gmn_model * m, int resume) {
     const struct gmn_optstate * os = m->opt;
     if (resume) {
         if (os == NULL || m->opt_stale) {
-            return gmn_fail(GMN_E_STATE, "resume: the model holds no optimizer state for its weights; save it with the optimizer state "
-                            "(--save-optimizer / save_optimizer=True) to resume exactly, or fine-tune it instead (--init)");
+            return gmn_fail(GMN_E_STATE, "resume: the model holds no optimizer state for its weights; save it with the "
+                            "optimizer state (--save-optimizer / save_optimizer=True) at an epoch's end to resume exactly, "
+                            "or fine-tune it instead (--init)");
         }
         const int want = gmn_train_optimizer(m->train);
         if (os->optimizer != want) {
