@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -23,11 +24,12 @@ from ..datasets import PREPARATIONS
 from ..errors import DataFileNotFoundError, ImageError
 from ..outputs import refuse_directory
 from .components import Component, label
+from .lines import remove_lines
 
 ImageLike = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image, np.ndarray]
 SIZE = 28  # MNIST's image side
 FIT = 20  # MNIST fits the ink into FITxFIT before centring it in SIZExSIZE
-WORK_SIDE = 1200  # larger pictures are reduced to this longest side before the ink is searched
+WORK_SIDE = 1200  # larger pictures are reduced to WORK_SIDE x (3/4 WORK_SIDE) pixels in all before the ink is searched
 _STROKE = 0.125  # MNIST's stroke width as a fraction of the fitted digit's longest side
 _GRAINY = 1.25  # smoothing that widens the measured strokes by this factor or more shows their outline was grain
 _SCRATCH = 80  # a digit is cropped to this longest side to normalise its strokes
@@ -43,6 +45,9 @@ _PAPER_BELOW = 0.2  # a paper level found again (a tight crop) has at least this
 _PAPER_SHARE = 0.4  # ... and this share of the picture stays under its noise floor
 _MIN_EXTENT = 0.04  # a digit spans at least this fraction of the picture's shorter side
 _MIN_SIDE = 8  # and at least this many pixels (MNIST's digits span 20)
+_MARGIN = 0.25  # a picture without a digit is read again with this much paper (of its longer side) around it, ...
+_TIGHT = 0.05  # ... and a digit found then must reach within this fraction of the side of two opposite edges, ...
+_FLAT = 0.08  # ... on paper that is faintly inked (a tenth of the ink's level) in less than this share
 
 
 def describe(image: Any) -> str:
@@ -97,28 +102,32 @@ def open_picture(image: ImageLike) -> Image.Image:
 
 def _decode(f: Any, name: str) -> Image.Image:
     img: Optional[Image.Image] = None
+    is_ = "are" if name == "the bytes" else "is"
+    formats = "give a PNG, JPEG, BMP, GIF, TIFF or WebP file"
+    if f.seek(0, os.SEEK_END) == 0:
+        raise ImageError(f"{name} {is_} empty (0 bytes), not a picture; {formats}")
+    f.seek(0)
     try:
-        img = Image.open(f)
+        with warnings.catch_warnings():  # the pixel count is checked below, with a message of ours
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(f)
         limit = Image.MAX_IMAGE_PIXELS  # Pillow's own bomb limit, checked on the header before decoding
         if limit and img.width * img.height > limit:
             raise ImageError(
-                f"{name} is {img.width}x{img.height} pixels, more than the {limit / 1e6:.0f} megapixels "
-                "read here; scale it down first"
+                f"{name} {is_} a picture of {img.width}x{img.height} pixels, more than the {limit / 1e6:.0f} "
+                "megapixels read here (a guard against decompression bombs); scale it down first"
             )
         img.load()
+    except ImageError:
+        raise
     except MemoryError:
         raise _no_memory(name if img is None else f"{name} ({img.width}x{img.height} pixels)") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name} is too large to decode safely ({exc})") from exc
+        raise ImageError(f"{name} {is_} too large to decode safely ({exc}); scale it down first") from exc
     except UnidentifiedImageError:
-        raise ImageError(
-            f"{name} is not a readable image (no picture format Pillow knows); "
-            "give a PNG, JPEG, BMP, GIF, TIFF or WebP file"
-        ) from None
+        raise ImageError(f"{name} {is_} not a readable image (no picture format Pillow knows); {formats}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(
-            f"{name} is not a readable image ({exc}); give a PNG, JPEG, BMP, GIF, TIFF or WebP file"
-        ) from exc
+        raise ImageError(f"{name} {is_} not a readable image ({exc}); {formats}") from exc
     try:
         return ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
     except (ValueError, OSError, SyntaxError):
@@ -134,10 +143,32 @@ def _pil_gray(img: Image.Image) -> np.ndarray:
         raise ImageError("the image has no pixels")
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         return _array_gray(np.asarray(img))
-    if "A" in img.mode or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    try:
+        if img.mode == "La":  # premultiplied alpha, which Pillow converts only to LA
+            img = img.convert("LA")
+        if "A" in img.mode or "a" in img.mode or "transparency" in img.info:
+            return _composite(np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0)
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    except (ValueError, OSError) as exc:
+        raise ImageError(
+            f"a PIL image of mode {img.mode!r} cannot be turned into grey levels ({exc}); convert it to "
+            "'RGB', 'RGBA' or 'L' first"
+        ) from None
+
+
+def _composite(rgba: np.ndarray) -> np.ndarray:
+    """Grey levels of an [H, W, 4] picture in [0, 1] with its transparency composited: on white, except where the
+    colour is one and the same wherever the picture is not transparent (a drawing app's export: the strokes are
+    in the alpha channel): then the strokes go on white when they are dark and on black when they are light."""
+    grey = rgba[..., 0] * 0.299 + rgba[..., 1] * 0.587 + rgba[..., 2] * 0.114
+    alpha = rgba[..., 3]
+    back = 1.0
+    seen = grey[alpha > 0.05]
+    if seen.size and float(alpha.max() - alpha.min()) > 0.25:
+        lo, hi = np.percentile(seen, [1, 99])
+        if hi - lo < _MIN_CONTRAST:  # the colour says nothing: the alpha draws the picture
+            back = 0.0 if float(np.median(seen)) > 0.5 else 1.0
+    return np.ascontiguousarray(grey * alpha + back * (1.0 - alpha), dtype=np.float32)
 
 
 def _array_gray(arr: np.ndarray) -> np.ndarray:
@@ -164,9 +195,9 @@ def _array_gray(arr: np.ndarray) -> np.ndarray:
             raise ImageError(f"float image pixels must lie in [0, 1] (or 0..255), got a maximum of {hi}")
         x /= 255.0
     if x.ndim == 3:
-        alpha = x[..., 3] if x.shape[2] == 4 else None
-        gray = x[..., 0] if x.shape[2] == 1 else x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
-        x = gray if alpha is None else gray * alpha + (1.0 - alpha)
+        if x.shape[2] == 4:
+            return _composite(x)
+        x = x[..., 0] if x.shape[2] == 1 else x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -288,13 +319,90 @@ def find_ink(image: ImageLike, *, work_side: int = WORK_SIDE) -> Ink:
 
 def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
     h0, w0 = gray.shape
-    scale = max(1.0, max(h0, w0) / work_side)
+    # larger pictures are reduced to work_side x (3/4 work_side) pixels in all, whatever their shape: a long strip
+    # (a row of digits, a stroke 40 000 px long) keeps its short side
+    scale = max(1.0, float(np.sqrt(h0 * w0 / (0.75 * work_side * work_side))))
     g = gray if scale == 1.0 else _resize(gray, (max(1, round(w0 / scale)), max(1, round(h0 / scale))))
     h, w = g.shape
     if min(h, w) < 5:
         raise ImageError(f"the image is {w0}x{h0} pixels; it needs at least 5 pixels on each side to hold a digit")
+    try:
+        return _ink_at(g, scale)
+    except _NoDigit as exc:
+        lo, hi = np.percentile(g, [1, 99])
+        if hi - lo < _MIN_CONTRAST:  # nothing stands out anywhere: no crop of a digit either
+            raise
+        # A digit cropped tightly, its strokes against the picture's edges and over much of it, is no background at
+        # the edge and leaves little paper to measure: read again with a margin of paper around it, and keep what is
+        # found if it reaches across the picture (a tight crop), not just into one edge (a digit cut off).
+        pad = max(2, round(_MARGIN * min(max(h, w), 4 * min(h, w))))
+        ring = np.concatenate([g[0], g[-1], g[1:-1, 0], g[1:-1, -1]])
+        try:
+            ink = _ink_at(np.pad(g, pad, constant_values=float(np.median(ring))), scale)
+        except ImageError:
+            raise exc from None
+        ink = _cropped(ink, pad, h, w)
+        if not ink.pieces or not _across(ink.pieces, w, h) or not _clean_paper(ink):
+            raise exc from None
+        return ink
+
+
+class _NoDigit(ImageError):
+    """No digit found: no ink, only specks or only ink against the edge (a tight crop may still hold one)."""
+
+
+def _cropped(ink: Ink, pad: int, h: int, w: int) -> Ink:
+    """Ink found on a picture padded by ``pad`` pixels, cut back to the picture (h x w)."""
+    labels = ink.labels[pad : pad + h, pad : pad + w]
+    pieces = []
+    for c in ink.pieces:
+        x0, y0, x1, y1 = (
+            max(0, c.box[0] - pad),
+            max(0, c.box[1] - pad),
+            min(w, c.box[2] - pad),
+            min(h, c.box[3] - pad),
+        )
+        if x1 > x0 and y1 > y0:
+            pieces.append(Component(c.label, c.area, (x0, y0, x1, y1)))
+    return Ink(ink.strength[pad : pad + h, pad : pad + w], labels, pieces, ink.scale)
+
+
+def _clean_paper(ink: Ink) -> bool:
+    """Whether the paper around the ink is clean: a tenth of the picture or more lies away from the ink, and little
+    of it is even faintly inked (a texture or noise, padded with flat paper, would stand out as ink all over)."""
+    mask = np.isin(ink.labels, [c.label for c in ink.pieces])
+    away = ink.strength[~(_dilate(mask.astype(np.float32), 2) > 0)]
+    return away.size >= 0.1 * mask.size and float(np.mean(away > 0.1)) < _FLAT
+
+
+def _across(pieces: list[Component], w: int, h: int) -> bool:
+    """Whether the pieces reach (nearly) from one edge of a w x h picture to the opposite one."""
+    x0, y0 = min(c.box[0] for c in pieces), min(c.box[1] for c in pieces)
+    x1, y1 = max(c.box[2] for c in pieces), max(c.box[3] for c in pieces)
+    tx, ty = max(2, _TIGHT * w), max(2, _TIGHT * h)
+    return (x0 <= tx and x1 >= w - tx) or (y0 <= ty and y1 >= h - ty)
+
+
+def _ink_at(g: np.ndarray, scale: float) -> Ink:
+    """The ink of a picture at working resolution (``g``, grey levels), ruled lines taken out."""
     dark, flat = _ink_side(g)
     x = -flat if dark else flat  # ink bright on dark paper, as in MNIST, less any lighting slope
+    clean, n_lines = remove_lines(x)
+    if n_lines:
+        try:
+            return _ink_of(clean, scale)
+        except ImageError as exc:
+            if n_lines >= 3:
+                raise type(exc)(
+                    str(exc).replace("the image", f"the image, once its {n_lines} ruled lines are taken out,", 1)
+                ) from None
+            # one or two long straight marks and nothing else: they may be the digit (a 1 drawn with a thin pen)
+    return _ink_of(x, scale)
+
+
+def _ink_of(x: np.ndarray, scale: float) -> Ink:
+    """The ink of a picture at working resolution, ink bright (``x``, less its lighting slope)."""
+    h, w = x.shape
     width = _rough_stroke(x)
     if width > _BLOB * min(h, w):  # "ink" as wide as a sheet of paper: the paper lies on something darker
         other = _rough_stroke(-x)
@@ -318,7 +426,7 @@ def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
         if (raw < peak).mean() >= _PAPER_BELOW and (smooth_again <= floor_again).mean() >= _PAPER_SHARE:
             strength, smooth, floor, level = again
     if level < max(_MIN_CONTRAST, 2.0 * floor):
-        raise ImageError("the image holds no ink (no mark stands out from the paper); give a picture of a digit")
+        raise _NoDigit("the image holds no ink (no mark stands out from the paper); give a picture of a digit")
     high, low = max(0.5 * level, floor), max(0.25 * level, 0.6 * floor)
     labels, comps = label(smooth > low)
     peak = np.zeros(len(comps) + 1, dtype=np.float32)
@@ -379,12 +487,12 @@ def _digit_pieces(marks: list[Component], labels: np.ndarray, w: int, h: int) ->
     sized = [c for c in pieces if digit_sized(c)]
     if not sized:
         if any(digit_sized(c) for c in edge):
-            raise ImageError(
+            raise _NoDigit(
                 "the only ink large enough to be a digit touches the picture's edge (a digit cut off by the "
                 "edge, or the edge of the paper, a table or a shadow); take the picture with a margin of "
                 "paper around the digit"
             )
-        raise ImageError("the image holds no ink large enough to be a digit (only specks); give a picture of a digit")
+        raise _NoDigit("the image holds no ink large enough to be a digit (only specks); give a picture of a digit")
     clutter = [c for c in inside if not digit_sized(c)]
     if len(clutter) >= min(_DUST_MARKS, max(8, h * w // 200)) and (
         sum(c.area for c in clutter) >= _DUST_SHARE * sum(c.area for c in inside)
@@ -513,8 +621,17 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _photo(gray: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Fashion-MNIST's look: the object light on a black background, the whole picture squared and resized."""
+    """Fashion-MNIST's look: the object light on a black background, the whole picture squared and resized.
+
+    Raises ImageError for a picture too small to show an object or of one uniform shade."""
     h, w = gray.shape
+    if min(h, w) < 5:
+        raise ImageError(f"the image is {w}x{h} pixels; it needs at least 5 pixels on each side to show an object")
+    lo, hi = np.percentile(gray, [0.5, 99.5])
+    if hi - lo < _MIN_CONTRAST:
+        raise ImageError(
+            "the image is one uniform shade (nothing stands out from its background); give a photo of an object"
+        )
     ring = max(1, round(0.05 * min(h, w)))
     border = np.concatenate(
         [gray[:ring].ravel(), gray[-ring:].ravel(), gray[:, :ring].ravel(), gray[:, -ring:].ravel()]
