@@ -75,6 +75,27 @@ def test_a_digit_on_ruled_paper_is_prepared_as_on_plain_paper(sheet: dict, digit
     assert correlation(lined.astype(float), plain.astype(float)) > 0.85
 
 
+@pytest.mark.parametrize("line", [(150, 180, 230), (170, 170, 170)])
+@pytest.mark.parametrize("pen", [2, 5])
+def test_a_stroke_written_along_a_ruled_line_keeps_its_ink(line: tuple[int, int, int], pen: int) -> None:
+    """Writing on the line is how lined paper is used: a 7 whose bar lies on a line (covering most of it) lost the
+    bar with the line, and read as 1. The line's level comes from the lines it is ruled with, not from the stroke."""
+    from PIL import ImageDraw
+
+    def seven(ruling: tuple[int, int, int]) -> np.ndarray:
+        img = Image.new("RGB", (300, 300), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
+        for y in range(20, 300, 40):
+            draw.line([(0, y), (300, y)], fill=ruling, width=2)
+        draw.line([(45, 100), (255, 100)], fill=(20, 20, 20), width=pen)  # the bar on the line at y = 100
+        draw.line([(255, 100), (130, 260)], fill=(20, 20, 20), width=pen)
+        return prepare_image(img).astype(float)
+
+    on_the_line, plain = seven(line), seven((255, 255, 255))
+    assert correlation(on_the_line, plain) > 0.7
+    assert on_the_line[:10].sum() > 0.4 * plain[:10].sum()  # the bar, in the top rows, is still there
+
+
 def test_digits_on_ruled_paper_are_each_found(fc: Model) -> None:
     """read_digits found 1 233 marks on a ruled page; the lines are no digits, the digits crossing them are."""
     page = ruled(draw_digits([2, 0, 4, 7, 5], height=90, thickness=0.09), line=(160, 175, 220), spacing=30)

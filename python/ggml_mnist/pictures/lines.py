@@ -23,6 +23,7 @@ _EVEN = 0.15  # evenly spaced: each gap within this fraction of the commonest ga
 _TILT = 0.09  # slopes searched: up to about 5 degrees either way, ...
 _SLOPES = 100  # ... at most this many each way
 _SEGMENTS = 8  # a line's contrast is measured in this many pieces along it (the light may change along the page)
+_PIECE = 1.25  # a piece of a line is at most this many times the whole line's level (the light changes slowly)
 _DENSE = 0.2  # ridges over more than this share of the picture are a texture or noise, not ruled lines
 _CANDIDATES = 2048  # at most this many (slope, row) candidates are examined, the best covered first
 
@@ -117,10 +118,11 @@ def _remove_rows(x: np.ndarray) -> tuple[np.ndarray, int]:
     if not family and not single:
         return x, 0
     out = x.copy()
+    ref = float(np.median([_line_level(x, marks, line) for line in family])) if family else np.inf
     for line in family:
-        out -= _line_ink(x, marks, line)
+        out -= _line_ink(x, marks, line, ref)[0]
     if single:  # an edge-to-edge line alone is ruled only if it is thinner than the pen that wrote on the paper
-        takes = [_line_ink(x, marks, line) for line in single]
+        takes = [_line_ink(x, marks, line)[0] for line in single]
         pen = _pen(out - sum(takes))
         kept = [(line, take) for line, take in zip(single, takes) if line[2] - line[1] + 1 < _THINNER * pen]
         for _, take in kept:
@@ -137,9 +139,17 @@ def _pen(x: np.ndarray) -> float:
     return stroke_width(x > max(0.06, 0.5 * top)) if top > 0.06 else 0.0
 
 
-def _line_ink(x: np.ndarray, marks: np.ndarray, line: tuple[float, int, int, float]) -> np.ndarray:
+def _line_level(x: np.ndarray, marks: np.ndarray, line: tuple[float, int, int, float]) -> float:
+    """A line's contrast over the paper: the median over its columns of its strongest pixel in each."""
+    return _line_ink(x, marks, line, level_only=True)[1]
+
+
+def _line_ink(
+    x: np.ndarray, marks: np.ndarray, line: tuple[float, int, int, float], ref: float = np.inf, level_only: bool = False
+) -> tuple[np.ndarray, float]:
     """What a line (slope, first row, last row, span) adds to ``x``: in each pixel of its band, the pixel's contrast
-    over the picture just above and below the band, up to the line's own level there."""
+    over the picture just above and below the band, up to the line's own level there (at most ``_PIECE`` times
+    ``ref``, the level of the lines it is ruled with); and the line's level."""
     h, w = x.shape
     s, first, last, _ = line
     cols = np.arange(w)
@@ -157,18 +167,24 @@ def _line_ink(x: np.ndarray, marks: np.ndarray, line: tuple[float, int, int, flo
     on_line = inside & marks[by, bx]
     peak = np.where(on_line, contrast, -np.inf).max(axis=0)
     seen = np.isfinite(peak)
-    level = np.full(w, float(np.median(peak[seen])) if seen.any() else 0.0, dtype=np.float32)
+    whole = float(np.median(peak[seen])) if seen.any() else 0.0
+    if level_only:
+        return x, whole
+    whole = min(whole, _PIECE * ref)  # a stroke written along most of the line does not make it the line
+    level = np.full(w, whole, dtype=np.float32)
     for k in range(_SEGMENTS):
         here = seen & (piece == k)
         if here.sum() >= 3:
-            level[piece == k] = float(np.median(peak[here]))
+            # a stroke written along the line can fill a piece: it may raise the piece's level only a little over
+            # the whole line's, so that the stroke keeps its ink
+            level[piece == k] = min(float(np.median(peak[here])), _PIECE * whole)
     level = np.maximum(level, 0.0)
     take = np.zeros_like(x)
     # a pixel no brighter than the line is the line, even beside a stroke that crosses it (which hides the paper on
     # one side); a brighter one is the stroke, unless the paper lies on both sides
     line_like = over_paper <= _LIKE * level[None, :]
     take[by[inside], bx[inside]] = np.clip(np.where(line_like, over_paper, contrast), 0.0, level[None, :])[inside]
-    return take
+    return take, whole
 
 
 def _ruled(

@@ -328,7 +328,9 @@ def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
         raise ImageError(f"the image is {w0}x{h0} pixels; it needs at least 5 pixels on each side to hold a digit")
     try:
         return _ink_at(g, scale)
-    except _NoDigit as exc:
+    except ImageError as exc:
+        if not getattr(exc, "no_digit", False):
+            raise
         lo, hi = np.percentile(g, [1, 99])
         if hi - lo < _MIN_CONTRAST:  # nothing stands out anywhere: no crop of a digit either
             raise
@@ -347,8 +349,12 @@ def _find_ink(gray: np.ndarray, work_side: int) -> Ink:
         return ink
 
 
-class _NoDigit(ImageError):
-    """No digit found: no ink, only specks or only ink against the edge (a tight crop may still hold one)."""
+def _no_digit(message: str) -> ImageError:
+    """The ImageError of a picture in which no digit was found (no ink, only specks or only ink against the edge),
+    marked so that a tight crop may be tried (its type stays the public ImageError)."""
+    exc = ImageError(message)
+    exc.no_digit = True  # type: ignore[attr-defined]
+    return exc
 
 
 def _cropped(ink: Ink, pad: int, h: int, w: int) -> Ink:
@@ -393,9 +399,11 @@ def _ink_at(g: np.ndarray, scale: float) -> Ink:
             return _ink_of(clean, scale)
         except ImageError as exc:
             if n_lines >= 3:
-                raise type(exc)(
+                again = ImageError(
                     str(exc).replace("the image", f"the image, once its {n_lines} ruled lines are taken out,", 1)
-                ) from None
+                )
+                again.no_digit = getattr(exc, "no_digit", False)  # type: ignore[attr-defined]
+                raise again from None
             # one or two long straight marks and nothing else: they may be the digit (a 1 drawn with a thin pen)
     return _ink_of(x, scale)
 
@@ -426,7 +434,7 @@ def _ink_of(x: np.ndarray, scale: float) -> Ink:
         if (raw < peak).mean() >= _PAPER_BELOW and (smooth_again <= floor_again).mean() >= _PAPER_SHARE:
             strength, smooth, floor, level = again
     if level < max(_MIN_CONTRAST, 2.0 * floor):
-        raise _NoDigit("the image holds no ink (no mark stands out from the paper); give a picture of a digit")
+        raise _no_digit("the image holds no ink (no mark stands out from the paper); give a picture of a digit")
     high, low = max(0.5 * level, floor), max(0.25 * level, 0.6 * floor)
     labels, comps = label(smooth > low)
     peak = np.zeros(len(comps) + 1, dtype=np.float32)
@@ -487,12 +495,12 @@ def _digit_pieces(marks: list[Component], labels: np.ndarray, w: int, h: int) ->
     sized = [c for c in pieces if digit_sized(c)]
     if not sized:
         if any(digit_sized(c) for c in edge):
-            raise _NoDigit(
+            raise _no_digit(
                 "the only ink large enough to be a digit touches the picture's edge (a digit cut off by the "
                 "edge, or the edge of the paper, a table or a shadow); take the picture with a margin of "
                 "paper around the digit"
             )
-        raise _NoDigit("the image holds no ink large enough to be a digit (only specks); give a picture of a digit")
+        raise _no_digit("the image holds no ink large enough to be a digit (only specks); give a picture of a digit")
     clutter = [c for c in inside if not digit_sized(c)]
     if len(clutter) >= min(_DUST_MARKS, max(8, h * w // 200)) and (
         sum(c.area for c in clutter) >= _DUST_SHARE * sum(c.area for c in inside)
