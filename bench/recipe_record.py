@@ -9,7 +9,8 @@ normalisation on MNIST and Fashion-MNIST).
     python bench/recipe_record.py ... --only torch                 # one side only (ours: mnist-train does the same)
 
 Each run is a fresh subprocess; seeds run in the order given, ours and PyTorch alternating which goes first. The
-data is loaded before the clock starts; the time runs from the first batch to the saved model.
+data is loaded before the clock starts; the time runs to the saved model from the call to train() (ours: its
+checks and set-up included) or from the network's creation (PyTorch).
 
 PyTorch gets the same network (the layer list translated module by module: Conv2d, BatchNorm2d/1d, pooling, Linear,
 activations, Dropout, residual blocks with their 1x1 or dense projection; PyTorch's default init is ours,

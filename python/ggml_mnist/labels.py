@@ -19,9 +19,8 @@ def dataset_name(metadata: Mapping[str, Any]) -> Optional[str]:
 
 def class_names(metadata: Mapping[str, Any], n_classes: int) -> list[str]:
     """The metadata's ``class_names`` when they fit, else the names of a known dataset, else "0".."n-1"."""
-    names = metadata.get("class_names")
-    if isinstance(names, list) and len(names) == n_classes and all(isinstance(n, str) for n in names):
-        return list(names)
+    if "class_names" in metadata and class_names_problem(metadata, n_classes) is None:
+        return list(metadata["class_names"])
     return datasets.class_names(dataset_name(metadata), n_classes)
 
 

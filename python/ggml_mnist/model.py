@@ -199,7 +199,7 @@ class Model:
         if problem is not None:
             warnings.warn(
                 f"{path}: its class_names are ignored ({problem}); its classes are called "
-                f"{', '.join(model.class_names[:3])}, ...",
+                f"{', '.join(model.class_names[:3])}{', ...' if model.n_classes > 3 else ''}",
                 GgmlMnistWarning,
                 stacklevel=2,
             )

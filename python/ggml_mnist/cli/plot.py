@@ -51,8 +51,8 @@ def _plot(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {args.out!r} is a file; give a folder for the pictures (created when missing)")
+    model = api.load(args.model, device=args.device)  # a mistyped model name leaves no empty folder behind
     check_writable_dir(out, "--out")
-    model = api.load(args.model, device=args.device)
     # every picture's file, checked before the work: never the model or the run log, never another program's file
     for name in PICTURES:
         check_output(out / name, [args.model, args.metrics], kind="png", force=args.force, what="the plot")

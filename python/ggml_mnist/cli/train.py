@@ -374,7 +374,9 @@ def _train(args: argparse.Namespace) -> int:
         kept = f"; {args.output} is kept as it was" if saved != args.output else ""
         print(
             f"mnist-train: interrupted {'in' if history and history[-1].interrupted else 'after'} epoch "
-            f"{len(history)}; {saved} holds the model trained so far{kept}",
+            f"{len(history)}; {saved} holds the model trained so far{kept}"
+            if history
+            else f"mnist-train: interrupted before the first epoch ended; {saved} holds the model{kept}",
             file=sys.stderr,
         )
         return 130
