@@ -9,6 +9,8 @@ it (darker than the line, or thicker than it) keeps its ink.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 _THIN = 60  # a line is at most 1/_THIN of the picture's extent along it thick
@@ -118,11 +120,12 @@ def _remove_rows(x: np.ndarray) -> tuple[np.ndarray, int]:
     if not family and not single:
         return x, 0
     out = x.copy()
-    ref = float(np.median([_line_level(x, marks, line) for line in family])) if family else np.inf
-    for line in family:
-        out -= _line_ink(x, marks, line, ref)[0]
+    bands = [_band(x, marks, line) for line in family]
+    ref = float(np.median([band.level for band in bands])) if bands else np.inf
+    for band in bands:
+        out -= _line_ink(x, band, ref)
     if single:  # an edge-to-edge line alone is ruled only if it is thinner than the pen that wrote on the paper
-        takes = [_line_ink(x, marks, line)[0] for line in single]
+        takes = [_line_ink(x, _band(x, marks, line)) for line in single]
         pen = _pen(out - sum(takes))
         kept = [(line, take) for line, take in zip(single, takes) if line[2] - line[1] + 1 < _THINNER * pen]
         for _, take in kept:
@@ -139,21 +142,31 @@ def _pen(x: np.ndarray) -> float:
     return stroke_width(x > max(0.06, 0.5 * top)) if top > 0.06 else 0.0
 
 
-def _line_level(x: np.ndarray, marks: np.ndarray, line: tuple[float, int, int, float]) -> float:
-    """A line's contrast over the paper: the median over its columns of its strongest pixel in each."""
-    return _line_ink(x, marks, line, level_only=True)[1]
+@dataclass(frozen=True)
+class _Band:
+    """A line's band of pixels (rows ``by``, columns ``bx``, ``inside`` the picture), each pixel's contrast over the
+    picture just above and below the band (``contrast``: over both sides; ``over_paper``: over the darker one), and
+    per column the line's strongest pixel (``peak``, -inf where no mark of the line lies: not ``seen``)."""
+
+    by: np.ndarray
+    bx: np.ndarray
+    inside: np.ndarray
+    contrast: np.ndarray
+    over_paper: np.ndarray
+    peak: np.ndarray
+    seen: np.ndarray
+
+    @property
+    def level(self) -> float:
+        """The line's contrast over the paper: the median over its columns of its strongest pixel in each."""
+        return float(np.median(self.peak[self.seen])) if self.seen.any() else 0.0
 
 
-def _line_ink(
-    x: np.ndarray, marks: np.ndarray, line: tuple[float, int, int, float], ref: float = np.inf, level_only: bool = False
-) -> tuple[np.ndarray, float]:
-    """What a line (slope, first row, last row, span) adds to ``x``: in each pixel of its band, the pixel's contrast
-    over the picture just above and below the band, up to the line's own level there (at most ``_PIECE`` times
-    ``ref``, the level of the lines it is ruled with); and the line's level."""
+def _band(x: np.ndarray, marks: np.ndarray, line: tuple[float, int, int, float]) -> _Band:
+    """The band of a line (slope, first row, last row, span) in ``x``."""
     h, w = x.shape
     s, first, last, _ = line
     cols = np.arange(w)
-    piece = np.minimum(cols * _SEGMENTS // w, _SEGMENTS - 1)
     d = last - first + 2
     by = np.round(np.arange(first - 1, last + 2)[:, None] + s * cols[None, :]).astype(np.int64)
     bx = np.broadcast_to(cols, by.shape)
@@ -162,15 +175,21 @@ def _line_ink(
     above, below = x[np.clip(by - d, 0, h - 1), bx], x[np.clip(by + d, 0, h - 1), bx]
     contrast = x[by, bx] - np.maximum(above, below)
     over_paper = x[by, bx] - np.minimum(above, below)  # a stroke that crosses the line may lie on one side
-    # the line's contrast in each column is its strongest pixel there (the others are its anti-aliased edges); its
-    # level is the median over the columns of a piece of the line, which strokes crossing it barely move
+    # the line's contrast in each column is its strongest pixel there (the others are its anti-aliased edges)
     on_line = inside & marks[by, bx]
     peak = np.where(on_line, contrast, -np.inf).max(axis=0)
-    seen = np.isfinite(peak)
-    whole = float(np.median(peak[seen])) if seen.any() else 0.0
-    if level_only:
-        return x, whole
-    whole = min(whole, _PIECE * ref)  # a stroke written along most of the line does not make it the line
+    return _Band(by, bx, inside, contrast, over_paper, peak, np.isfinite(peak))
+
+
+def _line_ink(x: np.ndarray, band: _Band, ref: float = np.inf) -> np.ndarray:
+    """What a line adds to ``x``: in each pixel of its band, the pixel's contrast over the picture just above and
+    below the band, up to the line's own level there (at most ``_PIECE`` times ``ref``, the level of the lines it is
+    ruled with). The level is the median over the columns of a piece of the line, which strokes crossing it barely
+    move."""
+    w = x.shape[1]
+    piece = np.minimum(np.arange(w) * _SEGMENTS // w, _SEGMENTS - 1)
+    peak, seen = band.peak, band.seen
+    whole = min(band.level, _PIECE * ref)  # a stroke written along most of the line does not make it the line
     level = np.full(w, whole, dtype=np.float32)
     for k in range(_SEGMENTS):
         here = seen & (piece == k)
@@ -182,9 +201,10 @@ def _line_ink(
     take = np.zeros_like(x)
     # a pixel no brighter than the line is the line, even beside a stroke that crosses it (which hides the paper on
     # one side); a brighter one is the stroke, unless the paper lies on both sides
-    line_like = over_paper <= _LIKE * level[None, :]
-    take[by[inside], bx[inside]] = np.clip(np.where(line_like, over_paper, contrast), 0.0, level[None, :])[inside]
-    return take, whole
+    line_like = band.over_paper <= _LIKE * level[None, :]
+    values = np.clip(np.where(line_like, band.over_paper, band.contrast), 0.0, level[None, :])
+    take[band.by[band.inside], band.bx[band.inside]] = values[band.inside]
+    return take
 
 
 def _ruled(
