@@ -125,6 +125,12 @@ def check_output(
     return target
 
 
+def check_png_name(path: str, option: str, example: str) -> None:
+    """Raise ConfigError unless ``path``, the value of ``option``, names a PNG file: that option writes PNG."""
+    if not path.lower().endswith(".png"):
+        raise ConfigError(f"{option} {path!r}: the picture is a PNG; give a name ending in .png, e.g. {example}")
+
+
 def check_file_name(
     target: PathLike, what: str, example: str, *, text: Optional[str] = None, error: type[GgmlMnistError] = ModelIOError
 ) -> None:

@@ -15,7 +15,7 @@ from .. import api
 from ..config import DEFAULT_DEVICE
 from ..ensemble import Ensemble
 from ..errors import ConfigError, GgmlMnistError
-from ..outputs import MAGIC, check_output, describe, same_file
+from ..outputs import MAGIC, check_output, check_png_name, describe, same_file
 from ..pictures.annotate import annotate, save_png
 from ..pictures.prepare import text_art
 from .common import IMAGE_SUFFIXES, add_version, printable, run
@@ -104,10 +104,8 @@ def _annotation_paths(out: str, images: Sequence[str], model: str, force: bool) 
         )
         for image, path in named.items()
     }
-    if Path(out).suffix.lower() != ".png" and not os.path.isdir(out):
-        raise ConfigError(
-            f"--annotate {out!r}: the annotated picture is a PNG; give a name ending in .png such as read.png"
-        )
+    if not os.path.isdir(out):
+        check_png_name(out, "--annotate", "read.png")
     return checked
 
 

@@ -15,7 +15,7 @@ from ..config import DEFAULT_DATA_DIR
 from ..datasets import DATASETS
 from ..errors import ConfigError
 from ..layers import preset_names
-from ..outputs import check_output
+from ..outputs import check_output, check_png_name
 from ..tune import (
     DEFAULT_DIR,
     GRACE_BEATS,
@@ -210,8 +210,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.storage is None and not os.path.isfile(os.path.join(run_dir, "study.db")):
         raise ConfigError(f"no study database {os.path.join(run_dir, 'study.db')}; give --dir or --storage of the run")
     if args.plot is not None:
-        if not args.plot.lower().endswith(".png"):
-            raise ConfigError(f"--plot {args.plot!r}: the picture is a PNG; give a name ending in .png, e.g. study.png")
+        check_png_name(args.plot, "--plot", "study.png")
         check_output(
             args.plot,
             [os.path.join(run_dir, "study.db")],
