@@ -55,7 +55,8 @@ def test_a_sheet_on_a_lit_table_photographed_at_an_angle_keeps_the_digit() -> No
 
 
 def test_a_digit_cut_off_by_the_edge_is_refused_as_touching_it() -> None:
-    """A 7 whose bar runs along the picture's top edge: refused as touching it (it was read with its bar lost)."""
+    """A 7 whose bar runs along the picture's top edge: refused as touching it (it was read with its bar lost). The
+    second look of a tight crop, with a margin of paper, accepts ink that reaches across the picture, not this."""
     seven = draw_digits([7], height=200, margin=0.0)
     page = Image.new("L", (seven.width + 100, seven.height + 60), 255)
     page.paste(seven, (50, -6))
